@@ -1,0 +1,153 @@
+//! The one error type of the library. Every variant that concerns a file names it, and every
+//! message ends with what to do about it.
+
+use std::path::PathBuf;
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in layercache. A cache *miss* is not an error: it is a
+/// [`crate::MissReason`]. Errors are for conditions the caller has to act on.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The database file is held by another process in a way that excludes this open.
+    #[error(
+        "cache database {path} is in use by another process; wait for the build holding it to \
+         finish (readers can only share it with a writer opened by layercache itself)"
+    )]
+    InUse {
+        /// The database file.
+        path: PathBuf,
+    },
+
+    /// The file exists but is not a redb database, or is one without layercache's tables.
+    #[error(
+        "{path} is not a layercache database ({detail}); point --db at a cache file, or move \
+         this file away so a new cache can be created"
+    )]
+    NotACache {
+        /// The file.
+        path: PathBuf,
+        /// What was found instead.
+        detail: String,
+    },
+
+    /// The database was written by a newer layercache. Nothing was changed.
+    #[error(
+        "{path} has cache schema version {found}, newer than the {supported} this layercache \
+         understands; nothing was changed: upgrade layercache to use this cache"
+    )]
+    SchemaTooNew {
+        /// The database file.
+        path: PathBuf,
+        /// Version stored in the file.
+        found: u32,
+        /// Newest version this code knows.
+        supported: u32,
+    },
+
+    /// The database was written by an older layercache and must be migrated first.
+    #[error(
+        "{path} has cache schema version {found}, older than the {supported} this layercache \
+         uses; open it for writing (or run `layercache migrate`) to upgrade it in place"
+    )]
+    SchemaTooOld {
+        /// The database file.
+        path: PathBuf,
+        /// Version stored in the file.
+        found: u32,
+        /// Version this code uses.
+        supported: u32,
+    },
+
+    /// redb reported an error while using the database.
+    #[error("cache database {path}: {source}; if this persists, run `layercache check --db {path}`", path = path.display())]
+    Db {
+        /// The database file.
+        path: PathBuf,
+        /// What redb said.
+        #[source]
+        source: Box<redb::Error>,
+    },
+
+    /// A stored record could not be decoded: the database is damaged (or was written by a
+    /// broken build). Only that record is affected.
+    #[error(
+        "damaged record in {path}, table {table}, key {key}: {detail}; `layercache check` lists \
+         every damaged record, and putting the layer again replaces it"
+    )]
+    Corrupt {
+        /// The database file.
+        path: PathBuf,
+        /// Table name.
+        table: &'static str,
+        /// The key, escaped for display.
+        key: String,
+        /// What was wrong.
+        detail: String,
+    },
+
+    /// An I/O error on a file or directory of the build inputs, or on the database file.
+    #[error("{op} {path}: {source}", path = path.display())]
+    Io {
+        /// What was being done ("cannot read", "cannot open", ...).
+        op: &'static str,
+        /// The file concerned.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A file changed while it was being hashed (its stat before and after differ). Its content
+    /// cannot be trusted and is never recorded.
+    #[error("{path} changed while it was being read; retry when the tree is no longer being written to", path = path.display())]
+    ChangedWhileReading {
+        /// The file.
+        path: PathBuf,
+    },
+
+    /// A layer name, source name or relative path is not acceptable.
+    #[error("invalid {what} {value:?}: {why}")]
+    InvalidName {
+        /// What kind of name ("layer name", "source name", ...).
+        what: &'static str,
+        /// The offending value, escaped.
+        value: String,
+        /// Why it is refused.
+        why: &'static str,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// Maps any redb error to [`Error::Db`] for a given database path.
+pub(crate) trait DbResultExt<T> {
+    fn db(self, path: &std::path::Path) -> Result<T>;
+}
+
+impl<T, E: Into<redb::Error>> DbResultExt<T> for std::result::Result<T, E> {
+    fn db(self, path: &std::path::Path) -> Result<T> {
+        self.map_err(|e| {
+            let e: redb::Error = e.into();
+            match e {
+                redb::Error::DatabaseAlreadyOpen => Error::InUse {
+                    path: path.to_path_buf(),
+                },
+                other => Error::Db {
+                    path: path.to_path_buf(),
+                    source: Box::new(other),
+                },
+            }
+        })
+    }
+}

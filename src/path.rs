@@ -1,0 +1,294 @@
+//! Relative paths as raw bytes, their key encoding, and their escaped display form.
+//!
+//! A tree entry is named by its path relative to the walked root, as the raw bytes the file
+//! system returned (non-UTF-8 names are kept exactly). The root itself is the empty path.
+//!
+//! **Key encoding.** In stored keys every `/` separator is replaced by `\0`. A Unix file name
+//! never contains `\0`, so the encoding is lossless, and because `\0` sorts below every other
+//! byte, the byte order of encoded keys equals the order of a depth-first walk that visits the
+//! children of each directory sorted by name (`a`, `a/b`, `a-b`, `a.txt`, `a0`): a subtree is one
+//! contiguous key range, and a diff is a merge of two sorted streams.
+//!
+//! **Display.** [`RelPath`]'s `Display` (and its serde form) is lossless and printable: valid
+//! UTF-8 is kept, `\` is written `\\`, control characters and bytes that are not UTF-8 are written
+//! `\xNN`. The same string is used in human text and in JSON.
+
+use std::ffi::OsStr;
+use std::fmt;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+/// A path relative to a walked root, stored in key encoding (`/` replaced by `\0`).
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct RelPath(Vec<u8>);
+
+impl RelPath {
+    /// The root of a walk (the empty path).
+    pub fn root() -> Self {
+        RelPath(Vec::new())
+    }
+
+    /// Builds a path from its key encoding, as read from the rows table.
+    pub fn from_key(key: &[u8]) -> Self {
+        RelPath(key.to_vec())
+    }
+
+    /// Builds a path from a `/`-separated relative path (no leading `/`).
+    pub fn from_slash_bytes(path: &[u8]) -> Self {
+        RelPath(
+            path.iter()
+                .map(|&b| if b == b'/' { 0 } else { b })
+                .collect(),
+        )
+    }
+
+    /// The key encoding (`\0` between components); the bytes stored in the rows table.
+    pub fn key(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// True for the root of the walk.
+    pub fn is_root(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The `/`-separated relative path as raw bytes.
+    pub fn to_slash_bytes(&self) -> Vec<u8> {
+        self.0
+            .iter()
+            .map(|&b| if b == 0 { b'/' } else { b })
+            .collect()
+    }
+
+    /// The path joined under `root`, for opening the file.
+    pub fn under(&self, root: &Path) -> PathBuf {
+        if self.0.is_empty() {
+            root.to_path_buf()
+        } else {
+            root.join(OsStr::from_bytes(&self.to_slash_bytes()))
+        }
+    }
+
+    /// The last component (the whole path for a top-level entry, empty for the root).
+    pub fn file_name(&self) -> &[u8] {
+        match self.0.iter().rposition(|&b| b == 0) {
+            Some(i) => self.0.get(i + 1..).unwrap_or(&[]),
+            None => &self.0,
+        }
+    }
+
+    /// True when `self` is a strict ancestor directory of `other`.
+    pub fn is_ancestor_of(&self, other: &RelPath) -> bool {
+        if self.0.is_empty() {
+            return !other.0.is_empty();
+        }
+        other.0.len() > self.0.len()
+            && other.0.starts_with(&self.0)
+            && other.0.get(self.0.len()) == Some(&0)
+    }
+
+    /// Inverse of `Display`: parses the escaped form.
+    pub fn parse_escaped(s: &str) -> Option<RelPath> {
+        let mut out = Vec::with_capacity(s.len());
+        let bytes = s.as_bytes();
+        let mut i = 0;
+        while let Some(&b) = bytes.get(i) {
+            if b != b'\\' {
+                out.push(b);
+                i += 1;
+                continue;
+            }
+            match bytes.get(i + 1) {
+                Some(b'\\') => {
+                    out.push(b'\\');
+                    i += 2;
+                }
+                Some(b'x') => {
+                    let hex = std::str::from_utf8(bytes.get(i + 2..i + 4)?).ok()?;
+                    out.push(u8::from_str_radix(hex, 16).ok()?);
+                    i += 4;
+                }
+                _ => return None,
+            }
+        }
+        Some(RelPath::from_slash_bytes(&out))
+    }
+}
+
+/// Writes `bytes` escaped: UTF-8 kept, `\` doubled, control characters and invalid bytes as
+/// `\xNN`.
+pub(crate) fn write_escaped(f: &mut impl fmt::Write, bytes: &[u8]) -> fmt::Result {
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => f.write_str("\\\\")?,
+                c if c.is_control() && (c as u32) < 0x100 => write!(f, "\\x{:02x}", c as u32)?,
+                c => f.write_char(c)?,
+            }
+        }
+        for b in chunk.invalid() {
+            write!(f, "\\x{b:02x}")?;
+        }
+    }
+    Ok(())
+}
+
+/// Escapes arbitrary bytes to a printable, lossless string (see the module doc).
+pub fn escape_bytes(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len());
+    // Writing to a String cannot fail.
+    let _ = write_escaped(&mut s, bytes);
+    s
+}
+
+impl fmt::Display for RelPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str(".");
+        }
+        write_escaped(f, &self.to_slash_bytes())
+    }
+}
+
+impl fmt::Debug for RelPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RelPath({self})")
+    }
+}
+
+impl serde::Serialize for RelPath {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.collect_str(self)
+        } else {
+            s.serialize_bytes(&self.0)
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for RelPath {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            let s = String::deserialize(d)?;
+            if s == "." {
+                return Ok(RelPath::root());
+            }
+            RelPath::parse_escaped(&s)
+                .ok_or_else(|| serde::de::Error::custom("invalid escape in path"))
+        } else {
+            let v: serde_bytes_vec::Bytes = serde::Deserialize::deserialize(d)?;
+            Ok(RelPath(v.0))
+        }
+    }
+}
+
+mod serde_bytes_vec {
+    /// Byte buffer that deserializes from either a byte string or a sequence.
+    pub struct Bytes(pub Vec<u8>);
+    impl<'de> serde::Deserialize<'de> for Bytes {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = Bytes;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("bytes")
+                }
+                fn visit_bytes<E>(self, v: &[u8]) -> Result<Bytes, E> {
+                    Ok(Bytes(v.to_vec()))
+                }
+                fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Bytes, E> {
+                    Ok(Bytes(v))
+                }
+                fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                    self,
+                    mut a: A,
+                ) -> Result<Bytes, A::Error> {
+                    let mut out = Vec::new();
+                    while let Some(b) = a.next_element()? {
+                        out.push(b);
+                    }
+                    Ok(Bytes(out))
+                }
+            }
+            d.deserialize_bytes(V)
+        }
+    }
+}
+
+/// Checks a name used as a key component (layer name, source name): non-empty, no NUL, no `/`
+/// component tricks. Layer names are used to build paths in the stacker layout, so `/` and `..`
+/// are refused.
+pub fn validate_layer_name(name: &str) -> crate::Result<()> {
+    let why = if name.is_empty() {
+        Some("it is empty")
+    } else if name.contains('\0') {
+        Some("it contains a NUL byte")
+    } else if name.contains('/') {
+        Some("it contains '/'")
+    } else if name == "." || name == ".." {
+        Some("it is '.' or '..'")
+    } else if name.len() > 4096 {
+        Some("it is longer than 4096 bytes")
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(crate::Error::InvalidName {
+            what: "layer name",
+            value: escape_bytes(name.as_bytes()),
+            why,
+        }),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_order_matches_walk_order() {
+        let walk = ["", "a", "a/b", "a-b", "a.txt", "a0"];
+        let keys: Vec<RelPath> = walk
+            .iter()
+            .map(|p| RelPath::from_slash_bytes(p.as_bytes()))
+            .collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted);
+    }
+
+    #[test]
+    fn escape_round_trips() {
+        for raw in [
+            &b"plain/name"[..],
+            b"back\\slash",
+            b"new\nline",
+            b"bad\xff\xfe/x",
+            b"\xc3\xa9t\xc3\xa9",
+        ] {
+            let p = RelPath::from_slash_bytes(raw);
+            let shown = p.to_string();
+            assert!(!shown.contains('\n'));
+            assert_eq!(RelPath::parse_escaped(&shown), Some(p));
+        }
+    }
+
+    #[test]
+    fn ancestry() {
+        let a = RelPath::from_slash_bytes(b"a");
+        assert!(a.is_ancestor_of(&RelPath::from_slash_bytes(b"a/b")));
+        assert!(!a.is_ancestor_of(&RelPath::from_slash_bytes(b"a-b")));
+        assert!(!a.is_ancestor_of(&a));
+        assert!(RelPath::root().is_ancestor_of(&a));
+        assert_eq!(RelPath::from_slash_bytes(b"x/y/z").file_name(), b"z");
+    }
+
+    #[test]
+    fn layer_names() {
+        assert!(validate_layer_name("base-1.2").is_ok());
+        for bad in ["", "a/b", "..", ".", "a\0b"] {
+            assert!(validate_layer_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! Table definitions, the schema version, and the record types stored in them.
+//!
+//! | table     | key                                   | value                          |
+//! |-----------|---------------------------------------|--------------------------------|
+//! | `meta`    | `&str` fact name                      | `&[u8]` (version: u32 LE)      |
+//! | `entries` | `&str` layer name                     | encoded [`EntryRecord`]        |
+//! | `rows`    | `(&str layer, &str source, &[u8] path key)` | encoded [`Row`]          |
+//! | `bases`   | `&str` layer name                     | `[u8; 32]` base hash           |
+//!
+//! Values are encoded by [`crate::codec`] only. Path keys use the `\0` encoding of
+//! [`crate::RelPath`], so a range scan of `(layer, source, ..)` yields rows in walk order.
+
+use redb::TableDefinition;
+use serde::{Deserialize, Serialize};
+
+/// The schema version this code writes and reads.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Small facts about the file: `schema_version` (u32 little endian), `writer` (crate version).
+pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// Layer name → encoded [`EntryRecord`].
+pub const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries");
+/// (layer, source, path key) → encoded [`Row`].
+pub const ROWS: TableDefinition<(&str, &str, &[u8]), &[u8]> = TableDefinition::new("rows");
+/// Layer name → the hash that layers built `from` it record and compare.
+pub const BASES: TableDefinition<&str, &[u8; 32]> = TableDefinition::new("bases");
+
+/// `meta` key of the schema version.
+pub const META_SCHEMA_VERSION: &str = "schema_version";
+/// `meta` key of the version of the crate that last wrote the file.
+pub const META_WRITER: &str = "writer";
+
+/// The type of a tree entry. Never opened unless `File`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    /// Regular file: its content digest is recorded.
+    File,
+    /// Directory.
+    Dir,
+    /// Symbolic link: its target is recorded, never followed.
+    Symlink,
+    /// Named pipe.
+    Fifo,
+    /// Unix socket.
+    Socket,
+    /// Character device: its device number is recorded.
+    CharDevice,
+    /// Block device: its device number is recorded.
+    BlockDevice,
+}
+
+impl EntryKind {
+    /// A short name for display (`file`, `dir`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::File => "file",
+            EntryKind::Dir => "dir",
+            EntryKind::Symlink => "symlink",
+            EntryKind::Fifo => "fifo",
+            EntryKind::Socket => "socket",
+            EntryKind::CharDevice => "char_device",
+            EntryKind::BlockDevice => "block_device",
+        }
+    }
+
+    pub(crate) fn tag(self) -> u8 {
+        match self {
+            EntryKind::File => 1,
+            EntryKind::Dir => 2,
+            EntryKind::Symlink => 3,
+            EntryKind::Fifo => 4,
+            EntryKind::Socket => 5,
+            EntryKind::CharDevice => 6,
+            EntryKind::BlockDevice => 7,
+        }
+    }
+}
+
+impl std::fmt::Display for EntryKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One stored tree entry: everything that is compared, nothing that is not (no mtime, no
+/// absolute path, no inode).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Row {
+    /// Entry type.
+    pub kind: EntryKind,
+    /// Permission bits plus setuid, setgid and sticky (`st_mode & 0o7777`).
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Size in bytes (regular files; informational for other types).
+    pub size: u64,
+    /// Device number for character and block devices, 0 otherwise.
+    pub rdev: u64,
+    /// Symlink target as raw bytes, empty otherwise.
+    pub link_target: Vec<u8>,
+    /// Extended attributes, sorted by name.
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// blake3 of the content for regular files, zero otherwise.
+    pub digest: [u8; 32],
+}
+
+impl Row {
+    /// Feeds the canonical form of this row into a hasher. This encoding is fixed by hand (not
+    /// the codec's), so digests stay stable across codec changes. Each variable-length field is
+    /// length-prefixed.
+    pub fn hash_into(&self, h: &mut blake3::Hasher) {
+        h.update(&[self.kind.tag()]);
+        h.update(&self.mode.to_le_bytes());
+        h.update(&self.uid.to_le_bytes());
+        h.update(&self.gid.to_le_bytes());
+        h.update(&self.rdev.to_le_bytes());
+        h.update(&(self.link_target.len() as u64).to_le_bytes());
+        h.update(&self.link_target);
+        h.update(&(self.xattrs.len() as u64).to_le_bytes());
+        for (k, v) in &self.xattrs {
+            h.update(&(k.len() as u64).to_le_bytes());
+            h.update(k);
+            h.update(&(v.len() as u64).to_le_bytes());
+            h.update(v);
+        }
+        if self.kind == EntryKind::File {
+            h.update(&self.size.to_le_bytes());
+            h.update(&self.digest);
+        }
+    }
+}
+
+/// How a layer's base is identified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BaseKind {
+    /// Another layer of the same build.
+    Built,
+    /// A tarball.
+    Tar,
+    /// An image in a local OCI layout.
+    Oci,
+    /// A docker image, resolved in the local OCI layout.
+    Docker,
+    /// Nothing.
+    Scratch,
+}
+
+/// The base a layer was built on, as recorded at put.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaseRecord {
+    /// Kind of base.
+    pub kind: BaseKind,
+    /// The base layer name, tarball path or image reference, as given.
+    pub reference: String,
+    /// The base hash (empty for scratch).
+    pub hash: Vec<u8>,
+}
+
+/// Summary of one import or overlay dir of an entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceSummary {
+    /// The import key (URL as written) or overlay_dir source.
+    pub key: String,
+    /// The `source` component of the row keys holding this tree.
+    pub source: String,
+    /// Type of the tree's root (a file import is a one-row tree).
+    pub root_kind: EntryKind,
+    /// Merkle root over the rows (see [`crate::tree::TreeHasher`]).
+    pub root_digest: [u8; 32],
+    /// Number of rows.
+    pub rows: u64,
+}
+
+/// One output manifest of a layer: the layer type and the OCI descriptor as canonical JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestRecord {
+    /// Layer type (`tar`, `squashfs`, ...).
+    pub layer_type: String,
+    /// The descriptor as canonical JSON (sorted keys).
+    pub descriptor_json: Vec<u8>,
+}
+
+/// A cache entry: everything recorded for one layer at put.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryRecord {
+    /// Layer name.
+    pub name: String,
+    /// The layer definition as canonical JSON (sorted keys).
+    pub definition_json: Vec<u8>,
+    /// blake3 of `definition_json`.
+    pub definition_digest: [u8; 32],
+    /// The base recorded at put.
+    pub base: BaseRecord,
+    /// SOURCE_DATE_EPOCH of the build, if set.
+    pub source_date_epoch: Option<i64>,
+    /// One summary per cached import (imports with a `dest` are not cached).
+    pub imports: Vec<SourceSummary>,
+    /// One summary per overlay dir.
+    pub overlay_dirs: Vec<SourceSummary>,
+    /// Output manifests per layer type.
+    pub manifests: Vec<ManifestRecord>,
+    /// Whether the layer is build-only (kept only as a rootfs directory).
+    pub build_only: bool,
+    /// Time of the put, milliseconds since the Unix epoch.
+    pub created_unix_ms: u64,
+}

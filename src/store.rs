@@ -1,0 +1,435 @@
+//! The redb file: opening (create, version check), and the per-path rows of each
+//! (layer, source) — written from a walk in one transaction, read back as a sorted range scan.
+
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use redb::ReadableDatabase;
+
+use crate::codec;
+use crate::diff::{TreeDiff, diff_trees};
+use crate::error::{DbResultExt, Error, Result};
+use crate::path::{RelPath, escape_bytes};
+use crate::schema::{
+    BASES, ENTRIES, EntryKind, META, META_SCHEMA_VERSION, META_WRITER, ROWS, Row, SCHEMA_VERSION,
+};
+use crate::tree::{TreeHasher, TreeWalk, WalkCounters, WalkedEntry};
+
+/// First bytes of every redb file.
+const REDB_MAGIC: [u8; 9] = [b'r', b'e', b'd', b'b', 0x1A, 0x0A, 0xA9, 0x0D, 0x0A];
+
+enum Handle {
+    Rw(redb::Database),
+    Ro(redb::ReadOnlyDatabase),
+}
+
+/// An open cache database.
+///
+/// Writers open it with [`Store::open`] (one writing process at a time); any number of other
+/// processes can read the committed state at the same time with [`Store::open_read_only`].
+pub struct Store {
+    path: PathBuf,
+    db: Handle,
+}
+
+/// What a written tree amounts to: its Merkle root, row count and root type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TreeSummary {
+    /// Merkle root over the rows ([`TreeHasher`]).
+    pub root_digest: [u8; 32],
+    /// Number of rows.
+    pub rows: u64,
+    /// Type of the root entry (`None` for an empty tree).
+    pub root_kind: Option<EntryKind>,
+}
+
+fn builder() -> redb::Builder {
+    let mut b = redb::Builder::new();
+    b.set_concurrency_mode(redb::ConcurrencyMode::SingleWriter);
+    b
+}
+
+/// Refuses a non-empty file that does not start with redb's magic bytes.
+fn check_magic(path: &Path) -> Result<()> {
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io("cannot open", path, e))?;
+    let mut head = [0u8; 9];
+    let mut got = 0;
+    while got < head.len() {
+        match f.read(head.get_mut(got..).unwrap_or(&mut [])) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io("cannot read", path, e)),
+        }
+    }
+    if got < head.len() || head != REDB_MAGIC {
+        return Err(Error::NotACache {
+            path: path.to_path_buf(),
+            detail: "it is not a redb database file".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Reads the schema version from a read transaction: `Ok(None)` for a file with no tables at
+/// all (a new database), an error for a redb file that is not ours.
+fn read_version(path: &Path, txn: &redb::ReadTransaction) -> Result<Option<u32>> {
+    let meta = match txn.open_table(META) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => {
+            let any = txn.list_tables().db(path)?.next().is_some();
+            if any {
+                return Err(Error::NotACache {
+                    path: path.to_path_buf(),
+                    detail: "a redb database without layercache's meta table".into(),
+                });
+            }
+            return Ok(None);
+        }
+        Err(redb::TableError::TableTypeMismatch { .. }) => {
+            return Err(Error::NotACache {
+                path: path.to_path_buf(),
+                detail: "its meta table has other key or value types".into(),
+            });
+        }
+        Err(e) => return Err(e).db(path),
+    };
+    let v = meta.get(META_SCHEMA_VERSION).db(path)?;
+    let Some(v) = v else {
+        return Err(Error::NotACache {
+            path: path.to_path_buf(),
+            detail: "its meta table holds no schema version".into(),
+        });
+    };
+    let bytes: [u8; 4] = v.value().try_into().map_err(|_| Error::Corrupt {
+        path: path.to_path_buf(),
+        table: "meta",
+        key: META_SCHEMA_VERSION.into(),
+        detail: "the schema version is not 4 bytes".into(),
+    })?;
+    Ok(Some(u32::from_le_bytes(bytes)))
+}
+
+impl Store {
+    /// Opens the cache database at `path` for writing, creating it (mode 0600) if it does not
+    /// exist. A file written by a newer layercache is refused and left byte-for-byte unchanged;
+    /// a file that is not a layercache database is refused.
+    pub fn open(path: impl AsRef<Path>) -> Result<Store> {
+        let path = path.as_ref();
+        match std::fs::symlink_metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                match std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(path)
+                {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(Error::io("cannot create", path, e)),
+                }
+            }
+            Err(e) => return Err(Error::io("cannot stat", path, e)),
+            Ok(m) if m.len() > 0 => {
+                check_magic(path)?;
+                // Look before opening for writing: a writable open may touch the header, and a
+                // file from a newer layercache must stay exactly as it is.
+                if let Ok(ro) = builder().open_read_only(path) {
+                    let txn = ro.begin_read().db(path)?;
+                    Self::check_version(path, read_version(path, &txn)?)?;
+                }
+            }
+            Ok(_) => {}
+        }
+        let db = builder().create(path).map_err(|e| open_error(path, e))?;
+        let store = Store {
+            path: path.to_path_buf(),
+            db: Handle::Rw(db),
+        };
+        store.init()?;
+        Ok(store)
+    }
+
+    /// Opens an existing cache database read-only. Works while another process holds it open
+    /// for writing through [`Store::open`]. Refuses files of other schema versions.
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<Store> {
+        let path = path.as_ref();
+        if let Err(e) = std::fs::metadata(path) {
+            return Err(Error::io("cannot open", path, e));
+        }
+        check_magic(path)?;
+        let db = builder()
+            .open_read_only(path)
+            .map_err(|e| open_error(path, e))?;
+        let store = Store {
+            path: path.to_path_buf(),
+            db: Handle::Ro(db),
+        };
+        let txn = store.begin_read()?;
+        match read_version(path, &txn)? {
+            None => {
+                return Err(Error::NotACache {
+                    path: path.to_path_buf(),
+                    detail: "an empty redb database".into(),
+                });
+            }
+            Some(v) => Self::check_version(path, Some(v))?,
+        }
+        Ok(store)
+    }
+
+    fn check_version(path: &Path, found: Option<u32>) -> Result<()> {
+        match found {
+            Some(v) if v > SCHEMA_VERSION => Err(Error::SchemaTooNew {
+                path: path.to_path_buf(),
+                found: v,
+                supported: SCHEMA_VERSION,
+            }),
+            Some(v) if v < SCHEMA_VERSION => Err(Error::SchemaTooOld {
+                path: path.to_path_buf(),
+                found: v,
+                supported: SCHEMA_VERSION,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Creates the tables of a new database, or checks the version of an existing one.
+    fn init(&self) -> Result<()> {
+        let version = {
+            let txn = self.begin_read()?;
+            read_version(&self.path, &txn)?
+        };
+        if version.is_some() {
+            return Self::check_version(&self.path, version);
+        }
+        let txn = self.begin_write()?;
+        {
+            let mut meta = txn.open_table(META).db(&self.path)?;
+            meta.insert(META_SCHEMA_VERSION, SCHEMA_VERSION.to_le_bytes().as_slice())
+                .db(&self.path)?;
+            meta.insert(META_WRITER, env!("CARGO_PKG_VERSION").as_bytes())
+                .db(&self.path)?;
+            txn.open_table(ENTRIES).db(&self.path)?;
+            txn.open_table(ROWS).db(&self.path)?;
+            txn.open_table(BASES).db(&self.path)?;
+        }
+        txn.commit().db(&self.path)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// True when opened with [`Store::open_read_only`].
+    pub fn is_read_only(&self) -> bool {
+        matches!(self.db, Handle::Ro(_))
+    }
+
+    /// Begins a read transaction on the last committed state.
+    pub fn begin_read(&self) -> Result<redb::ReadTransaction> {
+        match &self.db {
+            Handle::Rw(db) => db.begin_read().db(&self.path),
+            Handle::Ro(db) => db.begin_read().db(&self.path),
+        }
+    }
+
+    /// Begins a write transaction (quick-repair enabled, so reopening after a crash is fast).
+    pub fn begin_write(&self) -> Result<redb::WriteTransaction> {
+        match &self.db {
+            Handle::Rw(db) => {
+                let mut txn = db.begin_write().db(&self.path)?;
+                txn.set_quick_repair(true);
+                Ok(txn)
+            }
+            Handle::Ro(_) => Err(Error::Db {
+                path: self.path.clone(),
+                source: Box::new(redb::Error::Io(std::io::Error::other(
+                    "the database was opened read-only",
+                ))),
+            }),
+        }
+    }
+
+    /// Replaces the rows of (layer, source) with the entries of a walk, inside `txn`, and returns
+    /// the tree's summary. An entry that changed while it was hashed aborts with
+    /// [`Error::ChangedWhileReading`] (the caller's transaction is then dropped, storing nothing).
+    pub fn write_tree(
+        &self,
+        txn: &redb::WriteTransaction,
+        layer: &str,
+        source: &str,
+        root: &Path,
+        entries: impl IntoIterator<Item = Result<WalkedEntry>>,
+    ) -> Result<TreeSummary> {
+        validate_source(source)?;
+        let mut table = txn.open_table(ROWS).db(&self.path)?;
+        delete_rows(&self.path, &mut table, layer, source)?;
+        let mut hasher = TreeHasher::new();
+        let mut root_kind = None;
+        for entry in entries {
+            let entry = entry?;
+            if entry.unstable {
+                return Err(Error::ChangedWhileReading {
+                    path: entry.path.under(root),
+                });
+            }
+            if entry.path.is_root() {
+                root_kind = Some(entry.row.kind);
+            }
+            hasher.push(&entry.path, &entry.row);
+            let bytes = codec::encode(&entry.row).map_err(|detail| Error::Corrupt {
+                path: self.path.clone(),
+                table: "rows",
+                key: entry.path.to_string(),
+                detail,
+            })?;
+            table
+                .insert((layer, source, entry.path.key()), bytes.as_slice())
+                .db(&self.path)?;
+        }
+        let (root_digest, rows) = hasher.finish();
+        Ok(TreeSummary {
+            root_digest,
+            rows,
+            root_kind,
+        })
+    }
+
+    /// Walks `root` and stores it as the rows of (layer, source) in one transaction, replacing
+    /// what was there. Returns the summary and the walk's counters.
+    pub fn snapshot(
+        &self,
+        layer: &str,
+        source: &str,
+        root: &Path,
+    ) -> Result<(TreeSummary, WalkCounters)> {
+        let mut walk = TreeWalk::new(root)?;
+        let txn = self.begin_write()?;
+        let summary = self.write_tree(&txn, layer, source, root, walk.by_ref())?;
+        txn.commit().db(&self.path)?;
+        Ok((summary, walk.counters()))
+    }
+
+    /// The stored rows of (layer, source) in key order, decoded lazily from one range scan.
+    pub fn rows(&self, txn: &redb::ReadTransaction, layer: &str, source: &str) -> Result<RowIter> {
+        let range = match txn.open_table(ROWS) {
+            Ok(table) => {
+                // Neither name contains NUL, so `source + "\0"` is the smallest string above
+                // `source`: this half-open range holds exactly the rows of (layer, source).
+                let upper = format!("{source}\0");
+                let lo: (&str, &str, &[u8]) = (layer, source, &[]);
+                let hi: (&str, &str, &[u8]) = (layer, upper.as_str(), &[]);
+                Some(table.range(lo..hi).db(&self.path)?)
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(e).db(&self.path),
+        };
+        Ok(RowIter {
+            path: self.path.clone(),
+            range,
+        })
+    }
+
+    /// Diffs the stored rows of (layer, source) against a fresh walk of `root`.
+    pub fn diff(&self, layer: &str, source: &str, root: &Path) -> Result<(TreeDiff, WalkCounters)> {
+        let txn = self.begin_read()?;
+        let stored = self.rows(&txn, layer, source)?;
+        let mut walk = TreeWalk::new(root)?;
+        let diff = diff_trees(stored, walk.by_ref(), |_, _| {})?;
+        Ok((diff, walk.counters()))
+    }
+
+    /// Number of rows stored for (layer, source).
+    pub fn row_count(&self, layer: &str, source: &str) -> Result<u64> {
+        let txn = self.begin_read()?;
+        let mut n = 0;
+        for r in self.rows(&txn, layer, source)? {
+            r?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// The schema version stored in the file.
+    pub fn schema_version(&self) -> Result<u32> {
+        let txn = self.begin_read()?;
+        Ok(read_version(&self.path, &txn)?.unwrap_or(SCHEMA_VERSION))
+    }
+}
+
+fn open_error(path: &Path, e: redb::DatabaseError) -> Error {
+    match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => Error::InUse {
+            path: path.to_path_buf(),
+        },
+        redb::DatabaseError::UpgradeRequired(v) => Error::NotACache {
+            path: path.to_path_buf(),
+            detail: format!("a redb file of an old format ({v}) that redb 4 cannot open"),
+        },
+        other => Error::Db {
+            path: path.to_path_buf(),
+            source: Box::new(other.into()),
+        },
+    }
+}
+
+/// A source name is a key component: no NUL (it would break the range bounds).
+pub(crate) fn validate_source(source: &str) -> Result<()> {
+    if source.contains('\0') {
+        return Err(Error::InvalidName {
+            what: "source name",
+            value: escape_bytes(source.as_bytes()),
+            why: "it contains a NUL byte",
+        });
+    }
+    Ok(())
+}
+
+/// Deletes every row of (layer, source).
+pub(crate) fn delete_rows(
+    db_path: &Path,
+    table: &mut redb::Table<(&str, &str, &[u8]), &[u8]>,
+    layer: &str,
+    source: &str,
+) -> Result<()> {
+    let upper = format!("{source}\0");
+    let lo: (&str, &str, &[u8]) = (layer, source, &[]);
+    let hi: (&str, &str, &[u8]) = (layer, upper.as_str(), &[]);
+    table.retain_in(lo..hi, |_, _| false).db(db_path)
+}
+
+/// The raw range scan behind [`RowIter`].
+type RowRange = redb::Range<'static, (&'static str, &'static str, &'static [u8]), &'static [u8]>;
+
+/// Stored rows of one (layer, source), in key order.
+pub struct RowIter {
+    path: PathBuf,
+    range: Option<RowRange>,
+}
+
+impl Iterator for RowIter {
+    type Item = Result<(RelPath, Row)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let range = self.range.as_mut()?;
+        let item = range.next()?;
+        Some(match item {
+            Err(e) => Err(e).db(&self.path),
+            Ok((k, v)) => {
+                let (_, _, key) = k.value();
+                let path = RelPath::from_key(key);
+                codec::decode::<Row, { codec::ROW_LIMIT }>(v.value())
+                    .map(|row| (path.clone(), row))
+                    .map_err(|detail| Error::Corrupt {
+                        path: self.path.clone(),
+                        table: "rows",
+                        key: path.to_string(),
+                        detail,
+                    })
+            }
+        })
+    }
+}

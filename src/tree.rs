@@ -1,0 +1,468 @@
+//! The tree snapshot: a sorted walk of a root, one [`Row`] per entry, content digests computed in
+//! parallel; and the Merkle root of a sequence of rows.
+//!
+//! The walk thread only enumerates names (`readdir`, sorted, symlinks never followed). Everything
+//! per entry — `lstat`, `readlink`, `llistxattr`, and hashing regular files — runs in parallel on
+//! rayon, one task per entry, over a bounded window of entries (a *chunk*), so memory is bounded
+//! by the window, not the tree, and entries come out in walk order.
+//!
+//! A regular file is opened with `O_NOFOLLOW | O_NONBLOCK` and checked with `fstat` to be the
+//! same regular file the walk saw, so a file swapped for a FIFO cannot hang the walk; its stat is
+//! compared again after hashing, and a file that changed while it was read is marked unstable and
+//! never recorded as current. FIFOs, sockets and device nodes are never opened.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::path::RelPath;
+use crate::schema::{EntryKind, Row};
+
+/// Entries per parallel window.
+const CHUNK_ENTRIES: usize = 4096;
+/// Files at least this large are hashed with blake3's multi-threaded `update_rayon`.
+const LARGE_FILE: u64 = 8 << 20;
+
+/// The stat data an entry was seen under (not compared; used to detect changes during reads and,
+/// later, to skip hashing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct StatData {
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, ns since the epoch.
+    pub mtime_ns: i64,
+    /// Status change time, ns since the epoch.
+    pub ctime_ns: i64,
+    /// Inode number.
+    pub ino: u64,
+    /// Device of the file system holding it.
+    pub dev: u64,
+}
+
+impl StatData {
+    fn of(m: &std::fs::Metadata) -> Self {
+        StatData {
+            size: m.size(),
+            mtime_ns: m
+                .mtime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(m.mtime_nsec()),
+            ctime_ns: m
+                .ctime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(m.ctime_nsec()),
+            ino: m.ino(),
+            dev: m.dev(),
+        }
+    }
+}
+
+/// One walked entry.
+#[derive(Debug, Clone)]
+pub struct WalkedEntry {
+    /// Path relative to the root (empty for the root).
+    pub path: RelPath,
+    /// What is recorded and compared.
+    pub row: Row,
+    /// The stat data it was seen under.
+    pub stat: StatData,
+    /// True when a regular file changed while it was hashed: its digest is not trustworthy.
+    pub unstable: bool,
+}
+
+/// Counters of work done by a walk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct WalkCounters {
+    /// Entries enumerated (including the root).
+    pub entries_walked: u64,
+    /// Regular files opened and hashed.
+    pub files_hashed: u64,
+    /// Bytes fed to blake3.
+    pub bytes_hashed: u64,
+}
+
+impl WalkCounters {
+    /// Adds another set of counters to this one.
+    pub fn add(&mut self, o: &WalkCounters) {
+        self.entries_walked += o.entries_walked;
+        self.files_hashed += o.files_hashed;
+        self.bytes_hashed += o.bytes_hashed;
+    }
+}
+
+/// A sorted, depth-first walk of one root that yields [`WalkedEntry`]s in key order, hashing
+/// regular files in parallel a window at a time.
+pub struct TreeWalk {
+    root: PathBuf,
+    inner: walkdir::IntoIter,
+    buffer: std::vec::IntoIter<WalkedEntry>,
+    counters: WalkCounters,
+    failed: bool,
+}
+
+impl TreeWalk {
+    /// Starts a walk of `root`. The root itself is the first entry (its mode and owner count);
+    /// a root that is a file yields one entry, a root that is a symlink is recorded, not followed.
+    pub fn new(root: &Path) -> Result<Self> {
+        std::fs::symlink_metadata(root).map_err(|e| Error::io("cannot stat", root, e))?;
+        let inner = walkdir::WalkDir::new(root)
+            .follow_links(false)
+            .follow_root_links(false)
+            .sort_by(|a, b| a.file_name().as_bytes().cmp(b.file_name().as_bytes()))
+            .into_iter();
+        Ok(TreeWalk {
+            root: root.to_path_buf(),
+            inner,
+            buffer: Vec::new().into_iter(),
+            counters: WalkCounters::default(),
+            failed: false,
+        })
+    }
+
+    /// Work done so far.
+    pub fn counters(&self) -> WalkCounters {
+        self.counters
+    }
+
+    /// The root being walked.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Enumerates the next window of names, in walk order.
+    fn next_names(&mut self) -> Result<Vec<RelPath>> {
+        let mut names = Vec::with_capacity(CHUNK_ENTRIES);
+        while names.len() < CHUNK_ENTRIES {
+            match self.inner.next() {
+                None => break,
+                Some(Ok(ent)) => {
+                    let rel = ent.path().strip_prefix(&self.root).unwrap_or(ent.path());
+                    names.push(RelPath::from_slash_bytes(rel.as_os_str().as_bytes()));
+                }
+                Some(Err(e)) => {
+                    let path = e
+                        .path()
+                        .map(Path::to_path_buf)
+                        .unwrap_or_else(|| self.root.clone());
+                    let io = e
+                        .into_io_error()
+                        .unwrap_or_else(|| std::io::Error::other("walk error"));
+                    return Err(Error::io("cannot read directory", path, io));
+                }
+            }
+        }
+        Ok(names)
+    }
+
+    /// The next window of entries, fully described and hashed, in walk order; `None` at the end.
+    pub fn next_chunk(&mut self) -> Option<Result<Vec<WalkedEntry>>> {
+        if self.failed {
+            return None;
+        }
+        let names = match self.next_names() {
+            Ok(n) if n.is_empty() => return None,
+            Ok(n) => n,
+            Err(e) => {
+                self.failed = true;
+                return Some(Err(e));
+            }
+        };
+        let root = &self.root;
+        let results: Vec<Result<(WalkedEntry, u64)>> = names
+            .into_par_iter()
+            .map(|path| describe(root, path))
+            .collect();
+        let mut out = Vec::with_capacity(results.len());
+        for r in results {
+            match r {
+                Ok((entry, hashed)) => {
+                    self.counters.entries_walked += 1;
+                    if entry.row.kind == EntryKind::File {
+                        self.counters.files_hashed += 1;
+                        self.counters.bytes_hashed += hashed;
+                    }
+                    out.push(entry);
+                }
+                Err(e) => {
+                    self.failed = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+        Some(Ok(out))
+    }
+}
+
+impl Iterator for TreeWalk {
+    type Item = Result<WalkedEntry>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(e) = self.buffer.next() {
+                return Some(Ok(e));
+            }
+            match self.next_chunk()? {
+                Ok(chunk) => self.buffer = chunk.into_iter(),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+}
+
+fn kind_of(ft: std::fs::FileType) -> EntryKind {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_symlink() {
+        EntryKind::Symlink
+    } else if ft.is_dir() {
+        EntryKind::Dir
+    } else if ft.is_file() {
+        EntryKind::File
+    } else if ft.is_fifo() {
+        EntryKind::Fifo
+    } else if ft.is_socket() {
+        EntryKind::Socket
+    } else if ft.is_char_device() {
+        EntryKind::CharDevice
+    } else {
+        EntryKind::BlockDevice
+    }
+}
+
+/// Reads the extended attributes of `path` without following a symlink; sorted by name. A file
+/// system without xattr support yields none.
+fn read_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let names = match xattr::list(path) {
+        Ok(n) => n,
+        Err(e) if is_unsupported(&e) => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("cannot list extended attributes of", path, e)),
+    };
+    let mut out = Vec::new();
+    for name in names {
+        match xattr::get(path, &name) {
+            Ok(Some(v)) => out.push((name.as_bytes().to_vec(), v)),
+            Ok(None) => {}
+            Err(e) if is_unsupported(&e) => {}
+            Err(e) => return Err(Error::io("cannot read extended attributes of", path, e)),
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn is_unsupported(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOTSUP) | Some(libc::ENODATA))
+        || e.kind() == std::io::ErrorKind::Unsupported
+}
+
+/// lstat, readlink, xattrs, and the content digest of one entry. Returns the bytes hashed.
+fn describe(root: &Path, path: RelPath) -> Result<(WalkedEntry, u64)> {
+    let abs = path.under(root);
+    let meta = std::fs::symlink_metadata(&abs).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::ChangedWhileReading { path: abs.clone() }
+        } else {
+            Error::io("cannot stat", &abs, e)
+        }
+    })?;
+    let kind = kind_of(meta.file_type());
+    let link_target = if kind == EntryKind::Symlink {
+        std::fs::read_link(&abs)
+            .map_err(|e| Error::io("cannot read symlink", &abs, e))?
+            .into_os_string()
+            .into_vec()
+    } else {
+        Vec::new()
+    };
+    let xattrs = read_xattrs(&abs)?;
+    let stat = StatData::of(&meta);
+    let mut row = Row {
+        kind,
+        mode: meta.mode() & 0o7777,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        size: meta.size(),
+        rdev: if matches!(kind, EntryKind::CharDevice | EntryKind::BlockDevice) {
+            meta.rdev()
+        } else {
+            0
+        },
+        link_target,
+        xattrs,
+        digest: [0; 32],
+    };
+    let mut unstable = false;
+    let mut hashed = 0;
+    if kind == EntryKind::File {
+        match hash_file(&abs, &stat)? {
+            Some((digest, n)) => {
+                row.digest = digest;
+                hashed = n;
+            }
+            None => unstable = true,
+        }
+    }
+    Ok((
+        WalkedEntry {
+            path,
+            row,
+            stat,
+            unstable,
+        },
+        hashed,
+    ))
+}
+
+use std::os::unix::ffi::OsStringExt;
+
+/// Hashes a regular file that the walk saw with `seen`. Returns `None` when the file is not the
+/// same one, or changed while it was read.
+pub(crate) fn hash_file(path: &Path, seen: &StatData) -> Result<Option<([u8; 32], u64)>> {
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+    {
+        Ok(f) => f,
+        // Replaced by a symlink (ELOOP) or removed since the walk saw it.
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("cannot open", path, e)),
+    };
+    let before = file
+        .metadata()
+        .map_err(|e| Error::io("cannot stat", path, e))?;
+    if !before.file_type().is_file() || StatData::of(&before) != *seen {
+        return Ok(None);
+    }
+    let (digest, n) =
+        hash_open_file(file, seen.size).map_err(|e| Error::io("cannot read", path, e))?;
+    let after = std::fs::symlink_metadata(path);
+    match after {
+        Ok(after) if StatData::of(&after) == *seen && n == seen.size => Ok(Some((digest, n))),
+        _ => Ok(None),
+    }
+}
+
+fn hash_open_file(mut file: File, size: u64) -> std::io::Result<([u8; 32], u64)> {
+    let mut hasher = blake3::Hasher::new();
+    let mut total = 0u64;
+    if size >= LARGE_FILE {
+        let mut buf = vec![0u8; 4 << 20];
+        loop {
+            let n = read_full(&mut file, &mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update_rayon(buf.get(..n).unwrap_or(&[]));
+            total += n as u64;
+        }
+    } else {
+        let mut buf = [0u8; 64 * 1024];
+        loop {
+            let n = match file.read(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if n == 0 {
+                break;
+            }
+            hasher.update(buf.get(..n).unwrap_or(&[]));
+            total += n as u64;
+        }
+    }
+    Ok((*hasher.finalize().as_bytes(), total))
+}
+
+fn read_full(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let rest = buf.get_mut(filled..).unwrap_or(&mut []);
+        match file.read(rest) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// Computes the Merkle root of a tree from its rows, fed in key (walk) order.
+///
+/// Each directory's node hash covers its own row and, in order, the name and node hash of each
+/// child; a leaf's node hash covers its row ([`Row::hash_into`]: type, mode, owner, device
+/// number, link target, xattrs, and for files size and content digest). So the root digest
+/// summarizes every compared property of every entry, and nothing else: no mtime, no inode, no
+/// absolute path. Equal trees have equal roots; any compared change changes the root.
+#[derive(Default)]
+pub struct TreeHasher {
+    /// Open directories, outermost first: (path, hasher).
+    stack: Vec<(RelPath, blake3::Hasher)>,
+    root: Option<[u8; 32]>,
+    rows: u64,
+}
+
+impl TreeHasher {
+    /// A hasher with no rows yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn node(path_kind: &str, row: &Row) -> blake3::Hasher {
+        let mut h = blake3::Hasher::new();
+        h.update(path_kind.as_bytes());
+        row.hash_into(&mut h);
+        h
+    }
+
+    fn close_top(&mut self) {
+        if let Some((path, h)) = self.stack.pop() {
+            let digest = *h.finalize().as_bytes();
+            self.attach(&path, digest);
+        }
+    }
+
+    fn attach(&mut self, path: &RelPath, digest: [u8; 32]) {
+        match self.stack.last_mut() {
+            Some((_, parent)) => {
+                let name = path.file_name();
+                parent.update(&(name.len() as u64).to_le_bytes());
+                parent.update(name);
+                parent.update(&digest);
+            }
+            None => self.root = Some(digest),
+        }
+    }
+
+    /// Adds the next row in key order.
+    pub fn push(&mut self, path: &RelPath, row: &Row) {
+        self.rows += 1;
+        while let Some((top, _)) = self.stack.last() {
+            if top.is_ancestor_of(path) {
+                break;
+            }
+            self.close_top();
+        }
+        if row.kind == EntryKind::Dir {
+            self.stack.push((path.clone(), Self::node("dir", row)));
+        } else {
+            let digest = *Self::node("leaf", row).finalize().as_bytes();
+            self.attach(path, digest);
+        }
+    }
+
+    /// The root digest and the number of rows. An empty sequence has the all-zero digest.
+    pub fn finish(mut self) -> ([u8; 32], u64) {
+        while !self.stack.is_empty() {
+            self.close_top();
+        }
+        (self.root.unwrap_or([0; 32]), self.rows)
+    }
+}

@@ -1,0 +1,81 @@
+//! Helpers shared by the integration tests: real trees in temp dirs.
+#![allow(dead_code)]
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+
+pub fn write(root: &Path, rel: &str, content: &[u8]) -> PathBuf {
+    let p = root.join(rel);
+    if let Some(parent) = p.parent() {
+        std::fs::create_dir_all(parent).unwrap();
+    }
+    std::fs::write(&p, content).unwrap();
+    p
+}
+
+pub fn chmod(p: &Path, mode: u32) {
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+pub fn mkfifo(p: &Path) {
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    assert_eq!(
+        unsafe { libc::mkfifo(c.as_ptr(), 0o644) },
+        0,
+        "mkfifo {}",
+        p.display()
+    );
+}
+
+/// Creates a character device node; false where the system does not permit it.
+pub fn mknod_char(p: &Path, major: u32, minor: u32) -> bool {
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    let dev = libc::makedev(major, minor);
+    unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o600, dev) == 0 }
+}
+
+/// True when the file system under `dir` accepts user xattrs.
+pub fn xattrs_supported(dir: &Path) -> bool {
+    let probe = dir.join(".xattr-probe");
+    std::fs::write(&probe, b"").unwrap();
+    let ok = xattr::set(&probe, "user.probe", b"1").is_ok();
+    std::fs::remove_file(&probe).unwrap();
+    ok
+}
+
+/// A tree with every entry type, empty dirs, deep nesting, non-UTF-8 names and names that sort
+/// around `/`. Returns the number of regular files in it.
+pub fn rich_tree(root: &Path) -> u64 {
+    let mut files = 0;
+    for rel in [
+        "a/b",
+        "a-b",
+        "a.txt",
+        "a0",
+        "z/y/x/w/v/u/t/s/r/q/deep.txt",
+        "exec.sh",
+    ] {
+        write(root, rel, rel.as_bytes());
+        files += 1;
+    }
+    chmod(&root.join("exec.sh"), 0o755);
+    std::fs::create_dir_all(root.join("empty/also-empty")).unwrap();
+    let bad = root.join(OsStr::from_bytes(b"bad\xff\xfename"));
+    std::fs::write(&bad, b"latin-1 name").unwrap();
+    files += 1;
+    std::fs::write(root.join("new\nline"), b"newline name").unwrap();
+    files += 1;
+    symlink("a.txt", root.join("link-to-a")).unwrap();
+    symlink("/etc/passwd", root.join("abs-link")).unwrap();
+    symlink("loop1", root.join("loop2")).unwrap();
+    symlink("loop2", root.join("loop1")).unwrap();
+    symlink("self", root.join("self")).unwrap();
+    mkfifo(&root.join("fifo"));
+    let _sock = std::os::unix::net::UnixListener::bind(root.join("sock")).unwrap();
+    std::fs::create_dir(root.join("setgid-dir")).unwrap();
+    chmod(&root.join("setgid-dir"), 0o2775);
+    mknod_char(&root.join("null-dev"), 1, 3);
+    files
+}
