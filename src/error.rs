@@ -108,6 +108,75 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// A layer was asked for that the build does not define.
+    #[error("layer {name:?} is not defined in this build; check the layer name or the plan")]
+    UnknownLayer {
+        /// The name asked for.
+        name: String,
+    },
+
+    /// A layer is built on a layer the build does not define.
+    #[error(
+        "layer {layer:?} is built from {base:?}, which this build does not define; add it or fix the base"
+    )]
+    MissingBase {
+        /// The dependent layer.
+        layer: String,
+        /// The base it names.
+        base: String,
+    },
+
+    /// Built bases form a cycle.
+    #[error("layers are built from each other in a cycle: {}; break the cycle", chain.join(" -> "))]
+    BaseCycle {
+        /// The layers of the cycle, the first repeated at the end.
+        chain: Vec<String>,
+    },
+
+    /// The base of a layer could not be resolved (unreadable OCI layout, ambiguous tag, ...).
+    #[error("cannot resolve the base of layer {layer:?}: {detail}")]
+    Base {
+        /// The layer whose base it is.
+        layer: String,
+        /// What went wrong and what to do.
+        detail: String,
+    },
+
+    /// The inputs of a layer changed between its lookup and its put; nothing was stored.
+    #[error(
+        "inputs of layer {layer:?} changed between lookup and put, nothing was cached: {}; \
+         rebuild the layer from the current inputs",
+        changes.join(", ")
+    )]
+    InputsChanged {
+        /// The layer.
+        layer: String,
+        /// What changed: `import <key>: <path>` / `overlay_dir <key>: <path>`, escaped.
+        changes: Vec<String>,
+    },
+
+    /// A put was given a lookup of another layer or another build.
+    #[error(
+        "put of layer {layer:?} was given the lookup of {other:?}; pass the lookup of the same layer"
+    )]
+    WrongLookup {
+        /// The layer being put.
+        layer: String,
+        /// The layer the lookup was for.
+        other: String,
+    },
+
+    /// A plan or manifests file could not be read or parsed.
+    #[error("invalid {what} {path}: {detail}", path = path.display())]
+    Parse {
+        /// "plan file", "manifests file", "index.json", ...
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        detail: String,
+    },
+
     /// A layer name, source name or relative path is not acceptable.
     #[error("invalid {what} {value:?}: {why}")]
     InvalidName {

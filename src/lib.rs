@@ -53,17 +53,30 @@
 //! [`tree`] walks and hashes; [`diff`] compares; [`store`] owns the redb file; [`schema`] and
 //! [`codec`] define what is stored and how; [`path`] the key encoding and display.
 
+pub mod base;
+pub mod cache;
 pub mod codec;
 pub mod diff;
 pub mod error;
+pub mod inputs;
+pub mod inspect;
 pub mod path;
+pub mod plan;
+pub mod reason;
 pub mod schema;
+pub mod stacker;
 pub mod store;
 pub mod tree;
 
+pub use cache::{
+    Cache, CacheConfig, CachedEntry, Lookup, LookupMode, Outcome, PruneReport, Pruned, Session,
+    SessionCounters, SourceRole,
+};
 pub use diff::{Change, Modified, TreeDiff, compare_rows, diff_trees};
 pub use error::{Error, Result};
+pub use inputs::{Base, Build, Import, LayerInputs, OverlayDir};
 pub use path::{RelPath, escape_bytes, validate_layer_name};
+pub use reason::{BaseChange, FieldChange, MissReason};
 pub use schema::{EntryKind, Row, SCHEMA_VERSION};
 pub use store::{Store, TreeSummary};
 pub use tree::{StatData, TreeHasher, TreeWalk, WalkCounters, WalkedEntry};

@@ -108,12 +108,14 @@ pub struct TreeWalk {
 
 impl TreeWalk {
     /// Starts a walk of `root`. The root itself is the first entry (its mode and owner count);
-    /// a root that is a file yields one entry, a root that is a symlink is recorded, not followed.
+    /// a root that is a file yields one entry. A root that is a symlink is followed (the builder
+    /// named it; recording only the link would hide changes behind it); symlinks below the root
+    /// are recorded, never followed.
     pub fn new(root: &Path) -> Result<Self> {
-        std::fs::symlink_metadata(root).map_err(|e| Error::io("cannot stat", root, e))?;
+        std::fs::metadata(root).map_err(|e| Error::io("cannot stat", root, e))?;
         let inner = walkdir::WalkDir::new(root)
             .follow_links(false)
-            .follow_root_links(false)
+            .follow_root_links(true)
             .sort_by(|a, b| a.file_name().as_bytes().cmp(b.file_name().as_bytes()))
             .into_iter();
         Ok(TreeWalk {
@@ -263,7 +265,13 @@ fn is_unsupported(e: &std::io::Error) -> bool {
 /// lstat, readlink, xattrs, and the content digest of one entry. Returns the bytes hashed.
 fn describe(root: &Path, path: RelPath) -> Result<(WalkedEntry, u64)> {
     let abs = path.under(root);
-    let meta = std::fs::symlink_metadata(&abs).map_err(|e| {
+    let follow = path.is_root();
+    let meta = if follow {
+        std::fs::metadata(&abs)
+    } else {
+        std::fs::symlink_metadata(&abs)
+    };
+    let meta = meta.map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             Error::ChangedWhileReading { path: abs.clone() }
         } else {
@@ -299,7 +307,7 @@ fn describe(root: &Path, path: RelPath) -> Result<(WalkedEntry, u64)> {
     let mut unstable = false;
     let mut hashed = 0;
     if kind == EntryKind::File {
-        match hash_file(&abs, &stat)? {
+        match hash_file(&abs, &stat, follow)? {
             Some((digest, n)) => {
                 row.digest = digest;
                 hashed = n;
@@ -322,10 +330,15 @@ use std::os::unix::ffi::OsStringExt;
 
 /// Hashes a regular file that the walk saw with `seen`. Returns `None` when the file is not the
 /// same one, or changed while it was read.
-pub(crate) fn hash_file(path: &Path, seen: &StatData) -> Result<Option<([u8; 32], u64)>> {
+pub(crate) fn hash_file(
+    path: &Path,
+    seen: &StatData,
+    follow: bool,
+) -> Result<Option<([u8; 32], u64)>> {
+    let nofollow = if follow { 0 } else { libc::O_NOFOLLOW };
     let file = match std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .custom_flags(nofollow | libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(path)
     {
         Ok(f) => f,
@@ -342,11 +355,22 @@ pub(crate) fn hash_file(path: &Path, seen: &StatData) -> Result<Option<([u8; 32]
     }
     let (digest, n) =
         hash_open_file(file, seen.size).map_err(|e| Error::io("cannot read", path, e))?;
-    let after = std::fs::symlink_metadata(path);
+    let after = if follow {
+        std::fs::metadata(path)
+    } else {
+        std::fs::symlink_metadata(path)
+    };
     match after {
         Ok(after) if StatData::of(&after) == *seen && n == seen.size => Ok(Some((digest, n))),
         _ => Ok(None),
     }
+}
+
+/// blake3 of a whole file (a base tarball), read with plain reads. Returns the digest.
+pub(crate) fn hash_path(path: &Path) -> std::io::Result<[u8; 32]> {
+    let file = File::open(path)?;
+    let size = file.metadata()?.len();
+    Ok(hash_open_file(file, size)?.0)
 }
 
 fn hash_open_file(mut file: File, size: u64) -> std::io::Result<([u8; 32], u64)> {

@@ -1,0 +1,1001 @@
+//! The cache: open (and prune), lookup with typed miss reasons, put, within one build session.
+//!
+//! A [`Session`] holds one build's layers and memoizes, per layer, whether it hits and with
+//! which base hash, so a chain of N built layers costs N lookups, not stacker's N².
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use oci_spec::image::Descriptor;
+use redb::ReadableTable;
+use serde::Serialize;
+
+use crate::base::{External, blob_path, resolve_external};
+use crate::codec;
+use crate::diff::diff_trees;
+use crate::error::{DbResultExt, Error, Result};
+use crate::inputs::{Base, Build, LayerInputs, canonical_json, canonical_json_of};
+use crate::path::{RelPath, escape_bytes, validate_layer_name};
+use crate::reason::{BaseChange, MissReason, definition_changes, show_path};
+use crate::schema::{
+    BASES, BaseRecord, ENTRIES, EntryKind, EntryRecord, ManifestRecord, ROWS, SourceSummary,
+};
+use crate::store::Store;
+use crate::tree::{TreeWalk, WalkCounters, WalkedEntry};
+
+/// Where the cache lives and what it checks at open.
+#[derive(Debug, Clone, Default)]
+pub struct CacheConfig {
+    /// The database file (created with mode 0600 if missing).
+    pub db: PathBuf,
+    /// The OCI layout holding the layers' output blobs; entries whose blobs are gone are pruned
+    /// at open. `None` skips that pruning.
+    pub oci_layout: Option<PathBuf>,
+    /// The directory holding one rootfs directory per layer; build_only entries whose directory
+    /// is gone are pruned at open. `None` skips that pruning.
+    pub rootfs_dir: Option<PathBuf>,
+}
+
+/// An entry removed at open, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Pruned {
+    /// The layer.
+    pub layer: String,
+    /// Why it was pruned (the missing blob or directory).
+    pub why: String,
+}
+
+/// What [`Cache::prune`] removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PruneReport {
+    /// Entries removed.
+    pub pruned: Vec<Pruned>,
+    /// Entries examined.
+    pub examined: u64,
+}
+
+/// An open cache.
+pub struct Cache {
+    store: Store,
+    config: CacheConfig,
+}
+
+/// A cached entry returned by a hit: the record and its manifests as OCI descriptors.
+#[derive(Debug, Clone)]
+pub struct CachedEntry {
+    /// The stored record.
+    pub record: EntryRecord,
+    /// Output manifests by layer type.
+    pub manifests: BTreeMap<String, Descriptor>,
+}
+
+/// The outcome of a lookup.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// The cached output can be reused.
+    Hit(Box<CachedEntry>),
+    /// It cannot; the reasons, in check order (only the first unless explaining).
+    Miss(Vec<MissReason>),
+}
+
+/// Whether a source is an import or an overlay dir.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceRole {
+    /// An import.
+    Import,
+    /// An overlay dir.
+    OverlayDir,
+}
+
+/// What a lookup saw of one source: the row hash of every path, in key order. Put compares its
+/// own walk against it, so inputs that change between lookup and put are caught.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    /// Import or overlay dir.
+    pub role: SourceRole,
+    /// Its key.
+    pub key: String,
+    rows: Vec<(RelPath, [u8; 32])>,
+}
+
+/// The result of looking up one layer, to be passed back to [`Session::put`].
+#[derive(Debug, Clone)]
+pub struct Lookup {
+    /// The layer.
+    pub layer: String,
+    /// Hit or miss.
+    pub outcome: Outcome,
+    observed: Option<Vec<Observed>>,
+}
+
+impl Lookup {
+    /// True on a hit.
+    pub fn is_hit(&self) -> bool {
+        matches!(self.outcome, Outcome::Hit(_))
+    }
+
+    /// The miss reasons (empty on a hit).
+    pub fn reasons(&self) -> &[MissReason] {
+        match &self.outcome {
+            Outcome::Hit(_) => &[],
+            Outcome::Miss(r) => r,
+        }
+    }
+
+    /// The cached entry on a hit.
+    pub fn entry(&self) -> Option<&CachedEntry> {
+        match &self.outcome {
+            Outcome::Hit(e) => Some(e),
+            Outcome::Miss(_) => None,
+        }
+    }
+}
+
+/// How much a lookup does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LookupMode {
+    /// Collect every reason instead of stopping at the first.
+    pub explain: bool,
+    /// Walk every source even after a miss, and keep what was seen for [`Session::put`].
+    pub observe: bool,
+}
+
+impl LookupMode {
+    /// Stop at the first reason; observe for a later put (the library default).
+    pub const FOR_BUILD: LookupMode = LookupMode {
+        explain: false,
+        observe: true,
+    };
+    /// Stop at the first reason, observe nothing (a yes/no question).
+    pub const CHECK: LookupMode = LookupMode {
+        explain: false,
+        observe: false,
+    };
+    /// Every reason, and observe for a later put.
+    pub const EXPLAIN: LookupMode = LookupMode {
+        explain: true,
+        observe: true,
+    };
+}
+
+/// Counters of work done in a session.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SessionCounters {
+    /// Lookups evaluated (each layer at most once per session for base resolution).
+    pub lookups: u64,
+    /// Entries decoded from the database.
+    pub entries_read: u64,
+    /// Walk counters summed over every walk of the session.
+    pub walk: WalkCounters,
+}
+
+/// The row source id of an import or overlay dir.
+pub fn source_id(role: SourceRole, key: &str) -> String {
+    match role {
+        SourceRole::Import => format!("import:{key}"),
+        SourceRole::OverlayDir => format!("overlay:{key}"),
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The hash layers built on this entry record and compare: it covers everything recorded except
+/// the time, so rebuilding a base (new outputs, new inputs) changes it.
+pub fn entry_digest(e: &EntryRecord) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    let field = |h: &mut blake3::Hasher, b: &[u8]| {
+        h.update(&(b.len() as u64).to_le_bytes());
+        h.update(b);
+    };
+    field(&mut h, e.name.as_bytes());
+    field(&mut h, &e.definition_digest);
+    field(&mut h, &[e.base.kind as u8]);
+    field(&mut h, e.base.reference.as_bytes());
+    field(&mut h, &e.base.hash);
+    field(&mut h, format!("{:?}", e.source_date_epoch).as_bytes());
+    for list in [&e.imports, &e.overlay_dirs] {
+        h.update(&(list.len() as u64).to_le_bytes());
+        for s in list {
+            field(&mut h, s.key.as_bytes());
+            field(&mut h, s.root_kind.as_str().as_bytes());
+            field(&mut h, &s.root_digest);
+            h.update(&s.rows.to_le_bytes());
+        }
+    }
+    h.update(&(e.manifests.len() as u64).to_le_bytes());
+    for m in &e.manifests {
+        field(&mut h, m.layer_type.as_bytes());
+        field(&mut h, &m.descriptor_json);
+    }
+    h.update(&[e.build_only as u8]);
+    *h.finalize().as_bytes()
+}
+
+fn row_hash(row: &crate::schema::Row) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    row.hash_into(&mut h);
+    *h.finalize().as_bytes()
+}
+
+impl Cache {
+    /// Opens (or creates) the cache and prunes entries whose outputs are gone.
+    pub fn open(config: CacheConfig) -> Result<(Cache, PruneReport)> {
+        let store = Store::open(&config.db)?;
+        let cache = Cache { store, config };
+        let report = cache.prune()?;
+        for p in &report.pruned {
+            tracing::info!(layer = %p.layer, "couldn't find {}, pruning it from the cache ({})", p.layer, p.why);
+        }
+        Ok((cache, report))
+    }
+
+    /// Opens (or creates) the cache without pruning: O(1) in the number of entries.
+    pub fn open_without_prune(config: CacheConfig) -> Result<Cache> {
+        let store = Store::open(&config.db)?;
+        Ok(Cache { store, config })
+    }
+
+    /// The underlying store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Starts a build session over `build`, after validating it (names, keys, bases, cycles).
+    pub fn session<'a>(&'a self, build: &'a Build) -> Result<Session<'a>> {
+        build.validate()?;
+        Ok(Session {
+            cache: self,
+            build,
+            memo: HashMap::new(),
+            counters: SessionCounters::default(),
+        })
+    }
+
+    /// The stored entry of a layer, if any.
+    pub fn entry(&self, layer: &str) -> Result<Option<EntryRecord>> {
+        let txn = self.store.begin_read()?;
+        let table = txn.open_table(ENTRIES).db(self.store.path())?;
+        let Some(v) = table.get(layer).db(self.store.path())? else {
+            return Ok(None);
+        };
+        decode_entry(self.store.path(), layer, v.value()).map(Some)
+    }
+
+    /// Removes entries whose output blobs are gone from the OCI layout, and build_only entries
+    /// whose rootfs directory is gone. Damaged entries are removed too.
+    pub fn prune(&self) -> Result<PruneReport> {
+        let mut report = PruneReport::default();
+        if self.config.oci_layout.is_none() && self.config.rootfs_dir.is_none() {
+            return Ok(report);
+        }
+        let path = self.store.path();
+        let mut doomed = Vec::new();
+        {
+            let txn = self.store.begin_read()?;
+            let table = txn.open_table(ENTRIES).db(path)?;
+            for item in table.iter().db(path)? {
+                let (k, v) = item.db(path)?;
+                let name = k.value().to_string();
+                report.examined += 1;
+                let why = match decode_entry(path, &name, v.value()) {
+                    Err(e) => Some(format!("the entry is damaged: {e}")),
+                    Ok(rec) => self.missing_output(&rec),
+                };
+                if let Some(why) = why {
+                    doomed.push(Pruned { layer: name, why });
+                }
+            }
+        }
+        if doomed.is_empty() {
+            return Ok(report);
+        }
+        let txn = self.store.begin_write()?;
+        for p in &doomed {
+            remove_layer(path, &txn, &p.layer)?;
+        }
+        txn.commit().db(path)?;
+        report.pruned = doomed;
+        Ok(report)
+    }
+
+    fn missing_output(&self, rec: &EntryRecord) -> Option<String> {
+        if rec.build_only {
+            let dir = self.config.rootfs_dir.as_ref()?.join(&rec.name);
+            return (!dir.is_dir())
+                .then(|| format!("rootfs directory {} is gone", show_path(&dir)));
+        }
+        let layout = self.config.oci_layout.as_ref()?;
+        for m in &rec.manifests {
+            let digest = serde_json::from_slice::<serde_json::Value>(&m.descriptor_json)
+                .ok()
+                .and_then(|v| v.get("digest").and_then(|d| d.as_str()).map(str::to_string));
+            let blob = digest.as_deref().and_then(|d| blob_path(layout, d));
+            match blob {
+                Some(b) if b.is_file() => {}
+                Some(b) => {
+                    return Some(format!(
+                        "missing build for layer type {}: blob {} is gone",
+                        m.layer_type,
+                        show_path(&b)
+                    ));
+                }
+                None => {
+                    return Some(format!(
+                        "the {} descriptor has no valid digest",
+                        m.layer_type
+                    ));
+                }
+            }
+        }
+        None
+    }
+
+    /// Removes one layer's entry, rows and base hash. Returns whether it was cached.
+    pub fn remove(&self, layer: &str) -> Result<bool> {
+        let txn = self.store.begin_write()?;
+        let existed = remove_layer(self.store.path(), &txn, layer)?;
+        txn.commit().db(self.store.path())?;
+        Ok(existed)
+    }
+}
+
+fn remove_layer(path: &Path, txn: &redb::WriteTransaction, layer: &str) -> Result<bool> {
+    let existed = txn
+        .open_table(ENTRIES)
+        .db(path)?
+        .remove(layer)
+        .db(path)?
+        .is_some();
+    txn.open_table(BASES).db(path)?.remove(layer).db(path)?;
+    let mut rows = txn.open_table(ROWS).db(path)?;
+    let upper = format!("{layer}\0");
+    let lo: (&str, &str, &[u8]) = (layer, "", &[]);
+    let hi: (&str, &str, &[u8]) = (upper.as_str(), "", &[]);
+    rows.retain_in(lo..hi, |_, _| false).db(path)?;
+    Ok(existed)
+}
+
+pub(crate) fn decode_entry(path: &Path, layer: &str, bytes: &[u8]) -> Result<EntryRecord> {
+    codec::decode::<EntryRecord, { codec::ENTRY_LIMIT }>(bytes).map_err(|detail| Error::Corrupt {
+        path: path.to_path_buf(),
+        table: "entries",
+        key: escape_bytes(layer.as_bytes()),
+        detail,
+    })
+}
+
+/// Memoized result of a layer within a session.
+#[derive(Debug, Clone)]
+enum Memo {
+    /// The layer hits; this is its entry digest (the base hash of layers built on it).
+    Hit([u8; 32]),
+    Miss,
+}
+
+/// One build: the layers, and what is known of them so far.
+pub struct Session<'a> {
+    cache: &'a Cache,
+    build: &'a Build,
+    memo: HashMap<String, Memo>,
+    counters: SessionCounters,
+}
+
+/// The current state of a layer's base, as lookup and put see it.
+enum BaseNow {
+    Hash(Vec<u8>),
+    Miss(BaseChange),
+}
+
+impl<'a> Session<'a> {
+    /// Work done so far in this session.
+    pub fn counters(&self) -> SessionCounters {
+        self.counters
+    }
+
+    /// Looks up a layer for a build: stops at the first reason, and observes every source so
+    /// that [`Session::put`] can check nothing changed in between.
+    pub fn lookup(&mut self, layer: &str) -> Result<Lookup> {
+        self.lookup_with(layer, LookupMode::FOR_BUILD)
+    }
+
+    /// Looks up a layer and collects every reason it misses.
+    pub fn explain(&mut self, layer: &str) -> Result<Lookup> {
+        self.lookup_with(layer, LookupMode::EXPLAIN)
+    }
+
+    /// Looks up a layer in the given mode. Miss reasons are logged at info level.
+    pub fn lookup_with(&mut self, layer: &str, mode: LookupMode) -> Result<Lookup> {
+        validate_layer_name(layer)?;
+        let inputs = self.build.layer(layer)?;
+        self.resolve_bases_below(layer)?;
+        let result = self.evaluate(layer, inputs, mode)?;
+        self.memo.insert(
+            layer.to_string(),
+            match &result.outcome {
+                Outcome::Hit(e) => Memo::Hit(entry_digest(&e.record)),
+                Outcome::Miss(_) => Memo::Miss,
+            },
+        );
+        for r in result.reasons() {
+            if !matches!(r, MissReason::NotCached) {
+                tracing::info!(layer, "{r}");
+            }
+        }
+        Ok(result)
+    }
+
+    /// Makes sure every built base below `layer` is memoized, bottom up (iteratively, so a
+    /// chain of any length costs one evaluation per layer and no deep recursion).
+    fn resolve_bases_below(&mut self, layer: &str) -> Result<()> {
+        let mut chain = Vec::new();
+        let mut cur = layer;
+        while let Base::Built { layer: base } = &self.build.layer(cur)?.base {
+            if self.memo.contains_key(base.as_str()) {
+                break;
+            }
+            chain.push(base.as_str());
+            cur = base;
+        }
+        for name in chain.into_iter().rev() {
+            let inputs = self.build.layer(name)?;
+            let r = self.evaluate(name, inputs, LookupMode::CHECK)?;
+            let memo = match &r.outcome {
+                Outcome::Hit(e) => Memo::Hit(entry_digest(&e.record)),
+                Outcome::Miss(_) => Memo::Miss,
+            };
+            self.memo.insert(name.to_string(), memo);
+        }
+        Ok(())
+    }
+
+    /// The base hash of a layer right now. For a built base, the base must be memoized
+    /// (`resolve_bases_below`) or be put in this session.
+    fn base_now(&self, layer: &str, base: &Base, for_put: bool) -> Result<BaseNow> {
+        match base {
+            Base::Built { layer: b } => {
+                if for_put {
+                    // At put, the base's recorded entry hash is what this layer was built on.
+                    let txn = self.cache.store.begin_read()?;
+                    let t = txn.open_table(BASES).db(self.cache.store.path())?;
+                    return match t.get(b.as_str()).db(self.cache.store.path())? {
+                        Some(h) => Ok(BaseNow::Hash(h.value().to_vec())),
+                        None => Err(Error::Base {
+                            layer: layer.to_string(),
+                            detail: format!(
+                                "base layer {b:?} is not cached; put it before the layers built on it"
+                            ),
+                        }),
+                    };
+                }
+                match self.memo.get(b.as_str()) {
+                    Some(Memo::Hit(h)) => Ok(BaseNow::Hash(h.to_vec())),
+                    _ => Ok(BaseNow::Miss(BaseChange::BaseLayerMissed {
+                        layer: b.clone(),
+                    })),
+                }
+            }
+            other => match resolve_external(layer, other)? {
+                External::Hash(h) => Ok(BaseNow::Hash(h)),
+                External::Missing(c) => Ok(BaseNow::Miss(c)),
+            },
+        }
+    }
+
+    fn evaluate(&mut self, layer: &str, inputs: &LayerInputs, mode: LookupMode) -> Result<Lookup> {
+        self.counters.lookups += 1;
+        let store = &self.cache.store;
+        let txn = store.begin_read()?;
+        let stored = {
+            let table = txn.open_table(ENTRIES).db(store.path())?;
+            let v = table.get(layer).db(store.path())?;
+            v.map(|v| decode_entry(store.path(), layer, v.value()))
+        };
+        let mut reasons = Vec::new();
+        let record = match stored {
+            None => {
+                reasons.push(MissReason::NotCached);
+                None
+            }
+            Some(Err(e)) => {
+                reasons.push(MissReason::DamagedEntry {
+                    detail: e.to_string(),
+                });
+                None
+            }
+            Some(Ok(r)) => {
+                self.counters.entries_read += 1;
+                Some(r)
+            }
+        };
+        let stop = |reasons: &Vec<MissReason>| !mode.explain && !reasons.is_empty();
+
+        if let Some(rec) = &record {
+            // 2. definition
+            let def = canonical_json(&inputs.definition);
+            if *blake3::hash(&def).as_bytes() != rec.definition_digest {
+                let old: serde_json::Value =
+                    serde_json::from_slice(&rec.definition_json).unwrap_or(serde_json::Value::Null);
+                reasons.push(MissReason::DefinitionChanged {
+                    fields: definition_changes(&old, &inputs.definition),
+                });
+            }
+            // 3. base
+            if !stop(&reasons) {
+                let kind = inputs.base.kind();
+                let reference = inputs.base.reference();
+                if kind != rec.base.kind || reference != rec.base.reference {
+                    reasons.push(MissReason::BaseChanged {
+                        change: BaseChange::Replaced {
+                            old: format!(
+                                "{}:{}",
+                                base_kind_name(rec.base.kind),
+                                rec.base.reference
+                            ),
+                            new: format!("{}:{}", base_kind_name(kind), reference),
+                        },
+                    });
+                } else {
+                    match self.base_now(layer, &inputs.base, false)? {
+                        BaseNow::Miss(change) => reasons.push(MissReason::BaseChanged { change }),
+                        BaseNow::Hash(h) if h != rec.base.hash => {
+                            reasons.push(MissReason::BaseChanged {
+                                change: BaseChange::HashChanged {
+                                    old: hex(&rec.base.hash),
+                                    new: hex(&h),
+                                },
+                            })
+                        }
+                        BaseNow::Hash(_) => {}
+                    }
+                }
+            }
+            // 4. SOURCE_DATE_EPOCH
+            if !stop(&reasons) && rec.source_date_epoch != inputs.source_date_epoch {
+                reasons.push(MissReason::SourceDateEpochChanged {
+                    old: rec.source_date_epoch,
+                    new: inputs.source_date_epoch,
+                });
+            }
+        }
+
+        // 5 and 6: imports and overlay dirs. Walked when they can still decide the outcome, or
+        // when the caller wants them observed for a put.
+        let mut observed = mode.observe.then(Vec::new);
+        for import in inputs.imports.iter().filter(|i| i.dest.is_none()) {
+            let decide = !stop(&reasons) && record.is_some();
+            if !decide && !mode.observe {
+                break;
+            }
+            let summary = record
+                .as_ref()
+                .and_then(|r| r.imports.iter().find(|s| s.key == import.key));
+            if decide && summary.is_none() {
+                reasons.push(MissReason::ImportNew {
+                    key: import.key.clone(),
+                });
+            }
+            let decide = decide && summary.is_some();
+            let reason = self.check_source(
+                &txn,
+                layer,
+                SourceRole::Import,
+                &import.key,
+                &import.path,
+                summary.filter(|_| decide),
+                observed.as_mut(),
+            )?;
+            if decide && let Some(r) = reason {
+                reasons.push(r);
+            }
+        }
+        for od in &inputs.overlay_dirs {
+            let decide = !stop(&reasons) && record.is_some();
+            if !decide && !mode.observe {
+                break;
+            }
+            let summary = record
+                .as_ref()
+                .and_then(|r| r.overlay_dirs.iter().find(|s| s.key == od.key));
+            if decide && summary.is_none() {
+                reasons.push(MissReason::OverlayDirNew {
+                    key: od.key.clone(),
+                });
+            }
+            let mut decide = decide && summary.is_some();
+            if decide && std::fs::symlink_metadata(&od.rootfs_path).is_err() {
+                reasons.push(MissReason::OverlayDirMissing {
+                    key: od.key.clone(),
+                    rootfs_path: show_path(&od.rootfs_path),
+                });
+                decide = mode.explain;
+            }
+            let reason = self.check_source(
+                &txn,
+                layer,
+                SourceRole::OverlayDir,
+                &od.key,
+                &od.source,
+                summary.filter(|_| decide),
+                observed.as_mut(),
+            )?;
+            if decide && let Some(r) = reason {
+                reasons.push(r);
+            }
+        }
+
+        if !mode.explain {
+            reasons.truncate(1);
+        }
+        let outcome = match (record, reasons.is_empty()) {
+            (Some(rec), true) => match decode_manifests(&rec) {
+                Ok(manifests) => Outcome::Hit(Box::new(CachedEntry {
+                    record: rec,
+                    manifests,
+                })),
+                Err(detail) => Outcome::Miss(vec![MissReason::DamagedEntry { detail }]),
+            },
+            _ => Outcome::Miss(reasons),
+        };
+        Ok(Lookup {
+            layer: layer.to_string(),
+            outcome,
+            observed,
+        })
+    }
+
+    /// Walks one source, diffing it against the stored rows when `summary` is given, and
+    /// recording what was seen when `observed` is given. Returns the miss reason, if any.
+    #[allow(clippy::too_many_arguments)]
+    fn check_source(
+        &mut self,
+        txn: &redb::ReadTransaction,
+        layer: &str,
+        role: SourceRole,
+        key: &str,
+        path: &Path,
+        summary: Option<&SourceSummary>,
+        observed: Option<&mut Vec<Observed>>,
+    ) -> Result<Option<MissReason>> {
+        let meta = match std::fs::metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let p = show_path(path);
+                return Ok(summary.map(|_| match role {
+                    SourceRole::Import => MissReason::ImportMissing {
+                        key: key.to_string(),
+                        path: p,
+                    },
+                    SourceRole::OverlayDir => MissReason::OverlayDirContentChanged {
+                        key: key.to_string(),
+                        diff: crate::diff::TreeDiff {
+                            removed: vec![RelPath::root()],
+                            ..Default::default()
+                        },
+                    },
+                }));
+            }
+            Err(e) => return Err(Error::io("cannot stat", path, e)),
+        };
+        let kind_now = if meta.is_dir() {
+            EntryKind::Dir
+        } else {
+            EntryKind::File
+        };
+        let mut rows = Vec::new();
+        let keep = observed.is_some();
+        let mut record = |e: &WalkedEntry, _: Option<&crate::schema::Row>| {
+            if keep {
+                rows.push((e.path.clone(), row_hash_of(e)));
+            }
+        };
+        let mut walk = TreeWalk::new(path)?;
+        let reason = match summary {
+            Some(s)
+                if role == SourceRole::Import
+                    && s.root_kind != kind_now
+                    && matches!(s.root_kind, EntryKind::File | EntryKind::Dir) =>
+            {
+                for e in walk.by_ref() {
+                    record(&e?, None);
+                }
+                Some(MissReason::ImportTypeChanged {
+                    key: key.to_string(),
+                    old: s.root_kind,
+                    new: kind_now,
+                })
+            }
+            Some(_) => {
+                let stored = self.cache.store.rows(txn, layer, &source_id(role, key))?;
+                let diff = diff_trees(stored, walk.by_ref(), &mut record)?;
+                (!diff.is_empty()).then(|| match role {
+                    SourceRole::Import => MissReason::ImportContentChanged {
+                        key: key.to_string(),
+                        diff,
+                    },
+                    SourceRole::OverlayDir => MissReason::OverlayDirContentChanged {
+                        key: key.to_string(),
+                        diff,
+                    },
+                })
+            }
+            None => {
+                for e in walk.by_ref() {
+                    record(&e?, None);
+                }
+                None
+            }
+        };
+        self.counters.walk.add(&walk.counters());
+        if let Some(obs) = observed {
+            obs.push(Observed {
+                role,
+                key: key.to_string(),
+                rows,
+            });
+        }
+        Ok(reason)
+    }
+
+    /// Records a layer: walks its imports and overlay dirs into rows, and stores the entry, the
+    /// rows and its base hash in one write transaction. `lookup` is the lookup this build did of
+    /// the layer: if any input differs from what it saw, nothing is stored and
+    /// [`Error::InputsChanged`] names the paths. A lookup without observations (see
+    /// [`LookupMode::observe`]) skips that check.
+    pub fn put(
+        &mut self,
+        lookup: &Lookup,
+        manifests: &BTreeMap<String, Descriptor>,
+    ) -> Result<EntryRecord> {
+        let layer = lookup.layer.as_str();
+        validate_layer_name(layer)?;
+        let inputs = self.build.layer(layer)?;
+        let store = &self.cache.store;
+        let path = store.path();
+        let base_hash = match self.base_now(layer, &inputs.base, true)? {
+            BaseNow::Hash(h) => h,
+            BaseNow::Miss(change) => {
+                return Err(Error::Base {
+                    layer: layer.to_string(),
+                    detail: MissReason::BaseChanged { change }.to_string(),
+                });
+            }
+        };
+        let definition_json = canonical_json(&inputs.definition);
+        let mut manifest_records = Vec::new();
+        for (layer_type, desc) in manifests {
+            let json = canonical_json_of(desc).map_err(|e| Error::Parse {
+                what: "manifest descriptor",
+                path: PathBuf::from(layer_type),
+                detail: e.to_string(),
+            })?;
+            manifest_records.push(ManifestRecord {
+                layer_type: layer_type.clone(),
+                descriptor_json: json,
+            });
+        }
+        let txn = store.begin_write()?;
+        {
+            let mut rows = txn.open_table(ROWS).db(path)?;
+            // Drop rows of sources the layer no longer has.
+            let upper = format!("{layer}\0");
+            let lo: (&str, &str, &[u8]) = (layer, "", &[]);
+            let hi: (&str, &str, &[u8]) = (upper.as_str(), "", &[]);
+            rows.retain_in(lo..hi, |_, _| false).db(path)?;
+        }
+        let mut changes = Vec::new();
+        let mut imports = Vec::new();
+        let mut overlays = Vec::new();
+        let sources = inputs
+            .imports
+            .iter()
+            .filter(|i| i.dest.is_none())
+            .map(|i| (SourceRole::Import, &i.key, &i.path))
+            .chain(
+                inputs
+                    .overlay_dirs
+                    .iter()
+                    .map(|o| (SourceRole::OverlayDir, &o.key, &o.source)),
+            );
+        for (role, key, src) in sources {
+            let seen = lookup.observed.as_ref().map(|obs| {
+                obs.iter()
+                    .find(|o| o.role == role && o.key == *key)
+                    .map(|o| o.rows.as_slice())
+                    .unwrap_or(&[])
+            });
+            let mut walk = TreeWalk::new(src)?;
+            let mut checker = seen.map(ObservationCheck::new);
+            let entries = walk.by_ref().inspect(|e| {
+                if let (Ok(e), Some(c)) = (e, checker.as_mut()) {
+                    c.push(e);
+                }
+            });
+            let summary = store.write_tree(&txn, layer, &source_id(role, key), src, entries)?;
+            self.counters.walk.add(&walk.counters());
+            if let Some(c) = checker {
+                for p in c.finish() {
+                    changes.push(format!(
+                        "{} {key}: {}",
+                        match role {
+                            SourceRole::Import => "import",
+                            SourceRole::OverlayDir => "overlay_dir",
+                        },
+                        escape_bytes(&p.under(src).into_os_string().into_encoded_bytes())
+                    ));
+                }
+            }
+            let s = SourceSummary {
+                key: key.clone(),
+                source: source_id(role, key),
+                root_kind: summary.root_kind.unwrap_or(EntryKind::Dir),
+                root_digest: summary.root_digest,
+                rows: summary.rows,
+            };
+            match role {
+                SourceRole::Import => imports.push(s),
+                SourceRole::OverlayDir => overlays.push(s),
+            }
+        }
+        if !changes.is_empty() {
+            // Dropping the transaction without commit stores nothing.
+            txn.abort().db(path)?;
+            return Err(Error::InputsChanged {
+                layer: layer.to_string(),
+                changes,
+            });
+        }
+        let record = EntryRecord {
+            name: layer.to_string(),
+            definition_digest: *blake3::hash(&definition_json).as_bytes(),
+            definition_json,
+            base: BaseRecord {
+                kind: inputs.base.kind(),
+                reference: inputs.base.reference(),
+                hash: base_hash,
+            },
+            source_date_epoch: inputs.source_date_epoch,
+            imports,
+            overlay_dirs: overlays,
+            manifests: manifest_records,
+            build_only: inputs.build_only,
+            created_unix_ms: now_ms(),
+        };
+        let digest = entry_digest(&record);
+        let bytes = codec::encode(&record).map_err(|detail| Error::Corrupt {
+            path: path.to_path_buf(),
+            table: "entries",
+            key: layer.to_string(),
+            detail,
+        })?;
+        txn.open_table(ENTRIES)
+            .db(path)?
+            .insert(layer, bytes.as_slice())
+            .db(path)?;
+        txn.open_table(BASES)
+            .db(path)?
+            .insert(layer, &digest)
+            .db(path)?;
+        txn.commit().db(path)?;
+        self.memo.insert(layer.to_string(), Memo::Hit(digest));
+        // Layers built on this one must be evaluated again.
+        let dependents: Vec<String> = self
+            .build
+            .layers
+            .iter()
+            .filter(|(_, l)| matches!(&l.base, Base::Built { layer: b } if b == layer))
+            .map(|(n, _)| n.clone())
+            .collect();
+        self.forget(&dependents);
+        Ok(record)
+    }
+
+    fn forget(&mut self, layers: &[String]) {
+        let mut todo: Vec<String> = layers.to_vec();
+        while let Some(l) = todo.pop() {
+            if self.memo.remove(&l).is_some() {
+                todo.extend(
+                    self.build
+                        .layers
+                        .iter()
+                        .filter(|(_, x)| matches!(&x.base, Base::Built { layer: b } if *b == l))
+                        .map(|(n, _)| n.clone()),
+                );
+            }
+        }
+    }
+}
+
+fn row_hash_of(e: &WalkedEntry) -> [u8; 32] {
+    if e.unstable {
+        // Never equal to anything a later walk produces.
+        return [0xff; 32];
+    }
+    row_hash(&e.row)
+}
+
+/// Merges a put's walk against what the lookup observed, collecting paths that differ.
+struct ObservationCheck<'s> {
+    seen: std::slice::Iter<'s, (RelPath, [u8; 32])>,
+    next: Option<&'s (RelPath, [u8; 32])>,
+    changed: Vec<RelPath>,
+}
+
+impl<'s> ObservationCheck<'s> {
+    fn new(seen: &'s [(RelPath, [u8; 32])]) -> Self {
+        let mut it = seen.iter();
+        let next = it.next();
+        ObservationCheck {
+            seen: it,
+            next,
+            changed: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, e: &WalkedEntry) {
+        let h = row_hash_of(e);
+        loop {
+            match self.next {
+                Some((p, _)) if *p < e.path => {
+                    self.changed.push(p.clone());
+                    self.next = self.seen.next();
+                }
+                Some((p, oh)) if *p == e.path => {
+                    if *oh != h {
+                        self.changed.push(p.clone());
+                    }
+                    self.next = self.seen.next();
+                    return;
+                }
+                _ => {
+                    self.changed.push(e.path.clone());
+                    return;
+                }
+            }
+        }
+    }
+
+    fn finish(mut self) -> Vec<RelPath> {
+        while let Some((p, _)) = self.next {
+            self.changed.push(p.clone());
+            self.next = self.seen.next();
+        }
+        self.changed
+    }
+}
+
+fn decode_manifests(rec: &EntryRecord) -> Result<BTreeMap<String, Descriptor>, String> {
+    rec.manifests
+        .iter()
+        .map(|m| {
+            serde_json::from_slice::<Descriptor>(&m.descriptor_json)
+                .map(|d| (m.layer_type.clone(), d))
+                .map_err(|e| format!("manifest for {}: {e}", m.layer_type))
+        })
+        .collect()
+}
+
+fn base_kind_name(k: crate::schema::BaseKind) -> &'static str {
+    use crate::schema::BaseKind;
+    match k {
+        BaseKind::Built => "built",
+        BaseKind::Tar => "tar",
+        BaseKind::Oci => "oci",
+        BaseKind::Docker => "docker",
+        BaseKind::Scratch => "scratch",
+    }
+}
+
+/// Lower-case hex of bytes (a base hash that is text, like an OCI digest, is shown as text).
+pub fn hex(b: &[u8]) -> String {
+    if !b.is_empty() && b.iter().all(|c| c.is_ascii_graphic()) {
+        return String::from_utf8_lossy(b).into_owned();
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

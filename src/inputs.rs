@@ -1,0 +1,228 @@
+//! What a builder tells the cache about a layer: its definition, base, imports, overlay dirs,
+//! SOURCE_DATE_EPOCH and build_only flag; and a whole build's layers.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::path::{escape_bytes, validate_layer_name};
+
+/// The base a layer is built on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Base {
+    /// Another layer of the same build. It must itself hit, and its entry must be the one this
+    /// layer was built on.
+    Built {
+        /// Name of the base layer.
+        layer: String,
+    },
+    /// A tarball; its blake3 digest is the base hash.
+    Tar {
+        /// Path of the tarball on disk.
+        path: PathBuf,
+    },
+    /// An image in a local OCI layout; the manifest digest its tag resolves to is the base hash.
+    Oci {
+        /// The OCI image layout directory (holding `index.json`).
+        layout: PathBuf,
+        /// The tag (`org.opencontainers.image.ref.name`).
+        tag: String,
+    },
+    /// A docker image pulled into a local OCI layout; resolved like [`Base::Oci`].
+    Docker {
+        /// The OCI image layout directory (holding `index.json`).
+        layout: PathBuf,
+        /// The tag (`org.opencontainers.image.ref.name`).
+        tag: String,
+    },
+    /// No base.
+    Scratch,
+}
+
+impl Base {
+    /// The kind recorded in an entry.
+    pub fn kind(&self) -> crate::schema::BaseKind {
+        use crate::schema::BaseKind;
+        match self {
+            Base::Built { .. } => BaseKind::Built,
+            Base::Tar { .. } => BaseKind::Tar,
+            Base::Oci { .. } => BaseKind::Oci,
+            Base::Docker { .. } => BaseKind::Docker,
+            Base::Scratch => BaseKind::Scratch,
+        }
+    }
+
+    /// The reference recorded in an entry: base layer name, tarball path, or tag.
+    pub fn reference(&self) -> String {
+        match self {
+            Base::Built { layer } => layer.clone(),
+            Base::Tar { path } => escape_bytes(path.as_os_str().as_encoded_bytes()),
+            Base::Oci { tag, .. } | Base::Docker { tag, .. } => tag.clone(),
+            Base::Scratch => String::new(),
+        }
+    }
+}
+
+/// An import of a layer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Import {
+    /// The import as written in the layer definition (its URL); the key it is cached under.
+    pub key: String,
+    /// Where the imported file or directory is on disk.
+    pub path: PathBuf,
+    /// Imports with a destination are copied into the rootfs by the builder and, as in stacker,
+    /// not cached.
+    #[serde(default)]
+    pub dest: Option<String>,
+}
+
+/// An overlay dir of a layer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverlayDir {
+    /// The source directory as written in the definition; the key it is cached under.
+    pub key: String,
+    /// The source directory on disk, whose content is cached.
+    pub source: PathBuf,
+    /// Where the builder copied it in the rootfs; it must exist for a hit.
+    pub rootfs_path: PathBuf,
+}
+
+/// Everything the cache needs to know about one layer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerInputs {
+    /// The layer definition (any JSON value); compared in canonical form.
+    #[serde(default)]
+    pub definition: serde_json::Value,
+    /// The base.
+    pub base: Base,
+    /// Imports.
+    #[serde(default)]
+    pub imports: Vec<Import>,
+    /// Overlay dirs.
+    #[serde(default)]
+    pub overlay_dirs: Vec<OverlayDir>,
+    /// SOURCE_DATE_EPOCH of this build, if set.
+    #[serde(default)]
+    pub source_date_epoch: Option<i64>,
+    /// A build-only layer is never exported; it is kept as a rootfs directory.
+    #[serde(default)]
+    pub build_only: bool,
+}
+
+/// The layers of one build, by name.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Build {
+    /// Layers by name.
+    pub layers: BTreeMap<String, LayerInputs>,
+}
+
+impl Build {
+    /// An empty build.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds (or replaces) a layer.
+    pub fn add(&mut self, name: impl Into<String>, layer: LayerInputs) -> &mut Self {
+        self.layers.insert(name.into(), layer);
+        self
+    }
+
+    /// The inputs of a layer.
+    pub fn layer(&self, name: &str) -> Result<&LayerInputs> {
+        self.layers.get(name).ok_or_else(|| Error::UnknownLayer {
+            name: name.to_string(),
+        })
+    }
+
+    /// Checks every name, every key, every `built` base (it must exist) and that built bases
+    /// form no cycle.
+    pub fn validate(&self) -> Result<()> {
+        for (name, layer) in &self.layers {
+            validate_layer_name(name)?;
+            let mut keys = std::collections::BTreeSet::new();
+            for i in &layer.imports {
+                validate_key("import key", &i.key)?;
+                if !keys.insert(("i", i.key.as_str())) {
+                    return Err(Error::InvalidName {
+                        what: "import key",
+                        value: i.key.clone(),
+                        why: "it appears twice in the layer",
+                    });
+                }
+            }
+            for o in &layer.overlay_dirs {
+                validate_key("overlay_dir key", &o.key)?;
+                if !keys.insert(("o", o.key.as_str())) {
+                    return Err(Error::InvalidName {
+                        what: "overlay_dir key",
+                        value: o.key.clone(),
+                        why: "it appears twice in the layer",
+                    });
+                }
+            }
+            if let Base::Built { layer: base } = &layer.base
+                && !self.layers.contains_key(base)
+            {
+                return Err(Error::MissingBase {
+                    layer: name.clone(),
+                    base: base.clone(),
+                });
+            }
+        }
+        // Cycle check: follow each chain of built bases.
+        for name in self.layers.keys() {
+            let mut seen = vec![name.as_str()];
+            let mut cur = name.as_str();
+            while let Some(LayerInputs {
+                base: Base::Built { layer: next },
+                ..
+            }) = self.layers.get(cur)
+            {
+                if seen.contains(&next.as_str()) {
+                    let mut chain: Vec<String> = seen.iter().map(|s| s.to_string()).collect();
+                    chain.push(next.clone());
+                    return Err(Error::BaseCycle { chain });
+                }
+                seen.push(next);
+                cur = next;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn validate_key(what: &'static str, key: &str) -> Result<()> {
+    if key.contains('\0') {
+        return Err(Error::InvalidName {
+            what,
+            value: escape_bytes(key.as_bytes()),
+            why: "it contains a NUL byte",
+        });
+    }
+    if key.is_empty() {
+        return Err(Error::InvalidName {
+            what,
+            value: String::new(),
+            why: "it is empty",
+        });
+    }
+    Ok(())
+}
+
+/// The canonical form of a JSON value: object keys sorted (serde_json's default map is
+/// ordered), no insignificant white space. Equal values have equal canonical bytes.
+pub fn canonical_json(value: &serde_json::Value) -> Vec<u8> {
+    // serde_json::Value's Map is a BTreeMap (no `preserve_order` feature), so keys serialize
+    // sorted; writing a Value to a Vec cannot fail.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+/// Canonicalizes any serializable value through a JSON value (sorts map keys, such as OCI
+/// annotations held in a HashMap).
+pub fn canonical_json_of<T: Serialize>(value: &T) -> Result<Vec<u8>, serde_json::Error> {
+    Ok(canonical_json(&serde_json::to_value(value)?))
+}

@@ -1,0 +1,1 @@
+//! The stacker directory layout, mapped onto layer inputs.
