@@ -1,1 +1,292 @@
 //! The plan file: a JSON description of a build's layers for the `layercache` binary.
+//!
+//! A shell-driven builder cannot hand the library a [`Build`] value, so it writes one as JSON:
+//!
+//! ```json
+//! {
+//!   "oci_layout": "oci",
+//!   "rootfs_dir": "roots",
+//!   "source_date_epoch": 1700000000,
+//!   "layers": {
+//!     "base": {
+//!       "definition": {"from": {"type": "scratch"}, "run": ["make"]},
+//!       "base": {"type": "scratch"},
+//!       "imports": [{"key": "stacker://x/y.tar", "path": "imports/base/y.tar"}],
+//!       "overlay_dirs": [{"key": "src", "source": "src",
+//!                         "rootfs_path": "roots/base/overlay_dirs/src"}]
+//!     },
+//!     "app": {"base": {"type": "built", "layer": "base"}, "source_date_epoch": null}
+//!   }
+//! }
+//! ```
+//!
+//! * Top level: `layers` (required, layer name → layer), `oci_layout` and `rootfs_dir`
+//!   (optional; used to prune entries at open, see [`crate::CacheConfig`]), and
+//!   `source_date_epoch` (optional; the default of every layer that does not set its own).
+//! * A layer: `base` (required), `definition` (any JSON, default `null`), `imports`,
+//!   `overlay_dirs` (default empty), `source_date_epoch` (a number; `null` to have none even
+//!   when the plan sets a default; absent to take the plan's), `build_only` (default false).
+//! * `base`: `{"type": "scratch"}`, `{"type": "built", "layer": NAME}`,
+//!   `{"type": "tar", "path": FILE}`, `{"type": "oci" | "docker", "layout": DIR, "tag": TAG}`.
+//! * An import: `key` (the URL as written in the definition), `path` (where it is on disk),
+//!   `dest` (optional; an import with a destination is not cached, as in stacker).
+//! * An overlay dir: `key`, `source` (the directory whose content is cached) and `rootfs_path`
+//!   (where the builder copied it; it must exist for a hit).
+//!
+//! Relative paths (import `path`, overlay `source` and `rootfs_path`, tar `path`, oci/docker
+//! `layout`, top-level `oci_layout` and `rootfs_dir`) are relative to the directory holding the
+//! plan file, not to the working directory. Unknown fields are refused at every level, and a
+//! layer name given twice is refused, so a typo is an error instead of a silently ignored
+//! setting. The build is validated ([`Build::validate`]) when the plan is loaded.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde::de::{Deserializer, MapAccess, Visitor};
+
+use crate::cache::CacheConfig;
+use crate::error::{Error, Result};
+use crate::inputs::{Base, Build, Import, LayerInputs, OverlayDir};
+
+/// A loaded, resolved and validated plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    path: PathBuf,
+    oci_layout: Option<PathBuf>,
+    rootfs_dir: Option<PathBuf>,
+    source_date_epoch: Option<i64>,
+    build: Build,
+}
+
+impl Plan {
+    /// Reads, parses, resolves and validates the plan file at `path`.
+    ///
+    /// An unreadable file or invalid JSON (with its line and column) is [`Error::Parse`];
+    /// an invalid build is the error of [`Build::validate`] ([`Error::InvalidName`],
+    /// [`Error::MissingBase`], [`Error::BaseCycle`]).
+    pub fn load(path: impl AsRef<Path>) -> Result<Plan> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Parse {
+            what: "plan file",
+            path: path.to_path_buf(),
+            detail: format!("cannot read it ({e}); check the path"),
+        })?;
+        Plan::parse(&text, path)
+    }
+
+    /// Parses a plan given as text; `path` is where it would be (relative paths in it resolve
+    /// against its directory, and errors name it).
+    pub fn parse(text: &str, path: impl AsRef<Path>) -> Result<Plan> {
+        let path = path.as_ref();
+        let raw: RawPlan = serde_json::from_str(text).map_err(|e| Error::Parse {
+            what: "plan file",
+            path: path.to_path_buf(),
+            detail: format!("{e}; fix the plan (its format is in the README)"),
+        })?;
+        let parent = path.parent().unwrap_or(Path::new(""));
+        let dir = std::path::absolute(if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        })
+        .map_err(|e| Error::io("cannot resolve the directory of", path, e))?;
+        let plan = raw.resolve(path, &dir);
+        plan.build.validate()?;
+        Ok(plan)
+    }
+
+    /// The plan file this plan was loaded from, as given.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The build it describes, paths resolved and SOURCE_DATE_EPOCH defaults applied.
+    pub fn build(&self) -> &Build {
+        &self.build
+    }
+
+    /// The build, by value.
+    pub fn into_build(self) -> Build {
+        self.build
+    }
+
+    /// The OCI layout holding the layers' output blobs, resolved; `None` when not set.
+    pub fn oci_layout(&self) -> Option<&Path> {
+        self.oci_layout.as_deref()
+    }
+
+    /// The directory of per-layer rootfs directories, resolved; `None` when not set.
+    pub fn rootfs_dir(&self) -> Option<&Path> {
+        self.rootfs_dir.as_deref()
+    }
+
+    /// The plan-level SOURCE_DATE_EPOCH (the default of layers that set none).
+    pub fn source_date_epoch(&self) -> Option<i64> {
+        self.source_date_epoch
+    }
+
+    /// The cache configuration for a database at `db`, pruning with this plan's OCI layout and
+    /// rootfs directory.
+    pub fn cache_config(&self, db: impl Into<PathBuf>) -> CacheConfig {
+        CacheConfig {
+            db: db.into(),
+            oci_layout: self.oci_layout.clone(),
+            rootfs_dir: self.rootfs_dir.clone(),
+        }
+    }
+}
+
+/// The plan as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlan {
+    #[serde(default)]
+    oci_layout: Option<PathBuf>,
+    #[serde(default)]
+    rootfs_dir: Option<PathBuf>,
+    #[serde(default)]
+    source_date_epoch: Option<i64>,
+    #[serde(deserialize_with = "unique_layers")]
+    layers: BTreeMap<String, RawLayer>,
+}
+
+/// A layer as written. Mirrors [`LayerInputs`], refusing unknown fields.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLayer {
+    #[serde(default)]
+    definition: serde_json::Value,
+    base: RawBase,
+    #[serde(default)]
+    imports: Vec<RawImport>,
+    #[serde(default)]
+    overlay_dirs: Vec<RawOverlayDir>,
+    /// Absent: the plan's default; `null`: none; a number: that.
+    #[serde(default, deserialize_with = "present")]
+    source_date_epoch: Option<Option<i64>>,
+    #[serde(default)]
+    build_only: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum RawBase {
+    Built { layer: String },
+    Tar { path: PathBuf },
+    Oci { layout: PathBuf, tag: String },
+    Docker { layout: PathBuf, tag: String },
+    Scratch,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawImport {
+    key: String,
+    path: PathBuf,
+    #[serde(default)]
+    dest: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOverlayDir {
+    key: String,
+    source: PathBuf,
+    rootfs_path: PathBuf,
+}
+
+/// Distinguishes a field given as `null` (`Some(None)`) from an absent one (`None`, via
+/// `#[serde(default)]`).
+fn present<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<Option<i64>>, D::Error> {
+    Option::<i64>::deserialize(d).map(Some)
+}
+
+/// The `layers` object, refusing a layer name given twice (serde would keep the last).
+fn unique_layers<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<BTreeMap<String, RawLayer>, D::Error> {
+    struct Layers;
+    impl<'de> Visitor<'de> for Layers {
+        type Value = BTreeMap<String, RawLayer>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an object of layers by name")
+        }
+        fn visit_map<A: MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> std::result::Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some(name) = map.next_key::<String>()? {
+                if out.contains_key(&name) {
+                    return Err(serde::de::Error::custom(format_args!(
+                        "layer {name:?} is defined twice"
+                    )));
+                }
+                let layer = map.next_value::<RawLayer>()?;
+                out.insert(name, layer);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(Layers)
+}
+
+impl RawPlan {
+    fn resolve(self, path: &Path, dir: &Path) -> Plan {
+        let at = |p: PathBuf| dir.join(p);
+        let default_epoch = self.source_date_epoch;
+        let layers = self
+            .layers
+            .into_iter()
+            .map(|(name, l)| {
+                let base = match l.base {
+                    RawBase::Built { layer } => Base::Built { layer },
+                    RawBase::Tar { path } => Base::Tar { path: at(path) },
+                    RawBase::Oci { layout, tag } => Base::Oci {
+                        layout: at(layout),
+                        tag,
+                    },
+                    RawBase::Docker { layout, tag } => Base::Docker {
+                        layout: at(layout),
+                        tag,
+                    },
+                    RawBase::Scratch => Base::Scratch,
+                };
+                let inputs = LayerInputs {
+                    definition: l.definition,
+                    base,
+                    imports: l
+                        .imports
+                        .into_iter()
+                        .map(|i| Import {
+                            key: i.key,
+                            path: at(i.path),
+                            dest: i.dest,
+                        })
+                        .collect(),
+                    overlay_dirs: l
+                        .overlay_dirs
+                        .into_iter()
+                        .map(|o| OverlayDir {
+                            key: o.key,
+                            source: at(o.source),
+                            rootfs_path: at(o.rootfs_path),
+                        })
+                        .collect(),
+                    source_date_epoch: l.source_date_epoch.unwrap_or(default_epoch),
+                    build_only: l.build_only,
+                };
+                (name, inputs)
+            })
+            .collect();
+        Plan {
+            path: path.to_path_buf(),
+            oci_layout: self.oci_layout.map(at),
+            rootfs_dir: self.rootfs_dir.map(at),
+            source_date_epoch: default_epoch,
+            build: Build { layers },
+        }
+    }
+}

@@ -1,19 +1,226 @@
-//! `lookup` and `put`. (Being written: see issue 3.)
+//! `lookup` and `put`: the cache for shell-driven builders. Each run is one process: it opens
+//! the cache (pruning entries whose outputs are gone), loads the plan, and asks the library.
 
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+use anyhow::Context;
+use layercache::plan::Plan;
+use layercache::{Cache, Error, Lookup, LookupMode, Outcome, PruneReport, SessionCounters};
+use oci_spec::image::Descriptor;
+use serde_json::json;
 
 /// Arguments of `layercache lookup`.
 #[derive(clap::Args)]
-pub struct LookupArgs {}
+pub struct LookupArgs {
+    /// The cache database file (created if missing).
+    #[arg(long, value_name = "FILE")]
+    db: PathBuf,
+    /// The plan file (JSON) describing the build's layers.
+    #[arg(long, value_name = "PLAN")]
+    plan: PathBuf,
+    /// The layer to look up.
+    #[arg(value_name = "LAYER")]
+    layer: String,
+    /// Report every reason the layer misses, not only the first.
+    #[arg(long)]
+    explain: bool,
+    /// Print a JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
 
 /// Arguments of `layercache put`.
 #[derive(clap::Args)]
-pub struct PutArgs {}
-
-pub fn lookup(_: LookupArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("lookup is not implemented yet")
+pub struct PutArgs {
+    /// The cache database file (created if missing).
+    #[arg(long, value_name = "FILE")]
+    db: PathBuf,
+    /// The plan file (JSON) describing the build's layers.
+    #[arg(long, value_name = "PLAN")]
+    plan: PathBuf,
+    /// The layer to record.
+    #[arg(value_name = "LAYER")]
+    layer: String,
+    /// JSON object: layer type (e.g. "tar", "squashfs") → OCI descriptor of its output.
+    #[arg(long, value_name = "FILE")]
+    manifests: PathBuf,
+    /// Print a JSON object instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
-pub fn put(_: PutArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("put is not implemented yet")
+/// Loads the plan; a build that does not validate is reported with the plan's path.
+fn load_plan(path: &Path) -> anyhow::Result<Plan> {
+    match Plan::load(path) {
+        Ok(p) => Ok(p),
+        // A parse error already names the file.
+        Err(e @ Error::Parse { .. }) => Err(e.into()),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("plan file {}", path.display()))),
+    }
+}
+
+fn open(db: &Path, plan: &Plan) -> anyhow::Result<(Cache, PruneReport)> {
+    Ok(Cache::open(plan.cache_config(db))?)
+}
+
+/// `layercache lookup`: exit 0 on a hit, 1 on a miss.
+pub fn lookup(args: LookupArgs) -> anyhow::Result<ExitCode> {
+    let plan = load_plan(&args.plan)?;
+    let (cache, pruned) = open(&args.db, &plan)?;
+    let mut session = cache.session(plan.build())?;
+    // One process, one question: nothing is kept for a put (which re-walks in its own
+    // process), so no source is walked once the answer is known.
+    let mode = LookupMode {
+        explain: args.explain,
+        observe: false,
+    };
+    let result = session.lookup_with(&args.layer, mode)?;
+    let counters = session.counters();
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let value = lookup_json(&result, &counters, &pruned)?;
+        serde_json::to_writer_pretty(&mut out, &value)?;
+        writeln!(out)?;
+    } else {
+        write_lookup_text(&mut out, &result)?;
+    }
+    out.flush()?;
+    Ok(if result.is_hit() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn lookup_json(
+    result: &Lookup,
+    counters: &SessionCounters,
+    pruned: &PruneReport,
+) -> anyhow::Result<serde_json::Value> {
+    let entry = match &result.outcome {
+        Outcome::Hit(e) => json!({
+            "manifests": e.manifests,
+            "build_only": e.record.build_only,
+            "source_date_epoch": e.record.source_date_epoch,
+            "created_unix_ms": e.record.created_unix_ms,
+        }),
+        Outcome::Miss(_) => serde_json::Value::Null,
+    };
+    Ok(json!({
+        "layer": result.layer,
+        "hit": result.is_hit(),
+        "reasons": serde_json::to_value(result.reasons())?,
+        "entry": entry,
+        "counters": serde_json::to_value(counters)?,
+        "pruned": serde_json::to_value(&pruned.pruned)?,
+    }))
+}
+
+fn write_lookup_text(out: &mut impl Write, result: &Lookup) -> std::io::Result<()> {
+    match &result.outcome {
+        Outcome::Hit(e) => {
+            writeln!(out, "{}: hit", result.layer)?;
+            for (layer_type, d) in &e.manifests {
+                writeln!(
+                    out,
+                    "  {layer_type} {} {} ({} bytes)",
+                    d.media_type(),
+                    d.digest(),
+                    d.size()
+                )?;
+            }
+        }
+        Outcome::Miss(reasons) => {
+            writeln!(out, "{}: miss", result.layer)?;
+            for r in reasons {
+                // One block per reason: a diff's lines end with a newline already.
+                let text = r.to_string();
+                out.write_all(text.as_bytes())?;
+                if !text.ends_with('\n') {
+                    writeln!(out)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads the manifests file: a JSON object of layer type → OCI descriptor.
+fn read_manifests(path: &Path) -> anyhow::Result<BTreeMap<String, Descriptor>> {
+    let parse = |detail: String| Error::Parse {
+        what: "manifests file",
+        path: path.to_path_buf(),
+        detail,
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| parse(format!("cannot read it ({e}); check the --manifests path")))?;
+    let manifests: BTreeMap<String, Descriptor> = serde_json::from_str(&text).map_err(|e| {
+        parse(format!(
+            "{e}; expected an object of layer type -> OCI descriptor \
+             ({{\"mediaType\", \"digest\": \"sha256:<64 hex>\", \"size\"}})"
+        ))
+    })?;
+    if let Some(t) = manifests.keys().find(|t| t.is_empty()) {
+        return Err(parse(format!(
+            "the layer type {t:?} is empty; name each layer type"
+        ))
+        .into());
+    }
+    Ok(manifests)
+}
+
+/// `layercache put`: records a layer with its output manifests.
+pub fn put(args: PutArgs) -> anyhow::Result<ExitCode> {
+    let plan = load_plan(&args.plan)?;
+    let manifests = read_manifests(&args.manifests)?;
+    let (cache, _pruned) = open(&args.db, &plan)?;
+    let mut session = cache.session(plan.build())?;
+    // This process did not see the builder's lookup, so it looks up again (observing every
+    // source) and puts what it saw: the inputs are walked twice here, and a change between
+    // the two walks is refused by the library (Error::InputsChanged).
+    let seen = session.lookup_with(&args.layer, LookupMode::FOR_BUILD)?;
+    let record = session
+        .put(&seen, &manifests)
+        .with_context(|| format!("cannot record layer {:?}", args.layer))?;
+    let rows: u64 = record
+        .imports
+        .iter()
+        .chain(&record.overlay_dirs)
+        .map(|s| s.rows)
+        .sum();
+    let counters = session.counters();
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let value = json!({
+            "layer": record.name,
+            "was_hit": seen.is_hit(),
+            "imports": record.imports.len(),
+            "overlay_dirs": record.overlay_dirs.len(),
+            "rows": rows,
+            "manifests": manifests,
+            "counters": serde_json::to_value(counters)?,
+        });
+        serde_json::to_writer_pretty(&mut out, &value)?;
+        writeln!(out)?;
+    } else {
+        let types: Vec<&str> = manifests.keys().map(String::as_str).collect();
+        writeln!(
+            out,
+            "{}: recorded ({} import(s), {} overlay_dir(s), {} row(s); manifests: {})",
+            record.name,
+            record.imports.len(),
+            record.overlay_dirs.len(),
+            rows,
+            if types.is_empty() {
+                "none".to_string()
+            } else {
+                types.join(", ")
+            }
+        )?;
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
 }
