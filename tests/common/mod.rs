@@ -79,3 +79,5 @@ pub fn rich_tree(root: &Path) -> u64 {
     mknod_char(&root.join("null-dev"), 1, 3);
     files
 }
+
+pub mod v1_fixture;

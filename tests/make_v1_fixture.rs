@@ -1,0 +1,41 @@
+//! Writes the frozen schema-v1 fixtures (run once, with the v1 code, as root so owners are 0):
+//! `cargo test --test make_v1_fixture -- --ignored`. Kept so anyone can see how they were made.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use layercache::{Cache, CacheConfig};
+
+fn make(name: &str, build: &layercache::Build, order: &[&str]) {
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    let _ = std::fs::remove_file(&out);
+    let cache = Cache::open_without_prune(CacheConfig {
+        db: out.clone(),
+        ..Default::default()
+    })
+    .unwrap();
+    let mut s = cache.session(build).unwrap();
+    for layer in order {
+        let l = s.lookup(layer).unwrap();
+        s.put(&l, &BTreeMap::new()).unwrap();
+    }
+    assert_eq!(cache.store().schema_version().unwrap(), 1);
+}
+
+#[test]
+#[ignore = "writes the frozen fixtures; run by hand only when making them"]
+fn make_v1_fixtures() {
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "make the fixtures as root (owners 0:0)"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let small = common::v1_fixture::small_inputs(&tmp.path().join("small"));
+    make("v1-small.redb", &small, &["base", "mid", "app", "other"]);
+    let large = common::v1_fixture::large_inputs(&tmp.path().join("large"), 30_000);
+    make("v1-large.redb", &large, &["big"]);
+}
