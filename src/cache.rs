@@ -169,6 +169,8 @@ pub struct SessionCounters {
     pub entries_read: u64,
     /// Walk counters summed over every walk of the session.
     pub walk: WalkCounters,
+    /// Rows whose stat data a hit refreshed.
+    pub rows_refreshed: u64,
 }
 
 /// The row source id of an import or overlay dir.
@@ -568,6 +570,7 @@ impl<'a> Session<'a> {
         // 5 and 6: imports and overlay dirs. Walked when they can still decide the outcome, or
         // when the caller wants them observed for a put.
         let mut observed = mode.observe.then(Vec::new);
+        let mut refresh = Vec::new();
         for import in inputs.imports.iter().filter(|i| i.dest.is_none()) {
             let decide = !stop(&reasons) && record.is_some();
             if !decide && !mode.observe {
@@ -590,6 +593,7 @@ impl<'a> Session<'a> {
                 &import.path,
                 summary.filter(|_| decide),
                 observed.as_mut(),
+                &mut refresh,
             )?;
             if decide && let Some(r) = reason {
                 reasons.push(r);
@@ -624,6 +628,7 @@ impl<'a> Session<'a> {
                 &od.source,
                 summary.filter(|_| decide),
                 observed.as_mut(),
+                &mut refresh,
             )?;
             if decide && let Some(r) = reason {
                 reasons.push(r);
@@ -632,6 +637,10 @@ impl<'a> Session<'a> {
 
         if !mode.explain {
             reasons.truncate(1);
+        }
+        drop(txn);
+        if reasons.is_empty() && record.is_some() && !refresh.is_empty() {
+            self.refresh_rows(layer, &refresh)?;
         }
         let outcome = match (record, reasons.is_empty()) {
             (Some(rec), true) => match decode_manifests(&rec) {
@@ -650,6 +659,39 @@ impl<'a> Session<'a> {
         })
     }
 
+    /// After a hit, records the current stat data of rows whose content was equal but whose
+    /// stat was stale, missing or racy (git's index refresh), so the next lookup reads nothing.
+    /// A read-only store skips it. A miss never gets here.
+    fn refresh_rows(&mut self, layer: &str, refresh: &[Refresh]) -> Result<()> {
+        let store = &self.cache.store;
+        if store.is_read_only() {
+            return Ok(());
+        }
+        let path = store.path();
+        let txn = store.begin_write()?;
+        {
+            let mut rows = txn.open_table(ROWS).db(path)?;
+            for r in refresh {
+                let bytes = codec::encode(&r.row).map_err(|detail| Error::Corrupt {
+                    path: path.to_path_buf(),
+                    table: "rows",
+                    key: r.path.to_string(),
+                    detail,
+                })?;
+                rows.insert((layer, r.source.as_str(), r.path.key()), bytes.as_slice())
+                    .db(path)?;
+            }
+        }
+        txn.commit().db(path)?;
+        self.counters.rows_refreshed += refresh.len() as u64;
+        tracing::debug!(
+            layer,
+            rows = refresh.len(),
+            "refreshed stat data of unchanged files"
+        );
+        Ok(())
+    }
+
     /// Walks one source, diffing it against the stored rows when `summary` is given, and
     /// recording what was seen when `observed` is given. Returns the miss reason, if any.
     #[allow(clippy::too_many_arguments)]
@@ -662,6 +704,7 @@ impl<'a> Session<'a> {
         path: &Path,
         summary: Option<&SourceSummary>,
         observed: Option<&mut Vec<Observed>>,
+        refresh: &mut Vec<Refresh>,
     ) -> Result<Option<MissReason>> {
         let meta = match std::fs::metadata(path) {
             Ok(m) => m,
@@ -690,12 +733,28 @@ impl<'a> Session<'a> {
         };
         let mut rows = Vec::new();
         let keep = observed.is_some();
-        let mut record = |e: &WalkedEntry, _: Option<&crate::schema::Row>| {
+        let sid = source_id(role, key);
+        let mut record = |e: &WalkedEntry, stored: Option<&crate::schema::Row>| {
             if keep {
                 rows.push((e.path.clone(), row_hash_of(e)));
             }
+            if let Some(stored) = stored
+                && needs_refresh(stored, e)
+            {
+                refresh.push(Refresh {
+                    source: sid.clone(),
+                    path: e.path.clone(),
+                    row: e.row.clone(),
+                });
+            }
         };
-        let mut walk = TreeWalk::new(path)?;
+        // With stored rows, the walk reuses their digests where the stat data allows.
+        let mut walk = match summary {
+            Some(_) => {
+                TreeWalk::with_prior(path, Box::new(self.cache.store.rows(txn, layer, &sid)?))?
+            }
+            None => TreeWalk::new(path)?,
+        };
         let reason = match summary {
             Some(s)
                 if role == SourceRole::Import
@@ -712,7 +771,7 @@ impl<'a> Session<'a> {
                 })
             }
             Some(_) => {
-                let stored = self.cache.store.rows(txn, layer, &source_id(role, key))?;
+                let stored = self.cache.store.rows(txn, layer, &sid)?;
                 let diff = diff_trees(stored, walk.by_ref(), &mut record)?;
                 (!diff.is_empty()).then(|| match role {
                     SourceRole::Import => MissReason::ImportContentChanged {
@@ -780,6 +839,9 @@ impl<'a> Session<'a> {
                 descriptor_json: json,
             });
         }
+        // The rows stored so far, read from the committed state, let the put's walk reuse the
+        // digests of files whose stat data is unchanged.
+        let prior_txn = store.begin_read()?;
         let txn = store.begin_write()?;
         {
             let mut rows = txn.open_table(ROWS).db(path)?;
@@ -810,7 +872,8 @@ impl<'a> Session<'a> {
                     .map(|o| o.rows.as_slice())
                     .unwrap_or(&[])
             });
-            let mut walk = TreeWalk::new(src)?;
+            let prior = store.rows(&prior_txn, layer, &source_id(role, key))?;
+            let mut walk = TreeWalk::with_prior(src, Box::new(prior))?;
             let mut checker = seen.map(ObservationCheck::new);
             let entries = walk.by_ref().inspect(|e| {
                 if let (Ok(e), Some(c)) = (e, checker.as_mut()) {
@@ -909,6 +972,35 @@ impl<'a> Session<'a> {
                 );
             }
         }
+    }
+}
+
+/// A row whose stat data a hit will bring up to date.
+#[derive(Debug, Clone)]
+struct Refresh {
+    source: String,
+    path: RelPath,
+    row: crate::schema::Row,
+}
+
+/// True when `e` matched `stored` in content but `stored`'s stat data cannot vouch for it next
+/// time: missing (a v1 row), different (touched, copied, checked out), or racy.
+fn needs_refresh(stored: &crate::schema::Row, e: &WalkedEntry) -> bool {
+    if e.unstable || e.row.kind != EntryKind::File || stored.kind != EntryKind::File {
+        return false;
+    }
+    if !crate::diff::compare_rows(stored, &e.row).is_empty() {
+        return false;
+    }
+    match (&stored.stat, &e.row.stat) {
+        (Some(old), Some(new)) => {
+            old.mtime_ns != new.mtime_ns
+                || old.ctime_ns != new.ctime_ns
+                || old.ino != new.ino
+                || crate::tree::is_racy(old)
+        }
+        (None, Some(_)) => true,
+        _ => false,
     }
 }
 

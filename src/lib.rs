@@ -60,6 +60,7 @@ pub mod diff;
 pub mod error;
 pub mod inputs;
 pub mod inspect;
+pub mod migrate;
 pub mod path;
 pub mod plan;
 pub mod reason;

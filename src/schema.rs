@@ -14,7 +14,7 @@ use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
 
 /// The schema version this code writes and reads.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Small facts about the file: `schema_version` (u32 little endian), `writer` (crate version).
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -105,6 +105,24 @@ pub struct Row {
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
     /// blake3 of the content for regular files, zero otherwise.
     pub digest: [u8; 32],
+    /// For regular files, the stat data the digest was taken under (schema v2; `None` for rows
+    /// carried over from v1, which are hashed once and then refreshed). Never compared and never
+    /// part of a tree digest: it only lets a lookup skip reading an unchanged file.
+    pub stat: Option<RowStat>,
+}
+
+/// The stat data a regular file's digest was taken under, and when its snapshot began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RowStat {
+    /// Modification time, ns since the epoch.
+    pub mtime_ns: i64,
+    /// Status change time, ns since the epoch.
+    pub ctime_ns: i64,
+    /// Inode number.
+    pub ino: u64,
+    /// When the walk that took this row began (coarse real-time clock, ns): the racy rule
+    /// compares the mtime to it.
+    pub snapshot_ns: i64,
 }
 
 impl Row {

@@ -31,6 +31,7 @@ enum Handle {
 pub struct Store {
     path: PathBuf,
     db: Handle,
+    migration: Option<crate::migrate::MigrationReport>,
 }
 
 /// What a written tree amounts to: its Merkle root, row count and root type.
@@ -111,10 +112,23 @@ fn read_version(path: &Path, txn: &redb::ReadTransaction) -> Result<Option<u32>>
     Ok(Some(u32::from_le_bytes(bytes)))
 }
 
+/// Refuses a schema newer than this code.
+fn refuse_newer(path: &Path, found: Option<u32>) -> Result<()> {
+    match found {
+        Some(v) if v > SCHEMA_VERSION => Err(Error::SchemaTooNew {
+            path: path.to_path_buf(),
+            found: v,
+            supported: SCHEMA_VERSION,
+        }),
+        _ => Ok(()),
+    }
+}
+
 impl Store {
     /// Opens the cache database at `path` for writing, creating it (mode 0600) if it does not
-    /// exist. A file written by a newer layercache is refused and left byte-for-byte unchanged;
-    /// a file that is not a layercache database is refused.
+    /// exist. A file of an older schema is migrated in one transaction (see [`crate::migrate`]);
+    /// a file written by a newer layercache is refused and left byte-for-byte unchanged; a file
+    /// that is not a layercache database is refused.
     pub fn open(path: impl AsRef<Path>) -> Result<Store> {
         let path = path.as_ref();
         match std::fs::symlink_metadata(path) {
@@ -137,18 +151,42 @@ impl Store {
                 // file from a newer layercache must stay exactly as it is.
                 if let Ok(ro) = builder().open_read_only(path) {
                     let txn = ro.begin_read().db(path)?;
-                    Self::check_version(path, read_version(path, &txn)?)?;
+                    refuse_newer(path, read_version(path, &txn)?)?;
                 }
             }
             Ok(_) => {}
         }
         let db = builder().create(path).map_err(|e| open_error(path, e))?;
-        let store = Store {
+        let mut store = Store {
             path: path.to_path_buf(),
             db: Handle::Rw(db),
+            migration: None,
         };
         store.init()?;
         Ok(store)
+    }
+
+    /// The schema version of the cache database at `path`, read without changing anything and
+    /// without refusing other versions (for `layercache migrate --dry-run`).
+    pub fn peek_version(path: impl AsRef<Path>) -> Result<u32> {
+        let path = path.as_ref();
+        if let Err(e) = std::fs::metadata(path) {
+            return Err(Error::io("cannot open", path, e));
+        }
+        check_magic(path)?;
+        let db = builder()
+            .open_read_only(path)
+            .map_err(|e| open_error(path, e))?;
+        let txn = db.begin_read().db(path)?;
+        read_version(path, &txn)?.ok_or_else(|| Error::NotACache {
+            path: path.to_path_buf(),
+            detail: "an empty redb database".into(),
+        })
+    }
+
+    /// What opening this store migrated, if anything.
+    pub fn migration(&self) -> Option<&crate::migrate::MigrationReport> {
+        self.migration.as_ref()
     }
 
     /// Opens an existing cache database read-only. Works while another process holds it open
@@ -165,6 +203,7 @@ impl Store {
         let store = Store {
             path: path.to_path_buf(),
             db: Handle::Ro(db),
+            migration: None,
         };
         let txn = store.begin_read()?;
         match read_version(path, &txn)? {
@@ -195,14 +234,21 @@ impl Store {
         }
     }
 
-    /// Creates the tables of a new database, or checks the version of an existing one.
-    fn init(&self) -> Result<()> {
+    /// Creates the tables of a new database, or checks the version of an existing one and
+    /// migrates it if it is older.
+    fn init(&mut self) -> Result<()> {
         let version = {
             let txn = self.begin_read()?;
             read_version(&self.path, &txn)?
         };
-        if version.is_some() {
-            return Self::check_version(&self.path, version);
+        if let Some(v) = version {
+            refuse_newer(&self.path, Some(v))?;
+            if v < SCHEMA_VERSION
+                && let Handle::Rw(db) = &self.db
+            {
+                self.migration = Some(crate::migrate::run_pending(db, &self.path, v)?);
+            }
+            return Ok(());
         }
         let txn = self.begin_write()?;
         {
@@ -351,6 +397,15 @@ impl Store {
             n += 1;
         }
         Ok(n)
+    }
+
+    /// The raw redb database when opened for writing (`None` when read-only), for the
+    /// maintenance operations that need `&mut`: `check_integrity` and `compact`.
+    pub fn database_mut(&mut self) -> Option<&mut redb::Database> {
+        match &mut self.db {
+            Handle::Rw(db) => Some(db),
+            Handle::Ro(_) => None,
+        }
     }
 
     /// The schema version stored in the file.

@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::path::RelPath;
-use crate::schema::{EntryKind, Row};
+use crate::schema::{EntryKind, Row, RowStat};
 
 /// Entries per parallel window.
 const CHUNK_ENTRIES: usize = 4096;
@@ -85,6 +85,12 @@ pub struct WalkCounters {
     pub files_hashed: u64,
     /// Bytes fed to blake3.
     pub bytes_hashed: u64,
+    /// Regular files whose stored digest was reused because their stat data matched the row's
+    /// and the row was not racy (the stat fast path): not opened at all.
+    pub stat_matched: u64,
+    /// Regular files whose stat data matched a racy row (modified too close to the row's
+    /// snapshot to trust the timestamps), and were hashed for that reason.
+    pub racy: u64,
 }
 
 impl WalkCounters {
@@ -93,8 +99,13 @@ impl WalkCounters {
         self.entries_walked += o.entries_walked;
         self.files_hashed += o.files_hashed;
         self.bytes_hashed += o.bytes_hashed;
+        self.stat_matched += o.stat_matched;
+        self.racy += o.racy;
     }
 }
+
+/// Stored rows of the same tree, in key order: the prior state the stat fast path compares to.
+pub type PriorRows = Box<dyn Iterator<Item = Result<(RelPath, Row)>>>;
 
 /// A sorted, depth-first walk of one root that yields [`WalkedEntry`]s in key order, hashing
 /// regular files in parallel a window at a time.
@@ -104,6 +115,8 @@ pub struct TreeWalk {
     buffer: std::vec::IntoIter<WalkedEntry>,
     counters: WalkCounters,
     failed: bool,
+    prior: Option<std::iter::Peekable<PriorRows>>,
+    snapshot_ns: i64,
 }
 
 impl TreeWalk {
@@ -124,7 +137,51 @@ impl TreeWalk {
             buffer: Vec::new().into_iter(),
             counters: WalkCounters::default(),
             failed: false,
+            prior: None,
+            snapshot_ns: coarse_now_ns(),
         })
+    }
+
+    /// A walk that reuses the digests of `prior` rows (the stored rows of the same tree, in key
+    /// order) for regular files whose stat data matches and whose row is not racy: the stat fast
+    /// path. Such files are not opened. A prior row that fails to decode is ignored (the file is
+    /// hashed).
+    pub fn with_prior(root: &Path, prior: PriorRows) -> Result<Self> {
+        let mut w = Self::new(root)?;
+        w.prior = Some(prior.peekable());
+        Ok(w)
+    }
+
+    /// The moment this walk began, from the coarse real-time clock the kernel stamps files
+    /// with; recorded in each row as the snapshot time for the racy check.
+    pub fn snapshot_ns(&self) -> i64 {
+        self.snapshot_ns
+    }
+
+    /// For each name of a window (in key order), the prior row of the same path, if any.
+    fn priors_for(&mut self, names: &[RelPath]) -> Vec<Option<Row>> {
+        let Some(prior) = self.prior.as_mut() else {
+            return vec![None; names.len()];
+        };
+        names
+            .iter()
+            .map(|name| {
+                loop {
+                    match prior.peek() {
+                        Some(Ok((p, _))) if p < name => {
+                            prior.next();
+                        }
+                        Some(Err(_)) => {
+                            prior.next();
+                        }
+                        Some(Ok((p, _))) if p == name => {
+                            return prior.next().and_then(|r| r.ok()).map(|(_, row)| row);
+                        }
+                        _ => return None,
+                    }
+                }
+            })
+            .collect()
     }
 
     /// Work done so far.
@@ -175,19 +232,27 @@ impl TreeWalk {
                 return Some(Err(e));
             }
         };
+        let priors = self.priors_for(&names);
         let root = &self.root;
-        let results: Vec<Result<(WalkedEntry, u64)>> = names
+        let snapshot_ns = self.snapshot_ns;
+        let results: Vec<Result<(WalkedEntry, Work)>> = names
             .into_par_iter()
-            .map(|path| describe(root, path))
+            .zip(priors)
+            .map(|(path, prior)| describe(root, path, prior.as_ref(), snapshot_ns))
             .collect();
         let mut out = Vec::with_capacity(results.len());
         for r in results {
             match r {
-                Ok((entry, hashed)) => {
+                Ok((entry, work)) => {
                     self.counters.entries_walked += 1;
-                    if entry.row.kind == EntryKind::File {
-                        self.counters.files_hashed += 1;
-                        self.counters.bytes_hashed += hashed;
+                    match work {
+                        Work::None => {}
+                        Work::StatMatched => self.counters.stat_matched += 1,
+                        Work::Hashed { bytes, racy } => {
+                            self.counters.files_hashed += 1;
+                            self.counters.bytes_hashed += bytes;
+                            self.counters.racy += u64::from(racy);
+                        }
                     }
                     out.push(entry);
                 }
@@ -262,8 +327,77 @@ fn is_unsupported(e: &std::io::Error) -> bool {
         || e.kind() == std::io::ErrorKind::Unsupported
 }
 
-/// lstat, readlink, xattrs, and the content digest of one entry. Returns the bytes hashed.
-fn describe(root: &Path, path: RelPath) -> Result<(WalkedEntry, u64)> {
+/// What describing one entry cost.
+enum Work {
+    /// Not a regular file.
+    None,
+    /// The prior row's digest was reused.
+    StatMatched,
+    /// The file was read; `racy` when only the racy rule forced it.
+    Hashed { bytes: u64, racy: bool },
+}
+
+/// Files whose mtime has a zero nanosecond part are taken to live on a file system with
+/// timestamps of one (or two) seconds, and get this much slack in the racy check.
+const COARSE_FS_SLACK_NS: i64 = 2_000_000_000;
+/// Slack for file systems with fine timestamps: above the kernel's coarse clock tick (at most
+/// 10 ms with HZ=100), so a write stamped within the tick before the snapshot began is racy.
+const FINE_FS_SLACK_NS: i64 = 20_000_000;
+
+/// Git's racy rule, with slack for timestamp granularity: a row whose file was modified at or
+/// after (about) the moment its snapshot began cannot vouch for the content by stat alone,
+/// because a later write within the same timestamp tick would leave the stat unchanged.
+pub fn is_racy(stat: &RowStat) -> bool {
+    let slack = if stat.mtime_ns.rem_euclid(1_000_000_000) == 0 {
+        COARSE_FS_SLACK_NS
+    } else {
+        FINE_FS_SLACK_NS
+    };
+    stat.mtime_ns >= stat.snapshot_ns.saturating_sub(slack)
+}
+
+/// The kernel's coarse real-time clock (the clock file timestamps are taken from), in ns.
+fn coarse_now_ns() -> i64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into the pointer we own.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) };
+    if rc != 0 {
+        return std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(i64::MAX);
+    }
+    ts.tv_sec
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec)
+}
+
+/// True when a prior row vouches for `row`'s content: same type, mode, owner and size, same
+/// inode, mtime and ctime, and not racy. Returns `Some(racy)` when the stat matched.
+fn stat_match(prior: &Row, row: &Row, stat: &StatData) -> Option<bool> {
+    let ps = prior.stat.as_ref()?;
+    let same = prior.kind == EntryKind::File
+        && prior.mode == row.mode
+        && prior.uid == row.uid
+        && prior.gid == row.gid
+        && prior.size == stat.size
+        && ps.ino == stat.ino
+        && ps.mtime_ns == stat.mtime_ns
+        && ps.ctime_ns == stat.ctime_ns;
+    same.then(|| is_racy(ps))
+}
+
+/// lstat, readlink, xattrs, and the content digest of one entry (reused from `prior` when the
+/// stat fast path allows).
+fn describe(
+    root: &Path,
+    path: RelPath,
+    prior: Option<&Row>,
+    snapshot_ns: i64,
+) -> Result<(WalkedEntry, Work)> {
     let abs = path.under(root);
     let follow = path.is_root();
     let meta = if follow {
@@ -303,16 +437,39 @@ fn describe(root: &Path, path: RelPath) -> Result<(WalkedEntry, u64)> {
         link_target,
         xattrs,
         digest: [0; 32],
+        stat: None,
     };
     let mut unstable = false;
-    let mut hashed = 0;
+    let mut work = Work::None;
     if kind == EntryKind::File {
-        match hash_file(&abs, &stat, follow)? {
-            Some((digest, n)) => {
-                row.digest = digest;
-                hashed = n;
+        row.stat = Some(RowStat {
+            mtime_ns: stat.mtime_ns,
+            ctime_ns: stat.ctime_ns,
+            ino: stat.ino,
+            snapshot_ns,
+        });
+        let matched = prior.and_then(|p| stat_match(p, &row, &stat));
+        match (matched, prior) {
+            (Some(false), Some(p)) => {
+                row.digest = p.digest;
+                work = Work::StatMatched;
             }
-            None => unstable = true,
+            _ => match hash_file(&abs, &stat, follow)? {
+                Some((digest, bytes)) => {
+                    row.digest = digest;
+                    work = Work::Hashed {
+                        bytes,
+                        racy: matched == Some(true),
+                    };
+                }
+                None => {
+                    unstable = true;
+                    work = Work::Hashed {
+                        bytes: 0,
+                        racy: false,
+                    };
+                }
+            },
         }
     }
     Ok((
@@ -322,7 +479,7 @@ fn describe(root: &Path, path: RelPath) -> Result<(WalkedEntry, u64)> {
             stat,
             unstable,
         },
-        hashed,
+        work,
     ))
 }
 

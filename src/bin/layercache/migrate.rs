@@ -1,11 +1,79 @@
-//! `migrate`. (Being written: see issue 5.)
+//! `layercache migrate --db FILE [--dry-run] [--json]`: list the pending schema steps, and
+//! apply them in one transaction (the library also migrates on every writable open).
 
+use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
+
+use layercache::Store;
+use layercache::migrate::{MigrationReport, pending};
 
 /// Arguments of `layercache migrate`.
 #[derive(clap::Args)]
-pub struct MigrateArgs {}
+pub struct MigrateArgs {
+    /// The cache database.
+    #[arg(long)]
+    db: PathBuf,
+    /// Only list the steps that would run; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
 
-pub fn migrate(_: MigrateArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("migrate is not implemented yet")
+pub fn migrate(a: MigrateArgs) -> anyhow::Result<ExitCode> {
+    let version = Store::peek_version(&a.db)?;
+    let steps = pending(version);
+    let mut out = std::io::stdout().lock();
+    if a.dry_run {
+        if a.json {
+            let list: Vec<_> = steps
+                .iter()
+                .map(|s| serde_json::json!({"from": s.from, "to": s.to, "name": s.name}))
+                .collect();
+            let v = serde_json::json!({
+                "db": a.db.display().to_string(),
+                "version": version,
+                "target": layercache::SCHEMA_VERSION,
+                "pending": list,
+            });
+            writeln!(out, "{v}")?;
+        } else if steps.is_empty() {
+            writeln!(out, "{}: schema v{version}, up to date", a.db.display())?;
+        } else {
+            writeln!(
+                out,
+                "{}: schema v{version}, {} pending step(s) to v{}:",
+                a.db.display(),
+                steps.len(),
+                layercache::SCHEMA_VERSION
+            )?;
+            for s in &steps {
+                writeln!(out, "  v{} -> v{}: {}", s.from, s.to, s.name)?;
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let store = Store::open(&a.db)?;
+    let report = store.migration().cloned().unwrap_or(MigrationReport {
+        from: version,
+        to: version,
+        steps: Vec::new(),
+    });
+    if a.json {
+        writeln!(out, "{}", serde_json::to_string(&report)?)?;
+    } else if report.steps.is_empty() {
+        writeln!(out, "{}: schema v{}, up to date", a.db.display(), report.to)?;
+    } else {
+        for s in &report.steps {
+            writeln!(
+                out,
+                "applied v{} -> v{}: {} ({} records)",
+                s.from, s.to, s.name, s.records
+            )?;
+        }
+        writeln!(out, "{}: now at schema v{}", a.db.display(), report.to)?;
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,101 @@
+//! Step v1 → v2: re-encode every row with an empty `stat` field. See the note beside this file.
+
+use redb::ReadableTable;
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::error::{DbResultExt, Error, Result};
+use crate::path::RelPath;
+use crate::schema::{EntryKind, ROWS, Row};
+
+/// A row as schema v1 stored it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RowV1 {
+    pub kind: EntryKind,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub rdev: u64,
+    pub link_target: Vec<u8>,
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    pub digest: [u8; 32],
+}
+
+impl From<RowV1> for Row {
+    fn from(r: RowV1) -> Row {
+        Row {
+            kind: r.kind,
+            mode: r.mode,
+            uid: r.uid,
+            gid: r.gid,
+            size: r.size,
+            rdev: r.rdev,
+            link_target: r.link_target,
+            xattrs: r.xattrs,
+            digest: r.digest,
+            stat: None,
+        }
+    }
+}
+
+/// Rows re-encoded per batch (bounds the memory of the step, whatever the table's size).
+const BATCH: usize = 8192;
+
+type OwnedKey = (String, String, Vec<u8>);
+
+/// Re-encodes every row. Returns the number of rows rewritten.
+pub fn run(txn: &redb::WriteTransaction, db: &std::path::Path) -> Result<u64> {
+    let mut table = txn.open_table(ROWS).db(db)?;
+    let mut done = 0u64;
+    let mut after: Option<OwnedKey> = None;
+    loop {
+        let mut batch: Vec<(OwnedKey, Vec<u8>)> = Vec::with_capacity(BATCH);
+        {
+            let range = match &after {
+                None => table.iter().db(db)?,
+                Some((l, s, p)) => {
+                    let lo: (&str, &str, &[u8]) = (l.as_str(), s.as_str(), p.as_slice());
+                    table
+                        .range::<(&str, &str, &[u8])>((
+                            std::ops::Bound::Excluded(lo),
+                            std::ops::Bound::Unbounded,
+                        ))
+                        .db(db)?
+                }
+            };
+            for item in range.take(BATCH) {
+                let (k, v) = item.db(db)?;
+                let (l, s, p) = k.value();
+                let old =
+                    codec::decode::<RowV1, { codec::ROW_LIMIT }>(v.value()).map_err(|detail| {
+                        Error::Corrupt {
+                            path: db.to_path_buf(),
+                            table: "rows",
+                            key: format!("{l}/{s}/{}", RelPath::from_key(p)),
+                            detail: format!("not a schema-v1 row: {detail}"),
+                        }
+                    })?;
+                let new = codec::encode(&Row::from(old)).map_err(|detail| Error::Corrupt {
+                    path: db.to_path_buf(),
+                    table: "rows",
+                    key: format!("{l}/{s}/{}", RelPath::from_key(p)),
+                    detail,
+                })?;
+                batch.push(((l.to_string(), s.to_string(), p.to_vec()), new));
+            }
+        }
+        let Some((last, _)) = batch.last() else {
+            break;
+        };
+        let last = last.clone();
+        for ((l, s, p), v) in &batch {
+            table
+                .insert((l.as_str(), s.as_str(), p.as_slice()), v.as_slice())
+                .db(db)?;
+        }
+        done += batch.len() as u64;
+        after = Some(last);
+    }
+    Ok(done)
+}

@@ -1,0 +1,244 @@
+//! Schema migrations on the frozen v1 fixtures: behaviour after migrating, the CLI, and a real
+//! child process killed at several points of a migration.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, SystemTime};
+
+use layercache::migrate::v0002::RowV1;
+use layercache::schema::{META, ROWS, Row};
+use layercache::{Cache, CacheConfig, MissReason, SCHEMA_VERSION, Store};
+use redb::{ReadableDatabase, ReadableTable};
+
+fn fixture(name: &str, dir: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    let dst = dir.join(name);
+    std::fs::copy(&src, &dst).unwrap();
+    dst
+}
+
+fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn age(root: &Path) {
+    let t = filetime::FileTime::from_system_time(SystemTime::now() - Duration::from_secs(3600));
+    for e in walkdir::WalkDir::new(root) {
+        filetime::set_symlink_file_times(e.unwrap().path(), t, t).unwrap();
+    }
+}
+
+/// (version, rows) read with redb directly, checking every row decodes as that version's row.
+fn raw_state(path: &Path) -> (u32, u64) {
+    let db = redb::Database::builder()
+        .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
+        .open(path)
+        .unwrap();
+    let txn = db.begin_read().unwrap();
+    let meta = txn.open_table(META).unwrap();
+    let v = u32::from_le_bytes(
+        meta.get("schema_version")
+            .unwrap()
+            .unwrap()
+            .value()
+            .try_into()
+            .unwrap(),
+    );
+    let rows = txn.open_table(ROWS).unwrap();
+    let mut n = 0;
+    for item in rows.iter().unwrap() {
+        let (_, val) = item.unwrap();
+        match v {
+            1 => {
+                layercache::codec::decode::<RowV1, { layercache::codec::ROW_LIMIT }>(val.value())
+                    .expect("a v1 database holds only v1 rows");
+            }
+            2 => {
+                layercache::codec::decode::<Row, { layercache::codec::ROW_LIMIT }>(val.value())
+                    .expect("a v2 database holds only v2 rows");
+            }
+            other => panic!("unexpected version {other}"),
+        }
+        n += 1;
+    }
+    (v, n)
+}
+
+#[test]
+fn v1_fixture_migrates_and_hits_where_inputs_are_unchanged() {
+    if !is_root() {
+        eprintln!("skipped: the fixture's trees are owned by root (0:0); run as root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let db = fixture("v1-small.redb", tmp.path());
+    assert_eq!(raw_state(&db).0, 1);
+    let build = common::v1_fixture::small_inputs(&tmp.path().join("small"));
+    age(&tmp.path().join("small"));
+
+    let cache = Cache::open_without_prune(CacheConfig {
+        db: db.clone(),
+        ..Default::default()
+    })
+    .unwrap();
+    let report = cache
+        .store()
+        .migration()
+        .cloned()
+        .expect("opening migrated");
+    assert_eq!((report.from, report.to), (1, SCHEMA_VERSION));
+    assert!(report.steps[0].records > 20, "{report:?}");
+    assert_eq!(cache.store().schema_version().unwrap(), SCHEMA_VERSION);
+
+    // First lookups: hits, every file hashed once (v1 rows carry no stat data), rows refreshed.
+    let mut s = cache.session(&build).unwrap();
+    for layer in ["base", "mid", "app", "other"] {
+        let l = s.lookup(layer).unwrap();
+        assert!(l.is_hit(), "{layer}: {:?}", l.reasons());
+    }
+    let c = s.counters();
+    assert!(
+        c.walk.files_hashed > 20 && c.rows_refreshed == c.walk.files_hashed,
+        "{c:?}"
+    );
+    // Then nothing is read.
+    let mut s = cache.session(&build).unwrap();
+    for layer in ["base", "mid", "app", "other"] {
+        assert!(s.lookup(layer).unwrap().is_hit());
+    }
+    assert_eq!(s.counters().walk.files_hashed, 0, "{:?}", s.counters());
+
+    // A change in app's overlay misses app only, naming the file.
+    common::write(
+        &tmp.path().join("small/src/app"),
+        "pkg1/mod5.rs",
+        b"// changed\n",
+    );
+    let mut s = cache.session(&build).unwrap();
+    for layer in ["base", "mid", "other"] {
+        assert!(s.lookup(layer).unwrap().is_hit(), "{layer}");
+    }
+    match s.lookup("app").unwrap().reasons() {
+        [MissReason::OverlayDirContentChanged { diff, .. }] => {
+            assert_eq!(diff.modified[0].path.to_string(), "pkg1/mod5.rs");
+        }
+        other => panic!("{other:?}"),
+    }
+    // And a change in base's import misses base and everything built on it.
+    common::write(
+        &tmp.path().join("small/imports/base/tools"),
+        "share/doc/README",
+        b"new\n",
+    );
+    let mut s = cache.session(&build).unwrap();
+    assert!(!s.lookup("base").unwrap().is_hit());
+    assert!(!s.lookup("other").unwrap().is_hit());
+    assert!(!s.lookup("mid").unwrap().is_hit());
+}
+
+#[test]
+fn reading_an_unmigrated_file_says_to_migrate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = fixture("v1-small.redb", tmp.path());
+    let err = Store::open_read_only(&db).err().unwrap();
+    assert!(
+        matches!(err, layercache::Error::SchemaTooOld { found: 1, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("layercache migrate"), "{err}");
+}
+
+#[test]
+fn cli_migrate_dry_run_changes_nothing_then_applies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = fixture("v1-small.redb", tmp.path());
+    let before = std::fs::read(&db).unwrap();
+    let bin = env!("CARGO_BIN_EXE_layercache");
+    let out = Command::new(bin)
+        .args(["migrate", "--db"])
+        .arg(&db)
+        .arg("--dry-run")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("schema v1, 1 pending step(s) to v2"),
+        "{text}"
+    );
+    assert!(text.contains("v1 -> v2: stat fast path"), "{text}");
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        before,
+        "--dry-run modified the file"
+    );
+
+    let out = Command::new(bin)
+        .args(["migrate", "--json", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["from"], 1);
+    assert_eq!(v["to"], 2);
+    assert_eq!(v["steps"][0]["from"], 1);
+    assert!(v["steps"][0]["records"].as_u64().unwrap() > 20);
+    assert_eq!(raw_state(&db).0, 2);
+
+    let out = Command::new(bin)
+        .args(["migrate", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("up to date"));
+}
+
+#[test]
+fn killed_migration_leaves_old_or_new_never_between() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_layercache");
+    let (v, rows) = raw_state(&fixture("v1-large.redb", tmp.path()));
+    assert_eq!(v, 1);
+    assert!(rows >= 30_000);
+    let mut seen = [0u32; 3];
+    // Kill points spread over the run, from before the transaction starts to after it ends.
+    for (i, delay_ms) in [0u64, 2, 5, 10, 20, 35, 50, 80, 120, 200, 400]
+        .iter()
+        .enumerate()
+    {
+        let db = tmp.path().join(format!("kill{i}.redb"));
+        std::fs::copy(tmp.path().join("v1-large.redb"), &db).unwrap();
+        let mut child = Command::new(bin)
+            .args(["migrate", "--db"])
+            .arg(&db)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(*delay_ms));
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        let (v, n) = raw_state(&db);
+        assert_eq!(n, rows, "rows lost at kill point {delay_ms} ms");
+        seen[v as usize] += 1;
+        // Whatever it was left at, the library opens it at the current version.
+        let store = Store::open(&db).unwrap();
+        assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+        drop(store);
+        assert_eq!(raw_state(&db), (2, rows));
+    }
+    eprintln!("kill points left v1: {}, v2: {}", seen[1], seen[2]);
+}
