@@ -463,15 +463,15 @@ impl<'a> Session<'a> {
         match base {
             Base::Built { layer: b } => {
                 if for_put {
-                    // At put, the base's recorded entry hash is what this layer was built on.
-                    let txn = self.cache.store.begin_read()?;
-                    let t = txn.open_table(BASES).db(self.cache.store.path())?;
-                    return match t.get(b.as_str()).db(self.cache.store.path())? {
-                        Some(h) => Ok(BaseNow::Hash(h.value().to_vec())),
-                        None => Err(Error::Base {
+                    // At put, the base must hit now: its entry hash is what this layer was
+                    // built on (as in stacker, whose put looks the base up).
+                    return match self.memo.get(b.as_str()) {
+                        Some(Memo::Hit(h)) => Ok(BaseNow::Hash(h.to_vec())),
+                        _ => Err(Error::Base {
                             layer: layer.to_string(),
                             detail: format!(
-                                "base layer {b:?} is not cached; put it before the layers built on it"
+                                "base layer {b:?} is not cached as it is now; put it before the \
+                                 layers built on it"
                             ),
                         }),
                     };
@@ -635,6 +635,27 @@ impl<'a> Session<'a> {
             }
         }
 
+        // Sources recorded at put that the layer no longer has (checked after the current ones,
+        // so a renamed key reports the new name first, as stacker's "new import" does). (In stacker they are part of
+        // the definition; here the builder passes them apart, so they are checked apart.)
+        if let Some(rec) = &record {
+            for s in &rec.imports {
+                let still = inputs
+                    .imports
+                    .iter()
+                    .any(|i| i.dest.is_none() && i.key == s.key);
+                if !still && !stop(&reasons) {
+                    reasons.push(MissReason::ImportRemoved { key: s.key.clone() });
+                }
+            }
+            for s in &rec.overlay_dirs {
+                let still = inputs.overlay_dirs.iter().any(|o| o.key == s.key);
+                if !still && !stop(&reasons) {
+                    reasons.push(MissReason::OverlayDirRemoved { key: s.key.clone() });
+                }
+            }
+        }
+
         if !mode.explain {
             reasons.truncate(1);
         }
@@ -771,8 +792,35 @@ impl<'a> Session<'a> {
                 })
             }
             Some(_) => {
-                let stored = self.cache.store.rows(txn, layer, &sid)?;
+                // A damaged row ends the stored stream and makes this a miss (it costs this
+                // entry, not the lookup); the walk still runs to its end for the observation.
+                let mut damage: Option<String> = None;
+                let stored = self
+                    .cache
+                    .store
+                    .rows(txn, layer, &sid)?
+                    .map_while(|r| match r {
+                        Err(e @ Error::Corrupt { .. }) => {
+                            damage = Some(e.to_string());
+                            None
+                        }
+                        other => Some(other),
+                    });
                 let diff = diff_trees(stored, walk.by_ref(), &mut record)?;
+                if let Some(detail) = damage {
+                    for e in walk.by_ref() {
+                        record(&e?, None);
+                    }
+                    self.counters.walk.add(&walk.counters());
+                    if let Some(obs) = observed {
+                        obs.push(Observed {
+                            role,
+                            key: key.to_string(),
+                            rows,
+                        });
+                    }
+                    return Ok(Some(MissReason::DamagedEntry { detail }));
+                }
                 (!diff.is_empty()).then(|| match role {
                     SourceRole::Import => MissReason::ImportContentChanged {
                         key: key.to_string(),
@@ -815,6 +863,7 @@ impl<'a> Session<'a> {
         let layer = lookup.layer.as_str();
         validate_layer_name(layer)?;
         let inputs = self.build.layer(layer)?;
+        self.resolve_bases_below(layer)?;
         let store = &self.cache.store;
         let path = store.path();
         let base_hash = match self.base_now(layer, &inputs.base, true)? {

@@ -155,17 +155,6 @@ pub enum Error {
         changes: Vec<String>,
     },
 
-    /// A put was given a lookup of another layer or another build.
-    #[error(
-        "put of layer {layer:?} was given the lookup of {other:?}; pass the lookup of the same layer"
-    )]
-    WrongLookup {
-        /// The layer being put.
-        layer: String,
-        /// The layer the lookup was for.
-        other: String,
-    },
-
     /// A plan or manifests file could not be read or parsed.
     #[error("invalid {what} {path}: {detail}", path = path.display())]
     Parse {

@@ -90,6 +90,12 @@ pub enum MissReason {
         /// Import key.
         key: String,
     },
+    /// An import recorded in the entry that the layer no longer has (or that now has a
+    /// `dest`, which takes it out of the cache).
+    ImportRemoved {
+        /// Import key.
+        key: String,
+    },
     /// An import missing on disk.
     ImportMissing {
         /// Import key.
@@ -115,6 +121,11 @@ pub enum MissReason {
     },
     /// An overlay dir that is not in the cached entry.
     OverlayDirNew {
+        /// Overlay dir key.
+        key: String,
+    },
+    /// An overlay dir recorded in the entry that the layer no longer has.
+    OverlayDirRemoved {
         /// Overlay dir key.
         key: String,
     },
@@ -176,6 +187,8 @@ impl fmt::Display for MissReason {
                 new.map_or("unset".into(), |v| v.to_string())
             ),
             MissReason::ImportNew { key } => write!(f, "of new import: {key}"),
+            MissReason::ImportRemoved { key } => write!(f, "import was removed: {key}"),
+            MissReason::OverlayDirRemoved { key } => write!(f, "overlay_dir was removed: {key}"),
             MissReason::ImportMissing { key, path } => {
                 write!(f, "import was missing: {key} (expected at {path})")
             }

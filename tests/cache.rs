@@ -709,3 +709,78 @@ fn check_mode_walks_nothing_after_the_first_reason() {
     let _ = s.lookup("base").unwrap();
     assert!(s.counters().walk.files_hashed >= 3);
 }
+
+#[test]
+fn a_source_dropped_from_the_layer_misses() {
+    let f = Fixture::new();
+    let cache = f.open();
+    let mut build = two_layers(&f);
+    put_all(&f, &cache, &build, &["base", "app"]);
+    // The definition JSON is unchanged; only the import list is shorter.
+    build.layers.get_mut("base").unwrap().imports.pop();
+    assert_eq!(
+        first_reason(&cache, &build, "base"),
+        Some(MissReason::ImportRemoved { key: "stacker://file.tar".into() })
+    );
+    let mut build = two_layers_again(&f);
+    build.layers.get_mut("app").unwrap().overlay_dirs.clear();
+    // app's base still hits; its overlay dir is gone from the inputs.
+    assert_eq!(
+        first_reason(&cache, &build, "app"),
+        Some(MissReason::OverlayDirRemoved { key: "src".into() })
+    );
+    // An import that gains a dest leaves the cache: a miss too.
+    let mut build = two_layers_again(&f);
+    build.layers.get_mut("base").unwrap().imports[1].dest = Some("/x".into());
+    assert!(matches!(first_reason(&cache, &build, "base"), Some(MissReason::ImportRemoved { .. })));
+}
+
+/// The same build as `two_layers`, without rewriting its files.
+fn two_layers_again(f: &Fixture) -> Build {
+    let mut base = layer(Base::Scratch);
+    base.imports = vec![
+        import("https://example.com/tree", &f.p("imports/base/tree")),
+        import("stacker://file.tar", &f.p("imports/base/file.tar")),
+    ];
+    let mut app = layer(Base::Built { layer: "base".into() });
+    app.overlay_dirs = vec![OverlayDir {
+        key: "src".into(),
+        source: f.p("src"),
+        rootfs_path: f.p("roots/app/overlay_dirs/src"),
+    }];
+    let mut b = Build::new();
+    b.add("base", base).add("app", app);
+    b
+}
+
+#[test]
+fn a_damaged_row_costs_that_entry_only() {
+    let f = Fixture::new();
+    let build = two_layers(&f);
+    {
+        let cache = f.open();
+        put_all(&f, &cache, &build, &["base", "app"]);
+    }
+    // Plant garbage in one of app's rows behind the cache's back.
+    {
+        let db = redb::Database::builder()
+            .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
+            .open(f.p("cache.redb"))
+            .unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut rows = txn.open_table(layercache::schema::ROWS).unwrap();
+            let garbage: &[u8] = &[0xff; 7];
+            rows.insert(("app", "overlay:src", b"main.rs".as_slice()), garbage).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let cache = f.open();
+    let mut s = cache.session(&build).unwrap();
+    assert!(s.lookup("base").unwrap().is_hit());
+    let l = s.lookup("app").unwrap();
+    assert!(matches!(l.reasons(), [MissReason::DamagedEntry { .. }]), "{:?}", l.reasons());
+    // Putting it again repairs it.
+    s.put(&l, &f.manifests("app again")).unwrap();
+    assert!(s.lookup("app").unwrap().is_hit());
+}
