@@ -35,6 +35,40 @@
 //! and the names of entries. It **never** covers mtime, atime, ctime, inode numbers or absolute
 //! paths: the same tree copied elsewhere, or touched, has the same digest.
 //!
+//! ## Lookup, put, and the base chain
+//!
+//! A [`Session`] evaluates a layer in stacker's order — not cached, definition changed (which
+//! top-level fields), base changed, SOURCE_DATE_EPOCH changed, each import (new, missing, type
+//! changed, content changed with the paths), each overlay dir (new, missing from the rootfs,
+//! content changed with the paths), a recorded source no longer in the layer — and returns a
+//! hit or typed [`MissReason`]s. A `built` base must itself hit now, and the hash in the
+//! `bases` table (the digest of the base's entry, [`cache::entry_digest`]) must equal the one
+//! recorded at put, so rebuilding a base misses everything above it. Per-layer results are
+//! memoized within a session: a chain of N built layers costs N evaluations. A lookup made for a
+//! build also *observes* what it walked (a row hash per path), and [`Session::put`] compares its
+//! own walk against that: inputs that changed during the build make the put fail with
+//! [`Error::InputsChanged`] naming the paths, and nothing is stored.
+//!
+//! ## The stat fast path and the racy rule (schema v2)
+//!
+//! Each file row also keeps the stat data its digest was taken under (mtime and ctime in ns,
+//! inode) and the moment its walk began (`snapshot_ns`, from `CLOCK_REALTIME_COARSE`, the clock
+//! the kernel stamps files with). A later walk reuses the stored digest without opening the file
+//! only when type, mode, uid, gid, size, inode, mtime and ctime all match **and the row is not
+//! racy**: a row is racy when the file's mtime is not older than its snapshot's start, less a
+//! slack for timestamp granularity (20 ms; 2 s when the mtime has no sub-second part) — git's
+//! rule. A file written within the same timestamp tick after its row was taken could otherwise
+//! keep its stat and produce a false hit; racy rows are always hashed. The stat data is never
+//! compared and never part of a digest. A hit refreshes stale, missing or racy stat data in one
+//! short write transaction (git's index refresh); a miss never writes.
+//!
+//! ## Migrations
+//!
+//! The schema version lives in `meta`. Opening an older file for writing runs every pending step
+//! of [`migrate::STEPS`] (code and note in `migrations/`) in one write transaction that also
+//! records the new version: a crash leaves the old version or the new, never a mix. A newer file
+//! is refused before any writable open. The cache is never wiped because of a version.
+//!
 //! ## Invariants
 //!
 //! 1. Rows of (layer, source) are written in one write transaction that first deletes the old
@@ -47,11 +81,18 @@
 //! 4. A file that cannot be read is an error naming it, never silently skipped.
 //! 5. A database with a newer schema is refused before it is opened for writing, so it stays
 //!    byte-for-byte unchanged.
+//! 6. A stored digest is reused only under the stat fast path's full match and never for a racy
+//!    row; a miss never writes; a put stores exactly what its walk hashed, in one transaction.
+//! 7. A damaged entry or row is a miss for that layer, never a false hit and never a wiped
+//!    cache.
 //!
 //! ## Modules
 //!
 //! [`tree`] walks and hashes; [`diff`] compares; [`store`] owns the redb file; [`schema`] and
-//! [`codec`] define what is stored and how; [`path`] the key encoding and display.
+//! [`codec`] define what is stored and how; [`path`] the key encoding and display; [`cache`]
+//! looks up and puts; [`inputs`] and [`plan`] describe a build; [`reason`] explains misses;
+//! [`base`] resolves tar/oci bases; [`stacker`] maps stacker's directory layout; [`inspect`]
+//! serves `dump`, `stats` and `check`; [`migrate`] upgrades old files.
 
 pub mod base;
 pub mod cache;
