@@ -24,6 +24,34 @@ fn age(root: &Path) {
     }
 }
 
+/// A cache in `dir` and a build of one layer `app` whose overlay dir is `src`.
+fn one_layer(dir: &Path, src: &Path) -> (Cache, Build) {
+    let rootfs = dir.join("rootfs/app");
+    std::fs::create_dir_all(&rootfs).unwrap();
+    let mut build = Build::new();
+    build.add(
+        "app",
+        LayerInputs {
+            definition: serde_json::json!({"run": "build"}),
+            base: Base::Scratch,
+            imports: vec![],
+            overlay_dirs: vec![OverlayDir {
+                key: "src".into(),
+                source: src.to_path_buf(),
+                rootfs_path: rootfs,
+            }],
+            source_date_epoch: None,
+            build_only: false,
+        },
+    );
+    let cache = Cache::open_without_prune(CacheConfig {
+        db: dir.join("cache.redb"),
+        ..Default::default()
+    })
+    .unwrap();
+    (cache, build)
+}
+
 struct Setup {
     _tmp: tempfile::TempDir,
     src: std::path::PathBuf,
@@ -42,29 +70,7 @@ fn setup(files: usize) -> Setup {
         );
     }
     age(&src);
-    let rootfs = tmp.path().join("rootfs/app");
-    std::fs::create_dir_all(&rootfs).unwrap();
-    let mut build = Build::new();
-    build.add(
-        "app",
-        LayerInputs {
-            definition: serde_json::json!({"run": "build"}),
-            base: Base::Scratch,
-            imports: vec![],
-            overlay_dirs: vec![OverlayDir {
-                key: "src".into(),
-                source: src.clone(),
-                rootfs_path: rootfs,
-            }],
-            source_date_epoch: None,
-            build_only: false,
-        },
-    );
-    let cache = Cache::open_without_prune(CacheConfig {
-        db: tmp.path().join("cache.redb"),
-        ..Default::default()
-    })
-    .unwrap();
+    let (cache, build) = one_layer(tmp.path(), &src);
     let s = Setup {
         _tmp: tmp,
         src,
@@ -133,29 +139,7 @@ fn file_written_just_before_its_snapshot_is_racy() {
     age(&src);
     // Written now, right before the put's walk begins: not older than the snapshot.
     write(&src, "fresh.txt", b"fresh");
-    let rootfs = tmp.path().join("rootfs");
-    std::fs::create_dir_all(&rootfs).unwrap();
-    let mut build = Build::new();
-    build.add(
-        "app",
-        LayerInputs {
-            definition: serde_json::json!({}),
-            base: Base::Scratch,
-            imports: vec![],
-            overlay_dirs: vec![OverlayDir {
-                key: "src".into(),
-                source: src.clone(),
-                rootfs_path: rootfs,
-            }],
-            source_date_epoch: None,
-            build_only: false,
-        },
-    );
-    let cache = Cache::open_without_prune(CacheConfig {
-        db: tmp.path().join("c.redb"),
-        ..Default::default()
-    })
-    .unwrap();
+    let (cache, build) = one_layer(tmp.path(), &src);
     let mut session = cache.session(&build).unwrap();
     let l = session.lookup("app").unwrap();
     session.put(&l, &BTreeMap::new()).unwrap();
@@ -176,29 +160,7 @@ fn a_racy_rewrite_within_the_same_tick_never_hits() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     write(&src, "f", b"aaaa");
-    let rootfs = tmp.path().join("rootfs");
-    std::fs::create_dir_all(&rootfs).unwrap();
-    let mut build = Build::new();
-    build.add(
-        "app",
-        LayerInputs {
-            definition: serde_json::json!({}),
-            base: Base::Scratch,
-            imports: vec![],
-            overlay_dirs: vec![OverlayDir {
-                key: "src".into(),
-                source: src.clone(),
-                rootfs_path: rootfs,
-            }],
-            source_date_epoch: None,
-            build_only: false,
-        },
-    );
-    let cache = Cache::open_without_prune(CacheConfig {
-        db: tmp.path().join("c.redb"),
-        ..Default::default()
-    })
-    .unwrap();
+    let (cache, build) = one_layer(tmp.path(), &src);
     let mut session = cache.session(&build).unwrap();
     let l = session.lookup("app").unwrap();
     session.put(&l, &BTreeMap::new()).unwrap();
