@@ -55,11 +55,18 @@ impl Base {
         }
     }
 
-    /// The reference recorded in an entry: base layer name, tarball path, or tag.
+    /// The reference recorded in an entry: base layer name, tarball file name, or tag (never an
+    /// absolute path).
     pub fn reference(&self) -> String {
         match self {
             Base::Built { layer } => layer.clone(),
-            Base::Tar { path } => escape_bytes(path.as_os_str().as_encoded_bytes()),
+            // The tarball's file name, as stacker keys it (`layer-bases/<basename>`): moving the
+            // build directory must not change the reference; its content is the base hash.
+            Base::Tar { path } => escape_bytes(
+                path.file_name()
+                    .unwrap_or(path.as_os_str())
+                    .as_encoded_bytes(),
+            ),
             Base::Oci { tag, .. } | Base::Docker { tag, .. } => tag.clone(),
             Base::Scratch => String::new(),
         }

@@ -112,6 +112,24 @@ fn read_version(path: &Path, txn: &redb::ReadTransaction) -> Result<Option<u32>>
     Ok(Some(u32::from_le_bytes(bytes)))
 }
 
+/// A read-only handle on an existing redb file (no layercache checks yet).
+fn open_existing_read_only(path: &Path) -> Result<redb::ReadOnlyDatabase> {
+    if let Err(e) = std::fs::metadata(path) {
+        return Err(Error::io("cannot open", path, e));
+    }
+    check_magic(path)?;
+    builder()
+        .open_read_only(path)
+        .map_err(|e| open_error(path, e))
+}
+
+fn empty_redb(path: &Path) -> Error {
+    Error::NotACache {
+        path: path.to_path_buf(),
+        detail: "an empty redb database".into(),
+    }
+}
+
 /// Refuses a schema newer than this code.
 fn refuse_newer(path: &Path, found: Option<u32>) -> Result<()> {
     match found {
@@ -170,18 +188,9 @@ impl Store {
     /// without refusing other versions (for `layercache migrate --dry-run`).
     pub fn peek_version(path: impl AsRef<Path>) -> Result<u32> {
         let path = path.as_ref();
-        if let Err(e) = std::fs::metadata(path) {
-            return Err(Error::io("cannot open", path, e));
-        }
-        check_magic(path)?;
-        let db = builder()
-            .open_read_only(path)
-            .map_err(|e| open_error(path, e))?;
+        let db = open_existing_read_only(path)?;
         let txn = db.begin_read().db(path)?;
-        read_version(path, &txn)?.ok_or_else(|| Error::NotACache {
-            path: path.to_path_buf(),
-            detail: "an empty redb database".into(),
-        })
+        read_version(path, &txn)?.ok_or_else(|| empty_redb(path))
     }
 
     /// What opening this store migrated, if anything.
@@ -193,13 +202,7 @@ impl Store {
     /// for writing through [`Store::open`]. Refuses files of other schema versions.
     pub fn open_read_only(path: impl AsRef<Path>) -> Result<Store> {
         let path = path.as_ref();
-        if let Err(e) = std::fs::metadata(path) {
-            return Err(Error::io("cannot open", path, e));
-        }
-        check_magic(path)?;
-        let db = builder()
-            .open_read_only(path)
-            .map_err(|e| open_error(path, e))?;
+        let db = open_existing_read_only(path)?;
         let store = Store {
             path: path.to_path_buf(),
             db: Handle::Ro(db),
@@ -207,12 +210,7 @@ impl Store {
         };
         let txn = store.begin_read()?;
         match read_version(path, &txn)? {
-            None => {
-                return Err(Error::NotACache {
-                    path: path.to_path_buf(),
-                    detail: "an empty redb database".into(),
-                });
-            }
+            None => return Err(empty_redb(path)),
             Some(v) => Self::check_version(path, Some(v))?,
         }
         Ok(store)

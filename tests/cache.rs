@@ -720,7 +720,9 @@ fn a_source_dropped_from_the_layer_misses() {
     build.layers.get_mut("base").unwrap().imports.pop();
     assert_eq!(
         first_reason(&cache, &build, "base"),
-        Some(MissReason::ImportRemoved { key: "stacker://file.tar".into() })
+        Some(MissReason::ImportRemoved {
+            key: "stacker://file.tar".into()
+        })
     );
     let mut build = two_layers_again(&f);
     build.layers.get_mut("app").unwrap().overlay_dirs.clear();
@@ -732,7 +734,10 @@ fn a_source_dropped_from_the_layer_misses() {
     // An import that gains a dest leaves the cache: a miss too.
     let mut build = two_layers_again(&f);
     build.layers.get_mut("base").unwrap().imports[1].dest = Some("/x".into());
-    assert!(matches!(first_reason(&cache, &build, "base"), Some(MissReason::ImportRemoved { .. })));
+    assert!(matches!(
+        first_reason(&cache, &build, "base"),
+        Some(MissReason::ImportRemoved { .. })
+    ));
 }
 
 /// The same build as `two_layers`, without rewriting its files.
@@ -742,7 +747,9 @@ fn two_layers_again(f: &Fixture) -> Build {
         import("https://example.com/tree", &f.p("imports/base/tree")),
         import("stacker://file.tar", &f.p("imports/base/file.tar")),
     ];
-    let mut app = layer(Base::Built { layer: "base".into() });
+    let mut app = layer(Base::Built {
+        layer: "base".into(),
+    });
     app.overlay_dirs = vec![OverlayDir {
         key: "src".into(),
         source: f.p("src"),
@@ -771,7 +778,8 @@ fn a_damaged_row_costs_that_entry_only() {
         {
             let mut rows = txn.open_table(layercache::schema::ROWS).unwrap();
             let garbage: &[u8] = &[0xff; 7];
-            rows.insert(("app", "overlay:src", b"main.rs".as_slice()), garbage).unwrap();
+            rows.insert(("app", "overlay:src", b"main.rs".as_slice()), garbage)
+                .unwrap();
         }
         txn.commit().unwrap();
     }
@@ -779,8 +787,32 @@ fn a_damaged_row_costs_that_entry_only() {
     let mut s = cache.session(&build).unwrap();
     assert!(s.lookup("base").unwrap().is_hit());
     let l = s.lookup("app").unwrap();
-    assert!(matches!(l.reasons(), [MissReason::DamagedEntry { .. }]), "{:?}", l.reasons());
+    assert!(
+        matches!(l.reasons(), [MissReason::DamagedEntry { .. }]),
+        "{:?}",
+        l.reasons()
+    );
     // Putting it again repairs it.
     s.put(&l, &f.manifests("app again")).unwrap();
     assert!(s.lookup("app").unwrap().is_hit());
+}
+
+#[test]
+fn a_tar_base_moved_with_the_build_directory_still_hits() {
+    let f = Fixture::new();
+    let cache = f.open();
+    write(&f.dir, "one/layer-bases/base.tar", b"tar");
+    write(&f.dir, "two/layer-bases/base.tar", b"tar");
+    let mut build = Build::new();
+    build.add(
+        "t",
+        layer(Base::Tar {
+            path: f.p("one/layer-bases/base.tar"),
+        }),
+    );
+    put_all(&f, &cache, &build, &["t"]);
+    build.layers.get_mut("t").unwrap().base = Base::Tar {
+        path: f.p("two/layer-bases/base.tar"),
+    };
+    assert_eq!(first_reason(&cache, &build, "t"), None);
 }
