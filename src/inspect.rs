@@ -575,7 +575,7 @@ impl CompactReport {
     pub fn write_text(&self, w: &mut impl Write) -> io::Result<()> {
         writeln!(
             w,
-            "compacted {}: {} -> {} ({} reclaimed, {} pass(es))",
+            "compacted {}: {} -> {}, {} reclaimed in {} pass(es)",
             self.db,
             human_bytes(self.bytes_before),
             human_bytes(self.bytes_after),
@@ -1533,7 +1533,7 @@ impl Stats {
         }
         writeln!(
             w,
-            "in tables          {} (of which fragmented {})",
+            "in tables          {}, of which {} fragmented",
             human_bytes(self.table_bytes),
             human_bytes(self.table_fragmented_bytes)
         )?;

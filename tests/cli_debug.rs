@@ -813,6 +813,43 @@ fn damaged_and_foreign_files_give_clear_errors() {
 }
 
 #[test]
+fn a_truncated_file_is_reported_damaged() {
+    let d = Db::new();
+    let bytes = std::fs::read(&d.db).unwrap();
+    let truncated = d.dir.join("truncated.redb");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let before = std::fs::read(&truncated).unwrap();
+    for cmd in ["dump", "stats", "compact"] {
+        let o = run(&[os(cmd), os("--db"), truncated.as_os_str()]);
+        let err = assert_one_line_error(&o, &truncated);
+        assert!(
+            err.contains("is damaged (") && err.contains("truncated"),
+            "{cmd}: {err}"
+        );
+        assert!(err.contains("restore it from a backup"), "{err}");
+    }
+    // check ran and found the file damaged: exit 1, with the finding in the report.
+    let o = run(&[os("check"), os("--db"), truncated.as_os_str(), os("--json")]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let v = json_of(&o);
+    assert_eq!(v["integrity"]["status"], "failed");
+    let kinds: Vec<&str> = v["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["redb_integrity", "unreadable"]);
+    assert!(
+        v["problems"][1]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("truncated")
+    );
+    assert_eq!(std::fs::read(&truncated).unwrap(), before);
+}
+
+#[test]
 fn dump_into_a_closed_pipe_exits_quietly() {
     let d = Db::with_extra_files(3000);
     // Far more than a pipe buffer (64 KiB), so the writer does hit the closed pipe.
