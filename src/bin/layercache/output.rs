@@ -25,13 +25,29 @@ pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
+/// The error and its causes, joined by `: `, leaving out a cause whose text the message before
+/// it already contains (the library's errors name their cause themselves).
+pub fn message(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
 /// Turns a command's result into the process exit code; errors print on stderr, exit 2.
 pub fn finish(result: anyhow::Result<ExitCode>) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("layercache: error: {e:#}");
+            eprintln!("layercache: error: {}", message(&e));
             ExitCode::from(2)
         }
     }
