@@ -8,17 +8,26 @@ use crate::error::{DbResultExt, Error, Result};
 use crate::path::RelPath;
 use crate::schema::{EntryKind, ROWS, Row};
 
-/// A row as schema v1 stored it.
+/// A row as schema v1 stored it: [`Row`] without `stat` (fields as documented there).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RowV1 {
+    /// Entry type.
     pub kind: EntryKind,
+    /// Permission bits with setuid/setgid/sticky.
     pub mode: u32,
+    /// Owner.
     pub uid: u32,
+    /// Group.
     pub gid: u32,
+    /// Size in bytes.
     pub size: u64,
+    /// Device number of device nodes.
     pub rdev: u64,
+    /// Symlink target.
     pub link_target: Vec<u8>,
+    /// Sorted extended attributes.
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// blake3 of a regular file's content.
     pub digest: [u8; 32],
 }
 

@@ -94,6 +94,8 @@
 //! [`base`] resolves tar/oci bases; [`stacker`] maps stacker's directory layout; [`inspect`]
 //! serves `dump`, `stats` and `check`; [`migrate`] upgrades old files.
 
+#![deny(missing_docs)]
+
 pub mod base;
 pub mod cache;
 pub mod codec;
