@@ -180,22 +180,47 @@ impl Build {
                 });
             }
         }
-        // Cycle check: follow each chain of built bases.
+        // Cycle check: follow each chain of built bases, marking every layer once, so a chain
+        // of n layers costs O(n) (walking each chain from every layer was O(n^3) and never
+        // finished at n = 10^5). `Done` layers lead to no cycle; `OnPath(i)` is the i-th layer
+        // of the chain being followed.
+        #[derive(Clone, Copy)]
+        enum Mark {
+            OnPath(usize),
+            Done,
+        }
+        let mut marks: std::collections::HashMap<&str, Mark> =
+            std::collections::HashMap::with_capacity(self.layers.len());
         for name in self.layers.keys() {
-            let mut seen = vec![name.as_str()];
+            let mut path: Vec<&str> = Vec::new();
             let mut cur = name.as_str();
-            while let Some(LayerInputs {
-                base: Base::Built { layer: next },
-                ..
-            }) = self.layers.get(cur)
-            {
-                if seen.contains(&next.as_str()) {
-                    let mut chain: Vec<String> = seen.iter().map(|s| s.to_string()).collect();
-                    chain.push(next.clone());
-                    return Err(Error::BaseCycle { chain });
+            loop {
+                match marks.get(cur) {
+                    Some(Mark::Done) => break,
+                    Some(Mark::OnPath(i)) => {
+                        let mut chain: Vec<String> = path
+                            .get(*i..)
+                            .unwrap_or(&[])
+                            .iter()
+                            .map(|s| s.to_string())
+                            .collect();
+                        chain.push(cur.to_string());
+                        return Err(Error::BaseCycle { chain });
+                    }
+                    None => {}
                 }
-                seen.push(next);
-                cur = next;
+                marks.insert(cur, Mark::OnPath(path.len()));
+                path.push(cur);
+                match self.layers.get(cur) {
+                    Some(LayerInputs {
+                        base: Base::Built { layer: next },
+                        ..
+                    }) => cur = next.as_str(),
+                    _ => break,
+                }
+            }
+            for p in path {
+                marks.insert(p, Mark::Done);
             }
         }
         Ok(())

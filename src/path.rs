@@ -89,6 +89,10 @@ impl RelPath {
 
     /// Inverse of `Display`: parses the escaped form.
     pub fn parse_escaped(s: &str) -> Option<RelPath> {
+        // `Display` writes the root as `.` (no entry below a root can be named `.`).
+        if s == "." {
+            return Some(RelPath::root());
+        }
         let mut out = Vec::with_capacity(s.len());
         let bytes = s.as_bytes();
         let mut i = 0;
@@ -122,7 +126,14 @@ pub(crate) fn write_escaped(f: &mut impl fmt::Write, bytes: &[u8]) -> fmt::Resul
         for c in chunk.valid().chars() {
             match c {
                 '\\' => f.write_str("\\\\")?,
-                c if c.is_control() && (c as u32) < 0x100 => write!(f, "\\x{:02x}", c as u32)?,
+                // Every byte of the character, so that `\xNN` always stands for one byte and
+                // parsing it back is exact (U+0085 is the two bytes `\xc2\x85`, not byte 0x85).
+                c if c.is_control() && (c as u32) < 0x100 => {
+                    let mut buf = [0u8; 4];
+                    for b in c.encode_utf8(&mut buf).as_bytes() {
+                        write!(f, "\\x{b:02x}")?;
+                    }
+                }
                 c => f.write_char(c)?,
             }
         }
