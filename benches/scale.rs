@@ -1,0 +1,755 @@
+//! The whole-process scale benchmark: limits and cache phases measured in ONE run on ONE
+//! generated tree, each phase printed as a ratio to its limit (see README, "Performance").
+//!
+//! ```text
+//! cargo bench --bench scale                          # 10^5 files, best of 3
+//! cargo bench --bench scale -- --files 1000000       # the scale run
+//! cargo bench --bench scale -- --files 1000 --quick  # CI smoke (seconds)
+//! ```
+//!
+//! Options: `--files N`, `--quick` (10^4 files unless `--files`, one repetition, small open and
+//! chain sizes), `--reps K`, `--dir D` (where the tree and databases go; default a fresh
+//! directory under /tmp, removed at the end), `--json P` (summary path; default
+//! `target/scale-<N>.json`).
+//!
+//! Everything is measured warm (the page cache holds the tree: it was just written and read once
+//! before the first measured phase), for the limits and the phases alike; each time is the best
+//! of K repetitions. Lookups are measured in [`LookupMode::CHECK`] (no per-path observations
+//! kept); the FOR_BUILD lookup is reported beside it. Every phase checks its work counters
+//! (files hashed, stat matches, refreshed rows, hit or miss), so the benchmark exits non-zero if
+//! the cache stops doing what the numbers claim.
+
+mod treegen;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime};
+
+use layercache::{Base, Build, Cache, CacheConfig, Import, LayerInputs, LookupMode, MissReason};
+use rayon::prelude::*;
+use serde_json::{Value, json};
+
+struct Args {
+    files: u64,
+    quick: bool,
+    reps: usize,
+    dir: Option<PathBuf>,
+    json: Option<PathBuf>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        files: 0,
+        quick: false,
+        reps: 0,
+        dir: None,
+        json: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut val = |name: &str| it.next().ok_or(format!("{name} needs a value"));
+        match arg.as_str() {
+            "--files" => {
+                a.files = val("--files")?
+                    .parse()
+                    .map_err(|e| format!("--files: {e}"))?
+            }
+            "--reps" => a.reps = val("--reps")?.parse().map_err(|e| format!("--reps: {e}"))?,
+            "--quick" => a.quick = true,
+            "--dir" => a.dir = Some(PathBuf::from(val("--dir")?)),
+            "--json" => a.json = Some(PathBuf::from(val("--json")?)),
+            // cargo bench passes --bench; filters are not used.
+            "--bench" => {}
+            other if other.starts_with('-') => return Err(format!("unknown option {other}")),
+            _ => {}
+        }
+    }
+    if a.files == 0 {
+        a.files = if a.quick { 10_000 } else { 100_000 };
+    }
+    if a.reps == 0 {
+        a.reps = if a.quick { 1 } else { 3 };
+    }
+    Ok(a)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Peak RSS per phase.
+
+/// Resets the peak RSS (VmHWM) to the current RSS (Linux >= 4.0).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Peak RSS since the last reset, in MiB.
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The limits.
+
+/// Limit 1: a raw parallel lstat walk. One rayon task per directory: read it, lstat every entry
+/// (the same `symlink_metadata` on the full path the cache's walk uses), recurse into
+/// subdirectories in parallel. No sorting, no hashing, no database.
+fn lstat_walk(dir: &Path) -> u64 {
+    let mut n = 0;
+    let mut subdirs = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if let Ok(m) = std::fs::symlink_metadata(&p) {
+                n += 1;
+                if m.is_dir() {
+                    subdirs.push(p);
+                }
+            }
+        }
+    }
+    n + subdirs.par_iter().map(|d| lstat_walk(d)).sum::<u64>()
+}
+
+/// Every regular file under `root` with its size (untimed setup of limit 2).
+fn list_files(root: &Path) -> Vec<(PathBuf, u64)> {
+    walkdir::WalkDir::new(root)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file())
+        .filter_map(|e| Some((e.path().to_path_buf(), e.metadata().ok()?.len())))
+        .collect()
+}
+
+/// blake3 of one file with plain reads; files of 1 MiB and more are read whole and hashed with
+/// blake3's multi-threaded `update_rayon`.
+fn raw_hash(path: &Path, size: u64) -> std::io::Result<[u8; 32]> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut h = blake3::Hasher::new();
+    if size >= 1 << 20 {
+        let mut buf = Vec::with_capacity(size as usize);
+        f.read_to_end(&mut buf)?;
+        h.update_rayon(&buf);
+    } else {
+        let mut buf = [0u8; 64 << 10];
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+    }
+    Ok(*h.finalize().as_bytes())
+}
+
+/// Limit 2: raw parallel blake3 of every file's bytes, one rayon task per file.
+fn hash_all(files: &[(PathBuf, u64)]) -> u64 {
+    files
+        .par_iter()
+        .map(|(p, s)| {
+            raw_hash(p, *s).map(|d| u64::from(d[0])).unwrap_or(0);
+            *s
+        })
+        .sum()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measuring.
+
+/// One measured phase.
+struct Phase {
+    name: &'static str,
+    secs: f64,
+    limit: Option<&'static str>,
+    target: Option<f64>,
+    rss_mib: f64,
+    extra: Value,
+}
+
+struct Bench {
+    reps: usize,
+    phases: Vec<Phase>,
+    limits: BTreeMap<&'static str, f64>,
+    failures: Vec<String>,
+}
+
+impl Bench {
+    /// Runs `setup` (untimed) and `run` (timed) `reps` times; keeps the best time and the last
+    /// result. The peak RSS covers the runs (and setups) of this phase only.
+    fn measure<T>(
+        &mut self,
+        reps: usize,
+        mut setup: impl FnMut(),
+        mut run: impl FnMut() -> T,
+    ) -> (Duration, T, f64) {
+        reset_peak_rss();
+        let mut best = Duration::MAX;
+        let mut last = None;
+        for _ in 0..reps.max(1) {
+            setup();
+            let t = Instant::now();
+            let r = run();
+            best = best.min(t.elapsed());
+            last = Some(r);
+        }
+        let rss = peak_rss_mib();
+        match last {
+            Some(r) => (best, r, rss),
+            None => unreachable!("reps >= 1"),
+        }
+    }
+
+    fn record(
+        &mut self,
+        name: &'static str,
+        d: Duration,
+        rss: f64,
+        limit: Option<&'static str>,
+        target: Option<f64>,
+        extra: Value,
+    ) {
+        self.phases.push(Phase {
+            name,
+            secs: d.as_secs_f64(),
+            limit,
+            target,
+            rss_mib: rss,
+            extra,
+        });
+    }
+
+    fn check(&mut self, ok: bool, what: impl Into<String>) {
+        if !ok {
+            let what = what.into();
+            eprintln!("CHECK FAILED: {what}");
+            self.failures.push(what);
+        }
+    }
+
+    fn ratio(&self, p: &Phase) -> Option<f64> {
+        p.limit.and_then(|l| self.limits.get(l)).map(|l| p.secs / l)
+    }
+}
+
+fn fmt_secs(s: f64) -> String {
+    if s >= 1.0 {
+        format!("{s:.2} s")
+    } else {
+        format!("{:.1} ms", s * 1e3)
+    }
+}
+
+/// A build of one layer `app` importing `tree` (the whole tree is one import: one source).
+fn one_layer_build(tree: &Path) -> Build {
+    let mut b = Build::new();
+    b.add(
+        "app",
+        LayerInputs {
+            definition: json!({"run": "make"}),
+            base: Base::Scratch,
+            imports: vec![Import {
+                key: "src".into(),
+                path: tree.to_path_buf(),
+                dest: None,
+            }],
+            overlay_dirs: vec![],
+            source_date_epoch: None,
+            build_only: false,
+        },
+    );
+    b
+}
+
+fn open(db: &Path) -> Cache {
+    match Cache::open_without_prune(CacheConfig {
+        db: db.to_path_buf(),
+        ..Default::default()
+    }) {
+        Ok(c) => c,
+        Err(e) => panic!("open {}: {e}", db.display()),
+    }
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("scale: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("scale: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
+    let own_dir = args.dir.is_none();
+    let base = match &args.dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!("layercache-scale-{}", std::process::id())),
+    };
+    let result = run_in(args, &base);
+    if own_dir {
+        let _ = std::fs::remove_dir_all(&base);
+    }
+    result
+}
+
+fn run_in(args: &Args, base: &Path) -> Result<bool, Box<dyn std::error::Error>> {
+    let tree = base.join("tree");
+    if tree.exists() {
+        std::fs::remove_dir_all(&tree)?;
+    }
+    std::fs::create_dir_all(base)?;
+    let threads = rayon::current_num_threads();
+    println!(
+        "layercache scale benchmark: {} files, best of {}, {} rayon threads, warm page cache",
+        args.files, args.reps, threads
+    );
+    let t = Instant::now();
+    let stats = treegen::generate(&tree, args.files, 42)?;
+    // SAFETY: sync(2) takes no arguments; it flushes dirty pages so writeback does not run
+    // during the measurements.
+    unsafe { libc::sync() };
+    println!(
+        "tree: {} files ({} MiB, {} of >= 1 MiB, {} executable), {} dirs, {} symlinks, depth {}; generated in {:.1} s",
+        stats.files,
+        stats.bytes >> 20,
+        stats.large_files,
+        stats.executables,
+        stats.dirs,
+        stats.symlinks,
+        stats.max_depth,
+        t.elapsed().as_secs_f64()
+    );
+    let entries_total = stats.files + stats.dirs + stats.symlinks;
+    let mut b = Bench {
+        reps: args.reps,
+        phases: Vec::new(),
+        limits: BTreeMap::new(),
+        failures: Vec::new(),
+    };
+    let reps = b.reps;
+
+    // ---- limits (after one untimed pass that reads everything, so both are warm)
+    let files = list_files(&tree);
+    hash_all(&files);
+    let (d, n, rss) = b.measure(reps, || {}, || lstat_walk(&tree));
+    b.check(
+        n + 1 == entries_total,
+        format!("lstat walk saw {n} + root entries, expected {entries_total}"),
+    );
+    b.limits.insert("limit1", d.as_secs_f64());
+    b.record(
+        "limit 1: raw parallel lstat walk",
+        d,
+        rss,
+        None,
+        None,
+        json!({"entries": n + 1}),
+    );
+    let (d, bytes, rss) = b.measure(reps, || {}, || hash_all(&files));
+    b.check(bytes == stats.bytes, "raw hash did not read every byte");
+    b.limits.insert("limit2", d.as_secs_f64());
+    b.record(
+        "limit 2: raw parallel blake3",
+        d,
+        rss,
+        None,
+        None,
+        json!({"bytes": bytes, "mib_per_s": bytes as f64 / (1 << 20) as f64 / d.as_secs_f64()}),
+    );
+    drop(files);
+
+    // ---- cold put
+    let db = base.join("cache.redb");
+    let build = one_layer_build(&tree);
+    let manifests = BTreeMap::new();
+    let (d, counters, rss) = b.measure(
+        reps,
+        || {
+            let _ = std::fs::remove_file(&db);
+        },
+        || {
+            let cache = open(&db);
+            let mut s = cache.session(&build).expect("session");
+            let l = s.lookup_with("app", LookupMode::CHECK).expect("lookup");
+            assert!(!l.is_hit());
+            s.put(&l, &manifests).expect("put");
+            s.counters()
+        },
+    );
+    b.check(
+        counters.walk.files_hashed == stats.files,
+        format!(
+            "cold put hashed {} files, expected {}",
+            counters.walk.files_hashed, stats.files
+        ),
+    );
+    let db_bytes = std::fs::metadata(&db)?.size();
+    let rows = entries_total;
+    b.record(
+        "cold put",
+        d,
+        rss,
+        Some("limit2"),
+        Some(1.25),
+        json!({"counters": counters, "db_bytes": db_bytes, "rows": rows,
+               "db_bytes_per_row": db_bytes as f64 / rows as f64}),
+    );
+
+    // ---- no-change lookups
+    let cache = open(&db);
+    let lookup = |mode: LookupMode| {
+        let mut s = cache.session(&build).expect("session");
+        let l = s.lookup_with("app", mode).expect("lookup");
+        (l, s.counters())
+    };
+    let (d, (l, c), rss) = b.measure(reps, || {}, || lookup(LookupMode::CHECK));
+    b.check(l.is_hit(), "no-change lookup missed");
+    b.check(
+        c.walk.files_hashed == 0 && c.walk.stat_matched == stats.files,
+        format!("no-change lookup: {:?}", c.walk),
+    );
+    let no_change = d;
+    b.record(
+        "no-change lookup (CHECK)",
+        d,
+        rss,
+        Some("limit1"),
+        Some(1.5),
+        json!({"counters": c}),
+    );
+    let (d, (l, c), rss) = b.measure(reps, || {}, || lookup(LookupMode::FOR_BUILD));
+    b.check(l.is_hit() && c.walk.files_hashed == 0, "FOR_BUILD lookup");
+    b.record(
+        "no-change lookup (FOR_BUILD)",
+        d,
+        rss,
+        Some("limit1"),
+        None,
+        json!({"counters": c}),
+    );
+
+    // ---- every file touched: stat stale, content equal
+    let mut flip = 0u64;
+    let (d, (l, c), rss) = b.measure(
+        reps,
+        || {
+            flip += 1;
+            let when = treegen::past_mtime() - Duration::from_secs(flip);
+            treegen::touch_all(&tree, when).expect("touch");
+        },
+        || lookup(LookupMode::CHECK),
+    );
+    b.check(l.is_hit(), "touched lookup missed");
+    b.check(
+        c.walk.files_hashed == stats.files && c.rows_refreshed == stats.files,
+        format!("touched lookup: {c:?}"),
+    );
+    b.record(
+        "lookup after touching every file",
+        d,
+        rss,
+        Some("limit2"),
+        Some(1.25),
+        json!({"counters": c}),
+    );
+    let (d, (l, c), rss) = b.measure(reps, || {}, || lookup(LookupMode::CHECK));
+    b.check(
+        l.is_hit() && c.walk.files_hashed == 0 && c.rows_refreshed == 0,
+        format!("lookup after the touched one: {c:?}"),
+    );
+    b.record(
+        "the lookup after it",
+        d,
+        rss,
+        Some("limit1"),
+        Some(1.5),
+        json!({"counters": c}),
+    );
+
+    // ---- one deep file changed (same size, other bytes)
+    let deep = tree.join(&stats.deep_file);
+    let mut content = std::fs::read(&deep)?;
+    for x in content.iter_mut().take(16) {
+        *x = !*x;
+    }
+    std::fs::write(&deep, &content)?;
+    filetime::set_file_mtime(
+        &deep,
+        filetime::FileTime::from_system_time(treegen::past_mtime()),
+    )?;
+    let (hash_one, _, _) = b.measure(
+        reps,
+        || {},
+        || raw_hash(&deep, stats.deep_file_size).expect("hash"),
+    );
+    let (d, (l, c), rss) = b.measure(reps, || {}, || lookup(LookupMode::CHECK));
+    b.check(
+        !l.is_hit() && c.walk.files_hashed == 1,
+        format!("one-file-changed lookup: {c:?}"),
+    );
+    let expect = no_change + hash_one;
+    b.record(
+        "lookup after one deep file changed",
+        d,
+        rss,
+        Some("limit1"),
+        None,
+        json!({"counters": c, "no_change_plus_hash_s": expect.as_secs_f64(),
+               "ratio_to_no_change_plus_hash": d.as_secs_f64() / expect.as_secs_f64(),
+               "file": stats.deep_file, "file_size": stats.deep_file_size}),
+    );
+    println!(
+        "one file changed: {} vs no-change + hashing it {} ({:.2}x)",
+        fmt_secs(d.as_secs_f64()),
+        fmt_secs(expect.as_secs_f64()),
+        d.as_secs_f64() / expect.as_secs_f64()
+    );
+    let (d, (l, c), rss) = b.measure(reps, || {}, || lookup(LookupMode::EXPLAIN));
+    let reasons: Vec<String> = l.reasons().iter().map(|r| r.to_string()).collect();
+    b.check(
+        matches!(l.reasons(), [MissReason::ImportContentChanged { diff, .. }] if diff.len() == 1),
+        format!("explain: {reasons:?}"),
+    );
+    for r in &reasons {
+        println!("explain: {}", r.trim_end());
+    }
+    b.record(
+        "explain of it (EXPLAIN)",
+        d,
+        rss,
+        Some("limit1"),
+        None,
+        json!({"counters": c, "reasons": reasons}),
+    );
+    drop(cache);
+    std::fs::remove_dir_all(&tree)?;
+
+    // ---- open of databases with many entries
+    let sizes: [u64; 2] = if args.quick {
+        [100, 1000]
+    } else {
+        [1000, 10_000]
+    };
+    for (i, &n) in sizes.iter().enumerate() {
+        let db = base.join(format!("entries-{n}.redb"));
+        fill_entries(&db, n)?;
+        let (d, _, rss) = b.measure(reps * 10, || {}, || drop(open(&db)));
+        let name = if i == 0 {
+            "open (fewer entries)"
+        } else {
+            "open (more entries)"
+        };
+        b.record(
+            name,
+            d,
+            rss,
+            None,
+            None,
+            json!({"entries": n, "db_bytes": std::fs::metadata(&db)?.size()}),
+        );
+    }
+    if let [small, big] = &b.phases[b.phases.len() - 2..] {
+        println!(
+            "open: {} entries {}, {} entries {} (ratio {:.2})",
+            sizes[0],
+            fmt_secs(small.secs),
+            sizes[1],
+            fmt_secs(big.secs),
+            big.secs / small.secs
+        );
+    }
+
+    // ---- a chain of built layers, looked up bottom to top
+    let lens: [usize; 2] = if args.quick { [50, 100] } else { [250, 500] };
+    let small_tree = base.join("small");
+    treegen::generate(&small_tree, 20, 7)?;
+    let mut per_len = Vec::new();
+    for (i, &n) in lens.iter().enumerate() {
+        let db = base.join(format!("chain-{n}.redb"));
+        let build = chain_build(&small_tree, n);
+        {
+            let cache = open(&db);
+            let mut s = cache.session(&build)?;
+            for k in 0..n {
+                let name = format!("l{k:04}");
+                let l = s.lookup(&name)?;
+                s.put(&l, &manifests)?;
+            }
+        }
+        let cache = open(&db);
+        let (d, (hits, c), rss) = b.measure(
+            reps,
+            || {},
+            || {
+                let mut s = cache.session(&build).expect("session");
+                let mut hits = 0;
+                for k in 0..n {
+                    hits += usize::from(
+                        s.lookup_with(&format!("l{k:04}"), LookupMode::CHECK)
+                            .expect("lookup")
+                            .is_hit(),
+                    );
+                }
+                (hits, s.counters())
+            },
+        );
+        b.check(
+            hits == n && c.lookups == n as u64,
+            format!("chain {n}: {hits} hits, {} lookups", c.lookups),
+        );
+        per_len.push(d.as_secs_f64());
+        let name = if i == 0 {
+            "chain lookup (shorter)"
+        } else {
+            "chain lookup (longer)"
+        };
+        b.record(
+            name,
+            d,
+            rss,
+            None,
+            None,
+            json!({"layers": n, "counters": c, "per_layer_s": d.as_secs_f64() / n as f64}),
+        );
+    }
+    println!(
+        "chain: {} layers {}, {} layers {} (ratio {:.2}; linear is {:.2})",
+        lens[0],
+        fmt_secs(per_len[0]),
+        lens[1],
+        fmt_secs(per_len[1]),
+        per_len[1] / per_len[0],
+        lens[1] as f64 / lens[0] as f64
+    );
+
+    // ---- report
+    println!();
+    println!(
+        "{:<38} {:>10} {:>8} {:>8} {:>10}",
+        "phase", "time", "ratio", "target", "peak RSS"
+    );
+    let mut out = Vec::new();
+    for p in &b.phases {
+        let ratio = b.ratio(p);
+        let ratio_s = match (ratio, p.limit) {
+            (Some(r), Some(l)) => format!("{r:.2}x{}", if l == "limit1" { "L1" } else { "L2" }),
+            _ => "-".into(),
+        };
+        let target_s = p
+            .target
+            .map(|t| format!("<={t}"))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<38} {:>10} {:>8} {:>8} {:>7.0} MiB",
+            p.name,
+            fmt_secs(p.secs),
+            ratio_s,
+            target_s,
+            p.rss_mib
+        );
+        out.push(json!({
+            "phase": p.name, "secs": p.secs, "limit": p.limit, "ratio": ratio,
+            "target": p.target, "met": ratio.zip(p.target).map(|(r, t)| r <= t),
+            "peak_rss_mib": p.rss_mib, "detail": p.extra,
+        }));
+    }
+    println!(
+        "database: {} bytes for {} rows = {:.0} bytes/row",
+        db_bytes,
+        rows,
+        db_bytes as f64 / rows as f64
+    );
+    let summary = json!({
+        "files": stats.files, "dirs": stats.dirs, "symlinks": stats.symlinks,
+        "bytes": stats.bytes, "threads": threads, "reps": reps, "quick": args.quick,
+        "warm": true,
+        "unix_time": SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        "phases": out, "failures": b.failures,
+    });
+    let json_path = args.json.clone().unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("target")
+            .join(format!("scale-{}.json", args.files))
+    });
+    if let Some(parent) = json_path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&json_path, serde_json::to_string_pretty(&summary)?)?;
+    println!("summary: {}", json_path.display());
+    if !b.failures.is_empty() {
+        eprintln!("{} check(s) failed", b.failures.len());
+    }
+    Ok(b.failures.is_empty())
+}
+
+/// A database holding `n` entries (layers without sources), each put through the library.
+fn fill_entries(db: &Path, n: u64) -> Result<(), Box<dyn std::error::Error>> {
+    let _ = std::fs::remove_file(db);
+    let mut build = Build::new();
+    for k in 0..n {
+        build.add(
+            format!("e{k:06}"),
+            LayerInputs {
+                definition: json!({"step": k, "run": "make install"}),
+                base: Base::Scratch,
+                imports: vec![],
+                overlay_dirs: vec![],
+                source_date_epoch: Some(1_700_000_000),
+                build_only: false,
+            },
+        );
+    }
+    let cache = open(db);
+    let mut s = cache.session(&build)?;
+    for k in 0..n {
+        let l = s.lookup_with(&format!("e{k:06}"), LookupMode::CHECK)?;
+        s.put(&l, &BTreeMap::new())?;
+    }
+    Ok(())
+}
+
+/// `n` layers, each built on the previous one, each importing the same small tree.
+fn chain_build(small: &Path, n: usize) -> Build {
+    let mut build = Build::new();
+    for k in 0..n {
+        build.add(
+            format!("l{k:04}"),
+            LayerInputs {
+                definition: json!({"step": k}),
+                base: if k == 0 {
+                    Base::Scratch
+                } else {
+                    Base::Built {
+                        layer: format!("l{:04}", k - 1),
+                    }
+                },
+                imports: vec![Import {
+                    key: "small".into(),
+                    path: small.to_path_buf(),
+                    dest: None,
+                }],
+                overlay_dirs: vec![],
+                source_date_epoch: None,
+                build_only: false,
+            },
+        );
+    }
+    build
+}
