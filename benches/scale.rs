@@ -10,7 +10,8 @@
 //! Options: `--files N`, `--quick` (10^4 files unless `--files`, one repetition, small open and
 //! chain sizes), `--reps K`, `--dir D` (where the tree and databases go; default a fresh
 //! directory under /tmp, removed at the end), `--json P` (summary path; default
-//! `target/scale-<N>.json`).
+//! `target/scale-<N>.json`), `--profile PHASE` (for `perf record`: generate the tree, then
+//! repeat one phase — `put`, `nochange` or `touched` — `--reps` times, and print nothing else).
 //!
 //! Everything is measured warm (the page cache holds the tree: it was just written and read once
 //! before the first measured phase), for the limits and the phases alike; each time is the best
@@ -37,6 +38,7 @@ struct Args {
     reps: usize,
     dir: Option<PathBuf>,
     json: Option<PathBuf>,
+    profile: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -46,6 +48,7 @@ fn parse_args() -> Result<Args, String> {
         reps: 0,
         dir: None,
         json: None,
+        profile: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -60,6 +63,7 @@ fn parse_args() -> Result<Args, String> {
             "--quick" => a.quick = true,
             "--dir" => a.dir = Some(PathBuf::from(val("--dir")?)),
             "--json" => a.json = Some(PathBuf::from(val("--json")?)),
+            "--profile" => a.profile = Some(val("--profile")?),
             // cargo bench passes --bench; filters are not used.
             "--bench" => {}
             other if other.starts_with('-') => return Err(format!("unknown option {other}")),
@@ -311,9 +315,20 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
 
 fn run_in(args: &Args, base: &Path) -> Result<bool, Box<dyn std::error::Error>> {
     let tree = base.join("tree");
+    // A profile run in a given directory reuses the tree of an earlier one of the same size.
+    let done = base.join(format!("tree-{}.done", args.files));
+    if args.profile.is_some() && done.exists() {
+        return profile(
+            args.profile.as_deref().unwrap_or(""),
+            &tree,
+            base,
+            args.reps,
+        );
+    }
     if tree.exists() {
         std::fs::remove_dir_all(&tree)?;
     }
+    let _ = std::fs::remove_file(&done);
     std::fs::create_dir_all(base)?;
     let threads = rayon::current_num_threads();
     println!(
@@ -344,6 +359,11 @@ fn run_in(args: &Args, base: &Path) -> Result<bool, Box<dyn std::error::Error>> 
         failures: Vec::new(),
     };
     let reps = b.reps;
+
+    if let Some(phase) = &args.profile {
+        std::fs::write(&done, b"")?;
+        return profile(phase, &tree, base, args.reps);
+    }
 
     // ---- limits (after one untimed pass that reads everything, so both are warm)
     let files = list_files(&tree);
@@ -752,4 +772,60 @@ fn chain_build(small: &Path, n: usize) -> Build {
         );
     }
     build
+}
+
+/// Repeats one phase for a profiler.
+fn profile(
+    phase: &str,
+    tree: &Path,
+    base: &Path,
+    reps: usize,
+) -> Result<bool, Box<dyn std::error::Error>> {
+    let db = base.join("cache.redb");
+    let build = one_layer_build(tree);
+    let put = || {
+        let _ = std::fs::remove_file(&db);
+        let cache = open(&db);
+        let mut s = cache.session(&build).expect("session");
+        let l = s.lookup_with("app", LookupMode::CHECK).expect("lookup");
+        s.put(&l, &BTreeMap::new()).expect("put");
+    };
+    put();
+    let cache = open(&db);
+    let lookup = || {
+        let mut s = cache.session(&build).expect("session");
+        s.lookup_with("app", LookupMode::CHECK)
+            .expect("lookup")
+            .is_hit()
+    };
+    let t = Instant::now();
+    for k in 0..reps {
+        match phase {
+            "put" => {
+                put_again(&db, &build);
+            }
+            "nochange" => assert!(lookup()),
+            "touched" => {
+                let when = treegen::past_mtime() - Duration::from_secs(k as u64 + 1);
+                treegen::touch_all(tree, when)?;
+                assert!(lookup());
+            }
+            other => return Err(format!("unknown phase {other}").into()),
+        }
+    }
+    eprintln!(
+        "{phase}: {:.1} ms per repetition",
+        t.elapsed().as_secs_f64() * 1e3 / reps as f64
+    );
+    Ok(true)
+}
+
+/// A cold put into a fresh database next to `db`.
+fn put_again(db: &Path, build: &Build) {
+    let fresh = db.with_extension("put.redb");
+    let _ = std::fs::remove_file(&fresh);
+    let cache = open(&fresh);
+    let mut s = cache.session(build).expect("session");
+    let l = s.lookup_with("app", LookupMode::CHECK).expect("lookup");
+    s.put(&l, &BTreeMap::new()).expect("put");
 }

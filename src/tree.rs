@@ -16,6 +16,8 @@ use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, sync_channel};
 
 use rayon::prelude::*;
 use serde::Serialize;
@@ -25,7 +27,11 @@ use crate::path::RelPath;
 use crate::schema::{EntryKind, Row, RowStat};
 
 /// Entries per parallel window.
+#[cfg(not(test))]
 const CHUNK_ENTRIES: usize = 4096;
+/// Small windows in unit tests, so a small tree exercises the pipeline of many windows.
+#[cfg(test)]
+const CHUNK_ENTRIES: usize = 64;
 /// Files at least this large are hashed with blake3's multi-threaded `update_rayon`.
 const LARGE_FILE: u64 = 8 << 20;
 
@@ -107,11 +113,78 @@ impl WalkCounters {
 /// Stored rows of the same tree, in key order: the prior state the stat fast path compares to.
 pub type PriorRows = Box<dyn Iterator<Item = Result<(RelPath, Row)>>>;
 
-/// A sorted, depth-first walk of one root that yields [`WalkedEntry`]s in key order, hashing
-/// regular files in parallel a window at a time.
-pub struct TreeWalk {
+/// What describing one window produced, in walk order.
+type Described = Vec<Result<(WalkedEntry, Work)>>;
+
+/// Enumerates names, a window at a time, with walkdir (sorted, symlinks never followed).
+struct NameSource {
     root: PathBuf,
     inner: walkdir::IntoIter,
+}
+
+impl NameSource {
+    /// The next window of names, in walk order; empty at the end.
+    fn next_names(&mut self) -> Result<Vec<RelPath>> {
+        let mut names = Vec::with_capacity(CHUNK_ENTRIES);
+        while names.len() < CHUNK_ENTRIES {
+            match self.inner.next() {
+                None => break,
+                Some(Ok(ent)) => {
+                    let rel = ent.path().strip_prefix(&self.root).unwrap_or(ent.path());
+                    names.push(RelPath::from_slash_bytes(rel.as_os_str().as_bytes()));
+                }
+                Some(Err(e)) => {
+                    let path = e
+                        .path()
+                        .map(Path::to_path_buf)
+                        .unwrap_or_else(|| self.root.clone());
+                    let io = e
+                        .into_io_error()
+                        .unwrap_or_else(|| std::io::Error::other("walk error"));
+                    return Err(Error::io("cannot read directory", path, io));
+                }
+            }
+        }
+        Ok(names)
+    }
+}
+
+/// Windows of names sent by the enumerating thread.
+type NameReceiver = Receiver<Result<Vec<RelPath>>>;
+
+/// Where the next window of names comes from: the walk's own thread for the first window (a
+/// small tree never starts a thread), then a dedicated enumerating thread that reads ahead.
+enum Names {
+    /// Enumerated on demand by the caller's thread.
+    Inline(Box<NameSource>),
+    /// Enumerated ahead by a thread, which sends an empty window last.
+    Thread(NameReceiver),
+    /// Nothing more to enumerate.
+    Done,
+}
+
+/// A window handed to rayon, or already described.
+enum Pending {
+    /// Being described on the rayon pool.
+    Spawned(Receiver<std::thread::Result<Described>>),
+    /// Described inline (the walk runs on a rayon worker itself).
+    Ready(Described),
+    /// Enumerating this window failed.
+    Failed(Error),
+}
+
+/// A sorted, depth-first walk of one root that yields [`WalkedEntry`]s in key order, hashing
+/// regular files in parallel a window at a time.
+///
+/// Three stages run at once: enumeration of window *k+2* (a thread of its own, reading
+/// directories ahead into a bounded channel), description of window *k+1* (stat, xattrs,
+/// hashing: one rayon task per entry) and the caller's consumption of window *k* (together with
+/// the decoding of the prior rows the next window is matched against). At most four windows
+/// exist at a time, so memory is bounded by the window size, not the tree.
+pub struct TreeWalk {
+    root: Arc<Path>,
+    names: Names,
+    pending: Option<Pending>,
     buffer: std::vec::IntoIter<WalkedEntry>,
     counters: WalkCounters,
     failed: bool,
@@ -132,8 +205,12 @@ impl TreeWalk {
             .sort_by(|a, b| a.file_name().as_bytes().cmp(b.file_name().as_bytes()))
             .into_iter();
         Ok(TreeWalk {
-            root: root.to_path_buf(),
-            inner,
+            root: Arc::from(root),
+            names: Names::Inline(Box::new(NameSource {
+                root: root.to_path_buf(),
+                inner,
+            })),
+            pending: None,
             buffer: Vec::new().into_iter(),
             counters: WalkCounters::default(),
             failed: false,
@@ -194,29 +271,69 @@ impl TreeWalk {
         &self.root
     }
 
-    /// Enumerates the next window of names, in walk order.
+    /// Enumerates the next window of names, in walk order; empty at the end. After a first full
+    /// window, enumeration moves to a thread of its own that reads ahead.
     fn next_names(&mut self) -> Result<Vec<RelPath>> {
-        let mut names = Vec::with_capacity(CHUNK_ENTRIES);
-        while names.len() < CHUNK_ENTRIES {
-            match self.inner.next() {
-                None => break,
-                Some(Ok(ent)) => {
-                    let rel = ent.path().strip_prefix(&self.root).unwrap_or(ent.path());
-                    names.push(RelPath::from_slash_bytes(rel.as_os_str().as_bytes()));
+        match std::mem::replace(&mut self.names, Names::Done) {
+            Names::Done => Ok(Vec::new()),
+            Names::Thread(rx) => match rx.recv() {
+                Ok(Ok(names)) => {
+                    if !names.is_empty() {
+                        self.names = Names::Thread(rx);
+                    }
+                    Ok(names)
                 }
-                Some(Err(e)) => {
-                    let path = e
-                        .path()
-                        .map(Path::to_path_buf)
-                        .unwrap_or_else(|| self.root.clone());
-                    let io = e
-                        .into_io_error()
-                        .unwrap_or_else(|| std::io::Error::other("walk error"));
-                    return Err(Error::io("cannot read directory", path, io));
+                Ok(Err(e)) => Err(e),
+                // The thread ended without sending the empty last window.
+                Err(_) => Err(Error::io(
+                    "cannot read directory",
+                    self.root.to_path_buf(),
+                    std::io::Error::other("the enumerating thread stopped early"),
+                )),
+            },
+            Names::Inline(mut src) => {
+                let names = src.next_names()?;
+                if names.len() < CHUNK_ENTRIES {
+                    // A short window is the last one.
+                    return Ok(names);
                 }
+                self.names = match read_ahead(src) {
+                    Ok(rx) => Names::Thread(rx),
+                    Err(src) => Names::Inline(src),
+                };
+                Ok(names)
             }
         }
-        Ok(names)
+    }
+
+    /// Enumerates the next window and hands it to rayon. `None` at the end.
+    fn start_window(&mut self) -> Option<Pending> {
+        let names = match self.next_names() {
+            Ok(n) if n.is_empty() => return None,
+            Ok(n) => n,
+            Err(e) => return Some(Pending::Failed(e)),
+        };
+        let priors = self.priors_for(&names);
+        let root = Arc::clone(&self.root);
+        let snapshot_ns = self.snapshot_ns;
+        if rayon::current_thread_index().is_some() {
+            // On a rayon worker, waiting for a spawned job could starve the pool: describe here.
+            return Some(Pending::Ready(describe_all(
+                &root,
+                names,
+                priors,
+                snapshot_ns,
+            )));
+        }
+        let (tx, rx) = sync_channel(1);
+        rayon::spawn(move || {
+            let described = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                describe_all(&root, names, priors, snapshot_ns)
+            }));
+            // The walk may have been dropped meanwhile; then nobody wants the result.
+            let _ = tx.send(described);
+        });
+        Some(Pending::Spawned(rx))
     }
 
     /// The next window of entries, fully described and hashed, in walk order; `None` at the end.
@@ -224,22 +341,31 @@ impl TreeWalk {
         if self.failed {
             return None;
         }
-        let names = match self.next_names() {
-            Ok(n) if n.is_empty() => return None,
-            Ok(n) => n,
-            Err(e) => {
+        let current = match self.pending.take() {
+            Some(p) => p,
+            None => self.start_window()?,
+        };
+        let results = match current {
+            Pending::Ready(r) => r,
+            Pending::Spawned(rx) => match rx.recv() {
+                Ok(Ok(r)) => r,
+                Ok(Err(panic)) => std::panic::resume_unwind(panic),
+                Err(_) => {
+                    self.failed = true;
+                    return Some(Err(Error::io(
+                        "lost the hashing job of",
+                        self.root.to_path_buf(),
+                        std::io::Error::other("the rayon task ended without a result"),
+                    )));
+                }
+            },
+            Pending::Failed(e) => {
                 self.failed = true;
                 return Some(Err(e));
             }
         };
-        let priors = self.priors_for(&names);
-        let root = &self.root;
-        let snapshot_ns = self.snapshot_ns;
-        let results: Vec<Result<(WalkedEntry, Work)>> = names
-            .into_par_iter()
-            .zip(priors)
-            .map(|(path, prior)| describe(root, path, prior.as_ref(), snapshot_ns))
-            .collect();
+        // The next window is enumerated and described while the caller consumes this one.
+        self.pending = self.start_window();
         let mut out = Vec::with_capacity(results.len());
         for r in results {
             match r {
@@ -258,12 +384,60 @@ impl TreeWalk {
                 }
                 Err(e) => {
                     self.failed = true;
+                    self.pending = None;
                     return Some(Err(e));
                 }
             }
         }
         Some(Ok(out))
     }
+}
+
+/// Moves enumeration to a thread of its own that reads up to two windows ahead and ends with an
+/// empty window. Gives the source back if no thread can be started (the walk then enumerates
+/// inline).
+fn read_ahead(src: Box<NameSource>) -> std::result::Result<NameReceiver, Box<NameSource>> {
+    let (tx, rx) = sync_channel::<Result<Vec<RelPath>>>(2);
+    let slot = Arc::new(std::sync::Mutex::new(Some(src)));
+    let theirs = Arc::clone(&slot);
+    let spawned = std::thread::Builder::new()
+        .name("layercache-walk".into())
+        .spawn(move || {
+            let Some(mut src) = theirs.lock().ok().and_then(|mut g| g.take()) else {
+                return;
+            };
+            loop {
+                let names = src.next_names();
+                let last = !matches!(&names, Ok(n) if !n.is_empty());
+                // A send fails when the walk was dropped: stop reading.
+                if tx.send(names).is_err() || last {
+                    break;
+                }
+            }
+        });
+    match spawned {
+        Ok(_) => Ok(rx),
+        // Spawning failed, so the closure never ran and the source is still in the slot; if
+        // it were not, the receiver reports the missing end of the walk as an error.
+        Err(_) => match slot.lock().ok().and_then(|mut g| g.take()) {
+            Some(src) => Err(src),
+            None => Ok(rx),
+        },
+    }
+}
+
+/// Describes a window in parallel, one rayon task per entry, keeping walk order.
+fn describe_all(
+    root: &Path,
+    names: Vec<RelPath>,
+    priors: Vec<Option<Row>>,
+    snapshot_ns: i64,
+) -> Described {
+    names
+        .into_par_iter()
+        .zip(priors)
+        .map(|(path, prior)| describe(root, path, prior.as_ref(), snapshot_ns))
+        .collect()
 }
 
 impl Iterator for TreeWalk {
@@ -510,14 +684,13 @@ pub(crate) fn hash_file(
     if !before.file_type().is_file() || StatData::of(&before) != *seen {
         return Ok(None);
     }
+    let mut file = file;
     let (digest, n) =
-        hash_open_file(file, seen.size).map_err(|e| Error::io("cannot read", path, e))?;
-    let after = if follow {
-        std::fs::metadata(path)
-    } else {
-        std::fs::symlink_metadata(path)
-    };
-    match after {
+        hash_open_file(&mut file, seen.size).map_err(|e| Error::io("cannot read", path, e))?;
+    // The same open file must still have the stat the walk saw: a write during the read changes
+    // its size, mtime or ctime. (A rename over the path meanwhile does not matter: what was
+    // hashed is the file the recorded stat data describes.)
+    match file.metadata() {
         Ok(after) if StatData::of(&after) == *seen && n == seen.size => Ok(Some((digest, n))),
         _ => Ok(None),
     }
@@ -525,18 +698,21 @@ pub(crate) fn hash_file(
 
 /// blake3 of a whole file (a base tarball), read with plain reads. Returns the digest.
 pub(crate) fn hash_path(path: &Path) -> std::io::Result<[u8; 32]> {
-    let file = File::open(path)?;
+    let mut file = File::open(path)?;
     let size = file.metadata()?.len();
-    Ok(hash_open_file(file, size)?.0)
+    Ok(hash_open_file(&mut file, size)?.0)
 }
 
-fn hash_open_file(mut file: File, size: u64) -> std::io::Result<([u8; 32], u64)> {
+/// Hashes an open file of `size` bytes (as its stat said). A small file is read until `size`
+/// bytes came (no read for the end of file: a file that grew meanwhile has another size and
+/// mtime, which the caller's check after the read catches); a large one until the end.
+fn hash_open_file(file: &mut File, size: u64) -> std::io::Result<([u8; 32], u64)> {
     let mut hasher = blake3::Hasher::new();
     let mut total = 0u64;
     if size >= LARGE_FILE {
         let mut buf = vec![0u8; 4 << 20];
         loop {
-            let n = read_full(&mut file, &mut buf)?;
+            let n = read_full(file, &mut buf)?;
             if n == 0 {
                 break;
             }
@@ -545,7 +721,9 @@ fn hash_open_file(mut file: File, size: u64) -> std::io::Result<([u8; 32], u64)>
         }
     } else {
         let mut buf = [0u8; 64 * 1024];
-        loop {
+        // Each read asks for a whole buffer, so a file that grew past `size` within it shows as
+        // more bytes than expected.
+        while total < size {
             let n = match file.read(&mut buf) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -645,5 +823,40 @@ impl TreeHasher {
             self.close_top();
         }
         (self.root.unwrap_or([0; 32]), self.rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tree of more than two windows walks through the read-ahead thread and the rayon
+    /// pipeline, and still yields every entry once, in key order, with every file hashed.
+    #[test]
+    fn multi_window_walk_is_complete_and_ordered() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = 0u64;
+        for d in 0..30 {
+            let sub = dir.path().join(format!("d{d:02}"));
+            std::fs::create_dir(&sub).unwrap();
+            for f in 0..10u64 {
+                std::fs::write(sub.join(format!("f{f:04}")), f.to_le_bytes()).unwrap();
+                files += 1;
+            }
+        }
+        let mut walk = TreeWalk::new(dir.path()).unwrap();
+        let paths: Vec<RelPath> = walk.by_ref().map(|e| e.unwrap().path).collect();
+        let entries = files + 30 + 1;
+        assert!(entries > 2 * CHUNK_ENTRIES as u64);
+        assert_eq!(paths.len() as u64, entries);
+        assert!(paths.windows(2).all(|w| w[0] < w[1]), "not in key order");
+        assert_eq!(walk.counters().files_hashed, files);
+        assert_eq!(walk.counters().bytes_hashed, files * 8);
+
+        // A walk dropped after its first window stops its thread and jobs without hanging.
+        let mut early = TreeWalk::new(dir.path()).unwrap();
+        let first = early.next_chunk().unwrap().unwrap();
+        assert_eq!(first.len(), CHUNK_ENTRIES);
+        drop(early);
     }
 }
