@@ -229,9 +229,10 @@ fn row_hash(row: &crate::schema::Row) -> [u8; 32] {
 impl Cache {
     /// Opens (or creates) the cache and prunes entries whose outputs are gone.
     pub fn open(config: CacheConfig) -> Result<(Cache, PruneReport)> {
-        let store = Store::open(&config.db)?;
+        let db = config.db.clone();
+        let store = guard_redb(&db, || Store::open(&config.db))?;
         let cache = Cache { store, config };
-        let report = cache.prune()?;
+        let report = guard_redb(&db, || cache.prune())?;
         for p in &report.pruned {
             tracing::info!(layer = %p.layer, "couldn't find {}, pruning it from the cache ({})", p.layer, p.why);
         }
@@ -240,7 +241,7 @@ impl Cache {
 
     /// Opens (or creates) the cache without pruning: O(1) in the number of entries.
     pub fn open_without_prune(config: CacheConfig) -> Result<Cache> {
-        let store = Store::open(&config.db)?;
+        let store = guard_redb(&config.db, || Store::open(&config.db))?;
         Ok(Cache { store, config })
     }
 
@@ -364,6 +365,30 @@ fn remove_layer(path: &Path, txn: &redb::WriteTransaction, layer: &str) -> Resul
     Ok(existed)
 }
 
+/// Runs `f`, turning a panic inside it into [`Error::Db`] naming the file. redb's read path
+/// trusts page contents (there is no checksum check on a normal read), so a damaged page can
+/// make it index out of bounds or unwrap invalid UTF-8 in a key; that must be a clear error about
+/// the file, not a crashed build. (Panics of our own code would be reported the same way, which
+/// is still better than aborting the builder.)
+pub(crate) fn guard_redb<T>(db: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| payload.downcast_ref::<&str>().copied())
+                .unwrap_or("a panic");
+            Err(Error::Db {
+                path: db.to_path_buf(),
+                source: Box::new(redb::Error::Corrupted(format!(
+                    "reading the database failed inside redb ({msg}): the file is damaged"
+                ))),
+            })
+        }
+    }
+}
+
 pub(crate) fn decode_entry(path: &Path, layer: &str, bytes: &[u8]) -> Result<EntryRecord> {
     codec::decode::<EntryRecord, { codec::ENTRY_LIMIT }>(bytes).map_err(|detail| Error::Corrupt {
         path: path.to_path_buf(),
@@ -416,8 +441,11 @@ impl<'a> Session<'a> {
     pub fn lookup_with(&mut self, layer: &str, mode: LookupMode) -> Result<Lookup> {
         validate_layer_name(layer)?;
         let inputs = self.build.layer(layer)?;
-        self.resolve_bases_below(layer)?;
-        let result = self.evaluate(layer, inputs, mode)?;
+        let db = self.cache.store.path().to_path_buf();
+        let result = guard_redb(&db, || {
+            self.resolve_bases_below(layer)?;
+            self.evaluate(layer, inputs, mode)
+        })?;
         self.memo.insert(
             layer.to_string(),
             match &result.outcome {
@@ -791,10 +819,14 @@ impl<'a> Session<'a> {
                     new: kind_now,
                 })
             }
-            Some(_) => {
+            Some(summary) => {
                 // A damaged row ends the stored stream and makes this a miss (it costs this
                 // entry, not the lookup); the walk still runs to its end for the observation.
+                // The stored rows are also checked against the entry's summary (row count and
+                // Merkle root): bincode has no checksum, and a row lost or altered by damage to
+                // the file must not turn into a hit (a lost row of a file deleted since would).
                 let mut damage: Option<String> = None;
+                let mut hasher = crate::tree::TreeHasher::new();
                 let stored = self
                     .cache
                     .store
@@ -804,9 +836,22 @@ impl<'a> Session<'a> {
                             damage = Some(e.to_string());
                             None
                         }
+                        Ok((p, row)) => {
+                            hasher.push(&p, &row);
+                            Some(Ok((p, row)))
+                        }
                         other => Some(other),
                     });
                 let diff = diff_trees(stored, walk.by_ref(), &mut record)?;
+                let (root, n) = hasher.finish();
+                if damage.is_none() && (root, n) != (summary.root_digest, summary.rows) {
+                    damage = Some(format!(
+                        "the stored rows of {} do not match the entry ({n} rows stored, {} \
+                         recorded, or a different Merkle root): the database is damaged",
+                        escape_bytes(sid.as_bytes()),
+                        summary.rows
+                    ));
+                }
                 if let Some(detail) = damage {
                     for e in walk.by_ref() {
                         record(&e?, None);
@@ -856,6 +901,15 @@ impl<'a> Session<'a> {
     /// [`Error::InputsChanged`] names the paths. A lookup without observations (see
     /// [`LookupMode::observe`]) skips that check.
     pub fn put(
+        &mut self,
+        lookup: &Lookup,
+        manifests: &BTreeMap<String, Descriptor>,
+    ) -> Result<EntryRecord> {
+        let db = self.cache.store.path().to_path_buf();
+        guard_redb(&db, || self.put_unguarded(lookup, manifests))
+    }
+
+    fn put_unguarded(
         &mut self,
         lookup: &Lookup,
         manifests: &BTreeMap<String, Descriptor>,

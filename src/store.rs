@@ -22,6 +22,29 @@ const REDB_MAGIC: [u8; 9] = [b'r', b'e', b'd', b'b', 0x1A, 0x0A, 0xA9, 0x0D, 0x0
 enum Handle {
     Rw(redb::Database),
     Ro(redb::ReadOnlyDatabase),
+    /// Only while dropping (see `Drop for Store`).
+    Closed,
+}
+
+fn closed(path: &Path) -> Error {
+    Error::Db {
+        path: path.to_path_buf(),
+        source: Box::new(redb::Error::Io(std::io::Error::other(
+            "the database was closed",
+        ))),
+    }
+}
+
+impl Drop for Store {
+    /// Closes the database. redb writes its allocator state when a writable database closes and
+    /// trusts the pages it reads to do so: on a damaged file that can panic inside redb, which
+    /// must not turn into an abort (a panic while unwinding) or a crashed builder at exit.
+    fn drop(&mut self) {
+        let handle = std::mem::replace(&mut self.db, Handle::Closed);
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(handle))).is_err() {
+            tracing::warn!(path = %self.path.display(), "closing the damaged cache database failed inside redb; run `layercache check`");
+        }
+    }
 }
 
 /// An open cache database.
@@ -149,6 +172,11 @@ impl Store {
     /// that is not a layercache database is refused.
     pub fn open(path: impl AsRef<Path>) -> Result<Store> {
         let path = path.as_ref();
+        // redb trusts the pages it reads: a damaged file can panic inside it.
+        crate::cache::guard_redb(path, || Self::open_unguarded(path))
+    }
+
+    fn open_unguarded(path: &Path) -> Result<Store> {
         match std::fs::symlink_metadata(path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 match std::fs::OpenOptions::new()
@@ -188,6 +216,11 @@ impl Store {
     /// without refusing other versions (for `layercache migrate --dry-run`).
     pub fn peek_version(path: impl AsRef<Path>) -> Result<u32> {
         let path = path.as_ref();
+        // redb trusts the pages it reads: a damaged file can panic inside it.
+        crate::cache::guard_redb(path, || Self::peek_version_unguarded(path))
+    }
+
+    fn peek_version_unguarded(path: &Path) -> Result<u32> {
         let db = open_existing_read_only(path)?;
         let txn = db.begin_read().db(path)?;
         read_version(path, &txn)?.ok_or_else(|| empty_redb(path))
@@ -202,6 +235,11 @@ impl Store {
     /// for writing through [`Store::open`]. Refuses files of other schema versions.
     pub fn open_read_only(path: impl AsRef<Path>) -> Result<Store> {
         let path = path.as_ref();
+        // redb trusts the pages it reads: a damaged file can panic inside it.
+        crate::cache::guard_redb(path, || Self::open_read_only_unguarded(path))
+    }
+
+    fn open_read_only_unguarded(path: &Path) -> Result<Store> {
         let db = open_existing_read_only(path)?;
         let store = Store {
             path: path.to_path_buf(),
@@ -277,6 +315,7 @@ impl Store {
         match &self.db {
             Handle::Rw(db) => db.begin_read().db(&self.path),
             Handle::Ro(db) => db.begin_read().db(&self.path),
+            Handle::Closed => Err(closed(&self.path)),
         }
     }
 
@@ -288,6 +327,7 @@ impl Store {
                 txn.set_quick_repair(true);
                 Ok(txn)
             }
+            Handle::Closed => Err(closed(&self.path)),
             Handle::Ro(_) => Err(Error::Db {
                 path: self.path.clone(),
                 source: Box::new(redb::Error::Io(std::io::Error::other(
@@ -402,7 +442,7 @@ impl Store {
     pub fn database_mut(&mut self) -> Option<&mut redb::Database> {
         match &mut self.db {
             Handle::Rw(db) => Some(db),
-            Handle::Ro(_) => None,
+            Handle::Ro(_) | Handle::Closed => None,
         }
     }
 
