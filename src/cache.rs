@@ -253,10 +253,20 @@ impl Cache {
     /// Starts a build session over `build`, after validating it (names, keys, bases, cycles).
     pub fn session<'a>(&'a self, build: &'a Build) -> Result<Session<'a>> {
         build.validate()?;
+        let mut dependents: HashMap<String, Vec<String>> = HashMap::new();
+        for (name, l) in &build.layers {
+            if let Base::Built { layer } = &l.base {
+                dependents
+                    .entry(layer.clone())
+                    .or_default()
+                    .push(name.clone());
+            }
+        }
         Ok(Session {
             cache: self,
             build,
             memo: HashMap::new(),
+            dependents,
             counters: SessionCounters::default(),
         })
     }
@@ -411,6 +421,8 @@ pub struct Session<'a> {
     cache: &'a Cache,
     build: &'a Build,
     memo: HashMap<String, Memo>,
+    /// Base layer → the layers built directly on it (computed once per session).
+    dependents: HashMap<String, Vec<String>>,
     counters: SessionCounters,
 }
 
@@ -1051,28 +1063,22 @@ impl<'a> Session<'a> {
         txn.commit().db(path)?;
         self.memo.insert(layer.to_string(), Memo::Hit(digest));
         // Layers built on this one must be evaluated again.
-        let dependents: Vec<String> = self
-            .build
-            .layers
-            .iter()
-            .filter(|(_, l)| matches!(&l.base, Base::Built { layer: b } if b == layer))
-            .map(|(n, _)| n.clone())
-            .collect();
-        self.forget(&dependents);
+        self.forget_dependents_of(layer);
         Ok(record)
     }
 
-    fn forget(&mut self, layers: &[String]) {
-        let mut todo: Vec<String> = layers.to_vec();
+    /// Forgets the memoized results of every layer built (directly or not) on `layer`.
+    fn forget_dependents_of(&mut self, layer: &str) {
+        let mut todo: Vec<&str> = self
+            .dependents
+            .get(layer)
+            .map(|d| d.iter().map(String::as_str).collect())
+            .unwrap_or_default();
         while let Some(l) = todo.pop() {
-            if self.memo.remove(&l).is_some() {
-                todo.extend(
-                    self.build
-                        .layers
-                        .iter()
-                        .filter(|(_, x)| matches!(&x.base, Base::Built { layer: b } if *b == l))
-                        .map(|(n, _)| n.clone()),
-                );
+            if self.memo.remove(l).is_some()
+                && let Some(more) = self.dependents.get(l)
+            {
+                todo.extend(more.iter().map(String::as_str));
             }
         }
     }
