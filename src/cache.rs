@@ -384,6 +384,7 @@ pub(crate) fn guard_redb<T>(db: &Path, f: impl FnOnce() -> Result<T>) -> Result<
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(r) => r,
         Err(payload) => {
+            crate::store::REDB_PANICKED.store(true, std::sync::atomic::Ordering::SeqCst);
             let msg = payload
                 .downcast_ref::<String>()
                 .map(String::as_str)

@@ -609,6 +609,10 @@ impl Inspector {
     /// Every entry, sorted by name, with totals. A damaged record is listed as such rather
     /// than failing the listing.
     pub fn list(&self) -> Result<Listing> {
+        crate::cache::guard_redb(self.path(), || self.list_unguarded())
+    }
+
+    fn list_unguarded(&self) -> Result<Listing> {
         let path = self.path();
         let table = self.txn.open_table(ENTRIES).db(path)?;
         let mut entries = Vec::new();
@@ -658,6 +662,10 @@ impl Inspector {
 
     /// The stored record of `layer`, if it has an entry.
     pub fn record(&self, layer: &str) -> Result<Option<EntryRecord>> {
+        crate::cache::guard_redb(self.path(), || self.record_unguarded(layer))
+    }
+
+    fn record_unguarded(&self, layer: &str) -> Result<Option<EntryRecord>> {
         let path = self.path();
         let table = self.txn.open_table(ENTRIES).db(path)?;
         let Some(v) = table.get(layer).db(path)? else {
@@ -668,6 +676,10 @@ impl Inspector {
 
     /// One entry in full, if `layer` has an entry.
     pub fn entry(&self, layer: &str) -> Result<Option<EntryDetail>> {
+        crate::cache::guard_redb(self.path(), || self.entry_unguarded(layer))
+    }
+
+    fn entry_unguarded(&self, layer: &str) -> Result<Option<EntryDetail>> {
         Ok(self.record(layer)?.map(|rec| EntryDetail {
             name: rec.name.clone(),
             definition: json_or_escaped(&rec.definition_json),
@@ -754,6 +766,10 @@ impl Inspector {
     /// Counts and storage use, read-only: exact for the tables, an upper bound for what
     /// `compact` could reclaim (redb reports free pages only to a writer; see [`stats_exact`]).
     pub fn stats(&self) -> Result<Stats> {
+        crate::cache::guard_redb(self.path(), || self.stats_unguarded())
+    }
+
+    fn stats_unguarded(&self) -> Result<Stats> {
         let path = self.path();
         let file_bytes = std::fs::metadata(path)
             .map_err(|e| Error::io("cannot stat", path, e))?
@@ -814,6 +830,10 @@ impl Inspector {
     /// (count and recomputed Merkle root), base hashes exist and agree, no orphans. The
     /// report's redb check is [`Integrity::NotRun`]; [`check`] runs both.
     pub fn check_records(&self) -> Result<CheckReport> {
+        crate::cache::guard_redb(self.path(), || self.check_records_unguarded())
+    }
+
+    fn check_records_unguarded(&self) -> Result<CheckReport> {
         let mut report = CheckReport::new(self.path());
         self.check_meta(&mut report)?;
         let layers = self.check_entries(&mut report)?;
@@ -1166,25 +1186,22 @@ impl Iterator for LayerRows {
     type Item = Result<RowLine>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let item = self.range.as_mut()?.next()?;
-        Some(match item {
-            Err(e) => Err(e).db(&self.path),
-            Ok((k, v)) => {
-                let (_, source, key) = k.value();
-                let path = RelPath::from_key(key);
-                match codec::decode::<Row, { codec::ROW_LIMIT }>(v.value()) {
-                    Ok(row) => Ok(RowLine {
-                        source: source.to_string(),
-                        path,
-                        row,
-                    }),
-                    Err(detail) => Err(Error::Corrupt {
-                        path: self.path.clone(),
-                        table: "rows",
-                        key: format!("{} {path}", escape_bytes(source.as_bytes())),
-                        detail,
-                    }),
-                }
+        let db = self.path.clone();
+        crate::store::guarded_next(&db, &mut self.range, |k, v| {
+            let (_, source, key) = k.value();
+            let path = RelPath::from_key(key);
+            match codec::decode::<Row, { codec::ROW_LIMIT }>(v.value()) {
+                Ok(row) => Ok(RowLine {
+                    source: source.to_string(),
+                    path,
+                    row,
+                }),
+                Err(detail) => Err(Error::Corrupt {
+                    path: db.clone(),
+                    table: "rows",
+                    key: format!("{} {path}", escape_bytes(source.as_bytes())),
+                    detail,
+                }),
             }
         })
     }

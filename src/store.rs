@@ -35,12 +35,25 @@ fn closed(path: &Path) -> Error {
     }
 }
 
+/// Set once a panic inside redb was caught in this process (see [`crate::cache`]'s guard).
+pub(crate) static REDB_PANICKED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 impl Drop for Store {
     /// Closes the database. redb writes its allocator state when a writable database closes and
     /// trusts the pages it reads to do so: on a damaged file that can panic inside redb, which
     /// must not turn into an abort (a panic while unwinding) or a crashed builder at exit.
+    ///
+    /// Once redb has panicked in this process (a damaged file), a second panic while closing
+    /// could happen during redb's own unwinding and abort the process; so then the handle is
+    /// leaked instead of closed (the file needs redb's quick repair at its next writable open,
+    /// which redb does by itself).
     fn drop(&mut self) {
         let handle = std::mem::replace(&mut self.db, Handle::Closed);
+        if REDB_PANICKED.load(std::sync::atomic::Ordering::SeqCst) {
+            std::mem::forget(handle);
+            return;
+        }
         if std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(handle))).is_err() {
             tracing::warn!(path = %self.path.display(), "closing the damaged cache database failed inside redb; run `layercache check`");
         }
@@ -497,6 +510,36 @@ pub(crate) fn delete_rows(
 /// The raw range scan behind [`RowIter`].
 type RowRange = redb::Range<'static, (&'static str, &'static str, &'static [u8]), &'static [u8]>;
 
+/// One step of a redb range scan, `convert` applied to the item, with redb's errors and its
+/// panics on damaged pages (in the scan or in decoding a key or value) turned into
+/// [`Error::Db`] naming the file; after either, the scan ends (the range is dropped).
+pub(crate) fn guarded_next<K: redb::Key + 'static, V: redb::Value + 'static, T>(
+    path: &Path,
+    range: &mut Option<redb::Range<'static, K, V>>,
+    convert: impl FnOnce(redb::AccessGuard<'static, K>, redb::AccessGuard<'static, V>) -> Result<T>,
+) -> Option<Result<T>> {
+    let r = range.as_mut()?;
+    let step = crate::cache::guard_redb(path, || match r.next() {
+        None => Ok(None),
+        Some(Err(e)) => Err(e).db(path),
+        Some(Ok((k, v))) => convert(k, v).map(Some),
+    });
+    match step {
+        Ok(Some(item)) => Some(Ok(item)),
+        Ok(None) => {
+            *range = None;
+            None
+        }
+        Err(e) => {
+            // A damaged record (our decoding) does not end the scan; redb's failures do.
+            if !matches!(e, Error::Corrupt { .. }) {
+                *range = None;
+            }
+            Some(Err(e))
+        }
+    }
+}
+
 /// Stored rows of one (layer, source), in key order.
 pub struct RowIter {
     path: PathBuf,
@@ -507,22 +550,18 @@ impl Iterator for RowIter {
     type Item = Result<(RelPath, Row)>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let range = self.range.as_mut()?;
-        let item = range.next()?;
-        Some(match item {
-            Err(e) => Err(e).db(&self.path),
-            Ok((k, v)) => {
-                let (_, _, key) = k.value();
-                let path = RelPath::from_key(key);
-                codec::decode::<Row, { codec::ROW_LIMIT }>(v.value())
-                    .map(|row| (path.clone(), row))
-                    .map_err(|detail| Error::Corrupt {
-                        path: self.path.clone(),
-                        table: "rows",
-                        key: path.to_string(),
-                        detail,
-                    })
-            }
+        let db = self.path.clone();
+        guarded_next(&db, &mut self.range, |k, v| {
+            let (_, _, key) = k.value();
+            let path = RelPath::from_key(key);
+            codec::decode::<Row, { codec::ROW_LIMIT }>(v.value())
+                .map(|row| (path.clone(), row))
+                .map_err(|detail| Error::Corrupt {
+                    path: db.clone(),
+                    table: "rows",
+                    key: path.to_string(),
+                    detail,
+                })
         })
     }
 }
