@@ -522,12 +522,21 @@ const FINE_FS_SLACK_NS: i64 = 20_000_000;
 /// after (about) the moment its snapshot began cannot vouch for the content by stat alone,
 /// because a later write within the same timestamp tick would leave the stat unchanged.
 pub fn is_racy(stat: &RowStat) -> bool {
-    let slack = if stat.mtime_ns.rem_euclid(1_000_000_000) == 0 {
+    stat.mtime_ns
+        >= stat
+            .snapshot_ns
+            .saturating_sub(timestamp_slack_ns(stat.mtime_ns))
+}
+
+/// How far apart two writes can be and still get the same timestamp on the file system that
+/// stamped `time_ns` (a time with no sub-second part suggests a file system with one- or
+/// two-second timestamps).
+fn timestamp_slack_ns(time_ns: i64) -> i64 {
+    if time_ns.rem_euclid(1_000_000_000) == 0 {
         COARSE_FS_SLACK_NS
     } else {
         FINE_FS_SLACK_NS
-    };
-    stat.mtime_ns >= stat.snapshot_ns.saturating_sub(slack)
+    }
 }
 
 /// The kernel's coarse real-time clock (the clock file timestamps are taken from), in ns.
@@ -666,6 +675,38 @@ pub(crate) fn hash_file(
     seen: &StatData,
     follow: bool,
 ) -> Result<Option<([u8; 32], u64)>> {
+    let read_start = coarse_now_ns();
+    let Some(first) = hash_file_once(path, seen, follow)? else {
+        return Ok(None);
+    };
+    // A write during the read that lands in the same timestamp tick as the file's last change
+    // leaves size, mtime and ctime as they were: the stat comparison cannot see it, and the
+    // digest may be of a torn mix. When the file changed that recently, wait until its tick is
+    // over and read it again: any write after that gets a new timestamp (caught by the stat
+    // check), and two equal digests around it mean no write was in flight.
+    // Every write sets the ctime to the kernel's current time (an mtime can be set to anything,
+    // a ctime cannot), so the ctime alone tells whether the last change was in the current tick.
+    let slack = timestamp_slack_ns(seen.ctime_ns);
+    if seen.ctime_ns < read_start.saturating_sub(slack) {
+        return Ok(Some(first));
+    }
+    let settle = seen
+        .ctime_ns
+        .saturating_add(slack)
+        .saturating_sub(coarse_now_ns())
+        .min(slack);
+    if settle > 0 {
+        std::thread::sleep(std::time::Duration::from_nanos(settle as u64 + 1_000_000));
+    }
+    match hash_file_once(path, seen, follow)? {
+        Some(second) if second == first => Ok(Some(first)),
+        _ => Ok(None),
+    }
+}
+
+/// One read of a regular file that the walk saw with `seen`: `None` when the file is not the
+/// same one, or its stat changed during the read.
+fn hash_file_once(path: &Path, seen: &StatData, follow: bool) -> Result<Option<([u8; 32], u64)>> {
     let nofollow = if follow { 0 } else { libc::O_NOFOLLOW };
     let file = match std::fs::OpenOptions::new()
         .read(true)

@@ -137,8 +137,14 @@ fn file_written_just_before_its_snapshot_is_racy() {
     let src = tmp.path().join("src");
     write(&src, "old.txt", b"old");
     age(&src);
-    // Written now, right before the put's walk begins: not older than the snapshot.
+    // Written right before the put's walk begins: not older than the snapshot. (Its mtime is
+    // set a minute ahead, so the test does not depend on how soon the put starts.)
     write(&src, "fresh.txt", b"fresh");
+    filetime::set_file_mtime(
+        src.join("fresh.txt"),
+        FileTime::from_system_time(SystemTime::now() + Duration::from_secs(60)),
+    )
+    .unwrap();
     let (cache, build) = one_layer(tmp.path(), &src);
     let mut session = cache.session(&build).unwrap();
     let l = session.lookup("app").unwrap();
