@@ -97,7 +97,8 @@ pub struct Observed {
     pub role: SourceRole,
     /// Its key.
     pub key: String,
-    rows: Vec<(RelPath, [u8; 32])>,
+    /// (path key, row hash) in key order; boxed keys keep a 10^6-path observation small.
+    rows: Vec<(Box<[u8]>, [u8; 32])>,
 }
 
 /// The result of looking up one layer, to be passed back to [`Session::put`].
@@ -611,7 +612,7 @@ impl<'a> Session<'a> {
         // 5 and 6: imports and overlay dirs. Walked when they can still decide the outcome, or
         // when the caller wants them observed for a put.
         let mut observed = mode.observe.then(Vec::new);
-        let mut refresh = Vec::new();
+        let mut refresh = RefreshList::default();
         for import in inputs.imports.iter().filter(|i| i.dest.is_none()) {
             let decide = !stop(&reasons) && record.is_some();
             if !decide && !mode.observe {
@@ -701,7 +702,7 @@ impl<'a> Session<'a> {
             reasons.truncate(1);
         }
         drop(txn);
-        if reasons.is_empty() && record.is_some() && !refresh.is_empty() {
+        if reasons.is_empty() && record.is_some() && !refresh.items.is_empty() {
             self.refresh_rows(layer, &refresh)?;
         }
         let outcome = match (record, reasons.is_empty()) {
@@ -723,34 +724,46 @@ impl<'a> Session<'a> {
 
     /// After a hit, records the current stat data of rows whose content was equal but whose
     /// stat was stale, missing or racy (git's index refresh), so the next lookup reads nothing.
-    /// A read-only store skips it. A miss never gets here.
-    fn refresh_rows(&mut self, layer: &str, refresh: &[Refresh]) -> Result<()> {
+    /// A row is only updated if it still holds the digest the lookup verified (another session
+    /// may have put the layer meanwhile). A read-only store skips it. A miss never gets here.
+    fn refresh_rows(&mut self, layer: &str, refresh: &RefreshList) -> Result<()> {
         let store = &self.cache.store;
         if store.is_read_only() {
             return Ok(());
         }
         let path = store.path();
         let txn = store.begin_write()?;
+        let mut done = 0u64;
         {
             let mut rows = txn.open_table(ROWS).db(path)?;
-            for r in refresh {
-                let bytes = codec::encode(&r.row).map_err(|detail| Error::Corrupt {
+            for (src, key, stat, digest) in &refresh.items {
+                let Some(source) = refresh.sources.get(*src as usize) else {
+                    continue;
+                };
+                let current = rows
+                    .get((layer, source.as_str(), &key[..]))
+                    .db(path)?
+                    .and_then(|v| {
+                        codec::decode::<crate::schema::Row, { codec::ROW_LIMIT }>(v.value()).ok()
+                    });
+                let Some(mut row) = current.filter(|r| r.digest == *digest) else {
+                    continue;
+                };
+                row.stat = Some(*stat);
+                let bytes = codec::encode(&row).map_err(|detail| Error::Corrupt {
                     path: path.to_path_buf(),
                     table: "rows",
-                    key: r.path.to_string(),
+                    key: RelPath::from_key(key).to_string(),
                     detail,
                 })?;
-                rows.insert((layer, r.source.as_str(), r.path.key()), bytes.as_slice())
+                rows.insert((layer, source.as_str(), &key[..]), bytes.as_slice())
                     .db(path)?;
+                done += 1;
             }
         }
         txn.commit().db(path)?;
-        self.counters.rows_refreshed += refresh.len() as u64;
-        tracing::debug!(
-            layer,
-            rows = refresh.len(),
-            "refreshed stat data of unchanged files"
-        );
+        self.counters.rows_refreshed += done;
+        tracing::debug!(layer, rows = done, "refreshed stat data of unchanged files");
         Ok(())
     }
 
@@ -766,7 +779,7 @@ impl<'a> Session<'a> {
         path: &Path,
         summary: Option<&SourceSummary>,
         observed: Option<&mut Vec<Observed>>,
-        refresh: &mut Vec<Refresh>,
+        refresh: &mut RefreshList,
     ) -> Result<Option<MissReason>> {
         let meta = match std::fs::metadata(path) {
             Ok(m) => m,
@@ -796,18 +809,19 @@ impl<'a> Session<'a> {
         let mut rows = Vec::new();
         let keep = observed.is_some();
         let sid = source_id(role, key);
+        let src_index = refresh.sources.len() as u32;
+        refresh.sources.push(sid.clone());
         let mut record = |e: &WalkedEntry, stored: Option<&crate::schema::Row>| {
             if keep {
-                rows.push((e.path.clone(), row_hash_of(e)));
+                rows.push((e.path.key().into(), row_hash_of(e)));
             }
             if let Some(stored) = stored
                 && needs_refresh(stored, e)
+                && let Some(stat) = e.row.stat
             {
-                refresh.push(Refresh {
-                    source: sid.clone(),
-                    path: e.path.clone(),
-                    row: e.row.clone(),
-                });
+                refresh
+                    .items
+                    .push((src_index, e.path.key().into(), stat, e.row.digest));
             }
         };
         // With stored rows, the walk reuses their digests where the stat data allows.
@@ -1085,12 +1099,13 @@ impl<'a> Session<'a> {
     }
 }
 
-/// A row whose stat data a hit will bring up to date.
-#[derive(Debug, Clone)]
-struct Refresh {
-    source: String,
-    path: RelPath,
-    row: crate::schema::Row,
+/// Rows whose stat data a hit will bring up to date, kept compact (a touched 10^6-file tree
+/// holds one item per file until the lookup ends): source index, path key, the stat the
+/// digest was verified under, and that digest.
+#[derive(Debug, Default)]
+struct RefreshList {
+    sources: Vec<String>,
+    items: Vec<(u32, Box<[u8]>, crate::schema::RowStat, [u8; 32])>,
 }
 
 /// True when `e` matched `stored` in content but `stored`'s stat data cannot vouch for it next
@@ -1124,13 +1139,13 @@ fn row_hash_of(e: &WalkedEntry) -> [u8; 32] {
 
 /// Merges a put's walk against what the lookup observed, collecting paths that differ.
 struct ObservationCheck<'s> {
-    seen: std::slice::Iter<'s, (RelPath, [u8; 32])>,
-    next: Option<&'s (RelPath, [u8; 32])>,
+    seen: std::slice::Iter<'s, (Box<[u8]>, [u8; 32])>,
+    next: Option<&'s (Box<[u8]>, [u8; 32])>,
     changed: Vec<RelPath>,
 }
 
 impl<'s> ObservationCheck<'s> {
-    fn new(seen: &'s [(RelPath, [u8; 32])]) -> Self {
+    fn new(seen: &'s [(Box<[u8]>, [u8; 32])]) -> Self {
         let mut it = seen.iter();
         let next = it.next();
         ObservationCheck {
@@ -1144,13 +1159,13 @@ impl<'s> ObservationCheck<'s> {
         let h = row_hash_of(e);
         loop {
             match self.next {
-                Some((p, _)) if *p < e.path => {
-                    self.changed.push(p.clone());
+                Some((p, _)) if **p < *e.path.key() => {
+                    self.changed.push(RelPath::from_key(p));
                     self.next = self.seen.next();
                 }
-                Some((p, oh)) if *p == e.path => {
+                Some((p, oh)) if **p == *e.path.key() => {
                     if *oh != h {
-                        self.changed.push(p.clone());
+                        self.changed.push(RelPath::from_key(p));
                     }
                     self.next = self.seen.next();
                     return;
@@ -1165,7 +1180,7 @@ impl<'s> ObservationCheck<'s> {
 
     fn finish(mut self) -> Vec<RelPath> {
         while let Some((p, _)) = self.next {
-            self.changed.push(p.clone());
+            self.changed.push(RelPath::from_key(p));
             self.next = self.seen.next();
         }
         self.changed
