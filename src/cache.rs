@@ -1105,8 +1105,11 @@ impl<'a> Session<'a> {
 #[derive(Debug, Default)]
 struct RefreshList {
     sources: Vec<String>,
-    items: Vec<(u32, Box<[u8]>, crate::schema::RowStat, [u8; 32])>,
+    items: Vec<RefreshItem>,
 }
+
+/// (source index, path key, stat, verified digest).
+type RefreshItem = (u32, Box<[u8]>, crate::schema::RowStat, [u8; 32]);
 
 /// True when `e` matched `stored` in content but `stored`'s stat data cannot vouch for it next
 /// time: missing (a v1 row), different (touched, copied, checked out), or racy.
