@@ -385,7 +385,7 @@ pub(crate) fn guard_redb<T>(db: &Path, f: impl FnOnce() -> Result<T>) -> Result<
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(r) => r,
         Err(payload) => {
-            crate::store::REDB_PANICKED.store(true, std::sync::atomic::Ordering::SeqCst);
+            crate::store::note_damage(db);
             let msg = payload
                 .downcast_ref::<String>()
                 .map(String::as_str)
@@ -402,11 +402,14 @@ pub(crate) fn guard_redb<T>(db: &Path, f: impl FnOnce() -> Result<T>) -> Result<
 }
 
 pub(crate) fn decode_entry(path: &Path, layer: &str, bytes: &[u8]) -> Result<EntryRecord> {
-    codec::decode::<EntryRecord, { codec::ENTRY_LIMIT }>(bytes).map_err(|detail| Error::Corrupt {
-        path: path.to_path_buf(),
-        table: "entries",
-        key: escape_bytes(layer.as_bytes()),
-        detail,
+    codec::decode::<EntryRecord, { codec::ENTRY_LIMIT }>(bytes).map_err(|detail| {
+        crate::store::note_damage(path);
+        Error::Corrupt {
+            path: path.to_path_buf(),
+            table: "entries",
+            key: escape_bytes(layer.as_bytes()),
+            detail,
+        }
     })
 }
 
@@ -1114,7 +1117,7 @@ type RefreshItem = (u32, Box<[u8]>, crate::schema::RowStat, [u8; 32]);
 /// True when `e` matched `stored` in content but `stored`'s stat data cannot vouch for it next
 /// time: missing (a v1 row), different (touched, copied, checked out), or racy.
 fn needs_refresh(stored: &crate::schema::Row, e: &WalkedEntry) -> bool {
-    if e.unstable || e.row.kind != EntryKind::File || stored.kind != EntryKind::File {
+    if e.unstable || e.row.kind != stored.kind {
         return false;
     }
     if !crate::diff::compare_rows(stored, &e.row).is_empty() {
@@ -1125,7 +1128,8 @@ fn needs_refresh(stored: &crate::schema::Row, e: &WalkedEntry) -> bool {
             old.mtime_ns != new.mtime_ns
                 || old.ctime_ns != new.ctime_ns
                 || old.ino != new.ino
-                || crate::tree::is_racy(old)
+                || (e.row.kind == EntryKind::File && crate::tree::is_racy(old))
+                || crate::tree::is_ctime_racy(old)
         }
         (None, Some(_)) => true,
         _ => false,

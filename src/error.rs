@@ -201,10 +201,15 @@ impl<T, E: Into<redb::Error>> DbResultExt<T> for std::result::Result<T, E> {
                 redb::Error::DatabaseAlreadyOpen => Error::InUse {
                     path: path.to_path_buf(),
                 },
-                other => Error::Db {
-                    path: path.to_path_buf(),
-                    source: Box::new(other),
-                },
+                other => {
+                    if matches!(other, redb::Error::Corrupted(_)) {
+                        crate::store::note_damage(path);
+                    }
+                    Error::Db {
+                        path: path.to_path_buf(),
+                        source: Box::new(other),
+                    }
+                }
             }
         })
     }

@@ -35,22 +35,44 @@ fn closed(path: &Path) -> Error {
     }
 }
 
-/// Set once a panic inside redb was caught in this process (see [`crate::cache`]'s guard).
-pub(crate) static REDB_PANICKED: std::sync::atomic::AtomicBool =
-    std::sync::atomic::AtomicBool::new(false);
+/// Database files this process saw damaged: a panic inside redb, redb's `Corrupted`, or a
+/// stored record that does not decode.
+static DAMAGED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Records that the database at `path` was seen damaged (see [`Store`]'s `Drop`).
+pub(crate) fn note_damage(path: &Path) {
+    if let Ok(mut list) = DAMAGED.lock()
+        && !list.iter().any(|p| p == path)
+    {
+        list.push(path.to_path_buf());
+    }
+}
+
+/// True (once) when `path` was seen damaged; forgets it.
+fn take_damage(path: &Path) -> bool {
+    match DAMAGED.lock() {
+        Ok(mut list) => {
+            let before = list.len();
+            list.retain(|p| p != path);
+            list.len() != before
+        }
+        // A panic while holding the lock: assume the worst.
+        Err(_) => true,
+    }
+}
 
 impl Drop for Store {
     /// Closes the database. redb writes its allocator state when a writable database closes and
     /// trusts the pages it reads to do so: on a damaged file that can panic inside redb, which
     /// must not turn into an abort (a panic while unwinding) or a crashed builder at exit.
     ///
-    /// Once redb has panicked in this process (a damaged file), a second panic while closing
-    /// could happen during redb's own unwinding and abort the process; so then the handle is
-    /// leaked instead of closed (the file needs redb's quick repair at its next writable open,
+    /// Once this process has seen this file damaged (a panic inside redb, redb's `Corrupted`, an
+    /// undecodable record), closing it could panic inside redb and panic again during redb's
+    /// own unwinding, which aborts the process; so then the handle is leaked instead of closed (the file needs redb's quick repair at its next writable open,
     /// which redb does by itself).
     fn drop(&mut self) {
         let handle = std::mem::replace(&mut self.db, Handle::Closed);
-        if REDB_PANICKED.load(std::sync::atomic::Ordering::SeqCst) {
+        if take_damage(&self.path) {
             std::mem::forget(handle);
             return;
         }
@@ -531,6 +553,7 @@ pub(crate) fn guarded_next<K: redb::Key + 'static, V: redb::Value + 'static, T>(
             None
         }
         Err(e) => {
+            note_damage(path);
             // A damaged record (our decoding) does not end the scan; redb's failures do.
             if !matches!(e, Error::Corrupt { .. }) {
                 *range = None;

@@ -528,6 +528,15 @@ pub fn is_racy(stat: &RowStat) -> bool {
             .saturating_sub(timestamp_slack_ns(stat.mtime_ns))
 }
 
+/// The racy rule for what the ctime vouches for (xattrs, link target): a row taken within the
+/// tick of the entry's last status change cannot exclude a later change in the same tick.
+pub fn is_ctime_racy(stat: &RowStat) -> bool {
+    stat.ctime_ns
+        >= stat
+            .snapshot_ns
+            .saturating_sub(timestamp_slack_ns(stat.ctime_ns))
+}
+
 /// How far apart two writes can be and still get the same timestamp on the file system that
 /// stamped `time_ns` (a time with no sub-second part suggests a file system with one- or
 /// two-second timestamps).
@@ -596,16 +605,30 @@ fn describe(
         }
     })?;
     let kind = kind_of(meta.file_type());
-    let link_target = if kind == EntryKind::Symlink {
-        std::fs::read_link(&abs)
-            .map_err(|e| Error::io("cannot read symlink", &abs, e))?
-            .into_os_string()
-            .into_vec()
-    } else {
-        Vec::new()
-    };
-    let xattrs = read_xattrs(&abs)?;
     let stat = StatData::of(&meta);
+    // Every change of xattrs (and a symlink cannot be retargeted in place: a new link is a new
+    // inode) sets the ctime. So a prior row of the same type, inode and ctime, not taken within
+    // the ctime's tick, vouches for the xattrs and the link target: no second path syscall.
+    let vouched = prior.filter(|p| {
+        p.kind == kind
+            && p.stat.as_ref().is_some_and(|ps| {
+                ps.ino == stat.ino && ps.ctime_ns == stat.ctime_ns && !is_ctime_racy(ps)
+            })
+    });
+    let (link_target, xattrs) = match vouched {
+        Some(p) => (p.link_target.clone(), p.xattrs.clone()),
+        None => {
+            let link_target = if kind == EntryKind::Symlink {
+                std::fs::read_link(&abs)
+                    .map_err(|e| Error::io("cannot read symlink", &abs, e))?
+                    .into_os_string()
+                    .into_vec()
+            } else {
+                Vec::new()
+            };
+            (link_target, read_xattrs(&abs)?)
+        }
+    };
     let mut row = Row {
         kind,
         mode: meta.mode() & 0o7777,
@@ -620,17 +643,16 @@ fn describe(
         link_target,
         xattrs,
         digest: [0; 32],
-        stat: None,
-    };
-    let mut unstable = false;
-    let mut work = Work::None;
-    if kind == EntryKind::File {
-        row.stat = Some(RowStat {
+        stat: Some(RowStat {
             mtime_ns: stat.mtime_ns,
             ctime_ns: stat.ctime_ns,
             ino: stat.ino,
             snapshot_ns,
-        });
+        }),
+    };
+    let mut unstable = false;
+    let mut work = Work::None;
+    if kind == EntryKind::File {
         let matched = prior.and_then(|p| stat_match(p, &row, &stat));
         match (matched, prior) {
             (Some(false), Some(p)) => {

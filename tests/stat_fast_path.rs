@@ -70,6 +70,8 @@ fn setup(files: usize) -> Setup {
         );
     }
     age(&src);
+    // Past the tick of the last status change (aging sets the ctimes): no row is ctime-racy.
+    std::thread::sleep(Duration::from_millis(50));
     let (cache, build) = one_layer(tmp.path(), &src);
     let s = Setup {
         _tmp: tmp,
@@ -225,4 +227,25 @@ fn put_after_a_small_change_reads_only_that_file() {
     session.put(&l, &BTreeMap::new()).unwrap();
     assert_eq!(session.counters().walk.files_hashed - before, 1);
     assert!(lookup(&s).0);
+}
+
+#[test]
+fn xattr_change_is_seen_although_the_content_is_stat_matched() {
+    let s = setup(50);
+    let f = s.src.join("d3/e3/f3.txt");
+    if xattr::set(&f, "user.probe", b"1").is_err() {
+        eprintln!("skipped: this file system refuses user xattrs");
+        return;
+    }
+    // setxattr moves the ctime, so the row cannot vouch for the xattrs (nor the content).
+    let (hit, c, _, reasons) = lookup(&s);
+    assert!(!hit);
+    assert_eq!(c.files_hashed, 1, "{c:?}");
+    match &reasons[..] {
+        [MissReason::OverlayDirContentChanged { diff, .. }] => {
+            assert_eq!(diff.modified[0].path.to_string(), "d3/e3/f3.txt");
+            assert_eq!(diff.modified[0].changes, vec![layercache::Change::Xattrs]);
+        }
+        other => panic!("{other:?}"),
+    }
 }
