@@ -580,12 +580,8 @@ impl<'a> Session<'a> {
                 if kind != rec.base.kind || reference != rec.base.reference {
                     reasons.push(MissReason::BaseChanged {
                         change: BaseChange::Replaced {
-                            old: format!(
-                                "{}:{}",
-                                base_kind_name(rec.base.kind),
-                                rec.base.reference
-                            ),
-                            new: format!("{}:{}", base_kind_name(kind), reference),
+                            old: format!("{}:{}", rec.base.kind.as_str(), rec.base.reference),
+                            new: format!("{}:{}", kind.as_str(), reference),
                         },
                     });
                 } else {
@@ -735,36 +731,42 @@ impl<'a> Session<'a> {
             return Ok(());
         }
         let path = store.path();
-        let txn = store.begin_write()?;
         let mut done = 0u64;
-        {
-            let mut rows = txn.open_table(ROWS).db(path)?;
-            for (src, key, stat, digest) in &refresh.items {
-                let Some(source) = refresh.sources.get(*src as usize) else {
-                    continue;
-                };
-                let current = rows
-                    .get((layer, source.as_str(), &key[..]))
-                    .db(path)?
-                    .and_then(|v| {
-                        codec::decode::<crate::schema::Row, { codec::ROW_LIMIT }>(v.value()).ok()
-                    });
-                let Some(mut row) = current.filter(|r| r.digest == *digest) else {
-                    continue;
-                };
-                row.stat = Some(*stat);
-                let bytes = codec::encode(&row).map_err(|detail| Error::Corrupt {
-                    path: path.to_path_buf(),
-                    table: "rows",
-                    key: RelPath::from_key(key).to_string(),
-                    detail,
-                })?;
-                rows.insert((layer, source.as_str(), &key[..]), bytes.as_slice())
-                    .db(path)?;
-                done += 1;
+        // Each refreshed row is true on its own (this stat, this verified digest), so the rows
+        // are written in batches of their own transactions: a refresh of 10^6 touched files
+        // never holds all of redb's dirty pages at once.
+        for batch in refresh.items.chunks(REFRESH_BATCH) {
+            let txn = store.begin_write()?;
+            {
+                let mut rows = txn.open_table(ROWS).db(path)?;
+                for (src, key, stat, digest) in batch {
+                    let Some(source) = refresh.sources.get(*src as usize) else {
+                        continue;
+                    };
+                    let current = rows
+                        .get((layer, source.as_str(), &key[..]))
+                        .db(path)?
+                        .and_then(|v| {
+                            codec::decode::<crate::schema::Row, { codec::ROW_LIMIT }>(v.value())
+                                .ok()
+                        });
+                    let Some(mut row) = current.filter(|r| r.digest == *digest) else {
+                        continue;
+                    };
+                    row.stat = Some(*stat);
+                    let bytes = codec::encode(&row).map_err(|detail| Error::Corrupt {
+                        path: path.to_path_buf(),
+                        table: "rows",
+                        key: RelPath::from_key(key).to_string(),
+                        detail,
+                    })?;
+                    rows.insert((layer, source.as_str(), &key[..]), bytes.as_slice())
+                        .db(path)?;
+                    done += 1;
+                }
             }
+            txn.commit().db(path)?;
         }
-        txn.commit().db(path)?;
         self.counters.rows_refreshed += done;
         tracing::debug!(layer, rows = done, "refreshed stat data of unchanged files");
         Ok(())
@@ -1102,6 +1104,9 @@ impl<'a> Session<'a> {
     }
 }
 
+/// Rows refreshed per write transaction.
+const REFRESH_BATCH: usize = 65_536;
+
 /// Rows whose stat data a hit will bring up to date, kept compact (a touched 10^6-file tree
 /// holds one item per file until the lookup ends): source index, path key, the stat the
 /// digest was verified under, and that digest.
@@ -1203,17 +1208,6 @@ fn decode_manifests(rec: &EntryRecord) -> Result<BTreeMap<String, Descriptor>, S
                 .map_err(|e| format!("manifest for {}: {e}", m.layer_type))
         })
         .collect()
-}
-
-fn base_kind_name(k: crate::schema::BaseKind) -> &'static str {
-    use crate::schema::BaseKind;
-    match k {
-        BaseKind::Built => "built",
-        BaseKind::Tar => "tar",
-        BaseKind::Oci => "oci",
-        BaseKind::Docker => "docker",
-        BaseKind::Scratch => "scratch",
-    }
 }
 
 /// Lower-case hex of bytes (a base hash that is text, like an OCI digest, is shown as text).

@@ -75,7 +75,7 @@ impl BaseView {
             None => prefix(&hash, SHORT_HASH).to_string(),
         };
         BaseView {
-            kind: base_kind_name(b.kind),
+            kind: b.kind.as_str(),
             reference: b.reference.clone(),
             hash,
             short_hash,
@@ -1619,15 +1619,6 @@ fn json_or_escaped(bytes: &[u8]) -> serde_json::Value {
     serde_json::from_slice(bytes).unwrap_or_else(|_| serde_json::Value::String(escape_bytes(bytes)))
 }
 
-fn base_kind_name(k: BaseKind) -> &'static str {
-    match k {
-        BaseKind::Built => "built",
-        BaseKind::Tar => "tar",
-        BaseKind::Oci => "oci",
-        BaseKind::Docker => "docker",
-        BaseKind::Scratch => "scratch",
-    }
-}
 
 fn prefix(s: &str, n: usize) -> &str {
     s.char_indices()

@@ -167,6 +167,19 @@ pub enum BaseKind {
     Scratch,
 }
 
+impl BaseKind {
+    /// A short name for display (`built`, `tar`, `oci`, `docker`, `scratch`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BaseKind::Built => "built",
+            BaseKind::Tar => "tar",
+            BaseKind::Oci => "oci",
+            BaseKind::Docker => "docker",
+            BaseKind::Scratch => "scratch",
+        }
+    }
+}
+
 /// The base a layer was built on, as recorded at put.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BaseRecord {

@@ -95,22 +95,7 @@ fn two_layers(f: &Fixture) -> Build {
     write(&f.p("src"), "lib/a.rs", b"fn a() {}");
     write(&f.p("src"), "main.rs", b"fn main() {}");
     std::fs::create_dir_all(f.p("roots/app/overlay_dirs/src")).unwrap();
-    let mut base = layer(Base::Scratch);
-    base.imports = vec![
-        import("https://example.com/tree", &f.p("imports/base/tree")),
-        import("stacker://file.tar", &f.p("imports/base/file.tar")),
-    ];
-    let mut app = layer(Base::Built {
-        layer: "base".into(),
-    });
-    app.overlay_dirs = vec![OverlayDir {
-        key: "src".into(),
-        source: f.p("src"),
-        rootfs_path: f.p("roots/app/overlay_dirs/src"),
-    }];
-    let mut b = Build::new();
-    b.add("base", base).add("app", app);
-    b
+    two_layers_again(f)
 }
 
 fn put_all(f: &Fixture, cache: &Cache, build: &Build, names: &[&str]) {
