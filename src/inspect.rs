@@ -1619,7 +1619,6 @@ fn json_or_escaped(bytes: &[u8]) -> serde_json::Value {
     serde_json::from_slice(bytes).unwrap_or_else(|_| serde_json::Value::String(escape_bytes(bytes)))
 }
 
-
 fn prefix(s: &str, n: usize) -> &str {
     s.char_indices()
         .nth(n)
