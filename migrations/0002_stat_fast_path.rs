@@ -59,7 +59,7 @@ pub fn run(txn: &redb::WriteTransaction, db: &std::path::Path) -> Result<u64> {
     let mut done = 0u64;
     let mut after: Option<OwnedKey> = None;
     loop {
-        let mut batch: Vec<(OwnedKey, Vec<u8>)> = Vec::with_capacity(BATCH);
+        let mut batch: Vec<(OwnedKey, Option<Vec<u8>>)> = Vec::with_capacity(BATCH);
         {
             let range = match &after {
                 None => table.iter().db(db)?,
@@ -75,23 +75,21 @@ pub fn run(txn: &redb::WriteTransaction, db: &std::path::Path) -> Result<u64> {
             };
             for item in range.take(BATCH) {
                 let (k, v) = item.db(db)?;
-                let (l, s, p) = k.value();
-                let old =
-                    codec::decode::<RowV1, { codec::ROW_LIMIT }>(v.value()).map_err(|detail| {
-                        Error::Corrupt {
-                            path: db.to_path_buf(),
-                            table: "rows",
-                            key: format!("{l}/{s}/{}", RelPath::from_key(p)),
-                            detail: format!("not a schema-v1 row: {detail}"),
-                        }
+                let (l, src, p) = k.value();
+                // A v1 row that does not decode is dropped, not fatal: the entry's row count and
+                // Merkle root no longer match, so its layer misses as damaged (one miss, not an
+                // unopenable cache), and its next put writes the rows again.
+                let new = codec::decode::<RowV1, { codec::ROW_LIMIT }>(v.value())
+                    .ok()
+                    .map(|old| codec::encode(&Row::from(old)))
+                    .transpose()
+                    .map_err(|detail| Error::Corrupt {
+                        path: db.to_path_buf(),
+                        table: "rows",
+                        key: format!("{l}/{src}/{}", RelPath::from_key(p)),
+                        detail,
                     })?;
-                let new = codec::encode(&Row::from(old)).map_err(|detail| Error::Corrupt {
-                    path: db.to_path_buf(),
-                    table: "rows",
-                    key: format!("{l}/{s}/{}", RelPath::from_key(p)),
-                    detail,
-                })?;
-                batch.push(((l.to_string(), s.to_string(), p.to_vec()), new));
+                batch.push(((l.to_string(), src.to_string(), p.to_vec()), new));
             }
         }
         let Some((last, _)) = batch.last() else {
@@ -99,9 +97,21 @@ pub fn run(txn: &redb::WriteTransaction, db: &std::path::Path) -> Result<u64> {
         };
         let last = last.clone();
         for ((l, s, p), v) in &batch {
-            table
-                .insert((l.as_str(), s.as_str(), p.as_slice()), v.as_slice())
-                .db(db)?;
+            let key = (l.as_str(), s.as_str(), p.as_slice());
+            match v {
+                Some(v) => {
+                    table.insert(key, v.as_slice()).db(db)?;
+                }
+                None => {
+                    table.remove(key).db(db)?;
+                    tracing::warn!(
+                        "{}: dropped an undecodable v1 row of layer {l:?} ({}); that layer \
+                         will miss as damaged until it is put again",
+                        db.display(),
+                        RelPath::from_key(p)
+                    );
+                }
+            }
         }
         done += batch.len() as u64;
         after = Some(last);

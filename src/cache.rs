@@ -723,8 +723,8 @@ impl<'a> Session<'a> {
 
     /// After a hit, records the current stat data of rows whose content was equal but whose
     /// stat was stale, missing or racy (git's index refresh), so the next lookup reads nothing.
-    /// A row is only updated if it still holds the digest the lookup verified (another session
-    /// may have put the layer meanwhile). A read-only store skips it. A miss never gets here.
+    /// A row is only updated if it is still, in every compared property, the row the lookup
+    /// verified (another session may have put the layer from another tree meanwhile). A read-only store skips it. A miss never gets here.
     fn refresh_rows(&mut self, layer: &str, refresh: &RefreshList) -> Result<()> {
         let store = &self.cache.store;
         if store.is_read_only() {
@@ -739,7 +739,7 @@ impl<'a> Session<'a> {
             let txn = store.begin_write()?;
             {
                 let mut rows = txn.open_table(ROWS).db(path)?;
-                for (src, key, stat, digest) in batch {
+                for (src, key, stat, verified) in batch {
                     let Some(source) = refresh.sources.get(*src as usize) else {
                         continue;
                     };
@@ -750,7 +750,10 @@ impl<'a> Session<'a> {
                             codec::decode::<crate::schema::Row, { codec::ROW_LIMIT }>(v.value())
                                 .ok()
                         });
-                    let Some(mut row) = current.filter(|r| r.digest == *digest) else {
+                    // Only a row still equal, in every compared property, to what this lookup
+                    // verified on disk gets the new stat data (another session may have put
+                    // the layer from another tree meanwhile).
+                    let Some(mut row) = current.filter(|r| row_hash(r) == *verified) else {
                         continue;
                     };
                     row.stat = Some(*stat);
@@ -826,7 +829,7 @@ impl<'a> Session<'a> {
             {
                 refresh
                     .items
-                    .push((src_index, e.path.key().into(), stat, e.row.digest));
+                    .push((src_index, e.path.key().into(), stat, row_hash(&e.row)));
             }
         };
         // With stored rows, the walk reuses their digests where the stat data allows.
@@ -977,6 +980,10 @@ impl<'a> Session<'a> {
         // The rows stored so far, read from the committed state, let the put's walk reuse the
         // digests of files whose stat data is unchanged.
         let prior_txn = store.begin_read()?;
+        let damaged = lookup
+            .reasons()
+            .iter()
+            .any(|r| matches!(r, MissReason::DamagedEntry { .. }));
         let txn = store.begin_write()?;
         {
             let mut rows = txn.open_table(ROWS).db(path)?;
@@ -1007,8 +1014,13 @@ impl<'a> Session<'a> {
                     .map(|o| o.rows.as_slice())
                     .unwrap_or(&[])
             });
-            let prior = store.rows(&prior_txn, layer, &source_id(role, key))?;
-            let mut walk = TreeWalk::with_prior(src, Box::new(prior))?;
+            // Rows the lookup found damaged vouch for nothing: then every file is read.
+            let mut walk = if damaged {
+                TreeWalk::new(src)?
+            } else {
+                let prior = store.rows(&prior_txn, layer, &source_id(role, key))?;
+                TreeWalk::with_prior(src, Box::new(prior))?
+            };
             let mut checker = seen.map(ObservationCheck::new);
             let entries = walk.by_ref().inspect(|e| {
                 if let (Ok(e), Some(c)) = (e, checker.as_mut()) {
@@ -1116,7 +1128,7 @@ struct RefreshList {
     items: Vec<RefreshItem>,
 }
 
-/// (source index, path key, stat, verified digest).
+/// (source index, path key, stat, hash of the verified row — every compared property).
 type RefreshItem = (u32, Box<[u8]>, crate::schema::RowStat, [u8; 32]);
 
 /// True when `e` matched `stored` in content but `stored`'s stat data cannot vouch for it next

@@ -41,7 +41,7 @@ pub static STEPS: &[Step] = &[Step {
 pub fn pending(version: u32) -> Vec<&'static Step> {
     STEPS
         .iter()
-        .filter(|s| s.from >= version && s.to <= SCHEMA_VERSION)
+        .filter(|s| version >= 1 && s.from >= version && s.to <= SCHEMA_VERSION)
         .collect()
 }
 

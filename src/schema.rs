@@ -105,13 +105,14 @@ pub struct Row {
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
     /// blake3 of the content for regular files, zero otherwise.
     pub digest: [u8; 32],
-    /// For regular files, the stat data the digest was taken under (schema v2; `None` for rows
-    /// carried over from v1, which are hashed once and then refreshed). Never compared and never
-    /// part of a tree digest: it only lets a lookup skip reading an unchanged file.
+    /// The stat data the row was taken under (schema v2; `None` for rows carried over from v1,
+    /// which are read once and then refreshed). Never compared and never part of a tree digest:
+    /// it only lets a lookup skip reading an unchanged file's content (same size, inode, device,
+    /// mtime, ctime) or an unchanged entry's xattrs and link target (same inode, device, ctime).
     pub stat: Option<RowStat>,
 }
 
-/// The stat data a regular file's digest was taken under, and when its snapshot began.
+/// The stat data a row was taken under, and when its snapshot began.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RowStat {
     /// Modification time, ns since the epoch.
@@ -120,6 +121,8 @@ pub struct RowStat {
     pub ctime_ns: i64,
     /// Inode number.
     pub ino: u64,
+    /// Device of the file system holding it.
+    pub dev: u64,
     /// When the walk that took this row began (coarse real-time clock, ns): the racy rule
     /// compares the mtime to it.
     pub snapshot_ns: i64,

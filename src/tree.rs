@@ -577,6 +577,7 @@ fn stat_match(prior: &Row, row: &Row, stat: &StatData) -> Option<bool> {
         && prior.gid == row.gid
         && prior.size == stat.size
         && ps.ino == stat.ino
+        && ps.dev == stat.dev
         && ps.mtime_ns == stat.mtime_ns
         && ps.ctime_ns == stat.ctime_ns;
     same.then(|| is_racy(ps))
@@ -612,7 +613,10 @@ fn describe(
     let vouched = prior.filter(|p| {
         p.kind == kind
             && p.stat.as_ref().is_some_and(|ps| {
-                ps.ino == stat.ino && ps.ctime_ns == stat.ctime_ns && !is_ctime_racy(ps)
+                ps.ino == stat.ino
+                    && ps.dev == stat.dev
+                    && ps.ctime_ns == stat.ctime_ns
+                    && !is_ctime_racy(ps)
             })
     });
     let (link_target, xattrs) = match vouched {
@@ -647,6 +651,7 @@ fn describe(
             mtime_ns: stat.mtime_ns,
             ctime_ns: stat.ctime_ns,
             ino: stat.ino,
+            dev: stat.dev,
             snapshot_ns,
         }),
     };
@@ -709,7 +714,11 @@ pub(crate) fn hash_file(
     // Every write sets the ctime to the kernel's current time (an mtime can be set to anything,
     // a ctime cannot), so the ctime alone tells whether the last change was in the current tick.
     let slack = timestamp_slack_ns(seen.ctime_ns);
-    if seen.ctime_ns < read_start.saturating_sub(slack) {
+    // A ctime well in the future (a server clock ahead) cannot recur: any write sets the ctime
+    // to the kernel's "now", which differs from it, so the stat check already catches writes.
+    if seen.ctime_ns < read_start.saturating_sub(slack)
+        || seen.ctime_ns > coarse_now_ns().saturating_add(slack)
+    {
         return Ok(Some(first));
     }
     let settle = seen

@@ -243,3 +243,58 @@ fn killed_migration_leaves_old_or_new_never_between() {
     }
     eprintln!("kill points left v1: {}, v2: {}", seen[1], seen[2]);
 }
+
+#[test]
+fn a_damaged_v1_row_costs_its_layer_not_the_migration() {
+    if !is_root() {
+        eprintln!("skipped: the fixture's trees are owned by root (0:0); run as root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let db = fixture("v1-small.redb", tmp.path());
+    {
+        // Overwrite one of app's v1 rows with bytes that do not decode.
+        let d = redb::Database::builder()
+            .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
+            .open(&db)
+            .unwrap();
+        let txn = d.begin_write().unwrap();
+        {
+            let mut rows = txn.open_table(ROWS).unwrap();
+            let key: (String, String, Vec<u8>) = {
+                let mut it = rows.iter().unwrap();
+                loop {
+                    let (k, _) = it.next().unwrap().unwrap();
+                    let (l, s, p) = k.value();
+                    if l == "app" && !p.is_empty() {
+                        break (l.to_string(), s.to_string(), p.to_vec());
+                    }
+                }
+            };
+            let garbage: &[u8] = &[0xff; 5];
+            rows.insert((key.0.as_str(), key.1.as_str(), key.2.as_slice()), garbage)
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let build = common::v1_fixture::small_inputs(&tmp.path().join("small"));
+    age(&tmp.path().join("small"));
+    let cache = Cache::open_without_prune(CacheConfig {
+        db: db.clone(),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(cache.store().schema_version().unwrap(), SCHEMA_VERSION);
+    let mut s = cache.session(&build).unwrap();
+    for layer in ["base", "mid", "other"] {
+        assert!(s.lookup(layer).unwrap().is_hit(), "{layer}");
+    }
+    let l = s.lookup("app").unwrap();
+    assert!(
+        matches!(l.reasons(), [MissReason::DamagedEntry { .. }]),
+        "{:?}",
+        l.reasons()
+    );
+    s.put(&l, &std::collections::BTreeMap::new()).unwrap();
+    assert!(s.lookup("app").unwrap().is_hit());
+}

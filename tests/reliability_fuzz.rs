@@ -80,6 +80,7 @@ fn row() -> impl Strategy<Value = Row> {
                     mtime_ns,
                     ctime_ns,
                     ino,
+                    dev: ino.rotate_left(17),
                     snapshot_ns,
                 }),
             },
