@@ -78,6 +78,22 @@ fn lib(e: layercache::Error) -> anyhow::Error {
     }
 }
 
+/// Prints one report to stdout: JSON with `--json`, else its text form.
+fn emit<T: serde::Serialize>(
+    json: bool,
+    value: &T,
+    text: impl FnOnce(&T, &mut BufWriter<io::StdoutLock<'static>>) -> io::Result<()>,
+) -> anyhow::Result<()> {
+    let mut out = BufWriter::new(io::stdout().lock());
+    if json {
+        write_json(&mut out, value)?;
+    } else {
+        text(value, &mut out)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
 fn write_json(out: &mut impl Write, v: &impl serde::Serialize) -> anyhow::Result<()> {
     serde_json::to_writer_pretty(&mut *out, v).map_err(io::Error::from)?;
     writeln!(out)?;
@@ -198,13 +214,7 @@ fn stats_inner(a: StatsArgs) -> anyhow::Result<ExitCode> {
             .and_then(|i| i.stats())
             .map_err(lib)?
     };
-    let mut out = BufWriter::new(io::stdout().lock());
-    if a.json {
-        write_json(&mut out, &stats)?;
-    } else {
-        stats.write_text(&mut out)?;
-    }
-    out.flush()?;
+    emit(a.json, &stats, |v, out| v.write_text(out))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -215,13 +225,7 @@ pub fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
 
 fn check_inner(a: CheckArgs) -> anyhow::Result<ExitCode> {
     let report = inspect::check(&a.db).map_err(lib)?;
-    let mut out = BufWriter::new(io::stdout().lock());
-    if a.json {
-        write_json(&mut out, &report)?;
-    } else {
-        report.write_text(&mut out)?;
-    }
-    out.flush()?;
+    emit(a.json, &report, |v, out| v.write_text(out))?;
     Ok(if report.is_clean() {
         ExitCode::SUCCESS
     } else {
@@ -236,12 +240,6 @@ pub fn compact(a: CompactArgs) -> anyhow::Result<ExitCode> {
 
 fn compact_inner(a: CompactArgs) -> anyhow::Result<ExitCode> {
     let report = inspect::compact(&a.db).map_err(lib)?;
-    let mut out = BufWriter::new(io::stdout().lock());
-    if a.json {
-        write_json(&mut out, &report)?;
-    } else {
-        report.write_text(&mut out)?;
-    }
-    out.flush()?;
+    emit(a.json, &report, |v, out| v.write_text(out))?;
     Ok(ExitCode::SUCCESS)
 }
