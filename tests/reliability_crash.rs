@@ -58,13 +58,13 @@ fn kills() -> u64 {
     }
 }
 
-/// The put_loop example, built beside this test (`cargo test` builds examples; a run limited to
-/// this test builds it here).
+/// The put_loop example, built beside this test. Always (re)built: a stale child from older
+/// code would write rows the current code cannot read (cargo makes this a no-op when fresh).
 fn child_exe() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().unwrap().parent().unwrap();
     let child = profile_dir.join("examples").join("put_loop");
-    if !child.exists() {
+    {
         let mut cmd = Command::new(env!("CARGO"));
         cmd.args(["build", "--example", "put_loop", "--manifest-path"])
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"));
