@@ -1,5 +1,7 @@
-//! Writes the frozen schema-v1 fixtures (run once, with the v1 code, as root so owners are 0):
-//! `cargo test --test make_v1_fixture -- --ignored`. Kept so anyone can see how they were made.
+//! Writes the frozen fixtures of each released schema (run once, with the code of that schema,
+//! as root so owners are 0): `cargo test --test make_v1_fixture -- --ignored make_vN`. Kept so
+//! anyone can see how they were made; the v1 fixtures were made by commit fb250c2's code, the
+//! v2 fixture by the code that released schema v2. Today's code can only make the current one.
 
 mod common;
 
@@ -7,7 +9,7 @@ use std::collections::BTreeMap;
 
 use layercache::{Cache, CacheConfig};
 
-fn make(name: &str, build: &layercache::Build, order: &[&str]) {
+fn make(name: &str, build: &layercache::Build, order: &[&str], version: u32) {
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name);
@@ -22,7 +24,7 @@ fn make(name: &str, build: &layercache::Build, order: &[&str]) {
         let l = s.lookup(layer).unwrap();
         s.put(&l, &BTreeMap::new()).unwrap();
     }
-    assert_eq!(cache.store().schema_version().unwrap(), 1);
+    assert_eq!(cache.store().schema_version().unwrap(), version);
 }
 
 #[test]
@@ -35,7 +37,20 @@ fn make_v1_fixtures() {
     );
     let tmp = tempfile::tempdir().unwrap();
     let small = common::v1_fixture::small_inputs(&tmp.path().join("small"));
-    make("v1-small.redb", &small, &["base", "mid", "app", "other"]);
+    make("v1-small.redb", &small, &["base", "mid", "app", "other"], 1);
     let large = common::v1_fixture::large_inputs(&tmp.path().join("large"), 30_000);
-    make("v1-large.redb", &large, &["big"]);
+    make("v1-large.redb", &large, &["big"], 1);
+}
+
+#[test]
+#[ignore = "writes the frozen fixture; run by hand only when making it"]
+fn make_v2_fixtures() {
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "make the fixtures as root (owners 0:0)"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let small = common::v1_fixture::small_inputs(&tmp.path().join("small"));
+    make("v2-small.redb", &small, &["base", "mid", "app", "other"], 2);
 }

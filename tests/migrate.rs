@@ -298,3 +298,37 @@ fn a_damaged_v1_row_costs_its_layer_not_the_migration() {
     s.put(&l, &std::collections::BTreeMap::new()).unwrap();
     assert!(s.lookup("app").unwrap().is_hit());
 }
+
+#[test]
+fn v2_fixture_opens_without_migrating_and_hits() {
+    if !is_root() {
+        eprintln!("skipped: the fixture's trees are owned by root (0:0); run as root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let db = fixture("v2-small.redb", tmp.path());
+    assert_eq!(raw_state(&db).0, 2);
+    let build = common::v1_fixture::small_inputs(&tmp.path().join("small"));
+    age(&tmp.path().join("small"));
+    let cache = Cache::open_without_prune(CacheConfig {
+        db: db.clone(),
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(
+        cache.store().migration().is_none(),
+        "a current file is not migrated"
+    );
+    // The trees were made anew (other inodes, times): stat data cannot vouch, so the first
+    // lookups read every file, hit, and refresh; the next read nothing.
+    let mut s = cache.session(&build).unwrap();
+    for layer in ["base", "mid", "app", "other"] {
+        assert!(s.lookup(layer).unwrap().is_hit(), "{layer}");
+    }
+    assert!(s.counters().walk.files_hashed > 20, "{:?}", s.counters());
+    let mut s = cache.session(&build).unwrap();
+    for layer in ["base", "mid", "app", "other"] {
+        assert!(s.lookup(layer).unwrap().is_hit(), "{layer}");
+    }
+    assert_eq!(s.counters().walk.files_hashed, 0, "{:?}", s.counters());
+}
