@@ -6,10 +6,18 @@
 //! rayon, one task per entry, over a bounded window of entries (a *chunk*), so memory is bounded
 //! by the window, not the tree, and entries come out in walk order.
 //!
+//! With prior rows (the stored rows of the same tree, [`TreeWalk::with_prior`]), the stat fast
+//! path skips work: a row with the same inode, device and ctime (not ctime-racy) vouches for the
+//! xattrs and link target (no `llistxattr`, no `readlink`), and a file row that also matches
+//! type, mode, owner, size and mtime and is not racy vouches for the content digest (the file
+//! is not opened). See [`is_racy`] and [`is_ctime_racy`].
+//!
 //! A regular file is opened with `O_NOFOLLOW | O_NONBLOCK` and checked with `fstat` to be the
 //! same regular file the walk saw, so a file swapped for a FIFO cannot hang the walk; its stat is
 //! compared again after hashing, and a file that changed while it was read is marked unstable and
-//! never recorded as current. FIFOs, sockets and device nodes are never opened.
+//! never recorded as current. A file whose ctime is within the current timestamp tick is read
+//! twice, around the tick's end, since a same-tick rewrite would not show in its stat. FIFOs,
+//! sockets and device nodes are never opened.
 
 use std::fs::File;
 use std::io::Read;

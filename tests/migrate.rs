@@ -68,6 +68,21 @@ fn raw_state(path: &Path) -> (u32, u64) {
     (v, n)
 }
 
+/// The small fixture's input trees (made anew, aged) under `dir`, and its build.
+fn small_trees(dir: &Path) -> layercache::Build {
+    let build = common::v1_fixture::small_inputs(&dir.join("small"));
+    age(&dir.join("small"));
+    build
+}
+
+fn open_cache(db: &Path) -> Cache {
+    Cache::open_without_prune(CacheConfig {
+        db: db.to_path_buf(),
+        ..Default::default()
+    })
+    .unwrap()
+}
+
 #[test]
 fn v1_fixture_migrates_and_hits_where_inputs_are_unchanged() {
     if !is_root() {
@@ -77,14 +92,9 @@ fn v1_fixture_migrates_and_hits_where_inputs_are_unchanged() {
     let tmp = tempfile::tempdir().unwrap();
     let db = fixture("v1-small.redb", tmp.path());
     assert_eq!(raw_state(&db).0, 1);
-    let build = common::v1_fixture::small_inputs(&tmp.path().join("small"));
-    age(&tmp.path().join("small"));
+    let build = small_trees(tmp.path());
 
-    let cache = Cache::open_without_prune(CacheConfig {
-        db: db.clone(),
-        ..Default::default()
-    })
-    .unwrap();
+    let cache = open_cache(&db);
     let report = cache
         .store()
         .migration()
@@ -277,13 +287,8 @@ fn a_damaged_v1_row_costs_its_layer_not_the_migration() {
         }
         txn.commit().unwrap();
     }
-    let build = common::v1_fixture::small_inputs(&tmp.path().join("small"));
-    age(&tmp.path().join("small"));
-    let cache = Cache::open_without_prune(CacheConfig {
-        db: db.clone(),
-        ..Default::default()
-    })
-    .unwrap();
+    let build = small_trees(tmp.path());
+    let cache = open_cache(&db);
     assert_eq!(cache.store().schema_version().unwrap(), SCHEMA_VERSION);
     let mut s = cache.session(&build).unwrap();
     for layer in ["base", "mid", "other"] {
@@ -308,13 +313,8 @@ fn v2_fixture_opens_without_migrating_and_hits() {
     let tmp = tempfile::tempdir().unwrap();
     let db = fixture("v2-small.redb", tmp.path());
     assert_eq!(raw_state(&db).0, 2);
-    let build = common::v1_fixture::small_inputs(&tmp.path().join("small"));
-    age(&tmp.path().join("small"));
-    let cache = Cache::open_without_prune(CacheConfig {
-        db: db.clone(),
-        ..Default::default()
-    })
-    .unwrap();
+    let build = small_trees(tmp.path());
+    let cache = open_cache(&db);
     assert!(
         cache.store().migration().is_none(),
         "a current file is not migrated"
