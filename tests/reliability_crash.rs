@@ -8,6 +8,8 @@
 //! reliability_crash` does 150 (`LAYERCACHE_KILLS=N` sets any number; `LAYERCACHE_SEED=S`
 //! replays a run).
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -18,31 +20,7 @@ use std::time::Duration;
 use layercache::inspect;
 use layercache::{Cache, CacheConfig, Store};
 
-/// xorshift64*: reproducible random numbers from a printed seed.
-struct Rng(u64);
-
-impl Rng {
-    fn new() -> Rng {
-        let seed = std::env::var("LAYERCACHE_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos() as u64
-                    | 1
-            });
-        eprintln!("LAYERCACHE_SEED={seed}");
-        Rng(seed)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
-    }
-}
+use common::Rng;
 
 fn kills() -> u64 {
     if let Some(n) = std::env::var("LAYERCACHE_KILLS")
@@ -146,7 +124,7 @@ fn sigkill_during_puts_loses_nothing_committed() {
         std::fs::write(tree.join(format!("sub/file{i}")), vec![i as u8; 3000]).unwrap();
     }
     let child = child_exe();
-    let mut rng = Rng::new();
+    let mut rng = Rng::new(None);
     let mut reported = Reported::default();
     let mut next = 0u64;
     let total = kills();
@@ -201,17 +179,7 @@ fn sigkill_during_puts_loses_nothing_committed() {
         killed_mid_put += u64::from(wait_for > 0);
         verify(&db, &reported, kill);
         // The binary's check agrees, and exits 0.
-        let out = Command::new(env!("CARGO_BIN_EXE_layercache"))
-            .args(["check", "--db"])
-            .arg(&db)
-            .output()
-            .unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        common::cli_ok(&["check"], &db);
     }
     eprintln!(
         "{total} kills ({killed_mid_put} after at least one put), {} puts reported committed, all present",

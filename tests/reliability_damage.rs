@@ -8,6 +8,8 @@
 //! `LAYERCACHE_SOAK=1 cargo test --release --test reliability_damage` (20× as many;
 //! `LAYERCACHE_SEED=S` replays a run).
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
@@ -19,34 +21,15 @@ use layercache::schema::{ENTRIES, ROWS};
 use layercache::{Cache, CacheConfig, Error, MissReason, Store};
 use serde_json::json;
 
-struct Rng(u64);
+use common::Rng;
 
-impl Rng {
-    fn new() -> Rng {
-        let seed = std::env::var("LAYERCACHE_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                // CI damages the same offsets every run (a fixed seed); the soak run draws new
-                // ones each time.
-                if std::env::var_os("LAYERCACHE_SOAK").is_none() {
-                    return 0x5eed_1a7e_ca4e_0001;
-                }
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos() as u64
-                    | 1
-            });
-        eprintln!("LAYERCACHE_SEED={seed}");
-        Rng(seed)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n.max(1)
-    }
+/// CI damages the same offsets every run (a fixed seed); the soak run draws new ones each time.
+fn rng() -> Rng {
+    Rng::new(
+        std::env::var_os("LAYERCACHE_SOAK")
+            .is_none()
+            .then_some(0x5eed_1a7e_ca4e_0001),
+    )
 }
 
 fn scale() -> u64 {
@@ -289,7 +272,7 @@ fn offsets(rng: &mut Rng, bytes: &[u8], n: u64) -> Vec<usize> {
 #[test]
 fn flipped_bytes_and_truncation_never_panic_or_hit_falsely() {
     let f = fixture();
-    let mut rng = Rng::new();
+    let mut rng = rng();
     let mut total = Tally::default();
     let mut failures = Vec::new();
     let flips = 80 * scale();
@@ -329,7 +312,7 @@ fn flipped_bytes_and_truncation_never_panic_or_hit_falsely() {
 #[test]
 fn damaged_file_through_the_binary() {
     let f = fixture();
-    let mut rng = Rng::new();
+    let mut rng = rng();
     let changed = plan_changed(&f.dir);
     let n = 12 * scale();
     let mut failures = Vec::new();

@@ -2,6 +2,8 @@
 //! lookups, check and compact; nothing is written outside the database file (the input trees
 //! and the database's directory are unchanged apart from it, and no temp file is left behind).
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -95,17 +97,7 @@ fn database_is_0600_and_nothing_else_is_written() {
     assert!(cache.remove("b").unwrap());
     drop(cache);
     for cmd in ["check", "compact", "dump", "stats"] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_layercache"))
-            .args([cmd, "--db"])
-            .arg(&db)
-            .output()
-            .unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{cmd}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::cli_ok(&[cmd], &db);
         assert_eq!(mode(&db), 0o600, "after {cmd}");
     }
     // The database's directory holds the database only; the input tree is untouched (not even

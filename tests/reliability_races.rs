@@ -5,6 +5,8 @@
 //! Quick run (CI): a few hundred operations per test. Soak run:
 //! `LAYERCACHE_SOAK=1 cargo test --release --test reliability_races` (20× as many).
 
+mod common;
+
 use std::collections::{BTreeMap, HashSet};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -289,17 +291,7 @@ fn dump_from_another_process_during_a_build() {
         let lk = s.lookup(&name).unwrap();
         s.put(&lk, &BTreeMap::new()).unwrap();
         // A dump started right after the commit, while the writer keeps the file open.
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_layercache"))
-            .args(["dump", "--json", "--db"])
-            .arg(&db)
-            .output()
-            .unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = common::cli_ok(&["dump", "--json"], &db);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let text = v.to_string();
         for j in 0..=i {

@@ -81,3 +81,51 @@ pub fn rich_tree(root: &Path) -> u64 {
 }
 
 pub mod v1_fixture;
+
+/// xorshift64*: reproducible random numbers. The seed is `LAYERCACHE_SEED` if set, else `fixed`
+/// if given, else the clock; it is printed so a failing run can be replayed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn new(fixed: Option<u64>) -> Rng {
+        let seed = std::env::var("LAYERCACHE_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .or(fixed)
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+                    | 1
+            });
+        eprintln!("LAYERCACHE_SEED={seed}");
+        Rng(seed)
+    }
+
+    /// A number below `n` (0 for `n == 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n.max(1)
+    }
+}
+
+/// Runs the built binary as `layercache ARGS --db DB`, asserts it exits 0, returns its output.
+pub fn cli_ok(args: &[&str], db: &Path) -> std::process::Output {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_layercache"))
+        .args(args)
+        .arg("--db")
+        .arg(db)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "layercache {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
