@@ -612,61 +612,41 @@ impl<'a> Session<'a> {
         // when the caller wants them observed for a put.
         let mut observed = mode.observe.then(Vec::new);
         let mut refresh = RefreshList::default();
-        for import in inputs.imports.iter().filter(|i| i.dest.is_none()) {
+        for src in cached_sources(inputs) {
             let decide = !stop(&reasons) && record.is_some();
             if !decide && !mode.observe {
                 break;
             }
             let summary = record
                 .as_ref()
-                .and_then(|r| r.imports.iter().find(|s| s.key == import.key));
+                .and_then(|r| summaries(r, src.role).iter().find(|s| s.key == src.key));
             if decide && summary.is_none() {
-                reasons.push(MissReason::ImportNew {
-                    key: import.key.clone(),
-                });
-            }
-            let decide = decide && summary.is_some();
-            let reason = self.check_source(
-                &txn,
-                layer,
-                SourceRole::Import,
-                &import.key,
-                &import.path,
-                summary.filter(|_| decide),
-                observed.as_mut(),
-                &mut refresh,
-            )?;
-            if decide && let Some(r) = reason {
-                reasons.push(r);
-            }
-        }
-        for od in &inputs.overlay_dirs {
-            let decide = !stop(&reasons) && record.is_some();
-            if !decide && !mode.observe {
-                break;
-            }
-            let summary = record
-                .as_ref()
-                .and_then(|r| r.overlay_dirs.iter().find(|s| s.key == od.key));
-            if decide && summary.is_none() {
-                reasons.push(MissReason::OverlayDirNew {
-                    key: od.key.clone(),
+                reasons.push(match src.role {
+                    SourceRole::Import => MissReason::ImportNew {
+                        key: src.key.to_string(),
+                    },
+                    SourceRole::OverlayDir => MissReason::OverlayDirNew {
+                        key: src.key.to_string(),
+                    },
                 });
             }
             let mut decide = decide && summary.is_some();
-            if decide && std::fs::symlink_metadata(&od.rootfs_path).is_err() {
+            if let Some(rootfs) = src.rootfs_path
+                && decide
+                && std::fs::symlink_metadata(rootfs).is_err()
+            {
                 reasons.push(MissReason::OverlayDirMissing {
-                    key: od.key.clone(),
-                    rootfs_path: show_path(&od.rootfs_path),
+                    key: src.key.to_string(),
+                    rootfs_path: show_path(rootfs),
                 });
                 decide = mode.explain;
             }
             let reason = self.check_source(
                 &txn,
                 layer,
-                SourceRole::OverlayDir,
-                &od.key,
-                &od.source,
+                src.role,
+                src.key,
+                src.path,
                 summary.filter(|_| decide),
                 observed.as_mut(),
                 &mut refresh,
@@ -676,23 +656,20 @@ impl<'a> Session<'a> {
             }
         }
 
-        // Sources recorded at put that the layer no longer has (checked after the current ones,
-        // so a renamed key reports the new name first, as stacker's "new import" does). (In stacker they are part of
-        // the definition; here the builder passes them apart, so they are checked apart.)
+        // Sources recorded at put that the layer no longer has. In stacker they are part of the
+        // definition; here the builder passes them apart, so they are checked apart — after the
+        // current ones, so a renamed key reports the new name first ("new import").
         if let Some(rec) = &record {
-            for s in &rec.imports {
-                let still = inputs
-                    .imports
-                    .iter()
-                    .any(|i| i.dest.is_none() && i.key == s.key);
-                if !still && !stop(&reasons) {
-                    reasons.push(MissReason::ImportRemoved { key: s.key.clone() });
-                }
-            }
-            for s in &rec.overlay_dirs {
-                let still = inputs.overlay_dirs.iter().any(|o| o.key == s.key);
-                if !still && !stop(&reasons) {
-                    reasons.push(MissReason::OverlayDirRemoved { key: s.key.clone() });
+            for role in [SourceRole::Import, SourceRole::OverlayDir] {
+                for s in summaries(rec, role) {
+                    let still = cached_sources(inputs).any(|c| c.role == role && c.key == s.key);
+                    if !still && !stop(&reasons) {
+                        let key = s.key.clone();
+                        reasons.push(match role {
+                            SourceRole::Import => MissReason::ImportRemoved { key },
+                            SourceRole::OverlayDir => MissReason::OverlayDirRemoved { key },
+                        });
+                    }
                 }
             }
         }
@@ -996,18 +973,13 @@ impl<'a> Session<'a> {
         let mut changes = Vec::new();
         let mut imports = Vec::new();
         let mut overlays = Vec::new();
-        let sources = inputs
-            .imports
-            .iter()
-            .filter(|i| i.dest.is_none())
-            .map(|i| (SourceRole::Import, &i.key, &i.path))
-            .chain(
-                inputs
-                    .overlay_dirs
-                    .iter()
-                    .map(|o| (SourceRole::OverlayDir, &o.key, &o.source)),
-            );
-        for (role, key, src) in sources {
+        for SourceRef {
+            role,
+            key,
+            path: src,
+            ..
+        } in cached_sources(inputs)
+        {
             let seen = lookup.observed.as_ref().map(|obs| {
                 obs.iter()
                     .find(|o| o.role == role && o.key == *key)
@@ -1042,7 +1014,7 @@ impl<'a> Session<'a> {
                 }
             }
             let s = SourceSummary {
-                key: key.clone(),
+                key: key.to_string(),
                 source: source_id(role, key),
                 root_kind: summary.root_kind.unwrap_or(EntryKind::Dir),
                 root_digest: summary.root_digest,
@@ -1113,6 +1085,45 @@ impl<'a> Session<'a> {
                 todo.extend(more.iter().map(String::as_str));
             }
         }
+    }
+}
+
+/// One cached source of a layer: an import without a `dest`, or an overlay dir.
+struct SourceRef<'a> {
+    role: SourceRole,
+    key: &'a str,
+    /// The tree that is walked and cached.
+    path: &'a Path,
+    /// For an overlay dir, its copy in the rootfs, which must exist for a hit.
+    rootfs_path: Option<&'a Path>,
+}
+
+/// The cached sources of a layer, imports first, in the order the builder gave them.
+fn cached_sources(inputs: &LayerInputs) -> impl Iterator<Item = SourceRef<'_>> {
+    let imports = inputs
+        .imports
+        .iter()
+        .filter(|i| i.dest.is_none())
+        .map(|i| SourceRef {
+            role: SourceRole::Import,
+            key: &i.key,
+            path: &i.path,
+            rootfs_path: None,
+        });
+    let overlays = inputs.overlay_dirs.iter().map(|o| SourceRef {
+        role: SourceRole::OverlayDir,
+        key: &o.key,
+        path: &o.source,
+        rootfs_path: Some(&o.rootfs_path),
+    });
+    imports.chain(overlays)
+}
+
+/// The summaries an entry recorded for one role.
+fn summaries(rec: &EntryRecord, role: SourceRole) -> &[SourceSummary] {
+    match role {
+        SourceRole::Import => &rec.imports,
+        SourceRole::OverlayDir => &rec.overlay_dirs,
     }
 }
 
