@@ -156,15 +156,7 @@ fn special_files_loops_and_escaping_symlinks() {
         assert!(rows.iter().all(|e| !e.path.to_string().contains("secret")));
 
         // Through the cache: put, then a lookup hits.
-        let mut build = Build::new();
-        let mut l = layer(json!({"run": "x"}), Base::Scratch);
-        l.imports.push(Import {
-            key: "tree".into(),
-            path: root.clone(),
-            dest: None,
-        });
-        build.add("hostile", l);
-        let cache = Cache::open_without_prune(config(&base)).unwrap();
+        let (cache, build) = one_import(&base, "hostile", json!({"run": "x"}), "tree", &root);
         let mut s = cache.session(&build).unwrap();
         let lk = s.lookup("hostile").unwrap();
         s.put(&lk, &BTreeMap::new()).unwrap();
@@ -268,15 +260,7 @@ fn depth_1000_within_path_max() {
         assert!(len < 4096);
         let rows = walk(&root).unwrap();
         assert_eq!(rows.len(), 1002);
-        let mut build = Build::new();
-        let mut l = layer(json!(1), Base::Scratch);
-        l.imports.push(Import {
-            key: "deep".into(),
-            path: root.clone(),
-            dest: None,
-        });
-        build.add("deep", l);
-        let cache = Cache::open_without_prune(config(&base)).unwrap();
+        let (cache, build) = one_import(&base, "deep", json!(1), "deep", &root);
         let mut s = cache.session(&build).unwrap();
         let lk = s.lookup("deep").unwrap();
         s.put(&lk, &BTreeMap::new()).unwrap();
@@ -312,15 +296,7 @@ fn depth_1000_beyond_path_max_is_a_clear_error() {
             Ok(rows) => assert_eq!(rows.len(), 1002, "a walk that succeeds must be complete"),
         }
         // Through the cache: the put fails with the same kind of error and stores nothing.
-        let mut build = Build::new();
-        let mut l = layer(json!(1), Base::Scratch);
-        l.imports.push(Import {
-            key: "deep".into(),
-            path: root.clone(),
-            dest: None,
-        });
-        build.add("deep", l);
-        let cache = Cache::open_without_prune(config(&base)).unwrap();
+        let (cache, build) = one_import(&base, "deep", json!(1), "deep", &root);
         let mut s = cache.session(&build).unwrap();
         if let Ok(lk) = s.lookup("deep") {
             assert!(!lk.is_hit());
@@ -501,4 +477,24 @@ fn chain_of_100k_layers() {
 #[ignore = "soak: 10^6-layer chain, tens of seconds"]
 fn chain_of_1m_layers() {
     long_chain(1_000_000);
+}
+
+/// A cache under `base` and a build of one layer `name` (from scratch, definition `def`) that
+/// imports `root` under `key`.
+fn one_import(
+    base: &Path,
+    name: &str,
+    def: serde_json::Value,
+    key: &str,
+    root: &Path,
+) -> (Cache, Build) {
+    let mut build = Build::new();
+    let mut l = layer(def, Base::Scratch);
+    l.imports.push(Import {
+        key: key.into(),
+        path: root.to_path_buf(),
+        dest: None,
+    });
+    build.add(name, l);
+    (Cache::open_without_prune(config(base)).unwrap(), build)
 }
