@@ -3,8 +3,10 @@
 //! A [`Session`] holds one build's layers and memoizes, per layer, whether it hits and with
 //! which base hash, so a chain of N built layers costs N lookups, not stacker's N².
 
-use std::collections::{BTreeMap, HashMap};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use oci_spec::image::Descriptor;
@@ -21,7 +23,7 @@ use crate::reason::{BaseChange, MissReason, definition_changes, show_path};
 use crate::schema::{
     BASES, BaseRecord, ENTRIES, EntryKind, EntryRecord, ManifestRecord, ROWS, SourceSummary,
 };
-use crate::store::Store;
+use crate::store::{RowIter, Store};
 use crate::tree::{TreeWalk, WalkCounters, WalkedEntry};
 
 /// Where the cache lives and what it checks at open.
@@ -810,11 +812,16 @@ impl<'a> Session<'a> {
             }
         };
         // With stored rows, the walk reuses their digests where the stat data allows.
-        let mut walk = match summary {
+        // One range scan of the stored rows feeds both the walk's stat fast path and the diff.
+        let (mut walk, mut stored_rows) = match summary {
             Some(_) => {
-                TreeWalk::with_prior(path, Box::new(self.cache.store.rows(txn, layer, &sid)?))?
+                let (for_walk, for_diff) = tee_rows(self.cache.store.rows(txn, layer, &sid)?);
+                (
+                    TreeWalk::with_prior(path, Box::new(for_walk))?,
+                    Some(for_diff),
+                )
             }
-            None => TreeWalk::new(path)?,
+            None => (TreeWalk::new(path)?, None),
         };
         let reason = match summary {
             Some(s)
@@ -822,6 +829,7 @@ impl<'a> Session<'a> {
                     && s.root_kind != kind_now
                     && matches!(s.root_kind, EntryKind::File | EntryKind::Dir) =>
             {
+                drop(stored_rows.take());
                 for e in walk.by_ref() {
                     record(&e?, None);
                 }
@@ -839,10 +847,10 @@ impl<'a> Session<'a> {
                 // the file must not turn into a hit (a lost row of a file deleted since would).
                 let mut damage: Option<String> = None;
                 let mut hasher = crate::tree::TreeHasher::new();
-                let stored = self
-                    .cache
-                    .store
-                    .rows(txn, layer, &sid)?
+                let stored = stored_rows
+                    .take()
+                    .into_iter()
+                    .flatten()
                     .map_while(|r| match r {
                         Err(e @ Error::Corrupt { .. }) => {
                             damage = Some(e.to_string());
@@ -1084,6 +1092,78 @@ impl<'a> Session<'a> {
             {
                 todo.extend(more.iter().map(String::as_str));
             }
+        }
+    }
+}
+
+/// The two readers of one scan of stored rows: the walk (for the stat fast path) and the diff.
+/// Each takes rows in key order; whichever is ahead pulls from the scan and queues a copy for
+/// the other, so rows are read and decoded once. The walk runs at most a couple of windows ahead
+/// of the diff, which bounds the queue, except after a damaged row ends the diff's stream (then
+/// the rest of that one source is queued until the lookup ends). Nothing is queued for a side
+/// that was dropped. A row that fails to decode goes to the diff only (the walk ignores it).
+struct Tee {
+    scan: RowIter,
+    for_walk: VecDeque<(RelPath, crate::schema::Row)>,
+    for_diff: VecDeque<Result<(RelPath, crate::schema::Row)>>,
+}
+
+/// The walk's side of a [`Tee`].
+struct TeeWalk(Rc<RefCell<Tee>>);
+/// The diff's side of a [`Tee`].
+struct TeeDiff(Rc<RefCell<Tee>>);
+
+fn tee_rows(scan: RowIter) -> (TeeWalk, TeeDiff) {
+    let t = Rc::new(RefCell::new(Tee {
+        scan,
+        for_walk: VecDeque::new(),
+        for_diff: VecDeque::new(),
+    }));
+    (TeeWalk(t.clone()), TeeDiff(t))
+}
+
+impl Iterator for TeeWalk {
+    type Item = Result<(RelPath, crate::schema::Row)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        // Nothing is queued for a side that was dropped.
+        let diff_alive = Rc::strong_count(&self.0) > 1;
+        let mut t = self.0.borrow_mut();
+        if let Some(row) = t.for_walk.pop_front() {
+            return Some(Ok(row));
+        }
+        loop {
+            match t.scan.next()? {
+                Ok(row) => {
+                    if diff_alive {
+                        t.for_diff.push_back(Ok(row.clone()));
+                    }
+                    return Some(Ok(row));
+                }
+                Err(e) if diff_alive => t.for_diff.push_back(Err(e)),
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+impl Iterator for TeeDiff {
+    type Item = Result<(RelPath, crate::schema::Row)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let walk_alive = Rc::strong_count(&self.0) > 1;
+        let mut t = self.0.borrow_mut();
+        if let Some(item) = t.for_diff.pop_front() {
+            return Some(item);
+        }
+        match t.scan.next()? {
+            Ok(row) => {
+                if walk_alive {
+                    t.for_walk.push_back(row.clone());
+                }
+                Some(Ok(row))
+            }
+            Err(e) => Some(Err(e)),
         }
     }
 }
