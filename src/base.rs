@@ -5,7 +5,8 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::inputs::Base;
-use crate::reason::{BaseChange, show_path};
+use crate::path::show_path;
+use crate::reason::BaseChange;
 
 /// Annotation naming a manifest's tag in an OCI layout's `index.json`.
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";

@@ -18,8 +18,8 @@ use crate::codec;
 use crate::diff::diff_trees;
 use crate::error::{DbResultExt, Error, Result};
 use crate::inputs::{Base, Build, LayerInputs, canonical_json, canonical_json_of};
-use crate::path::{RelPath, escape_bytes, validate_layer_name};
-use crate::reason::{BaseChange, MissReason, definition_changes, show_path};
+use crate::path::{RelPath, display_hash, escape_bytes, show_path, validate_layer_name};
+use crate::reason::{BaseChange, MissReason, definition_changes};
 use crate::schema::{
     BASES, BaseRecord, ENTRIES, EntryKind, EntryRecord, ManifestRecord, ROWS, SourceSummary,
 };
@@ -592,8 +592,8 @@ impl<'a> Session<'a> {
                         BaseNow::Hash(h) if h != rec.base.hash => {
                             reasons.push(MissReason::BaseChanged {
                                 change: BaseChange::HashChanged {
-                                    old: hex(&rec.base.hash),
-                                    new: hex(&h),
+                                    old: display_hash(&rec.base.hash),
+                                    new: display_hash(&h),
                                 },
                             })
                         }
@@ -1311,12 +1311,4 @@ fn decode_manifests(rec: &EntryRecord) -> Result<BTreeMap<String, Descriptor>, S
                 .map_err(|e| format!("manifest for {}: {e}", m.layer_type))
         })
         .collect()
-}
-
-/// Lower-case hex of bytes (a base hash that is text, like an OCI digest, is shown as text).
-pub fn hex(b: &[u8]) -> String {
-    if !b.is_empty() && b.iter().all(|c| c.is_ascii_graphic()) {
-        return String::from_utf8_lossy(b).into_owned();
-    }
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }

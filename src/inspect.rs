@@ -31,10 +31,10 @@ use std::path::{Path, PathBuf};
 use redb::{ReadableTable, ReadableTableMetadata};
 use serde::Serialize;
 
-use crate::cache::{decode_entry, entry_digest, hex};
+use crate::cache::{decode_entry, entry_digest};
 use crate::codec;
 use crate::error::{DbResultExt, Error, Result};
-use crate::path::{RelPath, escape_bytes};
+use crate::path::{RelPath, display_hash, escape_bytes, hex, show_path};
 use crate::schema::{
     BASES, BaseKind, BaseRecord, ENTRIES, EntryKind, EntryRecord, META, ROWS, Row, SourceSummary,
 };
@@ -69,7 +69,7 @@ pub struct BaseView {
 
 impl BaseView {
     fn of(b: &BaseRecord) -> Self {
-        let hash = hex(&b.hash);
+        let hash = display_hash(&b.hash);
         let short_hash = match hash.split_once(':') {
             Some((algo, rest)) => format!("{algo}:{}", prefix(rest, SHORT_HASH)),
             None => prefix(&hash, SHORT_HASH).to_string(),
@@ -177,7 +177,7 @@ impl SourceView {
             source: s.source.clone(),
             kind: s.root_kind,
             rows: s.rows,
-            root_digest: hex_always(&s.root_digest),
+            root_digest: hex(&s.root_digest),
         }
     }
 }
@@ -256,7 +256,7 @@ impl Serialize for RowLine {
             uid: r.uid,
             gid: r.gid,
             size: r.size,
-            digest: (r.kind == EntryKind::File).then(|| hex_always(&r.digest)),
+            digest: (r.kind == EntryKind::File).then(|| hex(&r.digest)),
             link_target: (r.kind == EntryKind::Symlink).then(|| escape_bytes(&r.link_target)),
             rdev: matches!(r.kind, EntryKind::CharDevice | EntryKind::BlockDevice)
                 .then_some(r.rdev),
@@ -276,7 +276,7 @@ impl RowLine {
     pub fn write_text(&self, w: &mut impl Write) -> io::Result<()> {
         let r = &self.row;
         let digest = if r.kind == EntryKind::File {
-            hex_always(&r.digest)
+            hex(&r.digest)
         } else {
             "-".to_string()
         };
@@ -683,7 +683,7 @@ impl Inspector {
         Ok(self.record(layer)?.map(|rec| EntryDetail {
             name: rec.name.clone(),
             definition: json_or_escaped(&rec.definition_json),
-            definition_digest: hex_always(&rec.definition_digest),
+            definition_digest: hex(&rec.definition_digest),
             base: BaseView::of(&rec.base),
             source_date_epoch: rec.source_date_epoch,
             build_only: rec.build_only,
@@ -1165,8 +1165,8 @@ impl Run {
         if self.rows == s.rows && root != s.root_digest {
             let detail = format!(
                 "the Merkle root of the stored rows is {}, the entry records {}",
-                hex_always(&root),
-                hex_always(&s.root_digest)
+                hex(&root),
+                hex(&s.root_digest)
             );
             report.push(problem(ProblemKind::RootDigest, lay, src, detail));
         }
@@ -1623,19 +1623,6 @@ fn prefix(s: &str, n: usize) -> &str {
     s.char_indices()
         .nth(n)
         .map_or(s, |(i, _)| s.get(..i).unwrap_or(s))
-}
-
-fn hex_always(b: &[u8]) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::with_capacity(b.len() * 2);
-    for x in b {
-        let _ = write!(s, "{x:02x}");
-    }
-    s
-}
-
-fn show_path(p: &Path) -> String {
-    escape_bytes(p.as_os_str().as_encoded_bytes())
 }
 
 /// `1.5 MiB (1572864 bytes)`.

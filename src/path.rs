@@ -253,6 +253,30 @@ pub fn validate_layer_name(name: &str) -> crate::Result<()> {
     }
 }
 
+/// Lowercase hex of `bytes`, always (a digest as people and JSON see it).
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for x in bytes {
+        let _ = write!(s, "{x:02x}");
+    }
+    s
+}
+
+/// A stored hash for people: printable ASCII (an OCI digest such as `sha256:…`, stored as its
+/// text) as it is, anything else (a raw blake3 digest) as lowercase [`hex`].
+pub fn display_hash(bytes: &[u8]) -> String {
+    if !bytes.is_empty() && bytes.iter().all(|c| c.is_ascii_graphic()) {
+        return String::from_utf8_lossy(bytes).into_owned();
+    }
+    hex(bytes)
+}
+
+/// A file system path for messages and reports, escaped as [`escape_bytes`] does.
+pub fn show_path(p: &Path) -> String {
+    escape_bytes(p.as_os_str().as_encoded_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

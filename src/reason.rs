@@ -6,7 +6,6 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::diff::TreeDiff;
-use crate::path::escape_bytes;
 use crate::schema::EntryKind;
 
 /// One top-level field of a layer definition whose value changed.
@@ -239,9 +238,4 @@ pub fn definition_changes(old: &serde_json::Value, new: &serde_json::Value) -> V
         }],
         _ => Vec::new(),
     }
-}
-
-/// Escapes a path for a reason's text.
-pub(crate) fn show_path(p: &std::path::Path) -> String {
-    escape_bytes(p.as_os_str().as_encoded_bytes())
 }
