@@ -55,17 +55,14 @@
 //! and the moment its walk began (`snapshot_ns`, from `CLOCK_REALTIME_COARSE`, the clock the
 //! kernel stamps files with). A later walk reuses a file's stored digest without opening it only
 //! when type, mode, uid, gid, size, inode, device, mtime and ctime all match **and the row is
-//! not racy**: a row is racy when the file's mtime is not older than its snapshot's start, less
-//! a slack for timestamp granularity (20 ms; 2 s when the mtime has no sub-second part) — git's
-//! rule. A file written within the same timestamp tick after its row was taken could otherwise
-//! keep its stat and produce a false hit; racy rows are always hashed. Likewise a row with the
-//! same type, inode, device and ctime, not taken within the ctime's tick, vouches for the
-//! entry's xattrs and link target (every xattr change sets the ctime; a symlink cannot be
-//! retargeted in place). A file whose ctime is within the current tick when it is hashed is read
-//! twice, around the tick's end, so a same-tick rewrite cannot leave a torn digest. The stat
-//! data is never compared and never part of a digest. A hit refreshes stale, missing or racy
-//! stat data (git's index refresh) in write transactions of up to 64k rows, each row only if it
-//! is still the row the lookup verified; a miss never writes.
+//! not racy** — git's racy rule, explained once, where it is implemented: [`tree::fastpath`].
+//! Racy rows are always hashed. Likewise a row with the same type, inode, device and ctime that
+//! is not ctime-racy vouches for the entry's xattrs and link target. A file whose ctime is
+//! within the current tick when it is hashed is read twice, around the tick's end, so a
+//! same-tick rewrite cannot leave a torn digest. The stat data is never compared and never part
+//! of a digest. A hit refreshes stale, missing or racy stat data (git's index refresh) in write
+//! transactions of up to 64k rows, each row only if it is still the row the lookup verified; a
+//! miss never writes.
 //!
 //! ## Migrations
 //!

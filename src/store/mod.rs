@@ -275,13 +275,10 @@ impl Store {
         Ok(store)
     }
 
+    /// Refuses any schema but this code's: newer ([`refuse_newer`]) or older.
     fn check_version(path: &Path, found: Option<u32>) -> Result<()> {
+        refuse_newer(path, found)?;
         match found {
-            Some(v) if v > SCHEMA_VERSION => Err(Error::SchemaTooNew {
-                path: path.to_path_buf(),
-                found: v,
-                supported: SCHEMA_VERSION,
-            }),
             Some(v) if v < SCHEMA_VERSION => Err(Error::SchemaTooOld {
                 path: path.to_path_buf(),
                 found: v,

@@ -498,7 +498,7 @@ fn kind_of(ft: std::fs::FileType) -> EntryKind {
 
 /// Reads the extended attributes of `path` without following a symlink; sorted by name. A file
 /// system without xattr support yields none.
-fn read_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+fn read_xattrs(path: &Path) -> Result<Xattrs> {
     let names = match xattr::list(path) {
         Ok(n) => n,
         Err(e) if is_unsupported(&e) => return Ok(Vec::new()),
@@ -556,22 +556,7 @@ fn describe(
     })?;
     let kind = kind_of(meta.file_type());
     let stat = StatData::of(&meta);
-    // See `fastpath::vouches_for_metadata`: no second path syscall when the row vouches.
-    let vouched = prior.filter(|p| fastpath::vouches_for_metadata(p, kind, &stat));
-    let (link_target, xattrs) = match vouched {
-        Some(p) => (p.link_target.clone(), p.xattrs.clone()),
-        None => {
-            let link_target = if kind == EntryKind::Symlink {
-                std::fs::read_link(&abs)
-                    .map_err(|e| Error::io("cannot read symlink", &abs, e))?
-                    .into_os_string()
-                    .into_vec()
-            } else {
-                Vec::new()
-            };
-            (link_target, read_xattrs(&abs)?)
-        }
-    };
+    let (link_target, xattrs) = link_and_xattrs(&abs, kind, &stat, prior)?;
     let mut row = Row {
         kind,
         mode: meta.mode() & 0o7777,
@@ -594,8 +579,7 @@ fn describe(
             snapshot_ns,
         }),
     };
-    let mut unstable = false;
-    let mut work = Work::None;
+    let (mut unstable, mut work) = (false, Work::None);
     if kind == EntryKind::File {
         let fast = prior.map_or(FastPath::Stale, |p| fastpath::content(p, &row, &stat));
         match (fast, prior) {
@@ -603,22 +587,16 @@ fn describe(
                 row.digest = p.digest;
                 work = Work::StatMatched;
             }
-            _ => match hash_file(&abs, &stat, follow)? {
-                Some((digest, bytes)) => {
-                    row.digest = digest;
-                    work = Work::Hashed {
-                        bytes,
-                        racy: fast == FastPath::Racy,
-                    };
-                }
-                None => {
-                    unstable = true;
-                    work = Work::Hashed {
-                        bytes: 0,
-                        racy: false,
-                    };
-                }
-            },
+            _ => {
+                let hashed = hash_file(&abs, &stat, follow)?;
+                unstable = hashed.is_none();
+                let (digest, bytes) = hashed.unwrap_or(([0; 32], 0));
+                row.digest = digest;
+                work = Work::Hashed {
+                    bytes,
+                    racy: !unstable && fast == FastPath::Racy,
+                };
+            }
         }
     }
     Ok((
@@ -630,6 +608,31 @@ fn describe(
         },
         work,
     ))
+}
+
+/// Extended attributes as recorded: (name, value), sorted by name.
+type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// The link target and xattrs of an entry, taken from `prior` when its row
+/// [vouches for them](fastpath::vouches_for_metadata) (no second path syscall), else read.
+fn link_and_xattrs(
+    abs: &Path,
+    kind: EntryKind,
+    stat: &StatData,
+    prior: Option<&Row>,
+) -> Result<(Vec<u8>, Xattrs)> {
+    if let Some(p) = prior.filter(|p| fastpath::vouches_for_metadata(p, kind, stat)) {
+        return Ok((p.link_target.clone(), p.xattrs.clone()));
+    }
+    let link_target = if kind == EntryKind::Symlink {
+        std::fs::read_link(abs)
+            .map_err(|e| Error::io("cannot read symlink", abs, e))?
+            .into_os_string()
+            .into_vec()
+    } else {
+        Vec::new()
+    };
+    Ok((link_target, read_xattrs(abs)?))
 }
 
 #[cfg(test)]
