@@ -30,7 +30,12 @@ fn benches(c: &mut Criterion) {
     // A store holding the tree, for the fast path and the row scan.
     let db = dir.path().join("micro.redb");
     let store = Store::open(&db).unwrap();
-    store.snapshot("app", "src", &tree).unwrap();
+    let txn = store.begin_write().unwrap();
+    let mut walk = TreeWalk::new(&tree).unwrap();
+    store
+        .write_tree(&txn, "app", "src", &tree, walk.by_ref())
+        .unwrap();
+    txn.commit().unwrap();
 
     let mut g = c.benchmark_group("walk");
     g.throughput(Throughput::Elements(n));

@@ -201,15 +201,12 @@ impl<T, E: Into<redb::Error>> DbResultExt<T> for std::result::Result<T, E> {
                 redb::Error::DatabaseAlreadyOpen => Error::InUse {
                     path: path.to_path_buf(),
                 },
-                other => {
-                    if matches!(other, redb::Error::Corrupted(_)) {
-                        crate::store::note_damage(path);
-                    }
-                    Error::Db {
-                        path: path.to_path_buf(),
-                        source: Box::new(other),
-                    }
-                }
+                // Only a conversion: whoever handles the error records damage (the store's
+                // guard), so converting has no side effect.
+                other => Error::Db {
+                    path: path.to_path_buf(),
+                    source: Box::new(other),
+                },
             }
         })
     }

@@ -55,17 +55,14 @@
 //! and the moment its walk began (`snapshot_ns`, from `CLOCK_REALTIME_COARSE`, the clock the
 //! kernel stamps files with). A later walk reuses a file's stored digest without opening it only
 //! when type, mode, uid, gid, size, inode, device, mtime and ctime all match **and the row is
-//! not racy**: a row is racy when the file's mtime is not older than its snapshot's start, less
-//! a slack for timestamp granularity (20 ms; 2 s when the mtime has no sub-second part) — git's
-//! rule. A file written within the same timestamp tick after its row was taken could otherwise
-//! keep its stat and produce a false hit; racy rows are always hashed. Likewise a row with the
-//! same type, inode, device and ctime, not taken within the ctime's tick, vouches for the
-//! entry's xattrs and link target (every xattr change sets the ctime; a symlink cannot be
-//! retargeted in place). A file whose ctime is within the current tick when it is hashed is read
-//! twice, around the tick's end, so a same-tick rewrite cannot leave a torn digest. The stat
-//! data is never compared and never part of a digest. A hit refreshes stale, missing or racy
-//! stat data (git's index refresh) in write transactions of up to 64k rows, each row only if it
-//! is still the row the lookup verified; a miss never writes.
+//! not racy** — git's racy rule, explained once, where it is implemented: [`tree::fastpath`].
+//! Racy rows are always hashed. Likewise a row with the same type, inode, device and ctime that
+//! is not ctime-racy vouches for the entry's xattrs and link target. A file whose ctime is
+//! within the current tick when it is hashed is read twice, around the tick's end, so a
+//! same-tick rewrite cannot leave a torn digest. The stat data is never compared and never part
+//! of a digest. A hit refreshes stale, missing or racy stat data (git's index refresh) in write
+//! transactions of up to 64k rows, each row only if it is still the row the lookup verified; a
+//! miss never writes.
 //!
 //! ## Migrations
 //!
@@ -93,17 +90,32 @@
 //!
 //! ## Modules
 //!
-//! [`tree`] walks and hashes; [`diff`] compares; [`store`] owns the redb file; [`schema`] and
-//! [`codec`] define what is stored and how; [`path`] the key encoding and display; [`cache`]
-//! looks up and puts; [`inputs`] and [`plan`] describe a build; [`reason`] explains misses;
-//! [`base`] resolves tar/oci bases; [`stacker`] maps stacker's directory layout; [`inspect`]
-//! serves `dump`, `stats` and `check`; [`migrate`] upgrades old files.
+//! Arrows point down: a module uses only those listed after it, never one above.
+//!
+//! * [`cache`] looks up and puts: `cache/mod.rs` (open, prune, remove, the entry digest and
+//!   decoding), `session.rs` (the session, its memo, the base chain), `lookup.rs` (evaluation:
+//!   definition, base, epoch, sources), `source.rs` (a source's identity, walk and diff, the
+//!   tee, observations), `put.rs` (put in one write transaction), `refresh.rs` (stat refresh
+//!   batches).
+//! * [`inspect`] serves `dump`, `stats` and `check`.
+//! * [`plan`] and [`stacker`] describe a build (the plan file, stacker's directory layout);
+//!   [`inputs`] is the build description both produce; [`config`] says where the cache lives.
+//! * [`reason`] explains misses; [`base`] resolves tar/oci bases.
+//! * [`diff`] compares a walk with stored rows.
+//! * [`tree`] walks and hashes: `tree/mod.rs` (the walk), [`tree::fastpath`] (the stat rules and
+//!   the racy rule), `hash.rs` (file contents), `merkle.rs` (Merkle roots, [`TreeHasher`]).
+//! * [`store`] owns the redb file: `store/mod.rs` (open, read-only, version check),
+//!   `rows.rs` (the row-key range and the row iterator), `guard.rs` (the panic guard and the
+//!   damage bookkeeping); [`migrate`] upgrades old files.
+//! * [`schema`] and [`codec`] define what is stored and how; [`path`] the key encoding and
+//!   display; [`error`] the one error type.
 
 #![deny(missing_docs)]
 
 pub mod base;
 pub mod cache;
 pub mod codec;
+pub mod config;
 pub mod diff;
 pub mod error;
 pub mod inputs;
@@ -118,9 +130,10 @@ pub mod store;
 pub mod tree;
 
 pub use cache::{
-    Cache, CacheConfig, CachedEntry, Lookup, LookupMode, Outcome, PruneReport, Pruned, Session,
-    SessionCounters, SourceRole,
+    Cache, CachedEntry, Lookup, LookupMode, Outcome, PruneReport, Pruned, Session, SessionCounters,
+    SourceRole,
 };
+pub use config::CacheConfig;
 pub use diff::{Change, Modified, TreeDiff, compare_rows, diff_trees};
 pub use error::{Error, Result};
 pub use inputs::{Base, Build, Import, LayerInputs, OverlayDir};
@@ -128,4 +141,4 @@ pub use path::{RelPath, escape_bytes, validate_layer_name};
 pub use reason::{BaseChange, FieldChange, MissReason};
 pub use schema::{EntryKind, Row, SCHEMA_VERSION};
 pub use store::{Store, TreeSummary};
-pub use tree::{StatData, TreeHasher, TreeWalk, WalkCounters, WalkedEntry};
+pub use tree::{FastPath, StatData, TreeHasher, TreeWalk, WalkCounters, WalkedEntry};

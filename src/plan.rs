@@ -46,7 +46,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde::de::{Deserializer, MapAccess, Visitor};
 
-use crate::cache::CacheConfig;
+use crate::config::CacheConfig;
 use crate::error::{Error, Result};
 use crate::inputs::{Base, Build, Import, LayerInputs, OverlayDir};
 

@@ -48,7 +48,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::cache::CacheConfig;
+use crate::config::CacheConfig;
 use crate::error::{Error, Result};
 use crate::inputs::{Base, Build, Import, LayerInputs, OverlayDir};
 use crate::path::{escape_bytes, validate_layer_name};

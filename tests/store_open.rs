@@ -1,7 +1,10 @@
 //! Opening the database: creation mode, version checks, foreign and garbage files.
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 
+use common::StoreTestExt;
 use layercache::{Error, SCHEMA_VERSION, Store};
 
 #[test]

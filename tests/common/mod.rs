@@ -129,3 +129,56 @@ pub fn cli_ok(args: &[&str], db: &Path) -> std::process::Output {
     );
     out
 }
+
+/// The snapshot and diff of one (layer, source) that the tree tests drive a [`Store`] with,
+/// built from the public API (walk, `write_tree`, `rows`, `diff_trees`): the store itself knows
+/// nothing of walks or diffs.
+pub trait StoreTestExt {
+    /// Walks `root` and stores it as the rows of (layer, source) in one transaction, replacing
+    /// what was there. Returns the summary and the walk's counters.
+    fn snapshot(
+        &self,
+        layer: &str,
+        source: &str,
+        root: &Path,
+    ) -> layercache::Result<(layercache::TreeSummary, layercache::WalkCounters)>;
+
+    /// Diffs the stored rows of (layer, source) against a fresh walk of `root`.
+    fn diff(
+        &self,
+        layer: &str,
+        source: &str,
+        root: &Path,
+    ) -> layercache::Result<(layercache::TreeDiff, layercache::WalkCounters)>;
+}
+
+impl StoreTestExt for layercache::Store {
+    fn snapshot(
+        &self,
+        layer: &str,
+        source: &str,
+        root: &Path,
+    ) -> layercache::Result<(layercache::TreeSummary, layercache::WalkCounters)> {
+        let mut walk = layercache::TreeWalk::new(root)?;
+        let txn = self.begin_write()?;
+        let summary = self.write_tree(&txn, layer, source, root, walk.by_ref())?;
+        txn.commit().map_err(|e| layercache::Error::Db {
+            path: self.path().to_path_buf(),
+            source: Box::new(e.into()),
+        })?;
+        Ok((summary, walk.counters()))
+    }
+
+    fn diff(
+        &self,
+        layer: &str,
+        source: &str,
+        root: &Path,
+    ) -> layercache::Result<(layercache::TreeDiff, layercache::WalkCounters)> {
+        let txn = self.begin_read()?;
+        let stored = self.rows(&txn, layer, source)?;
+        let mut walk = layercache::TreeWalk::new(root)?;
+        let diff = layercache::diff_trees(stored, walk.by_ref(), |_, _| {})?;
+        Ok((diff, walk.counters()))
+    }
+}

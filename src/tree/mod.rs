@@ -1,5 +1,13 @@
 //! The tree snapshot: a sorted walk of a root, one [`Row`] per entry, content digests computed in
-//! parallel; and the Merkle root of a sequence of rows.
+//! parallel.
+//!
+//! Owns: the walk ([`TreeWalk`]) and what one entry is described as ([`WalkedEntry`]). Its
+//! submodules own the stat rules ([`fastpath`]: when stored rows vouch for what would otherwise
+//! be read, and the racy rule), hashing file contents (`tree/hash.rs`) and Merkle roots
+//! ([`TreeHasher`]).
+//!
+//! Must never: write to the database, compare rows (that is [`crate::diff`]), open a FIFO,
+//! socket or device node, or follow a symlink below the root.
 //!
 //! The walk thread only enumerates names (`readdir`, sorted, symlinks never followed). Everything
 //! per entry — `lstat`, `readlink`, `llistxattr`, and hashing regular files — runs in parallel on
@@ -7,10 +15,10 @@
 //! by the window, not the tree, and entries come out in walk order.
 //!
 //! With prior rows (the stored rows of the same tree, [`TreeWalk::with_prior`]), the stat fast
-//! path skips work: a row with the same inode, device and ctime (not ctime-racy) vouches for the
-//! xattrs and link target (no `llistxattr`, no `readlink`), and a file row that also matches
-//! type, mode, owner, size and mtime and is not racy vouches for the content digest (the file
-//! is not opened). See [`is_racy`] and [`is_ctime_racy`].
+//! path skips work: the xattrs and link target of an entry whose prior row
+//! [vouches for its metadata](fastpath::vouches_for_metadata) are not read again, and a file
+//! whose prior row says [`FastPath::Reuse`] is not opened. The racy rule that limits both is
+//! explained once, in [`fastpath`].
 //!
 //! A regular file is opened with `O_NOFOLLOW | O_NONBLOCK` and checked with `fstat` to be the
 //! same regular file the walk saw, so a file swapped for a FIFO cannot hang the walk; its stat is
@@ -19,10 +27,12 @@
 //! twice, around the tick's end, since a same-tick rewrite would not show in its stat. FIFOs,
 //! sockets and device nodes are never opened.
 
-use std::fs::File;
-use std::io::Read;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+pub mod fastpath;
+mod hash;
+mod merkle;
+
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, sync_channel};
@@ -34,14 +44,17 @@ use crate::error::{Error, Result};
 use crate::path::RelPath;
 use crate::schema::{EntryKind, Row, RowStat};
 
+pub use fastpath::FastPath;
+use fastpath::coarse_now_ns;
+pub(crate) use hash::{hash_file, hash_path};
+pub use merkle::TreeHasher;
+
 /// Entries per parallel window.
 #[cfg(not(test))]
 const CHUNK_ENTRIES: usize = 4096;
 /// Small windows in unit tests, so a small tree exercises the pipeline of many windows.
 #[cfg(test)]
 const CHUNK_ENTRIES: usize = 64;
-/// Files at least this large are hashed with blake3's multi-threaded `update_rayon`.
-const LARGE_FILE: u64 = 8 << 20;
 
 /// The stat data an entry was seen under (not compared; used to detect changes during reads and,
 /// later, to skip hashing).
@@ -485,7 +498,7 @@ fn kind_of(ft: std::fs::FileType) -> EntryKind {
 
 /// Reads the extended attributes of `path` without following a symlink; sorted by name. A file
 /// system without xattr support yields none.
-fn read_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+fn read_xattrs(path: &Path) -> Result<Xattrs> {
     let names = match xattr::list(path) {
         Ok(n) => n,
         Err(e) if is_unsupported(&e) => return Ok(Vec::new()),
@@ -519,78 +532,6 @@ enum Work {
     Hashed { bytes: u64, racy: bool },
 }
 
-/// Files whose mtime has a zero nanosecond part are taken to live on a file system with
-/// timestamps of one (or two) seconds, and get this much slack in the racy check.
-const COARSE_FS_SLACK_NS: i64 = 2_000_000_000;
-/// Slack for file systems with fine timestamps: above the kernel's coarse clock tick (at most
-/// 10 ms with HZ=100), so a write stamped within the tick before the snapshot began is racy.
-const FINE_FS_SLACK_NS: i64 = 20_000_000;
-
-/// Git's racy rule, with slack for timestamp granularity: a row whose file was modified at or
-/// after (about) the moment its snapshot began cannot vouch for the content by stat alone,
-/// because a later write within the same timestamp tick would leave the stat unchanged.
-pub fn is_racy(stat: &RowStat) -> bool {
-    stat.mtime_ns
-        >= stat
-            .snapshot_ns
-            .saturating_sub(timestamp_slack_ns(stat.mtime_ns))
-}
-
-/// The racy rule for what the ctime vouches for (xattrs, link target): a row taken within the
-/// tick of the entry's last status change cannot exclude a later change in the same tick.
-pub fn is_ctime_racy(stat: &RowStat) -> bool {
-    stat.ctime_ns
-        >= stat
-            .snapshot_ns
-            .saturating_sub(timestamp_slack_ns(stat.ctime_ns))
-}
-
-/// How far apart two writes can be and still get the same timestamp on the file system that
-/// stamped `time_ns` (a time with no sub-second part suggests a file system with one- or
-/// two-second timestamps).
-fn timestamp_slack_ns(time_ns: i64) -> i64 {
-    if time_ns.rem_euclid(1_000_000_000) == 0 {
-        COARSE_FS_SLACK_NS
-    } else {
-        FINE_FS_SLACK_NS
-    }
-}
-
-/// The kernel's coarse real-time clock (the clock file timestamps are taken from), in ns.
-fn coarse_now_ns() -> i64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec into the pointer we own.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) };
-    if rc != 0 {
-        return std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i64)
-            .unwrap_or(i64::MAX);
-    }
-    ts.tv_sec
-        .saturating_mul(1_000_000_000)
-        .saturating_add(ts.tv_nsec)
-}
-
-/// True when a prior row vouches for `row`'s content: same type, mode, owner and size, same
-/// inode, mtime and ctime, and not racy. Returns `Some(racy)` when the stat matched.
-fn stat_match(prior: &Row, row: &Row, stat: &StatData) -> Option<bool> {
-    let ps = prior.stat.as_ref()?;
-    let same = prior.kind == EntryKind::File
-        && prior.mode == row.mode
-        && prior.uid == row.uid
-        && prior.gid == row.gid
-        && prior.size == stat.size
-        && ps.ino == stat.ino
-        && ps.dev == stat.dev
-        && ps.mtime_ns == stat.mtime_ns
-        && ps.ctime_ns == stat.ctime_ns;
-    same.then(|| is_racy(ps))
-}
-
 /// lstat, readlink, xattrs, and the content digest of one entry (reused from `prior` when the
 /// stat fast path allows).
 fn describe(
@@ -615,32 +556,7 @@ fn describe(
     })?;
     let kind = kind_of(meta.file_type());
     let stat = StatData::of(&meta);
-    // Every change of xattrs (and a symlink cannot be retargeted in place: a new link is a new
-    // inode) sets the ctime. So a prior row of the same type, inode and ctime, not taken within
-    // the ctime's tick, vouches for the xattrs and the link target: no second path syscall.
-    let vouched = prior.filter(|p| {
-        p.kind == kind
-            && p.stat.as_ref().is_some_and(|ps| {
-                ps.ino == stat.ino
-                    && ps.dev == stat.dev
-                    && ps.ctime_ns == stat.ctime_ns
-                    && !is_ctime_racy(ps)
-            })
-    });
-    let (link_target, xattrs) = match vouched {
-        Some(p) => (p.link_target.clone(), p.xattrs.clone()),
-        None => {
-            let link_target = if kind == EntryKind::Symlink {
-                std::fs::read_link(&abs)
-                    .map_err(|e| Error::io("cannot read symlink", &abs, e))?
-                    .into_os_string()
-                    .into_vec()
-            } else {
-                Vec::new()
-            };
-            (link_target, read_xattrs(&abs)?)
-        }
-    };
+    let (link_target, xattrs) = link_and_xattrs(&abs, kind, &stat, prior)?;
     let mut row = Row {
         kind,
         mode: meta.mode() & 0o7777,
@@ -663,31 +579,24 @@ fn describe(
             snapshot_ns,
         }),
     };
-    let mut unstable = false;
-    let mut work = Work::None;
+    let (mut unstable, mut work) = (false, Work::None);
     if kind == EntryKind::File {
-        let matched = prior.and_then(|p| stat_match(p, &row, &stat));
-        match (matched, prior) {
-            (Some(false), Some(p)) => {
+        let fast = prior.map_or(FastPath::Stale, |p| fastpath::content(p, &row, &stat));
+        match (fast, prior) {
+            (FastPath::Reuse, Some(p)) => {
                 row.digest = p.digest;
                 work = Work::StatMatched;
             }
-            _ => match hash_file(&abs, &stat, follow)? {
-                Some((digest, bytes)) => {
-                    row.digest = digest;
-                    work = Work::Hashed {
-                        bytes,
-                        racy: matched == Some(true),
-                    };
-                }
-                None => {
-                    unstable = true;
-                    work = Work::Hashed {
-                        bytes: 0,
-                        racy: false,
-                    };
-                }
-            },
+            _ => {
+                let hashed = hash_file(&abs, &stat, follow)?;
+                unstable = hashed.is_none();
+                let (digest, bytes) = hashed.unwrap_or(([0; 32], 0));
+                row.digest = digest;
+                work = Work::Hashed {
+                    bytes,
+                    racy: !unstable && fast == FastPath::Racy,
+                };
+            }
         }
     }
     Ok((
@@ -701,209 +610,29 @@ fn describe(
     ))
 }
 
-use std::os::unix::ffi::OsStringExt;
+/// Extended attributes as recorded: (name, value), sorted by name.
+type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
 
-/// Hashes a regular file that the walk saw with `seen`. Returns `None` when the file is not the
-/// same one, or changed while it was read.
-pub(crate) fn hash_file(
-    path: &Path,
-    seen: &StatData,
-    follow: bool,
-) -> Result<Option<([u8; 32], u64)>> {
-    let read_start = coarse_now_ns();
-    let Some(first) = hash_file_once(path, seen, follow)? else {
-        return Ok(None);
-    };
-    // A write during the read that lands in the same timestamp tick as the file's last change
-    // leaves size, mtime and ctime as they were: the stat comparison cannot see it, and the
-    // digest may be of a torn mix. When the file changed that recently, wait until its tick is
-    // over and read it again: any write after that gets a new timestamp (caught by the stat
-    // check), and two equal digests around it mean no write was in flight.
-    // Every write sets the ctime to the kernel's current time (an mtime can be set to anything,
-    // a ctime cannot), so the ctime alone tells whether the last change was in the current tick.
-    let slack = timestamp_slack_ns(seen.ctime_ns);
-    // A ctime well in the future (a server clock ahead) cannot recur: any write sets the ctime
-    // to the kernel's "now", which differs from it, so the stat check already catches writes.
-    if seen.ctime_ns < read_start.saturating_sub(slack)
-        || seen.ctime_ns > coarse_now_ns().saturating_add(slack)
-    {
-        return Ok(Some(first));
+/// The link target and xattrs of an entry, taken from `prior` when its row
+/// [vouches for them](fastpath::vouches_for_metadata) (no second path syscall), else read.
+fn link_and_xattrs(
+    abs: &Path,
+    kind: EntryKind,
+    stat: &StatData,
+    prior: Option<&Row>,
+) -> Result<(Vec<u8>, Xattrs)> {
+    if let Some(p) = prior.filter(|p| fastpath::vouches_for_metadata(p, kind, stat)) {
+        return Ok((p.link_target.clone(), p.xattrs.clone()));
     }
-    let settle = seen
-        .ctime_ns
-        .saturating_add(slack)
-        .saturating_sub(coarse_now_ns())
-        .min(slack);
-    if settle > 0 {
-        std::thread::sleep(std::time::Duration::from_nanos(settle as u64 + 1_000_000));
-    }
-    match hash_file_once(path, seen, follow)? {
-        Some(second) if second == first => Ok(Some(first)),
-        _ => Ok(None),
-    }
-}
-
-/// One read of a regular file that the walk saw with `seen`: `None` when the file is not the
-/// same one, or its stat changed during the read.
-fn hash_file_once(path: &Path, seen: &StatData, follow: bool) -> Result<Option<([u8; 32], u64)>> {
-    let nofollow = if follow { 0 } else { libc::O_NOFOLLOW };
-    let file = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nofollow | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
-    {
-        Ok(f) => f,
-        // Replaced by a symlink (ELOOP) or removed since the walk saw it.
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(None),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io("cannot open", path, e)),
-    };
-    let before = file
-        .metadata()
-        .map_err(|e| Error::io("cannot stat", path, e))?;
-    if !before.file_type().is_file() || StatData::of(&before) != *seen {
-        return Ok(None);
-    }
-    let mut file = file;
-    let (digest, n) =
-        hash_open_file(&mut file, seen.size).map_err(|e| Error::io("cannot read", path, e))?;
-    // The same open file must still have the stat the walk saw: a write during the read changes
-    // its size, mtime or ctime. (A rename over the path meanwhile does not matter: what was
-    // hashed is the file the recorded stat data describes.)
-    match file.metadata() {
-        Ok(after) if StatData::of(&after) == *seen && n == seen.size => Ok(Some((digest, n))),
-        _ => Ok(None),
-    }
-}
-
-/// blake3 of a whole file (a base tarball), read with plain reads. Returns the digest.
-pub(crate) fn hash_path(path: &Path) -> std::io::Result<[u8; 32]> {
-    let mut file = File::open(path)?;
-    let size = file.metadata()?.len();
-    Ok(hash_open_file(&mut file, size)?.0)
-}
-
-/// Hashes an open file of `size` bytes (as its stat said). A small file is read until `size`
-/// bytes came (no read for the end of file: a file that grew meanwhile has another size and
-/// mtime, which the caller's check after the read catches); a large one until the end.
-fn hash_open_file(file: &mut File, size: u64) -> std::io::Result<([u8; 32], u64)> {
-    let mut hasher = blake3::Hasher::new();
-    let mut total = 0u64;
-    if size >= LARGE_FILE {
-        let mut buf = vec![0u8; 4 << 20];
-        loop {
-            let n = read_full(file, &mut buf)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update_rayon(buf.get(..n).unwrap_or(&[]));
-            total += n as u64;
-        }
+    let link_target = if kind == EntryKind::Symlink {
+        std::fs::read_link(abs)
+            .map_err(|e| Error::io("cannot read symlink", abs, e))?
+            .into_os_string()
+            .into_vec()
     } else {
-        let mut buf = [0u8; 64 * 1024];
-        // Each read asks for a whole buffer, so a file that grew past `size` within it shows as
-        // more bytes than expected.
-        while total < size {
-            let n = match file.read(&mut buf) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            if n == 0 {
-                break;
-            }
-            hasher.update(buf.get(..n).unwrap_or(&[]));
-            total += n as u64;
-        }
-    }
-    Ok((*hasher.finalize().as_bytes(), total))
-}
-
-fn read_full(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        let rest = buf.get_mut(filled..).unwrap_or(&mut []);
-        match file.read(rest) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
-}
-
-/// Computes the Merkle root of a tree from its rows, fed in key (walk) order.
-///
-/// Each directory's node hash covers its own row and, in order, the name and node hash of each
-/// child; a leaf's node hash covers its row ([`Row::hash_into`]: type, mode, owner, device
-/// number, link target, xattrs, and for files size and content digest). So the root digest
-/// summarizes every compared property of every entry, and nothing else: no mtime, no inode, no
-/// absolute path. Equal trees have equal roots; any compared change changes the root.
-#[derive(Default)]
-pub struct TreeHasher {
-    /// Open directories, outermost first: (path, hasher).
-    stack: Vec<(RelPath, blake3::Hasher)>,
-    root: Option<[u8; 32]>,
-    rows: u64,
-}
-
-impl TreeHasher {
-    /// A hasher with no rows yet.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    fn node(path_kind: &str, row: &Row) -> blake3::Hasher {
-        let mut h = blake3::Hasher::new();
-        h.update(path_kind.as_bytes());
-        row.hash_into(&mut h);
-        h
-    }
-
-    fn close_top(&mut self) {
-        if let Some((path, h)) = self.stack.pop() {
-            let digest = *h.finalize().as_bytes();
-            self.attach(&path, digest);
-        }
-    }
-
-    fn attach(&mut self, path: &RelPath, digest: [u8; 32]) {
-        match self.stack.last_mut() {
-            Some((_, parent)) => {
-                let name = path.file_name();
-                parent.update(&(name.len() as u64).to_le_bytes());
-                parent.update(name);
-                parent.update(&digest);
-            }
-            None => self.root = Some(digest),
-        }
-    }
-
-    /// Adds the next row in key order.
-    pub fn push(&mut self, path: &RelPath, row: &Row) {
-        self.rows += 1;
-        while let Some((top, _)) = self.stack.last() {
-            if top.is_ancestor_of(path) {
-                break;
-            }
-            self.close_top();
-        }
-        if row.kind == EntryKind::Dir {
-            self.stack.push((path.clone(), Self::node("dir", row)));
-        } else {
-            let digest = *Self::node("leaf", row).finalize().as_bytes();
-            self.attach(path, digest);
-        }
-    }
-
-    /// The root digest and the number of rows. An empty sequence has the all-zero digest.
-    pub fn finish(mut self) -> ([u8; 32], u64) {
-        while !self.stack.is_empty() {
-            self.close_top();
-        }
-        (self.root.unwrap_or([0; 32]), self.rows)
-    }
+        Vec::new()
+    };
+    Ok((link_target, read_xattrs(abs)?))
 }
 
 #[cfg(test)]

@@ -1,5 +1,15 @@
-//! The redb file: opening (create, version check), and the per-path rows of each
-//! (layer, source) — written from a walk in one transaction, read back as a sorted range scan.
+//! The redb file: opening it (create, read-only, version check and migration), transactions,
+//! and closing it safely.
+//!
+//! Owns: the [`Store`] handle and its lifecycle. Its submodules own the rows table
+//! (`store/rows.rs`: the one row-key range type and the one row iterator, [`RowIter`]) and the
+//! panic guard with the damage bookkeeping (`store/guard.rs`).
+//!
+//! Must never: import from `cache`, `tree` or `diff` (arrows point down: the cache writes a
+//! walked tree through [`Store::write_tree`], which lives with put), or know what a source is.
+
+pub(crate) mod guard;
+pub(crate) mod rows;
 
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
@@ -7,14 +17,16 @@ use std::path::{Path, PathBuf};
 
 use redb::ReadableDatabase;
 
-use crate::codec;
-use crate::diff::{TreeDiff, diff_trees};
 use crate::error::{DbResultExt, Error, Result};
-use crate::path::{RelPath, escape_bytes};
 use crate::schema::{
-    BASES, ENTRIES, EntryKind, META, META_SCHEMA_VERSION, META_WRITER, ROWS, Row, SCHEMA_VERSION,
+    BASES, ENTRIES, EntryKind, META, META_SCHEMA_VERSION, META_WRITER, ROWS, SCHEMA_VERSION,
 };
-use crate::tree::{TreeHasher, TreeWalk, WalkCounters, WalkedEntry};
+
+pub(crate) use guard::note_damage;
+use guard::{guard_redb, take_damage};
+pub use rows::RowIter;
+use rows::RowRange;
+pub(crate) use rows::guarded_next;
 
 /// First bytes of every redb file.
 const REDB_MAGIC: [u8; 9] = [b'r', b'e', b'd', b'b', 0x1A, 0x0A, 0xA9, 0x0D, 0x0A];
@@ -32,32 +44,6 @@ fn closed(path: &Path) -> Error {
         source: Box::new(redb::Error::Io(std::io::Error::other(
             "the database was closed",
         ))),
-    }
-}
-
-/// Database files this process saw damaged: a panic inside redb, redb's `Corrupted`, or a
-/// stored record that does not decode.
-static DAMAGED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
-
-/// Records that the database at `path` was seen damaged (see [`Store`]'s `Drop`).
-pub(crate) fn note_damage(path: &Path) {
-    if let Ok(mut list) = DAMAGED.lock()
-        && !list.iter().any(|p| p == path)
-    {
-        list.push(path.to_path_buf());
-    }
-}
-
-/// True (once) when `path` was seen damaged; forgets it.
-fn take_damage(path: &Path) -> bool {
-    match DAMAGED.lock() {
-        Ok(mut list) => {
-            let before = list.len();
-            list.retain(|p| p != path);
-            list.len() != before
-        }
-        // A panic while holding the lock: assume the worst.
-        Err(_) => true,
     }
 }
 
@@ -95,7 +81,7 @@ pub struct Store {
 /// What a written tree amounts to: its Merkle root, row count and root type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TreeSummary {
-    /// Merkle root over the rows ([`TreeHasher`]).
+    /// Merkle root over the rows ([`TreeHasher`](crate::tree::TreeHasher)).
     pub root_digest: [u8; 32],
     /// Number of rows.
     pub rows: u64,
@@ -208,7 +194,7 @@ impl Store {
     pub fn open(path: impl AsRef<Path>) -> Result<Store> {
         let path = path.as_ref();
         // redb trusts the pages it reads: a damaged file can panic inside it.
-        crate::cache::guard_redb(path, || Self::open_unguarded(path))
+        guard_redb(path, || Self::open_unguarded(path))
     }
 
     fn open_unguarded(path: &Path) -> Result<Store> {
@@ -252,7 +238,7 @@ impl Store {
     pub fn peek_version(path: impl AsRef<Path>) -> Result<u32> {
         let path = path.as_ref();
         // redb trusts the pages it reads: a damaged file can panic inside it.
-        crate::cache::guard_redb(path, || Self::peek_version_unguarded(path))
+        guard_redb(path, || Self::peek_version_unguarded(path))
     }
 
     fn peek_version_unguarded(path: &Path) -> Result<u32> {
@@ -271,7 +257,7 @@ impl Store {
     pub fn open_read_only(path: impl AsRef<Path>) -> Result<Store> {
         let path = path.as_ref();
         // redb trusts the pages it reads: a damaged file can panic inside it.
-        crate::cache::guard_redb(path, || Self::open_read_only_unguarded(path))
+        guard_redb(path, || Self::open_read_only_unguarded(path))
     }
 
     fn open_read_only_unguarded(path: &Path) -> Result<Store> {
@@ -289,13 +275,10 @@ impl Store {
         Ok(store)
     }
 
+    /// Refuses any schema but this code's: newer ([`refuse_newer`]) or older.
     fn check_version(path: &Path, found: Option<u32>) -> Result<()> {
+        refuse_newer(path, found)?;
         match found {
-            Some(v) if v > SCHEMA_VERSION => Err(Error::SchemaTooNew {
-                path: path.to_path_buf(),
-                found: v,
-                supported: SCHEMA_VERSION,
-            }),
             Some(v) if v < SCHEMA_VERSION => Err(Error::SchemaTooOld {
                 path: path.to_path_buf(),
                 found: v,
@@ -372,93 +355,9 @@ impl Store {
         }
     }
 
-    /// Replaces the rows of (layer, source) with the entries of a walk, inside `txn`, and returns
-    /// the tree's summary. An entry that changed while it was hashed aborts with
-    /// [`Error::ChangedWhileReading`] (the caller's transaction is then dropped, storing nothing).
-    pub fn write_tree(
-        &self,
-        txn: &redb::WriteTransaction,
-        layer: &str,
-        source: &str,
-        root: &Path,
-        entries: impl IntoIterator<Item = Result<WalkedEntry>>,
-    ) -> Result<TreeSummary> {
-        validate_source(source)?;
-        let mut table = txn.open_table(ROWS).db(&self.path)?;
-        delete_rows(&self.path, &mut table, layer, source)?;
-        let mut hasher = TreeHasher::new();
-        let mut root_kind = None;
-        for entry in entries {
-            let entry = entry?;
-            if entry.unstable {
-                return Err(Error::ChangedWhileReading {
-                    path: entry.path.under(root),
-                });
-            }
-            if entry.path.is_root() {
-                root_kind = Some(entry.row.kind);
-            }
-            hasher.push(&entry.path, &entry.row);
-            let bytes = codec::encode(&entry.row).map_err(|detail| Error::Corrupt {
-                path: self.path.clone(),
-                table: "rows",
-                key: entry.path.to_string(),
-                detail,
-            })?;
-            table
-                .insert((layer, source, entry.path.key()), bytes.as_slice())
-                .db(&self.path)?;
-        }
-        let (root_digest, rows) = hasher.finish();
-        Ok(TreeSummary {
-            root_digest,
-            rows,
-            root_kind,
-        })
-    }
-
-    /// Walks `root` and stores it as the rows of (layer, source) in one transaction, replacing
-    /// what was there. Returns the summary and the walk's counters.
-    pub fn snapshot(
-        &self,
-        layer: &str,
-        source: &str,
-        root: &Path,
-    ) -> Result<(TreeSummary, WalkCounters)> {
-        let mut walk = TreeWalk::new(root)?;
-        let txn = self.begin_write()?;
-        let summary = self.write_tree(&txn, layer, source, root, walk.by_ref())?;
-        txn.commit().db(&self.path)?;
-        Ok((summary, walk.counters()))
-    }
-
     /// The stored rows of (layer, source) in key order, decoded lazily from one range scan.
     pub fn rows(&self, txn: &redb::ReadTransaction, layer: &str, source: &str) -> Result<RowIter> {
-        let range = match txn.open_table(ROWS) {
-            Ok(table) => {
-                // Neither name contains NUL, so `source + "\0"` is the smallest string above
-                // `source`: this half-open range holds exactly the rows of (layer, source).
-                let upper = format!("{source}\0");
-                let lo: (&str, &str, &[u8]) = (layer, source, &[]);
-                let hi: (&str, &str, &[u8]) = (layer, upper.as_str(), &[]);
-                Some(table.range(lo..hi).db(&self.path)?)
-            }
-            Err(redb::TableError::TableDoesNotExist(_)) => None,
-            Err(e) => return Err(e).db(&self.path),
-        };
-        Ok(RowIter {
-            path: self.path.clone(),
-            range,
-        })
-    }
-
-    /// Diffs the stored rows of (layer, source) against a fresh walk of `root`.
-    pub fn diff(&self, layer: &str, source: &str, root: &Path) -> Result<(TreeDiff, WalkCounters)> {
-        let txn = self.begin_read()?;
-        let stored = self.rows(&txn, layer, source)?;
-        let mut walk = TreeWalk::new(root)?;
-        let diff = diff_trees(stored, walk.by_ref(), |_, _| {})?;
-        Ok((diff, walk.counters()))
+        RowIter::open(&self.path, txn, &RowRange::source(layer, source))
     }
 
     /// Number of rows stored for (layer, source).
@@ -501,90 +400,5 @@ fn open_error(path: &Path, e: redb::DatabaseError) -> Error {
             path: path.to_path_buf(),
             source: Box::new(other.into()),
         },
-    }
-}
-
-/// A source name is a key component: no NUL (it would break the range bounds).
-pub(crate) fn validate_source(source: &str) -> Result<()> {
-    if source.contains('\0') {
-        return Err(Error::InvalidName {
-            what: "source name",
-            value: escape_bytes(source.as_bytes()),
-            why: "it contains a NUL byte",
-        });
-    }
-    Ok(())
-}
-
-/// Deletes every row of (layer, source).
-pub(crate) fn delete_rows(
-    db_path: &Path,
-    table: &mut redb::Table<(&str, &str, &[u8]), &[u8]>,
-    layer: &str,
-    source: &str,
-) -> Result<()> {
-    let upper = format!("{source}\0");
-    let lo: (&str, &str, &[u8]) = (layer, source, &[]);
-    let hi: (&str, &str, &[u8]) = (layer, upper.as_str(), &[]);
-    table.retain_in(lo..hi, |_, _| false).db(db_path)
-}
-
-/// The raw range scan behind [`RowIter`].
-type RowRange = redb::Range<'static, (&'static str, &'static str, &'static [u8]), &'static [u8]>;
-
-/// One step of a redb range scan, `convert` applied to the item, with redb's errors and its
-/// panics on damaged pages (in the scan or in decoding a key or value) turned into
-/// [`Error::Db`] naming the file; after either, the scan ends (the range is dropped).
-pub(crate) fn guarded_next<K: redb::Key + 'static, V: redb::Value + 'static, T>(
-    path: &Path,
-    range: &mut Option<redb::Range<'static, K, V>>,
-    convert: impl FnOnce(redb::AccessGuard<'static, K>, redb::AccessGuard<'static, V>) -> Result<T>,
-) -> Option<Result<T>> {
-    let r = range.as_mut()?;
-    let step = crate::cache::guard_redb(path, || match r.next() {
-        None => Ok(None),
-        Some(Err(e)) => Err(e).db(path),
-        Some(Ok((k, v))) => convert(k, v).map(Some),
-    });
-    match step {
-        Ok(Some(item)) => Some(Ok(item)),
-        Ok(None) => {
-            *range = None;
-            None
-        }
-        Err(e) => {
-            note_damage(path);
-            // A damaged record (our decoding) does not end the scan; redb's failures do.
-            if !matches!(e, Error::Corrupt { .. }) {
-                *range = None;
-            }
-            Some(Err(e))
-        }
-    }
-}
-
-/// Stored rows of one (layer, source), in key order.
-pub struct RowIter {
-    path: PathBuf,
-    range: Option<RowRange>,
-}
-
-impl Iterator for RowIter {
-    type Item = Result<(RelPath, Row)>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let db = self.path.clone();
-        guarded_next(&db, &mut self.range, |k, v| {
-            let (_, _, key) = k.value();
-            let path = RelPath::from_key(key);
-            codec::decode::<Row, { codec::ROW_LIMIT }>(v.value())
-                .map(|row| (path.clone(), row))
-                .map_err(|detail| Error::Corrupt {
-                    path: db.clone(),
-                    table: "rows",
-                    key: path.to_string(),
-                    detail,
-                })
-        })
     }
 }

@@ -1,0 +1,380 @@
+//! The cache: open (and prune), remove, and the entry record's digest and decoding; lookup and
+//! put within one build [`Session`].
+//!
+//! Owns: the [`Cache`] handle and the types a lookup returns ([`Lookup`], [`Outcome`],
+//! [`CachedEntry`], [`LookupMode`], [`SessionCounters`]); [`entry_digest`], the hash layers built
+//! on an entry record; `decode_entry`, the one place an entry record is decoded. Its submodules
+//! own one job each:
+//!
+//! * `cache/session.rs` — [`Session`], its memo of per-layer results, the base chain, forgetting
+//!   the dependents of a layer that was put;
+//! * `cache/lookup.rs` — evaluating one layer: definition, base, epoch, sources, in that order;
+//! * `cache/source.rs` — one source's identity ([`SourceRole`] and its key), its walk and diff
+//!   against the stored rows, the tee that feeds both from one scan, and the observation a put
+//!   checks against;
+//! * `cache/put.rs` — put: walk, compare with the observation, one write transaction;
+//! * `cache/refresh.rs` — bringing stale stat data up to date after a hit.
+//!
+//! Must never: decide what stat data vouches for (that is [`crate::tree::fastpath`], which also
+//! explains the racy rule), encode values itself (that is [`crate::codec`]), or build a row-key
+//! range by hand (that is the store's).
+//!
+//! A [`Session`] holds one build's layers and memoizes, per layer, whether it hits and with
+//! which base hash, so a chain of N built layers costs N lookups, not stacker's N².
+
+mod lookup;
+mod put;
+mod refresh;
+mod session;
+mod source;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use oci_spec::image::Descriptor;
+use redb::ReadableTable;
+use serde::Serialize;
+
+use crate::base::blob_path;
+use crate::codec;
+use crate::error::{DbResultExt, Error, Result};
+use crate::inputs::Build;
+use crate::path::{escape_bytes, show_path};
+use crate::reason::MissReason;
+use crate::schema::{BASES, ENTRIES, EntryRecord, ROWS};
+use crate::store::Store;
+use crate::store::rows::RowRange;
+use crate::tree::WalkCounters;
+
+pub use crate::config::CacheConfig;
+/// The one panic guard of the library lives with the store; re-exported for `inspect`.
+pub(crate) use crate::store::guard::guard_redb;
+pub use session::Session;
+pub(crate) use source::SourceId;
+pub use source::{Observed, SourceRole};
+
+/// An entry removed at open, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Pruned {
+    /// The layer.
+    pub layer: String,
+    /// Why it was pruned (the missing blob or directory).
+    pub why: String,
+}
+
+/// What [`Cache::prune`] removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PruneReport {
+    /// Entries removed.
+    pub pruned: Vec<Pruned>,
+    /// Entries examined.
+    pub examined: u64,
+}
+
+/// An open cache.
+pub struct Cache {
+    store: Store,
+    config: CacheConfig,
+}
+
+/// A cached entry returned by a hit: the record and its manifests as OCI descriptors.
+#[derive(Debug, Clone)]
+pub struct CachedEntry {
+    /// The stored record.
+    pub record: EntryRecord,
+    /// Output manifests by layer type.
+    pub manifests: BTreeMap<String, Descriptor>,
+}
+
+/// The outcome of a lookup.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// The cached output can be reused.
+    Hit(Box<CachedEntry>),
+    /// It cannot; the reasons, in check order (only the first unless explaining).
+    Miss(Vec<MissReason>),
+}
+
+/// The result of looking up one layer, to be passed back to [`Session::put`].
+#[derive(Debug, Clone)]
+pub struct Lookup {
+    /// The layer.
+    pub layer: String,
+    /// Hit or miss.
+    pub outcome: Outcome,
+    observed: Option<Vec<Observed>>,
+}
+
+impl Lookup {
+    /// True on a hit.
+    pub fn is_hit(&self) -> bool {
+        matches!(self.outcome, Outcome::Hit(_))
+    }
+
+    /// The miss reasons (empty on a hit).
+    pub fn reasons(&self) -> &[MissReason] {
+        match &self.outcome {
+            Outcome::Hit(_) => &[],
+            Outcome::Miss(r) => r,
+        }
+    }
+
+    /// The cached entry on a hit.
+    pub fn entry(&self) -> Option<&CachedEntry> {
+        match &self.outcome {
+            Outcome::Hit(e) => Some(e),
+            Outcome::Miss(_) => None,
+        }
+    }
+}
+
+/// How much a lookup does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LookupMode {
+    /// Collect every reason instead of stopping at the first.
+    pub explain: bool,
+    /// Walk every source even after a miss, and keep what was seen for [`Session::put`].
+    pub observe: bool,
+}
+
+impl LookupMode {
+    /// Stop at the first reason; observe for a later put (the library default).
+    pub const FOR_BUILD: LookupMode = LookupMode {
+        explain: false,
+        observe: true,
+    };
+    /// Stop at the first reason, observe nothing (a yes/no question).
+    pub const CHECK: LookupMode = LookupMode {
+        explain: false,
+        observe: false,
+    };
+    /// Every reason, and observe for a later put.
+    pub const EXPLAIN: LookupMode = LookupMode {
+        explain: true,
+        observe: true,
+    };
+}
+
+/// Counters of work done in a session.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SessionCounters {
+    /// Lookups evaluated (each layer at most once per session for base resolution).
+    pub lookups: u64,
+    /// Entries decoded from the database.
+    pub entries_read: u64,
+    /// Walk counters summed over every walk of the session.
+    pub walk: WalkCounters,
+    /// Rows whose stat data a hit refreshed.
+    pub rows_refreshed: u64,
+}
+
+/// The row source id of an import or overlay dir (`import:KEY`, `overlay:KEY`); see
+/// [`SourceRole`].
+pub fn source_id(role: SourceRole, key: &str) -> String {
+    SourceId { role, key }.row_source()
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The hash layers built on this entry record and compare: it covers everything recorded except
+/// the time, so rebuilding a base (new outputs, new inputs) changes it.
+pub fn entry_digest(e: &EntryRecord) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    let field = |h: &mut blake3::Hasher, b: &[u8]| {
+        h.update(&(b.len() as u64).to_le_bytes());
+        h.update(b);
+    };
+    field(&mut h, e.name.as_bytes());
+    field(&mut h, &e.definition_digest);
+    field(&mut h, &[e.base.kind as u8]);
+    field(&mut h, e.base.reference.as_bytes());
+    field(&mut h, &e.base.hash);
+    field(&mut h, format!("{:?}", e.source_date_epoch).as_bytes());
+    for list in [&e.imports, &e.overlay_dirs] {
+        h.update(&(list.len() as u64).to_le_bytes());
+        for s in list {
+            field(&mut h, s.key.as_bytes());
+            field(&mut h, s.root_kind.as_str().as_bytes());
+            field(&mut h, &s.root_digest);
+            h.update(&s.rows.to_le_bytes());
+        }
+    }
+    h.update(&(e.manifests.len() as u64).to_le_bytes());
+    for m in &e.manifests {
+        field(&mut h, m.layer_type.as_bytes());
+        field(&mut h, &m.descriptor_json);
+    }
+    h.update(&[e.build_only as u8]);
+    *h.finalize().as_bytes()
+}
+
+impl Cache {
+    /// Opens (or creates) the cache and prunes entries whose outputs are gone.
+    pub fn open(config: CacheConfig) -> Result<(Cache, PruneReport)> {
+        let db = config.db.clone();
+        let store = guard_redb(&db, || Store::open(&config.db))?;
+        let cache = Cache { store, config };
+        let report = cache.prune()?;
+        for p in &report.pruned {
+            tracing::info!(layer = %p.layer, "couldn't find {}, pruning it from the cache ({})", p.layer, p.why);
+        }
+        Ok((cache, report))
+    }
+
+    /// Opens (or creates) the cache without pruning: O(1) in the number of entries.
+    pub fn open_without_prune(config: CacheConfig) -> Result<Cache> {
+        let store = guard_redb(&config.db, || Store::open(&config.db))?;
+        Ok(Cache { store, config })
+    }
+
+    /// The underlying store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Starts a build session over `build`, after validating it (names, keys, bases, cycles).
+    pub fn session<'a>(&'a self, build: &'a Build) -> Result<Session<'a>> {
+        Session::new(self, build)
+    }
+
+    /// The stored entry of a layer, if any.
+    pub fn entry(&self, layer: &str) -> Result<Option<EntryRecord>> {
+        guard_redb(self.store.path(), || self.entry_unguarded(layer))
+    }
+
+    fn entry_unguarded(&self, layer: &str) -> Result<Option<EntryRecord>> {
+        let txn = self.store.begin_read()?;
+        let table = txn.open_table(ENTRIES).db(self.store.path())?;
+        let Some(v) = table.get(layer).db(self.store.path())? else {
+            return Ok(None);
+        };
+        decode_entry(self.store.path(), layer, v.value()).map(Some)
+    }
+
+    /// Removes entries whose output blobs are gone from the OCI layout, and build_only entries
+    /// whose rootfs directory is gone. Damaged entries are removed too.
+    pub fn prune(&self) -> Result<PruneReport> {
+        guard_redb(self.store.path(), || self.prune_unguarded())
+    }
+
+    fn prune_unguarded(&self) -> Result<PruneReport> {
+        let mut report = PruneReport::default();
+        if self.config.oci_layout.is_none() && self.config.rootfs_dir.is_none() {
+            return Ok(report);
+        }
+        let path = self.store.path();
+        let mut doomed = Vec::new();
+        {
+            let txn = self.store.begin_read()?;
+            let table = txn.open_table(ENTRIES).db(path)?;
+            for item in table.iter().db(path)? {
+                let (k, v) = item.db(path)?;
+                let name = k.value().to_string();
+                report.examined += 1;
+                let why = match decode_entry(path, &name, v.value()) {
+                    Err(e) => Some(format!("the entry is damaged: {e}")),
+                    Ok(rec) => self.missing_output(&rec),
+                };
+                if let Some(why) = why {
+                    doomed.push(Pruned { layer: name, why });
+                }
+            }
+        }
+        if doomed.is_empty() {
+            return Ok(report);
+        }
+        let txn = self.store.begin_write()?;
+        for p in &doomed {
+            remove_layer(path, &txn, &p.layer)?;
+        }
+        txn.commit().db(path)?;
+        report.pruned = doomed;
+        Ok(report)
+    }
+
+    fn missing_output(&self, rec: &EntryRecord) -> Option<String> {
+        if rec.build_only {
+            let dir = self.config.rootfs_dir.as_ref()?.join(&rec.name);
+            return (!dir.is_dir())
+                .then(|| format!("rootfs directory {} is gone", show_path(&dir)));
+        }
+        let layout = self.config.oci_layout.as_ref()?;
+        for m in &rec.manifests {
+            let digest = serde_json::from_slice::<serde_json::Value>(&m.descriptor_json)
+                .ok()
+                .and_then(|v| v.get("digest").and_then(|d| d.as_str()).map(str::to_string));
+            let blob = digest.as_deref().and_then(|d| blob_path(layout, d));
+            match blob {
+                Some(b) if b.is_file() => {}
+                Some(b) => {
+                    return Some(format!(
+                        "missing build for layer type {}: blob {} is gone",
+                        m.layer_type,
+                        show_path(&b)
+                    ));
+                }
+                None => {
+                    return Some(format!(
+                        "the {} descriptor has no valid digest",
+                        m.layer_type
+                    ));
+                }
+            }
+        }
+        None
+    }
+
+    /// Removes one layer's entry, rows and base hash. Returns whether it was cached.
+    pub fn remove(&self, layer: &str) -> Result<bool> {
+        let path = self.store.path();
+        guard_redb(path, || {
+            let txn = self.store.begin_write()?;
+            let existed = remove_layer(path, &txn, layer)?;
+            txn.commit().db(path)?;
+            Ok(existed)
+        })
+    }
+}
+
+fn remove_layer(path: &Path, txn: &redb::WriteTransaction, layer: &str) -> Result<bool> {
+    let existed = txn
+        .open_table(ENTRIES)
+        .db(path)?
+        .remove(layer)
+        .db(path)?
+        .is_some();
+    txn.open_table(BASES).db(path)?.remove(layer).db(path)?;
+    RowRange::layer(layer).delete(path, &mut txn.open_table(ROWS).db(path)?)?;
+    Ok(existed)
+}
+
+/// Decodes an entry record; a record that does not decode is [`Error::Corrupt`], and the file
+/// is noted as damaged.
+pub(crate) fn decode_entry(path: &Path, layer: &str, bytes: &[u8]) -> Result<EntryRecord> {
+    codec::decode::<EntryRecord, { codec::ENTRY_LIMIT }>(bytes).map_err(|detail| {
+        crate::store::note_damage(path);
+        Error::Corrupt {
+            path: path.to_path_buf(),
+            table: "entries",
+            key: escape_bytes(layer.as_bytes()),
+            detail,
+        }
+    })
+}
+
+fn decode_manifests(rec: &EntryRecord) -> Result<BTreeMap<String, Descriptor>, String> {
+    rec.manifests
+        .iter()
+        .map(|m| {
+            serde_json::from_slice::<Descriptor>(&m.descriptor_json)
+                .map(|d| (m.layer_type.clone(), d))
+                .map_err(|e| format!("manifest for {}: {e}", m.layer_type))
+        })
+        .collect()
+}

@@ -1,0 +1,442 @@
+//! One source of a layer: its identity, its walk and diff against the stored rows, and what a
+//! lookup observed of it.
+//!
+//! Owns: [`SourceRole`] and [`SourceId`], the one spelling of a source (`import:KEY` /
+//! `overlay:KEY` in the rows table, `import` / `overlay_dir` in messages, and the miss reasons
+//! of each role); the cached sources of a layer; [`SourceCheck`], which walks one source and
+//! diffs it against its stored rows; the tee that feeds the walk's stat fast path and the diff
+//! from one range scan; [`Observed`], what a lookup saw for a later put; and the two row digests
+//! a lookup keeps ([`compared_digest`], [`observation_digest`]).
+//!
+//! Must never: write to the database, or decide what stat data vouches for (that is
+//! [`crate::tree::fastpath`]).
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::path::Path;
+use std::rc::Rc;
+
+use serde::Serialize;
+
+use crate::diff::{TreeDiff, diff_trees};
+use crate::error::{Error, Result};
+use crate::inputs::LayerInputs;
+use crate::path::{RelPath, escape_bytes, show_path};
+use crate::reason::MissReason;
+use crate::schema::{EntryKind, EntryRecord, Row, SourceSummary};
+use crate::store::{RowIter, Store};
+use crate::tree::{TreeHasher, TreeWalk, WalkCounters, WalkedEntry};
+
+use super::refresh::RefreshList;
+
+/// Whether a source is an import or an overlay dir.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceRole {
+    /// An import.
+    Import,
+    /// An overlay dir.
+    OverlayDir,
+}
+
+/// The identity of one source of a layer: its role and key. Every spelling of a source goes
+/// through here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SourceId<'a> {
+    /// Import or overlay dir.
+    pub(crate) role: SourceRole,
+    /// The key the builder gave it.
+    pub(crate) key: &'a str,
+}
+
+/// What happened to a source, whichever its role: [`SourceId::miss`] turns it into the
+/// role's [`MissReason`].
+pub(crate) enum SourceMiss {
+    /// The entry has no source of this key.
+    New,
+    /// The entry has it, the layer no longer does.
+    Removed,
+    /// It is gone from the disk (`path` as displayed).
+    Gone {
+        /// Where it was looked for.
+        path: String,
+    },
+    /// Its tree differs from the stored rows.
+    ContentChanged(TreeDiff),
+}
+
+impl<'a> SourceId<'a> {
+    /// The source name of its rows in the rows table: `import:KEY` or `overlay:KEY`.
+    pub(crate) fn row_source(&self) -> String {
+        match self.role {
+            SourceRole::Import => format!("import:{}", self.key),
+            SourceRole::OverlayDir => format!("overlay:{}", self.key),
+        }
+    }
+
+    /// The identity behind a rows-table source name (the inverse of [`Self::row_source`]).
+    #[allow(dead_code)] // for `inspect`, which still parses source names itself
+    pub(crate) fn parse(row_source: &'a str) -> Option<Self> {
+        if let Some(key) = row_source.strip_prefix("import:") {
+            return Some(SourceId {
+                role: SourceRole::Import,
+                key,
+            });
+        }
+        row_source.strip_prefix("overlay:").map(|key| SourceId {
+            role: SourceRole::OverlayDir,
+            key,
+        })
+    }
+
+    /// How messages name the role: `import` or `overlay_dir` (the plan's field names).
+    pub(crate) fn noun(&self) -> &'static str {
+        match self.role {
+            SourceRole::Import => "import",
+            SourceRole::OverlayDir => "overlay_dir",
+        }
+    }
+
+    /// The miss reason of this source's role for `what`. An overlay dir gone from the disk is
+    /// reported as its whole tree removed.
+    pub(crate) fn miss(&self, what: SourceMiss) -> MissReason {
+        let key = self.key.to_string();
+        match (self.role, what) {
+            (SourceRole::Import, SourceMiss::New) => MissReason::ImportNew { key },
+            (SourceRole::OverlayDir, SourceMiss::New) => MissReason::OverlayDirNew { key },
+            (SourceRole::Import, SourceMiss::Removed) => MissReason::ImportRemoved { key },
+            (SourceRole::OverlayDir, SourceMiss::Removed) => MissReason::OverlayDirRemoved { key },
+            (SourceRole::Import, SourceMiss::Gone { path }) => {
+                MissReason::ImportMissing { key, path }
+            }
+            (SourceRole::OverlayDir, SourceMiss::Gone { .. }) => {
+                MissReason::OverlayDirContentChanged {
+                    key,
+                    diff: TreeDiff {
+                        removed: vec![RelPath::root()],
+                        ..Default::default()
+                    },
+                }
+            }
+            (SourceRole::Import, SourceMiss::ContentChanged(diff)) => {
+                MissReason::ImportContentChanged { key, diff }
+            }
+            (SourceRole::OverlayDir, SourceMiss::ContentChanged(diff)) => {
+                MissReason::OverlayDirContentChanged { key, diff }
+            }
+        }
+    }
+}
+
+/// One cached source of a layer: an import without a `dest`, or an overlay dir.
+pub(super) struct SourceRef<'a> {
+    /// Its identity.
+    pub(super) id: SourceId<'a>,
+    /// The tree that is walked and cached.
+    pub(super) path: &'a Path,
+    /// For an overlay dir, its copy in the rootfs, which must exist for a hit.
+    pub(super) rootfs_path: Option<&'a Path>,
+}
+
+/// The cached sources of a layer, imports first, in the order the builder gave them.
+pub(super) fn cached_sources(inputs: &LayerInputs) -> impl Iterator<Item = SourceRef<'_>> {
+    let imports = inputs
+        .imports
+        .iter()
+        .filter(|i| i.dest.is_none())
+        .map(|i| SourceRef {
+            id: SourceId {
+                role: SourceRole::Import,
+                key: &i.key,
+            },
+            path: &i.path,
+            rootfs_path: None,
+        });
+    let overlays = inputs.overlay_dirs.iter().map(|o| SourceRef {
+        id: SourceId {
+            role: SourceRole::OverlayDir,
+            key: &o.key,
+        },
+        path: &o.source,
+        rootfs_path: Some(&o.rootfs_path),
+    });
+    imports.chain(overlays)
+}
+
+/// The summaries an entry recorded for one role.
+pub(super) fn summaries(rec: &EntryRecord, role: SourceRole) -> &[SourceSummary] {
+    match role {
+        SourceRole::Import => &rec.imports,
+        SourceRole::OverlayDir => &rec.overlay_dirs,
+    }
+}
+
+/// A path key and the [`observation_digest`] of what was seen there.
+pub(super) type ObservedRow = (Box<[u8]>, [u8; 32]);
+
+/// What a lookup saw of one source: the row hash of every path, in key order. Put compares its
+/// own walk against it, so inputs that change between lookup and put are caught.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    /// Import or overlay dir.
+    pub role: SourceRole,
+    /// Its key.
+    pub key: String,
+    /// (path key, row hash) in key order; boxed keys keep a 10^6-path observation small.
+    pub(super) rows: Vec<ObservedRow>,
+}
+
+/// blake3 of every compared property of a row ([`Row::hash_into`]): equal for two rows exactly
+/// when a diff finds nothing between them. Stat data is not covered.
+pub(super) fn compared_digest(row: &Row) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    row.hash_into(&mut h);
+    *h.finalize().as_bytes()
+}
+
+/// The [`compared_digest`] a lookup observes for a walked entry; an entry that changed while it
+/// was read gets a value no later walk produces, so a put never takes it as unchanged.
+pub(super) fn observation_digest(e: &WalkedEntry) -> [u8; 32] {
+    if e.unstable {
+        return [0xff; 32];
+    }
+    compared_digest(&e.row)
+}
+
+/// Walks one source of a layer: diffs it against its stored rows when `summary` is given,
+/// keeps what was seen when `observe` is set, and queues rows whose stat data a hit should
+/// refresh.
+pub(super) struct SourceCheck<'s> {
+    /// The store holding the rows.
+    pub(super) store: &'s Store,
+    /// The lookup's read transaction.
+    pub(super) txn: &'s redb::ReadTransaction,
+    /// The layer.
+    pub(super) layer: &'s str,
+    /// The source.
+    pub(super) source: &'s SourceRef<'s>,
+    /// What the entry recorded for it; `None` to walk without deciding anything.
+    pub(super) summary: Option<&'s SourceSummary>,
+    /// Keep what was seen, for a put.
+    pub(super) observe: bool,
+}
+
+/// What [`SourceCheck::run`] found.
+pub(super) struct Checked {
+    /// The miss reason, when a summary was given and the source differs from it.
+    pub(super) reason: Option<MissReason>,
+    /// What was seen, when asked to observe and the source exists.
+    pub(super) observed: Option<Observed>,
+    /// The walk's work.
+    pub(super) counters: WalkCounters,
+}
+
+/// Collects, per walked entry, the observation and the rows to refresh.
+struct Recorder<'r> {
+    observe: bool,
+    rows: Vec<ObservedRow>,
+    refresh: &'r mut RefreshList,
+    src_index: u32,
+}
+
+impl Recorder<'_> {
+    fn record(&mut self, e: &WalkedEntry, stored: Option<&Row>) {
+        if self.observe {
+            self.rows.push((e.path.key().into(), observation_digest(e)));
+        }
+        if let Some(stored) = stored {
+            self.refresh.consider(self.src_index, stored, e);
+        }
+    }
+
+    /// Records the rest of the walk (for the observation).
+    fn drain(&mut self, walk: &mut TreeWalk) -> Result<()> {
+        for e in walk.by_ref() {
+            self.record(&e?, None);
+        }
+        Ok(())
+    }
+}
+
+impl SourceCheck<'_> {
+    /// Walks the source; see [`SourceCheck`].
+    pub(super) fn run(&self, refresh: &mut RefreshList) -> Result<Checked> {
+        let id = self.source.id;
+        let path = self.source.path;
+        let kind_now = match std::fs::metadata(path) {
+            Ok(m) if m.is_dir() => EntryKind::Dir,
+            Ok(_) => EntryKind::File,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let path = show_path(path);
+                return Ok(Checked {
+                    reason: self.summary.map(|_| id.miss(SourceMiss::Gone { path })),
+                    observed: None,
+                    counters: WalkCounters::default(),
+                });
+            }
+            Err(e) => return Err(Error::io("cannot stat", path, e)),
+        };
+        let sid = id.row_source();
+        let mut rec = Recorder {
+            observe: self.observe,
+            rows: Vec::new(),
+            src_index: refresh.add_source(sid.clone()),
+            refresh,
+        };
+        // With stored rows, the walk reuses their digests where the stat data allows.
+        // One range scan of the stored rows feeds both the walk's stat fast path and the diff.
+        let reason = match self.summary {
+            Some(summary) => {
+                let (for_walk, for_diff) = tee_rows(self.store.rows(self.txn, self.layer, &sid)?);
+                let mut walk = TreeWalk::with_prior(path, Box::new(for_walk))?;
+                let reason = self.compare(summary, kind_now, for_diff, &mut walk, &mut rec)?;
+                (reason, walk.counters())
+            }
+            None => {
+                let mut walk = TreeWalk::new(path)?;
+                rec.drain(&mut walk)?;
+                (None, walk.counters())
+            }
+        };
+        let (reason, counters) = reason;
+        Ok(Checked {
+            reason,
+            observed: self.observe.then(|| Observed {
+                role: id.role,
+                key: id.key.to_string(),
+                rows: rec.rows,
+            }),
+            counters,
+        })
+    }
+
+    /// Compares the source's walk with its stored rows and the entry's summary of them.
+    fn compare(
+        &self,
+        summary: &SourceSummary,
+        kind_now: EntryKind,
+        stored: TeeDiff,
+        walk: &mut TreeWalk,
+        rec: &mut Recorder<'_>,
+    ) -> Result<Option<MissReason>> {
+        let id = self.source.id;
+        if id.role == SourceRole::Import
+            && summary.root_kind != kind_now
+            && matches!(summary.root_kind, EntryKind::File | EntryKind::Dir)
+        {
+            // Nothing is queued for the diff's side once it is dropped.
+            drop(stored);
+            rec.drain(walk)?;
+            return Ok(Some(MissReason::ImportTypeChanged {
+                key: id.key.to_string(),
+                old: summary.root_kind,
+                new: kind_now,
+            }));
+        }
+        // A damaged row ends the stored stream and makes this a miss (it costs this entry, not the
+        // lookup); the walk still runs to its end for the observation. The stored rows are also
+        // checked against the entry's summary (row count and Merkle root): bincode has no checksum,
+        // and a row lost or altered by damage to the file must not turn into a hit (a lost row of a
+        // file deleted since would).
+        let mut damage: Option<String> = None;
+        let mut hasher = TreeHasher::new();
+        let stored = stored.map_while(|r| match r {
+            Err(e @ Error::Corrupt { .. }) => {
+                damage = Some(e.to_string());
+                None
+            }
+            Ok((p, row)) => {
+                hasher.push(&p, &row);
+                Some(Ok((p, row)))
+            }
+            other => Some(other),
+        });
+        let diff = diff_trees(stored, walk.by_ref(), |e, s| rec.record(e, s))?;
+        let (root, n) = hasher.finish();
+        if damage.is_none() && (root, n) != (summary.root_digest, summary.rows) {
+            damage = Some(format!(
+                "the stored rows of {} do not match the entry ({n} rows stored, {} recorded, or a \
+                 different Merkle root): the database is damaged",
+                escape_bytes(id.row_source().as_bytes()),
+                summary.rows
+            ));
+        }
+        if let Some(detail) = damage {
+            rec.drain(walk)?;
+            return Ok(Some(MissReason::DamagedEntry { detail }));
+        }
+        Ok((!diff.is_empty()).then(|| id.miss(SourceMiss::ContentChanged(diff))))
+    }
+}
+
+/// The two readers of one scan of stored rows: the walk (for the stat fast path) and the diff.
+/// Each takes rows in key order; whichever is ahead pulls from the scan and queues a copy for
+/// the other, so rows are read and decoded once. The walk runs at most a couple of windows ahead
+/// of the diff, which bounds the queue, except after a damaged row ends the diff's stream (then
+/// the rest of that one source is queued until the lookup ends). Nothing is queued for a side
+/// that was dropped. A row that fails to decode goes to the diff only (the walk ignores it).
+struct Tee {
+    scan: RowIter,
+    for_walk: VecDeque<(RelPath, Row)>,
+    for_diff: VecDeque<Result<(RelPath, Row)>>,
+}
+
+/// The walk's side of a [`Tee`].
+struct TeeWalk(Rc<RefCell<Tee>>);
+/// The diff's side of a [`Tee`].
+struct TeeDiff(Rc<RefCell<Tee>>);
+
+fn tee_rows(scan: RowIter) -> (TeeWalk, TeeDiff) {
+    let t = Rc::new(RefCell::new(Tee {
+        scan,
+        for_walk: VecDeque::new(),
+        for_diff: VecDeque::new(),
+    }));
+    (TeeWalk(t.clone()), TeeDiff(t))
+}
+
+impl Iterator for TeeWalk {
+    type Item = Result<(RelPath, Row)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        // Nothing is queued for a side that was dropped.
+        let diff_alive = Rc::strong_count(&self.0) > 1;
+        let mut t = self.0.borrow_mut();
+        if let Some(row) = t.for_walk.pop_front() {
+            return Some(Ok(row));
+        }
+        loop {
+            match t.scan.next()? {
+                Ok(row) => {
+                    if diff_alive {
+                        t.for_diff.push_back(Ok(row.clone()));
+                    }
+                    return Some(Ok(row));
+                }
+                Err(e) if diff_alive => t.for_diff.push_back(Err(e)),
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+impl Iterator for TeeDiff {
+    type Item = Result<(RelPath, Row)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let walk_alive = Rc::strong_count(&self.0) > 1;
+        let mut t = self.0.borrow_mut();
+        if let Some(item) = t.for_diff.pop_front() {
+            return Some(item);
+        }
+        match t.scan.next()? {
+            Ok(row) => {
+                if walk_alive {
+                    t.for_walk.push_back(row.clone());
+                }
+                Some(Ok(row))
+            }
+            Err(e) => Some(Err(e)),
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! The redb panic guard and the bookkeeping of damaged database files.
+//!
+//! Owns: [`guard_redb`], the one place in the library that turns a panic (inside redb, on a
+//! damaged page) into an error, and the per-process list of files seen damaged, which
+//! [`Store`](super::Store)'s `Drop` consults before closing a file.
+//!
+//! Must never: convert or format errors for callers beyond the one [`Error::Db`] a caught panic
+//! becomes, or be called from `error.rs` — damage is recorded here, where an error is produced or
+//! handled, never as a side effect of converting one.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// Database files this process saw damaged: a panic inside redb, redb's `Corrupted`, or a
+/// stored record that does not decode.
+static DAMAGED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Records that the database at `path` was seen damaged (see [`Store`](super::Store)'s `Drop`).
+pub(crate) fn note_damage(path: &Path) {
+    if let Ok(mut list) = DAMAGED.lock()
+        && !list.iter().any(|p| p == path)
+    {
+        list.push(path.to_path_buf());
+    }
+}
+
+/// Records damage when `e` says the file is damaged: redb's `Corrupted`, or a record of ours
+/// that does not decode.
+pub(crate) fn note_if_damage(path: &Path, e: &Error) {
+    let damaged = match e {
+        Error::Db { source, .. } => matches!(**source, redb::Error::Corrupted(_)),
+        Error::Corrupt { .. } => true,
+        _ => false,
+    };
+    if damaged {
+        note_damage(path);
+    }
+}
+
+/// True (once) when `path` was seen damaged; forgets it.
+pub(super) fn take_damage(path: &Path) -> bool {
+    match DAMAGED.lock() {
+        Ok(mut list) => {
+            let before = list.len();
+            list.retain(|p| p != path);
+            list.len() != before
+        }
+        // A panic while holding the lock: assume the worst.
+        Err(_) => true,
+    }
+}
+
+/// Runs `f`, turning a panic inside it into [`Error::Db`] naming the file, and recording damage
+/// when `f` panicked or failed because the file is damaged. redb's read path trusts page
+/// contents (there is no checksum check on a normal read), so a damaged page can make it index
+/// out of bounds or unwrap invalid UTF-8 in a key; that must be a clear error about the file,
+/// not a crashed build. (Panics of our own code would be reported the same way, which is still
+/// better than aborting the builder.)
+pub(crate) fn guard_redb<T>(db: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => {
+            note_if_damage(db, &e);
+            Err(e)
+        }
+        Err(payload) => {
+            note_damage(db);
+            let msg = payload
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| payload.downcast_ref::<&str>().copied())
+                .unwrap_or("a panic");
+            Err(Error::Db {
+                path: db.to_path_buf(),
+                source: Box::new(redb::Error::Corrupted(format!(
+                    "reading the database failed inside redb ({msg}): the file is damaged"
+                ))),
+            })
+        }
+    }
+}
