@@ -1,7 +1,7 @@
 //! The integrity checker: [`Inspector::check_records`] decodes every record of the snapshot and
 //! compares each entry's summaries with its rows (count, root type, recomputed Merkle root),
 //! its base hash with its record, and looks for orphans; [`check()`] adds redb's own page-level
-//! check, which [`maintain`](super::maintain) runs.
+//! check, which `maintain` runs.
 //!
 //! It must never write and never open the file for writing itself; a damaged record is a
 //! [`Problem`] in the report, not an error, and never a panic.
@@ -27,7 +27,7 @@ use crate::schema::{BASES, BaseKind, ENTRIES, EntryKind, META, ROWS, Row, Source
 impl Inspector {
     /// Every check that needs only reading: records decode, summaries agree with their rows
     /// (count and recomputed Merkle root), base hashes exist and agree, no orphans. The
-    /// report's redb check is [`Integrity::NotRun`]; [`check`] runs both.
+    /// report's redb check is [`Integrity::NotRun`]; [`check()`](super::check()) runs both.
     pub fn check_records(&self) -> Result<CheckReport> {
         guard(self.path(), || self.check_records_unguarded())
     }
@@ -396,7 +396,7 @@ pub fn damaged_file_message(e: &Error) -> Option<String> {
 }
 
 /// Runs every read-only check ([`Inspector::check_records`]), then redb's integrity check when
-/// the file can be opened for writing ([`maintain`](super::maintain)). If a build holds the
+/// the file can be opened for writing (module `maintain`). If a build holds the
 /// file, the redb-level check is skipped ([`Integrity::SkippedInUse`]) and the rest still runs.
 /// The read-only checks run first, so they see the file exactly as it was (a writable open of a
 /// damaged file can leave it marked as needing a repair); the writable handle is opened last and

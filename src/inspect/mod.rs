@@ -5,13 +5,13 @@
 //! This module owns the report types (what every command returns, `Serialize` for `--json`);
 //! the jobs live in one submodule each:
 //!
-//! * [`reader`]: [`Inspector`], the read-only snapshot: listing, one entry, streamed rows,
+//! * `reader`: [`Inspector`], the read-only snapshot: listing, one entry, streamed rows,
 //!   stats. Never writes.
-//! * [`check`](mod@check): the integrity checker over that snapshot. Never writes; redb's own
-//!   page-level check is asked of [`maintain`].
-//! * [`maintain`]: the only writable opens ([`stats_exact`], [`compact`], redb's integrity
+//! * `check`: the integrity checker over that snapshot ([`check()`]). Never writes; redb's own
+//!   page-level check is asked of `maintain`.
+//! * `maintain`: the only writable opens ([`stats_exact`], [`compact`], redb's integrity
 //!   check). Never waits for a build, never creates a file.
-//! * [`render`]: the human text form of every report. Never reads the database.
+//! * `render`: the human text form of every report. Never reads the database.
 //!
 //! ## Reading while a build runs
 //!
@@ -48,10 +48,10 @@ use serde::Serialize;
 use crate::path::{RelPath, display_hash, escape_bytes, hex, show_path};
 use crate::schema::{BaseRecord, EntryKind, Row, SourceSummary};
 
-pub mod check;
-pub mod maintain;
-pub mod reader;
-pub mod render;
+mod check;
+mod maintain;
+mod reader;
+mod render;
 
 pub use check::{check, damaged_file_message};
 pub use maintain::{compact, stats_exact};
@@ -361,7 +361,7 @@ pub enum Integrity {
     SkippedNotWritable(String),
 }
 
-/// What kind of problem [`check`] found.
+/// What kind of problem [`check()`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ProblemKind {
@@ -401,7 +401,7 @@ pub enum ProblemKind {
     MissingBase,
 }
 
-/// One problem found by [`check`].
+/// One problem found by [`check()`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Problem {
     /// What kind.
@@ -416,7 +416,7 @@ pub struct Problem {
     pub detail: String,
 }
 
-/// The result of [`check`].
+/// The result of [`check()`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CheckReport {
     /// The database file.

@@ -1,7 +1,7 @@
 //! The read-only snapshot: [`Inspector`] lists entries, shows one in full, streams a layer's
 //! rows and counts storage use, all from one read transaction taken at open.
 //!
-//! Owns inspect's panic guard ([`guard`]) and its row-decoding iterator ([`LayerRows`]): every
+//! Owns inspect's panic guard (`guard`) and its row-decoding iterator ([`LayerRows`]): every
 //! read of the snapshot goes through them. It must never write, never open the file for
 //! writing, and never hold a whole source's rows in memory.
 
@@ -205,7 +205,7 @@ impl Inspector {
     }
 
     /// Counts and storage use, read-only: exact for the tables, an upper bound for what
-    /// `compact` could reclaim (redb reports free pages only to a writer; see [`stats_exact`]).
+    /// `compact` could reclaim (redb reports free pages only to a writer; see [`stats_exact`](super::stats_exact)).
     pub fn stats(&self) -> Result<Stats> {
         guard(self.path(), || self.stats_unguarded())
     }
