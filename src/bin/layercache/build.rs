@@ -12,44 +12,39 @@ use layercache::{Cache, Error, Lookup, LookupMode, Outcome, PruneReport, Session
 use oci_spec::image::Descriptor;
 use serde_json::json;
 
-/// Arguments of `layercache lookup`.
+use crate::output::{DbArgs, emit};
+
+/// What `lookup` and `put` share: the cache, the plan, the layer, the output form.
 #[derive(clap::Args)]
-pub struct LookupArgs {
-    /// The cache database file (created if missing).
-    #[arg(long, value_name = "FILE")]
-    db: PathBuf,
+pub struct LayerArgs {
+    #[command(flatten)]
+    out: DbArgs,
     /// The plan file (JSON) describing the build's layers.
     #[arg(long, value_name = "PLAN")]
     plan: PathBuf,
-    /// The layer to look up.
+    /// The layer, by its name in the plan.
     #[arg(value_name = "LAYER")]
     layer: String,
+}
+
+/// Arguments of `layercache lookup`.
+#[derive(clap::Args)]
+pub struct LookupArgs {
+    #[command(flatten)]
+    target: LayerArgs,
     /// Report every reason the layer misses, not only the first.
     #[arg(long)]
     explain: bool,
-    /// Print a JSON object instead of text.
-    #[arg(long)]
-    json: bool,
 }
 
 /// Arguments of `layercache put`.
 #[derive(clap::Args)]
 pub struct PutArgs {
-    /// The cache database file (created if missing).
-    #[arg(long, value_name = "FILE")]
-    db: PathBuf,
-    /// The plan file (JSON) describing the build's layers.
-    #[arg(long, value_name = "PLAN")]
-    plan: PathBuf,
-    /// The layer to record.
-    #[arg(value_name = "LAYER")]
-    layer: String,
+    #[command(flatten)]
+    target: LayerArgs,
     /// JSON object: layer type (e.g. "tar", "squashfs") → OCI descriptor of its output.
     #[arg(long, value_name = "FILE")]
     manifests: PathBuf,
-    /// Print a JSON object instead of text.
-    #[arg(long)]
-    json: bool,
 }
 
 /// Loads the plan; a build that does not validate is reported with the plan's path.
@@ -62,14 +57,18 @@ fn load_plan(path: &Path) -> anyhow::Result<Plan> {
     }
 }
 
-fn open(db: &Path, plan: &Plan) -> anyhow::Result<(Cache, PruneReport)> {
-    Ok(Cache::open(plan.cache_config(db))?)
+/// Loads the plan and opens the cache (created if missing; pruned of entries whose outputs are
+/// gone).
+fn open(t: &LayerArgs) -> anyhow::Result<(Plan, Cache, PruneReport)> {
+    let plan = load_plan(&t.plan)?;
+    let (cache, pruned) = Cache::open(plan.cache_config(&t.out.db))?;
+    Ok((plan, cache, pruned))
 }
 
 /// `layercache lookup`: exit 0 on a hit, 1 on a miss.
 pub fn lookup(args: LookupArgs) -> anyhow::Result<ExitCode> {
-    let plan = load_plan(&args.plan)?;
-    let (cache, pruned) = open(&args.db, &plan)?;
+    let t = &args.target;
+    let (plan, cache, pruned) = open(t)?;
     let mut session = cache.session(plan.build())?;
     // One process, one question: nothing is kept for a put (which re-walks in its own
     // process), so no source is walked once the answer is known.
@@ -77,17 +76,9 @@ pub fn lookup(args: LookupArgs) -> anyhow::Result<ExitCode> {
         explain: args.explain,
         observe: false,
     };
-    let result = session.lookup_with(&args.layer, mode)?;
-    let counters = session.counters();
-    let mut out = std::io::stdout().lock();
-    if args.json {
-        let value = lookup_json(&result, &counters, &pruned)?;
-        serde_json::to_writer_pretty(&mut out, &value)?;
-        writeln!(out)?;
-    } else {
-        write_lookup_text(&mut out, &result)?;
-    }
-    out.flush()?;
+    let result = session.lookup_with(&t.layer, mode)?;
+    let value = lookup_json(&result, &session.counters(), &pruned)?;
+    emit(t.out.json, &value, |_, out| write_lookup_text(out, &result))?;
     Ok(if result.is_hit() {
         ExitCode::SUCCESS
     } else {
@@ -174,38 +165,33 @@ fn read_manifests(path: &Path) -> anyhow::Result<BTreeMap<String, Descriptor>> {
 
 /// `layercache put`: records a layer with its output manifests.
 pub fn put(args: PutArgs) -> anyhow::Result<ExitCode> {
-    let plan = load_plan(&args.plan)?;
+    let t = &args.target;
     let manifests = read_manifests(&args.manifests)?;
-    let (cache, _pruned) = open(&args.db, &plan)?;
+    let (plan, cache, _pruned) = open(t)?;
     let mut session = cache.session(plan.build())?;
     // This process did not see the builder's lookup, so it looks up again (observing every
     // source) and puts what it saw: the inputs are walked twice here, and a change between
     // the two walks is refused by the library (Error::InputsChanged).
-    let seen = session.lookup_with(&args.layer, LookupMode::FOR_BUILD)?;
+    let seen = session.lookup_with(&t.layer, LookupMode::FOR_BUILD)?;
     let record = session
         .put(&seen, &manifests)
-        .with_context(|| format!("cannot record layer {:?}", args.layer))?;
+        .with_context(|| format!("cannot record layer {:?}", t.layer))?;
     let rows: u64 = record
         .imports
         .iter()
         .chain(&record.overlay_dirs)
         .map(|s| s.rows)
         .sum();
-    let counters = session.counters();
-    let mut out = std::io::stdout().lock();
-    if args.json {
-        let value = json!({
-            "layer": record.name,
-            "was_hit": seen.is_hit(),
-            "imports": record.imports.len(),
-            "overlay_dirs": record.overlay_dirs.len(),
-            "rows": rows,
-            "manifests": manifests,
-            "counters": serde_json::to_value(counters)?,
-        });
-        serde_json::to_writer_pretty(&mut out, &value)?;
-        writeln!(out)?;
-    } else {
+    let value = json!({
+        "layer": record.name,
+        "was_hit": seen.is_hit(),
+        "imports": record.imports.len(),
+        "overlay_dirs": record.overlay_dirs.len(),
+        "rows": rows,
+        "manifests": manifests,
+        "counters": serde_json::to_value(session.counters())?,
+    });
+    emit(t.out.json, &value, |_, out| {
         let types: Vec<&str> = manifests.keys().map(String::as_str).collect();
         writeln!(
             out,
@@ -219,8 +205,7 @@ pub fn put(args: PutArgs) -> anyhow::Result<ExitCode> {
             } else {
                 types.join(", ")
             }
-        )?;
-    }
-    out.flush()?;
+        )
+    })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -6,6 +6,7 @@
 
 mod build;
 mod debug;
+mod generate;
 mod migrate;
 mod output;
 
@@ -17,7 +18,11 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "layercache",
     version,
-    about = "Build cache for layered image builders"
+    about = "Build cache for layered image builders",
+    after_help = "Environment:\n  \
+        LAYERCACHE_DB   the cache database file, when --db is not given\n  \
+        LAYERCACHE_LOG  log level on stderr: error, warn, info (default), debug, trace\n\n\
+        Exit codes: lookup 0 hit, 1 miss; check 0 clean, 1 problems; 2 on any error."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -26,20 +31,26 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Is the cached output of LAYER reusable? Exit 0 on a hit, 1 on a miss.
+    /// Is the cached output of LAYER reusable? Exit 0 on a hit, 1 on a miss. Creates the
+    /// cache if it is missing.
     Lookup(build::LookupArgs),
-    /// Record LAYER with its output manifests.
+    /// Record LAYER with its output manifests. Creates the cache if it is missing.
     Put(build::PutArgs),
-    /// Show what is stored: all entries, one entry, or its per-path rows.
+    /// Show what is stored: all entries, one entry, or its per-path rows. Opens the file
+    /// read-only: works while a build holds it.
     Dump(debug::DumpArgs),
     /// Entries, rows, file size and reclaimable space.
     Stats(debug::StatsArgs),
     /// Verify the database: redb integrity, every record decodes, summaries agree with rows.
-    Check(debug::CheckArgs),
-    /// Reclaim free space in the database file.
-    Compact(debug::CompactArgs),
+    Check(output::DbArgs),
+    /// Reclaim free space in the database file (no build may hold it).
+    Compact(output::DbArgs),
     /// Upgrade the database schema in place.
     Migrate(migrate::MigrateArgs),
+    /// Print a shell completion script to stdout.
+    Completions(generate::CompletionsArgs),
+    /// Print the man page (roff) to stdout.
+    Man,
 }
 
 fn main() -> ExitCode {
@@ -48,11 +59,13 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Lookup(a) => build::lookup(a),
         Cmd::Put(a) => build::put(a),
-        Cmd::Dump(a) => debug::dump(a),
-        Cmd::Stats(a) => debug::stats(a),
-        Cmd::Check(a) => debug::check(a),
-        Cmd::Compact(a) => debug::compact(a),
+        Cmd::Dump(a) => debug::guarded(&a.out.db, || debug::dump(&a)),
+        Cmd::Stats(a) => debug::guarded(&a.out.db, || debug::stats(&a)),
+        Cmd::Check(a) => debug::guarded(&a.db, || debug::check(&a)),
+        Cmd::Compact(a) => debug::guarded(&a.db, || debug::compact(&a)),
         Cmd::Migrate(a) => migrate::migrate(a),
+        Cmd::Completions(a) => generate::completions(&a),
+        Cmd::Man => generate::man(),
     };
     output::finish(result)
 }

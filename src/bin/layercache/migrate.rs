@@ -2,31 +2,29 @@
 //! apply them in one transaction (the library also migrates on every writable open).
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use layercache::Store;
 use layercache::migrate::{MigrationReport, pending};
 
+use crate::output::DbArgs;
+
 /// Arguments of `layercache migrate`.
 #[derive(clap::Args)]
 pub struct MigrateArgs {
-    /// The cache database.
-    #[arg(long)]
-    db: PathBuf,
+    #[command(flatten)]
+    out: DbArgs,
     /// Only list the steps that would run; change nothing.
     #[arg(long)]
     dry_run: bool,
-    /// Print JSON instead of text.
-    #[arg(long)]
-    json: bool,
 }
 
-pub fn migrate(a: MigrateArgs) -> anyhow::Result<ExitCode> {
+pub fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
+    let a = &args.out;
     let version = Store::peek_version(&a.db)?;
     let steps = pending(version);
     let mut out = std::io::stdout().lock();
-    if a.dry_run {
+    if args.dry_run {
         if a.json {
             let list: Vec<_> = steps
                 .iter()

@@ -1,7 +1,37 @@
-//! Shared output plumbing: logging to stderr, errors to exit code 2, quiet exit on a closed
-//! pipe.
+//! Shared plumbing: the `--db`/`--json` options, JSON-or-text reports on stdout, logging to
+//! stderr, errors to exit code 2, quiet exit on a closed pipe.
 
+use std::io::{self, BufWriter, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
+
+/// The options of every command that reads or writes a cache and prints a report.
+#[derive(clap::Args)]
+pub struct DbArgs {
+    /// The cache database file.
+    #[arg(long, value_name = "FILE", env = "LAYERCACHE_DB")]
+    pub db: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Prints one report to stdout: pretty JSON with `--json`, else its text form.
+pub fn emit<T: serde::Serialize>(
+    json: bool,
+    value: &T,
+    text: impl FnOnce(&T, &mut BufWriter<io::StdoutLock<'static>>) -> io::Result<()>,
+) -> anyhow::Result<()> {
+    let mut out = BufWriter::new(io::stdout().lock());
+    if json {
+        serde_json::to_writer_pretty(&mut out, value).map_err(io::Error::from)?;
+        writeln!(out)?;
+    } else {
+        text(value, &mut out)?;
+    }
+    out.flush()?;
+    Ok(())
+}
 
 /// Logs (tracing) go to stderr; `RUST_LOG`-style filtering via `LAYERCACHE_LOG` (default info).
 pub fn init_logging() {

@@ -1,0 +1,435 @@
+//! The integrity checker: [`Inspector::check_records`] decodes every record of the snapshot and
+//! compares each entry's summaries with its rows (count, root type, recomputed Merkle root),
+//! its base hash with its record, and looks for orphans; [`check()`] adds redb's own page-level
+//! check, which `maintain` runs.
+//!
+//! It must never write and never open the file for writing itself; a damaged record is a
+//! [`Problem`] in the report, not an error, and never a panic.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::Path;
+
+use redb::ReadableTable;
+
+use super::maintain::{must_exist, redb_integrity};
+use super::reader::guard;
+use super::{
+    CheckReport, Inspector, Integrity, MAX_LISTED_PROBLEMS, Problem, ProblemKind, problem,
+};
+use crate::TreeHasher;
+use crate::cache::{decode_entry, entry_digest};
+use crate::codec;
+use crate::error::{DbResultExt, Error, Result};
+use crate::path::{RelPath, escape_bytes, hex, show_path};
+use crate::schema::{BASES, BaseKind, ENTRIES, EntryKind, META, ROWS, Row, SourceSummary};
+
+impl Inspector {
+    /// Every check that needs only reading: records decode, summaries agree with their rows
+    /// (count and recomputed Merkle root), base hashes exist and agree, no orphans. The
+    /// report's redb check is [`Integrity::NotRun`]; [`check()`](super::check()) runs both.
+    pub fn check_records(&self) -> Result<CheckReport> {
+        guard(self.path(), || self.check_records_unguarded())
+    }
+
+    fn check_records_unguarded(&self) -> Result<CheckReport> {
+        let mut report = CheckReport::new(self.path());
+        self.check_meta(&mut report)?;
+        let layers = self.check_entries(&mut report)?;
+        self.check_bases(&mut report, &layers)?;
+        self.check_rows(&mut report, layers)?;
+        Ok(report)
+    }
+
+    fn check_meta(&self, report: &mut CheckReport) -> Result<()> {
+        let path = self.path();
+        let meta = self.txn.open_table(META).db(path)?;
+        if meta.get(crate::schema::META_WRITER).db(path)?.is_none() {
+            report.push(problem(
+                ProblemKind::Meta,
+                None,
+                None,
+                "the meta table has no `writer` fact".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Decodes every entry; returns what each one expects of the rows and bases tables.
+    fn check_entries(&self, report: &mut CheckReport) -> Result<BTreeMap<String, Expect>> {
+        let path = self.path();
+        let mut layers = BTreeMap::new();
+        let table = self.txn.open_table(ENTRIES).db(path)?;
+        let bases = self.txn.open_table(BASES).db(path)?;
+        for item in table.iter().db(path)? {
+            let (k, v) = item.db(path)?;
+            let name = k.value().to_string();
+            report.entries_checked += 1;
+            let lay = Some(name.as_str());
+            if let Err(e) = crate::path::validate_layer_name(&name) {
+                report.push(problem(ProblemKind::EntryName, lay, None, e.to_string()));
+            }
+            let rec = match decode_entry(path, &name, v.value()) {
+                Ok(r) => r,
+                Err(e) => {
+                    report.push(problem(ProblemKind::DamagedEntry, lay, None, e.to_string()));
+                    layers.insert(name, Expect::Damaged);
+                    continue;
+                }
+            };
+            if rec.name != name {
+                let detail = format!(
+                    "the record names layer {}",
+                    escape_bytes(rec.name.as_bytes())
+                );
+                report.push(problem(ProblemKind::EntryName, lay, None, detail));
+            }
+            match serde_json::from_slice::<serde_json::Value>(&rec.definition_json) {
+                Err(e) => {
+                    let detail = format!("the stored definition is not JSON: {e}");
+                    report.push(problem(ProblemKind::Definition, lay, None, detail));
+                }
+                Ok(_)
+                    if *blake3::hash(&rec.definition_json).as_bytes() != rec.definition_digest =>
+                {
+                    let detail = "the definition digest does not match the stored definition";
+                    report.push(problem(ProblemKind::Definition, lay, None, detail.into()));
+                }
+                Ok(_) => {}
+            }
+            for m in &rec.manifests {
+                if let Err(e) =
+                    serde_json::from_slice::<oci_spec::image::Descriptor>(&m.descriptor_json)
+                {
+                    let detail = format!(
+                        "the {} manifest is not an OCI descriptor: {e}",
+                        escape_bytes(m.layer_type.as_bytes())
+                    );
+                    report.push(problem(ProblemKind::Manifest, lay, None, detail));
+                }
+            }
+            let mut sources = BTreeMap::new();
+            let roles = [("import", &rec.imports), ("overlay", &rec.overlay_dirs)];
+            for (prefix, list) in roles {
+                for s in list {
+                    let expected_id = format!("{prefix}:{}", s.key);
+                    if s.source != expected_id {
+                        let detail = format!(
+                            "summary of key {} has source id {}, expected {}",
+                            escape_bytes(s.key.as_bytes()),
+                            escape_bytes(s.source.as_bytes()),
+                            escape_bytes(expected_id.as_bytes())
+                        );
+                        report.push(problem(ProblemKind::SourceId, lay, None, detail));
+                    }
+                    let summary = SeenSource {
+                        summary: s.clone(),
+                        seen: false,
+                    };
+                    if sources.insert(s.source.clone(), summary).is_some() {
+                        let detail = "two summaries of the entry name this source".to_string();
+                        report.push(problem(
+                            ProblemKind::SourceId,
+                            lay,
+                            Some(s.source.as_str()),
+                            detail,
+                        ));
+                    }
+                }
+            }
+            match bases.get(name.as_str()).db(path)? {
+                None => report.push(problem(
+                    ProblemKind::BaseHash,
+                    lay,
+                    None,
+                    "the entry has no base hash in the bases table".into(),
+                )),
+                Some(h) if h.value() != &entry_digest(&rec) => report.push(problem(
+                    ProblemKind::BaseHash,
+                    lay,
+                    None,
+                    "its base hash differs from the hash of its entry".into(),
+                )),
+                Some(_) => {}
+            }
+            let built_on = (rec.base.kind == BaseKind::Built).then(|| rec.base.reference.clone());
+            layers.insert(name, Expect::Entry { sources, built_on });
+        }
+        Ok(layers)
+    }
+
+    fn check_bases(
+        &self,
+        report: &mut CheckReport,
+        layers: &BTreeMap<String, Expect>,
+    ) -> Result<()> {
+        let path = self.path();
+        let bases = self.txn.open_table(BASES).db(path)?;
+        for item in bases.iter().db(path)? {
+            let (k, _) = item.db(path)?;
+            report.bases_checked += 1;
+            if !layers.contains_key(k.value()) {
+                report.push(problem(
+                    ProblemKind::OrphanBaseHash,
+                    Some(k.value()),
+                    None,
+                    "a base hash is stored for a layer that has no entry".into(),
+                ));
+            }
+        }
+        for (name, expect) in layers {
+            let Expect::Entry {
+                built_on: Some(base),
+                ..
+            } = expect
+            else {
+                continue;
+            };
+            let detail = if !layers.contains_key(base) {
+                format!(
+                    "it is built from layer {}, which has no entry",
+                    escape_bytes(base.as_bytes())
+                )
+            } else if bases.get(base.as_str()).db(path)?.is_none() {
+                format!(
+                    "it is built from layer {}, which has no base hash",
+                    escape_bytes(base.as_bytes())
+                )
+            } else {
+                continue;
+            };
+            report.push(problem(ProblemKind::MissingBase, Some(name), None, detail));
+        }
+        Ok(())
+    }
+
+    /// One scan of the rows table, in key order: every row decodes, and each (layer, source)
+    /// run is counted and hashed and compared with its entry's summary.
+    fn check_rows(
+        &self,
+        report: &mut CheckReport,
+        mut layers: BTreeMap<String, Expect>,
+    ) -> Result<()> {
+        let path = self.path();
+        let table = self.txn.open_table(ROWS).db(path)?;
+        let mut run: Option<Run> = None;
+        for item in table.iter().db(path)? {
+            let (k, v) = item.db(path)?;
+            let (layer, source, key) = k.value();
+            report.rows_checked += 1;
+            let same = run
+                .as_ref()
+                .is_some_and(|r| r.layer == layer && r.source == source);
+            if !same {
+                if let Some(done) = run.take() {
+                    done.finish(report, &mut layers);
+                }
+                run = Some(Run::new(layer, source));
+            }
+            let Some(r) = run.as_mut() else { continue };
+            let rel = RelPath::from_key(key);
+            match codec::decode::<Row, { codec::ROW_LIMIT }>(v.value()) {
+                Ok(row) => {
+                    if r.rows == 0 && !rel.is_root() {
+                        r.first_not_root = true;
+                    }
+                    if rel.is_root() {
+                        r.root_kind = Some(row.kind);
+                    }
+                    r.hasher.push(&rel, &row);
+                }
+                Err(detail) => {
+                    r.damaged = true;
+                    report.push(Problem {
+                        kind: ProblemKind::DamagedRow,
+                        layer: Some(layer.to_string()),
+                        source: Some(source.to_string()),
+                        path: Some(rel.to_string()),
+                        detail,
+                    });
+                }
+            }
+            r.rows += 1;
+        }
+        if let Some(done) = run.take() {
+            done.finish(report, &mut layers);
+        }
+        for (name, expect) in layers {
+            let Expect::Entry { sources, .. } = expect else {
+                continue;
+            };
+            for (source, s) in sources.into_iter().filter(|(_, s)| !s.seen) {
+                report.sources_checked += 1;
+                let detail = format!(
+                    "no rows are stored for this source; the entry records {} rows",
+                    s.summary.rows
+                );
+                report.push(Problem {
+                    kind: ProblemKind::RowCount,
+                    layer: Some(name.clone()),
+                    source: Some(source),
+                    path: None,
+                    detail,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What an entry expects of the other tables.
+enum Expect {
+    /// The record does not decode: its rows cannot be checked, and are not orphans.
+    Damaged,
+    Entry {
+        sources: BTreeMap<String, SeenSource>,
+        built_on: Option<String>,
+    },
+}
+
+struct SeenSource {
+    summary: SourceSummary,
+    seen: bool,
+}
+
+/// The rows of one (layer, source) seen so far during the scan.
+struct Run {
+    layer: String,
+    source: String,
+    hasher: TreeHasher,
+    rows: u64,
+    root_kind: Option<EntryKind>,
+    first_not_root: bool,
+    damaged: bool,
+}
+
+impl Run {
+    fn new(layer: &str, source: &str) -> Self {
+        Run {
+            layer: layer.to_string(),
+            source: source.to_string(),
+            hasher: TreeHasher::new(),
+            rows: 0,
+            root_kind: None,
+            first_not_root: false,
+            damaged: false,
+        }
+    }
+
+    fn finish(self, report: &mut CheckReport, layers: &mut BTreeMap<String, Expect>) {
+        let lay = Some(self.layer.as_str());
+        let src = Some(self.source.as_str());
+        let sources = match layers.get_mut(&self.layer) {
+            None => {
+                let detail = format!("{} rows of a layer that has no entry", self.rows);
+                report.push(problem(ProblemKind::OrphanRows, lay, src, detail));
+                return;
+            }
+            Some(Expect::Damaged) => return,
+            Some(Expect::Entry { sources, .. }) => sources,
+        };
+        let Some(expected) = sources.get_mut(&self.source) else {
+            let detail = format!(
+                "{} rows of a source the entry does not list; putting the layer again \
+                 replaces them",
+                self.rows
+            );
+            report.push(problem(ProblemKind::StraySource, lay, src, detail));
+            return;
+        };
+        expected.seen = true;
+        report.sources_checked += 1;
+        let s = &expected.summary;
+        if self.rows != s.rows {
+            let detail = format!(
+                "{} rows are stored, the entry records {}",
+                self.rows, s.rows
+            );
+            report.push(problem(ProblemKind::RowCount, lay, src, detail));
+        }
+        if self.first_not_root {
+            let detail = "the source has no root row (`.`)".to_string();
+            report.push(problem(ProblemKind::RootKind, lay, src, detail));
+        } else if let Some(k) = self.root_kind
+            && k != s.root_kind
+        {
+            let detail = format!("the root row is a {k}, the entry records a {}", s.root_kind);
+            report.push(problem(ProblemKind::RootKind, lay, src, detail));
+        }
+        if self.damaged {
+            // The damaged rows are listed; a root over the rest would only repeat that.
+            return;
+        }
+        let (root, _) = self.hasher.finish();
+        if self.rows == s.rows && root != s.root_digest {
+            let detail = format!(
+                "the Merkle root of the stored rows is {}, the entry records {}",
+                hex(&root),
+                hex(&s.root_digest)
+            );
+            report.push(problem(ProblemKind::RootDigest, lay, src, detail));
+        }
+    }
+}
+
+/// A clearer one-line message for an error that means the file itself is damaged (truncated or
+/// overwritten): redb's "corrupted" and short reads. `None` for every other error, whose
+/// `Display` is already the message to show.
+pub fn damaged_file_message(e: &Error) -> Option<String> {
+    let Error::Db { path, source } = e else {
+        return None;
+    };
+    let what = match source.as_ref() {
+        redb::Error::Corrupted(d) => d.clone(),
+        // layercache never aborts a repair itself: redb gave up on one.
+        redb::Error::RepairAborted => "it needs a repair that redb could not complete".to_string(),
+        redb::Error::Io(io) if io.kind() == io::ErrorKind::UnexpectedEof => {
+            "it is shorter than its own header says: truncated".to_string()
+        }
+        _ => return None,
+    };
+    Some(format!(
+        "cache database {} is damaged ({what}); move it away (the next build then creates a new \
+         cache) or restore it from a backup",
+        show_path(path)
+    ))
+}
+
+/// Runs every read-only check ([`Inspector::check_records`]), then redb's integrity check when
+/// the file can be opened for writing (module `maintain`). If a build holds the
+/// file, the redb-level check is skipped ([`Integrity::SkippedInUse`]) and the rest still runs.
+/// The read-only checks run first, so they see the file exactly as it was (a writable open of a
+/// damaged file can leave it marked as needing a repair); the writable handle is opened last and
+/// only for the redb check, so a build is kept out only for that long.
+///
+/// A damaged file is a finding, not a failure: if redb cannot open it, or its page-level check
+/// fails, the report says so and [`CheckReport::is_clean`] is false. A panic inside redb while
+/// the records are read (its read path trusts page contents, so an overwritten page can make it
+/// index out of bounds) is returned as an [`Error::Db`] naming the file as damaged
+/// ([`damaged_file_message`] words it). Any other error means nothing could be checked (not a
+/// cache, newer schema, missing file, held exclusively by another program, ...).
+pub fn check(path: impl AsRef<Path>) -> Result<CheckReport> {
+    let path = path.as_ref();
+    must_exist(path)?;
+    let mut report = match Inspector::open(path) {
+        Ok(ins) => ins.check_records()?,
+        Err(e) => match damaged_file_message(&e) {
+            Some(detail) => {
+                let mut report = CheckReport::new(path);
+                report.push(problem(ProblemKind::Unreadable, None, None, detail));
+                report
+            }
+            None => return Err(e),
+        },
+    };
+    report.integrity = redb_integrity(path);
+    if let Integrity::Failed(d) = &report.integrity {
+        let p = problem(ProblemKind::RedbIntegrity, None, None, d.clone());
+        report.problems.insert(0, p);
+        if report.problems.len() > MAX_LISTED_PROBLEMS {
+            report.problems.pop();
+            report.problems_not_listed += 1;
+        }
+    }
+    Ok(report)
+}

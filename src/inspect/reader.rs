@@ -1,0 +1,334 @@
+//! The read-only snapshot: [`Inspector`] lists entries, shows one in full, streams a layer's
+//! rows and counts storage use, all from one read transaction taken at open.
+//!
+//! Owns inspect's panic guard (`guard`) and its row-decoding iterator ([`LayerRows`]): every
+//! read of the snapshot goes through them. It must never write, never open the file for
+//! writing, and never hold a whole source's rows in memory.
+
+use std::path::{Path, PathBuf};
+
+use redb::{ReadableTable, ReadableTableMetadata};
+
+use super::{
+    BaseView, EntryDetail, EntryLine, ListedEntry, Listing, ListingTotals, ManifestView, RowLine,
+    RowSelection, SourceView, Stats, TableUsage, format_utc_ms,
+};
+use crate::cache::decode_entry;
+use crate::codec;
+use crate::error::{DbResultExt, Error, Result};
+use crate::path::{RelPath, escape_bytes, hex, show_path};
+use crate::schema::{BASES, ENTRIES, EntryRecord, META, ROWS, Row};
+use crate::store::Store;
+
+/// A read-only view of a cache file: one read transaction, held for the life of the value.
+pub struct Inspector {
+    pub(super) txn: redb::ReadTransaction,
+    store: Store,
+}
+
+impl Inspector {
+    /// Opens `path` read-only (see the module doc: works while a builder writes to it).
+    pub fn open(path: impl AsRef<Path>) -> Result<Inspector> {
+        Inspector::new(Store::open_read_only(path)?)
+    }
+
+    /// Wraps an open store, taking the read snapshot now.
+    pub fn new(store: Store) -> Result<Inspector> {
+        let txn = store.begin_read()?;
+        Ok(Inspector { txn, store })
+    }
+
+    /// The underlying store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub(super) fn path(&self) -> &Path {
+        self.store.path()
+    }
+
+    /// Every entry, sorted by name, with totals. A damaged record is listed as such rather
+    /// than failing the listing.
+    pub fn list(&self) -> Result<Listing> {
+        guard(self.path(), || self.list_unguarded())
+    }
+
+    fn list_unguarded(&self) -> Result<Listing> {
+        let path = self.path();
+        let table = self.txn.open_table(ENTRIES).db(path)?;
+        let mut entries = Vec::new();
+        let mut totals = ListingTotals::default();
+        for item in table.iter().db(path)? {
+            let (k, v) = item.db(path)?;
+            let name = k.value().to_string();
+            totals.entries += 1;
+            match decode_entry(path, &name, v.value()) {
+                Err(e) => {
+                    totals.damaged += 1;
+                    entries.push(ListedEntry::Damaged {
+                        name,
+                        damaged: e.to_string(),
+                    });
+                }
+                Ok(rec) => {
+                    let rows = rec
+                        .imports
+                        .iter()
+                        .chain(&rec.overlay_dirs)
+                        .map(|s| s.rows)
+                        .fold(0u64, u64::saturating_add);
+                    totals.imports += rec.imports.len() as u64;
+                    totals.overlay_dirs += rec.overlay_dirs.len() as u64;
+                    totals.rows = totals.rows.saturating_add(rows);
+                    entries.push(ListedEntry::Entry(EntryLine {
+                        name,
+                        output_types: rec.manifests.iter().map(|m| m.layer_type.clone()).collect(),
+                        base: BaseView::of(&rec.base),
+                        imports: rec.imports.len(),
+                        overlay_dirs: rec.overlay_dirs.len(),
+                        rows,
+                        build_only: rec.build_only,
+                        created_unix_ms: rec.created_unix_ms,
+                        created: format_utc_ms(rec.created_unix_ms),
+                    }));
+                }
+            }
+        }
+        Ok(Listing {
+            db: show_path(path),
+            entries,
+            totals,
+        })
+    }
+
+    /// The stored record of `layer`, if it has an entry.
+    pub fn record(&self, layer: &str) -> Result<Option<EntryRecord>> {
+        guard(self.path(), || self.record_unguarded(layer))
+    }
+
+    fn record_unguarded(&self, layer: &str) -> Result<Option<EntryRecord>> {
+        let path = self.path();
+        let table = self.txn.open_table(ENTRIES).db(path)?;
+        let Some(v) = table.get(layer).db(path)? else {
+            return Ok(None);
+        };
+        decode_entry(path, layer, v.value()).map(Some)
+    }
+
+    /// One entry in full, if `layer` has an entry.
+    pub fn entry(&self, layer: &str) -> Result<Option<EntryDetail>> {
+        guard(self.path(), || self.entry_unguarded(layer))
+    }
+
+    fn entry_unguarded(&self, layer: &str) -> Result<Option<EntryDetail>> {
+        Ok(self.record(layer)?.map(|rec| EntryDetail {
+            name: rec.name.clone(),
+            definition: json_or_escaped(&rec.definition_json),
+            definition_digest: hex(&rec.definition_digest),
+            base: BaseView::of(&rec.base),
+            source_date_epoch: rec.source_date_epoch,
+            build_only: rec.build_only,
+            created_unix_ms: rec.created_unix_ms,
+            created: format_utc_ms(rec.created_unix_ms),
+            manifests: rec
+                .manifests
+                .iter()
+                .map(|m| ManifestView {
+                    layer_type: m.layer_type.clone(),
+                    descriptor: json_or_escaped(&m.descriptor_json),
+                })
+                .collect(),
+            imports: rec.imports.iter().map(SourceView::of).collect(),
+            overlay_dirs: rec.overlay_dirs.iter().map(SourceView::of).collect(),
+        }))
+    }
+
+    /// Resolves what a person typed after `--files` to a row source id of `record`: a source id
+    /// as stored (`import:<key>`, `overlay:<key>`), or a bare import or overlay dir key.
+    pub fn resolve_source(record: &EntryRecord, given: &str) -> Result<String> {
+        let all = || record.imports.iter().chain(&record.overlay_dirs);
+        if let Some(s) = all().find(|s| s.source == given) {
+            return Ok(s.source.clone());
+        }
+        let mut by_key = all().filter(|s| s.key == given);
+        match (by_key.next(), by_key.next()) {
+            (Some(s), None) => Ok(s.source.clone()),
+            (Some(_), Some(_)) => Err(Error::InvalidName {
+                what: "source",
+                value: escape_bytes(given.as_bytes()),
+                why: "both an import and an overlay dir of this layer have that key; write \
+                      import:KEY or overlay:KEY",
+            }),
+            (None, _) => Err(Error::InvalidName {
+                what: "source",
+                value: escape_bytes(given.as_bytes()),
+                why: "the layer has no import or overlay dir with that key; `layercache dump \
+                      --db FILE LAYER` lists its sources",
+            }),
+        }
+    }
+
+    /// Streams the stored rows of `layer` in key order (source by source, each in walk order),
+    /// decoding one at a time. A row that does not decode is an `Err` item; iteration goes on.
+    pub fn rows(&self, layer: &str, which: &RowSelection) -> Result<LayerRows> {
+        let path = self.path();
+        let table = match self.txn.open_table(ROWS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => {
+                return Ok(LayerRows {
+                    path: path.to_path_buf(),
+                    range: None,
+                });
+            }
+            Err(e) => return Err(e).db(path),
+        };
+        // Neither layer names nor source ids contain NUL, so `x + "\0"` is the smallest string
+        // above `x`: these half-open ranges hold exactly the rows of the layer (or source).
+        let range = match which {
+            RowSelection::All => {
+                let upper = format!("{layer}\0");
+                let lo: (&str, &str, &[u8]) = (layer, "", &[]);
+                let hi: (&str, &str, &[u8]) = (upper.as_str(), "", &[]);
+                table.range(lo..hi).db(path)?
+            }
+            RowSelection::Source(source) => {
+                let upper = format!("{source}\0");
+                let lo: (&str, &str, &[u8]) = (layer, source.as_str(), &[]);
+                let hi: (&str, &str, &[u8]) = (layer, upper.as_str(), &[]);
+                table.range(lo..hi).db(path)?
+            }
+        };
+        Ok(LayerRows {
+            path: path.to_path_buf(),
+            range: Some(range),
+        })
+    }
+
+    /// Counts and storage use, read-only: exact for the tables, an upper bound for what
+    /// `compact` could reclaim (redb reports free pages only to a writer; see [`stats_exact`](super::stats_exact)).
+    pub fn stats(&self) -> Result<Stats> {
+        guard(self.path(), || self.stats_unguarded())
+    }
+
+    fn stats_unguarded(&self) -> Result<Stats> {
+        let path = self.path();
+        let file_bytes = std::fs::metadata(path)
+            .map_err(|e| Error::io("cannot stat", path, e))?
+            .len();
+        let mut tables = Vec::new();
+        macro_rules! usage {
+            ($def:expr, $name:literal) => {
+                match self.txn.open_table($def) {
+                    Ok(t) => {
+                        let s = t.stats().db(path)?;
+                        tables.push(TableUsage {
+                            name: $name,
+                            len: t.len().db(path)?,
+                            stored_bytes: s.stored_bytes(),
+                            metadata_bytes: s.metadata_bytes(),
+                            fragmented_bytes: s.fragmented_bytes(),
+                            pages: s.leaf_pages() + s.branch_pages(),
+                        });
+                    }
+                    Err(redb::TableError::TableDoesNotExist(_)) => tables.push(TableUsage {
+                        name: $name,
+                        len: 0,
+                        stored_bytes: 0,
+                        metadata_bytes: 0,
+                        fragmented_bytes: 0,
+                        pages: 0,
+                    }),
+                    Err(e) => return Err(e).db(path),
+                }
+            };
+        }
+        usage!(META, "meta");
+        usage!(ENTRIES, "entries");
+        usage!(ROWS, "rows");
+        usage!(BASES, "bases");
+        let len_of = |n: &str| tables.iter().find(|t| t.name == n).map_or(0, |t| t.len);
+        let table_bytes: u64 = tables
+            .iter()
+            .map(|t| t.stored_bytes + t.metadata_bytes + t.fragmented_bytes)
+            .sum();
+        let table_fragmented_bytes = tables.iter().map(|t| t.fragmented_bytes).sum();
+        Ok(Stats {
+            db: show_path(path),
+            file_bytes,
+            schema_version: self.store.schema_version()?,
+            entries: len_of("entries"),
+            rows: len_of("rows"),
+            bases: len_of("bases"),
+            table_bytes,
+            table_fragmented_bytes,
+            outside_tables_bytes: file_bytes.saturating_sub(table_bytes),
+            tables,
+            exact: None,
+        })
+    }
+}
+
+/// Streamed rows of one layer (see [`Inspector::rows`]).
+pub struct LayerRows {
+    path: PathBuf,
+    range: Option<RowRange>,
+}
+
+/// The raw range scan behind [`LayerRows`].
+type RowRange = redb::Range<'static, (&'static str, &'static str, &'static [u8]), &'static [u8]>;
+
+impl Iterator for LayerRows {
+    type Item = Result<RowLine>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let db = self.path.clone();
+        crate::store::guarded_next(&db, &mut self.range, |k, v| {
+            let (_, source, key) = k.value();
+            let path = RelPath::from_key(key);
+            match codec::decode::<Row, { codec::ROW_LIMIT }>(v.value()) {
+                Ok(row) => Ok(RowLine {
+                    source: source.to_string(),
+                    path,
+                    row,
+                }),
+                Err(detail) => Err(Error::Corrupt {
+                    path: db.clone(),
+                    table: "rows",
+                    key: format!("{} {path}", escape_bytes(source.as_bytes())),
+                    detail,
+                }),
+            }
+        })
+    }
+}
+
+/// Runs `f`, turning a panic inside it into [`Error::Db`] naming the file as damaged. redb's
+/// read path trusts page contents, so a damaged page can make it index out of bounds instead of
+/// returning an error; a person inspecting a damaged file gets a report or an error, never a
+/// crash. Inspect's one panic guard: every [`Inspector`] method and [`check()`](super::check())
+/// go through it.
+pub(super) fn guard<T>(db: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+        crate::store::note_damage(db);
+        Err(Error::Db {
+            path: db.to_path_buf(),
+            source: Box::new(redb::Error::Corrupted(format!(
+                "reading the database failed inside redb ({}): the file is damaged",
+                panic_message(payload.as_ref())
+            ))),
+        })
+    })
+}
+
+/// The message of a panic payload (`panic!` with a literal or a formatted message).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_string())
+}
+
+fn json_or_escaped(bytes: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(bytes).unwrap_or_else(|_| serde_json::Value::String(escape_bytes(bytes)))
+}
