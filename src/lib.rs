@@ -112,6 +112,7 @@ pub mod migrate;
 pub mod path;
 pub mod plan;
 pub mod reason;
+pub mod remote;
 pub mod schema;
 pub mod stacker;
 pub mod store;
