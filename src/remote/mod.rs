@@ -54,6 +54,7 @@
 
 mod auth;
 mod error;
+mod layout;
 mod wire;
 
 use std::collections::BTreeSet;
@@ -74,6 +75,7 @@ use oci_spec::image::Descriptor;
 use sha2::Digest as _;
 
 pub use error::RemoteError;
+pub use layout::image_blobs;
 pub use wire::{
     ANNOTATION_INPUT_DIGEST, ANNOTATION_LAYER, ENTRY_MEDIA_TYPE, ENVELOPE_VERSION,
     OCI_MANIFEST_MEDIA_TYPE, TAG_CONTEXT, entry_tag,
@@ -327,7 +329,14 @@ impl Remote {
             use_monolithic_push: true,
             ..ClientConfig::default()
         };
-        let client = runtime.block_on(async { Client::new(config) });
+        // Not `Client::new`: on a bad config it silently falls back to defaults (no timeouts).
+        let client = runtime
+            .block_on(async { Client::try_from(config) })
+            .map_err(|e| RemoteError::Registry {
+                registry: registry.clone(),
+                what: "set up the client".into(),
+                detail: chain(&e),
+            })?;
         Ok(Remote {
             registry,
             repository,
