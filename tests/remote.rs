@@ -475,3 +475,46 @@ fn plain_http_is_refused_off_loopback_without_insecure() {
         .is_ok()
     );
 }
+
+#[test]
+fn a_malformed_entry_is_refused_before_anything_is_sent() {
+    // Nothing listens on this port: any request would fail as unreachable, not as invalid.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let r = Remote::new(&format!("127.0.0.1:{port}/{REPO}"), opts()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let blob = dir.path().join("blob");
+    std::fs::write(&blob, b"four").unwrap();
+    let descriptor = |digest: &str, size: u64| -> Descriptor {
+        serde_json::from_value(serde_json::json!({
+            "mediaType": "application/octet-stream", "digest": digest, "size": size
+        }))
+        .unwrap()
+    };
+    let good_digest = format!("sha256:{}", "ab".repeat(32));
+    let cases = [
+        (b"not json".to_vec(), descriptor(&good_digest, 4)),
+        (b"{}".to_vec(), descriptor(&good_digest, 5)),
+        (
+            b"{}".to_vec(),
+            descriptor(&format!("sha512:{}", "ab".repeat(64)), 4),
+        ),
+    ];
+    for (record, descriptor) in cases {
+        let entry = RemoteEntry {
+            layer: "l".into(),
+            input_digest: [0; 32],
+            record,
+            blobs: vec![LocalBlob {
+                descriptor,
+                path: blob.clone(),
+            }],
+        };
+        let err = r.push_entry(&entry).expect_err("malformed entry pushed");
+        assert!(matches!(err, RemoteError::InvalidEntry { .. }), "{err}");
+    }
+    assert_eq!(r.counters(), Default::default());
+}
