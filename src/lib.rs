@@ -124,6 +124,7 @@ pub mod migrate;
 pub mod path;
 pub mod plan;
 pub mod reason;
+pub mod remote;
 pub mod schema;
 pub mod stacker;
 pub mod store;
