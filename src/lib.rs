@@ -106,6 +106,7 @@ pub mod cache;
 pub mod codec;
 pub mod diff;
 pub mod error;
+pub mod fsread;
 pub mod inputs;
 pub mod inspect;
 pub mod migrate;

@@ -48,7 +48,10 @@ use serde::de::{Deserializer, MapAccess, Visitor};
 
 use crate::cache::CacheConfig;
 use crate::error::{Error, Result};
+use crate::fsread;
 use crate::inputs::{Base, Build, Import, LayerInputs, OverlayDir};
+use crate::path::escape_bytes;
+use oci_spec::image::Descriptor;
 
 /// A loaded, resolved and validated plan.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,16 +66,25 @@ pub struct Plan {
 impl Plan {
     /// Reads, parses, resolves and validates the plan file at `path`.
     ///
-    /// An unreadable file or invalid JSON (with its line and column) is [`Error::Parse`];
-    /// an invalid build is the error of [`Build::validate`] ([`Error::InvalidName`],
-    /// [`Error::MissingBase`], [`Error::BaseCycle`]).
+    /// An unreadable file or invalid JSON (with its line and column) is [`Error::Parse`]; a
+    /// path that is not a regular file (a FIFO, a device, a directory) is
+    /// [`Error::WrongFileType`] and is never read; a file larger than
+    /// [`fsread::PLAN_LIMIT`] (64 MiB) is [`Error::TooLarge`]; an invalid build is the error
+    /// of [`Build::validate`] ([`Error::InvalidName`], [`Error::MissingBase`],
+    /// [`Error::BaseCycle`]).
     pub fn load(path: impl AsRef<Path>) -> Result<Plan> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Parse {
-            what: "plan file",
-            path: path.to_path_buf(),
-            detail: format!("cannot read it ({e}); check the path"),
-        })?;
+        let text = match fsread::read_capped_text("plan file", path, fsread::PLAN_LIMIT) {
+            Ok(text) => text,
+            Err(Error::Io { source, .. }) => {
+                return Err(Error::Parse {
+                    what: "plan file",
+                    path: path.to_path_buf(),
+                    detail: format!("cannot read it ({source}); check the path"),
+                });
+            }
+            Err(e) => return Err(e),
+        };
         Plan::parse(&text, path)
     }
 
@@ -288,5 +300,108 @@ impl RawPlan {
             source_date_epoch: default_epoch,
             build: Build { layers },
         }
+    }
+}
+
+/// Reads a manifests file: a JSON object of layer type (`"tar"`, `"squashfs"`, ...) → the OCI
+/// descriptor of that output, as `layercache put --manifests` takes it.
+///
+/// Refused, each as [`Error::Parse`] naming the file (and the layer type where there is one):
+/// invalid JSON or descriptors, an empty layer type, a layer type given twice (serde would keep
+/// the last silently), and a digest that is not `sha256:` followed by 64 lowercase hex digits.
+/// An empty object `{}` is allowed here (a build-only layer has no outputs; the cache decides
+/// whether the layer may have none). The file must be a regular file of at most
+/// [`fsread::MANIFESTS_LIMIT`] (16 MiB), else [`Error::WrongFileType`] or [`Error::TooLarge`];
+/// a missing or unreadable file is [`Error::Parse`].
+pub fn read_manifests(path: impl AsRef<Path>) -> Result<BTreeMap<String, Descriptor>> {
+    let path = path.as_ref();
+    let text = match fsread::read_capped_text("manifests file", path, fsread::MANIFESTS_LIMIT) {
+        Ok(text) => text,
+        Err(Error::Io { source, .. }) => {
+            return Err(Error::Parse {
+                what: "manifests file",
+                path: path.to_path_buf(),
+                detail: format!("cannot read it ({source}); check the --manifests path"),
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    parse_manifests(&text, path)
+}
+
+/// Parses the text of a manifests file ([`read_manifests`]); `path` names it in errors.
+pub fn parse_manifests(text: &str, path: impl AsRef<Path>) -> Result<BTreeMap<String, Descriptor>> {
+    let path = path.as_ref();
+    let parse = |detail: String| Error::Parse {
+        what: "manifests file",
+        path: path.to_path_buf(),
+        detail,
+    };
+    let mut de = serde_json::Deserializer::from_str(text);
+    let manifests = UniqueManifests::deserialize(&mut de)
+        .and_then(|m| de.end().map(|()| m))
+        .map_err(|e| {
+            parse(format!(
+                "{e}; expected an object of layer type -> OCI descriptor \
+                 ({{\"mediaType\", \"digest\": \"sha256:<64 hex>\", \"size\"}})"
+            ))
+        })?
+        .0;
+    for (layer_type, d) in &manifests {
+        if layer_type.is_empty() {
+            return Err(parse(format!(
+                "the layer type {layer_type:?} is empty; name each layer type"
+            )));
+        }
+        let digest = d.digest().to_string();
+        if !is_sha256_digest(&digest) {
+            return Err(parse(format!(
+                "the digest of layer type {:?} is {:?}, not sha256: followed by 64 lowercase \
+                 hex digits; give the sha256 digest of the output blob",
+                escape_bytes(layer_type.as_bytes()),
+                escape_bytes(digest.as_bytes())
+            )));
+        }
+    }
+    Ok(manifests)
+}
+
+/// `sha256:` followed by exactly 64 lowercase hex digits.
+fn is_sha256_digest(digest: &str) -> bool {
+    digest.strip_prefix("sha256:").is_some_and(|hex| {
+        hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    })
+}
+
+/// The manifests object, refusing a layer type given twice.
+struct UniqueManifests(BTreeMap<String, Descriptor>);
+
+impl<'de> Deserialize<'de> for UniqueManifests {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Manifests;
+        impl<'de> Visitor<'de> for Manifests {
+            type Value = UniqueManifests;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object of layer type -> OCI descriptor")
+            }
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
+                let mut out = BTreeMap::new();
+                while let Some(layer_type) = map.next_key::<String>()? {
+                    if out.contains_key(&layer_type) {
+                        return Err(serde::de::Error::custom(format_args!(
+                            "layer type {:?} is given twice",
+                            escape_bytes(layer_type.as_bytes())
+                        )));
+                    }
+                    let descriptor = map.next_value::<Descriptor>()?;
+                    out.insert(layer_type, descriptor);
+                }
+                Ok(UniqueManifests(out))
+            }
+        }
+        d.deserialize_map(Manifests)
     }
 }

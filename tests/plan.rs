@@ -278,3 +278,70 @@ fn invalid_builds_are_refused_at_load() {
         })
     ));
 }
+
+fn manifests_error(text: &str) -> String {
+    match layercache::plan::parse_manifests(text, "/out/m.json") {
+        Err(Error::Parse { what, path, detail }) => {
+            assert_eq!(what, "manifests file");
+            assert_eq!(path, Path::new("/out/m.json"));
+            detail
+        }
+        other => panic!("expected a parse error for {text}, got {other:?}"),
+    }
+}
+
+fn descriptor(digest: &str) -> Value {
+    json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest, "size": 3})
+}
+
+#[test]
+fn manifest_digests_must_be_sha256_with_64_lowercase_hex() {
+    let hex64 = "0123456789abcdef".repeat(4);
+    let good = json!({"tar": descriptor(&format!("sha256:{hex64}"))}).to_string();
+    let m = layercache::plan::parse_manifests(&good, "m.json").unwrap();
+    assert_eq!(m.len(), 1);
+
+    for bad in [
+        format!("sha512:{}", "ab".repeat(64)),
+        format!("sha256:{}", &hex64[..63]),
+        format!("sha256:{hex64}0"),
+        format!("sha256:{}", hex64.to_uppercase()),
+        format!("blake3:{hex64}"),
+        "md5:d41d8cd98f00b204e9800998ecf8427e".to_string(),
+    ] {
+        let text = json!({"squashfs": descriptor(&bad)}).to_string();
+        let detail = manifests_error(&text);
+        // Either oci-spec refuses the digest while parsing, or our check names the layer type.
+        assert!(
+            detail.contains("\"squashfs\"") || detail.contains("digest"),
+            "{bad}: {detail}"
+        );
+    }
+    // Digests oci-spec itself accepts are refused by our check, naming the layer type.
+    let detail = manifests_error(
+        &json!({"squashfs": descriptor(&format!("sha512:{}", "ab".repeat(64)))}).to_string(),
+    );
+    assert!(
+        detail.contains("layer type \"squashfs\"") && detail.contains("sha256:"),
+        "{detail}"
+    );
+}
+
+#[test]
+fn a_layer_type_given_twice_in_the_manifests_is_refused() {
+    let hex64 = "ab".repeat(32);
+    let d = descriptor(&format!("sha256:{hex64}")).to_string();
+    let text = format!(r#"{{"tar": {d}, "squashfs": {d}, "tar": {d}}}"#);
+    let detail = manifests_error(&text);
+    assert!(
+        detail.contains("layer type \"tar\" is given twice"),
+        "{detail}"
+    );
+    // An empty object stays allowed (a build-only layer has no outputs).
+    let empty = layercache::plan::parse_manifests("{}", "m.json").unwrap();
+    assert!(empty.is_empty());
+    // Trailing data and an empty layer type are refused.
+    manifests_error(&format!(r#"{{"tar": {d}}} {{}}"#));
+    let detail = manifests_error(&format!(r#"{{"": {d}}}"#));
+    assert!(detail.contains("empty"), "{detail}");
+}
