@@ -124,12 +124,26 @@ pub struct LayerInputs {
 pub struct Build {
     /// Layers by name.
     pub layers: BTreeMap<String, LayerInputs>,
+    /// The builder's identity and version (e.g. `"stacker 1.1.0"`), as cargo puts the compiler
+    /// version into every fingerprint: a builder whose own behaviour changed can need a
+    /// rebuild with identical inputs, so a hit requires the builder recorded at put to be this
+    /// one ([`crate::MissReason::BuilderChanged`]). `None`: the builder does not say.
+    #[serde(default)]
+    pub builder: Option<String>,
 }
 
 impl Build {
     /// An empty build.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty build by the builder `builder` ([`Build::builder`]).
+    pub fn with_builder(builder: impl Into<String>) -> Self {
+        Build {
+            layers: BTreeMap::new(),
+            builder: Some(builder.into()),
+        }
     }
 
     /// Adds (or replaces) a layer.

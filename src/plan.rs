@@ -4,6 +4,7 @@
 //!
 //! ```json
 //! {
+//!   "builder": "mybuilder 2.3.0",
 //!   "oci_layout": "oci",
 //!   "rootfs_dir": "roots",
 //!   "source_date_epoch": 1700000000,
@@ -15,17 +16,32 @@
 //!       "overlay_dirs": [{"key": "src", "source": "src",
 //!                         "rootfs_path": "roots/base/overlay_dirs/src"}]
 //!     },
-//!     "app": {"base": {"type": "built", "layer": "base"}, "source_date_epoch": null}
+//!     "app": {"definition": {"from": {"type": "built", "tag": "base"}},
+//!             "base": {"type": "built", "layer": "base"}, "source_date_epoch": null}
 //!   }
 //! }
 //! ```
 //!
-//! * Top level: `layers` (required, layer name → layer), `oci_layout` and `rootfs_dir`
-//!   (optional; used to prune entries at open, see [`crate::CacheConfig`]), and
-//!   `source_date_epoch` (optional; the default of every layer that does not set its own).
-//! * A layer: `base` (required), `definition` (any JSON, default `null`), `imports`,
+//! * Top level: `layers` (required, layer name → layer), `oci_layout` and `rootfs_dir` (where
+//!   the outputs are: see below; used to prune entries at open, see [`crate::CacheConfig`]),
+//!   `source_date_epoch` (optional; the default of every layer that does not set its own), and
+//!   `builder` (optional; the builder's identity and version, e.g. `"stacker 1.1.0"`, which a
+//!   hit requires to be unchanged: [`Build::builder`]).
+//! * A layer: `base` (required), `definition` (required: any JSON; see below), `imports`,
 //!   `overlay_dirs` (default empty), `source_date_epoch` (a number; `null` to have none even
 //!   when the plan sets a default; absent to take the plan's), `build_only` (default false).
+//!
+//! **The definition is required.** It is what the builder builds the layer from (its `run`
+//! lines, environment, ...), and a changed definition is the first thing a lookup checks: a
+//! layer written without one would be compared as `null` and its changes never seen, so a
+//! missing `definition` is refused, naming the layer. A builder that really has no definition
+//! beyond the inputs writes `"definition": null` explicitly.
+//!
+//! **Where the outputs are is required.** A hit tells the builder to reuse outputs, so the
+//! cache must be able to check that they still exist: a plan with any layer that is not
+//! build-only must name `oci_layout` (its output blobs live there), and a plan with any
+//! build-only layer must name `rootfs_dir` (its output is the directory `<rootfs_dir>/<layer>`).
+//! A plan without them is refused.
 //! * `base`: `{"type": "scratch"}`, `{"type": "built", "layer": NAME}`,
 //!   `{"type": "tar", "path": FILE}`, `{"type": "oci" | "docker", "layout": DIR, "tag": TAG}`.
 //! * An import: `key` (the URL as written in the definition), `path` (where it is on disk),
@@ -104,8 +120,11 @@ impl Plan {
             parent
         })
         .map_err(|e| Error::io("cannot resolve the directory of", path, e))?;
+        // Names, keys and bases are checked first (their errors are the more basic ones).
+        let complete = raw.check_complete(path);
         let plan = raw.resolve(path, &dir);
         plan.build.validate()?;
+        complete?;
         Ok(plan)
     }
 
@@ -160,6 +179,8 @@ struct RawPlan {
     rootfs_dir: Option<PathBuf>,
     #[serde(default)]
     source_date_epoch: Option<i64>,
+    #[serde(default)]
+    builder: Option<String>,
     #[serde(deserialize_with = "unique_layers")]
     layers: BTreeMap<String, RawLayer>,
 }
@@ -168,8 +189,9 @@ struct RawPlan {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawLayer {
-    #[serde(default)]
-    definition: serde_json::Value,
+    /// Absent: refused; `null`: the layer has none.
+    #[serde(default, deserialize_with = "present_value")]
+    definition: Option<serde_json::Value>,
     base: RawBase,
     #[serde(default)]
     imports: Vec<RawImport>,
@@ -215,6 +237,14 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<Option
     Option::<i64>::deserialize(d).map(Some)
 }
 
+/// Distinguishes a `definition` given (even as `null`: `Some(Value::Null)`) from an absent one
+/// (`None`, via `#[serde(default)]`).
+fn present_value<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(d).map(Some)
+}
+
 /// The `layers` object, refusing a layer name given twice (serde would keep the last).
 fn unique_layers<'de, D: Deserializer<'de>>(
     d: D,
@@ -246,6 +276,40 @@ fn unique_layers<'de, D: Deserializer<'de>>(
 }
 
 impl RawPlan {
+    /// Refuses a layer without a definition, and a plan that does not say where its layers'
+    /// outputs are (see the module doc).
+    fn check_complete(&self, path: &Path) -> Result<()> {
+        let refuse = |detail: String| Error::Parse {
+            what: "plan file",
+            path: path.to_path_buf(),
+            detail,
+        };
+        for (name, l) in &self.layers {
+            let name = escape_bytes(name.as_bytes());
+            if l.definition.is_none() {
+                return Err(refuse(format!(
+                    "layer \"{name}\" has no \"definition\", so a change to it could never be \
+                     seen; give the layer's definition (what the builder builds it from), or \
+                     \"definition\": null if the builder has none"
+                )));
+            }
+            if l.build_only && self.rootfs_dir.is_none() {
+                return Err(refuse(format!(
+                    "layer \"{name}\" is build-only, but the plan names no \"rootfs_dir\", so \
+                     a hit could not check that its rootfs still exists; add \"rootfs_dir\""
+                )));
+            }
+            if !l.build_only && self.oci_layout.is_none() {
+                return Err(refuse(format!(
+                    "layer \"{name}\" has outputs (it is not build-only), but the plan names no \
+                     \"oci_layout\", so a hit could not check that its output blobs still \
+                     exist; add \"oci_layout\""
+                )));
+            }
+        }
+        Ok(())
+    }
+
     fn resolve(self, path: &Path, dir: &Path) -> Plan {
         let at = |p: PathBuf| dir.join(p);
         let default_epoch = self.source_date_epoch;
@@ -267,7 +331,7 @@ impl RawPlan {
                     RawBase::Scratch => Base::Scratch,
                 };
                 let inputs = LayerInputs {
-                    definition: l.definition,
+                    definition: l.definition.unwrap_or_default(),
                     base,
                     imports: l
                         .imports
@@ -298,7 +362,10 @@ impl RawPlan {
             oci_layout: self.oci_layout.map(at),
             rootfs_dir: self.rootfs_dir.map(at),
             source_date_epoch: default_epoch,
-            build: Build { layers },
+            build: Build {
+                layers,
+                builder: self.builder,
+            },
         }
     }
 }

@@ -348,3 +348,27 @@ fn put_refuses_a_non_sha256_digest_and_a_duplicate_layer_type_naming_them() {
     // Nothing was recorded.
     assert_eq!(f.lookup().status.code(), Some(1));
 }
+
+#[test]
+fn the_binary_refuses_a_plan_without_definition_or_output_locations() {
+    let f = Fixture::new(json!({"type": "scratch"}));
+    let cases = [
+        (
+            json!({"oci_layout": "oci", "layers": {"l": {"base": {"type": "scratch"}}}}),
+            "layer \"l\" has no \"definition\"",
+        ),
+        (
+            json!({"layers": {"l": {"definition": {}, "base": {"type": "scratch"}}}}),
+            "add \"oci_layout\"",
+        ),
+        (
+            json!({"oci_layout": "oci", "layers": {"l": {"definition": {},
+                   "base": {"type": "scratch"}, "build_only": true}}}),
+            "add \"rootfs_dir\"",
+        ),
+    ];
+    for (plan, needle) in cases {
+        std::fs::write(f.plan(), plan.to_string()).unwrap();
+        assert_error(&f.lookup(), &["invalid plan file", "plan.json", needle]);
+    }
+}

@@ -32,11 +32,14 @@ fn full_plan() -> Value {
                 ],
                 "build_only": true
             },
-            "oci": {"base": {"type": "oci", "layout": "layouts/oci", "tag": "v1"},
+            "oci": {"definition": {"run": "oci"},
+                    "base": {"type": "oci", "layout": "layouts/oci", "tag": "v1"},
                     "source_date_epoch": 5},
-            "docker": {"base": {"type": "docker", "layout": "/abs/layout", "tag": "v2"},
+            "docker": {"definition": {"run": "docker"},
+                       "base": {"type": "docker", "layout": "/abs/layout", "tag": "v2"},
                        "source_date_epoch": null},
-            "app": {"base": {"type": "built", "layer": "base"}}
+            // An explicit null definition is allowed (a builder that has none).
+            "app": {"definition": null, "base": {"type": "built", "layer": "base"}}
         }
     })
 }
@@ -344,4 +347,82 @@ fn a_layer_type_given_twice_in_the_manifests_is_refused() {
     manifests_error(&format!(r#"{{"tar": {d}}} {{}}"#));
     let detail = manifests_error(&format!(r#"{{"": {d}}}"#));
     assert!(detail.contains("empty"), "{detail}");
+}
+
+#[test]
+fn a_layer_without_definition_is_refused_naming_it_and_an_explicit_null_is_allowed() {
+    let detail = parse_error(
+        r#"{"oci_layout": "oci", "layers": {
+            "has": {"definition": {"run": "make"}, "base": {"type": "scratch"}},
+            "lacks": {"base": {"type": "built", "layer": "has"}}}}"#,
+    );
+    assert!(
+        detail.contains("layer \"lacks\" has no \"definition\"")
+            && detail.contains("\"definition\": null"),
+        "{detail}"
+    );
+    // A builder that really has no definition says so.
+    let plan = Plan::parse(
+        r#"{"oci_layout": "oci", "layers": {
+            "none": {"definition": null, "base": {"type": "scratch"}}}}"#,
+        "/plans/plan.json",
+    )
+    .unwrap();
+    assert_eq!(plan.build().layer("none").unwrap().definition, Value::Null);
+}
+
+#[test]
+fn a_plan_must_say_where_the_outputs_a_hit_points_at_are() {
+    // A layer that is not build-only has output blobs: the plan must name the OCI layout.
+    let detail = parse_error(
+        r#"{"rootfs_dir": "roots", "layers": {
+            "app": {"definition": {}, "base": {"type": "scratch"}}}}"#,
+    );
+    assert!(
+        detail.contains("layer \"app\" has outputs") && detail.contains("add \"oci_layout\""),
+        "{detail}"
+    );
+    // A build-only layer's output is its rootfs: the plan must name the rootfs directory.
+    let detail = parse_error(
+        r#"{"oci_layout": "oci", "layers": {
+            "tools": {"definition": {}, "base": {"type": "scratch"}, "build_only": true}}}"#,
+    );
+    assert!(
+        detail.contains("layer \"tools\" is build-only") && detail.contains("add \"rootfs_dir\""),
+        "{detail}"
+    );
+    // Each is enough for its kind of layer.
+    Plan::parse(
+        r#"{"rootfs_dir": "roots", "layers": {
+            "tools": {"definition": {}, "base": {"type": "scratch"}, "build_only": true}}}"#,
+        "plan.json",
+    )
+    .unwrap();
+    Plan::parse(
+        r#"{"oci_layout": "oci", "layers": {
+            "app": {"definition": {}, "base": {"type": "scratch"}}}}"#,
+        "plan.json",
+    )
+    .unwrap();
+}
+
+#[test]
+fn the_plan_builder_identity_reaches_the_build() {
+    let text = |builder: &str| {
+        format!(
+            r#"{{{builder} "oci_layout": "oci", "layers": {{
+                "a": {{"definition": {{}}, "base": {{"type": "scratch"}}}}}}}}"#
+        )
+    };
+    let plan = Plan::parse(&text(r#""builder": "stacker 1.1.0","#), "plan.json").unwrap();
+    assert_eq!(plan.build().builder.as_deref(), Some("stacker 1.1.0"));
+    let plan = Plan::parse(&text(""), "plan.json").unwrap();
+    assert_eq!(plan.build().builder, None);
+    assert!(parse_error(&text(r#""builder": 7,"#)).contains("invalid type"));
+    assert_eq!(
+        layercache::Build::with_builder("mybuilder 2")
+            .builder
+            .as_deref(),
+        Some("mybuilder 2")
+    );
 }
