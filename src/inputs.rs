@@ -117,6 +117,12 @@ pub struct LayerInputs {
     /// A build-only layer is never exported; it is kept as a rootfs directory.
     #[serde(default)]
     pub build_only: bool,
+    /// `Some(why)` when the layer must never be cached, because something it is built from is
+    /// invisible to the cache (e.g. `"layer has binds"`: a stacker layer that bind-mounts host
+    /// directories, which stacker itself always rebuilds). A lookup of such a layer misses with
+    /// [`crate::MissReason::NotCacheable`] and a put of it is refused.
+    #[serde(default)]
+    pub uncacheable: Option<String>,
 }
 
 /// The layers of one build, by name.

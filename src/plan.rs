@@ -353,6 +353,7 @@ impl RawPlan {
                         .collect(),
                     source_date_epoch: l.source_date_epoch.unwrap_or(default_epoch),
                     build_only: l.build_only,
+                    uncacheable: None,
                 };
                 (name, inputs)
             })

@@ -426,3 +426,32 @@ fn the_plan_builder_identity_reaches_the_build() {
         Some("mybuilder 2")
     );
 }
+
+#[test]
+fn builder_changed_reads_like_the_other_reasons_in_text_and_json() {
+    use layercache::MissReason;
+    let r = MissReason::BuilderChanged {
+        old: Some("stacker 1.0.0".into()),
+        new: Some("stacker 1.1.0".into()),
+    };
+    assert_eq!(
+        r.to_string(),
+        "cache miss because builder was changed: stacker 1.0.0 -> stacker 1.1.0"
+    );
+    assert_eq!(
+        serde_json::to_value(&r).unwrap(),
+        json!({"reason": "builder_changed", "old": "stacker 1.0.0", "new": "stacker 1.1.0"})
+    );
+    let r = MissReason::BuilderChanged {
+        old: None,
+        new: Some("stacker 1.1.0".into()),
+    };
+    assert_eq!(
+        r.to_string(),
+        "cache miss because builder was changed: unset -> stacker 1.1.0"
+    );
+    assert_eq!(
+        serde_json::to_value(&r).unwrap(),
+        json!({"reason": "builder_changed", "old": null, "new": "stacker 1.1.0"})
+    );
+}

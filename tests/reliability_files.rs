@@ -82,6 +82,7 @@ fn database_is_0600_and_nothing_else_is_written() {
                 }],
                 source_date_epoch: None,
                 build_only: false,
+                uncacheable: None,
             },
         );
     }

@@ -68,6 +68,7 @@ fn layer(def: serde_json::Value, base: Base) -> LayerInputs {
         overlay_dirs: vec![],
         source_date_epoch: None,
         build_only: false,
+        uncacheable: None,
     }
 }
 
