@@ -213,6 +213,15 @@ pub enum Error {
         /// The limit, in bytes.
         limit: u64,
     },
+
+    /// A layer that must never be cached ([`crate::LayerInputs::uncacheable`]) was put.
+    #[error("layer {layer:?} is not cacheable ({why}); build it every time and do not put it")]
+    NotCacheable {
+        /// The layer.
+        layer: String,
+        /// Why ("layer has binds").
+        why: String,
+    },
 }
 
 impl Error {
