@@ -181,7 +181,7 @@ pub enum Error {
     /// regular file is read, or a file where a directory is expected. It was never read (a
     /// FIFO is never opened for a blocking read).
     #[error(
-        "{what} {path} is {found}, not {expected}; point it at {expected}",
+        "{what} {path} is {found}, not {expected}; check that the path names the right file",
         path = path.display()
     )]
     WrongFileType {

@@ -54,8 +54,10 @@ pub struct PutArgs {
 fn load_plan(path: &Path) -> anyhow::Result<Plan> {
     match Plan::load(path) {
         Ok(p) => Ok(p),
-        // A parse error already names the file.
-        Err(e @ Error::Parse { .. }) => Err(e.into()),
+        // These errors already name the file.
+        Err(e @ (Error::Parse { .. } | Error::WrongFileType { .. } | Error::TooLarge { .. })) => {
+            Err(e.into())
+        }
         Err(e) => Err(anyhow::Error::new(e).context(format!("plan file {}", path.display()))),
     }
 }
