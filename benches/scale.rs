@@ -267,6 +267,7 @@ fn one_layer_build(tree: &Path) -> Build {
             overlay_dirs: vec![],
             source_date_epoch: None,
             build_only: false,
+            uncacheable: None,
         },
     );
     b
@@ -737,6 +738,7 @@ fn fill_entries(db: &Path, n: u64) -> Result<(), Box<dyn std::error::Error>> {
                 overlay_dirs: vec![],
                 source_date_epoch: Some(1_700_000_000),
                 build_only: false,
+                uncacheable: None,
             },
         );
     }
@@ -772,6 +774,7 @@ fn chain_build(small: &Path, n: usize) -> Build {
                 overlay_dirs: vec![],
                 source_date_epoch: None,
                 build_only: false,
+                uncacheable: None,
             },
         );
     }

@@ -30,6 +30,7 @@ fn inputs(def: serde_json::Value, tree: &std::path::Path) -> LayerInputs {
         }],
         source_date_epoch: Some(1),
         build_only: false,
+        uncacheable: None,
     }
 }
 

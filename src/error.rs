@@ -176,6 +176,52 @@ pub enum Error {
         /// Why it is refused.
         why: &'static str,
     },
+
+    /// A path names a file of the wrong type: a device, FIFO, socket or directory where a
+    /// regular file is read, or a file where a directory is expected. It was never read (a
+    /// FIFO is never opened for a blocking read).
+    #[error(
+        "{what} {path} is {found}, not {expected}; check that the path names the right file",
+        path = path.display()
+    )]
+    WrongFileType {
+        /// What the file is for ("plan file", "base tarball", "OCI layout", ...).
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What it is ("a character device", "a FIFO", "a directory", ...).
+        found: &'static str,
+        /// What it should be ("a regular file", "a directory", "a regular file of at most
+        /// 64 MiB").
+        expected: String,
+    },
+
+    /// A file read whole into memory is larger than its documented limit.
+    #[error(
+        "{what} {path} is larger than its limit of {} ({size} bytes or more); a {what} is \
+         never this large: check that the path names the right file",
+        crate::fsread::show_size(*limit),
+        path = path.display()
+    )]
+    TooLarge {
+        /// What the file is for ("plan file", "manifests file", "OCI index").
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Its size as seen (at least this many bytes).
+        size: u64,
+        /// The limit, in bytes.
+        limit: u64,
+    },
+
+    /// A layer that must never be cached ([`crate::LayerInputs::uncacheable`]) was put.
+    #[error("layer {layer:?} is not cacheable ({why}); build it every time and do not put it")]
+    NotCacheable {
+        /// The layer.
+        layer: String,
+        /// Why ("layer has binds").
+        why: String,
+    },
 }
 
 impl Error {

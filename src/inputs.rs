@@ -117,6 +117,12 @@ pub struct LayerInputs {
     /// A build-only layer is never exported; it is kept as a rootfs directory.
     #[serde(default)]
     pub build_only: bool,
+    /// `Some(why)` when the layer must never be cached, because something it is built from is
+    /// invisible to the cache (e.g. `"layer has binds"`: a stacker layer that bind-mounts host
+    /// directories, which stacker itself always rebuilds). A lookup of such a layer misses with
+    /// [`crate::MissReason::NotCacheable`] and a put of it is refused.
+    #[serde(default)]
+    pub uncacheable: Option<String>,
 }
 
 /// The layers of one build, by name.
@@ -124,12 +130,26 @@ pub struct LayerInputs {
 pub struct Build {
     /// Layers by name.
     pub layers: BTreeMap<String, LayerInputs>,
+    /// The builder's identity and version (e.g. `"stacker 1.1.0"`), as cargo puts the compiler
+    /// version into every fingerprint: a builder whose own behaviour changed can need a
+    /// rebuild with identical inputs, so a hit requires the builder recorded at put to be this
+    /// one ([`crate::MissReason::BuilderChanged`]). `None`: the builder does not say.
+    #[serde(default)]
+    pub builder: Option<String>,
 }
 
 impl Build {
     /// An empty build.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty build by the builder `builder` ([`Build::builder`]).
+    pub fn with_builder(builder: impl Into<String>) -> Self {
+        Build {
+            layers: BTreeMap::new(),
+            builder: Some(builder.into()),
+        }
     }
 
     /// Adds (or replaces) a layer.

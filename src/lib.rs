@@ -118,6 +118,7 @@ pub mod codec;
 pub mod config;
 pub mod diff;
 pub mod error;
+pub mod fsread;
 pub mod inputs;
 pub mod inspect;
 pub mod migrate;

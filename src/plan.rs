@@ -4,6 +4,7 @@
 //!
 //! ```json
 //! {
+//!   "builder": "mybuilder 2.3.0",
 //!   "oci_layout": "oci",
 //!   "rootfs_dir": "roots",
 //!   "source_date_epoch": 1700000000,
@@ -15,17 +16,32 @@
 //!       "overlay_dirs": [{"key": "src", "source": "src",
 //!                         "rootfs_path": "roots/base/overlay_dirs/src"}]
 //!     },
-//!     "app": {"base": {"type": "built", "layer": "base"}, "source_date_epoch": null}
+//!     "app": {"definition": {"from": {"type": "built", "tag": "base"}},
+//!             "base": {"type": "built", "layer": "base"}, "source_date_epoch": null}
 //!   }
 //! }
 //! ```
 //!
-//! * Top level: `layers` (required, layer name → layer), `oci_layout` and `rootfs_dir`
-//!   (optional; used to prune entries at open, see [`crate::CacheConfig`]), and
-//!   `source_date_epoch` (optional; the default of every layer that does not set its own).
-//! * A layer: `base` (required), `definition` (any JSON, default `null`), `imports`,
+//! * Top level: `layers` (required, layer name → layer), `oci_layout` and `rootfs_dir` (where
+//!   the outputs are: see below; used to prune entries at open, see [`crate::CacheConfig`]),
+//!   `source_date_epoch` (optional; the default of every layer that does not set its own), and
+//!   `builder` (optional; the builder's identity and version, e.g. `"stacker 1.1.0"`, which a
+//!   hit requires to be unchanged: [`Build::builder`]).
+//! * A layer: `base` (required), `definition` (required: any JSON; see below), `imports`,
 //!   `overlay_dirs` (default empty), `source_date_epoch` (a number; `null` to have none even
 //!   when the plan sets a default; absent to take the plan's), `build_only` (default false).
+//!
+//! **The definition is required.** It is what the builder builds the layer from (its `run`
+//! lines, environment, ...), and a changed definition is the first thing a lookup checks: a
+//! layer written without one would be compared as `null` and its changes never seen, so a
+//! missing `definition` is refused, naming the layer. A builder that really has no definition
+//! beyond the inputs writes `"definition": null` explicitly.
+//!
+//! **Where the outputs are is required.** A hit tells the builder to reuse outputs, so the
+//! cache must be able to check that they still exist: a plan with any layer that is not
+//! build-only must name `oci_layout` (its output blobs live there), and a plan with any
+//! build-only layer must name `rootfs_dir` (its output is the directory `<rootfs_dir>/<layer>`).
+//! A plan without them is refused.
 //! * `base`: `{"type": "scratch"}`, `{"type": "built", "layer": NAME}`,
 //!   `{"type": "tar", "path": FILE}`, `{"type": "oci" | "docker", "layout": DIR, "tag": TAG}`.
 //! * An import: `key` (the URL as written in the definition), `path` (where it is on disk),
@@ -48,7 +64,10 @@ use serde::de::{Deserializer, MapAccess, Visitor};
 
 use crate::config::CacheConfig;
 use crate::error::{Error, Result};
+use crate::fsread;
 use crate::inputs::{Base, Build, Import, LayerInputs, OverlayDir};
+use crate::path::escape_bytes;
+use oci_spec::image::Descriptor;
 
 /// A loaded, resolved and validated plan.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,16 +82,25 @@ pub struct Plan {
 impl Plan {
     /// Reads, parses, resolves and validates the plan file at `path`.
     ///
-    /// An unreadable file or invalid JSON (with its line and column) is [`Error::Parse`];
-    /// an invalid build is the error of [`Build::validate`] ([`Error::InvalidName`],
-    /// [`Error::MissingBase`], [`Error::BaseCycle`]).
+    /// An unreadable file or invalid JSON (with its line and column) is [`Error::Parse`]; a
+    /// path that is not a regular file (a FIFO, a device, a directory) is
+    /// [`Error::WrongFileType`] and is never read; a file larger than
+    /// [`fsread::PLAN_LIMIT`] (64 MiB) is [`Error::TooLarge`]; an invalid build is the error
+    /// of [`Build::validate`] ([`Error::InvalidName`], [`Error::MissingBase`],
+    /// [`Error::BaseCycle`]).
     pub fn load(path: impl AsRef<Path>) -> Result<Plan> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Parse {
-            what: "plan file",
-            path: path.to_path_buf(),
-            detail: format!("cannot read it ({e}); check the path"),
-        })?;
+        let text = match fsread::read_capped_text("plan file", path, fsread::PLAN_LIMIT) {
+            Ok(text) => text,
+            Err(Error::Io { source, .. }) => {
+                return Err(Error::Parse {
+                    what: "plan file",
+                    path: path.to_path_buf(),
+                    detail: format!("cannot read it ({source}); check the path"),
+                });
+            }
+            Err(e) => return Err(e),
+        };
         Plan::parse(&text, path)
     }
 
@@ -92,8 +120,11 @@ impl Plan {
             parent
         })
         .map_err(|e| Error::io("cannot resolve the directory of", path, e))?;
+        // Names, keys and bases are checked first (their errors are the more basic ones).
+        let complete = raw.check_complete(path);
         let plan = raw.resolve(path, &dir);
         plan.build.validate()?;
+        complete?;
         Ok(plan)
     }
 
@@ -148,6 +179,8 @@ struct RawPlan {
     rootfs_dir: Option<PathBuf>,
     #[serde(default)]
     source_date_epoch: Option<i64>,
+    #[serde(default)]
+    builder: Option<String>,
     #[serde(deserialize_with = "unique_layers")]
     layers: BTreeMap<String, RawLayer>,
 }
@@ -156,8 +189,9 @@ struct RawPlan {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawLayer {
-    #[serde(default)]
-    definition: serde_json::Value,
+    /// Absent: refused; `null`: the layer has none.
+    #[serde(default, deserialize_with = "present_value")]
+    definition: Option<serde_json::Value>,
     base: RawBase,
     #[serde(default)]
     imports: Vec<RawImport>,
@@ -203,6 +237,14 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<Option
     Option::<i64>::deserialize(d).map(Some)
 }
 
+/// Distinguishes a `definition` given (even as `null`: `Some(Value::Null)`) from an absent one
+/// (`None`, via `#[serde(default)]`).
+fn present_value<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(d).map(Some)
+}
+
 /// The `layers` object, refusing a layer name given twice (serde would keep the last).
 fn unique_layers<'de, D: Deserializer<'de>>(
     d: D,
@@ -234,6 +276,40 @@ fn unique_layers<'de, D: Deserializer<'de>>(
 }
 
 impl RawPlan {
+    /// Refuses a layer without a definition, and a plan that does not say where its layers'
+    /// outputs are (see the module doc).
+    fn check_complete(&self, path: &Path) -> Result<()> {
+        let refuse = |detail: String| Error::Parse {
+            what: "plan file",
+            path: path.to_path_buf(),
+            detail,
+        };
+        for (name, l) in &self.layers {
+            let name = escape_bytes(name.as_bytes());
+            if l.definition.is_none() {
+                return Err(refuse(format!(
+                    "layer \"{name}\" has no \"definition\", so a change to it could never be \
+                     seen; give the layer's definition (what the builder builds it from), or \
+                     \"definition\": null if the builder has none"
+                )));
+            }
+            if l.build_only && self.rootfs_dir.is_none() {
+                return Err(refuse(format!(
+                    "layer \"{name}\" is build-only, but the plan names no \"rootfs_dir\", so \
+                     a hit could not check that its rootfs still exists; add \"rootfs_dir\""
+                )));
+            }
+            if !l.build_only && self.oci_layout.is_none() {
+                return Err(refuse(format!(
+                    "layer \"{name}\" has outputs (it is not build-only), but the plan names no \
+                     \"oci_layout\", so a hit could not check that its output blobs still \
+                     exist; add \"oci_layout\""
+                )));
+            }
+        }
+        Ok(())
+    }
+
     fn resolve(self, path: &Path, dir: &Path) -> Plan {
         let at = |p: PathBuf| dir.join(p);
         let default_epoch = self.source_date_epoch;
@@ -255,7 +331,7 @@ impl RawPlan {
                     RawBase::Scratch => Base::Scratch,
                 };
                 let inputs = LayerInputs {
-                    definition: l.definition,
+                    definition: l.definition.unwrap_or_default(),
                     base,
                     imports: l
                         .imports
@@ -277,6 +353,7 @@ impl RawPlan {
                         .collect(),
                     source_date_epoch: l.source_date_epoch.unwrap_or(default_epoch),
                     build_only: l.build_only,
+                    uncacheable: None,
                 };
                 (name, inputs)
             })
@@ -286,7 +363,113 @@ impl RawPlan {
             oci_layout: self.oci_layout.map(at),
             rootfs_dir: self.rootfs_dir.map(at),
             source_date_epoch: default_epoch,
-            build: Build { layers },
+            build: Build {
+                layers,
+                builder: self.builder,
+            },
         }
+    }
+}
+
+/// Reads a manifests file: a JSON object of layer type (`"tar"`, `"squashfs"`, ...) → the OCI
+/// descriptor of that output, as `layercache put --manifests` takes it.
+///
+/// Refused, each as [`Error::Parse`] naming the file (and the layer type where there is one):
+/// invalid JSON or descriptors, an empty layer type, a layer type given twice (serde would keep
+/// the last silently), and a digest that is not `sha256:` followed by 64 lowercase hex digits.
+/// An empty object `{}` is allowed here (a build-only layer has no outputs; the cache decides
+/// whether the layer may have none). The file must be a regular file of at most
+/// [`fsread::MANIFESTS_LIMIT`] (16 MiB), else [`Error::WrongFileType`] or [`Error::TooLarge`];
+/// a missing or unreadable file is [`Error::Parse`].
+pub fn read_manifests(path: impl AsRef<Path>) -> Result<BTreeMap<String, Descriptor>> {
+    let path = path.as_ref();
+    let text = match fsread::read_capped_text("manifests file", path, fsread::MANIFESTS_LIMIT) {
+        Ok(text) => text,
+        Err(Error::Io { source, .. }) => {
+            return Err(Error::Parse {
+                what: "manifests file",
+                path: path.to_path_buf(),
+                detail: format!("cannot read it ({source}); check the --manifests path"),
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    parse_manifests(&text, path)
+}
+
+/// Parses the text of a manifests file ([`read_manifests`]); `path` names it in errors.
+pub fn parse_manifests(text: &str, path: impl AsRef<Path>) -> Result<BTreeMap<String, Descriptor>> {
+    let path = path.as_ref();
+    let parse = |detail: String| Error::Parse {
+        what: "manifests file",
+        path: path.to_path_buf(),
+        detail,
+    };
+    let mut de = serde_json::Deserializer::from_str(text);
+    let manifests = UniqueManifests::deserialize(&mut de)
+        .and_then(|m| de.end().map(|()| m))
+        .map_err(|e| {
+            parse(format!(
+                "{e}; expected an object of layer type -> OCI descriptor \
+                 ({{\"mediaType\", \"digest\": \"sha256:<64 hex>\", \"size\"}})"
+            ))
+        })?
+        .0;
+    for (layer_type, d) in &manifests {
+        if layer_type.is_empty() {
+            return Err(parse(format!(
+                "the layer type {layer_type:?} is empty; name each layer type"
+            )));
+        }
+        let digest = d.digest().to_string();
+        if !is_sha256_digest(&digest) {
+            return Err(parse(format!(
+                "the digest of layer type {:?} is {:?}, not sha256: followed by 64 lowercase \
+                 hex digits; give the sha256 digest of the output blob",
+                escape_bytes(layer_type.as_bytes()),
+                escape_bytes(digest.as_bytes())
+            )));
+        }
+    }
+    Ok(manifests)
+}
+
+/// `sha256:` followed by exactly 64 lowercase hex digits.
+fn is_sha256_digest(digest: &str) -> bool {
+    digest.strip_prefix("sha256:").is_some_and(|hex| {
+        hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    })
+}
+
+/// The manifests object, refusing a layer type given twice.
+struct UniqueManifests(BTreeMap<String, Descriptor>);
+
+impl<'de> Deserialize<'de> for UniqueManifests {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Manifests;
+        impl<'de> Visitor<'de> for Manifests {
+            type Value = UniqueManifests;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object of layer type -> OCI descriptor")
+            }
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
+                let mut out = BTreeMap::new();
+                while let Some(layer_type) = map.next_key::<String>()? {
+                    if out.contains_key(&layer_type) {
+                        return Err(serde::de::Error::custom(format_args!(
+                            "layer type {:?} is given twice",
+                            escape_bytes(layer_type.as_bytes())
+                        )));
+                    }
+                    let descriptor = map.next_value::<Descriptor>()?;
+                    out.insert(layer_type, descriptor);
+                }
+                Ok(UniqueManifests(out))
+            }
+        }
+        d.deserialize_map(Manifests)
     }
 }

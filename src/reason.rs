@@ -56,7 +56,9 @@ pub enum BaseChange {
 }
 
 /// Why a lookup missed. Reasons come in the order of the checks: not cached, definition, base,
-/// SOURCE_DATE_EPOCH, imports, overlay dirs.
+/// SOURCE_DATE_EPOCH, imports, overlay dirs. ([`MissReason::NotCacheable`] comes alone, before
+/// any check; where [`MissReason::BuilderChanged`] goes in the order is decided with the
+/// schema-v3 change that stores the builder: with the definition, as part of what was built.)
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "reason", rename_all = "snake_case")]
 pub enum MissReason {
@@ -142,6 +144,21 @@ pub enum MissReason {
         /// What differs.
         diff: TreeDiff,
     },
+    /// The layer is never cached: its inputs include something the cache cannot see (a
+    /// stacker layer with `binds` is built with host directories), so it always misses and is
+    /// never put ([`crate::LayerInputs::uncacheable`]).
+    NotCacheable {
+        /// Why, e.g. "layer has binds".
+        why: String,
+    },
+    /// The builder (its identity and version, [`crate::Build::builder`]) differs from the one
+    /// that built the cached entry.
+    BuilderChanged {
+        /// Recorded builder; `None` when none was given.
+        old: Option<String>,
+        /// Current builder; `None` when none is given.
+        new: Option<String>,
+    },
 }
 
 fn hex_short(s: &str) -> &str {
@@ -207,6 +224,13 @@ impl fmt::Display for MissReason {
             MissReason::OverlayDirContentChanged { key, diff } => {
                 write!(f, "overlay_dir content changed: {key}\n{diff}")
             }
+            MissReason::NotCacheable { why } => write!(f, "{why}: not cacheable"),
+            MissReason::BuilderChanged { old, new } => write!(
+                f,
+                "builder was changed: {} -> {}",
+                old.as_deref().unwrap_or("unset"),
+                new.as_deref().unwrap_or("unset")
+            ),
         }
     }
 }

@@ -8,7 +8,7 @@
 //! | input | cache key | on-disk path |
 //! |---|---|---|
 //! | import | the import's `path` (its URL) as written | `<stacker_dir>/imports/<layer>/<basename of the import>` |
-//! | overlay dir | `source` as written | source: `source`; rootfs copy: `<rootfs_dir>/<layer>/overlay_dirs/<basename of source>/<dest>` |
+//! | overlay dir | `source` as written | source: `source`, made absolute against the stackerfile's directory; rootfs copy: `<rootfs_dir>/<layer>/overlay_dirs/<basename of source>/<dest>` |
 //! | `tar` base | — | `<stacker_dir>/layer-bases/<basename of url>` |
 //! | `oci` / `docker` base | — | layout `<stacker_dir>/layer-bases/oci`, tag from the URL (below) |
 //! | `built` base | — | the layer named by `from.tag` |
@@ -39,9 +39,25 @@
 //!   path (`ubuntu:latest` → `ubuntu`). Two urls that differ only in their version still
 //!   differ in the layer definition, so changing the version is a miss all the same.
 //!
-//! The whole definition of the layer (every field, including those this module does not read)
-//! is kept in [`StackerLayer::definition`] and is what the cache compares, as the seed compares
-//! the whole layer.
+//! **Paths are relative to the stackerfile**, as in stacker (`Layer.absolutify`): a relative
+//! overlay dir source is joined to [`StackerLayout::stackerfile_dir`] and cleaned lexically
+//! (Go's `filepath.Abs`), so the directory hashed is the one stacker copies, whatever the
+//! process's working directory. Imports need no such step here: their on-disk copy is found by
+//! base name under `<stacker_dir>/imports/<layer>/`. Cache keys stay the paths as written (a
+//! key never holds an absolute path, so moving the project keeps its cache).
+//!
+//! **The definition compared** is the whole layer as given (every field, including those this
+//! module does not read; kept in [`StackerLayer::definition`]), as the seed compares the whole
+//! layer, plus the platform: newer stacker defaults a layer's `os` and `arch` to its own
+//! platform, so [`StackerLayout::layer_inputs`] adds `"os"` and `"arch"` from
+//! [`StackerLayout::os`] / [`StackerLayout::arch`] (the host's, in OCI names, by default) to a
+//! definition that does not set them. A cache therefore never hits across platforms.
+//!
+//! **Binds** (`binds`: a list of `"source -> dest"` or `"path"` strings, or `{source, dest}`
+//! objects, `dest` defaulting to `source`, as stacker parses them) mount host directories into
+//! the build that the cache never sees; stacker always rebuilds such a layer. A layer with binds
+//! gets [`LayerInputs::uncacheable`] = `"layer has binds"`: it always misses
+//! ([`crate::MissReason::NotCacheable`]) and is never put.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -93,6 +109,15 @@ pub struct StackerImport {
     pub dest: Option<String>,
 }
 
+/// One bind of a stacker layer: a host directory mounted into the build container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackerBind {
+    /// The host path.
+    pub source: String,
+    /// Where it is mounted in the container (the source's path when not given).
+    pub dest: String,
+}
+
 /// One overlay dir of a stacker layer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StackerOverlayDir {
@@ -121,6 +146,8 @@ pub struct StackerLayer {
     pub overlay_dirs: Vec<StackerOverlayDir>,
     /// `build_only`: the layer is kept as a rootfs directory and never exported.
     pub build_only: bool,
+    /// Binds (`binds`); a layer with any is not cacheable (see the module doc).
+    pub binds: Vec<StackerBind>,
     /// The layer definition exactly as given, every field kept.
     pub definition: serde_json::Value,
 }
@@ -166,13 +193,71 @@ struct Fields {
     overlay_dirs: Option<Vec<StackerOverlayDir>>,
     #[serde(default)]
     build_only: Option<bool>,
+    #[serde(default)]
+    binds: Option<Vec<BindSpec>>,
+}
+
+/// A bind as a stackerfile may write it: `"path"`, `"source -> dest"`, or `{source, dest}`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum BindSpec {
+    Text(String),
+    Full {
+        #[serde(default)]
+        source: String,
+        #[serde(default)]
+        dest: String,
+    },
+}
+
+impl BindSpec {
+    /// The bind, checked as stacker checks it.
+    fn into_bind(self) -> Result<StackerBind, serde_json::Error> {
+        use serde::de::Error as _;
+        match self {
+            BindSpec::Full { source, .. } if source.is_empty() => Err(serde_json::Error::custom(
+                "a bind needs a non-empty \"source\"",
+            )),
+            BindSpec::Full { source, dest } => Ok(StackerBind {
+                dest: if dest.is_empty() {
+                    source.clone()
+                } else {
+                    dest
+                },
+                source,
+            }),
+            BindSpec::Text(text) => {
+                let tokens: Vec<&str> = text.split_whitespace().collect();
+                match tokens.as_slice() {
+                    [path] => Ok(StackerBind {
+                        source: path.to_string(),
+                        dest: path.to_string(),
+                    }),
+                    [source, "->", dest] => Ok(StackerBind {
+                        source: source.to_string(),
+                        dest: dest.to_string(),
+                    }),
+                    _ => Err(serde_json::Error::custom(format_args!(
+                        "invalid bind {text:?}: write \"source -> dest\" or \"path\""
+                    ))),
+                }
+            }
+        }
+    }
 }
 
 impl StackerLayer {
     /// Parses a layer definition (the JSON form of one layer of a stackerfile), keeping it
-    /// whole as [`StackerLayer::definition`].
+    /// whole as [`StackerLayer::definition`]. A bind without a source, or a bind string that
+    /// is neither `"path"` nor `"source -> dest"`, is an error, as in stacker.
     pub fn from_definition(definition: serde_json::Value) -> Result<Self, serde_json::Error> {
         let fields = Fields::deserialize(&definition)?;
+        let binds = fields
+            .binds
+            .unwrap_or_default()
+            .into_iter()
+            .map(BindSpec::into_bind)
+            .collect::<Result<Vec<_>, _>>()?;
         let imports = fields
             .imports
             .into_iter()
@@ -191,6 +276,7 @@ impl StackerLayer {
             imports,
             overlay_dirs: fields.overlay_dirs.unwrap_or_default(),
             build_only: fields.build_only.unwrap_or(false),
+            binds,
             definition,
         })
     }
@@ -210,10 +296,14 @@ impl From<StackerLayer> for serde_json::Value {
     }
 }
 
-/// stacker's directories: where it keeps imports and base images, the layers' root
-/// filesystems, and the OCI layout the built layers are written to.
+/// stacker's directories: the stackerfile's directory (relative paths in layers are relative
+/// to it), where stacker keeps imports and base images, the layers' root filesystems, and the
+/// OCI layout the built layers are written to; and the platform the build is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StackerLayout {
+    /// The directory holding the stackerfile: relative overlay dir sources are resolved
+    /// against it (give it absolute; a relative one is taken against the working directory).
+    pub stackerfile_dir: PathBuf,
     /// stacker's state directory (`stacker_dir`, `.stacker` by default): holds `imports/` and
     /// `layer-bases/`.
     pub stacker_dir: PathBuf,
@@ -222,25 +312,100 @@ pub struct StackerLayout {
     /// The OCI layout the built layers are written to (`oci_dir`, `oci` by default); the cache
     /// prunes entries whose blobs are gone from it.
     pub oci_dir: PathBuf,
+    /// The OS the build is for, in OCI / Go names (`linux`); the host's by default
+    /// ([`host_platform`]). Put into a definition that sets no `os`.
+    pub os: String,
+    /// The architecture the build is for, in OCI / Go names (`amd64`, `arm64`); the host's
+    /// by default ([`host_platform`]). Put into a definition that sets no `arch`.
+    pub arch: String,
+}
+
+/// The host's OS and architecture in OCI / Go names (`GOOS`, `GOARCH`), as stacker defaults
+/// them: Rust's `x86_64` is `amd64`, `aarch64` is `arm64`, `x86` is `386`, `macos` is
+/// `darwin`; other names are the same in both (`linux`, `s390x`, `riscv64`).
+pub fn host_platform() -> (String, String) {
+    let os = match std::env::consts::OS {
+        "macos" => "darwin",
+        other => other,
+    };
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "loongarch64" => "loong64",
+        "powerpc64" if cfg!(target_endian = "little") => "ppc64le",
+        "powerpc64" => "ppc64",
+        other => other,
+    };
+    (os.to_string(), arch.to_string())
 }
 
 impl StackerLayout {
-    /// A layout from stacker's three directories.
+    /// A layout from the stackerfile's directory and stacker's three directories, for the
+    /// host's platform ([`host_platform`]; change it with [`StackerLayout::with_platform`]).
     pub fn new(
+        stackerfile_dir: impl Into<PathBuf>,
         stacker_dir: impl Into<PathBuf>,
         rootfs_dir: impl Into<PathBuf>,
         oci_dir: impl Into<PathBuf>,
     ) -> Self {
+        let (os, arch) = host_platform();
         StackerLayout {
+            stackerfile_dir: stackerfile_dir.into(),
             stacker_dir: stacker_dir.into(),
             rootfs_dir: rootfs_dir.into(),
             oci_dir: oci_dir.into(),
+            os,
+            arch,
         }
     }
 
-    /// stacker's default layout under a project directory: `.stacker`, `roots` and `oci`.
+    /// stacker's default layout for a stackerfile in a project directory: `.stacker`, `roots`
+    /// and `oci` beside it.
     pub fn in_project(dir: &Path) -> Self {
-        StackerLayout::new(dir.join(".stacker"), dir.join("roots"), dir.join("oci"))
+        StackerLayout::new(
+            dir,
+            dir.join(".stacker"),
+            dir.join("roots"),
+            dir.join("oci"),
+        )
+    }
+
+    /// The same layout for a build for another platform (`os`, `arch` in OCI names).
+    pub fn with_platform(mut self, os: impl Into<String>, arch: impl Into<String>) -> Self {
+        self.os = os.into();
+        self.arch = arch.into();
+        self
+    }
+
+    /// Where an overlay dir's source is on disk: as written when absolute (or a URL), else
+    /// joined to the stackerfile's directory and cleaned lexically, as stacker does.
+    pub fn overlay_source_path(&self, source: &str) -> PathBuf {
+        let path = Path::new(source);
+        if path.is_absolute() || source.contains("://") {
+            return path.to_path_buf();
+        }
+        let joined = self.stackerfile_dir.join(path);
+        let base = if joined.is_absolute() {
+            joined
+        } else {
+            std::path::absolute(&joined).unwrap_or(joined)
+        };
+        clean(&base)
+    }
+
+    /// The definition the cache compares for `layer`: its definition with `os` and `arch`
+    /// added from this layout when it does not set them (a definition that is not an object
+    /// is kept as it is).
+    pub fn canonical_definition(&self, layer: &StackerLayer) -> serde_json::Value {
+        let mut definition = layer.definition.clone();
+        if let serde_json::Value::Object(map) = &mut definition {
+            map.entry("os")
+                .or_insert_with(|| serde_json::Value::String(self.os.clone()));
+            map.entry("arch")
+                .or_insert_with(|| serde_json::Value::String(self.arch.clone()));
+        }
+        definition
     }
 
     /// The OCI layout holding the built layers' blobs (for [`CacheConfig::oci_layout`]).
@@ -387,18 +552,19 @@ impl StackerLayout {
             .map(|o| {
                 Ok(OverlayDir {
                     key: o.source.clone(),
-                    source: PathBuf::from(&o.source),
+                    source: self.overlay_source_path(&o.source),
                     rootfs_path: self.overlay_rootfs_path(name, &o.source, &o.dest)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(LayerInputs {
-            definition: layer.definition.clone(),
+            definition: self.canonical_definition(layer),
             base,
             imports,
             overlay_dirs,
             source_date_epoch,
             build_only: layer.build_only,
+            uncacheable: (!layer.binds.is_empty()).then(|| "layer has binds".to_string()),
         })
     }
 
@@ -419,6 +585,23 @@ impl StackerLayout {
         build.validate()?;
         Ok(build)
     }
+}
+
+/// `path` with `.` removed and `..` applied lexically (Go's `filepath.Clean` of an absolute
+/// path: `..` at the root stays at the root).
+fn clean(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 fn from_type_name(kind: FromType) -> &'static str {

@@ -76,6 +76,7 @@ fn layer(base: Base) -> LayerInputs {
         overlay_dirs: vec![],
         source_date_epoch: None,
         build_only: false,
+        uncacheable: None,
     }
 }
 

@@ -102,6 +102,7 @@ impl Db {
                 overlay_dirs: vec![],
                 source_date_epoch: Some(SDE),
                 build_only: false,
+                uncacheable: None,
             },
         );
         build.add(
@@ -123,6 +124,7 @@ impl Db {
                 }],
                 source_date_epoch: Some(SDE),
                 build_only: false,
+                uncacheable: None,
             },
         );
         let db = dir.join("cache.redb");

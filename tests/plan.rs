@@ -32,11 +32,14 @@ fn full_plan() -> Value {
                 ],
                 "build_only": true
             },
-            "oci": {"base": {"type": "oci", "layout": "layouts/oci", "tag": "v1"},
+            "oci": {"definition": {"run": "oci"},
+                    "base": {"type": "oci", "layout": "layouts/oci", "tag": "v1"},
                     "source_date_epoch": 5},
-            "docker": {"base": {"type": "docker", "layout": "/abs/layout", "tag": "v2"},
+            "docker": {"definition": {"run": "docker"},
+                       "base": {"type": "docker", "layout": "/abs/layout", "tag": "v2"},
                        "source_date_epoch": null},
-            "app": {"base": {"type": "built", "layer": "base"}}
+            // An explicit null definition is allowed (a builder that has none).
+            "app": {"definition": null, "base": {"type": "built", "layer": "base"}}
         }
     })
 }
@@ -277,4 +280,178 @@ fn invalid_builds_are_refused_at_load() {
             ..
         })
     ));
+}
+
+fn manifests_error(text: &str) -> String {
+    match layercache::plan::parse_manifests(text, "/out/m.json") {
+        Err(Error::Parse { what, path, detail }) => {
+            assert_eq!(what, "manifests file");
+            assert_eq!(path, Path::new("/out/m.json"));
+            detail
+        }
+        other => panic!("expected a parse error for {text}, got {other:?}"),
+    }
+}
+
+fn descriptor(digest: &str) -> Value {
+    json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest, "size": 3})
+}
+
+#[test]
+fn manifest_digests_must_be_sha256_with_64_lowercase_hex() {
+    let hex64 = "0123456789abcdef".repeat(4);
+    let good = json!({"tar": descriptor(&format!("sha256:{hex64}"))}).to_string();
+    let m = layercache::plan::parse_manifests(&good, "m.json").unwrap();
+    assert_eq!(m.len(), 1);
+
+    for bad in [
+        format!("sha512:{}", "ab".repeat(64)),
+        format!("sha256:{}", &hex64[..63]),
+        format!("sha256:{hex64}0"),
+        format!("sha256:{}", hex64.to_uppercase()),
+        format!("blake3:{hex64}"),
+        "md5:d41d8cd98f00b204e9800998ecf8427e".to_string(),
+    ] {
+        let text = json!({"squashfs": descriptor(&bad)}).to_string();
+        let detail = manifests_error(&text);
+        // Either oci-spec refuses the digest while parsing, or our check names the layer type.
+        assert!(
+            detail.contains("\"squashfs\"") || detail.contains("digest"),
+            "{bad}: {detail}"
+        );
+    }
+    // Digests oci-spec itself accepts are refused by our check, naming the layer type.
+    let detail = manifests_error(
+        &json!({"squashfs": descriptor(&format!("sha512:{}", "ab".repeat(64)))}).to_string(),
+    );
+    assert!(
+        detail.contains("layer type \"squashfs\"") && detail.contains("sha256:"),
+        "{detail}"
+    );
+}
+
+#[test]
+fn a_layer_type_given_twice_in_the_manifests_is_refused() {
+    let hex64 = "ab".repeat(32);
+    let d = descriptor(&format!("sha256:{hex64}")).to_string();
+    let text = format!(r#"{{"tar": {d}, "squashfs": {d}, "tar": {d}}}"#);
+    let detail = manifests_error(&text);
+    assert!(
+        detail.contains("layer type \"tar\" is given twice"),
+        "{detail}"
+    );
+    // An empty object stays allowed (a build-only layer has no outputs).
+    let empty = layercache::plan::parse_manifests("{}", "m.json").unwrap();
+    assert!(empty.is_empty());
+    // Trailing data and an empty layer type are refused.
+    manifests_error(&format!(r#"{{"tar": {d}}} {{}}"#));
+    let detail = manifests_error(&format!(r#"{{"": {d}}}"#));
+    assert!(detail.contains("empty"), "{detail}");
+}
+
+#[test]
+fn a_layer_without_definition_is_refused_naming_it_and_an_explicit_null_is_allowed() {
+    let detail = parse_error(
+        r#"{"oci_layout": "oci", "layers": {
+            "has": {"definition": {"run": "make"}, "base": {"type": "scratch"}},
+            "lacks": {"base": {"type": "built", "layer": "has"}}}}"#,
+    );
+    assert!(
+        detail.contains("layer \"lacks\" has no \"definition\"")
+            && detail.contains("\"definition\": null"),
+        "{detail}"
+    );
+    // A builder that really has no definition says so.
+    let plan = Plan::parse(
+        r#"{"oci_layout": "oci", "layers": {
+            "none": {"definition": null, "base": {"type": "scratch"}}}}"#,
+        "/plans/plan.json",
+    )
+    .unwrap();
+    assert_eq!(plan.build().layer("none").unwrap().definition, Value::Null);
+}
+
+#[test]
+fn a_plan_must_say_where_the_outputs_a_hit_points_at_are() {
+    // A layer that is not build-only has output blobs: the plan must name the OCI layout.
+    let detail = parse_error(
+        r#"{"rootfs_dir": "roots", "layers": {
+            "app": {"definition": {}, "base": {"type": "scratch"}}}}"#,
+    );
+    assert!(
+        detail.contains("layer \"app\" has outputs") && detail.contains("add \"oci_layout\""),
+        "{detail}"
+    );
+    // A build-only layer's output is its rootfs: the plan must name the rootfs directory.
+    let detail = parse_error(
+        r#"{"oci_layout": "oci", "layers": {
+            "tools": {"definition": {}, "base": {"type": "scratch"}, "build_only": true}}}"#,
+    );
+    assert!(
+        detail.contains("layer \"tools\" is build-only") && detail.contains("add \"rootfs_dir\""),
+        "{detail}"
+    );
+    // Each is enough for its kind of layer.
+    Plan::parse(
+        r#"{"rootfs_dir": "roots", "layers": {
+            "tools": {"definition": {}, "base": {"type": "scratch"}, "build_only": true}}}"#,
+        "plan.json",
+    )
+    .unwrap();
+    Plan::parse(
+        r#"{"oci_layout": "oci", "layers": {
+            "app": {"definition": {}, "base": {"type": "scratch"}}}}"#,
+        "plan.json",
+    )
+    .unwrap();
+}
+
+#[test]
+fn the_plan_builder_identity_reaches_the_build() {
+    let text = |builder: &str| {
+        format!(
+            r#"{{{builder} "oci_layout": "oci", "layers": {{
+                "a": {{"definition": {{}}, "base": {{"type": "scratch"}}}}}}}}"#
+        )
+    };
+    let plan = Plan::parse(&text(r#""builder": "stacker 1.1.0","#), "plan.json").unwrap();
+    assert_eq!(plan.build().builder.as_deref(), Some("stacker 1.1.0"));
+    let plan = Plan::parse(&text(""), "plan.json").unwrap();
+    assert_eq!(plan.build().builder, None);
+    assert!(parse_error(&text(r#""builder": 7,"#)).contains("invalid type"));
+    assert_eq!(
+        layercache::Build::with_builder("mybuilder 2")
+            .builder
+            .as_deref(),
+        Some("mybuilder 2")
+    );
+}
+
+#[test]
+fn builder_changed_reads_like_the_other_reasons_in_text_and_json() {
+    use layercache::MissReason;
+    let r = MissReason::BuilderChanged {
+        old: Some("stacker 1.0.0".into()),
+        new: Some("stacker 1.1.0".into()),
+    };
+    assert_eq!(
+        r.to_string(),
+        "cache miss because builder was changed: stacker 1.0.0 -> stacker 1.1.0"
+    );
+    assert_eq!(
+        serde_json::to_value(&r).unwrap(),
+        json!({"reason": "builder_changed", "old": "stacker 1.0.0", "new": "stacker 1.1.0"})
+    );
+    let r = MissReason::BuilderChanged {
+        old: None,
+        new: Some("stacker 1.1.0".into()),
+    };
+    assert_eq!(
+        r.to_string(),
+        "cache miss because builder was changed: unset -> stacker 1.1.0"
+    );
+    assert_eq!(
+        serde_json::to_value(&r).unwrap(),
+        json!({"reason": "builder_changed", "old": null, "new": "stacker 1.1.0"})
+    );
 }

@@ -76,7 +76,13 @@ fn plan(dir: &Path, changed: bool) -> PathBuf {
         );
     }
     let p = dir.join(if changed { "changed.json" } else { "plan.json" });
-    std::fs::write(&p, json!({ "layers": layers }).to_string()).unwrap();
+    // A plan names where outputs are (the layers here have none: the layout stays empty).
+    std::fs::create_dir_all(dir.join("oci")).unwrap();
+    std::fs::write(
+        &p,
+        json!({ "oci_layout": "oci", "layers": layers }).to_string(),
+    )
+    .unwrap();
     p
 }
 

@@ -82,6 +82,7 @@ fn database_is_0600_and_nothing_else_is_written() {
                 }],
                 source_date_epoch: None,
                 build_only: false,
+                uncacheable: None,
             },
         );
     }
@@ -125,7 +126,9 @@ fn binary_creates_the_database_0600() {
     let d = tmp.path();
     std::fs::write(
         d.join("plan.json"),
-        json!({"layers": {"a": {"base": {"type": "scratch"}}}}).to_string(),
+        json!({"oci_layout": "oci",
+               "layers": {"a": {"definition": null, "base": {"type": "scratch"}}}})
+        .to_string(),
     )
     .unwrap();
     std::fs::write(d.join("m.json"), "{}").unwrap();

@@ -286,9 +286,11 @@ const VALID_PLAN: &str = r#"{
       "imports": [{"key": "stacker://x/y.tar", "path": "imports/base/y.tar"}],
       "overlay_dirs": [{"key": "src", "source": "src", "rootfs_path": "roots/base/overlay_dirs/src"}]
     },
-    "app": {"base": {"type": "built", "layer": "base"}, "source_date_epoch": null},
-    "tarred": {"base": {"type": "tar", "path": "t.tar"}, "build_only": true},
-    "img": {"base": {"type": "oci", "layout": "oci", "tag": "v1"}}
+    "app": {"definition": null, "base": {"type": "built", "layer": "base"},
+            "source_date_epoch": null},
+    "tarred": {"definition": {"run": "t"}, "base": {"type": "tar", "path": "t.tar"},
+               "build_only": true},
+    "img": {"definition": {"run": "i"}, "base": {"type": "oci", "layout": "oci", "tag": "v1"}}
   }
 }"#;
 

@@ -68,6 +68,7 @@ fn layer(def: serde_json::Value, base: Base) -> LayerInputs {
         overlay_dirs: vec![],
         source_date_epoch: None,
         build_only: false,
+        uncacheable: None,
     }
 }
 
@@ -328,7 +329,7 @@ fn sparse_1gib_file_hashes_as_zeros() {
 }
 
 fn plan_text(layers: serde_json::Value) -> String {
-    json!({ "layers": layers }).to_string()
+    json!({ "oci_layout": "oci", "layers": layers }).to_string()
 }
 
 /// Layer names with `/`, `..`, `.`, NUL, or empty are refused by the plan (and by the library's
@@ -399,6 +400,7 @@ fn plan_paths_with_dotdot_and_symlinks_never_leave_the_named_root() {
     symlink(d.join("src"), d.join("linked-src")).unwrap();
     std::fs::create_dir_all(d.join("roots/l/ov")).unwrap();
     let text = plan_text(json!({"l": {
+        "definition": {"run": "make"},
         "base": {"type": "scratch"},
         "imports": [{"key": "dotdot", "path": "../src/inner/../inner"},
                     {"key": "linkroot", "path": "../linked-src"}],

@@ -46,6 +46,7 @@ fn layer_with(def: serde_json::Value, import: &Path) -> LayerInputs {
         overlay_dirs: vec![],
         source_date_epoch: None,
         build_only: false,
+        uncacheable: None,
     }
 }
 

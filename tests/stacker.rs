@@ -12,7 +12,7 @@ use oci_spec::image::Descriptor;
 use serde_json::json;
 
 fn layout() -> StackerLayout {
-    StackerLayout::new("/p/.stacker", "/p/roots", "/p/oci")
+    StackerLayout::new("/p", "/p/.stacker", "/p/roots", "/p/oci").with_platform("linux", "amd64")
 }
 
 fn layer(def: serde_json::Value) -> StackerLayer {
@@ -124,9 +124,10 @@ fn overlay_dirs_map_source_and_rootfs_copy() {
                 Path::new("/repo/services/api"),
                 Path::new("/p/roots/api/overlay_dirs/api/usr/src/api")
             ),
+            // A relative source is relative to the stackerfile's directory (/p), as in stacker.
             (
                 "assets/",
-                Path::new("assets/"),
+                Path::new("/p/assets"),
                 Path::new("/p/roots/api/overlay_dirs/assets")
             ),
             (
@@ -283,7 +284,12 @@ fn the_whole_definition_is_kept_and_round_trips() {
     // Serializes back to the definition, every field included.
     assert_eq!(serde_json::to_value(&l).unwrap(), raw);
     let inputs = layout().layer_inputs("x", &l, Some(1_700_000_000)).unwrap();
-    assert_eq!(inputs.definition, raw);
+    // The definition compared is the whole definition plus the build's platform, which
+    // stacker defaults when the layer does not set it.
+    let mut with_platform = raw.clone();
+    with_platform["os"] = json!("linux");
+    with_platform["arch"] = json!("amd64");
+    assert_eq!(inputs.definition, with_platform);
     assert!(inputs.build_only);
     assert_eq!(inputs.source_date_epoch, Some(1_700_000_000));
 
@@ -515,4 +521,129 @@ fn end_to_end_on_a_stacker_tree() {
             other => panic!("{other:?}"),
         }
     }
+}
+
+#[test]
+fn binds_are_parsed_as_stacker_parses_them_and_make_the_layer_uncacheable() {
+    use layercache::stacker::StackerBind;
+    let bind = |source: &str, dest: &str| StackerBind {
+        source: source.into(),
+        dest: dest.into(),
+    };
+    let l = layer(json!({
+        "from": {"type": "scratch"},
+        "binds": [
+            "/host/src -> /src",
+            "/host/cache",
+            {"source": "/host/a", "dest": "/a"},
+            {"source": "/host/b"}
+        ]
+    }));
+    assert_eq!(
+        l.binds,
+        vec![
+            bind("/host/src", "/src"),
+            bind("/host/cache", "/host/cache"),
+            bind("/host/a", "/a"),
+            bind("/host/b", "/host/b"),
+        ]
+    );
+    let inputs = layout().layer_inputs("x", &l, None).unwrap();
+    assert_eq!(inputs.uncacheable.as_deref(), Some("layer has binds"));
+    // The reason a lookup reports, in text and JSON.
+    let reason = MissReason::NotCacheable {
+        why: inputs.uncacheable.clone().unwrap(),
+    };
+    assert_eq!(
+        reason.to_string(),
+        "cache miss because layer has binds: not cacheable"
+    );
+    assert_eq!(
+        serde_json::to_value(&reason).unwrap(),
+        json!({"reason": "not_cacheable", "why": "layer has binds"})
+    );
+
+    // Without binds (or with an empty list) the layer is cacheable.
+    for def in [
+        json!({"from": {"type": "scratch"}}),
+        json!({"from": {"type": "scratch"}, "binds": []}),
+    ] {
+        let inputs = layout().layer_inputs("x", &layer(def), None).unwrap();
+        assert_eq!(inputs.uncacheable, None);
+    }
+
+    // What stacker refuses is refused: a bind without a source, a malformed string, an object
+    // instead of a list.
+    for bad in [
+        json!([{"dest": "/a"}]),
+        json!(["a -> "]),
+        json!(["a => b"]),
+        json!(["a -> b c"]),
+        json!({"source": "/a", "dest": "/b"}),
+    ] {
+        let def = json!({"from": {"type": "scratch"}, "binds": bad});
+        assert!(StackerLayer::from_definition(def).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn the_build_platform_goes_into_the_definition_so_arches_never_share_a_hit() {
+    let l = layer(json!({"from": {"type": "scratch"}, "run": "make"}));
+    let amd64 = layout().with_platform("linux", "amd64");
+    let arm64 = layout().with_platform("linux", "arm64");
+    let a = amd64.layer_inputs("x", &l, None).unwrap().definition;
+    let b = arm64.layer_inputs("x", &l, None).unwrap().definition;
+    assert_ne!(a, b);
+    assert_eq!(a["arch"], json!("amd64"));
+    assert_eq!(b["arch"], json!("arm64"));
+    assert_eq!(a["os"], json!("linux"));
+    // A layer that sets its platform keeps it: the build's platform does not override it.
+    let pinned = layer(json!({"from": {"type": "scratch"}, "os": "linux", "arch": "riscv64"}));
+    let a = amd64.layer_inputs("x", &pinned, None).unwrap().definition;
+    let b = arm64.layer_inputs("x", &pinned, None).unwrap().definition;
+    assert_eq!(a, b);
+    assert_eq!(a["arch"], json!("riscv64"));
+    // The default is the host's, in OCI names.
+    let (os, arch) = layercache::stacker::host_platform();
+    let host = StackerLayout::in_project(Path::new("/proj"));
+    assert_eq!(
+        (host.os.as_str(), host.arch.as_str()),
+        (os.as_str(), arch.as_str())
+    );
+    if cfg!(target_arch = "x86_64") {
+        assert_eq!(arch, "amd64");
+    }
+    if cfg!(target_arch = "aarch64") {
+        assert_eq!(arch, "arm64");
+    }
+    if cfg!(target_os = "linux") {
+        assert_eq!(os, "linux");
+    }
+}
+
+#[test]
+fn overlay_sources_resolve_against_the_stackerfile_directory() {
+    let layout = StackerLayout::new("/work/proj/sub", "/s", "/r", "/o");
+    assert_eq!(
+        layout.overlay_source_path("assets"),
+        Path::new("/work/proj/sub/assets")
+    );
+    // Cleaned lexically, as Go's filepath.Abs does.
+    assert_eq!(
+        layout.overlay_source_path("./a/../../shared/"),
+        Path::new("/work/proj/shared")
+    );
+    assert_eq!(
+        layout.overlay_source_path("/abs/dir"),
+        Path::new("/abs/dir")
+    );
+    // The key stays as written.
+    let l = layer(json!({"from": {"type": "scratch"},
+                         "overlay_dirs": [{"source": "../shared", "dest": "/s"}]}));
+    let inputs = layout.layer_inputs("x", &l, None).unwrap();
+    assert_eq!(inputs.overlay_dirs[0].key, "../shared");
+    assert_eq!(
+        inputs.overlay_dirs[0].source,
+        Path::new("/work/proj/shared")
+    );
 }

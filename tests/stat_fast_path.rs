@@ -42,6 +42,7 @@ fn one_layer(dir: &Path, src: &Path) -> (Cache, Build) {
             }],
             source_date_epoch: None,
             build_only: false,
+            uncacheable: None,
         },
     );
     let cache = Cache::open_without_prune(CacheConfig {

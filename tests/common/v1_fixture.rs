@@ -50,6 +50,7 @@ pub fn small_inputs(root: &Path) -> Build {
         overlay_dirs: vec![],
         source_date_epoch: Some(1_700_000_000),
         build_only: false,
+        uncacheable: None,
     };
     let mut base = layer(
         Base::Scratch,
@@ -118,6 +119,7 @@ pub fn large_inputs(root: &Path, n: usize) -> Build {
         overlay_dirs: vec![],
         source_date_epoch: None,
         build_only: false,
+        uncacheable: None,
     };
     l.overlay_dirs = vec![OverlayDir {
         key: "big".into(),

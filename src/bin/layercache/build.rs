@@ -1,7 +1,6 @@
 //! `lookup` and `put`: the cache for shell-driven builders. Each run is one process: it opens
 //! the cache (pruning entries whose outputs are gone), loads the plan, and asks the library.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -9,7 +8,6 @@ use std::process::ExitCode;
 use anyhow::Context;
 use layercache::plan::Plan;
 use layercache::{Cache, Error, Lookup, LookupMode, Outcome, PruneReport, SessionCounters};
-use oci_spec::image::Descriptor;
 use serde_json::json;
 
 use crate::output::{DbArgs, emit};
@@ -51,8 +49,10 @@ pub struct PutArgs {
 fn load_plan(path: &Path) -> anyhow::Result<Plan> {
     match Plan::load(path) {
         Ok(p) => Ok(p),
-        // A parse error already names the file.
-        Err(e @ Error::Parse { .. }) => Err(e.into()),
+        // These errors already name the file.
+        Err(e @ (Error::Parse { .. } | Error::WrongFileType { .. } | Error::TooLarge { .. })) => {
+            Err(e.into())
+        }
         Err(e) => Err(anyhow::Error::new(e).context(format!("plan file {}", path.display()))),
     }
 }
@@ -139,34 +139,10 @@ fn write_lookup_text(out: &mut impl Write, result: &Lookup) -> std::io::Result<(
     Ok(())
 }
 
-/// Reads the manifests file: a JSON object of layer type → OCI descriptor.
-fn read_manifests(path: &Path) -> anyhow::Result<BTreeMap<String, Descriptor>> {
-    let parse = |detail: String| Error::Parse {
-        what: "manifests file",
-        path: path.to_path_buf(),
-        detail,
-    };
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| parse(format!("cannot read it ({e}); check the --manifests path")))?;
-    let manifests: BTreeMap<String, Descriptor> = serde_json::from_str(&text).map_err(|e| {
-        parse(format!(
-            "{e}; expected an object of layer type -> OCI descriptor \
-             ({{\"mediaType\", \"digest\": \"sha256:<64 hex>\", \"size\"}})"
-        ))
-    })?;
-    if let Some(t) = manifests.keys().find(|t| t.is_empty()) {
-        return Err(parse(format!(
-            "the layer type {t:?} is empty; name each layer type"
-        ))
-        .into());
-    }
-    Ok(manifests)
-}
-
 /// `layercache put`: records a layer with its output manifests.
 pub fn put(args: PutArgs) -> anyhow::Result<ExitCode> {
     let t = &args.target;
-    let manifests = read_manifests(&args.manifests)?;
+    let manifests = layercache::plan::read_manifests(&args.manifests)?;
     let (plan, cache, _pruned) = open(t)?;
     let mut session = cache.session(plan.build())?;
     // This process did not see the builder's lookup, so it looks up again (observing every
