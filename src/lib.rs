@@ -119,6 +119,7 @@ pub mod config;
 pub mod diff;
 pub mod error;
 pub mod fsread;
+pub mod gc;
 pub mod inputs;
 pub mod inspect;
 pub mod migrate;
@@ -130,6 +131,7 @@ pub mod schema;
 pub mod stacker;
 pub mod store;
 pub mod tree;
+pub mod version;
 
 pub use cache::{
     Cache, CachedEntry, Lookup, LookupMode, Outcome, PruneReport, Pruned, Session, SessionCounters,
