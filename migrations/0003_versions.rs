@@ -221,6 +221,7 @@ pub fn migrate(txn: &redb::WriteTransaction, db: &Path) -> Result<Outcome> {
                 .db(db)?;
             let pointer = codec::encode_checked(&LayerRecord {
                 current: v.input_digest,
+                generation: 0,
             })
             .map_err(|d| corrupt(db, "layers", &v.name, d))?;
             lt.insert(v.name.as_str(), pointer.as_slice()).db(db)?;

@@ -20,6 +20,8 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::path::hex;
+
 /// Largest encoded entry record accepted when decoding (layer definitions can be large).
 pub const ENTRY_LIMIT: usize = 16 << 20;
 /// Largest encoded per-path row accepted when decoding (xattr values are at most 64 KiB each).
@@ -101,10 +103,6 @@ fn checksum(payload: &[u8]) -> [u8; CHECKSUM_LEN] {
     let mut out = [0u8; CHECKSUM_LEN];
     h.finalize_xof().fill(&mut out);
     out
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Encodes a value followed by its checksum (see the module doc).

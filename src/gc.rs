@@ -29,6 +29,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::path::hex;
 
 /// What GC needs to know of one version.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,11 +130,6 @@ pub struct GcPlan {
     pub unreferenced_blobs: Vec<(String, u64)>,
     /// True when a budget is still exceeded (only protected current versions are left).
     pub over_budget: bool,
-}
-
-/// Hex of a digest.
-fn hex(d: &[u8; 32]) -> String {
-    d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Reference counts of blobs among kept versions.

@@ -132,6 +132,7 @@ pub mod stacker;
 pub mod store;
 pub mod tree;
 pub mod version;
+pub mod version_store;
 
 pub use cache::{
     Cache, CachedEntry, Lookup, LookupMode, Outcome, PruneReport, Pruned, Session, SessionCounters,

@@ -329,4 +329,9 @@ impl VersionRecord {
 pub struct LayerRecord {
     /// Input digest of the current version (a key of `versions` under this layer).
     pub current: [u8; 32],
+    /// Bumped by every write that changes the layer's rows in a compared property (a put, a
+    /// hit on another version); never by a stat refresh. A lookup that read generation G
+    /// rewrites rows only if the layer is still at G, so it never applies its diff on top of
+    /// rows another session replaced meanwhile.
+    pub generation: u64,
 }

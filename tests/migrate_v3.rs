@@ -469,3 +469,46 @@ fn a_flipped_bit_in_a_stored_manifest_digest_is_damage_not_another_value() {
     }
     txn.commit().unwrap();
 }
+
+#[test]
+fn version_store_reads_what_the_step_wrote_and_removes_a_layer_entirely() {
+    use layercache::version_store as vs;
+    let tmp = tempfile::tempdir().unwrap();
+    let path = fixture("v2-small.redb", tmp.path());
+    migrate_to_v3(&path);
+    let db = open(&path);
+    {
+        let txn = db.begin_read().unwrap();
+        let p = vs::pointer(&txn, &path, "app").unwrap().unwrap().unwrap();
+        let v = vs::version(&txn, &path, "app", &p.current)
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(v.name, "app");
+        assert_eq!(vs::versions_of(&txn, &path, "app").unwrap().len(), 1);
+        assert!(vs::versions_of(&txn, &path, "ap").unwrap().is_empty());
+        assert_eq!(
+            vs::last_used(&txn, &path, "app", &p.current).unwrap(),
+            Some(v.created_unix_ms)
+        );
+        let (uses, bad) = vs::uses(&txn, &path).unwrap();
+        assert!(bad.is_empty());
+        assert_eq!(uses.len(), 4);
+        assert!(uses.iter().all(|u| u.current));
+        assert_eq!(vs::all_keys(&txn, &path).unwrap().len(), 4);
+    }
+    let txn = db.begin_write().unwrap();
+    assert!(vs::remove_layer(&txn, &path, "app").unwrap());
+    txn.commit().unwrap();
+    let txn = db.begin_read().unwrap();
+    assert!(vs::pointer(&txn, &path, "app").unwrap().is_none());
+    assert!(vs::versions_of(&txn, &path, "app").unwrap().is_empty());
+    assert!(
+        txn.open_table(ROWS)
+            .unwrap()
+            .iter()
+            .unwrap()
+            .all(|i| i.unwrap().0.value().0 != "app")
+    );
+    assert_eq!(txn.open_table(LAST_USED).unwrap().len().unwrap(), 3);
+}
