@@ -409,6 +409,15 @@ fn descriptors_in(v: &serde_json::Value) -> Vec<serde_json::Value> {
 /// Deletes the candidate blobs from the OCI layout, except those `index.json` still reaches
 /// ([`referenced_by_index`], computed first: if it fails, nothing is deleted).
 pub fn delete_blobs(layout: &Path, candidates: &[String]) -> Result<BlobDeletion> {
+    sort_blobs(layout, candidates, false)
+}
+
+/// What [`delete_blobs`] would do, deleting nothing (`deleted` lists what it would delete).
+pub fn would_delete_blobs(layout: &Path, candidates: &[String]) -> Result<BlobDeletion> {
+    sort_blobs(layout, candidates, true)
+}
+
+fn sort_blobs(layout: &Path, candidates: &[String], dry_run: bool) -> Result<BlobDeletion> {
     let protected = referenced_by_index(layout)?;
     let mut out = BlobDeletion::default();
     for digest in candidates {
@@ -424,6 +433,7 @@ pub fn delete_blobs(layout: &Path, candidates: &[String]) -> Result<BlobDeletion
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => out.missing.push(digest.clone()),
             Err(e) => return Err(Error::io("cannot stat", &path, e)),
             Ok(m) if !m.file_type().is_file() => out.refused.push(digest.clone()),
+            Ok(_) if dry_run => out.deleted.push(digest.clone()),
             Ok(_) => match std::fs::remove_file(&path) {
                 Ok(()) => out.deleted.push(digest.clone()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

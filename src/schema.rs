@@ -1,20 +1,17 @@
 //! Table definitions, the schema version, and the record types stored in them.
 //!
-//! | table     | key                                   | value                          |
-//! |-----------|---------------------------------------|--------------------------------|
-//! | `meta`    | `&str` fact name                      | `&[u8]` (version: u32 LE)      |
-//! | `entries` | `&str` layer name                     | encoded [`EntryRecord`]        |
-//! | `rows`    | `(&str layer, &str source, &[u8] path key)` | encoded [`Row`]          |
-//! | `bases`   | `&str` layer name                     | `[u8; 32]` base hash           |
-//!
-//! Schema v3 (versions: many per layer, see [`crate::version`]) replaces `entries` and `bases`
-//! with:
+//! Schema v3 (versions: many per layer, see [`crate::version`]):
 //!
 //! | table       | key                                    | value                                  |
 //! |-------------|----------------------------------------|----------------------------------------|
+//! | `meta`      | `&str` fact name                       | `&[u8]` (version: u32 LE)              |
 //! | `versions`  | `(&str layer, &[u8; 32] input digest)` | checksummed [`VersionRecord`]          |
 //! | `layers`    | `&str` layer name                      | checksummed [`LayerRecord`]            |
 //! | `last_used` | `(&str layer, &[u8; 32] input digest)` | `u64` ms since the Unix epoch          |
+//! | `rows`      | `(&str layer, &str source, &[u8] path key)` | encoded [`Row`]                   |
+//!
+//! Schemas v1 and v2 had `entries` (layer → one entry) and `bases` (layer → base hash) instead
+//! of the first three; the v2 → v3 step (`migrations/0003_versions.rs`) replaces them.
 //!
 //! `rows` stays as it is: the last seen state of each source (git's index), described by the
 //! version that `layers` points at. Recording a use writes 8 bytes in `last_used`, never a
@@ -28,19 +25,15 @@ use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
 
 /// The schema version this code writes and reads.
-pub const SCHEMA_VERSION: u32 = 2;
-
-/// The schema the versions work (issue 13) introduces; its step is registered in
-/// [`crate::migrate::STEPS`] but runs only once [`SCHEMA_VERSION`] reaches it.
-pub const SCHEMA_V3: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Small facts about the file: `schema_version` (u32 little endian), `writer` (crate version).
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-/// Layer name → encoded [`EntryRecord`].
+/// Schema v1/v2 only (read by the v2 → v3 step): layer name → encoded entry.
 pub const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries");
 /// (layer, source, path key) → encoded [`Row`].
 pub const ROWS: TableDefinition<(&str, &str, &[u8]), &[u8]> = TableDefinition::new("rows");
-/// Layer name → the hash that layers built `from` it record and compare.
+/// Schema v1/v2 only (dropped by the v2 → v3 step): layer name → the base hash of its entry.
 pub const BASES: TableDefinition<&str, &[u8; 32]> = TableDefinition::new("bases");
 
 /// (layer, input digest) → checksummed [`VersionRecord`] (schema v3).
@@ -244,30 +237,9 @@ pub struct ManifestRecord {
     pub descriptor_json: Vec<u8>,
 }
 
-/// A cache entry: everything recorded for one layer at put.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EntryRecord {
-    /// Layer name.
-    pub name: String,
-    /// The layer definition as canonical JSON (sorted keys).
-    pub definition_json: Vec<u8>,
-    /// blake3 of `definition_json`.
-    pub definition_digest: [u8; 32],
-    /// The base recorded at put.
-    pub base: BaseRecord,
-    /// SOURCE_DATE_EPOCH of the build, if set.
-    pub source_date_epoch: Option<i64>,
-    /// One summary per cached import (imports with a `dest` are not cached).
-    pub imports: Vec<SourceSummary>,
-    /// One summary per overlay dir.
-    pub overlay_dirs: Vec<SourceSummary>,
-    /// Output manifests per layer type.
-    pub manifests: Vec<ManifestRecord>,
-    /// Whether the layer is build-only (kept only as a rootfs directory).
-    pub build_only: bool,
-    /// Time of the put, milliseconds since the Unix epoch.
-    pub created_unix_ms: u64,
-}
+/// What a lookup hits and a put records: one version of a layer (schema v3). The v1/v2 entry
+/// layout is frozen in `migrations/0003_versions.rs` as `EntryV2`.
+pub type EntryRecord = VersionRecord;
 
 /// One version of a layer (schema v3): everything recorded for one evaluation of its inputs,
 /// keyed by `(name, input_digest)`. The same as the v2 entry plus the builder identity and the

@@ -13,6 +13,8 @@ use crate::gc::VersionUse;
 use crate::path::{escape_bytes, hex};
 use crate::schema::{LAST_USED, LAYERS, LayerRecord, ROWS, VERSIONS, VersionRecord};
 
+use super::rows::RowRange;
+
 /// `layer@<first 16 hex digits>` for messages.
 pub fn version_key(layer: &str, digest: &[u8; 32]) -> String {
     let h = hex(digest);
@@ -24,7 +26,7 @@ pub fn version_key(layer: &str, digest: &[u8; 32]) -> String {
 }
 
 fn damaged(path: &Path, table: &'static str, key: String, detail: String) -> Error {
-    crate::store::note_damage(path);
+    super::note_damage(path);
     Error::Corrupt {
         path: path.to_path_buf(),
         table,
@@ -320,12 +322,27 @@ pub fn remove_layer(txn: &redb::WriteTransaction, path: &Path, layer: &str) -> R
         .remove(layer)
         .db(path)?
         .is_some();
-    let upper = format!("{layer}\0");
-    let rlo: (&str, &str, &[u8]) = (layer, "", &[]);
-    let rhi: (&str, &str, &[u8]) = (upper.as_str(), "", &[]);
-    txn.open_table(ROWS)
-        .db(path)?
-        .retain_in(rlo..rhi, |_, _| false)
-        .db(path)?;
+    RowRange::layer(layer).delete(path, &mut txn.open_table(ROWS).db(path)?)?;
     Ok(existed)
+}
+
+/// The distinct source names of a layer's rows (one range probe per source, not a scan).
+pub fn row_sources(txn: &redb::WriteTransaction, path: &Path, layer: &str) -> Result<Vec<String>> {
+    let rows = txn.open_table(ROWS).db(path)?;
+    let upper = format!("{layer}\0");
+    let hi: (&str, &str, &[u8]) = (upper.as_str(), "", &[]);
+    let mut out: Vec<String> = Vec::new();
+    loop {
+        let after = out.last().map(|s| format!("{s}\0"));
+        let lo: (&str, &str, &[u8]) = (layer, after.as_deref().unwrap_or(""), &[]);
+        let next = rows.range(lo..hi).db(path)?.next();
+        match next {
+            None => break,
+            Some(item) => {
+                let (k, _) = item.db(path)?;
+                out.push(k.value().1.to_string());
+            }
+        }
+    }
+    Ok(out)
 }
