@@ -5,17 +5,24 @@
 //!
 //! ## Data model
 //!
-//! One redb file holds four tables (see [`schema`]):
+//! One redb file holds five tables (schema v3, see [`schema`]):
 //!
 //! * `meta` — the schema version and the version of the crate that wrote the file.
-//! * `entries` — layer name → [`schema::EntryRecord`]: the layer definition (canonical JSON and
-//!   its digest), the base recorded at put, SOURCE_DATE_EPOCH, one summary per import and
-//!   overlay dir (root type, Merkle root, row count), the output manifests, build_only, time.
-//! * `rows` — `(layer, source, path key)` → [`Row`]: one row per entry of every cached tree.
-//! * `bases` — layer name → the hash that layers built `from` it record and compare.
+//! * `versions` — `(layer, input digest)` → [`schema::VersionRecord`]: one per evaluation of a
+//!   layer's inputs that was put — the layer definition (canonical JSON and its digest), the
+//!   base, SOURCE_DATE_EPOCH, builder identity, one summary per import and overlay dir (root
+//!   type, Merkle root, row count), the output manifests, build_only, time. A layer keeps many.
+//! * `layers` — layer name → [`schema::LayerRecord`]: its *current* version, the one its rows
+//!   describe (the most recently used), with a generation bumped whenever the rows are replaced.
+//! * `last_used` — `(layer, input digest)` → ms: recorded coarsely (at most hourly per version,
+//!   or with a write that happens anyway), so a hit is not a write transaction.
+//! * `rows` — `(layer, source, path key)` → [`Row`]: the last seen state of every cached tree
+//!   (git's index): it makes the walk cheap and explains a miss.
 //!
 //! Values are encoded only by [`codec`] (bincode 2.0.1, always decoded with a size limit and
-//! with trailing bytes refused).
+//! with trailing bytes refused); `versions` and `layers` records carry a checksum verified on
+//! every read, so a damaged record is a `DamagedEntry` miss, never a hit with a wrong output.
+//! What goes into the input digest, and what never does, is documented in [`version`].
 //!
 //! ## Key encoding
 //!
@@ -41,9 +48,14 @@
 //! top-level fields), base changed, SOURCE_DATE_EPOCH changed, each import (new, missing, type
 //! changed, content changed with the paths), each overlay dir (new, missing from the rootfs,
 //! content changed with the paths), a recorded source no longer in the layer — and returns a
-//! hit or typed [`MissReason`]s. A `built` base must itself hit now, and the hash in the
-//! `bases` table (the digest of the base's entry, [`cache::entry_digest`]) must equal the one
-//! recorded at put, so rebuilding a base misses everything above it. Per-layer results are
+//! hit or typed [`MissReason`]s. It computes the layer's input digest while walking (with the
+//! stat fast path against the rows) and hits on **any** stored version with that digest, so a
+//! branch switched back or a definition flipped back hits; a hit on a version other than the
+//! current one makes the rows describe the tree as it is now, in one short write. A miss is
+//! explained against the current version. A `built` base must itself hit now, and its base
+//! hash is the entry digest ([`version::entry_digest`]) of the base version it hit on: it
+//! covers the base's inputs and outputs, so rebuilding a base with other outputs misses
+//! everything above it. [`Cache::gc`] drops versions by count, age and size. Per-layer results are
 //! memoized within a session: a chain of N built layers costs N evaluations. A lookup made for a
 //! build also *observes* what it walked (a row hash per path), and [`Session::put`] compares its
 //! own walk against that: inputs that changed during the build make the put fail with
@@ -119,6 +131,7 @@ pub mod config;
 pub mod diff;
 pub mod error;
 pub mod fsread;
+pub mod gc;
 pub mod inputs;
 pub mod inspect;
 pub mod migrate;
@@ -130,10 +143,11 @@ pub mod schema;
 pub mod stacker;
 pub mod store;
 pub mod tree;
+pub mod version;
 
 pub use cache::{
-    Cache, CachedEntry, Lookup, LookupMode, Outcome, PruneReport, Pruned, Session, SessionCounters,
-    SourceRole,
+    Cache, CachedEntry, GcReport, Lookup, LookupMode, Outcome, PruneReport, Pruned, Session,
+    SessionCounters, SourceRole,
 };
 pub use config::CacheConfig;
 pub use diff::{Change, Modified, TreeDiff, compare_rows, diff_trees};

@@ -14,6 +14,8 @@ use crate::schema::{META, META_SCHEMA_VERSION, META_WRITER, SCHEMA_VERSION};
 
 #[path = "../migrations/0002_stat_fast_path.rs"]
 pub mod v0002;
+#[path = "../migrations/0003_versions.rs"]
+pub mod v0003;
 
 /// One schema change.
 pub struct Step {
@@ -28,14 +30,24 @@ pub struct Step {
     run: fn(&redb::WriteTransaction, &Path) -> Result<u64>,
 }
 
-/// Every step, in order.
-pub static STEPS: &[Step] = &[Step {
-    from: 1,
-    to: 2,
-    name: "stat fast path: stat data in file rows",
-    note: include_str!("../migrations/0002_stat_fast_path.md"),
-    run: v0002::run,
-}];
+/// Every step, in order. A step runs only when the code's [`SCHEMA_VERSION`] has reached its
+/// `to` (see [`pending`]).
+pub static STEPS: &[Step] = &[
+    Step {
+        from: 1,
+        to: 2,
+        name: "stat fast path: stat data in file rows",
+        note: include_str!("../migrations/0002_stat_fast_path.md"),
+        run: v0002::run,
+    },
+    Step {
+        from: 2,
+        to: 3,
+        name: "versions: entries keyed by input digest, checksummed records",
+        note: include_str!("../migrations/0003_versions.md"),
+        run: v0003::run,
+    },
+];
 
 /// The steps that take a database at `version` to [`SCHEMA_VERSION`].
 pub fn pending(version: u32) -> Vec<&'static Step> {

@@ -1,11 +1,22 @@
 //! Table definitions, the schema version, and the record types stored in them.
 //!
-//! | table     | key                                   | value                          |
-//! |-----------|---------------------------------------|--------------------------------|
-//! | `meta`    | `&str` fact name                      | `&[u8]` (version: u32 LE)      |
-//! | `entries` | `&str` layer name                     | encoded [`EntryRecord`]        |
-//! | `rows`    | `(&str layer, &str source, &[u8] path key)` | encoded [`Row`]          |
-//! | `bases`   | `&str` layer name                     | `[u8; 32]` base hash           |
+//! Schema v3 (versions: many per layer, see [`crate::version`]):
+//!
+//! | table       | key                                    | value                                  |
+//! |-------------|----------------------------------------|----------------------------------------|
+//! | `meta`      | `&str` fact name                       | `&[u8]` (version: u32 LE)              |
+//! | `versions`  | `(&str layer, &[u8; 32] input digest)` | checksummed [`VersionRecord`]          |
+//! | `layers`    | `&str` layer name                      | checksummed [`LayerRecord`]            |
+//! | `last_used` | `(&str layer, &[u8; 32] input digest)` | `u64` ms since the Unix epoch          |
+//! | `rows`      | `(&str layer, &str source, &[u8] path key)` | encoded [`Row`]                   |
+//!
+//! Schemas v1 and v2 had `entries` (layer → one entry) and `bases` (layer → base hash) instead
+//! of the first three; the v2 → v3 step (`migrations/0003_versions.rs`) replaces them.
+//!
+//! `rows` stays as it is: the last seen state of each source (git's index), described by the
+//! version that `layers` points at. Recording a use writes 8 bytes in `last_used`, never a
+//! version record. "Checksummed" means [`crate::codec::encode_checked`]: a damaged record is a
+//! typed error, never a different value.
 //!
 //! Values are encoded by [`crate::codec`] only. Path keys use the `\0` encoding of
 //! [`crate::RelPath`], so a range scan of `(layer, source, ..)` yields rows in walk order.
@@ -14,16 +25,24 @@ use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
 
 /// The schema version this code writes and reads.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Small facts about the file: `schema_version` (u32 little endian), `writer` (crate version).
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-/// Layer name → encoded [`EntryRecord`].
+/// Schema v1/v2 only (read by the v2 → v3 step): layer name → encoded entry.
 pub const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries");
 /// (layer, source, path key) → encoded [`Row`].
 pub const ROWS: TableDefinition<(&str, &str, &[u8]), &[u8]> = TableDefinition::new("rows");
-/// Layer name → the hash that layers built `from` it record and compare.
+/// Schema v1/v2 only (dropped by the v2 → v3 step): layer name → the base hash of its entry.
 pub const BASES: TableDefinition<&str, &[u8; 32]> = TableDefinition::new("bases");
+
+/// (layer, input digest) → checksummed [`VersionRecord`] (schema v3).
+pub const VERSIONS: TableDefinition<(&str, &[u8; 32]), &[u8]> = TableDefinition::new("versions");
+/// Layer name → checksummed [`LayerRecord`]: which version the layer's rows describe (v3).
+pub const LAYERS: TableDefinition<&str, &[u8]> = TableDefinition::new("layers");
+/// (layer, input digest) → last use of that version, ms since the Unix epoch (v3). A table of
+/// its own so that recording a use never rewrites a version record.
+pub const LAST_USED: TableDefinition<(&str, &[u8; 32]), u64> = TableDefinition::new("last_used");
 
 /// `meta` key of the schema version.
 pub const META_SCHEMA_VERSION: &str = "schema_version";
@@ -218,20 +237,31 @@ pub struct ManifestRecord {
     pub descriptor_json: Vec<u8>,
 }
 
-/// A cache entry: everything recorded for one layer at put.
+/// What a lookup hits and a put records: one version of a layer (schema v3). The v1/v2 entry
+/// layout is frozen in `migrations/0003_versions.rs` as `EntryV2`.
+pub type EntryRecord = VersionRecord;
+
+/// One version of a layer (schema v3): everything recorded for one evaluation of its inputs,
+/// keyed by `(name, input_digest)`. The same as the v2 entry plus the builder identity and the
+/// input digest itself (so a record copied under a wrong key is detected).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EntryRecord {
+pub struct VersionRecord {
     /// Layer name.
     pub name: String,
+    /// The input digest this version is stored under ([`crate::version::input_digest`]).
+    pub input_digest: [u8; 32],
     /// The layer definition as canonical JSON (sorted keys).
     pub definition_json: Vec<u8>,
     /// blake3 of `definition_json`.
     pub definition_digest: [u8; 32],
-    /// The base recorded at put.
+    /// The base recorded at put. For a `built` base, `hash` is the entry digest
+    /// ([`crate::version::entry_digest`]) of the base's version this one was built on.
     pub base: BaseRecord,
     /// SOURCE_DATE_EPOCH of the build, if set.
     pub source_date_epoch: Option<i64>,
-    /// One summary per cached import (imports with a `dest` are not cached).
+    /// The builder identity (e.g. `stacker 1.1.0`), if the build named one.
+    pub builder: Option<String>,
+    /// One summary per cached import.
     pub imports: Vec<SourceSummary>,
     /// One summary per overlay dir.
     pub overlay_dirs: Vec<SourceSummary>,
@@ -239,6 +269,41 @@ pub struct EntryRecord {
     pub manifests: Vec<ManifestRecord>,
     /// Whether the layer is build-only (kept only as a rootfs directory).
     pub build_only: bool,
-    /// Time of the put, milliseconds since the Unix epoch.
+    /// Time of the put (or of the v2 entry it was migrated from), ms since the Unix epoch.
     pub created_unix_ms: u64,
+}
+
+impl VersionRecord {
+    /// True when this record belongs under the key it was read from: a record that decodes and
+    /// checks out but sits under another layer or digest is damage too.
+    pub fn matches_key(&self, layer: &str, input_digest: &[u8; 32]) -> bool {
+        self.name == layer && self.input_digest == *input_digest
+    }
+
+    /// The digests and sizes of the output blobs its manifests name (`sha256:<hex>`, size from
+    /// the descriptor), in manifest order; descriptors without a digest are skipped.
+    pub fn blobs(&self) -> Vec<(String, u64)> {
+        self.manifests
+            .iter()
+            .filter_map(|m| {
+                let v: serde_json::Value = serde_json::from_slice(&m.descriptor_json).ok()?;
+                let digest = v.get("digest")?.as_str()?.to_string();
+                let size = v.get("size").and_then(|s| s.as_u64()).unwrap_or(0);
+                Some((digest, size))
+            })
+            .collect()
+    }
+}
+
+/// What the `layers` table holds for a layer (schema v3): the version its per-source rows
+/// currently describe — the most recently used one, against which a miss is explained.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerRecord {
+    /// Input digest of the current version (a key of `versions` under this layer).
+    pub current: [u8; 32],
+    /// Bumped by every write that changes the layer's rows in a compared property (a put, a
+    /// hit on another version); never by a stat refresh. A lookup that read generation G
+    /// rewrites rows only if the layer is still at G, so it never applies its diff on top of
+    /// rows another session replaced meanwhile.
+    pub generation: u64,
 }

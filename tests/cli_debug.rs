@@ -11,7 +11,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use layercache::schema::{BASES, ENTRIES, EntryRecord, ROWS, SCHEMA_VERSION};
+use layercache::schema::{EntryRecord, LAYERS, LayerRecord, ROWS, SCHEMA_VERSION, VERSIONS};
 use layercache::{Base, Build, Cache, CacheConfig, Import, LayerInputs, OverlayDir, RelPath};
 use oci_spec::image::Descriptor;
 use redb::ReadableTable;
@@ -219,7 +219,7 @@ fn dump_lists_entries_in_text_and_json() {
     assert_eq!(
         lines[3],
         format!(
-            "2 entries, 2 imports, 1 overlay dirs, {} rows",
+            "2 entries, 2 versions, 2 imports, 1 overlay dirs, {} rows",
             d.total_rows()
         )
     );
@@ -249,6 +249,13 @@ fn dump_lists_entries_in_text_and_json() {
     assert_eq!(base["base"]["hash"], "");
     assert_eq!(base["overlay_dirs"], 0);
     assert_eq!(v["totals"]["entries"], 2);
+    assert_eq!(v["totals"]["versions"], 2);
+    assert_eq!(app["versions"].as_array().unwrap().len(), 1);
+    assert_eq!(app["versions"][0]["current"], true);
+    assert_eq!(
+        app["versions"][0]["input_digest"],
+        hex(&d.records["app"].input_digest)
+    );
     assert_eq!(v["totals"]["damaged"], 0);
     assert_eq!(v["totals"]["imports"], 2);
     assert_eq!(v["totals"]["overlay_dirs"], 1);
@@ -441,12 +448,15 @@ fn stats_in_text_and_json() {
     assert_eq!(v["schema_version"], SCHEMA_VERSION);
     assert_eq!(v["entries"], 2);
     assert_eq!(v["rows"], d.total_rows());
-    assert_eq!(v["bases"], 2);
+    assert_eq!(v["versions"], 2);
+    // One more version costs one record, not a copy of the rows.
+    let per_version = v["bytes_per_version"].as_u64().unwrap();
+    assert!(per_version > 100 && per_version < 4096, "{per_version}");
     let tables = v["tables"].as_array().unwrap();
     let names: Vec<&str> = tables.iter().map(|t| t["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["meta", "entries", "rows", "bases"]);
-    assert_eq!(tables[2]["len"], d.total_rows());
-    assert!(tables[2]["stored_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(names, ["meta", "layers", "versions", "last_used", "rows"]);
+    assert_eq!(tables[4]["len"], d.total_rows());
+    assert!(tables[4]["stored_bytes"].as_u64().unwrap() > 0);
     let in_tables: u64 = tables
         .iter()
         .map(|t| {
@@ -513,7 +523,7 @@ fn check_passes_on_a_sound_cache() {
     let text = stdout(&o);
     assert!(text.contains("redb integrity check: passed\n"), "{text}");
     assert!(text.contains(&format!(
-        "records: 2 entries, 3 sources, {} rows, 2 base hashes\n",
+        "records: 2 layers, 3 sources, {} rows, 2 versions\n",
         d.total_rows()
     )));
     assert!(text.ends_with("no problems found\n"), "{text}");
@@ -525,7 +535,7 @@ fn check_passes_on_a_sound_cache() {
     assert_eq!(v["entries_checked"], 2);
     assert_eq!(v["sources_checked"], 3);
     assert_eq!(v["rows_checked"], d.total_rows());
-    assert_eq!(v["bases_checked"], 2);
+    assert_eq!(v["versions_checked"], 2);
     assert_eq!(v["problems"], json!([]));
     assert_eq!(v["problems_not_listed"], 0);
 }
@@ -566,8 +576,27 @@ fn check_finds_planted_inconsistencies() {
             let ghost: (&str, &str, &[u8]) = ("ghost", "import:x", b"");
             rows.insert(ghost, other.as_slice()).unwrap();
         }
-        // base loses its base hash: base itself and app (built on it) are affected.
-        txn.open_table(BASES).unwrap().remove("base").unwrap();
+        // base's version records other outputs (checksum intact): app is built on a version
+        // of base that is no longer stored.
+        {
+            let mut rec = d.records["base"].clone();
+            rec.manifests.clear();
+            let bytes = layercache::codec::encode_checked(&rec).unwrap();
+            txn.open_table(VERSIONS)
+                .unwrap()
+                .insert(("base", &rec.input_digest), bytes.as_slice())
+                .unwrap();
+        }
+        // A layer pointing at a version that is not stored.
+        let pointer = layercache::codec::encode_checked(&LayerRecord {
+            current: [9; 32],
+            generation: 0,
+        })
+        .unwrap();
+        txn.open_table(LAYERS)
+            .unwrap()
+            .insert("lost", pointer.as_slice())
+            .unwrap();
         txn.commit().unwrap();
     }
     let o = d.run("check", &["--json"]);
@@ -582,7 +611,7 @@ fn check_finds_planted_inconsistencies() {
     assert!(has("row_count", "app", "overlay:ov"), "{problems:?}");
     assert!(has("damaged_row", "base", "import:src"), "{problems:?}");
     assert!(has("orphan_rows", "ghost", "import:x"), "{problems:?}");
-    assert!(has("base_hash", "base", ""), "{problems:?}");
+    assert!(has("pointer", "lost", ""), "{problems:?}");
     assert!(has("missing_base", "app", ""), "{problems:?}");
     let damaged = v["problems"]
         .as_array()
@@ -642,9 +671,10 @@ fn check_lists_a_damaged_entry() {
     {
         let db = redb::Database::open(&d.db).unwrap();
         let txn = db.begin_write().unwrap();
-        txn.open_table(ENTRIES)
+        let app = &d.records["app"];
+        txn.open_table(VERSIONS)
             .unwrap()
-            .insert("app", &b"\x01\x02garbage"[..])
+            .insert(("app", &app.input_digest), &b"\x01\x02garbage"[..])
             .unwrap();
         txn.commit().unwrap();
     }
@@ -683,9 +713,14 @@ fn readable_while_another_process_holds_the_writer() {
     .unwrap();
     // A write in progress, not committed: readers see the last committed state.
     let txn = cache.store().begin_write().unwrap();
-    txn.open_table(BASES)
+    let pointer = layercache::codec::encode_checked(&LayerRecord {
+        current: [7; 32],
+        generation: 0,
+    })
+    .unwrap();
+    txn.open_table(LAYERS)
         .unwrap()
-        .insert("uncommitted", &[7u8; 32])
+        .insert("uncommitted", pointer.as_slice())
         .unwrap();
 
     let o = d.run("dump", &["--json"]);
@@ -698,7 +733,7 @@ fn readable_while_another_process_holds_the_writer() {
     assert_ok(&o);
     let o = d.run("stats", &["--json"]);
     assert_ok(&o);
-    assert_eq!(json_of(&o)["bases"], 2);
+    assert_eq!(json_of(&o)["entries"], 2);
 
     // check: everything but the redb-level check runs, and says why that one was skipped.
     let o = d.run("check", &["--json"]);
@@ -721,7 +756,7 @@ fn readable_while_another_process_holds_the_writer() {
     // After the builder commits, a new reader sees the commit.
     txn.commit().unwrap();
     let o = d.run("stats", &["--json"]);
-    assert_eq!(json_of(&o)["bases"], 3);
+    assert_eq!(json_of(&o)["entries"], 3);
     drop(cache);
     let o = d.run("check", &["--json"]);
     assert_eq!(o.status.code(), Some(1));
@@ -729,7 +764,7 @@ fn readable_while_another_process_holds_the_writer() {
     assert_eq!(
         problems,
         [(
-            "orphan_base_hash".to_string(),
+            "pointer".to_string(),
             "uncommitted".to_string(),
             String::new()
         )]

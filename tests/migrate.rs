@@ -2,6 +2,8 @@
 //! child process killed at several points of a migration.
 
 mod common;
+#[path = "fixture_inputs/v1_oldest.rs"]
+mod v1_oldest;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -57,9 +59,9 @@ fn raw_state(path: &Path) -> (u32, u64) {
                 layercache::codec::decode::<RowV1, { layercache::codec::ROW_LIMIT }>(val.value())
                     .expect("a v1 database holds only v1 rows");
             }
-            2 => {
+            2 | 3 => {
                 layercache::codec::decode::<Row, { layercache::codec::ROW_LIMIT }>(val.value())
-                    .expect("a v2 database holds only v2 rows");
+                    .expect("v2 and v3 databases hold only v2 rows");
             }
             other => panic!("unexpected version {other}"),
         }
@@ -182,10 +184,11 @@ fn cli_migrate_dry_run_changes_nothing_then_applies() {
     );
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(
-        text.contains("schema v1, 1 pending step(s) to v2"),
+        text.contains("schema v1, 2 pending step(s) to v3"),
         "{text}"
     );
     assert!(text.contains("v1 -> v2: stat fast path"), "{text}");
+    assert!(text.contains("v2 -> v3: versions"), "{text}");
     assert_eq!(
         std::fs::read(&db).unwrap(),
         before,
@@ -204,10 +207,12 @@ fn cli_migrate_dry_run_changes_nothing_then_applies() {
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["from"], 1);
-    assert_eq!(v["to"], 2);
+    assert_eq!(v["to"], 3);
     assert_eq!(v["steps"][0]["from"], 1);
     assert!(v["steps"][0]["records"].as_u64().unwrap() > 20);
-    assert_eq!(raw_state(&db).0, 2);
+    assert_eq!(v["steps"][1]["from"], 2);
+    assert_eq!(v["steps"][1]["records"], 4, "one version per v2 entry");
+    assert_eq!(raw_state(&db).0, 3);
 
     let out = Command::new(bin)
         .args(["migrate", "--db"])
@@ -224,7 +229,7 @@ fn killed_migration_leaves_old_or_new_never_between() {
     let (v, rows) = raw_state(&fixture("v1-large.redb", tmp.path()));
     assert_eq!(v, 1);
     assert!(rows >= 30_000);
-    let mut seen = [0u32; 3];
+    let mut seen = [0u32; 4];
     // Kill points spread over the run, from before the transaction starts to after it ends.
     for (i, delay_ms) in [0u64, 2, 5, 10, 20, 35, 50, 80, 120, 200, 400]
         .iter()
@@ -249,9 +254,11 @@ fn killed_migration_leaves_old_or_new_never_between() {
         let store = Store::open(&db).unwrap();
         assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
         drop(store);
-        assert_eq!(raw_state(&db), (2, rows));
+        assert_eq!(raw_state(&db), (3, rows));
     }
-    eprintln!("kill points left v1: {}, v2: {}", seen[1], seen[2]);
+    // Both steps (v1 -> v2 -> v3) run in the one transaction: never left at v2.
+    assert_eq!(seen[2], 0, "a kill left the file between the steps");
+    eprintln!("kill points left v1: {}, v3: {}", seen[1], seen[3]);
 }
 
 #[test]
@@ -305,7 +312,7 @@ fn a_damaged_v1_row_costs_its_layer_not_the_migration() {
 }
 
 #[test]
-fn v2_fixture_opens_without_migrating_and_hits() {
+fn v2_fixture_migrates_to_v3_and_hits() {
     if !is_root() {
         eprintln!("skipped: the fixture's trees are owned by root (0:0); run as root");
         return;
@@ -315,10 +322,8 @@ fn v2_fixture_opens_without_migrating_and_hits() {
     assert_eq!(raw_state(&db).0, 2);
     let build = small_trees(tmp.path());
     let cache = open_cache(&db);
-    assert!(
-        cache.store().migration().is_none(),
-        "a current file is not migrated"
-    );
+    let report = cache.store().migration().cloned().expect("v2 is migrated");
+    assert_eq!((report.from, report.to, report.steps.len()), (2, 3, 1));
     // The trees were made anew (other inodes, times): stat data cannot vouch, so the first
     // lookups read every file, hit, and refresh; the next read nothing.
     let mut s = cache.session(&build).unwrap();
@@ -331,4 +336,45 @@ fn v2_fixture_opens_without_migrating_and_hits() {
         assert!(s.lookup(layer).unwrap().is_hit(), "{layer}");
     }
     assert_eq!(s.counters().walk.files_hashed, 0, "{:?}", s.counters());
+}
+
+/// The upgrade defect of issue 11: the oldest code recorded a tar base by absolute path; after
+/// migrating, the tar layer and every layer above it hit with the inputs made anew elsewhere.
+#[test]
+fn oldest_fixtures_hit_after_migrating_including_tar_bases_and_chains_on_them() {
+    if !is_root() {
+        eprintln!("skipped: the fixture's trees are owned by root (0:0); run as root");
+        return;
+    }
+    for name in ["v1-oldest.redb"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = fixture(name, tmp.path());
+        let root = tmp.path().join("elsewhere");
+        let build = v1_oldest::inputs(&root);
+        age(&root);
+        let cache = Cache::open_without_prune(CacheConfig {
+            db: db.clone(),
+            oci_layout: Some(root.join("oci")),
+            rootfs_dir: Some(root.join("rootfs")),
+        })
+        .unwrap();
+        for layer in v1_oldest::ORDER {
+            let _ = v1_oldest::manifests(&root, layer);
+        }
+        assert_eq!(cache.store().schema_version().unwrap(), SCHEMA_VERSION);
+        let mut s = cache.session(&build).unwrap();
+        for layer in v1_oldest::ORDER {
+            let l = s.explain(layer).unwrap();
+            assert!(l.is_hit(), "{name} {layer}: {:?}", l.reasons());
+        }
+        let tarred = cache.entry("tarred").unwrap().unwrap();
+        assert_eq!(tarred.base.reference, "base.tar");
+        // A hit hands back the outputs recorded by the old code.
+        let mut s = cache.session(&build).unwrap();
+        let l = s.lookup("chain-2").unwrap();
+        assert_eq!(
+            l.entry().unwrap().manifests["tar"],
+            v1_oldest::manifests(&root, "chain-2")["tar"]
+        );
+    }
 }

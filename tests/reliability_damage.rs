@@ -17,7 +17,7 @@ use std::process::Command;
 
 use layercache::inspect::{self, Inspector, RowSelection};
 use layercache::plan::Plan;
-use layercache::schema::{ENTRIES, ROWS};
+use layercache::schema::{ROWS, VERSIONS};
 use layercache::{Cache, CacheConfig, Error, MissReason, Store};
 use serde_json::json;
 
@@ -384,13 +384,21 @@ fn damaged_file_through_the_binary() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// Overwrites the stored value of one key with `value`.
+/// Overwrites the stored record of a layer's current version with `value`.
 fn overwrite_entry(db: &Path, layer: &str, value: &[u8]) {
     let store = Store::open(db).unwrap();
+    let current = {
+        let txn = store.begin_read().unwrap();
+        layercache::store::versions::pointer(&txn, db, layer)
+            .unwrap()
+            .unwrap()
+            .unwrap()
+            .current
+    };
     let txn = store.begin_write().unwrap();
-    txn.open_table(ENTRIES)
+    txn.open_table(VERSIONS)
         .unwrap()
-        .insert(layer, value)
+        .insert((layer, &current), value)
         .unwrap();
     txn.commit().unwrap();
 }

@@ -128,6 +128,8 @@ fn entry() -> impl Strategy<Value = EntryRecord> {
             )| {
                 EntryRecord {
                     name: name.clone(),
+                    input_digest: definition_digest,
+                    builder: (t % 2 == 0).then(|| format!("builder {t}")),
                     definition_json,
                     definition_digest,
                     base: BaseRecord {
@@ -207,6 +209,21 @@ proptest! {
         let damaged = mutate(bytes, &edits);
         if let Ok(d) = codec::decode::<EntryRecord, ENTRY_LIMIT>(&damaged) {
             prop_assert_eq!(codec::encode(&d).unwrap(), damaged);
+        }
+    }
+
+    /// A stored version record is checksummed: any change to its bytes is refused as damage,
+    /// never decoded to another value (issue 16's false hit).
+    #[test]
+    fn checked_entries_refuse_every_mutation(
+        e in entry(),
+        edits in proptest::collection::vec((any::<usize>(), any::<u8>(), any::<u8>()), 1..6),
+    ) {
+        let bytes = codec::encode_checked(&e).unwrap();
+        prop_assert_eq!(codec::decode_checked::<EntryRecord, ENTRY_LIMIT>(&bytes).unwrap(), e);
+        let damaged = mutate(bytes.clone(), &edits);
+        if damaged != bytes {
+            prop_assert!(codec::decode_checked::<EntryRecord, ENTRY_LIMIT>(&damaged).is_err());
         }
     }
 

@@ -1,23 +1,33 @@
-//! Evaluating one layer, in stacker's order: not cached, definition, base, SOURCE_DATE_EPOCH,
-//! each cached source, sources no longer in the layer.
+//! Evaluating one layer (schema v3): compute its input digest while walking, hit on **any**
+//! stored version with that digest, and otherwise explain the miss against the layer's current
+//! version (the one its rows describe, the most recently used) in stacker's order: not cached,
+//! definition, base, SOURCE_DATE_EPOCH, each cached source, sources no longer in the layer.
 //!
-//! Owns: that order, and what each step compares; the outcome (hit with the decoded entry, or
-//! miss with typed reasons). Each step is a short function; a source's walk and diff is
-//! `cache/source.rs`.
+//! Owns: that order, what each step compares, which stored versions can still match before
+//! any tree is walked (if none can and nothing is to be observed, no tree is walked), the input
+//! digest of what was walked ([`crate::version::input_digest`]), and the outcome (hit with the
+//! decoded version, or miss with typed reasons). A source's walk and diff is `cache/source.rs`.
 //!
-//! Must never: write to the database on a miss (a hit may refresh stat data through
-//! `cache/refresh.rs`, after the read transaction ends), or memoize (the session does).
+//! Must never: write to the database on a miss. After a hit (once the read transaction ends)
+//! `cache/refresh.rs` refreshes stat data, records the use coarsely, and — for a hit on a
+//! version other than the current one — makes the rows describe the tree as it is now.
 
-use crate::error::{DbResultExt, Result};
+use std::collections::BTreeSet;
+
+use crate::error::Result;
 use crate::inputs::{LayerInputs, canonical_json};
 use crate::path::{display_hash, show_path};
 use crate::reason::{BaseChange, MissReason, definition_changes};
-use crate::schema::{ENTRIES, EntryRecord};
+use crate::schema::{LayerRecord, VersionRecord};
+use crate::store::versions;
+use crate::version::{Inputs, Role, SourceInput, input_digest};
 
-use super::refresh::RefreshList;
+use super::refresh::{RefreshList, Switch};
 use super::session::BaseNow;
-use super::source::{Observed, SourceCheck, SourceMiss, SourceRole, cached_sources, summaries};
-use super::{CachedEntry, Lookup, LookupMode, Outcome, Session, decode_entry, decode_manifests};
+use super::source::{
+    Observed, SourceCheck, SourceMiss, SourceRole, WalkedTree, cached_sources, summaries,
+};
+use super::{CachedEntry, Lookup, LookupMode, Outcome, Session, decode_manifests};
 
 /// The reasons found so far, and whether to look for more.
 struct Reasons {
@@ -36,8 +46,25 @@ impl Reasons {
     }
 }
 
+/// The role of a source in the input digest.
+fn digest_role(role: SourceRole) -> Role {
+    match role {
+        SourceRole::Import => Role::Import,
+        SourceRole::OverlayDir => Role::OverlayDir,
+    }
+}
+
+/// What the sources' walks gave the lookup.
+struct Walked<'i> {
+    observed: Option<Vec<Observed>>,
+    /// Per cached source: its role, key and walked tree (`None`: not walked or gone).
+    trees: Vec<(SourceRole, &'i str, Option<WalkedTree>)>,
+    /// An overlay dir's rootfs copy is missing: no version can hit.
+    rootfs_missing: Option<MissReason>,
+}
+
 impl Session<'_> {
-    /// Evaluates one layer (see the module doc for the order).
+    /// Evaluates one layer (see the module doc).
     pub(super) fn evaluate(
         &mut self,
         layer: &str,
@@ -45,167 +72,260 @@ impl Session<'_> {
         mode: LookupMode,
     ) -> Result<Lookup> {
         self.counters.lookups += 1;
+        let path = self.cache.store.path().to_path_buf();
         let txn = self.cache.store.begin_read()?;
         let mut reasons = Reasons {
             mode,
             list: Vec::new(),
         };
-        let record = self.read_entry(&txn, layer, &mut reasons)?;
-        if let Some(rec) = &record {
+        let (pointer, current) = self.read_current(&txn, layer, &mut reasons)?;
+        let stored = versions::versions_of(&txn, &path, layer)?;
+        self.counters.entries_read += stored.iter().filter(|(_, r)| r.is_ok()).count() as u64;
+        let base = self.base_now(layer, &inputs.base, false)?;
+        if let Some(rec) = &current {
             check_definition(rec, inputs, &mut reasons);
             if !reasons.stop() {
-                self.check_base(layer, rec, inputs, &mut reasons)?;
+                check_base(rec, inputs, &base, &mut reasons);
             }
             if !reasons.stop() {
                 check_epoch(rec, inputs, &mut reasons);
             }
         }
+        // Which stored versions can still match once the trees are known: the same definition,
+        // base, epoch, build_only, builder and set of sources. A damaged version might be any.
+        let definition_digest = *blake3::hash(&canonical_json(&inputs.definition)).as_bytes();
+        let keys_now: BTreeSet<(Role, &str)> = cached_sources(inputs)
+            .map(|s| (digest_role(s.id.role), s.id.key))
+            .collect();
+        let could_hit = match &base {
+            BaseNow::Miss(_) => false,
+            BaseNow::Hash(h) => stored.iter().any(|(_, r)| match r {
+                Err(_) => true,
+                Ok(v) => {
+                    v.definition_digest == definition_digest
+                        && v.base.kind == inputs.base.kind()
+                        && v.base.hash == *h
+                        && v.source_date_epoch == inputs.source_date_epoch
+                        && v.build_only == inputs.build_only
+                        && v.builder.is_none()
+                        && source_keys(v) == keys_now
+                }
+            }),
+        };
         let mut refresh = RefreshList::default();
-        let observed = self.check_sources(
+        let walked = self.check_sources(
             &txn,
             layer,
             inputs,
-            record.as_ref(),
+            current.as_ref(),
+            could_hit,
             &mut reasons,
             &mut refresh,
         )?;
-        if let Some(rec) = &record {
+        if let Some(rec) = &current {
             check_removed_sources(rec, inputs, &mut reasons);
         }
-        let mut reasons = reasons.list;
-        if !mode.explain {
-            reasons.truncate(1);
-        }
         drop(txn);
-        if reasons.is_empty() && record.is_some() && !refresh.is_empty() {
-            self.refresh_rows(layer, &refresh)?;
-        }
+
+        // The input digest of what was walked, if every source was walked soundly.
+        let digest = match &base {
+            BaseNow::Hash(h) if could_hit => digest_of(inputs, definition_digest, h, &walked),
+            _ => None,
+        };
+        let found = digest.and_then(|d| stored.into_iter().find(|(k, _)| *k == d));
+        let mut reasons = reasons.list;
+        let outcome = match (found, walked.rootfs_missing) {
+            (Some((_, Ok(rec))), None) => {
+                let is_current = current
+                    .as_ref()
+                    .is_some_and(|c| c.input_digest == rec.input_digest);
+                let switch = (!is_current).then(|| Switch {
+                    from: pointer.clone(),
+                    trees: walked.trees,
+                });
+                self.after_hit(layer, &rec, &refresh, switch)?;
+                hit(rec)
+            }
+            (Some((_, Err(e))), _) => Outcome::Miss(vec![MissReason::DamagedEntry {
+                detail: e.to_string(),
+            }]),
+            (Some((_, Ok(_))), Some(missing)) => Outcome::Miss(vec![missing]),
+            (None, missing) => {
+                if let Some(m) = missing.filter(|_| reasons.is_empty()) {
+                    reasons.push(m);
+                }
+                if reasons.is_empty() {
+                    reasons.push(MissReason::NotCached);
+                }
+                if !mode.explain {
+                    reasons.truncate(1);
+                }
+                Outcome::Miss(reasons)
+            }
+        };
         Ok(Lookup {
             layer: layer.to_string(),
-            outcome: outcome(record, reasons),
-            observed,
+            outcome,
+            observed: walked.observed,
         })
     }
 
-    /// 1. The stored entry: none is "not cached", one that does not decode is "damaged".
-    fn read_entry(
+    /// 1. The layer's current version: no pointer is "not cached"; a pointer or version that
+    ///    does not decode is "damaged" (then no rows are trusted, but another version can
+    ///    still hit).
+    fn read_current(
         &mut self,
         txn: &redb::ReadTransaction,
         layer: &str,
         reasons: &mut Reasons,
-    ) -> Result<Option<EntryRecord>> {
+    ) -> Result<(Option<LayerRecord>, Option<VersionRecord>)> {
         let path = self.cache.store.path();
-        let table = txn.open_table(ENTRIES).db(path)?;
-        let Some(v) = table.get(layer).db(path)? else {
-            reasons.push(MissReason::NotCached);
-            return Ok(None);
-        };
-        match decode_entry(path, layer, v.value()) {
-            Ok(r) => {
-                self.counters.entries_read += 1;
-                Ok(Some(r))
+        let pointer = match versions::pointer(txn, path, layer)? {
+            None => {
+                reasons.push(MissReason::NotCached);
+                return Ok((None, None));
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 reasons.push(MissReason::DamagedEntry {
                     detail: e.to_string(),
                 });
-                Ok(None)
+                return Ok((None, None));
+            }
+            Some(Ok(p)) => p,
+        };
+        match versions::version(txn, path, layer, &pointer.current)? {
+            Some(Ok(v)) => Ok((Some(pointer), Some(v))),
+            Some(Err(e)) => {
+                reasons.push(MissReason::DamagedEntry {
+                    detail: e.to_string(),
+                });
+                Ok((Some(pointer), None))
+            }
+            // Pruned or collected: the rows describe nothing stored.
+            None => {
+                reasons.push(MissReason::NotCached);
+                Ok((Some(pointer), None))
             }
         }
     }
 
-    /// 3. The base: the same kind and reference, and the same hash now as at put.
-    fn check_base(
-        &self,
-        layer: &str,
-        rec: &EntryRecord,
-        inputs: &LayerInputs,
-        reasons: &mut Reasons,
-    ) -> Result<()> {
-        let kind = inputs.base.kind();
-        let reference = inputs.base.reference();
-        if kind != rec.base.kind || reference != rec.base.reference {
-            reasons.push(MissReason::BaseChanged {
-                change: BaseChange::Replaced {
-                    old: format!("{}:{}", rec.base.kind.as_str(), rec.base.reference),
-                    new: format!("{}:{}", kind.as_str(), reference),
-                },
-            });
-            return Ok(());
-        }
-        match self.base_now(layer, &inputs.base, false)? {
-            BaseNow::Miss(change) => reasons.push(MissReason::BaseChanged { change }),
-            BaseNow::Hash(h) if h != rec.base.hash => reasons.push(MissReason::BaseChanged {
-                change: BaseChange::HashChanged {
-                    old: display_hash(&rec.base.hash),
-                    new: display_hash(&h),
-                },
-            }),
-            BaseNow::Hash(_) => {}
-        }
-        Ok(())
-    }
-
-    /// 5 and 6: imports and overlay dirs. Walked when they can still decide the outcome, or
-    /// when the caller wants them observed for a put.
-    fn check_sources(
+    /// 5 and 6: imports and overlay dirs. Walked when they can still decide the outcome (a
+    /// stored version may match: then with the stat fast path against the rows of the current
+    /// version), or when the caller wants them observed for a put.
+    #[allow(clippy::too_many_arguments)]
+    fn check_sources<'i>(
         &mut self,
         txn: &redb::ReadTransaction,
         layer: &str,
-        inputs: &LayerInputs,
-        record: Option<&EntryRecord>,
+        inputs: &'i LayerInputs,
+        current: Option<&VersionRecord>,
+        could_hit: bool,
         reasons: &mut Reasons,
         refresh: &mut RefreshList,
-    ) -> Result<Option<Vec<Observed>>> {
+    ) -> Result<Walked<'i>> {
         let observe = reasons.mode.observe;
-        let mut observed = observe.then(Vec::new);
+        let mut walked = Walked {
+            observed: observe.then(Vec::new),
+            trees: Vec::new(),
+            rootfs_missing: None,
+        };
         for src in cached_sources(inputs) {
-            let decide = !reasons.stop() && record.is_some();
-            if !decide && !observe {
+            let explain = !reasons.stop() && current.is_some();
+            if !explain && !observe && !could_hit {
                 break;
             }
-            let summary = record.and_then(|r| {
+            let summary = current.and_then(|r| {
                 summaries(r, src.id.role)
                     .iter()
                     .find(|s| s.key == src.id.key)
             });
-            if decide && summary.is_none() {
+            if explain && summary.is_none() {
                 reasons.push(src.id.miss(SourceMiss::New));
             }
-            let mut decide = decide && summary.is_some();
+            let explain = explain && summary.is_some();
             if let Some(rootfs) = src.rootfs_path
-                && decide
                 && std::fs::symlink_metadata(rootfs).is_err()
             {
-                reasons.push(MissReason::OverlayDirMissing {
+                let missing = MissReason::OverlayDirMissing {
                     key: src.id.key.to_string(),
                     rootfs_path: show_path(rootfs),
-                });
-                decide = reasons.mode.explain;
+                };
+                if explain {
+                    reasons.push(missing.clone());
+                }
+                walked.rootfs_missing.get_or_insert(missing);
+                if !reasons.mode.explain && !observe {
+                    break;
+                }
             }
             let checked = SourceCheck {
                 store: &self.cache.store,
                 txn,
                 layer,
                 source: &src,
-                summary: summary.filter(|_| decide),
+                summary,
                 observe,
             }
             .run(refresh)?;
             self.counters.walk.add(&checked.counters);
-            if let (Some(all), Some(o)) = (observed.as_mut(), checked.observed) {
+            if let (Some(all), Some(o)) = (walked.observed.as_mut(), checked.observed) {
                 all.push(o);
             }
-            if decide && let Some(r) = checked.reason {
+            if explain
+                && !reasons.stop()
+                && let Some(r) = checked.reason
+            {
                 reasons.push(r);
             }
+            walked.trees.push((src.id.role, src.id.key, checked.tree));
         }
-        Ok(observed)
+        Ok(walked)
     }
 }
 
+/// The (role, key) set of a version's sources.
+fn source_keys(v: &VersionRecord) -> BTreeSet<(Role, &str)> {
+    crate::version::sources_of(&v.imports, &v.overlay_dirs)
+        .into_iter()
+        .map(|s| (s.role, s.key))
+        .collect()
+}
+
+/// The input digest of the layer as walked; `None` when a source was not walked, is gone, or
+/// its walk vouches for nothing.
+fn digest_of(
+    inputs: &LayerInputs,
+    definition_digest: [u8; 32],
+    base_hash: &[u8],
+    walked: &Walked<'_>,
+) -> Option<[u8; 32]> {
+    if walked.trees.len() != cached_sources(inputs).count() {
+        return None;
+    }
+    let mut sources = Vec::with_capacity(walked.trees.len());
+    for (role, key, tree) in &walked.trees {
+        let t = tree.as_ref().filter(|t| t.trusted)?;
+        sources.push(SourceInput {
+            role: digest_role(*role),
+            key,
+            root_kind: t.root_kind,
+            root_digest: t.root_digest,
+        });
+    }
+    Some(input_digest(&Inputs {
+        definition_digest,
+        base_kind: inputs.base.kind(),
+        base_hash,
+        source_date_epoch: inputs.source_date_epoch,
+        build_only: inputs.build_only,
+        // The builder identity joins here once `Build` carries one (issue 11).
+        builder: None,
+        sources,
+    }))
+}
+
 /// 2. The definition: its digest, and on a change the top-level fields that differ.
-fn check_definition(rec: &EntryRecord, inputs: &LayerInputs, reasons: &mut Reasons) {
+fn check_definition(rec: &VersionRecord, inputs: &LayerInputs, reasons: &mut Reasons) {
     let def = canonical_json(&inputs.definition);
     if *blake3::hash(&def).as_bytes() != rec.definition_digest {
         let old: serde_json::Value =
@@ -216,8 +336,35 @@ fn check_definition(rec: &EntryRecord, inputs: &LayerInputs, reasons: &mut Reaso
     }
 }
 
+/// 3. The base: the same kind and reference, and the same hash now as at put.
+fn check_base(rec: &VersionRecord, inputs: &LayerInputs, base: &BaseNow, reasons: &mut Reasons) {
+    let kind = inputs.base.kind();
+    let reference = inputs.base.reference();
+    if kind != rec.base.kind || reference != rec.base.reference {
+        reasons.push(MissReason::BaseChanged {
+            change: BaseChange::Replaced {
+                old: format!("{}:{}", rec.base.kind.as_str(), rec.base.reference),
+                new: format!("{}:{}", kind.as_str(), reference),
+            },
+        });
+        return;
+    }
+    match base {
+        BaseNow::Miss(change) => reasons.push(MissReason::BaseChanged {
+            change: change.clone(),
+        }),
+        BaseNow::Hash(h) if *h != rec.base.hash => reasons.push(MissReason::BaseChanged {
+            change: BaseChange::HashChanged {
+                old: display_hash(&rec.base.hash),
+                new: display_hash(h),
+            },
+        }),
+        BaseNow::Hash(_) => {}
+    }
+}
+
 /// 4. SOURCE_DATE_EPOCH.
-fn check_epoch(rec: &EntryRecord, inputs: &LayerInputs, reasons: &mut Reasons) {
+fn check_epoch(rec: &VersionRecord, inputs: &LayerInputs, reasons: &mut Reasons) {
     if rec.source_date_epoch != inputs.source_date_epoch {
         reasons.push(MissReason::SourceDateEpochChanged {
             old: rec.source_date_epoch,
@@ -229,7 +376,7 @@ fn check_epoch(rec: &EntryRecord, inputs: &LayerInputs, reasons: &mut Reasons) {
 /// Sources recorded at put that the layer no longer has. In stacker they are part of the
 /// definition; here the builder passes them apart, so they are checked apart — after the
 /// current ones, so a renamed key reports the new name first ("new import").
-fn check_removed_sources(rec: &EntryRecord, inputs: &LayerInputs, reasons: &mut Reasons) {
+fn check_removed_sources(rec: &VersionRecord, inputs: &LayerInputs, reasons: &mut Reasons) {
     for role in [SourceRole::Import, SourceRole::OverlayDir] {
         for s in summaries(rec, role) {
             let id = super::SourceId { role, key: &s.key };
@@ -241,16 +388,13 @@ fn check_removed_sources(rec: &EntryRecord, inputs: &LayerInputs, reasons: &mut 
     }
 }
 
-/// A hit when the entry exists and nothing differs (and its manifests decode), else a miss.
-fn outcome(record: Option<EntryRecord>, reasons: Vec<MissReason>) -> Outcome {
-    match (record, reasons.is_empty()) {
-        (Some(rec), true) => match decode_manifests(&rec) {
-            Ok(manifests) => Outcome::Hit(Box::new(CachedEntry {
-                record: rec,
-                manifests,
-            })),
-            Err(detail) => Outcome::Miss(vec![MissReason::DamagedEntry { detail }]),
-        },
-        _ => Outcome::Miss(reasons),
+/// A hit with the version, unless its manifests do not decode (then a damaged-entry miss).
+fn hit(rec: VersionRecord) -> Outcome {
+    match decode_manifests(&rec) {
+        Ok(manifests) => Outcome::Hit(Box::new(CachedEntry {
+            record: rec,
+            manifests,
+        })),
+        Err(detail) => Outcome::Miss(vec![MissReason::DamagedEntry { detail }]),
     }
 }

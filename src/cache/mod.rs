@@ -3,7 +3,8 @@
 //!
 //! Owns: the [`Cache`] handle and the types a lookup returns ([`Lookup`], [`Outcome`],
 //! [`CachedEntry`], [`LookupMode`], [`SessionCounters`]); [`entry_digest`], the hash layers built
-//! on an entry record; `decode_entry`, the one place an entry record is decoded. Its submodules
+//! on a version record; pruning and removing versions. Records are read and written through
+//! [`crate::store::versions`], which verifies their checksums. Its submodules
 //! own one job each:
 //!
 //! * `cache/session.rs` — [`Session`], its memo of per-layer results, the base chain, forgetting
@@ -13,7 +14,9 @@
 //!   against the stored rows, the tee that feeds both from one scan, and the observation a put
 //!   checks against;
 //! * `cache/put.rs` — put: walk, compare with the observation, one write transaction;
-//! * `cache/refresh.rs` — bringing stale stat data up to date after a hit.
+//! * `cache/refresh.rs` — bringing stale stat data up to date after a hit, recording last use,
+//!   and switching the rows to another stored version on a hit on it;
+//! * `cache/gc.rs` — [`Cache::gc`]: applying the GC planner's decision.
 //!
 //! Must never: decide what stat data vouches for (that is [`crate::tree::fastpath`], which also
 //! explains the racy rule), encode values itself (that is [`crate::codec`]), or build a row-key
@@ -22,6 +25,7 @@
 //! A [`Session`] holds one build's layers and memoizes, per layer, whether it hits and with
 //! which base hash, so a chain of N built layers costs N lookups, not stacker's N².
 
+mod gc;
 mod lookup;
 mod put;
 mod refresh;
@@ -33,23 +37,23 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use oci_spec::image::Descriptor;
-use redb::ReadableTable;
 use serde::Serialize;
 
 use crate::base::blob_path;
-use crate::codec;
-use crate::error::{DbResultExt, Error, Result};
+use crate::error::{DbResultExt, Result};
 use crate::inputs::Build;
-use crate::path::{escape_bytes, show_path};
+use crate::path::show_path;
 use crate::reason::MissReason;
-use crate::schema::{BASES, ENTRIES, EntryRecord, ROWS};
+use crate::schema::{EntryRecord, LAYERS, ROWS};
 use crate::store::Store;
 use crate::store::rows::RowRange;
+use crate::store::versions;
 use crate::tree::WalkCounters;
 
 pub use crate::config::CacheConfig;
 /// The one panic guard of the library lives with the store; re-exported for `inspect`.
 pub(crate) use crate::store::guard::guard_redb;
+pub use gc::GcReport;
 pub use session::Session;
 pub(crate) use source::SourceId;
 pub use source::{Observed, SourceRole};
@@ -167,6 +171,9 @@ pub struct SessionCounters {
     pub walk: WalkCounters,
     /// Rows whose stat data a hit refreshed.
     pub rows_refreshed: u64,
+    /// Rows written or removed by hits on a version other than the current one (the rows
+    /// then describe the tree as it is now).
+    pub rows_switched: u64,
 }
 
 /// The row source id of an import or overlay dir (`import:KEY`, `overlay:KEY`); see
@@ -182,36 +189,11 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// The hash layers built on this entry record and compare: it covers everything recorded except
-/// the time, so rebuilding a base (new outputs, new inputs) changes it.
+/// The hash layers built on this version record and compare (its entry digest,
+/// [`crate::version::entry_digest_of`]): it covers the input digest and the outputs, never the
+/// times, so rebuilding a base with other outputs misses everything above it.
 pub fn entry_digest(e: &EntryRecord) -> [u8; 32] {
-    let mut h = blake3::Hasher::new();
-    let field = |h: &mut blake3::Hasher, b: &[u8]| {
-        h.update(&(b.len() as u64).to_le_bytes());
-        h.update(b);
-    };
-    field(&mut h, e.name.as_bytes());
-    field(&mut h, &e.definition_digest);
-    field(&mut h, &[e.base.kind as u8]);
-    field(&mut h, e.base.reference.as_bytes());
-    field(&mut h, &e.base.hash);
-    field(&mut h, format!("{:?}", e.source_date_epoch).as_bytes());
-    for list in [&e.imports, &e.overlay_dirs] {
-        h.update(&(list.len() as u64).to_le_bytes());
-        for s in list {
-            field(&mut h, s.key.as_bytes());
-            field(&mut h, s.root_kind.as_str().as_bytes());
-            field(&mut h, &s.root_digest);
-            h.update(&s.rows.to_le_bytes());
-        }
-    }
-    h.update(&(e.manifests.len() as u64).to_le_bytes());
-    for m in &e.manifests {
-        field(&mut h, m.layer_type.as_bytes());
-        field(&mut h, &m.descriptor_json);
-    }
-    h.update(&[e.build_only as u8]);
-    *h.finalize().as_bytes()
+    crate::version::entry_digest_of(e)
 }
 
 impl Cache {
@@ -249,12 +231,28 @@ impl Cache {
     }
 
     fn entry_unguarded(&self, layer: &str) -> Result<Option<EntryRecord>> {
+        let path = self.store.path();
         let txn = self.store.begin_read()?;
-        let table = txn.open_table(ENTRIES).db(self.store.path())?;
-        let Some(v) = table.get(layer).db(self.store.path())? else {
+        let Some(pointer) = versions::pointer(&txn, path, layer)? else {
             return Ok(None);
         };
-        decode_entry(self.store.path(), layer, v.value()).map(Some)
+        let pointer = pointer?;
+        versions::version(&txn, path, layer, &pointer.current)?.transpose()
+    }
+
+    /// Every stored version of a layer with its last use (ms), in digest order; damaged ones
+    /// as errors.
+    pub fn versions(&self, layer: &str) -> Result<Vec<(Result<EntryRecord>, Option<u64>)>> {
+        let path = self.store.path();
+        guard_redb(path, || {
+            let txn = self.store.begin_read()?;
+            let mut out = Vec::new();
+            for (digest, rec) in versions::versions_of(&txn, path, layer)? {
+                let used = versions::last_used(&txn, path, layer, &digest)?;
+                out.push((rec, used));
+            }
+            Ok(out)
+        })
     }
 
     /// Removes entries whose output blobs are gone from the OCI layout, and build_only entries
@@ -272,17 +270,15 @@ impl Cache {
         let mut doomed = Vec::new();
         {
             let txn = self.store.begin_read()?;
-            let table = txn.open_table(ENTRIES).db(path)?;
-            for item in table.iter().db(path)? {
-                let (k, v) = item.db(path)?;
-                let name = k.value().to_string();
+            for (layer, digest) in versions::all_keys(&txn, path)? {
                 report.examined += 1;
-                let why = match decode_entry(path, &name, v.value()) {
-                    Err(e) => Some(format!("the entry is damaged: {e}")),
-                    Ok(rec) => self.missing_output(&rec),
+                let why = match versions::version(&txn, path, &layer, &digest)? {
+                    None => None,
+                    Some(Err(e)) => Some(format!("the entry is damaged: {e}")),
+                    Some(Ok(rec)) => self.missing_output(&rec),
                 };
                 if let Some(why) = why {
-                    doomed.push(Pruned { layer: name, why });
+                    doomed.push((Pruned { layer, why }, digest));
                 }
             }
         }
@@ -290,11 +286,11 @@ impl Cache {
             return Ok(report);
         }
         let txn = self.store.begin_write()?;
-        for p in &doomed {
-            remove_layer(path, &txn, &p.layer)?;
+        for (p, digest) in &doomed {
+            drop_version(path, &txn, &p.layer, digest)?;
         }
         txn.commit().db(path)?;
-        report.pruned = doomed;
+        report.pruned = doomed.into_iter().map(|(p, _)| p).collect();
         Ok(report)
     }
 
@@ -330,7 +326,8 @@ impl Cache {
         None
     }
 
-    /// Removes one layer's entry, rows and base hash. Returns whether it was cached.
+    /// Removes one layer: every version, its pointer, last uses and rows. Returns whether it
+    /// was cached.
     pub fn remove(&self, layer: &str) -> Result<bool> {
         let path = self.store.path();
         guard_redb(path, || {
@@ -343,29 +340,27 @@ impl Cache {
 }
 
 fn remove_layer(path: &Path, txn: &redb::WriteTransaction, layer: &str) -> Result<bool> {
-    let existed = txn
-        .open_table(ENTRIES)
-        .db(path)?
-        .remove(layer)
-        .db(path)?
-        .is_some();
-    txn.open_table(BASES).db(path)?.remove(layer).db(path)?;
-    RowRange::layer(layer).delete(path, &mut txn.open_table(ROWS).db(path)?)?;
-    Ok(existed)
+    versions::remove_layer(txn, path, layer)
 }
 
-/// Decodes an entry record; a record that does not decode is [`Error::Corrupt`], and the file
-/// is noted as damaged.
-pub(crate) fn decode_entry(path: &Path, layer: &str, bytes: &[u8]) -> Result<EntryRecord> {
-    codec::decode::<EntryRecord, { codec::ENTRY_LIMIT }>(bytes).map_err(|detail| {
-        crate::store::note_damage(path);
-        Error::Corrupt {
-            path: path.to_path_buf(),
-            table: "entries",
-            key: escape_bytes(layer.as_bytes()),
-            detail,
-        }
-    })
+/// Removes one version; when it is the layer's current one, the layer's pointer and rows go
+/// too (they described it), so the next lookup walks afresh and may still hit another version.
+pub(crate) fn drop_version(
+    path: &Path,
+    txn: &redb::WriteTransaction,
+    layer: &str,
+    digest: &[u8; 32],
+) -> Result<()> {
+    versions::remove_version(txn, path, layer, digest)?;
+    let current = matches!(
+        versions::pointer_in_write(txn, path, layer)?,
+        Some(Ok(p)) if p.current == *digest
+    );
+    if current {
+        txn.open_table(LAYERS).db(path)?.remove(layer).db(path)?;
+        RowRange::layer(layer).delete(path, &mut txn.open_table(ROWS).db(path)?)?;
+    }
+    Ok(())
 }
 
 fn decode_manifests(rec: &EntryRecord) -> Result<BTreeMap<String, Descriptor>, String> {

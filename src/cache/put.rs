@@ -13,21 +13,23 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::image::Descriptor;
 
-use crate::codec;
 use crate::error::{DbResultExt, Error, Result};
 use crate::inputs::{LayerInputs, canonical_json, canonical_json_of};
 use crate::path::{RelPath, escape_bytes, validate_layer_name};
 use crate::reason::MissReason;
 use crate::schema::{
-    BASES, BaseRecord, ENTRIES, EntryKind, EntryRecord, ManifestRecord, ROWS, SourceSummary,
+    BaseRecord, EntryKind, EntryRecord, LayerRecord, ManifestRecord, ROWS, SourceSummary,
+    VersionRecord,
 };
 use crate::store::rows::{RowRange, encode_row, validate_source};
+use crate::store::versions;
 use crate::store::{Store, TreeSummary};
 use crate::tree::{TreeHasher, TreeWalk, WalkedEntry};
+use crate::version::{Inputs, entry_digest_of, input_digest};
 
 use super::session::{BaseNow, Memo};
 use super::source::{ObservedRow, SourceRef, SourceRole, cached_sources, observation_digest};
-use super::{Lookup, Session, entry_digest, guard_redb, now_ms};
+use super::{Lookup, Session, guard_redb, now_ms};
 
 /// What a put's walks produced: the summaries per role, and the paths that differ from the
 /// lookup's observation (`import KEY: PATH` / `overlay_dir KEY: PATH`).
@@ -39,8 +41,9 @@ struct Written {
 }
 
 impl Session<'_> {
-    /// Records a layer: walks its imports and overlay dirs into rows, and stores the entry, the
-    /// rows and its base hash in one write transaction. `lookup` is the lookup this build did of
+    /// Records a layer: walks its imports and overlay dirs into rows, and stores a version (or
+    /// re-uses an identical one), the rows, the layer's pointer and the use in one write
+    /// transaction. `lookup` is the lookup this build did of
     /// the layer: if any input differs from what it saw, nothing is stored and
     /// [`Error::InputsChanged`] names the paths. A lookup without observations (see
     /// [`LookupMode::observe`](crate::LookupMode::observe)) skips that check.
@@ -79,8 +82,9 @@ impl Session<'_> {
             });
         }
         let definition_json = canonical_json(&inputs.definition);
-        let record = EntryRecord {
+        let mut record = VersionRecord {
             name: layer.to_string(),
+            input_digest: [0; 32],
             definition_digest: *blake3::hash(&definition_json).as_bytes(),
             definition_json,
             base: BaseRecord {
@@ -89,14 +93,18 @@ impl Session<'_> {
                 hash: base_hash,
             },
             source_date_epoch: inputs.source_date_epoch,
+            // The builder identity joins here once `Build` carries one (issue 11).
+            builder: None,
             imports: written.imports,
             overlay_dirs: written.overlay_dirs,
             manifests,
             build_only: inputs.build_only,
             created_unix_ms: now_ms(),
         };
-        let digest = store_entry(path, &txn, &record)?;
+        record.input_digest = input_digest(&Inputs::of_record(&record));
+        let record = store_version(path, &txn, record)?;
         txn.commit().db(path)?;
+        let digest = entry_digest_of(&record);
         self.memo.insert(layer.to_string(), Memo::Hit(digest));
         // Layers built on this one must be evaluated again.
         self.forget_dependents_of(layer);
@@ -211,29 +219,44 @@ fn manifest_records(manifests: &BTreeMap<String, Descriptor>) -> Result<Vec<Mani
         .collect()
 }
 
-/// Stores the entry record and its base hash inside `txn`; returns that hash.
-fn store_entry(
+/// Stores a version inside `txn` — or keeps the stored one with the same input digest when it
+/// records the same outputs (a put of inputs seen before re-uses its version) — points the
+/// layer at it with a new rows generation, and records its use. Returns the version stored.
+fn store_version(
     path: &Path,
     txn: &redb::WriteTransaction,
-    record: &EntryRecord,
-) -> Result<[u8; 32]> {
-    let layer = record.name.as_str();
-    let digest = entry_digest(record);
-    let bytes = codec::encode(record).map_err(|detail| Error::Corrupt {
-        path: path.to_path_buf(),
-        table: "entries",
-        key: layer.to_string(),
-        detail,
-    })?;
-    txn.open_table(ENTRIES)
-        .db(path)?
-        .insert(layer, bytes.as_slice())
-        .db(path)?;
-    txn.open_table(BASES)
-        .db(path)?
-        .insert(layer, &digest)
-        .db(path)?;
-    Ok(digest)
+    record: VersionRecord,
+) -> Result<VersionRecord> {
+    let layer = record.name.clone();
+    let layer = layer.as_str();
+    let same = |old: &VersionRecord| {
+        VersionRecord {
+            created_unix_ms: record.created_unix_ms,
+            ..old.clone()
+        } == record
+    };
+    let record = match versions::version_in_write(txn, path, layer, &record.input_digest)? {
+        Some(Ok(old)) if same(&old) => old,
+        _ => {
+            versions::write_version(txn, path, &record)?;
+            record
+        }
+    };
+    let generation = match versions::pointer_in_write(txn, path, layer)? {
+        Some(Ok(p)) => p.generation.wrapping_add(1),
+        _ => 0,
+    };
+    versions::write_pointer(
+        txn,
+        path,
+        layer,
+        &LayerRecord {
+            current: record.input_digest,
+            generation,
+        },
+    )?;
+    versions::touch(txn, path, layer, &record.input_digest, now_ms())?;
+    Ok(record)
 }
 
 impl Store {

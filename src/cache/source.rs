@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::inputs::LayerInputs;
 use crate::path::{RelPath, escape_bytes, show_path};
 use crate::reason::MissReason;
-use crate::schema::{EntryKind, EntryRecord, Row, SourceSummary};
+use crate::schema::{EntryKind, Row, SourceSummary, VersionRecord};
 use crate::store::{RowIter, Store};
 use crate::tree::{TreeHasher, TreeWalk, WalkCounters, WalkedEntry};
 
@@ -164,7 +164,7 @@ pub(super) fn cached_sources(inputs: &LayerInputs) -> impl Iterator<Item = Sourc
 }
 
 /// The summaries an entry recorded for one role.
-pub(super) fn summaries(rec: &EntryRecord, role: SourceRole) -> &[SourceSummary] {
+pub(super) fn summaries(rec: &VersionRecord, role: SourceRole) -> &[SourceSummary] {
     match role {
         SourceRole::Import => &rec.imports,
         SourceRole::OverlayDir => &rec.overlay_dirs,
@@ -229,14 +229,46 @@ pub(super) struct Checked {
     pub(super) observed: Option<Observed>,
     /// The walk's work.
     pub(super) counters: WalkCounters,
+    /// The tree as walked, for the input digest; `None` when the source is gone from the disk.
+    pub(super) tree: Option<WalkedTree>,
 }
 
-/// Collects, per walked entry, the observation and the rows to refresh.
+/// One source's tree as the lookup walked it: what the input digest takes from it, and the
+/// rows that differ from the stored ones (for a hit on another version, which makes the rows
+/// describe the tree as it is now).
+pub(super) struct WalkedTree {
+    /// Type of the root.
+    pub(super) root_kind: EntryKind,
+    /// Merkle root over the walked rows (what a put of this tree would record).
+    pub(super) root_digest: [u8; 32],
+    /// False when an entry changed while it was read, or the stored rows the fast path used
+    /// turned out damaged: then the root vouches for nothing and cannot hit.
+    pub(super) trusted: bool,
+    /// The walked rows that differ from the stored ones (new or changed) and the stored paths
+    /// that are gone; `None` when the walk was not diffed against the rows.
+    pub(super) changes: Option<RowChanges>,
+}
+
+/// The difference between the stored rows of a source and its walk, as rows to write.
+#[derive(Default)]
+pub(super) struct RowChanges {
+    /// (path key, walked row) of paths new or changed since the rows were stored.
+    pub(super) upserts: Vec<(Box<[u8]>, Row)>,
+    /// Stored paths no longer on disk.
+    pub(super) removed: Vec<RelPath>,
+}
+
+/// Collects, per walked entry, the observation, the rows to refresh, the Merkle root of the
+/// walk, and the rows that differ from the stored ones.
 struct Recorder<'r> {
     observe: bool,
     rows: Vec<ObservedRow>,
     refresh: &'r mut RefreshList,
     src_index: u32,
+    hasher: TreeHasher,
+    root_kind: Option<EntryKind>,
+    unstable: bool,
+    upserts: Vec<(Box<[u8]>, Row)>,
 }
 
 impl Recorder<'_> {
@@ -244,18 +276,48 @@ impl Recorder<'_> {
         if self.observe {
             self.rows.push((e.path.key().into(), observation_digest(e)));
         }
-        if let Some(stored) = stored {
-            self.refresh.consider(self.src_index, stored, e);
+        self.hasher.push(&e.path, &e.row);
+        if e.path.is_root() {
+            self.root_kind = Some(e.row.kind);
+        }
+        self.unstable |= e.unstable;
+        match stored {
+            Some(stored) => {
+                self.refresh.consider(self.src_index, stored, e);
+                if compared_digest(stored) != compared_digest(&e.row) {
+                    self.upserts.push((e.path.key().into(), e.row.clone()));
+                }
+            }
+            None => self.upserts.push((e.path.key().into(), e.row.clone())),
         }
     }
 
-    /// Records the rest of the walk (for the observation).
+    /// Records the rest of the walk (for the observation and the root; not diffed, so no
+    /// row changes are kept).
     fn drain(&mut self, walk: &mut TreeWalk) -> Result<()> {
         for e in walk.by_ref() {
-            self.record(&e?, None);
+            let e = e?;
+            if self.observe {
+                self.rows
+                    .push((e.path.key().into(), observation_digest(&e)));
+            }
+            self.hasher.push(&e.path, &e.row);
+            if e.path.is_root() {
+                self.root_kind = Some(e.row.kind);
+            }
+            self.unstable |= e.unstable;
         }
         Ok(())
     }
+}
+
+/// How [`SourceCheck::compare`] ended.
+struct Compared {
+    reason: Option<MissReason>,
+    /// The stored paths gone from the disk, when the diff ran to its end on sound rows.
+    removed: Option<Vec<RelPath>>,
+    /// The stored rows were damaged (the fast path may have used them).
+    damaged: bool,
 }
 
 impl SourceCheck<'_> {
@@ -272,6 +334,7 @@ impl SourceCheck<'_> {
                     reason: self.summary.map(|_| id.miss(SourceMiss::Gone { path })),
                     observed: None,
                     counters: WalkCounters::default(),
+                    tree: None,
                 });
             }
             Err(e) => return Err(Error::io("cannot stat", path, e)),
@@ -282,31 +345,50 @@ impl SourceCheck<'_> {
             rows: Vec::new(),
             src_index: refresh.add_source(sid.clone()),
             refresh,
+            hasher: TreeHasher::new(),
+            root_kind: None,
+            unstable: false,
+            upserts: Vec::new(),
         };
         // With stored rows, the walk reuses their digests where the stat data allows.
         // One range scan of the stored rows feeds both the walk's stat fast path and the diff.
-        let reason = match self.summary {
+        let (compared, counters) = match self.summary {
             Some(summary) => {
                 let (for_walk, for_diff) = tee_rows(self.store.rows(self.txn, self.layer, &sid)?);
                 let mut walk = TreeWalk::with_prior(path, Box::new(for_walk))?;
-                let reason = self.compare(summary, kind_now, for_diff, &mut walk, &mut rec)?;
-                (reason, walk.counters())
+                let c = self.compare(summary, kind_now, for_diff, &mut walk, &mut rec)?;
+                (c, walk.counters())
             }
             None => {
                 let mut walk = TreeWalk::new(path)?;
                 rec.drain(&mut walk)?;
-                (None, walk.counters())
+                let c = Compared {
+                    reason: None,
+                    removed: None,
+                    damaged: false,
+                };
+                (c, walk.counters())
             }
         };
-        let (reason, counters) = reason;
+        let (root_digest, _) = rec.hasher.finish();
+        let tree = WalkedTree {
+            root_kind: rec.root_kind.unwrap_or(kind_now),
+            root_digest,
+            trusted: !rec.unstable && !compared.damaged,
+            changes: compared.removed.map(|removed| RowChanges {
+                upserts: rec.upserts,
+                removed,
+            }),
+        };
         Ok(Checked {
-            reason,
+            reason: compared.reason,
             observed: self.observe.then(|| Observed {
                 role: id.role,
                 key: id.key.to_string(),
                 rows: rec.rows,
             }),
             counters,
+            tree: Some(tree),
         })
     }
 
@@ -318,7 +400,7 @@ impl SourceCheck<'_> {
         stored: TeeDiff,
         walk: &mut TreeWalk,
         rec: &mut Recorder<'_>,
-    ) -> Result<Option<MissReason>> {
+    ) -> Result<Compared> {
         let id = self.source.id;
         if id.role == SourceRole::Import
             && summary.root_kind != kind_now
@@ -327,11 +409,15 @@ impl SourceCheck<'_> {
             // Nothing is queued for the diff's side once it is dropped.
             drop(stored);
             rec.drain(walk)?;
-            return Ok(Some(MissReason::ImportTypeChanged {
-                key: id.key.to_string(),
-                old: summary.root_kind,
-                new: kind_now,
-            }));
+            return Ok(Compared {
+                reason: Some(MissReason::ImportTypeChanged {
+                    key: id.key.to_string(),
+                    old: summary.root_kind,
+                    new: kind_now,
+                }),
+                removed: None,
+                damaged: false,
+            });
         }
         // A damaged row ends the stored stream and makes this a miss (it costs this entry, not the
         // lookup); the walk still runs to its end for the observation. The stored rows are also
@@ -363,9 +449,18 @@ impl SourceCheck<'_> {
         }
         if let Some(detail) = damage {
             rec.drain(walk)?;
-            return Ok(Some(MissReason::DamagedEntry { detail }));
+            return Ok(Compared {
+                reason: Some(MissReason::DamagedEntry { detail }),
+                removed: None,
+                damaged: true,
+            });
         }
-        Ok((!diff.is_empty()).then(|| id.miss(SourceMiss::ContentChanged(diff))))
+        let removed = diff.removed.clone();
+        Ok(Compared {
+            reason: (!diff.is_empty()).then(|| id.miss(SourceMiss::ContentChanged(diff))),
+            removed: Some(removed),
+            damaged: false,
+        })
     }
 }
 

@@ -1,6 +1,7 @@
-//! The integrity checker: [`Inspector::check_records`] decodes every record of the snapshot and
-//! compares each entry's summaries with its rows (count, root type, recomputed Merkle root),
-//! its base hash with its record, and looks for orphans; [`check()`] adds redb's own page-level
+//! The integrity checker: [`Inspector::check_records`] decodes every record of the snapshot
+//! (every version's checksum, and its input digest recomputed against its key), compares each
+//! layer's current version's summaries with its rows (count, root type, recomputed Merkle
+//! root), checks that a built layer's base version is stored, and looks for orphans; [`check()`] adds redb's own page-level
 //! check, which `maintain` runs.
 //!
 //! It must never write and never open the file for writing itself; a damaged record is a
@@ -18,11 +19,13 @@ use super::{
     CheckReport, Inspector, Integrity, MAX_LISTED_PROBLEMS, Problem, ProblemKind, problem,
 };
 use crate::TreeHasher;
-use crate::cache::{decode_entry, entry_digest};
+use crate::cache::entry_digest;
 use crate::codec;
 use crate::error::{DbResultExt, Error, Result};
 use crate::path::{RelPath, escape_bytes, hex, show_path};
-use crate::schema::{BASES, BaseKind, ENTRIES, EntryKind, META, ROWS, Row, SourceSummary};
+use crate::schema::{BaseKind, EntryKind, LAYERS, META, ROWS, Row, SourceSummary, VersionRecord};
+use crate::store::versions;
+use crate::version::{Inputs, input_digest};
 
 impl Inspector {
     /// Every check that needs only reading: records decode, summaries agree with their rows
@@ -55,13 +58,33 @@ impl Inspector {
         Ok(())
     }
 
-    /// Decodes every entry; returns what each one expects of the rows and bases tables.
+    /// Decodes every version (checksum, key, input digest recomputed from the record) and
+    /// every layer pointer; returns what each layer's current version expects of its rows.
     fn check_entries(&self, report: &mut CheckReport) -> Result<BTreeMap<String, Expect>> {
         let path = self.path();
         let mut layers = BTreeMap::new();
-        let table = self.txn.open_table(ENTRIES).db(path)?;
-        let bases = self.txn.open_table(BASES).db(path)?;
-        for item in table.iter().db(path)? {
+        for (name, digest) in versions::all_keys(&self.txn, path)? {
+            report.versions_checked += 1;
+            let lay = Some(name.as_str());
+            let rec = match versions::version(&self.txn, path, &name, &digest)? {
+                Some(Ok(r)) => r,
+                Some(Err(e)) => {
+                    report.push(problem(ProblemKind::DamagedEntry, lay, None, e.to_string()));
+                    continue;
+                }
+                None => continue,
+            };
+            if input_digest(&Inputs::of_record(&rec)) != digest {
+                let detail = format!(
+                    "version {}: its input digest, recomputed from the record, differs from its key",
+                    versions::version_key(&name, &digest)
+                );
+                report.push(problem(ProblemKind::VersionKey, lay, None, detail));
+            }
+            check_version_fields(report, &rec);
+        }
+        let pointers = self.txn.open_table(LAYERS).db(path)?;
+        for item in pointers.iter().db(path)? {
             let (k, v) = item.db(path)?;
             let name = k.value().to_string();
             report.entries_checked += 1;
@@ -69,45 +92,31 @@ impl Inspector {
             if let Err(e) = crate::path::validate_layer_name(&name) {
                 report.push(problem(ProblemKind::EntryName, lay, None, e.to_string()));
             }
-            let rec = match decode_entry(path, &name, v.value()) {
-                Ok(r) => r,
+            let pointer = match versions::decode_layer(path, &name, v.value()) {
+                Ok(p) => p,
                 Err(e) => {
                     report.push(problem(ProblemKind::DamagedEntry, lay, None, e.to_string()));
                     layers.insert(name, Expect::Damaged);
                     continue;
                 }
             };
-            if rec.name != name {
-                let detail = format!(
-                    "the record names layer {}",
-                    escape_bytes(rec.name.as_bytes())
-                );
-                report.push(problem(ProblemKind::EntryName, lay, None, detail));
-            }
-            match serde_json::from_slice::<serde_json::Value>(&rec.definition_json) {
-                Err(e) => {
-                    let detail = format!("the stored definition is not JSON: {e}");
-                    report.push(problem(ProblemKind::Definition, lay, None, detail));
+            let rec = match versions::version(&self.txn, path, &name, &pointer.current)? {
+                Some(Ok(r)) => r,
+                Some(Err(_)) => {
+                    // Listed with the versions above.
+                    layers.insert(name, Expect::Damaged);
+                    continue;
                 }
-                Ok(_)
-                    if *blake3::hash(&rec.definition_json).as_bytes() != rec.definition_digest =>
-                {
-                    let detail = "the definition digest does not match the stored definition";
-                    report.push(problem(ProblemKind::Definition, lay, None, detail.into()));
-                }
-                Ok(_) => {}
-            }
-            for m in &rec.manifests {
-                if let Err(e) =
-                    serde_json::from_slice::<oci_spec::image::Descriptor>(&m.descriptor_json)
-                {
+                None => {
                     let detail = format!(
-                        "the {} manifest is not an OCI descriptor: {e}",
-                        escape_bytes(m.layer_type.as_bytes())
+                        "the layer points at version {}, which is not stored",
+                        versions::version_key(&name, &pointer.current)
                     );
-                    report.push(problem(ProblemKind::Manifest, lay, None, detail));
+                    report.push(problem(ProblemKind::Pointer, lay, None, detail));
+                    layers.insert(name, Expect::Damaged);
+                    continue;
                 }
-            }
+            };
             let mut sources = BTreeMap::new();
             let roles = [("import", &rec.imports), ("overlay", &rec.overlay_dirs)];
             for (prefix, list) in roles {
@@ -137,67 +146,40 @@ impl Inspector {
                     }
                 }
             }
-            match bases.get(name.as_str()).db(path)? {
-                None => report.push(problem(
-                    ProblemKind::BaseHash,
-                    lay,
-                    None,
-                    "the entry has no base hash in the bases table".into(),
-                )),
-                Some(h) if h.value() != &entry_digest(&rec) => report.push(problem(
-                    ProblemKind::BaseHash,
-                    lay,
-                    None,
-                    "its base hash differs from the hash of its entry".into(),
-                )),
-                Some(_) => {}
-            }
-            let built_on = (rec.base.kind == BaseKind::Built).then(|| rec.base.reference.clone());
+            let built_on = (rec.base.kind == BaseKind::Built)
+                .then(|| (rec.base.reference.clone(), rec.base.hash.clone()));
             layers.insert(name, Expect::Entry { sources, built_on });
         }
         Ok(layers)
     }
 
+    /// A built layer's current version must be built on a stored version of its base.
     fn check_bases(
         &self,
         report: &mut CheckReport,
         layers: &BTreeMap<String, Expect>,
     ) -> Result<()> {
         let path = self.path();
-        let bases = self.txn.open_table(BASES).db(path)?;
-        for item in bases.iter().db(path)? {
-            let (k, _) = item.db(path)?;
-            report.bases_checked += 1;
-            if !layers.contains_key(k.value()) {
-                report.push(problem(
-                    ProblemKind::OrphanBaseHash,
-                    Some(k.value()),
-                    None,
-                    "a base hash is stored for a layer that has no entry".into(),
-                ));
-            }
-        }
         for (name, expect) in layers {
             let Expect::Entry {
-                built_on: Some(base),
+                built_on: Some((base, hash)),
                 ..
             } = expect
             else {
                 continue;
             };
-            let detail = if !layers.contains_key(base) {
-                format!(
-                    "it is built from layer {}, which has no entry",
-                    escape_bytes(base.as_bytes())
-                )
-            } else if bases.get(base.as_str()).db(path)?.is_none() {
-                format!(
-                    "it is built from layer {}, which has no base hash",
-                    escape_bytes(base.as_bytes())
-                )
-            } else {
+            let stored = versions::versions_of(&self.txn, path, base)?;
+            if stored
+                .iter()
+                .any(|(_, r)| r.as_ref().is_ok_and(|v| entry_digest(v).as_slice() == hash))
+            {
                 continue;
-            };
+            }
+            let detail = format!(
+                "it is built on a version of layer {} that is not stored (rebuilt, collected, \
+                 or pruned since): it cannot hit until it is put again",
+                escape_bytes(base.as_bytes())
+            );
             report.push(problem(ProblemKind::MissingBase, Some(name), None, detail));
         }
         Ok(())
@@ -283,8 +265,34 @@ enum Expect {
     Damaged,
     Entry {
         sources: BTreeMap<String, SeenSource>,
-        built_on: Option<String>,
+        /// For a built layer: its base layer and the entry digest it was built on.
+        built_on: Option<(String, Vec<u8>)>,
     },
+}
+
+/// The definition and manifests of a version are what they claim.
+fn check_version_fields(report: &mut CheckReport, rec: &VersionRecord) {
+    let lay = Some(rec.name.as_str());
+    match serde_json::from_slice::<serde_json::Value>(&rec.definition_json) {
+        Err(e) => {
+            let detail = format!("the stored definition is not JSON: {e}");
+            report.push(problem(ProblemKind::Definition, lay, None, detail));
+        }
+        Ok(_) if *blake3::hash(&rec.definition_json).as_bytes() != rec.definition_digest => {
+            let detail = "the definition digest does not match the stored definition";
+            report.push(problem(ProblemKind::Definition, lay, None, detail.into()));
+        }
+        Ok(_) => {}
+    }
+    for m in &rec.manifests {
+        if let Err(e) = serde_json::from_slice::<oci_spec::image::Descriptor>(&m.descriptor_json) {
+            let detail = format!(
+                "the {} manifest is not an OCI descriptor: {e}",
+                escape_bytes(m.layer_type.as_bytes())
+            );
+            report.push(problem(ProblemKind::Manifest, lay, None, detail));
+        }
+    }
 }
 
 struct SeenSource {

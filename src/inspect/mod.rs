@@ -115,6 +115,36 @@ pub struct EntryLine {
     pub created_unix_ms: u64,
     /// Time of the put, UTC, ISO 8601.
     pub created: String,
+    /// Every stored version of the layer, most recently used first.
+    pub versions: Vec<VersionLine>,
+}
+
+/// One stored version of a layer, as `dump` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VersionLine {
+    /// Its input digest, hex (the key it is found by).
+    pub input_digest: String,
+    /// True for the layer's current version (the one its rows describe).
+    pub current: bool,
+    /// The definition digest, hex.
+    pub definition_digest: String,
+    /// The base it was built on.
+    pub base: BaseView,
+    /// Layer types with an output manifest.
+    pub output_types: Vec<String>,
+    /// Bytes of its output blobs (from the descriptors).
+    pub output_bytes: u64,
+    /// When it was recorded, ms since the Unix epoch.
+    pub created_unix_ms: u64,
+    /// When it was recorded, UTC.
+    pub created: String,
+    /// When it was last used, ms since the Unix epoch (recorded to the hour).
+    pub last_used_unix_ms: u64,
+    /// When it was last used, UTC.
+    pub last_used: String,
+    /// Why it does not decode, for a damaged version (then the other fields are empty).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub damaged: Option<String>,
 }
 
 /// One item of the entry listing: an entry, or a stored value that does not decode.
@@ -137,6 +167,8 @@ pub enum ListedEntry {
 pub struct ListingTotals {
     /// Entries listed (damaged ones included).
     pub entries: u64,
+    /// Stored versions over all layers.
+    pub versions: u64,
     /// Entries whose record is damaged.
     pub damaged: u64,
     /// Cached imports over all entries.
@@ -215,6 +247,10 @@ pub struct EntryDetail {
     pub created: String,
     /// The output manifests.
     pub manifests: Vec<ManifestView>,
+    /// Its input digest, hex.
+    pub input_digest: String,
+    /// Every stored version of the layer, most recently used first.
+    pub versions: Vec<VersionLine>,
     /// Cached imports.
     pub imports: Vec<SourceView>,
     /// Overlay dirs.
@@ -323,12 +359,15 @@ pub struct Stats {
     pub file_bytes: u64,
     /// Schema version stored in the file.
     pub schema_version: u32,
-    /// Entries.
+    /// Layers with a current version.
     pub entries: u64,
-    /// Per-path rows.
+    /// Per-path rows (the last seen state of each layer's sources).
     pub rows: u64,
-    /// Base hashes.
-    pub bases: u64,
+    /// Stored versions over all layers.
+    pub versions: u64,
+    /// Bytes per version in the versions table (stored bytes / versions): what keeping one
+    /// more version costs — one record, never a copy of the rows.
+    pub bytes_per_version: u64,
     /// Storage use of each table.
     pub tables: Vec<TableUsage>,
     /// Bytes in the pages of layercache's tables (stored + metadata + fragmented).
@@ -393,11 +432,11 @@ pub enum ProblemKind {
     OrphanRows,
     /// Rows of a source its entry does not list.
     StraySource,
-    /// An entry without a base hash, or whose base hash differs from its record.
-    BaseHash,
-    /// A base hash of a layer that has no entry.
-    OrphanBaseHash,
-    /// A layer built on a layer that has no entry or no base hash.
+    /// A version whose input digest, recomputed from its record, differs from its key.
+    VersionKey,
+    /// A layer pointer naming a version that is not stored.
+    Pointer,
+    /// A layer built on a version of its base that is not stored.
     MissingBase,
 }
 
@@ -429,8 +468,8 @@ pub struct CheckReport {
     pub sources_checked: u64,
     /// Rows decoded.
     pub rows_checked: u64,
-    /// Base hashes examined.
-    pub bases_checked: u64,
+    /// Versions examined (checksum, key, input digest).
+    pub versions_checked: u64,
     /// The problems found (at most [`MAX_LISTED_PROBLEMS`]).
     pub problems: Vec<Problem>,
     /// Problems found beyond those listed.
@@ -451,7 +490,7 @@ impl CheckReport {
             entries_checked: 0,
             sources_checked: 0,
             rows_checked: 0,
-            bases_checked: 0,
+            versions_checked: 0,
             problems: Vec::new(),
             problems_not_listed: 0,
         }

@@ -11,14 +11,14 @@ use redb::{ReadableTable, ReadableTableMetadata};
 
 use super::{
     BaseView, EntryDetail, EntryLine, ListedEntry, Listing, ListingTotals, ManifestView, RowLine,
-    RowSelection, SourceView, Stats, TableUsage, format_utc_ms,
+    RowSelection, SourceView, Stats, TableUsage, VersionLine, format_utc_ms,
 };
-use crate::cache::decode_entry;
 use crate::codec;
 use crate::error::{DbResultExt, Error, Result};
 use crate::path::{RelPath, escape_bytes, hex, show_path};
-use crate::schema::{BASES, ENTRIES, EntryRecord, META, ROWS, Row};
+use crate::schema::{EntryRecord, LAST_USED, LAYERS, META, ROWS, Row, VERSIONS};
 use crate::store::Store;
+use crate::store::versions;
 
 /// A read-only view of a cache file: one read transaction, held for the life of the value.
 pub struct Inspector {
@@ -55,14 +55,23 @@ impl Inspector {
 
     fn list_unguarded(&self) -> Result<Listing> {
         let path = self.path();
-        let table = self.txn.open_table(ENTRIES).db(path)?;
         let mut entries = Vec::new();
         let mut totals = ListingTotals::default();
-        for item in table.iter().db(path)? {
-            let (k, v) = item.db(path)?;
-            let name = k.value().to_string();
+        let mut layers: Vec<String> = versions::all_keys(&self.txn, path)?
+            .into_iter()
+            .map(|(l, _)| l)
+            .collect();
+        for item in self.txn.open_table(LAYERS).db(path)?.iter().db(path)? {
+            let (k, _) = item.db(path)?;
+            layers.push(k.value().to_string());
+        }
+        layers.sort();
+        layers.dedup();
+        for name in layers {
             totals.entries += 1;
-            match decode_entry(path, &name, v.value()) {
+            let listed = self.versions_of(&name)?;
+            totals.versions += listed.len() as u64;
+            match self.record(&name) {
                 Err(e) => {
                     totals.damaged += 1;
                     entries.push(ListedEntry::Damaged {
@@ -70,7 +79,14 @@ impl Inspector {
                         damaged: e.to_string(),
                     });
                 }
-                Ok(rec) => {
+                Ok(None) => {
+                    // Versions without a current one (its pointer was pruned or collected).
+                    entries.push(ListedEntry::Damaged {
+                        name,
+                        damaged: "no current version (its rows describe nothing stored)".into(),
+                    });
+                }
+                Ok(Some(rec)) => {
                     let rows = rec
                         .imports
                         .iter()
@@ -90,6 +106,7 @@ impl Inspector {
                         build_only: rec.build_only,
                         created_unix_ms: rec.created_unix_ms,
                         created: format_utc_ms(rec.created_unix_ms),
+                        versions: listed,
                     }));
                 }
             }
@@ -101,18 +118,69 @@ impl Inspector {
         })
     }
 
-    /// The stored record of `layer`, if it has an entry.
+    /// Every stored version of `layer`, most recently used first.
+    pub fn versions_of(&self, layer: &str) -> Result<Vec<VersionLine>> {
+        let path = self.path();
+        let current = match versions::pointer(&self.txn, path, layer)? {
+            Some(Ok(p)) => Some(p.current),
+            _ => None,
+        };
+        let mut out = Vec::new();
+        for (digest, rec) in versions::versions_of(&self.txn, path, layer)? {
+            let used = versions::last_used(&self.txn, path, layer, &digest)?;
+            let line = match rec {
+                Ok(rec) => {
+                    let last = used.unwrap_or(rec.created_unix_ms);
+                    VersionLine {
+                        input_digest: hex(&digest),
+                        current: current == Some(digest),
+                        definition_digest: hex(&rec.definition_digest),
+                        base: BaseView::of(&rec.base),
+                        output_types: rec.manifests.iter().map(|m| m.layer_type.clone()).collect(),
+                        output_bytes: rec.blobs().iter().map(|(_, n)| n).sum(),
+                        created_unix_ms: rec.created_unix_ms,
+                        created: format_utc_ms(rec.created_unix_ms),
+                        last_used_unix_ms: last,
+                        last_used: format_utc_ms(last),
+                        damaged: None,
+                    }
+                }
+                Err(e) => VersionLine {
+                    input_digest: hex(&digest),
+                    current: current == Some(digest),
+                    definition_digest: String::new(),
+                    base: BaseView::of(&crate::schema::BaseRecord {
+                        kind: crate::schema::BaseKind::Scratch,
+                        reference: String::new(),
+                        hash: Vec::new(),
+                    }),
+                    output_types: Vec::new(),
+                    output_bytes: 0,
+                    created_unix_ms: 0,
+                    created: String::new(),
+                    last_used_unix_ms: used.unwrap_or(0),
+                    last_used: used.map(format_utc_ms).unwrap_or_default(),
+                    damaged: Some(e.to_string()),
+                },
+            };
+            out.push(line);
+        }
+        out.sort_by_key(|v| std::cmp::Reverse((v.current, v.last_used_unix_ms)));
+        Ok(out)
+    }
+
+    /// The current version of `layer`, if it has one.
     pub fn record(&self, layer: &str) -> Result<Option<EntryRecord>> {
         guard(self.path(), || self.record_unguarded(layer))
     }
 
     fn record_unguarded(&self, layer: &str) -> Result<Option<EntryRecord>> {
         let path = self.path();
-        let table = self.txn.open_table(ENTRIES).db(path)?;
-        let Some(v) = table.get(layer).db(path)? else {
+        let Some(pointer) = versions::pointer(&self.txn, path, layer)? else {
             return Ok(None);
         };
-        decode_entry(path, layer, v.value()).map(Some)
+        let pointer = pointer?;
+        versions::version(&self.txn, path, layer, &pointer.current)?.transpose()
     }
 
     /// One entry in full, if `layer` has an entry.
@@ -121,8 +189,11 @@ impl Inspector {
     }
 
     fn entry_unguarded(&self, layer: &str) -> Result<Option<EntryDetail>> {
+        let listed = self.versions_of(layer)?;
         Ok(self.record(layer)?.map(|rec| EntryDetail {
             name: rec.name.clone(),
+            input_digest: hex(&rec.input_digest),
+            versions: listed,
             definition: json_or_escaped(&rec.definition_json),
             definition_digest: hex(&rec.definition_digest),
             base: BaseView::of(&rec.base),
@@ -243,9 +314,10 @@ impl Inspector {
             };
         }
         usage!(META, "meta");
-        usage!(ENTRIES, "entries");
+        usage!(LAYERS, "layers");
+        usage!(VERSIONS, "versions");
+        usage!(LAST_USED, "last_used");
         usage!(ROWS, "rows");
-        usage!(BASES, "bases");
         let len_of = |n: &str| tables.iter().find(|t| t.name == n).map_or(0, |t| t.len);
         let table_bytes: u64 = tables
             .iter()
@@ -256,9 +328,13 @@ impl Inspector {
             db: show_path(path),
             file_bytes,
             schema_version: self.store.schema_version()?,
-            entries: len_of("entries"),
+            entries: len_of("layers"),
             rows: len_of("rows"),
-            bases: len_of("bases"),
+            versions: len_of("versions"),
+            bytes_per_version: tables
+                .iter()
+                .find(|t| t.name == "versions")
+                .map_or(0, |t| t.stored_bytes.checked_div(t.len).unwrap_or(0)),
             table_bytes,
             table_fragmented_bytes,
             outside_tables_bytes: file_bytes.saturating_sub(table_bytes),

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::{
     BaseView, CheckReport, CompactReport, EntryDetail, Integrity, ListedEntry, Listing, Problem,
-    RowLine, Stats,
+    RowLine, Stats, VersionLine,
 };
 use crate::path::{escape_bytes, hex};
 use crate::schema::EntryKind;
@@ -102,8 +102,8 @@ impl CheckReport {
         writeln!(w, "redb integrity check: {integrity}")?;
         writeln!(
             w,
-            "records: {} entries, {} sources, {} rows, {} base hashes",
-            self.entries_checked, self.sources_checked, self.rows_checked, self.bases_checked
+            "records: {} layers, {} sources, {} rows, {} versions",
+            self.entries_checked, self.sources_checked, self.rows_checked, self.versions_checked
         )?;
         if self.is_clean() {
             return writeln!(w, "no problems found");
@@ -185,17 +185,51 @@ impl Listing {
         for c in &cols {
             line(w, c.each_ref().map(String::as_str))?;
         }
+        for e in &self.entries {
+            if let ListedEntry::Entry(l) = e
+                && l.versions.len() > 1
+            {
+                writeln!(
+                    w,
+                    "{}: {} versions",
+                    escape_bytes(l.name.as_bytes()),
+                    l.versions.len()
+                )?;
+                for v in &l.versions {
+                    write_version_line(w, v)?;
+                }
+            }
+        }
         let t = &self.totals;
         write!(
             w,
-            "{} entries, {} imports, {} overlay dirs, {} rows",
-            t.entries, t.imports, t.overlay_dirs, t.rows
+            "{} entries, {} versions, {} imports, {} overlay dirs, {} rows",
+            t.entries, t.versions, t.imports, t.overlay_dirs, t.rows
         )?;
         if t.damaged > 0 {
             write!(w, ", {} DAMAGED (see `layercache check`)", t.damaged)?;
         }
         writeln!(w)
     }
+}
+
+/// One version, one line: current mark, digest, outputs, recorded and last used.
+fn write_version_line(w: &mut impl Write, v: &VersionLine) -> io::Result<()> {
+    let mark = if v.current { "*" } else { " " };
+    let short = v.input_digest.get(..16).unwrap_or(&v.input_digest);
+    if let Some(d) = &v.damaged {
+        return writeln!(w, "  {mark} {short}  DAMAGED: {d}");
+    }
+    let outputs = if v.output_types.is_empty() {
+        "-".to_string()
+    } else {
+        escape_bytes(v.output_types.join(",").as_bytes())
+    };
+    writeln!(
+        w,
+        "  {mark} {short}  {outputs} ({} bytes)  recorded {}  last used {}",
+        v.output_bytes, v.created, v.last_used
+    )
 }
 
 impl EntryDetail {
@@ -206,6 +240,15 @@ impl EntryDetail {
             "layer              {}",
             escape_bytes(self.name.as_bytes())
         )?;
+        writeln!(w, "input digest       {}", self.input_digest)?;
+        writeln!(
+            w,
+            "versions           {} (* = current)",
+            self.versions.len()
+        )?;
+        for v in &self.versions {
+            write_version_line(w, v)?;
+        }
         writeln!(
             w,
             "recorded           {} ({} ms since the epoch)",
@@ -275,8 +318,9 @@ impl Stats {
         writeln!(w, "size               {}", human_bytes(self.file_bytes))?;
         writeln!(w, "schema version     {}", self.schema_version)?;
         writeln!(w, "entries            {}", self.entries)?;
+        writeln!(w, "versions           {}", self.versions)?;
+        writeln!(w, "bytes per version  {}", self.bytes_per_version)?;
         writeln!(w, "rows               {}", self.rows)?;
-        writeln!(w, "base hashes        {}", self.bases)?;
         writeln!(
             w,
             "{:<8} {:>10} {:>12} {:>12} {:>12} {:>8}",

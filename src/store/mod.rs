@@ -3,13 +3,15 @@
 //!
 //! Owns: the [`Store`] handle and its lifecycle. Its submodules own the rows table
 //! (`store/rows.rs`: the one row-key range type and the one row iterator, [`RowIter`]) and the
-//! panic guard with the damage bookkeeping (`store/guard.rs`).
+//! panic guard with the damage bookkeeping (`store/guard.rs`), and the schema-v3 tables of
+//! versions, layer pointers and last use (`store/versions.rs`).
 //!
 //! Must never: import from `cache`, `tree` or `diff` (arrows point down: the cache writes a
 //! walked tree through [`Store::write_tree`], which lives with put), or know what a source is.
 
 pub(crate) mod guard;
 pub(crate) mod rows;
+pub mod versions;
 
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
@@ -19,7 +21,8 @@ use redb::ReadableDatabase;
 
 use crate::error::{DbResultExt, Error, Result};
 use crate::schema::{
-    BASES, ENTRIES, EntryKind, META, META_SCHEMA_VERSION, META_WRITER, ROWS, SCHEMA_VERSION,
+    EntryKind, LAST_USED, LAYERS, META, META_SCHEMA_VERSION, META_WRITER, ROWS, SCHEMA_VERSION,
+    VERSIONS,
 };
 
 pub(crate) use guard::note_damage;
@@ -311,9 +314,10 @@ impl Store {
                 .db(&self.path)?;
             meta.insert(META_WRITER, env!("CARGO_PKG_VERSION").as_bytes())
                 .db(&self.path)?;
-            txn.open_table(ENTRIES).db(&self.path)?;
+            txn.open_table(VERSIONS).db(&self.path)?;
+            txn.open_table(LAYERS).db(&self.path)?;
+            txn.open_table(LAST_USED).db(&self.path)?;
             txn.open_table(ROWS).db(&self.path)?;
-            txn.open_table(BASES).db(&self.path)?;
         }
         txn.commit().db(&self.path)
     }
@@ -334,6 +338,25 @@ impl Store {
             Handle::Rw(db) => db.begin_read().db(&self.path),
             Handle::Ro(db) => db.begin_read().db(&self.path),
             Handle::Closed => Err(closed(&self.path)),
+        }
+    }
+
+    /// Begins a write transaction only if no other one is alive (in this process or, with a
+    /// shared writer, another): `None` when it would wait. For the optional writes of a lookup
+    /// (a version switch, a coarse last use), which are skipped rather than queued behind a
+    /// put.
+    pub fn try_begin_write(&self) -> Result<Option<redb::WriteTransaction>> {
+        match &self.db {
+            Handle::Rw(db) => match db.try_begin_write() {
+                Ok(mut txn) => {
+                    txn.set_quick_repair(true);
+                    Ok(Some(txn))
+                }
+                Err(redb::TransactionError::WouldBlock) => Ok(None),
+                Err(e) => Err(e).db(&self.path),
+            },
+            Handle::Closed => Err(closed(&self.path)),
+            Handle::Ro(_) => Ok(None),
         }
     }
 

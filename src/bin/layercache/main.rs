@@ -6,6 +6,7 @@
 
 mod build;
 mod debug;
+mod gc;
 mod generate;
 mod migrate;
 mod output;
@@ -47,6 +48,9 @@ enum Cmd {
     Compact(output::DbArgs),
     /// Upgrade the database schema in place.
     Migrate(migrate::MigrateArgs),
+    /// Drop old versions (by count, age, size; least recently used first) and report or delete
+    /// the output blobs nothing references any more.
+    Gc(gc::GcArgs),
     /// Print a shell completion script to stdout.
     Completions(generate::CompletionsArgs),
     /// Print the man page (roff) to stdout.
@@ -64,6 +68,7 @@ fn main() -> ExitCode {
         Cmd::Check(a) => debug::guarded(&a.db, || debug::check(&a)),
         Cmd::Compact(a) => debug::guarded(&a.db, || debug::compact(&a)),
         Cmd::Migrate(a) => migrate::migrate(a),
+        Cmd::Gc(a) => gc::gc(a),
         Cmd::Completions(a) => generate::completions(&a),
         Cmd::Man => generate::man(),
     };

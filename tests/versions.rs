@@ -1,0 +1,461 @@
+//! Many versions per layer (schema v3, issue 13), through the library on real trees: a branch
+//! switched back hits (an overlay-dir layer and a chain built on it), a definition flipped back
+//! hits, the same tree elsewhere hits, a miss after a switch still names the changed paths, and
+//! last use is recorded coarsely.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use common::write;
+use layercache::schema::LAST_USED;
+use layercache::{
+    Base, Build, Cache, CacheConfig, LayerInputs, Lookup, MissReason, OverlayDir, Session,
+};
+use oci_spec::image::Descriptor;
+use serde_json::json;
+
+struct Fx {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+}
+
+impl Fx {
+    fn new() -> Fx {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        std::fs::create_dir_all(dir.join("oci/blobs/sha256")).unwrap();
+        std::fs::create_dir_all(dir.join("roots/app/overlay_dirs/src")).unwrap();
+        Fx { _tmp: tmp, dir }
+    }
+
+    fn p(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+
+    fn cache(&self) -> Cache {
+        Cache::open(CacheConfig {
+            db: self.p("cache.redb"),
+            oci_layout: Some(self.p("oci")),
+            rootfs_dir: Some(self.p("roots")),
+        })
+        .unwrap()
+        .0
+    }
+
+    /// An output blob in the layout and the manifests naming it.
+    fn manifests(&self, content: &str) -> BTreeMap<String, Descriptor> {
+        let hex = blake3::hash(content.as_bytes()).to_hex().to_string();
+        std::fs::write(self.p(&format!("oci/blobs/sha256/{hex}")), content).unwrap();
+        let d: Descriptor = serde_json::from_value(json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar",
+            "digest": format!("sha256:{hex}"),
+            "size": content.len(),
+        }))
+        .unwrap();
+        BTreeMap::from([("tar".to_string(), d)])
+    }
+
+    /// `app` (scratch, overlay dir `src` at `src_dir`) and `top` built on it.
+    fn build(&self, src_dir: &Path, app_def: serde_json::Value) -> Build {
+        let mut app = LayerInputs {
+            definition: app_def,
+            base: Base::Scratch,
+            imports: vec![],
+            overlay_dirs: vec![],
+            source_date_epoch: Some(1),
+            build_only: false,
+        };
+        app.overlay_dirs = vec![OverlayDir {
+            key: "src".into(),
+            source: src_dir.to_path_buf(),
+            rootfs_path: self.p("roots/app/overlay_dirs/src"),
+        }];
+        let top = LayerInputs {
+            definition: json!({"run": "top"}),
+            base: Base::Built {
+                layer: "app".into(),
+            },
+            imports: vec![],
+            overlay_dirs: vec![],
+            source_date_epoch: Some(1),
+            build_only: false,
+        };
+        let mut b = Build::new();
+        b.add("app", app).add("top", top);
+        b
+    }
+}
+
+/// Branch A of the source tree.
+fn branch_a(src: &Path) {
+    let _ = std::fs::remove_dir_all(src);
+    write(src, "lib/a.rs", b"fn a() {}");
+    write(src, "lib/shared.rs", b"fn shared() {}");
+    write(src, "main.rs", b"fn main() { a() }");
+    write(src, "only-a.txt", b"a");
+}
+
+/// Branch B: one file changed, one removed, one added.
+fn branch_b(src: &Path) {
+    let _ = std::fs::remove_dir_all(src);
+    write(src, "lib/a.rs", b"fn a() { changed() }");
+    write(src, "lib/shared.rs", b"fn shared() {}");
+    write(src, "main.rs", b"fn main() { a() }");
+    write(src, "only-b.txt", b"b");
+}
+
+fn put_layers(f: &Fx, s: &mut Session<'_>, tag: &str) {
+    for layer in ["app", "top"] {
+        let l = s.lookup(layer).unwrap();
+        assert!(!l.is_hit(), "{tag} {layer}");
+        s.put(&l, &f.manifests(&format!("{layer} built from {tag}")))
+            .unwrap();
+    }
+}
+
+fn hits(cache: &Cache, build: &Build) -> Vec<Lookup> {
+    let mut s = cache.session(build).unwrap();
+    ["app", "top"]
+        .iter()
+        .map(|l| s.lookup(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn branch_switch_back_and_forth_hits_an_overlay_layer_and_the_chain_on_it() {
+    let f = Fx::new();
+    let cache = f.cache();
+    let src = f.p("checkout");
+    let build = f.build(&src, json!({"run": "make"}));
+    // 1. Branch A: built and stored.
+    branch_a(&src);
+    put_layers(&f, &mut cache.session(&build).unwrap(), "A");
+    let a_outputs = cache.entry("app").unwrap().unwrap().manifests;
+    // 2. Branch B: misses, naming exactly the changed paths; built and stored.
+    branch_b(&src);
+    let mut s = cache.session(&build).unwrap();
+    let l = s.lookup("app").unwrap();
+    match l.reasons() {
+        [MissReason::OverlayDirContentChanged { key, diff }] => {
+            assert_eq!(key, "src");
+            let names =
+                |v: &[layercache::RelPath]| v.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+            assert_eq!(names(&diff.added), ["only-b.txt"]);
+            assert_eq!(names(&diff.removed), ["only-a.txt"]);
+            assert_eq!(
+                diff.modified
+                    .iter()
+                    .map(|m| m.path.to_string())
+                    .collect::<Vec<_>>(),
+                ["lib/a.rs"]
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    drop(s);
+    put_layers(&f, &mut cache.session(&build).unwrap(), "B");
+    // 3. Back to A: both layers hit, with A's outputs; the rows now describe A.
+    branch_a(&src);
+    let mut s = cache.session(&build).unwrap();
+    let app = s.lookup("app").unwrap();
+    assert!(app.is_hit(), "{:?}", app.reasons());
+    assert_eq!(app.entry().unwrap().record.manifests, a_outputs);
+    assert!(s.counters().rows_switched >= 3, "{:?}", s.counters());
+    let top = s.lookup("top").unwrap();
+    assert!(top.is_hit(), "{:?}", top.reasons());
+    assert_eq!(cache.entry("app").unwrap().unwrap().manifests, a_outputs);
+    drop(s);
+    // Again A: a hit on the current version, nothing switched.
+    let mut s = cache.session(&build).unwrap();
+    assert!(s.lookup("app").unwrap().is_hit());
+    assert_eq!(s.counters().rows_switched, 0);
+    drop(s);
+    // 4. B again: hits too.
+    branch_b(&src);
+    for l in hits(&cache, &build) {
+        assert!(l.is_hit(), "{}: {:?}", l.layer, l.reasons());
+    }
+    assert_eq!(cache.versions("app").unwrap().len(), 2);
+    assert_eq!(cache.versions("top").unwrap().len(), 2);
+    // A third tree misses, explained against the version last used (B).
+    write(&src, "main.rs", b"fn main() { b() }");
+    let mut s = cache.session(&build).unwrap();
+    match s.lookup("app").unwrap().reasons() {
+        [MissReason::OverlayDirContentChanged { diff, .. }] => {
+            assert!(diff.added.is_empty() && diff.removed.is_empty());
+            assert_eq!(diff.modified[0].path.to_string(), "main.rs");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_definition_flipped_back_hits() {
+    let f = Fx::new();
+    let cache = f.cache();
+    let src = f.p("checkout");
+    branch_a(&src);
+    let debug = f.build(&src, json!({"run": "make", "profile": "debug"}));
+    let release = f.build(&src, json!({"run": "make", "profile": "release"}));
+    put_layers(&f, &mut cache.session(&debug).unwrap(), "debug");
+    let mut s = cache.session(&release).unwrap();
+    match s.lookup("app").unwrap().reasons() {
+        [MissReason::DefinitionChanged { fields }] => {
+            assert_eq!(fields[0].field, "profile")
+        }
+        other => panic!("{other:?}"),
+    }
+    drop(s);
+    put_layers(&f, &mut cache.session(&release).unwrap(), "release");
+    for build in [&debug, &release, &debug] {
+        for l in hits(&cache, build) {
+            assert!(l.is_hit(), "{}: {:?}", l.layer, l.reasons());
+        }
+    }
+}
+
+#[test]
+fn the_same_tree_in_another_directory_hits() {
+    let f = Fx::new();
+    let cache = f.cache();
+    branch_a(&f.p("one"));
+    put_layers(
+        &f,
+        &mut cache
+            .session(&f.build(&f.p("one"), json!({"run": "make"})))
+            .unwrap(),
+        "one",
+    );
+    branch_a(&f.p("elsewhere/two"));
+    let two = f.build(&f.p("elsewhere/two"), json!({"run": "make"}));
+    for l in hits(&cache, &two) {
+        assert!(l.is_hit(), "{}: {:?}", l.layer, l.reasons());
+    }
+}
+
+#[test]
+fn last_use_is_recorded_when_older_than_an_hour() {
+    let f = Fx::new();
+    let cache = f.cache();
+    let src = f.p("checkout");
+    branch_a(&src);
+    let build = f.build(&src, json!({"run": "make"}));
+    put_layers(&f, &mut cache.session(&build).unwrap(), "A");
+    let digest = cache.entry("app").unwrap().unwrap().input_digest;
+    let set = |ms: u64| {
+        let txn = cache.store().begin_write().unwrap();
+        txn.open_table(LAST_USED)
+            .unwrap()
+            .insert(("app", &digest), ms)
+            .unwrap();
+        txn.commit().unwrap();
+    };
+    let get = || {
+        cache
+            .versions("app")
+            .unwrap()
+            .into_iter()
+            .find_map(|(r, used)| r.ok().filter(|r| r.input_digest == digest).and(used))
+            .unwrap()
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    set(now - 2 * 3_600_000);
+    assert!(hits(&cache, &build)[0].is_hit());
+    assert!(get() >= now, "a use older than an hour is recorded");
+    // Settle the stat data (so no refresh write piggy-backs), then a recent use is kept as is.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let _ = hits(&cache, &build);
+    set(now - 60_000);
+    let mut s = cache.session(&build).unwrap();
+    assert!(s.lookup("app").unwrap().is_hit());
+    if s.counters().rows_refreshed == 0 {
+        assert_eq!(
+            get(),
+            now - 60_000,
+            "a use within the hour is not rewritten"
+        );
+    }
+}
+
+/// Three versions of `app` (trees 1, 2, 3 put in that order; 3 is current), each with one
+/// output blob of `sizes[i]` bytes. Returns the blob digests.
+fn three_versions(f: &Fx, cache: &Cache, sizes: [usize; 3]) -> (Build, Vec<String>) {
+    let src = f.p("checkout");
+    let build = f.build(&src, json!({"run": "make"}));
+    let mut digests = Vec::new();
+    for (i, size) in sizes.iter().enumerate() {
+        write(&src, "version.txt", format!("tree {i}").as_bytes());
+        let mut s = cache.session(&build).unwrap();
+        let l = s.lookup("app").unwrap();
+        assert!(!l.is_hit());
+        let content = format!("{i}").repeat(*size);
+        let m = f.manifests(&content);
+        digests.push(m["tar"].digest().to_string());
+        s.put(&l, &m).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    (build, digests)
+}
+
+fn gc_json(db: &Path, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["gc", "--json"];
+    all.extend_from_slice(args);
+    let out = common::cli_ok(&all, db);
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn dropped(v: &serde_json::Value) -> Vec<String> {
+    v["plan"]["dropped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["reason"]["rule"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn version_count(db: &Path) -> usize {
+    let cache = Cache::open_without_prune(CacheConfig {
+        db: db.to_path_buf(),
+        ..Default::default()
+    })
+    .unwrap();
+    cache.versions("app").unwrap().len()
+}
+
+#[test]
+fn gc_by_count_dry_run_then_for_real_keeps_the_current_version_hitting() {
+    let f = Fx::new();
+    let db = f.p("cache.redb");
+    let build = {
+        let cache = f.cache();
+        three_versions(&f, &cache, [10, 10, 10]).0
+    };
+    let v = gc_json(&db, &["--keep", "1", "--dry-run"]);
+    assert_eq!(v["dry_run"], true);
+    assert_eq!(dropped(&v), ["per_layer_count", "per_layer_count"]);
+    assert_eq!(v["plan"]["unreferenced_blobs"].as_array().unwrap().len(), 2);
+    assert_eq!(version_count(&db), 3, "a dry run changes nothing");
+    let v = gc_json(&db, &["--keep", "1"]);
+    assert_eq!(dropped(&v).len(), 2);
+    assert_eq!(version_count(&db), 1);
+    {
+        let cache = f.cache();
+        let mut s = cache.session(&build).unwrap();
+        assert!(s.lookup("app").unwrap().is_hit());
+    }
+    // The text form lists what it would drop.
+    let out = common::cli_ok(&["gc", "--keep", "0", "--dry-run"], &db);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("1 -> 1 versions"), "{text}");
+}
+
+#[test]
+fn gc_by_age_uses_the_time_given_not_a_sleep() {
+    let f = Fx::new();
+    let db = f.p("cache.redb");
+    {
+        let cache = f.cache();
+        three_versions(&f, &cache, [10, 10, 10]);
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let in_31_days = (now + 31 * 86_400_000).to_string();
+    let v = gc_json(&db, &["--unused-days", "40", "--now-ms", &in_31_days]);
+    assert!(dropped(&v).is_empty());
+    let v = gc_json(
+        &db,
+        &["--unused-days", "30", "--now-ms", &in_31_days, "--dry-run"],
+    );
+    assert_eq!(dropped(&v), ["unused", "unused"]);
+    assert_eq!(version_count(&db), 3);
+    gc_json(&db, &["--unused-days", "30", "--now-ms", &in_31_days]);
+    assert_eq!(version_count(&db), 1, "the current version stays");
+    let v = gc_json(
+        &db,
+        &[
+            "--unused-days",
+            "30",
+            "--now-ms",
+            &in_31_days,
+            "--include-current",
+        ],
+    );
+    assert_eq!(dropped(&v), ["unused"]);
+    assert_eq!(version_count(&db), 0);
+}
+
+#[test]
+fn gc_by_size_drops_least_recently_used_first() {
+    let f = Fx::new();
+    let db = f.p("cache.redb");
+    let digests = {
+        let cache = f.cache();
+        three_versions(&f, &cache, [3000, 1000, 1000]).1
+    };
+    let v = gc_json(&db, &["--max-bytes", "2500", "--dry-run"]);
+    assert_eq!(dropped(&v), ["byte_budget"]);
+    assert_eq!(v["plan"]["bytes_before"], 5000);
+    assert_eq!(v["plan"]["bytes_after"], 2000);
+    assert_eq!(v["plan"]["unreferenced_blobs"][0][0], digests[0]);
+    assert_eq!(version_count(&db), 3);
+    gc_json(&db, &["--max-bytes", "2500"]);
+    assert_eq!(version_count(&db), 2);
+    let v = gc_json(&db, &["--max-versions", "1", "--dry-run"]);
+    assert_eq!(dropped(&v), ["version_budget"]);
+}
+
+#[test]
+fn gc_never_deletes_a_blob_that_index_json_references() {
+    let f = Fx::new();
+    let db = f.p("cache.redb");
+    let digests = {
+        let cache = f.cache();
+        three_versions(&f, &cache, [10, 20, 30]).1
+    };
+    // An image in the layout still uses version 1's output as a layer.
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": digests[0], "size": 10}]
+    }))
+    .unwrap();
+    let mhex = blake3::hash(&manifest).to_hex().to_string();
+    std::fs::write(f.p(&format!("oci/blobs/sha256/{mhex}")), &manifest).unwrap();
+    std::fs::write(
+        f.p("oci/index.json"),
+        serde_json::to_vec(&json!({"schemaVersion": 2, "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json",
+             "digest": format!("sha256:{mhex}"), "size": manifest.len()}
+        ]}))
+        .unwrap(),
+    )
+    .unwrap();
+    let blob = |d: &str| f.p(&format!("oci/blobs/sha256/{}", &d[7..]));
+    let layout = f.p("oci");
+    let layout = layout.to_str().unwrap();
+    let args = ["--keep", "1", "--oci-layout", layout, "--delete-blobs"];
+    let mut dry = args.to_vec();
+    dry.push("--dry-run");
+    let v = gc_json(&db, &dry);
+    assert_eq!(v["blobs"]["deleted"], json!([digests[1]]));
+    assert_eq!(v["blobs"]["protected"], json!([digests[0]]));
+    assert!(blob(&digests[1]).is_file(), "a dry run deletes nothing");
+    let v = gc_json(&db, &args);
+    assert_eq!(v["blobs"]["deleted"], json!([digests[1]]));
+    assert!(
+        blob(&digests[0]).is_file(),
+        "index.json still references it"
+    );
+    assert!(!blob(&digests[1]).exists());
+    assert!(
+        blob(&digests[2]).is_file(),
+        "the current version's output stays"
+    );
+}
