@@ -66,6 +66,7 @@ impl Fx {
             overlay_dirs: vec![],
             source_date_epoch: Some(1),
             build_only: false,
+            uncacheable: None,
         };
         app.overlay_dirs = vec![OverlayDir {
             key: "src".into(),
@@ -81,6 +82,7 @@ impl Fx {
             overlay_dirs: vec![],
             source_date_epoch: Some(1),
             build_only: false,
+            uncacheable: None,
         };
         let mut b = Build::new();
         b.add("app", app).add("top", top);
@@ -210,6 +212,41 @@ fn a_definition_flipped_back_hits() {
     drop(s);
     put_layers(&f, &mut cache.session(&release).unwrap(), "release");
     for build in [&debug, &release, &debug] {
+        for l in hits(&cache, build) {
+            assert!(l.is_hit(), "{}: {:?}", l.layer, l.reasons());
+        }
+    }
+}
+
+/// The builder identity is part of what must match (issue 11, item 11): a new builder version
+/// misses with its own reason, and switching back to the old builder hits its version.
+#[test]
+fn a_new_builder_version_misses_with_its_reason_and_the_old_one_hits_again() {
+    let f = Fx::new();
+    let cache = f.cache();
+    let src = f.p("checkout");
+    branch_a(&src);
+    let with_builder = |builder: Option<&str>| {
+        let mut b = f.build(&src, json!({"run": "make"}));
+        b.builder = builder.map(str::to_string);
+        b
+    };
+    let old = with_builder(Some("stacker 1.1.0"));
+    let new = with_builder(Some("stacker 1.2.0"));
+    let none = with_builder(None);
+    put_layers(&f, &mut cache.session(&old).unwrap(), "old");
+    for (build, name) in [(&new, Some("stacker 1.2.0")), (&none, None)] {
+        let mut s = cache.session(build).unwrap();
+        match s.lookup("app").unwrap().reasons() {
+            [MissReason::BuilderChanged { old, new }] => {
+                assert_eq!(old.as_deref(), Some("stacker 1.1.0"));
+                assert_eq!(new.as_deref(), name);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    put_layers(&f, &mut cache.session(&new).unwrap(), "new");
+    for build in [&old, &new] {
         for l in hits(&cache, build) {
             assert!(l.is_hit(), "{}: {:?}", l.layer, l.reasons());
         }

@@ -82,8 +82,11 @@ impl Session<'_> {
         let stored = versions::versions_of(&txn, &path, layer)?;
         self.counters.entries_read += stored.iter().filter(|(_, r)| r.is_ok()).count() as u64;
         let base = self.base_now(layer, &inputs.base, false)?;
+        let build = self.build;
+        let builder = build.builder.as_deref();
         if let Some(rec) = &current {
             check_definition(rec, inputs, &mut reasons);
+            check_builder(rec, builder, &mut reasons);
             if !reasons.stop() {
                 check_base(rec, inputs, &base, &mut reasons);
             }
@@ -107,7 +110,7 @@ impl Session<'_> {
                         && v.base.hash == *h
                         && v.source_date_epoch == inputs.source_date_epoch
                         && v.build_only == inputs.build_only
-                        && v.builder.is_none()
+                        && v.builder.as_deref() == builder
                         && source_keys(v) == keys_now
                 }
             }),
@@ -129,7 +132,9 @@ impl Session<'_> {
 
         // The input digest of what was walked, if every source was walked soundly.
         let digest = match &base {
-            BaseNow::Hash(h) if could_hit => digest_of(inputs, definition_digest, h, &walked),
+            BaseNow::Hash(h) if could_hit => {
+                digest_of(inputs, builder, definition_digest, h, &walked)
+            }
             _ => None,
         };
         let found = digest.and_then(|d| stored.into_iter().find(|(k, _)| *k == d));
@@ -295,6 +300,7 @@ fn source_keys(v: &VersionRecord) -> BTreeSet<(Role, &str)> {
 /// its walk vouches for nothing.
 fn digest_of(
     inputs: &LayerInputs,
+    builder: Option<&str>,
     definition_digest: [u8; 32],
     base_hash: &[u8],
     walked: &Walked<'_>,
@@ -318,8 +324,7 @@ fn digest_of(
         base_hash,
         source_date_epoch: inputs.source_date_epoch,
         build_only: inputs.build_only,
-        // The builder identity joins here once `Build` carries one (issue 11).
-        builder: None,
+        builder,
         sources,
     }))
 }
@@ -332,6 +337,17 @@ fn check_definition(rec: &VersionRecord, inputs: &LayerInputs, reasons: &mut Rea
             serde_json::from_slice(&rec.definition_json).unwrap_or(serde_json::Value::Null);
         reasons.push(MissReason::DefinitionChanged {
             fields: definition_changes(&old, &inputs.definition),
+        });
+    }
+}
+
+/// 2b. The builder identity (`Build::builder`): a new builder version can need a rebuild with
+/// identical inputs, as cargo puts the compiler version into every fingerprint.
+fn check_builder(rec: &VersionRecord, builder: Option<&str>, reasons: &mut Reasons) {
+    if rec.builder.as_deref() != builder {
+        reasons.push(MissReason::BuilderChanged {
+            old: rec.builder.clone(),
+            new: builder.map(str::to_string),
         });
     }
 }

@@ -93,8 +93,7 @@ impl Session<'_> {
                 hash: base_hash,
             },
             source_date_epoch: inputs.source_date_epoch,
-            // The builder identity joins here once `Build` carries one (issue 11).
-            builder: None,
+            builder: self.build.builder.clone(),
             imports: written.imports,
             overlay_dirs: written.overlay_dirs,
             manifests,
