@@ -221,7 +221,7 @@ fn cli_migrate_dry_run_changes_nothing_then_applies() {
 /// migration leaves the file at v1 or at v2, never between: every row decodes as the version's
 /// row and none is lost; the library then opens it at the current version. The kill points are
 /// fractions of how long an unkilled migration of the same file takes here (measured first, only
-/// to place them), from a tenth to one and a half times that; the test asserts the spread: some kills left v1 (the
+/// to place them), from a tenth of it on, later and later until one came after the commit; the test asserts the spread: some kills left v1 (the
 /// child was killed mid-run) and some v2. (Kill points inside the commit, between batches and
 /// before the version record are placed exactly by the failpoint tests.)
 #[test]
@@ -248,11 +248,17 @@ fn killed_migration_leaves_old_or_new_never_between() {
     assert_eq!(raw_state(&db), (2, rows));
     let mut seen = [0u32; 3];
     let mut killed_running = 0;
-    for (i, frac) in [0.1, 0.4, 0.7, 0.95, 1.5].iter().enumerate() {
+    // Fractions over the run, then later and later (a loaded machine runs slower than the
+    // measured run) until a kill came after the commit: 1.5, 3, 6, 12 times the run.
+    let mut points = vec![0.1, 0.4, 0.7, 1.0];
+    let mut i = 0;
+    while i < points.len() {
+        let frac = points[i];
+        i += 1;
         let db = tmp.path().join(format!("kill{i}.redb"));
         std::fs::copy(tmp.path().join("v1-large.redb"), &db).unwrap();
         let mut child = migrate(&db);
-        std::thread::sleep(full.mul_f64(*frac));
+        std::thread::sleep(full.mul_f64(frac));
         if child.try_wait().unwrap().is_none() {
             killed_running += 1;
         }
@@ -268,6 +274,9 @@ fn killed_migration_leaves_old_or_new_never_between() {
             assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
             drop(store);
             assert_eq!(raw_state(&db), (2, rows));
+        }
+        if i == points.len() && seen[2] == 0 && frac < 12.0 {
+            points.push(if frac < 1.5 { 1.5 } else { frac * 2.0 });
         }
     }
     eprintln!(

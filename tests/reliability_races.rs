@@ -1,7 +1,7 @@
 //! Races: a file rewritten while it is hashed is never recorded as current and never a hit (a
 //! change between the two reads of a fresh file, placed exactly with inotify; a rewriter racing
 //! puts); a file changed between lookup and put makes the put refuse; a put committed during
-//! another session's lookup (placed exactly) changes neither that lookup's snapshot nor the rows
+//! another session's lookup (placed exactly, with a fanotify gate) changes neither that lookup's snapshot nor the rows
 //! its refresh writes; lookups from 8 threads (one Session each over one shared Cache) while a
 //! writer puts; and `layercache dump` from another process while a build holds the database.
 //!
@@ -24,11 +24,14 @@ use layercache::{
 };
 use serde_json::json;
 
+#[path = "support/fanotify.rs"]
+mod fanotify;
 #[path = "support/inotify.rs"]
 mod inotify;
 #[path = "support/mapping.rs"]
 mod mapping;
 
+use fanotify::OpenGate;
 use inotify::{IN_CLOSE_NOWRITE, IN_OPEN, Watch};
 use mapping::Mapping;
 
@@ -320,12 +323,12 @@ fn two_source_trees(d: &Path) -> (Build, Build) {
 
 /// A put committed while another session's lookup is running, placed exactly: the lookup of
 /// layer `l` (two imports, from tree `a`, whose files were touched so the lookup reads them) is
-/// inside its walk of the first import (inotify: a file of it was opened) when another thread
-/// looks up and puts `l` from tree `b` and commits, before the lookup reached the second import
-/// (checked). The lookup must still see one snapshot — the entry and the rows of `a` (a hit, not
-/// a `DamagedEntry` from `b`'s rows of the second import) — and the refresh after its hit must
+/// held inside its walk of the first import — its open of `a/s1/f0` waits on a fanotify gate —
+/// while another thread looks up and puts `l` from tree `b` and commits; then the open goes on.
+/// The lookup must still see one snapshot — the entry and the rows of `a` (a hit, not a
+/// `DamagedEntry` from `b`'s rows of the second import) — and the refresh after its hit must
 /// leave `b`'s rows alone (they are not the rows it verified): a lookup from `a` afterwards
-/// misses. An attempt whose timing missed is repeated (at most 10).
+/// misses.
 #[test]
 fn a_put_committed_during_a_lookup_changes_neither_its_snapshot_nor_the_rows_it_refreshes() {
     let tmp = tempfile::tempdir().unwrap();
@@ -336,82 +339,71 @@ fn a_put_committed_during_a_lookup_changes_neither_its_snapshot_nor_the_rows_it_
         .num_threads(1)
         .build()
         .unwrap();
+    let mut s = cache.session(&build_a).unwrap();
+    let lk = s.lookup("l").unwrap();
+    let put_a = s.put(&lk, &BTreeMap::new()).unwrap();
+    let roots_a: Vec<[u8; 32]> = put_a.imports.iter().map(|s| s.root_digest).collect();
+    // Touched: the stat no longer vouches, so the lookup opens (and reads) every file of a.
     let hour_ago = filetime::FileTime::from_system_time(
         std::time::SystemTime::now() - Duration::from_secs(3600),
     );
-    std::thread::sleep(Duration::from_millis(30)); // b's files: past their ctime tick
-    for attempt in 0..10 {
-        let mut s = cache.session(&build_a).unwrap();
-        let lk = s.lookup("l").unwrap();
-        if !lk.is_hit() {
-            s.put(&lk, &BTreeMap::new()).unwrap();
+    for s in ["s1", "s2"] {
+        for i in 0..10 {
+            filetime::set_file_mtime(d.join(format!("a/{s}/f{i}")), hour_ago).unwrap();
         }
-        let roots_a: Vec<[u8; 32]> = cache
-            .entry("l")
-            .unwrap()
-            .unwrap()
-            .imports
-            .iter()
-            .map(|s| s.root_digest)
-            .collect();
-        // Touched: the stat no longer vouches, so the lookup reads (twice) every file of a.
-        for s in ["s1", "s2"] {
-            for i in 0..10 {
-                filetime::set_file_mtime(d.join(format!("a/{s}/f{i}")), hour_ago).unwrap();
-            }
-        }
-        let watch = Watch::new();
-        let wd1 = watch.add(&d.join("a/s1"), IN_OPEN);
-        let _wd2 = watch.add(&d.join("a/s2"), IN_OPEN);
-        let (reader, helper) = std::thread::scope(|sc| {
-            let helper = sc.spawn(|| {
-                let before = watch.wait_for(IN_OPEN, Duration::from_secs(30))?;
-                pool.install(|| {
-                    let mut s = cache.session(&build_b).unwrap();
-                    let lk = s.lookup("l").unwrap();
-                    s.put(&lk, &BTreeMap::new()).unwrap();
-                });
-                Some((before, watch.pending()))
-            });
-            let mut s = cache.session(&build_a).unwrap();
-            let lk = s.lookup("l").unwrap();
-            (lk, helper.join().unwrap())
-        });
-        let (before, after) = helper.expect("the lookup never opened a file of a");
-        // The reader's lookup saw the entry of a and must have verified it against the rows
-        // of a (its snapshot), whatever was committed meanwhile.
-        match reader.entry() {
-            Some(e) => assert_eq!(
-                e.record
-                    .imports
-                    .iter()
-                    .map(|s| s.root_digest)
-                    .collect::<Vec<_>>(),
-                roots_a
-            ),
-            None => panic!(
-                "a put during a lookup changed what it saw: {:?}",
-                reader.reasons()
-            ),
-        }
-        // The refresh after that hit must not have stamped a's stat on b's rows.
-        let mut s = cache.session(&build_a).unwrap();
-        let again = s.lookup("l").unwrap();
-        assert!(
-            !again.is_hit(),
-            "the entry is b's now, but a lookup from a hits (the refresh wrote a's stat \
-             data into b's rows)"
-        );
-        let first_in_s1 = before.first().is_some_and(|e| e.wd == wd1);
-        let s2_opened = before.iter().chain(&after).any(|e| e.wd != wd1);
-        if first_in_s1 && !s2_opened {
+    }
+    let gate = match OpenGate::new(&d.join("a/s1/f0")) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("skipped: cannot hold opens with fanotify here ({e}); needs root");
             return;
         }
-        eprintln!(
-            "attempt {attempt}: the put did not commit within the walk of the first import; again"
-        );
+    };
+    let (reader, put_b) = std::thread::scope(|sc| {
+        let (pool, cache, build_b) = (&pool, &cache, &build_b);
+        let helper = sc.spawn(move || {
+            let held = gate.next_open(Duration::from_secs(60));
+            let put_b = held.as_ref().map(|_| {
+                pool.install(|| {
+                    let mut s = cache.session(build_b).unwrap();
+                    let lk = s.lookup("l").unwrap();
+                    s.put(&lk, &BTreeMap::new()).unwrap()
+                })
+            });
+            // Let this open go on, and every later one (the walk reads a fresh file twice).
+            drop(held);
+            drop(gate);
+            put_b.expect("the lookup never opened a/s1/f0")
+        });
+        let mut s = cache.session(&build_a).unwrap();
+        let lk = s.lookup("l").unwrap();
+        (lk, helper.join().unwrap())
+    });
+    assert_eq!(cache.entry("l").unwrap().as_ref(), Some(&put_b));
+    // The reader's lookup saw the entry of a and must have verified it against the rows of a
+    // (its snapshot), although b's were committed before it read the second import's rows.
+    match reader.entry() {
+        Some(e) => assert_eq!(
+            e.record
+                .imports
+                .iter()
+                .map(|s| s.root_digest)
+                .collect::<Vec<_>>(),
+            roots_a
+        ),
+        None => panic!(
+            "a put during a lookup changed what it saw: {:?}",
+            reader.reasons()
+        ),
     }
-    panic!("in 10 attempts, the put never committed inside the lookup's first import");
+    // The refresh after that hit must not have stamped a's stat data on b's rows.
+    let mut s = cache.session(&build_a).unwrap();
+    let again = s.lookup("l").unwrap();
+    assert!(
+        !again.is_hit(),
+        "the entry is b's now, but a lookup from a hits (the refresh wrote a's stat data into \
+         b's rows)"
+    );
 }
 
 /// 8 threads, each with its own Session over one shared Cache, look layers up while a writer

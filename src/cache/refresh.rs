@@ -13,6 +13,7 @@ use redb::ReadableTable;
 
 use crate::diff::compare_rows;
 use crate::error::{DbResultExt, Result};
+use crate::failpoint::crash_point;
 use crate::path::RelPath;
 use crate::schema::{ROWS, Row, RowStat};
 use crate::store::rows::{decode_row, encode_row};
@@ -88,6 +89,7 @@ impl Session<'_> {
         // are written in batches of their own transactions: a refresh of 10^6 touched files
         // never holds all of redb's dirty pages at once.
         for batch in refresh.items.chunks(REFRESH_BATCH) {
+            crash_point!("refresh::before_batch");
             let txn = store.begin_write()?;
             {
                 let mut rows = txn.open_table(ROWS).db(path)?;
@@ -112,7 +114,9 @@ impl Session<'_> {
                     done += 1;
                 }
             }
+            crash_point!("refresh::before_commit");
             txn.commit().db(path)?;
+            crash_point!("refresh::after_commit");
         }
         self.counters.rows_refreshed += done;
         tracing::debug!(layer, rows = done, "refreshed stat data of unchanged files");
