@@ -435,3 +435,54 @@ fn xattr_change_is_seen_although_the_content_is_stat_matched() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A hit stores new stat data for rows that could not vouch next time although their stat is
+/// unchanged (the refresh decision of `fastpath::needs_refresh`): a directory row taken within
+/// its ctime's tick (ctime-racy), and a file row whose mtime is at or after its snapshot (racy
+/// content) while its ctime is settled. Both rows are refreshed by the first lookup; the next
+/// lookup finds the directory vouched for (not refreshed again) while the file, its mtime an
+/// hour ahead, stays racy until that hour is past.
+#[test]
+fn a_hit_refreshes_racy_rows_whose_stat_is_unchanged() {
+    let Setup {
+        _tmp,
+        src,
+        cache,
+        build,
+    } = setup(20);
+    let f = src.join("d1/e1/f1.txt");
+    filetime::set_file_mtime(
+        &f,
+        FileTime::from_system_time(SystemTime::now() + Duration::from_secs(3600)),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(50)); // past the tick of that ctime
+    let ctime = stat_now(&f, 0).ctime_ns;
+    // Settled ctime (snapshot a second after it), racy mtime (an hour after the snapshot).
+    let cache = edit_row(cache, "d1/e1/f1.txt", |r| {
+        r.stat = Some(stat_now(&f, ctime + 1_000_000_000))
+    });
+    let d = src.join("d1");
+    let dir_ctime = stat_now(&d, 0).ctime_ns;
+    let cache = edit_row(cache, "d1", |r| r.stat = Some(stat_now(&d, dir_ctime)));
+    let s = Setup {
+        _tmp,
+        src,
+        cache,
+        build,
+    };
+    let (hit, c, refreshed, reasons) = lookup(&s);
+    assert!(hit, "{reasons:?}");
+    assert_eq!((c.files_hashed, c.racy), (1, 1), "{c:?}");
+    assert_eq!(
+        refreshed, 2,
+        "the racy file row and the ctime-racy directory row"
+    );
+    let (hit, c, refreshed, _) = lookup(&s);
+    assert!(hit);
+    assert_eq!(
+        (c.files_hashed, refreshed),
+        (1, 1),
+        "only the file is still racy: {c:?}"
+    );
+}
