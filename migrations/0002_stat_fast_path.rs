@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec;
 use crate::error::{DbResultExt, Error, Result};
+use crate::failpoint::crash_point;
 use crate::path::RelPath;
 use crate::schema::{EntryKind, ROWS, Row};
 
@@ -115,6 +116,7 @@ pub fn run(txn: &redb::WriteTransaction, db: &std::path::Path) -> Result<u64> {
         }
         done += batch.len() as u64;
         after = Some(last);
+        crash_point!("migrate::between_batches");
     }
     Ok(done)
 }

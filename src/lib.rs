@@ -121,6 +121,8 @@
 //!   damage bookkeeping); [`migrate`] upgrades old files.
 //! * [`schema`] and [`codec`] define what is stored and how; [`path`] the key encoding and
 //!   display; [`error`] the one error type.
+//! * [`failpoint`] names the crash points the crash tests abort at (compiled in only with the
+//!   `failpoints` feature).
 
 #![deny(missing_docs)]
 
@@ -130,6 +132,7 @@ pub mod codec;
 pub mod config;
 pub mod diff;
 pub mod error;
+pub mod failpoint;
 pub mod fsread;
 pub mod gc;
 pub mod inputs;

@@ -10,6 +10,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::error::{DbResultExt, Result};
+use crate::failpoint::crash_point;
 use crate::schema::{META, META_SCHEMA_VERSION, META_WRITER, SCHEMA_VERSION};
 
 #[path = "../migrations/0002_stat_fast_path.rs"]
@@ -115,6 +116,7 @@ pub(crate) fn run_pending(
         });
         report.to = step.to;
     }
+    crash_point!("migrate::before_version");
     {
         let mut meta = txn.open_table(META).db(path)?;
         meta.insert(META_SCHEMA_VERSION, report.to.to_le_bytes().as_slice())
@@ -122,7 +124,9 @@ pub(crate) fn run_pending(
         meta.insert(META_WRITER, env!("CARGO_PKG_VERSION").as_bytes())
             .db(path)?;
     }
+    crash_point!("migrate::before_commit");
     txn.commit().db(path)?;
+    crash_point!("migrate::after_commit");
     tracing::info!(
         "migrated {} to schema v{} ({} step(s))",
         path.display(),

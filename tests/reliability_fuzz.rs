@@ -227,17 +227,34 @@ proptest! {
         }
     }
 
-    /// A length prefix claiming a huge collection is refused before allocating: every varint
-    /// length marker (0xfb..0xfd) followed by large values, at every position of a valid row.
+    /// A length prefix claiming a huge collection is refused before allocating: the link
+    /// target's length replaced by every wide varint marker (0xfb..0xfd) with its largest value
+    /// is an error (without the decode limit, bincode would try to allocate it and abort the
+    /// process); the same bytes inserted at any other position decode to an error or to a row
+    /// that re-encodes to exactly those bytes (nothing skipped), never a panic.
     #[test]
     fn huge_length_prefixes_are_refused(r in row(), at in any::<usize>(), marker in 0xfbu8..=0xfd) {
-        let mut bytes = codec::encode(&r).unwrap();
-        let i = at % bytes.len();
+        let width = match marker { 0xfb => 2, 0xfc => 4, _ => 8 };
         let mut hostile = vec![marker];
-        hostile.extend_from_slice(&u64::MAX.to_le_bytes());
-        bytes.splice(i..i, hostile);
-        let _ = codec::decode::<Row, ROW_LIMIT>(&bytes);
-        let _ = codec::decode::<EntryRecord, ENTRY_LIMIT>(&bytes);
+        hostile.extend_from_slice(&u64::MAX.to_le_bytes()[..width]);
+        let bytes = codec::encode(&r).unwrap();
+        // The link target's length prefix follows the six scalar fields.
+        let at_len = codec::encode(&(r.kind, r.mode, r.uid, r.gid, r.size, r.rdev)).unwrap().len();
+        let prefix_len = codec::encode(&(r.link_target.len() as u64)).unwrap().len();
+        let mut at_prefix = bytes.clone();
+        at_prefix.splice(at_len..at_len + prefix_len, hostile.iter().copied());
+        let refused = codec::decode::<Row, ROW_LIMIT>(&at_prefix);
+        prop_assert!(refused.is_err(), "a huge link target length decoded: {:?}", refused);
+
+        let mut anywhere = bytes;
+        let i = at % anywhere.len();
+        anywhere.splice(i..i, hostile);
+        if let Ok(d) = codec::decode::<Row, ROW_LIMIT>(&anywhere) {
+            prop_assert_eq!(codec::encode(&d).unwrap(), anywhere.clone());
+        }
+        if let Ok(d) = codec::decode::<EntryRecord, ENTRY_LIMIT>(&anywhere) {
+            prop_assert_eq!(codec::encode(&d).unwrap(), anywhere);
+        }
     }
 }
 

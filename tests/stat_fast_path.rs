@@ -1,16 +1,32 @@
-//! The stat fast path (schema v2): what a lookup reads, counted, under every stat change.
+//! The stat fast path (schema v2): what a lookup reads, counted, under every stat change; and
+//! the two racy rules, each shown to be the only thing between a stale row and a false hit.
 
 mod common;
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use common::*;
 use filetime::FileTime;
-use layercache::{Base, Build, Cache, CacheConfig, LayerInputs, MissReason, OverlayDir};
+use layercache::codec::{self, ROW_LIMIT};
+use layercache::schema::{ROWS, Row};
+use layercache::{
+    Base, Build, Cache, CacheConfig, Change, LayerInputs, LookupMode, MissReason, OverlayDir,
+    RelPath, Store,
+};
+use redb::ReadableTable;
 
-const FILES: usize = 3000;
+#[path = "support/mapping.rs"]
+mod mapping;
+use mapping::Mapping;
+
+/// More than three of the walk's 4,096-entry windows, so every window after the first must
+/// still be matched against its prior rows.
+const FILES: usize = 13_000;
+/// The racy slack of a file system with fine timestamps (`tree::FINE_FS_SLACK_NS`).
+const FINE_SLACK_NS: i64 = 20_000_000;
 
 fn an_hour_ago() -> FileTime {
     FileTime::from_system_time(SystemTime::now() - Duration::from_secs(3600))
@@ -60,6 +76,57 @@ struct Setup {
     build: Build,
 }
 
+/// The stored row of `path` (layer `app`, overlay `src`), read with redb directly.
+fn stored_row(cache: &Cache, path: &str) -> Row {
+    let key = RelPath::from_slash_bytes(path.as_bytes());
+    let store = cache.store();
+    let txn = store.begin_read().unwrap();
+    store
+        .rows(&txn, "app", "overlay:src")
+        .unwrap()
+        .map(Result::unwrap)
+        .find(|(p, _)| *p == key)
+        .map(|(_, r)| r)
+        .unwrap_or_else(|| panic!("no stored row for {path}"))
+}
+
+/// Closes `cache`, rewrites the stored row of `path` with `f` through redb directly (as a
+/// same-tick change, or damage, would leave it), and opens the cache again.
+fn edit_row(cache: Cache, path: &str, f: impl FnOnce(&mut Row)) -> Cache {
+    let db = cache.store().path().to_path_buf();
+    drop(cache);
+    let store = Store::open(&db).unwrap();
+    let key = RelPath::from_slash_bytes(path.as_bytes());
+    let k = ("app", "overlay:src", key.key());
+    let txn = store.begin_write().unwrap();
+    {
+        let mut t = txn.open_table(ROWS).unwrap();
+        let mut row = codec::decode::<Row, ROW_LIMIT>(t.get(k).unwrap().unwrap().value()).unwrap();
+        f(&mut row);
+        t.insert(k, codec::encode(&row).unwrap().as_slice())
+            .unwrap();
+    }
+    txn.commit().unwrap();
+    drop(store);
+    Cache::open_without_prune(CacheConfig {
+        db,
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+/// The current stat data of `p` as a row records it, with the given snapshot time.
+fn stat_now(p: &Path, snapshot_ns: i64) -> layercache::schema::RowStat {
+    let m = std::fs::symlink_metadata(p).unwrap();
+    layercache::schema::RowStat {
+        mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+        ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+        ino: m.ino(),
+        dev: m.dev(),
+        snapshot_ns,
+    }
+}
+
 fn setup(files: usize) -> Setup {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
@@ -95,7 +162,7 @@ fn lookup(s: &Setup) -> (bool, layercache::WalkCounters, u64, Vec<MissReason>) {
 }
 
 #[test]
-fn no_change_lookup_reads_no_file() {
+fn no_change_lookup_of_more_than_three_windows_reads_no_file() {
     let s = setup(FILES);
     let (hit, c, refreshed, _) = lookup(&s);
     assert!(hit);
@@ -161,23 +228,142 @@ fn file_written_just_before_its_snapshot_is_racy() {
     assert_eq!(c.stat_matched, 1, "{c:?}");
 }
 
+/// Git's racy rule: a row taken within the tick of its file's last modification cannot vouch for
+/// the content, since a later write in the same tick leaves the stat unchanged. The row here is
+/// truly racy (the file is written right before the put's walk begins: its mtime is within the
+/// slack of the walk's snapshot, checked), and the later write goes through a shared mapping
+/// whose page is already dirty, so size, mtime, ctime and inode stay exactly those of the row
+/// (checked): the ctime check cannot see it, only the racy rule can. The lookup must read the
+/// file and miss. Timing decides only whether the put starts within the slack and whether
+/// writeback intervened; both are checked, and the attempt repeated (at most 20 times).
 #[test]
-fn a_racy_rewrite_within_the_same_tick_never_hits() {
-    // The row is taken, then the file is rewritten with the same size and its mtime, size and
-    // inode kept, and its ctime cannot be restored: this is the case only the racy rule (and
-    // ctime) protects. Force the hardest variant: restore the mtime to the recorded one.
+fn same_stat_rewrite_of_a_racy_row_is_read_and_misses() {
+    for attempt in 0..20 {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        let f = src.join("f");
+        let (cache, build) = one_layer(tmp.path(), &src);
+        let mut session = cache.session(&build).unwrap();
+        let map = Mapping::new(&f, 4096);
+        map.fill(b'a'); // the write fault stamps mtime and ctime now
+        // CHECK mode walks nothing for an uncached layer, so the put's walk starts at once.
+        let l = session.lookup_with("app", LookupMode::CHECK).unwrap();
+        session.put(&l, &BTreeMap::new()).unwrap();
+        let row = stored_row(&cache, "f");
+        let st = row.stat.unwrap();
+        assert_eq!(row.digest, *blake3::hash(&[b'a'; 4096]).as_bytes());
+        if st.mtime_ns < st.snapshot_ns - FINE_SLACK_NS {
+            eprintln!("attempt {attempt}: the put began too late, the row is not racy; again");
+            continue;
+        }
+        map.fill(b'b');
+        let now = stat_now(&f, st.snapshot_ns);
+        if now != st {
+            eprintln!("attempt {attempt}: the mapped write changed the stat ({now:?}); again");
+            continue;
+        }
+        let mut session = cache.session(&build).unwrap();
+        let l = session.lookup("app").unwrap();
+        let c = session.counters().walk;
+        assert!(!l.is_hit(), "a same-stat rewrite of a racy row was a hit");
+        match l.reasons() {
+            [MissReason::OverlayDirContentChanged { diff, .. }] => {
+                assert_eq!(diff.modified.len(), 1, "{diff}");
+                assert_eq!(diff.modified[0].path.to_string(), "f");
+                assert_eq!(diff.modified[0].changes, vec![Change::Content]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!((c.racy, c.files_hashed, c.stat_matched), (1, 1, 0), "{c:?}");
+        return;
+    }
+    panic!("in 20 attempts, never a racy row with a same-stat rewrite after it");
+}
+
+/// The racy rule for the ctime: a row taken within the tick of an entry's last status change
+/// cannot vouch for its xattrs (or link target), since a later setxattr in the same tick leaves
+/// inode and ctime unchanged. The stored row is given exactly the file's stat after a new
+/// setxattr (what a same-tick change leaves) and a snapshot inside the ctime's tick: the lookup
+/// must read the xattrs again and miss. The same row with a snapshot a second after the ctime
+/// does vouch (the fast path trusts a settled ctime): so the racy rule alone decides.
+#[test]
+fn xattr_change_in_the_tick_of_a_ctime_racy_row_misses() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
-    write(&src, "f", b"aaaa");
+    let f = write(&src, "f", b"same content");
+    if let Err(e) = xattr::set(&f, "user.v", b"1") {
+        eprintln!("skipped: this file system refuses user xattrs ({e})");
+        return;
+    }
+    age(&src);
+    std::thread::sleep(Duration::from_millis(50)); // past the tick of the last ctime
     let (cache, build) = one_layer(tmp.path(), &src);
     let mut session = cache.session(&build).unwrap();
     let l = session.lookup("app").unwrap();
     session.put(&l, &BTreeMap::new()).unwrap();
-    let m = std::fs::metadata(src.join("f")).unwrap();
-    std::fs::write(src.join("f"), b"bbbb").unwrap();
-    filetime::set_file_mtime(src.join("f"), FileTime::from_last_modification_time(&m)).unwrap();
+    xattr::set(&f, "user.v", b"2").unwrap();
+    let ctime = stat_now(&f, 0).ctime_ns;
+
+    // Control: the row settled (snapshot a second after the ctime) vouches for the xattrs.
+    let cache = edit_row(cache, "f", |r| {
+        r.stat = Some(stat_now(&f, ctime + 1_000_000_000))
+    });
     let mut session = cache.session(&build).unwrap();
-    assert!(!session.lookup("app").unwrap().is_hit());
+    assert!(
+        session.lookup("app").unwrap().is_hit(),
+        "the constructed row should be vouched for by its settled ctime"
+    );
+
+    // Racy: the snapshot in the ctime's tick.
+    let cache = edit_row(cache, "f", |r| r.stat = Some(stat_now(&f, ctime)));
+    let mut session = cache.session(&build).unwrap();
+    let l = session.lookup("app").unwrap();
+    assert!(
+        !l.is_hit(),
+        "an xattr change after a ctime-racy row was a hit"
+    );
+    match l.reasons() {
+        [MissReason::OverlayDirContentChanged { diff, .. }] => {
+            assert_eq!(diff.modified.len(), 1, "{diff}");
+            assert_eq!(diff.modified[0].path.to_string(), "f");
+            assert_eq!(diff.modified[0].changes, vec![Change::Xattrs]);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A stored row altered in place (same row count, another content digest) while its stat still
+/// matches the file: the stat fast path reuses the stored digest (nothing is read, checked), so
+/// the diff sees no change; only the entry's Merkle root can tell. The lookup must miss as a
+/// damaged entry, not hit.
+#[test]
+fn a_row_altered_in_place_misses_as_damaged_although_its_stat_matches() {
+    let s = setup(200);
+    let Setup {
+        _tmp,
+        src,
+        cache,
+        build,
+    } = s;
+    let cache = edit_row(cache, "d1/e1/f1.txt", |r| r.digest[0] ^= 1);
+    let s = Setup {
+        _tmp,
+        src,
+        cache,
+        build,
+    };
+    let (hit, c, _, reasons) = lookup(&s);
+    assert_eq!(
+        (c.files_hashed, c.stat_matched),
+        (0, 200),
+        "the altered digest must be vouched for by stat: {c:?}"
+    );
+    assert!(!hit, "a row altered in place was a hit");
+    assert!(
+        matches!(&reasons[..], [MissReason::DamagedEntry { .. }]),
+        "{reasons:?}"
+    );
 }
 
 #[test]
@@ -249,4 +435,55 @@ fn xattr_change_is_seen_although_the_content_is_stat_matched() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// A hit stores new stat data for rows that could not vouch next time although their stat is
+/// unchanged (the refresh decision of `fastpath::needs_refresh`): a directory row taken within
+/// its ctime's tick (ctime-racy), and a file row whose mtime is at or after its snapshot (racy
+/// content) while its ctime is settled. Both rows are refreshed by the first lookup; the next
+/// lookup finds the directory vouched for (not refreshed again) while the file, its mtime an
+/// hour ahead, stays racy until that hour is past.
+#[test]
+fn a_hit_refreshes_racy_rows_whose_stat_is_unchanged() {
+    let Setup {
+        _tmp,
+        src,
+        cache,
+        build,
+    } = setup(20);
+    let f = src.join("d1/e1/f1.txt");
+    filetime::set_file_mtime(
+        &f,
+        FileTime::from_system_time(SystemTime::now() + Duration::from_secs(3600)),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(50)); // past the tick of that ctime
+    let ctime = stat_now(&f, 0).ctime_ns;
+    // Settled ctime (snapshot a second after it), racy mtime (an hour after the snapshot).
+    let cache = edit_row(cache, "d1/e1/f1.txt", |r| {
+        r.stat = Some(stat_now(&f, ctime + 1_000_000_000))
+    });
+    let d = src.join("d1");
+    let dir_ctime = stat_now(&d, 0).ctime_ns;
+    let cache = edit_row(cache, "d1", |r| r.stat = Some(stat_now(&d, dir_ctime)));
+    let s = Setup {
+        _tmp,
+        src,
+        cache,
+        build,
+    };
+    let (hit, c, refreshed, reasons) = lookup(&s);
+    assert!(hit, "{reasons:?}");
+    assert_eq!((c.files_hashed, c.racy), (1, 1), "{c:?}");
+    assert_eq!(
+        refreshed, 2,
+        "the racy file row and the ctime-racy directory row"
+    );
+    let (hit, c, refreshed, _) = lookup(&s);
+    assert!(hit);
+    assert_eq!(
+        (c.files_hashed, refreshed),
+        (1, 1),
+        "only the file is still racy: {c:?}"
+    );
 }

@@ -331,13 +331,48 @@ impl ModeBits for std::fs::Metadata {
     }
 }
 
+/// A file its reader may not read: the snapshot fails with an error naming it. Root reads
+/// through permission bits (CAP_DAC_OVERRIDE), so as root (CI) this test runs itself again in a
+/// child process of this test binary with uid and gid `nobody`, which cannot; it skips (saying
+/// why) only where dropping privileges is refused.
 #[test]
 fn unreadable_file_is_an_error_naming_it() {
     if unsafe { libc::geteuid() } == 0 {
-        // root reads through permission bits; an unreadable file needs another approach there:
-        // a directory whose search bit is off does not stop root either, so this case is
-        // covered only when the suite runs unprivileged.
-        eprintln!("skipped: root can read any file");
+        use std::os::unix::process::CommandExt;
+        let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+        cmd.args([
+            "--exact",
+            "unreadable_file_is_an_error_naming_it",
+            "--nocapture",
+            "--test-threads=1",
+        ]);
+        // SAFETY: only async-signal-safe syscalls between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(65534) != 0
+                    || libc::setuid(65534) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let out = match cmd.output() {
+            Ok(out) => out,
+            Err(e) => {
+                eprintln!("skipped: root cannot drop to uid/gid 65534 here ({e})");
+                return;
+            }
+        };
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "as nobody: {text}");
+        assert!(text.contains("1 passed"), "as nobody: {text}");
+        assert!(!text.contains("skipped"), "as nobody: {text}");
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

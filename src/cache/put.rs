@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use oci_spec::image::Descriptor;
 
 use crate::error::{DbResultExt, Error, Result};
+use crate::failpoint::crash_point;
 use crate::inputs::{LayerInputs, canonical_json, canonical_json_of};
 use crate::path::{RelPath, escape_bytes, validate_layer_name};
 use crate::reason::MissReason;
@@ -70,9 +71,11 @@ impl Session<'_> {
         let store = &self.cache.store;
         let path = store.path();
         let txn = store.begin_write()?;
+        crash_point!("put::before_rows");
         // Drop rows of sources the layer no longer has.
         RowRange::layer(layer).delete(path, &mut txn.open_table(ROWS).db(path)?)?;
         let written = self.write_sources(&txn, lookup, inputs)?;
+        crash_point!("put::after_rows");
         if !written.changes.is_empty() {
             // Dropping the transaction without commit stores nothing.
             txn.abort().db(path)?;
@@ -101,8 +104,11 @@ impl Session<'_> {
             created_unix_ms: now_ms(),
         };
         record.input_digest = input_digest(&Inputs::of_record(&record));
+        crash_point!("put::before_entry");
         let record = store_version(path, &txn, record)?;
+        crash_point!("put::before_commit");
         txn.commit().db(path)?;
+        crash_point!("put::after_commit");
         let digest = entry_digest_of(&record);
         self.memo.insert(layer.to_string(), Memo::Hit(digest));
         // Layers built on this one must be evaluated again.

@@ -18,6 +18,7 @@ use redb::ReadableTable;
 
 use crate::diff::compare_rows;
 use crate::error::{DbResultExt, Result};
+use crate::failpoint::crash_point;
 use crate::path::RelPath;
 use crate::schema::{LayerRecord, ROWS, Row, RowStat, VersionRecord};
 use crate::store::rows::{RowRange, decode_row, encode_row};
@@ -156,12 +157,15 @@ impl Session<'_> {
         }
         loop {
             let batch = batches.next().unwrap_or(&[]);
+            crash_point!("refresh::before_batch");
             let txn = store.begin_write()?;
             if let Some(d) = touch.take() {
                 versions::touch(&txn, path, layer, d, now_ms())?;
             }
             done += apply_refresh(path, &txn, layer, &refresh.sources, batch)?;
+            crash_point!("refresh::before_commit");
             txn.commit().db(path)?;
+            crash_point!("refresh::after_commit");
             if batches.peek().is_none() {
                 break;
             }
