@@ -32,6 +32,7 @@ fn cost_of_recording_a_use_against_a_no_change_lookup() {
             }],
             source_date_epoch: None,
             build_only: false,
+            uncacheable: None,
         },
     );
     let db = tmp.path().join("c.redb");

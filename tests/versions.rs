@@ -66,6 +66,7 @@ impl Fx {
             overlay_dirs: vec![],
             source_date_epoch: Some(1),
             build_only: false,
+            uncacheable: None,
         };
         app.overlay_dirs = vec![OverlayDir {
             key: "src".into(),
@@ -81,6 +82,7 @@ impl Fx {
             overlay_dirs: vec![],
             source_date_epoch: Some(1),
             build_only: false,
+            uncacheable: None,
         };
         let mut b = Build::new();
         b.add("app", app).add("top", top);
@@ -458,4 +460,59 @@ fn gc_never_deletes_a_blob_that_index_json_references() {
         blob(&digests[2]).is_file(),
         "the current version's output stays"
     );
+}
+
+#[test]
+fn the_builder_identity_is_an_input_and_a_flip_back_hits() {
+    let f = Fx::new();
+    let cache = f.cache();
+    let src = f.p("checkout");
+    branch_a(&src);
+    let with = |who: &str| {
+        let mut b = f.build(&src, json!({"run": "make"}));
+        b.builder = Some(who.to_string());
+        b
+    };
+    let (old, new) = (with("stacker 1.0.0"), with("stacker 1.1.0"));
+    put_layers(&f, &mut cache.session(&old).unwrap(), "old");
+    assert_eq!(
+        cache.entry("app").unwrap().unwrap().builder.as_deref(),
+        Some("stacker 1.0.0")
+    );
+    let mut s = cache.session(&new).unwrap();
+    match s.lookup("app").unwrap().reasons() {
+        [MissReason::BuilderChanged { old, new }] => {
+            assert_eq!(old.as_deref(), Some("stacker 1.0.0"));
+            assert_eq!(new.as_deref(), Some("stacker 1.1.0"));
+        }
+        other => panic!("{other:?}"),
+    }
+    drop(s);
+    put_layers(&f, &mut cache.session(&new).unwrap(), "new");
+    for build in [&old, &new] {
+        for l in hits(&cache, build) {
+            assert!(l.is_hit(), "{}: {:?}", l.layer, l.reasons());
+        }
+    }
+}
+
+#[test]
+fn an_uncacheable_layer_misses_alone_and_is_never_put() {
+    let f = Fx::new();
+    let cache = f.cache();
+    let src = f.p("checkout");
+    branch_a(&src);
+    let mut build = f.build(&src, json!({"run": "make"}));
+    build.layers.get_mut("app").unwrap().uncacheable = Some("layer has binds".into());
+    let mut s = cache.session(&build).unwrap();
+    let l = s.lookup("app").unwrap();
+    assert!(matches!(
+        l.reasons(),
+        [MissReason::NotCacheable { why }] if why == "layer has binds"
+    ));
+    assert!(matches!(
+        s.put(&l, &BTreeMap::new()),
+        Err(layercache::Error::NotCacheable { .. })
+    ));
+    assert!(cache.entry("app").unwrap().is_none());
 }

@@ -1,7 +1,8 @@
 //! Evaluating one layer (schema v3): compute its input digest while walking, hit on **any**
 //! stored version with that digest, and otherwise explain the miss against the layer's current
 //! version (the one its rows describe, the most recently used) in stacker's order: not cached,
-//! definition, base, SOURCE_DATE_EPOCH, each cached source, sources no longer in the layer.
+//! definition, builder, base, SOURCE_DATE_EPOCH, each cached source, sources no longer in the
+//! layer. A layer marked uncacheable misses with that reason alone, before any check.
 //!
 //! Owns: that order, what each step compares, which stored versions can still match before
 //! any tree is walked (if none can and nothing is to be observed, no tree is walked), the input
@@ -72,6 +73,14 @@ impl Session<'_> {
         mode: LookupMode,
     ) -> Result<Lookup> {
         self.counters.lookups += 1;
+        if let Some(why) = &inputs.uncacheable {
+            return Ok(Lookup {
+                layer: layer.to_string(),
+                outcome: Outcome::Miss(vec![MissReason::NotCacheable { why: why.clone() }]),
+                observed: None,
+            });
+        }
+        let builder = self.build.builder.as_deref();
         let path = self.cache.store.path().to_path_buf();
         let txn = self.cache.store.begin_read()?;
         let mut reasons = Reasons {
@@ -84,6 +93,13 @@ impl Session<'_> {
         let base = self.base_now(layer, &inputs.base, false)?;
         if let Some(rec) = &current {
             check_definition(rec, inputs, &mut reasons);
+            if !reasons.stop() && rec.builder.as_deref() != builder {
+                // With the definition: the builder is part of what was built.
+                reasons.push(MissReason::BuilderChanged {
+                    old: rec.builder.clone(),
+                    new: builder.map(str::to_string),
+                });
+            }
             if !reasons.stop() {
                 check_base(rec, inputs, &base, &mut reasons);
             }
@@ -107,7 +123,7 @@ impl Session<'_> {
                         && v.base.hash == *h
                         && v.source_date_epoch == inputs.source_date_epoch
                         && v.build_only == inputs.build_only
-                        && v.builder.is_none()
+                        && v.builder.as_deref() == builder
                         && source_keys(v) == keys_now
                 }
             }),
@@ -129,7 +145,9 @@ impl Session<'_> {
 
         // The input digest of what was walked, if every source was walked soundly.
         let digest = match &base {
-            BaseNow::Hash(h) if could_hit => digest_of(inputs, definition_digest, h, &walked),
+            BaseNow::Hash(h) if could_hit => {
+                digest_of(inputs, builder, definition_digest, h, &walked)
+            }
             _ => None,
         };
         let found = digest.and_then(|d| stored.into_iter().find(|(k, _)| *k == d));
@@ -295,6 +313,7 @@ fn source_keys(v: &VersionRecord) -> BTreeSet<(Role, &str)> {
 /// its walk vouches for nothing.
 fn digest_of(
     inputs: &LayerInputs,
+    builder: Option<&str>,
     definition_digest: [u8; 32],
     base_hash: &[u8],
     walked: &Walked<'_>,
@@ -318,8 +337,7 @@ fn digest_of(
         base_hash,
         source_date_epoch: inputs.source_date_epoch,
         build_only: inputs.build_only,
-        // The builder identity joins here once `Build` carries one (issue 11).
-        builder: None,
+        builder,
         sources,
     }))
 }

@@ -64,6 +64,12 @@ impl Session<'_> {
         let layer = lookup.layer.as_str();
         validate_layer_name(layer)?;
         let inputs = self.build.layer(layer)?;
+        if let Some(why) = &inputs.uncacheable {
+            return Err(Error::NotCacheable {
+                layer: layer.to_string(),
+                why: why.clone(),
+            });
+        }
         self.resolve_bases_below(layer)?;
         let base_hash = self.base_hash_for_put(layer, inputs)?;
         let manifests = manifest_records(manifests)?;
@@ -93,8 +99,7 @@ impl Session<'_> {
                 hash: base_hash,
             },
             source_date_epoch: inputs.source_date_epoch,
-            // The builder identity joins here once `Build` carries one (issue 11).
-            builder: None,
+            builder: self.build.builder.clone(),
             imports: written.imports,
             overlay_dirs: written.overlay_dirs,
             manifests,

@@ -111,6 +111,7 @@ pub fn inputs(root: &Path) -> Build {
         overlay_dirs: vec![],
         source_date_epoch: None,
         build_only: false,
+        uncacheable: None,
     };
     let mut tarred = layer(
         Base::Tar { path: tarball },
