@@ -57,8 +57,8 @@ pub enum BaseChange {
 
 /// Why a lookup missed. Reasons come in the order of the checks: not cached, definition, base,
 /// SOURCE_DATE_EPOCH, imports, overlay dirs. ([`MissReason::NotCacheable`] comes alone, before
-/// any check; where [`MissReason::BuilderChanged`] goes in the order is decided with the
-/// schema-v3 change that stores the builder: with the definition, as part of what was built.)
+/// any check; [`MissReason::BuilderChanged`] comes right after the definition: the builder is
+/// part of what was built, and part of the input digest.)
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "reason", rename_all = "snake_case")]
 pub enum MissReason {

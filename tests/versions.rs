@@ -218,41 +218,6 @@ fn a_definition_flipped_back_hits() {
     }
 }
 
-/// The builder identity is part of what must match (issue 11, item 11): a new builder version
-/// misses with its own reason, and switching back to the old builder hits its version.
-#[test]
-fn a_new_builder_version_misses_with_its_reason_and_the_old_one_hits_again() {
-    let f = Fx::new();
-    let cache = f.cache();
-    let src = f.p("checkout");
-    branch_a(&src);
-    let with_builder = |builder: Option<&str>| {
-        let mut b = f.build(&src, json!({"run": "make"}));
-        b.builder = builder.map(str::to_string);
-        b
-    };
-    let old = with_builder(Some("stacker 1.1.0"));
-    let new = with_builder(Some("stacker 1.2.0"));
-    let none = with_builder(None);
-    put_layers(&f, &mut cache.session(&old).unwrap(), "old");
-    for (build, name) in [(&new, Some("stacker 1.2.0")), (&none, None)] {
-        let mut s = cache.session(build).unwrap();
-        match s.lookup("app").unwrap().reasons() {
-            [MissReason::BuilderChanged { old, new }] => {
-                assert_eq!(old.as_deref(), Some("stacker 1.1.0"));
-                assert_eq!(new.as_deref(), name);
-            }
-            other => panic!("{other:?}"),
-        }
-    }
-    put_layers(&f, &mut cache.session(&new).unwrap(), "new");
-    for build in [&old, &new] {
-        for l in hits(&cache, build) {
-            assert!(l.is_hit(), "{}: {:?}", l.layer, l.reasons());
-        }
-    }
-}
-
 #[test]
 fn the_same_tree_in_another_directory_hits() {
     let f = Fx::new();
@@ -495,4 +460,59 @@ fn gc_never_deletes_a_blob_that_index_json_references() {
         blob(&digests[2]).is_file(),
         "the current version's output stays"
     );
+}
+
+#[test]
+fn the_builder_identity_is_an_input_and_a_flip_back_hits() {
+    let f = Fx::new();
+    let cache = f.cache();
+    let src = f.p("checkout");
+    branch_a(&src);
+    let with = |who: &str| {
+        let mut b = f.build(&src, json!({"run": "make"}));
+        b.builder = Some(who.to_string());
+        b
+    };
+    let (old, new) = (with("stacker 1.0.0"), with("stacker 1.1.0"));
+    put_layers(&f, &mut cache.session(&old).unwrap(), "old");
+    assert_eq!(
+        cache.entry("app").unwrap().unwrap().builder.as_deref(),
+        Some("stacker 1.0.0")
+    );
+    let mut s = cache.session(&new).unwrap();
+    match s.lookup("app").unwrap().reasons() {
+        [MissReason::BuilderChanged { old, new }] => {
+            assert_eq!(old.as_deref(), Some("stacker 1.0.0"));
+            assert_eq!(new.as_deref(), Some("stacker 1.1.0"));
+        }
+        other => panic!("{other:?}"),
+    }
+    drop(s);
+    put_layers(&f, &mut cache.session(&new).unwrap(), "new");
+    for build in [&old, &new] {
+        for l in hits(&cache, build) {
+            assert!(l.is_hit(), "{}: {:?}", l.layer, l.reasons());
+        }
+    }
+}
+
+#[test]
+fn an_uncacheable_layer_misses_alone_and_is_never_put() {
+    let f = Fx::new();
+    let cache = f.cache();
+    let src = f.p("checkout");
+    branch_a(&src);
+    let mut build = f.build(&src, json!({"run": "make"}));
+    build.layers.get_mut("app").unwrap().uncacheable = Some("layer has binds".into());
+    let mut s = cache.session(&build).unwrap();
+    let l = s.lookup("app").unwrap();
+    assert!(matches!(
+        l.reasons(),
+        [MissReason::NotCacheable { why }] if why == "layer has binds"
+    ));
+    assert!(matches!(
+        s.put(&l, &BTreeMap::new()),
+        Err(layercache::Error::NotCacheable { .. })
+    ));
+    assert!(cache.entry("app").unwrap().is_none());
 }

@@ -1,7 +1,8 @@
 //! Evaluating one layer (schema v3): compute its input digest while walking, hit on **any**
 //! stored version with that digest, and otherwise explain the miss against the layer's current
 //! version (the one its rows describe, the most recently used) in stacker's order: not cached,
-//! definition, base, SOURCE_DATE_EPOCH, each cached source, sources no longer in the layer.
+//! definition, builder, base, SOURCE_DATE_EPOCH, each cached source, sources no longer in the
+//! layer. A layer marked uncacheable misses with that reason alone, before any check.
 //!
 //! Owns: that order, what each step compares, which stored versions can still match before
 //! any tree is walked (if none can and nothing is to be observed, no tree is walked), the input
@@ -72,6 +73,14 @@ impl Session<'_> {
         mode: LookupMode,
     ) -> Result<Lookup> {
         self.counters.lookups += 1;
+        if let Some(why) = &inputs.uncacheable {
+            return Ok(Lookup {
+                layer: layer.to_string(),
+                outcome: Outcome::Miss(vec![MissReason::NotCacheable { why: why.clone() }]),
+                observed: None,
+            });
+        }
+        let builder = self.build.builder.as_deref();
         let path = self.cache.store.path().to_path_buf();
         let txn = self.cache.store.begin_read()?;
         let mut reasons = Reasons {
@@ -82,11 +91,15 @@ impl Session<'_> {
         let stored = versions::versions_of(&txn, &path, layer)?;
         self.counters.entries_read += stored.iter().filter(|(_, r)| r.is_ok()).count() as u64;
         let base = self.base_now(layer, &inputs.base, false)?;
-        let build = self.build;
-        let builder = build.builder.as_deref();
         if let Some(rec) = &current {
             check_definition(rec, inputs, &mut reasons);
-            check_builder(rec, builder, &mut reasons);
+            if !reasons.stop() && rec.builder.as_deref() != builder {
+                // With the definition: the builder is part of what was built.
+                reasons.push(MissReason::BuilderChanged {
+                    old: rec.builder.clone(),
+                    new: builder.map(str::to_string),
+                });
+            }
             if !reasons.stop() {
                 check_base(rec, inputs, &base, &mut reasons);
             }
@@ -337,17 +350,6 @@ fn check_definition(rec: &VersionRecord, inputs: &LayerInputs, reasons: &mut Rea
             serde_json::from_slice(&rec.definition_json).unwrap_or(serde_json::Value::Null);
         reasons.push(MissReason::DefinitionChanged {
             fields: definition_changes(&old, &inputs.definition),
-        });
-    }
-}
-
-/// 2b. The builder identity (`Build::builder`): a new builder version can need a rebuild with
-/// identical inputs, as cargo puts the compiler version into every fingerprint.
-fn check_builder(rec: &VersionRecord, builder: Option<&str>, reasons: &mut Reasons) {
-    if rec.builder.as_deref() != builder {
-        reasons.push(MissReason::BuilderChanged {
-            old: rec.builder.clone(),
-            new: builder.map(str::to_string),
         });
     }
 }

@@ -65,6 +65,12 @@ impl Session<'_> {
         let layer = lookup.layer.as_str();
         validate_layer_name(layer)?;
         let inputs = self.build.layer(layer)?;
+        if let Some(why) = &inputs.uncacheable {
+            return Err(Error::NotCacheable {
+                layer: layer.to_string(),
+                why: why.clone(),
+            });
+        }
         self.resolve_bases_below(layer)?;
         let base_hash = self.base_hash_for_put(layer, inputs)?;
         let manifests = manifest_records(manifests)?;
