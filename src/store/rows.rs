@@ -165,17 +165,15 @@ impl ScannedRow<'_> {
     pub(crate) fn decoded(self) -> Result<(RelPath, Row)> {
         match self.row {
             Ok(row) => Ok((self.path, row)),
-            Err(detail) => Err(Error::Corrupt {
-                path: self.db.to_path_buf(),
-                table: "rows",
-                key: format!(
+            Err(detail) => {
+                let key = format!(
                     "{} {} {}",
                     escape_bytes(self.layer.as_bytes()),
                     escape_bytes(self.source.as_bytes()),
                     self.path
-                ),
-                detail,
-            }),
+                );
+                Err(corrupt_row(self.db, key, detail))
+            }
         }
     }
 }
@@ -229,20 +227,20 @@ fn decode(bytes: &[u8]) -> std::result::Result<Row, String> {
 
 /// Decodes one stored row; a row that does not decode is [`Error::Corrupt`] naming its path.
 pub(crate) fn decode_row(db: &Path, path: &RelPath, bytes: &[u8]) -> Result<Row> {
-    decode(bytes).map_err(|detail| Error::Corrupt {
-        path: db.to_path_buf(),
-        table: "rows",
-        key: path.to_string(),
-        detail,
-    })
+    decode(bytes).map_err(|detail| corrupt_row(db, path.to_string(), detail))
 }
 
 /// Encodes one row for storage.
 pub(crate) fn encode_row(db: &Path, path: &RelPath, row: &Row) -> Result<Vec<u8>> {
-    codec::encode(row).map_err(|detail| Error::Corrupt {
+    codec::encode(row).map_err(|detail| corrupt_row(db, path.to_string(), detail))
+}
+
+/// The error of a row of `db` that does not encode or decode; `key` names the row.
+fn corrupt_row(db: &Path, key: String, detail: String) -> Error {
+    Error::Corrupt {
         path: db.to_path_buf(),
         table: "rows",
-        key: path.to_string(),
+        key,
         detail,
-    })
+    }
 }
