@@ -113,6 +113,8 @@
 //!   definition, base, epoch, sources), `source.rs` (a source's identity, walk and diff, the
 //!   tee, observations), `put.rs` (put in one write transaction), `refresh.rs` (stat refresh
 //!   batches).
+//! * [`remote`] moves entries to and from an OCI registry (the wire format, the tag and trust
+//!   rules); it knows nothing of the cache and uses no other module of the crate.
 //! * [`plan`] and [`stacker`] describe a build (the plan file, stacker's directory layout);
 //!   [`inputs`] is the build description both produce; [`config`] says where the cache lives.
 //! * [`reason`] explains misses; [`base`] resolves tar/oci bases.
@@ -123,6 +125,7 @@
 //!   `rows.rs` (the row-key range, the row iterator, row decoding), `guard.rs` (the one panic
 //!   guard, the panic-payload decoder and the damage bookkeeping); [`migrate`] upgrades old
 //!   files.
+//! * [`fsread`] reads the files a build names (regular files only, capped).
 //! * [`schema`] and [`codec`] define what is stored and how; [`path`] the key encoding and
 //!   display; [`error`] the one error type.
 
