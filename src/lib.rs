@@ -112,7 +112,7 @@
 //!   decoding), `session.rs` (the session, its memo, the base chain), `lookup.rs` (evaluation:
 //!   definition, base, epoch, sources), `source.rs` (a source's identity, walk and diff, the
 //!   tee, observations), `put.rs` (put in one write transaction), `refresh.rs` (stat refresh
-//!   batches).
+//!   batches), `gc.rs` (collecting versions under a policy, in one write transaction).
 //! * [`remote`] moves entries to and from an OCI registry (the wire format, the tag and trust
 //!   rules); it knows nothing of the cache and uses no other module of the crate.
 //! * [`plan`] and [`stacker`] describe a build (the plan file, stacker's directory layout);
@@ -123,8 +123,10 @@
 //!   the racy rule), `hash.rs` (file contents), `merkle.rs` (Merkle roots, [`TreeHasher`]).
 //! * [`store`] owns the redb file: `store/mod.rs` (open, read-only, version check),
 //!   `rows.rs` (the row-key range, the row iterator, row decoding), `guard.rs` (the one panic
-//!   guard, the panic-payload decoder and the damage bookkeeping); [`migrate`] upgrades old
-//!   files.
+//!   guard, the panic-payload decoder and the damage bookkeeping), [`store::versions`] (the
+//!   v3 versions, layer pointer and last-use tables); [`migrate`] upgrades old files.
+//! * [`gc`] decides which versions to drop (a pure planner) and deletes unreferenced blobs;
+//!   [`version`] computes a version's input and entry digests.
 //! * [`fsread`] reads the files a build names (regular files only, capped).
 //! * [`schema`] and [`codec`] define what is stored and how; [`path`] the key encoding and
 //!   display; [`error`] the one error type.

@@ -93,8 +93,7 @@ impl Inspector {
                         // Versions without a current one (its pointer was pruned or collected).
                         entries.push(ListedEntry::Damaged {
                             name,
-                            damaged: "no current version (its rows describe nothing stored)"
-                                .into(),
+                            damaged: "no current version (its rows describe nothing stored)".into(),
                         });
                     }
                     Ok(Some(rec)) => {
@@ -152,7 +151,11 @@ impl Inspector {
                             current: current == Some(digest),
                             definition_digest: hex(&rec.definition_digest),
                             base: BaseView::of(&rec.base),
-                            output_types: rec.manifests.iter().map(|m| m.layer_type.clone()).collect(),
+                            output_types: rec
+                                .manifests
+                                .iter()
+                                .map(|m| m.layer_type.clone())
+                                .collect(),
                             output_bytes: rec.blobs().iter().map(|(_, n)| n).sum(),
                             created_unix_ms: rec.created_unix_ms,
                             created: format_utc_ms(rec.created_unix_ms),
