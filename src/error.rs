@@ -200,7 +200,7 @@ pub enum Error {
     #[error(
         "{what} {path} is larger than its limit of {} ({size} bytes or more); a {what} is \
          never this large: check that the path names the right file",
-        crate::fsread::show_size(*limit),
+        show_size(*limit),
         path = path.display()
     )]
     TooLarge {
@@ -255,5 +255,15 @@ impl<T, E: Into<redb::Error>> DbResultExt<T> for std::result::Result<T, E> {
                 },
             }
         })
+    }
+}
+
+/// A size in bytes for messages: whole MiB when it is one (`64 MiB`), else bytes. It lives here,
+/// below every module that words a size, so that `error` imports nothing from them.
+pub(crate) fn show_size(bytes: u64) -> String {
+    if bytes >= 1 << 20 && bytes.is_multiple_of(1 << 20) {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{bytes} bytes")
     }
 }

@@ -25,7 +25,7 @@ use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, show_size};
 
 /// The largest plan file read: 64 MiB (a plan of 10^5 layers with a few imports each is
 /// about 30 MiB).
@@ -56,15 +56,6 @@ pub fn describe_type(t: std::fs::FileType) -> &'static str {
         "a block device"
     } else {
         "not a regular file"
-    }
-}
-
-/// A size in bytes for messages: whole MiB when it is one (`64 MiB`), else bytes.
-pub fn show_size(bytes: u64) -> String {
-    if bytes >= 1 << 20 && bytes.is_multiple_of(1 << 20) {
-        format!("{} MiB", bytes >> 20)
-    } else {
-        format!("{bytes} bytes")
     }
 }
 

@@ -104,12 +104,17 @@
 //!
 //! Arrows point down: a module uses only those listed after it, never one above.
 //!
+//! * [`inspect`] serves `dump`, `stats`, `check` and `compact`: `inspect/mod.rs` (the report
+//!   types), `reader.rs` (the read-only snapshot, every read under the store's panic guard),
+//!   `check.rs` (the integrity checker), `maintain.rs` (the only writable opens), `render.rs`
+//!   (the text forms).
 //! * [`cache`] looks up and puts: `cache/mod.rs` (open, prune, remove, the entry digest and
 //!   decoding), `session.rs` (the session, its memo, the base chain), `lookup.rs` (evaluation:
 //!   definition, base, epoch, sources), `source.rs` (a source's identity, walk and diff, the
 //!   tee, observations), `put.rs` (put in one write transaction), `refresh.rs` (stat refresh
-//!   batches).
-//! * [`inspect`] serves `dump`, `stats` and `check`.
+//!   batches), `gc.rs` (collecting versions under a policy, in one write transaction).
+//! * [`remote`] moves entries to and from an OCI registry (the wire format, the tag and trust
+//!   rules); it knows nothing of the cache and uses no other module of the crate.
 //! * [`plan`] and [`stacker`] describe a build (the plan file, stacker's directory layout);
 //!   [`inputs`] is the build description both produce; [`config`] says where the cache lives.
 //! * [`reason`] explains misses; [`base`] resolves tar/oci bases.
@@ -117,8 +122,12 @@
 //! * [`tree`] walks and hashes: `tree/mod.rs` (the walk), [`tree::fastpath`] (the stat rules and
 //!   the racy rule), `hash.rs` (file contents), `merkle.rs` (Merkle roots, [`TreeHasher`]).
 //! * [`store`] owns the redb file: `store/mod.rs` (open, read-only, version check),
-//!   `rows.rs` (the row-key range and the row iterator), `guard.rs` (the panic guard and the
-//!   damage bookkeeping); [`migrate`] upgrades old files.
+//!   `rows.rs` (the row-key range, the row iterator, row decoding), `guard.rs` (the one panic
+//!   guard, the panic-payload decoder and the damage bookkeeping), [`store::versions`] (the
+//!   v3 versions, layer pointer and last-use tables); [`migrate`] upgrades old files.
+//! * [`gc`] decides which versions to drop (a pure planner) and deletes unreferenced blobs;
+//!   [`version`] computes a version's input and entry digests.
+//! * [`fsread`] reads the files a build names (regular files only, capped).
 //! * [`schema`] and [`codec`] define what is stored and how; [`path`] the key encoding and
 //!   display; [`error`] the one error type.
 //! * [`failpoint`] names the crash points the crash tests abort at (compiled in only with the

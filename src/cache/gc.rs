@@ -14,9 +14,10 @@ use serde::Serialize;
 use crate::error::{DbResultExt, Result};
 use crate::gc::{BlobDeletion, GcPlan, Policy, delete_blobs, plan, would_delete_blobs};
 use crate::path::hex;
+use crate::store::guard::guard_redb;
 use crate::store::versions;
 
-use super::{Cache, drop_version, guard_redb};
+use super::{Cache, drop_version};
 
 /// What [`Cache::gc`] did (or, on a dry run, would do).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -46,13 +46,12 @@ use crate::path::show_path;
 use crate::reason::MissReason;
 use crate::schema::{EntryRecord, LAYERS, ROWS};
 use crate::store::Store;
+use crate::store::guard::guard_redb;
 use crate::store::rows::RowRange;
 use crate::store::versions;
 use crate::tree::WalkCounters;
 
 pub use crate::config::CacheConfig;
-/// The one panic guard of the library lives with the store; re-exported for `inspect`.
-pub(crate) use crate::store::guard::guard_redb;
 pub use gc::GcReport;
 pub use session::Session;
 pub(crate) use source::SourceId;

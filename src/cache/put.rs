@@ -22,6 +22,7 @@ use crate::schema::{
     BaseRecord, EntryKind, EntryRecord, LayerRecord, ManifestRecord, ROWS, SourceSummary,
     VersionRecord,
 };
+use crate::store::guard::guard_redb;
 use crate::store::rows::{RowRange, encode_row, validate_source};
 use crate::store::versions;
 use crate::store::{Store, TreeSummary};
@@ -30,7 +31,7 @@ use crate::version::{Inputs, entry_digest_of, input_digest};
 
 use super::session::{BaseNow, Memo};
 use super::source::{ObservedRow, SourceRef, SourceRole, cached_sources, observation_digest};
-use super::{Lookup, Session, guard_redb, now_ms};
+use super::{Lookup, Session, now_ms};
 
 /// What a put's walks produced: the summaries per role, and the paths that differ from the
 /// lookup's observation (`import KEY: PATH` / `overlay_dir KEY: PATH`).

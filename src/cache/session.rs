@@ -15,8 +15,9 @@ use crate::error::{Error, Result};
 use crate::inputs::{Base, Build};
 use crate::path::validate_layer_name;
 use crate::reason::{BaseChange, MissReason};
+use crate::store::guard::guard_redb;
 
-use super::{Cache, Lookup, LookupMode, Outcome, SessionCounters, entry_digest, guard_redb};
+use super::{Cache, Lookup, LookupMode, Outcome, SessionCounters, entry_digest};
 
 /// Memoized result of a layer within a session.
 #[derive(Debug, Clone)]

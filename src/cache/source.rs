@@ -75,7 +75,6 @@ impl<'a> SourceId<'a> {
     }
 
     /// The identity behind a rows-table source name (the inverse of [`Self::row_source`]).
-    #[allow(dead_code)] // for `inspect`, which still parses source names itself
     pub(crate) fn parse(row_source: &'a str) -> Option<Self> {
         if let Some(key) = row_source.strip_prefix("import:") {
             return Some(SourceId {

@@ -14,16 +14,15 @@ use std::path::Path;
 use redb::ReadableTable;
 
 use super::maintain::{must_exist, redb_integrity};
-use super::reader::guard;
 use super::{
     CheckReport, Inspector, Integrity, MAX_LISTED_PROBLEMS, Problem, ProblemKind, problem,
 };
 use crate::TreeHasher;
-use crate::cache::entry_digest;
-use crate::codec;
+use crate::cache::{SourceId, SourceRole, entry_digest};
 use crate::error::{DbResultExt, Error, Result};
-use crate::path::{RelPath, escape_bytes, hex, show_path};
-use crate::schema::{BaseKind, EntryKind, LAYERS, META, ROWS, Row, SourceSummary, VersionRecord};
+use crate::path::{escape_bytes, hex, show_path};
+use crate::schema::{BaseKind, EntryKind, LAYERS, META, SourceSummary, VersionRecord};
+use crate::store::rows::{RowIter, RowRange};
 use crate::store::versions;
 use crate::version::{Inputs, input_digest};
 
@@ -32,16 +31,14 @@ impl Inspector {
     /// (count and recomputed Merkle root), base hashes exist and agree, no orphans. The
     /// report's redb check is [`Integrity::NotRun`]; [`check()`](super::check()) runs both.
     pub fn check_records(&self) -> Result<CheckReport> {
-        guard(self.path(), || self.check_records_unguarded())
-    }
-
-    fn check_records_unguarded(&self) -> Result<CheckReport> {
-        let mut report = CheckReport::new(self.path());
-        self.check_meta(&mut report)?;
-        let layers = self.check_entries(&mut report)?;
-        self.check_bases(&mut report, &layers)?;
-        self.check_rows(&mut report, layers)?;
-        Ok(report)
+        self.read(|_, path| {
+            let mut report = CheckReport::new(path);
+            self.check_meta(&mut report)?;
+            let layers = self.check_entries(&mut report)?;
+            self.check_bases(&mut report, &layers)?;
+            self.check_rows(&mut report, layers)?;
+            Ok(report)
+        })
     }
 
     fn check_meta(&self, report: &mut CheckReport) -> Result<()> {
@@ -118,16 +115,19 @@ impl Inspector {
                 }
             };
             let mut sources = BTreeMap::new();
-            let roles = [("import", &rec.imports), ("overlay", &rec.overlay_dirs)];
-            for (prefix, list) in roles {
+            let roles = [
+                (SourceRole::Import, &rec.imports),
+                (SourceRole::OverlayDir, &rec.overlay_dirs),
+            ];
+            for (role, list) in roles {
                 for s in list {
-                    let expected_id = format!("{prefix}:{}", s.key);
-                    if s.source != expected_id {
+                    let expected = SourceId { role, key: &s.key };
+                    if SourceId::parse(&s.source) != Some(expected) {
                         let detail = format!(
                             "summary of key {} has source id {}, expected {}",
                             escape_bytes(s.key.as_bytes()),
                             escape_bytes(s.source.as_bytes()),
-                            escape_bytes(expected_id.as_bytes())
+                            escape_bytes(expected.row_source().as_bytes())
                         );
                         report.push(problem(ProblemKind::SourceId, lay, None, detail));
                     }
@@ -192,46 +192,49 @@ impl Inspector {
         report: &mut CheckReport,
         mut layers: BTreeMap<String, Expect>,
     ) -> Result<()> {
-        let path = self.path();
-        let table = self.txn.open_table(ROWS).db(path)?;
+        let mut scan = RowIter::open(self.path(), &self.txn, &RowRange::table())?;
         let mut run: Option<Run> = None;
-        for item in table.iter().db(path)? {
-            let (k, v) = item.db(path)?;
-            let (layer, source, key) = k.value();
+        // A row that does not decode is a problem of its run, never an error: the closure
+        // always returns `Ok`, so only redb's own failures end the scan (with an error).
+        while let Some(step) = scan.next_with(|r| {
             report.rows_checked += 1;
             let same = run
                 .as_ref()
-                .is_some_and(|r| r.layer == layer && r.source == source);
+                .is_some_and(|x| x.layer == r.layer && x.source == r.source);
             if !same {
                 if let Some(done) = run.take() {
                     done.finish(report, &mut layers);
                 }
-                run = Some(Run::new(layer, source));
+                run = Some(Run::new(r.layer, r.source));
             }
-            let Some(r) = run.as_mut() else { continue };
-            let rel = RelPath::from_key(key);
-            match codec::decode::<Row, { codec::ROW_LIMIT }>(v.value()) {
+            let Some(x) = run.as_mut() else {
+                return Ok(());
+            };
+            match r.row {
                 Ok(row) => {
-                    if r.rows == 0 && !rel.is_root() {
-                        r.first_not_root = true;
+                    if x.rows == 0 && !r.path.is_root() {
+                        x.first_not_root = true;
                     }
-                    if rel.is_root() {
-                        r.root_kind = Some(row.kind);
+                    if r.path.is_root() {
+                        x.root_kind = Some(row.kind);
                     }
-                    r.hasher.push(&rel, &row);
+                    x.hasher.push(&r.path, &row);
                 }
                 Err(detail) => {
-                    r.damaged = true;
+                    x.damaged = true;
                     report.push(Problem {
                         kind: ProblemKind::DamagedRow,
-                        layer: Some(layer.to_string()),
-                        source: Some(source.to_string()),
-                        path: Some(rel.to_string()),
+                        layer: Some(r.layer.to_string()),
+                        source: Some(r.source.to_string()),
+                        path: Some(r.path.to_string()),
                         detail,
                     });
                 }
             }
-            r.rows += 1;
+            x.rows += 1;
+            Ok(())
+        }) {
+            step?;
         }
         if let Some(done) = run.take() {
             done.finish(report, &mut layers);

@@ -55,7 +55,7 @@ mod render;
 
 pub use check::{check, damaged_file_message};
 pub use maintain::{compact, stats_exact};
-pub use reader::{Inspector, LayerRows, panic_message};
+pub use reader::{Inspector, LayerRows};
 pub use render::format_utc_ms;
 
 /// Problems listed in full by [`check()`]; beyond this they are only counted, so a badly

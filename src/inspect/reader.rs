@@ -1,11 +1,12 @@
 //! The read-only snapshot: [`Inspector`] lists entries, shows one in full, streams a layer's
 //! rows and counts storage use, all from one read transaction taken at open.
 //!
-//! Owns inspect's panic guard (`guard`) and its row-decoding iterator ([`LayerRows`]): every
-//! read of the snapshot goes through them. It must never write, never open the file for
-//! writing, and never hold a whole source's rows in memory.
+//! Owns the snapshot and the one door to it, `Inspector::read`, which applies the library's
+//! panic guard ([`guard_redb`]) to every read. Rows are streamed with the store's row iterator
+//! ([`RowIter`] over a [`RowRange`]). It must never write, never open the file for writing,
+//! never decode a stored value itself, and never hold a whole source's rows in memory.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use redb::{ReadableTable, ReadableTableMetadata};
 
@@ -13,11 +14,12 @@ use super::{
     BaseView, EntryDetail, EntryLine, ListedEntry, Listing, ListingTotals, ManifestView, RowLine,
     RowSelection, SourceView, Stats, TableUsage, VersionLine, format_utc_ms,
 };
-use crate::codec;
 use crate::error::{DbResultExt, Error, Result};
-use crate::path::{RelPath, escape_bytes, hex, show_path};
-use crate::schema::{EntryRecord, LAST_USED, LAYERS, META, ROWS, Row, VERSIONS};
+use crate::path::{escape_bytes, hex, show_path};
+use crate::schema::{EntryRecord, LAST_USED, LAYERS, META, ROWS, VERSIONS};
 use crate::store::Store;
+use crate::store::guard::guard_redb;
+use crate::store::rows::{RowIter, RowRange};
 use crate::store::versions;
 
 /// A read-only view of a cache file: one read transaction, held for the life of the value.
@@ -47,148 +49,159 @@ impl Inspector {
         self.store.path()
     }
 
+    /// Runs `f` on the snapshot under the library's one panic guard ([`guard_redb`]): redb's
+    /// read path trusts page contents, so a damaged page can make it panic instead of returning
+    /// an error, and a person inspecting a damaged file must get a report or an error naming the
+    /// file, never a crash. Every read of the snapshot goes through here.
+    pub(super) fn read<T>(
+        &self,
+        f: impl FnOnce(&redb::ReadTransaction, &Path) -> Result<T>,
+    ) -> Result<T> {
+        let path = self.path();
+        guard_redb(path, || f(&self.txn, path))
+    }
+
     /// Every entry, sorted by name, with totals. A damaged record is listed as such rather
     /// than failing the listing.
     pub fn list(&self) -> Result<Listing> {
-        guard(self.path(), || self.list_unguarded())
-    }
-
-    fn list_unguarded(&self) -> Result<Listing> {
-        let path = self.path();
-        let mut entries = Vec::new();
-        let mut totals = ListingTotals::default();
-        let mut layers: Vec<String> = versions::all_keys(&self.txn, path)?
-            .into_iter()
-            .map(|(l, _)| l)
-            .collect();
-        for item in self.txn.open_table(LAYERS).db(path)?.iter().db(path)? {
-            let (k, _) = item.db(path)?;
-            layers.push(k.value().to_string());
-        }
-        layers.sort();
-        layers.dedup();
-        for name in layers {
-            totals.entries += 1;
-            let listed = self.versions_of(&name)?;
-            totals.versions += listed.len() as u64;
-            match self.record(&name) {
-                Err(e) => {
-                    totals.damaged += 1;
-                    entries.push(ListedEntry::Damaged {
-                        name,
-                        damaged: e.to_string(),
-                    });
-                }
-                Ok(None) => {
-                    // Versions without a current one (its pointer was pruned or collected).
-                    entries.push(ListedEntry::Damaged {
-                        name,
-                        damaged: "no current version (its rows describe nothing stored)".into(),
-                    });
-                }
-                Ok(Some(rec)) => {
-                    let rows = rec
-                        .imports
-                        .iter()
-                        .chain(&rec.overlay_dirs)
-                        .map(|s| s.rows)
-                        .fold(0u64, u64::saturating_add);
-                    totals.imports += rec.imports.len() as u64;
-                    totals.overlay_dirs += rec.overlay_dirs.len() as u64;
-                    totals.rows = totals.rows.saturating_add(rows);
-                    entries.push(ListedEntry::Entry(EntryLine {
-                        name,
-                        output_types: rec.manifests.iter().map(|m| m.layer_type.clone()).collect(),
-                        base: BaseView::of(&rec.base),
-                        imports: rec.imports.len(),
-                        overlay_dirs: rec.overlay_dirs.len(),
-                        rows,
-                        build_only: rec.build_only,
-                        created_unix_ms: rec.created_unix_ms,
-                        created: format_utc_ms(rec.created_unix_ms),
-                        versions: listed,
-                    }));
+        self.read(|txn, path| {
+            let mut entries = Vec::new();
+            let mut totals = ListingTotals::default();
+            let mut layers: Vec<String> = versions::all_keys(txn, path)?
+                .into_iter()
+                .map(|(l, _)| l)
+                .collect();
+            for item in txn.open_table(LAYERS).db(path)?.iter().db(path)? {
+                let (k, _) = item.db(path)?;
+                layers.push(k.value().to_string());
+            }
+            layers.sort();
+            layers.dedup();
+            for name in layers {
+                totals.entries += 1;
+                let listed = self.versions_of(&name)?;
+                totals.versions += listed.len() as u64;
+                match self.record(&name) {
+                    Err(e) => {
+                        totals.damaged += 1;
+                        entries.push(ListedEntry::Damaged {
+                            name,
+                            damaged: e.to_string(),
+                        });
+                    }
+                    Ok(None) => {
+                        // Versions without a current one (its pointer was pruned or collected).
+                        entries.push(ListedEntry::Damaged {
+                            name,
+                            damaged: "no current version (its rows describe nothing stored)".into(),
+                        });
+                    }
+                    Ok(Some(rec)) => {
+                        let rows = rec
+                            .imports
+                            .iter()
+                            .chain(&rec.overlay_dirs)
+                            .map(|s| s.rows)
+                            .fold(0u64, u64::saturating_add);
+                        totals.imports += rec.imports.len() as u64;
+                        totals.overlay_dirs += rec.overlay_dirs.len() as u64;
+                        totals.rows = totals.rows.saturating_add(rows);
+                        entries.push(ListedEntry::Entry(EntryLine {
+                            name,
+                            output_types: rec
+                                .manifests
+                                .iter()
+                                .map(|m| m.layer_type.clone())
+                                .collect(),
+                            base: BaseView::of(&rec.base),
+                            imports: rec.imports.len(),
+                            overlay_dirs: rec.overlay_dirs.len(),
+                            rows,
+                            build_only: rec.build_only,
+                            created_unix_ms: rec.created_unix_ms,
+                            created: format_utc_ms(rec.created_unix_ms),
+                            versions: listed,
+                        }));
+                    }
                 }
             }
-        }
-        Ok(Listing {
-            db: show_path(path),
-            entries,
-            totals,
+            Ok(Listing {
+                db: show_path(path),
+                entries,
+                totals,
+            })
         })
     }
 
     /// Every stored version of `layer`, most recently used first.
     pub fn versions_of(&self, layer: &str) -> Result<Vec<VersionLine>> {
-        let path = self.path();
-        let current = match versions::pointer(&self.txn, path, layer)? {
-            Some(Ok(p)) => Some(p.current),
-            _ => None,
-        };
-        let mut out = Vec::new();
-        for (digest, rec) in versions::versions_of(&self.txn, path, layer)? {
-            let used = versions::last_used(&self.txn, path, layer, &digest)?;
-            let line = match rec {
-                Ok(rec) => {
-                    let last = used.unwrap_or(rec.created_unix_ms);
-                    VersionLine {
+        self.read(|txn, path| {
+            let current = match versions::pointer(txn, path, layer)? {
+                Some(Ok(p)) => Some(p.current),
+                _ => None,
+            };
+            let mut out = Vec::new();
+            for (digest, rec) in versions::versions_of(txn, path, layer)? {
+                let used = versions::last_used(txn, path, layer, &digest)?;
+                let line = match rec {
+                    Ok(rec) => {
+                        let last = used.unwrap_or(rec.created_unix_ms);
+                        VersionLine {
+                            input_digest: hex(&digest),
+                            current: current == Some(digest),
+                            definition_digest: hex(&rec.definition_digest),
+                            base: BaseView::of(&rec.base),
+                            output_types: rec
+                                .manifests
+                                .iter()
+                                .map(|m| m.layer_type.clone())
+                                .collect(),
+                            output_bytes: rec.blobs().iter().map(|(_, n)| n).sum(),
+                            created_unix_ms: rec.created_unix_ms,
+                            created: format_utc_ms(rec.created_unix_ms),
+                            last_used_unix_ms: last,
+                            last_used: format_utc_ms(last),
+                            damaged: None,
+                        }
+                    }
+                    Err(e) => VersionLine {
                         input_digest: hex(&digest),
                         current: current == Some(digest),
-                        definition_digest: hex(&rec.definition_digest),
-                        base: BaseView::of(&rec.base),
-                        output_types: rec.manifests.iter().map(|m| m.layer_type.clone()).collect(),
-                        output_bytes: rec.blobs().iter().map(|(_, n)| n).sum(),
-                        created_unix_ms: rec.created_unix_ms,
-                        created: format_utc_ms(rec.created_unix_ms),
-                        last_used_unix_ms: last,
-                        last_used: format_utc_ms(last),
-                        damaged: None,
-                    }
-                }
-                Err(e) => VersionLine {
-                    input_digest: hex(&digest),
-                    current: current == Some(digest),
-                    definition_digest: String::new(),
-                    base: BaseView::of(&crate::schema::BaseRecord {
-                        kind: crate::schema::BaseKind::Scratch,
-                        reference: String::new(),
-                        hash: Vec::new(),
-                    }),
-                    output_types: Vec::new(),
-                    output_bytes: 0,
-                    created_unix_ms: 0,
-                    created: String::new(),
-                    last_used_unix_ms: used.unwrap_or(0),
-                    last_used: used.map(format_utc_ms).unwrap_or_default(),
-                    damaged: Some(e.to_string()),
-                },
-            };
-            out.push(line);
-        }
-        out.sort_by_key(|v| std::cmp::Reverse((v.current, v.last_used_unix_ms)));
-        Ok(out)
+                        definition_digest: String::new(),
+                        base: BaseView::of(&crate::schema::BaseRecord {
+                            kind: crate::schema::BaseKind::Scratch,
+                            reference: String::new(),
+                            hash: Vec::new(),
+                        }),
+                        output_types: Vec::new(),
+                        output_bytes: 0,
+                        created_unix_ms: 0,
+                        created: String::new(),
+                        last_used_unix_ms: used.unwrap_or(0),
+                        last_used: used.map(format_utc_ms).unwrap_or_default(),
+                        damaged: Some(e.to_string()),
+                    },
+                };
+                out.push(line);
+            }
+            out.sort_by_key(|v| std::cmp::Reverse((v.current, v.last_used_unix_ms)));
+            Ok(out)
+        })
     }
 
     /// The current version of `layer`, if it has one.
     pub fn record(&self, layer: &str) -> Result<Option<EntryRecord>> {
-        guard(self.path(), || self.record_unguarded(layer))
-    }
-
-    fn record_unguarded(&self, layer: &str) -> Result<Option<EntryRecord>> {
-        let path = self.path();
-        let Some(pointer) = versions::pointer(&self.txn, path, layer)? else {
-            return Ok(None);
-        };
-        let pointer = pointer?;
-        versions::version(&self.txn, path, layer, &pointer.current)?.transpose()
+        self.read(|txn, path| {
+            let Some(pointer) = versions::pointer(txn, path, layer)? else {
+                return Ok(None);
+            };
+            let pointer = pointer?;
+            versions::version(txn, path, layer, &pointer.current)?.transpose()
+        })
     }
 
     /// One entry in full, if `layer` has an entry.
     pub fn entry(&self, layer: &str) -> Result<Option<EntryDetail>> {
-        guard(self.path(), || self.entry_unguarded(layer))
-    }
-
-    fn entry_unguarded(&self, layer: &str) -> Result<Option<EntryDetail>> {
         let listed = self.versions_of(layer)?;
         Ok(self.record(layer)?.map(|rec| EntryDetail {
             name: rec.name.clone(),
@@ -242,167 +255,94 @@ impl Inspector {
     /// Streams the stored rows of `layer` in key order (source by source, each in walk order),
     /// decoding one at a time. A row that does not decode is an `Err` item; iteration goes on.
     pub fn rows(&self, layer: &str, which: &RowSelection) -> Result<LayerRows> {
-        let path = self.path();
-        let table = match self.txn.open_table(ROWS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => {
-                return Ok(LayerRows {
-                    path: path.to_path_buf(),
-                    range: None,
-                });
-            }
-            Err(e) => return Err(e).db(path),
-        };
-        // Neither layer names nor source ids contain NUL, so `x + "\0"` is the smallest string
-        // above `x`: these half-open ranges hold exactly the rows of the layer (or source).
         let range = match which {
-            RowSelection::All => {
-                let upper = format!("{layer}\0");
-                let lo: (&str, &str, &[u8]) = (layer, "", &[]);
-                let hi: (&str, &str, &[u8]) = (upper.as_str(), "", &[]);
-                table.range(lo..hi).db(path)?
-            }
-            RowSelection::Source(source) => {
-                let upper = format!("{source}\0");
-                let lo: (&str, &str, &[u8]) = (layer, source.as_str(), &[]);
-                let hi: (&str, &str, &[u8]) = (layer, upper.as_str(), &[]);
-                table.range(lo..hi).db(path)?
-            }
+            RowSelection::All => RowRange::layer(layer),
+            RowSelection::Source(source) => RowRange::source(layer, source),
         };
-        Ok(LayerRows {
-            path: path.to_path_buf(),
-            range: Some(range),
-        })
+        let scan = self.read(|txn, path| RowIter::open(path, txn, &range))?;
+        Ok(LayerRows { scan })
     }
 
     /// Counts and storage use, read-only: exact for the tables, an upper bound for what
     /// `compact` could reclaim (redb reports free pages only to a writer; see [`stats_exact`](super::stats_exact)).
     pub fn stats(&self) -> Result<Stats> {
-        guard(self.path(), || self.stats_unguarded())
-    }
-
-    fn stats_unguarded(&self) -> Result<Stats> {
-        let path = self.path();
-        let file_bytes = std::fs::metadata(path)
-            .map_err(|e| Error::io("cannot stat", path, e))?
-            .len();
-        let mut tables = Vec::new();
-        macro_rules! usage {
-            ($def:expr, $name:literal) => {
-                match self.txn.open_table($def) {
-                    Ok(t) => {
-                        let s = t.stats().db(path)?;
-                        tables.push(TableUsage {
+        self.read(|txn, path| {
+            let file_bytes = std::fs::metadata(path)
+                .map_err(|e| Error::io("cannot stat", path, e))?
+                .len();
+            let mut tables = Vec::new();
+            macro_rules! usage {
+                ($def:expr, $name:literal) => {
+                    match txn.open_table($def) {
+                        Ok(t) => {
+                            let s = t.stats().db(path)?;
+                            tables.push(TableUsage {
+                                name: $name,
+                                len: t.len().db(path)?,
+                                stored_bytes: s.stored_bytes(),
+                                metadata_bytes: s.metadata_bytes(),
+                                fragmented_bytes: s.fragmented_bytes(),
+                                pages: s.leaf_pages() + s.branch_pages(),
+                            });
+                        }
+                        Err(redb::TableError::TableDoesNotExist(_)) => tables.push(TableUsage {
                             name: $name,
-                            len: t.len().db(path)?,
-                            stored_bytes: s.stored_bytes(),
-                            metadata_bytes: s.metadata_bytes(),
-                            fragmented_bytes: s.fragmented_bytes(),
-                            pages: s.leaf_pages() + s.branch_pages(),
-                        });
+                            len: 0,
+                            stored_bytes: 0,
+                            metadata_bytes: 0,
+                            fragmented_bytes: 0,
+                            pages: 0,
+                        }),
+                        Err(e) => return Err(e).db(path),
                     }
-                    Err(redb::TableError::TableDoesNotExist(_)) => tables.push(TableUsage {
-                        name: $name,
-                        len: 0,
-                        stored_bytes: 0,
-                        metadata_bytes: 0,
-                        fragmented_bytes: 0,
-                        pages: 0,
-                    }),
-                    Err(e) => return Err(e).db(path),
-                }
-            };
-        }
-        usage!(META, "meta");
-        usage!(LAYERS, "layers");
-        usage!(VERSIONS, "versions");
-        usage!(LAST_USED, "last_used");
-        usage!(ROWS, "rows");
-        let len_of = |n: &str| tables.iter().find(|t| t.name == n).map_or(0, |t| t.len);
-        let table_bytes: u64 = tables
-            .iter()
-            .map(|t| t.stored_bytes + t.metadata_bytes + t.fragmented_bytes)
-            .sum();
-        let table_fragmented_bytes = tables.iter().map(|t| t.fragmented_bytes).sum();
-        Ok(Stats {
-            db: show_path(path),
-            file_bytes,
-            schema_version: self.store.schema_version()?,
-            entries: len_of("layers"),
-            rows: len_of("rows"),
-            versions: len_of("versions"),
-            bytes_per_version: tables
+                };
+            }
+            usage!(META, "meta");
+            usage!(LAYERS, "layers");
+            usage!(VERSIONS, "versions");
+            usage!(LAST_USED, "last_used");
+            usage!(ROWS, "rows");
+            let len_of = |n: &str| tables.iter().find(|t| t.name == n).map_or(0, |t| t.len);
+            let table_bytes: u64 = tables
                 .iter()
-                .find(|t| t.name == "versions")
-                .map_or(0, |t| t.stored_bytes.checked_div(t.len).unwrap_or(0)),
-            table_bytes,
-            table_fragmented_bytes,
-            outside_tables_bytes: file_bytes.saturating_sub(table_bytes),
-            tables,
-            exact: None,
+                .map(|t| t.stored_bytes + t.metadata_bytes + t.fragmented_bytes)
+                .sum();
+            let table_fragmented_bytes = tables.iter().map(|t| t.fragmented_bytes).sum();
+            Ok(Stats {
+                db: show_path(path),
+                file_bytes,
+                schema_version: self.store.schema_version()?,
+                entries: len_of("layers"),
+                rows: len_of("rows"),
+                versions: len_of("versions"),
+                bytes_per_version: tables
+                    .iter()
+                    .find(|t| t.name == "versions")
+                    .map_or(0, |t| t.stored_bytes.checked_div(t.len).unwrap_or(0)),
+                table_bytes,
+                table_fragmented_bytes,
+                outside_tables_bytes: file_bytes.saturating_sub(table_bytes),
+                tables,
+                exact: None,
+            })
         })
     }
 }
 
 /// Streamed rows of one layer (see [`Inspector::rows`]).
 pub struct LayerRows {
-    path: PathBuf,
-    range: Option<RowRange>,
+    scan: RowIter,
 }
-
-/// The raw range scan behind [`LayerRows`].
-type RowRange = redb::Range<'static, (&'static str, &'static str, &'static [u8]), &'static [u8]>;
 
 impl Iterator for LayerRows {
     type Item = Result<RowLine>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let db = self.path.clone();
-        crate::store::guarded_next(&db, &mut self.range, |k, v| {
-            let (_, source, key) = k.value();
-            let path = RelPath::from_key(key);
-            match codec::decode::<Row, { codec::ROW_LIMIT }>(v.value()) {
-                Ok(row) => Ok(RowLine {
-                    source: source.to_string(),
-                    path,
-                    row,
-                }),
-                Err(detail) => Err(Error::Corrupt {
-                    path: db.clone(),
-                    table: "rows",
-                    key: format!("{} {path}", escape_bytes(source.as_bytes())),
-                    detail,
-                }),
-            }
+        self.scan.next_with(|r| {
+            let source = r.source.to_string();
+            r.decoded().map(|(path, row)| RowLine { source, path, row })
         })
     }
-}
-
-/// Runs `f`, turning a panic inside it into [`Error::Db`] naming the file as damaged. redb's
-/// read path trusts page contents, so a damaged page can make it index out of bounds instead of
-/// returning an error; a person inspecting a damaged file gets a report or an error, never a
-/// crash. Inspect's one panic guard: every [`Inspector`] method and [`check()`](super::check())
-/// go through it.
-pub(super) fn guard<T>(db: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|payload| {
-        crate::store::note_damage(db);
-        Err(Error::Db {
-            path: db.to_path_buf(),
-            source: Box::new(redb::Error::Corrupted(format!(
-                "reading the database failed inside redb ({}): the file is damaged",
-                panic_message(payload.as_ref())
-            ))),
-        })
-    })
-}
-
-/// The message of a panic payload (`panic!` with a literal or a formatted message).
-pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "no message".to_string())
 }
 
 fn json_or_escaped(bytes: &[u8]) -> serde_json::Value {

@@ -6,7 +6,7 @@ use oci_spec::image::Descriptor;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-/// Media type of the config blob of an entry artifact (the [`Envelope`]), and the manifest's
+/// Media type of the config blob of an entry artifact (the `Envelope`), and the manifest's
 /// `artifactType`.
 pub const ENTRY_MEDIA_TYPE: &str = "application/vnd.layercache.entry.v1+json";
 /// Media type of the manifest itself: a plain OCI image manifest.

@@ -1,8 +1,9 @@
 //! The redb panic guard and the bookkeeping of damaged database files.
 //!
 //! Owns: [`guard_redb`], the one place in the library that turns a panic (inside redb, on a
-//! damaged page) into an error, and the per-process list of files seen damaged, which
-//! [`Store`](super::Store)'s `Drop` consults before closing a file.
+//! damaged page) into an error; [`panic_message`], the one decoder of a panic payload (the
+//! binary words its own last-resort message with it); and the per-process list of files seen
+//! damaged, which [`Store`](super::Store)'s `Drop` consults before closing a file.
 //!
 //! Must never: convert or format errors for callers beyond the one [`Error::Db`] a caught panic
 //! becomes, or be called from `error.rs` — damage is recorded here, where an error is produced or
@@ -66,17 +67,23 @@ pub(crate) fn guard_redb<T>(db: &Path, f: impl FnOnce() -> Result<T>) -> Result<
         }
         Err(payload) => {
             note_damage(db);
-            let msg = payload
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| payload.downcast_ref::<&str>().copied())
-                .unwrap_or("a panic");
             Err(Error::Db {
                 path: db.to_path_buf(),
                 source: Box::new(redb::Error::Corrupted(format!(
-                    "reading the database failed inside redb ({msg}): the file is damaged"
+                    "reading the database failed inside redb ({}): the file is damaged",
+                    panic_message(payload.as_ref())
                 ))),
             })
         }
     }
+}
+
+/// The message of a panic payload: the text of `panic!("literal")` or of a formatted
+/// `panic!`, else `"no message"`.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or("no message")
 }

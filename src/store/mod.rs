@@ -25,11 +25,10 @@ use crate::schema::{
     VERSIONS,
 };
 
-pub(crate) use guard::note_damage;
+pub use guard::panic_message;
 use guard::{guard_redb, take_damage};
 pub use rows::RowIter;
 use rows::RowRange;
-pub(crate) use rows::guarded_next;
 
 /// First bytes of every redb file.
 const REDB_MAGIC: [u8; 9] = [b'r', b'e', b'd', b'b', 0x1A, 0x0A, 0xA9, 0x0D, 0x0A];

@@ -13,6 +13,7 @@ use crate::gc::VersionUse;
 use crate::path::{escape_bytes, hex};
 use crate::schema::{LAST_USED, LAYERS, LayerRecord, ROWS, VERSIONS, VersionRecord};
 
+use super::guard::note_damage;
 use super::rows::RowRange;
 
 /// `layer@<first 16 hex digits>` for messages.
@@ -26,7 +27,7 @@ pub fn version_key(layer: &str, digest: &[u8; 32]) -> String {
 }
 
 fn damaged(path: &Path, table: &'static str, key: String, detail: String) -> Error {
-    super::note_damage(path);
+    note_damage(path);
     Error::Corrupt {
         path: path.to_path_buf(),
         table,

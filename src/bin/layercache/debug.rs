@@ -5,8 +5,6 @@
 //! (`output::finish` treats a broken pipe as success) instead of panicking like `println!`.
 
 use std::io::{self, BufWriter, Write};
-use std::panic::AssertUnwindSafe;
-use std::path::Path;
 use std::process::ExitCode;
 
 use layercache::inspect::{self, Inspector, RowSelection};
@@ -49,29 +47,6 @@ fn lib(e: layercache::Error) -> anyhow::Error {
         Some(m) => anyhow::anyhow!("{m}"),
         None => anyhow::anyhow!("{e}"),
     }
-}
-
-/// Runs a command, turning a panic inside redb into a one-line error. redb's read path trusts
-/// page contents, so a damaged page can make it panic (an index out of bounds) instead of
-/// returning an error; a person dumping a damaged file must get a message, not a backtrace.
-pub fn guarded(
-    db: &Path,
-    f: impl FnOnce() -> anyhow::Result<ExitCode>,
-) -> anyhow::Result<ExitCode> {
-    let previous = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let result = std::panic::catch_unwind(AssertUnwindSafe(f));
-    std::panic::set_hook(previous);
-    result.unwrap_or_else(|payload| {
-        Err(anyhow::anyhow!(
-            "cache database {} is damaged: reading it failed inside redb ({}); `layercache check \
-             --db {}` lists what is wrong; move it away (the next build then creates a new \
-             cache) or restore it from a backup",
-            db.display(),
-            inspect::panic_message(payload.as_ref()),
-            db.display()
-        ))
-    })
 }
 
 /// `layercache dump`: the listing, one entry, or (`--files`) its rows; exit 1 if a row does

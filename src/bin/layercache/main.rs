@@ -15,6 +15,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use output::guarded;
+
 #[derive(Parser)]
 #[command(
     name = "layercache",
@@ -59,18 +61,19 @@ enum Cmd {
 
 fn main() -> ExitCode {
     output::init_logging();
+    output::log_panics();
     let cli = Cli::parse();
     let result = match cli.cmd {
-        Cmd::Lookup(a) => build::lookup(a),
-        Cmd::Put(a) => build::put(a),
-        Cmd::Dump(a) => debug::guarded(&a.out.db, || debug::dump(&a)),
-        Cmd::Stats(a) => debug::guarded(&a.out.db, || debug::stats(&a)),
-        Cmd::Check(a) => debug::guarded(&a.db, || debug::check(&a)),
-        Cmd::Compact(a) => debug::guarded(&a.db, || debug::compact(&a)),
-        Cmd::Migrate(a) => migrate::migrate(a),
-        Cmd::Gc(a) => gc::gc(a),
-        Cmd::Completions(a) => generate::completions(&a),
-        Cmd::Man => generate::man(),
+        Cmd::Lookup(a) => guarded(None, || build::lookup(a)),
+        Cmd::Put(a) => guarded(None, || build::put(a)),
+        Cmd::Dump(a) => guarded(Some(&a.out.db), || debug::dump(&a)),
+        Cmd::Stats(a) => guarded(Some(&a.out.db), || debug::stats(&a)),
+        Cmd::Check(a) => guarded(Some(&a.db), || debug::check(&a)),
+        Cmd::Compact(a) => guarded(Some(&a.db), || debug::compact(&a)),
+        Cmd::Migrate(a) => guarded(None, || migrate::migrate(a)),
+        Cmd::Gc(a) => guarded(None, || gc::gc(a)),
+        Cmd::Completions(a) => guarded(None, || generate::completions(&a)),
+        Cmd::Man => guarded(None, generate::man),
     };
     output::finish(result)
 }

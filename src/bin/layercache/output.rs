@@ -1,8 +1,9 @@
 //! Shared plumbing: the `--db`/`--json` options, JSON-or-text reports on stdout, logging to
-//! stderr, errors to exit code 2, quiet exit on a closed pipe.
+//! stderr, a panic as one error line, errors to exit code 2, quiet exit on a closed pipe.
 
 use std::io::{self, BufWriter, Write};
-use std::path::PathBuf;
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// The options of every command that reads or writes a cache and prints a report.
@@ -45,6 +46,39 @@ pub fn init_logging() {
         .with_target(false)
         .without_time()
         .try_init();
+}
+
+/// Sends panic reports to the debug log instead of stderr, once, at start. Every command runs
+/// under [`guarded`], and the library turns a panic inside redb into an error naming the file
+/// (`layercache::store::guard`), so a panic always ends as one error line; its location is in
+/// the log with `LAYERCACHE_LOG=debug`.
+pub fn log_panics() {
+    std::panic::set_hook(Box::new(|info| tracing::debug!("{info}")));
+}
+
+/// Runs a command, turning a panic that escapes the library into a one-line error: for a
+/// command that reads the cache `db`, a panic is a damaged file whose pages made redb panic
+/// outside the library's own guard (its read path trusts page contents); for any other, a bug.
+pub fn guarded(
+    db: Option<&Path>,
+    f: impl FnOnce() -> anyhow::Result<ExitCode>,
+) -> anyhow::Result<ExitCode> {
+    std::panic::catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+        let msg = layercache::store::panic_message(payload.as_ref());
+        Err(match db {
+            Some(db) => anyhow::anyhow!(
+                "cache database {} is damaged: reading it failed inside redb ({msg}); \
+                 `layercache check --db {}` lists what is wrong; move it away (the next build \
+                 then creates a new cache) or restore it from a backup",
+                db.display(),
+                db.display()
+            ),
+            None => anyhow::anyhow!(
+                "internal error ({msg}); please report it with the output of the same command \
+                 run with LAYERCACHE_LOG=debug"
+            ),
+        })
+    })
 }
 
 /// True when an error is a write to a closed pipe (`| head`): exit quietly.
