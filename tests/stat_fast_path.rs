@@ -487,3 +487,54 @@ fn a_hit_refreshes_racy_rows_whose_stat_is_unchanged() {
         "only the file is still racy: {c:?}"
     );
 }
+
+/// The racy rule's slack (`fastpath::timestamp_slack_ns`): a file whose mtime lies just
+/// *before* its row's snapshot — within one timestamp tick of it — is still racy, since a
+/// write stamped in the same tick after the snapshot began would carry the same mtime. Two
+/// rows: one with a sub-second mtime 10 ms before its snapshot (within the 20 ms slack), one
+/// with a whole-second mtime 1.5 s before its snapshot (within the 2 s slack for file systems
+/// with coarse timestamps). Both must be hashed on the next lookup, not reused.
+#[test]
+fn a_row_whose_mtime_is_within_one_tick_before_its_snapshot_is_racy() {
+    let Setup {
+        _tmp,
+        src,
+        cache,
+        build,
+    } = setup(20);
+    let base = SystemTime::now() - Duration::from_secs(3600);
+    let secs = base
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let fine = src.join("d1/e1/f1.txt");
+    let coarse = src.join("d2/e2/f2.txt");
+    filetime::set_file_mtime(&fine, FileTime::from_unix_time(secs as i64, 123_456_789)).unwrap();
+    filetime::set_file_mtime(&coarse, FileTime::from_unix_time(secs as i64, 0)).unwrap();
+    let mtime = |p: &Path| stat_now(p, 0).mtime_ns;
+    let (fine_mtime, coarse_mtime) = (mtime(&fine), mtime(&coarse));
+    assert_eq!(
+        fine_mtime % 1_000_000_000,
+        123_456_789,
+        "sub-second mtime kept"
+    );
+    let cache = edit_row(cache, "d1/e1/f1.txt", |r| {
+        r.stat = Some(stat_now(&fine, fine_mtime + 10_000_000))
+    });
+    let cache = edit_row(cache, "d2/e2/f2.txt", |r| {
+        r.stat = Some(stat_now(&coarse, coarse_mtime + 1_500_000_000))
+    });
+    let s = Setup {
+        _tmp,
+        src,
+        cache,
+        build,
+    };
+    let (hit, c, _, reasons) = lookup(&s);
+    assert!(hit, "{reasons:?}");
+    assert_eq!(
+        (c.files_hashed, c.racy),
+        (2, 2),
+        "both rows are racy through the slack alone: {c:?}"
+    );
+}
