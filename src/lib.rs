@@ -152,14 +152,15 @@ pub mod plan;
 pub mod reason;
 pub mod remote;
 pub mod schema;
+pub mod share;
 pub mod stacker;
 pub mod store;
 pub mod tree;
 pub mod version;
 
 pub use cache::{
-    Cache, CachedEntry, GcReport, Lookup, LookupMode, Outcome, PruneReport, Pruned, Session,
-    SessionCounters, SourceRole,
+    Cache, CachedEntry, GcReport, HitSource, Lookup, LookupMode, Outcome, PruneReport, Pruned,
+    PushOutcome, RemoteFailure, RemoteLookup, Session, SessionCounters, SourceRole,
 };
 pub use config::CacheConfig;
 pub use diff::{Change, Modified, TreeDiff, compare_rows, diff_trees};

@@ -29,6 +29,7 @@ mod gc;
 mod lookup;
 mod put;
 mod refresh;
+mod remote;
 mod session;
 mod source;
 
@@ -53,6 +54,7 @@ use crate::tree::WalkCounters;
 
 pub use crate::config::CacheConfig;
 pub use gc::GcReport;
+pub use remote::{HitSource, PushOutcome, RemoteFailure, RemoteLookup};
 pub use session::Session;
 pub(crate) use source::SourceId;
 pub use source::{Observed, SourceRole};
@@ -340,6 +342,18 @@ impl Cache {
 
 fn remove_layer(path: &Path, txn: &redb::WriteTransaction, layer: &str) -> Result<bool> {
     versions::remove_layer(txn, path, layer)
+}
+
+impl Cache {
+    /// Removes one version of a layer (see [`drop_version`]); `Ok(())` when it was not there.
+    pub(crate) fn remove_version(&self, layer: &str, digest: &[u8; 32]) -> Result<()> {
+        let path = self.store.path();
+        guard_redb(path, || {
+            let txn = self.store.begin_write()?;
+            drop_version(path, &txn, layer, digest)?;
+            txn.commit().db(path)
+        })
+    }
 }
 
 /// Removes one version; when it is the layer's current one, the layer's pointer and rows go

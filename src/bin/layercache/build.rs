@@ -7,10 +7,13 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use layercache::plan::Plan;
-use layercache::{Cache, Error, Lookup, LookupMode, Outcome, PruneReport, SessionCounters};
+use layercache::{
+    Cache, Error, HitSource, Lookup, LookupMode, Outcome, PruneReport, SessionCounters,
+};
 use serde_json::json;
 
 use crate::output::{DbArgs, emit};
+use crate::remote::{Link, RemoteArgs};
 
 /// What `lookup` and `put` share: the cache, the plan, the layer, the output form.
 #[derive(clap::Args)]
@@ -33,6 +36,9 @@ pub struct LookupArgs {
     /// Report every reason the layer misses, not only the first.
     #[arg(long)]
     explain: bool,
+    /// On a local miss, ask this shared cache (see `layercache push`).
+    #[command(flatten)]
+    remote: RemoteArgs,
 }
 
 /// Arguments of `layercache put`.
@@ -46,7 +52,7 @@ pub struct PutArgs {
 }
 
 /// Loads the plan; a build that does not validate is reported with the plan's path.
-fn load_plan(path: &Path) -> anyhow::Result<Plan> {
+pub fn load_plan(path: &Path) -> anyhow::Result<Plan> {
     match Plan::load(path) {
         Ok(p) => Ok(p),
         // These errors already name the file.
@@ -70,15 +76,37 @@ pub fn lookup(args: LookupArgs) -> anyhow::Result<ExitCode> {
     let t = &args.target;
     let (plan, cache, pruned) = open(t)?;
     let mut session = cache.session(plan.build())?;
-    // One process, one question: nothing is kept for a put (which re-walks in its own
-    // process), so no source is walked once the answer is known.
-    let mode = LookupMode {
-        explain: args.explain,
-        observe: false,
+    let mut link = Link::open(&args.remote);
+    let (result, source, failure) = match link.as_ref().and_then(Link::remote) {
+        // A remote hit is recorded locally, so the lookup observes what it walks for that put.
+        Some(remote) => {
+            let r = session.lookup_remote(&t.layer, args.explain, remote)?;
+            (r.lookup, r.source, r.failure)
+        }
+        None => {
+            // One process, one question: nothing is kept for a put (which re-walks in its own
+            // process), so no source is walked once the answer is known.
+            let mode = LookupMode {
+                explain: args.explain,
+                observe: false,
+            };
+            let r = session.lookup_with(&t.layer, mode)?;
+            let source = r.is_hit().then_some(HitSource::Local);
+            (r, source, None)
+        }
     };
-    let result = session.lookup_with(&t.layer, mode)?;
-    let value = lookup_json(&result, &session.counters(), &pruned)?;
-    emit(t.out.json, &value, |_, out| write_lookup_text(out, &result))?;
+    if let (Some(l), Some(f)) = (link.as_mut(), failure.as_ref()) {
+        l.failed(f);
+    }
+    let mut value = lookup_json(&result, &session.counters(), &pruned)?;
+    let (source_json, remote_json) =
+        crate::remote::lookup_json(link.as_ref(), source, failure.as_ref());
+    value["source"] = source_json;
+    value["remote"] = remote_json;
+    let hit_line = crate::remote::hit_line(&result.layer, source, link.as_ref());
+    emit(t.out.json, &value, |_, out| {
+        write_lookup_text(out, &result, &hit_line)
+    })?;
     Ok(if result.is_hit() {
         ExitCode::SUCCESS
     } else {
@@ -110,10 +138,10 @@ fn lookup_json(
     }))
 }
 
-fn write_lookup_text(out: &mut impl Write, result: &Lookup) -> std::io::Result<()> {
+fn write_lookup_text(out: &mut impl Write, result: &Lookup, hit_line: &str) -> std::io::Result<()> {
     match &result.outcome {
         Outcome::Hit(e) => {
-            writeln!(out, "{}: hit", result.layer)?;
+            writeln!(out, "{hit_line}")?;
             for (layer_type, d) in &e.manifests {
                 writeln!(
                     out,

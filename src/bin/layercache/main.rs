@@ -10,6 +10,7 @@ mod gc;
 mod generate;
 mod migrate;
 mod output;
+mod remote;
 
 use std::process::ExitCode;
 
@@ -23,8 +24,9 @@ use output::guarded;
     version,
     about = "Build cache for layered image builders",
     after_help = "Environment:\n  \
-        LAYERCACHE_DB   the cache database file, when --db is not given\n  \
-        LAYERCACHE_LOG  log level on stderr: error, warn, info (default), debug, trace\n\n\
+        LAYERCACHE_DB      the cache database file, when --db is not given\n  \
+        LAYERCACHE_REMOTE  the shared cache (REGISTRY/REPO), when --remote is not given\n  \
+        LAYERCACHE_LOG     log level on stderr: error, warn, info (default), debug, trace\n\n\
         Exit codes: lookup 0 hit, 1 miss; check 0 clean, 1 problems; 2 on any error."
 )]
 struct Cli {
@@ -39,6 +41,12 @@ enum Cmd {
     Lookup(build::LookupArgs),
     /// Record LAYER with its output manifests. Creates the cache if it is missing.
     Put(build::PutArgs),
+    /// Push every layer that hits locally to a shared cache in an OCI registry: its record and
+    /// its output blobs from the plan's oci_layout.
+    Push(remote::ShareArgs),
+    /// For each layer (bases first) that misses locally, take it from the shared cache: its
+    /// blobs into the plan's oci_layout, its record from this machine's walk.
+    Pull(remote::ShareArgs),
     /// Show what is stored: all entries, one entry, or its per-path rows. Opens the file
     /// read-only: works while a build holds it.
     Dump(debug::DumpArgs),
@@ -66,6 +74,8 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Lookup(a) => guarded(None, || build::lookup(a)),
         Cmd::Put(a) => guarded(None, || build::put(a)),
+        Cmd::Push(a) => guarded(None, || remote::push(a)),
+        Cmd::Pull(a) => guarded(None, || remote::pull(a)),
         Cmd::Dump(a) => guarded(Some(&a.out.db), || debug::dump(&a)),
         Cmd::Stats(a) => guarded(Some(&a.out.db), || debug::stats(&a)),
         Cmd::Check(a) => guarded(Some(&a.db), || debug::check(&a)),

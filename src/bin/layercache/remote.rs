@@ -1,0 +1,293 @@
+//! `push`, `pull` and the remote half of `lookup`: a cache shared through an OCI registry.
+//!
+//! Owns: the remote options (`--remote`/`$LAYERCACHE_REMOTE`, `--insecure`, `--auth-file`,
+//! `--remote-timeout`), the one warning a run prints when the registry cannot help, and the
+//! order `pull` visits layers in (bases first).
+//!
+//! Must never: turn a registry problem into a failed build. A registry that is down, slow,
+//! refuses or serves something wrong gives the local answer, exit codes unchanged, and ONE
+//! warning line on stderr per run (the rest are in `--json`); once it is unreachable, this run
+//! stops asking it.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use layercache::inputs::Base;
+use layercache::plan::Plan;
+use layercache::remote::{Remote, RemoteError, RemoteOptions};
+use layercache::{Cache, HitSource, PushOutcome, RemoteFailure};
+use serde_json::json;
+
+use crate::build::load_plan;
+use crate::output::{DbArgs, emit};
+
+/// How to reach the registry that shares the cache.
+#[derive(clap::Args, Clone)]
+pub struct RemoteArgs {
+    /// The shared cache: REGISTRY/REPOSITORY (e.g. 127.0.0.1:5000/layercache). Plain HTTP only
+    /// to loopback addresses unless --insecure.
+    #[arg(long, value_name = "REGISTRY/REPO", env = "LAYERCACHE_REMOTE")]
+    pub remote: Option<String>,
+    /// Allow plain HTTP to a registry that is not on a loopback address.
+    #[arg(long)]
+    pub insecure: bool,
+    /// Registry credentials file (auth.json / docker config.json format), searched before
+    /// $REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json and ~/.docker/config.json.
+    #[arg(long, value_name = "FILE")]
+    pub auth_file: Option<PathBuf>,
+    /// Timeout of each registry request, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub remote_timeout: u64,
+}
+
+/// Arguments of `push` and `pull`.
+#[derive(clap::Args)]
+pub struct ShareArgs {
+    #[command(flatten)]
+    out: DbArgs,
+    /// The plan file (JSON) describing the build's layers; its `oci_layout` holds the blobs.
+    #[arg(long, value_name = "PLAN")]
+    plan: PathBuf,
+    #[command(flatten)]
+    remote: RemoteArgs,
+    /// The layers (default: every layer of the plan). `pull` also takes their built bases.
+    #[arg(value_name = "LAYER")]
+    layers: Vec<String>,
+}
+
+/// A registry this run talks to, and whether it has already warned or given up.
+pub struct Link {
+    /// The client; `None` once the registry is known unreachable.
+    remote: Option<Remote>,
+    /// `REGISTRY/REPO` for messages.
+    pub name: String,
+    warned: bool,
+}
+
+impl Link {
+    /// Connects (nothing is sent yet). A remote that cannot be set up gives a link that only
+    /// warns, so a lookup still answers locally.
+    pub fn open(args: &RemoteArgs) -> Option<Link> {
+        let target = args.remote.as_deref()?;
+        let options = RemoteOptions {
+            insecure: args.insecure,
+            timeout: Duration::from_secs(args.remote_timeout.max(1)),
+            auth_file: args.auth_file.clone(),
+        };
+        let mut link = Link {
+            remote: None,
+            name: target.to_string(),
+            warned: false,
+        };
+        match Remote::new(target, options) {
+            Ok(r) => {
+                link.name = format!("{}/{}", r.registry(), r.repository());
+                link.remote = Some(r);
+            }
+            Err(e) => link.warn(&e.to_string()),
+        }
+        Some(link)
+    }
+
+    /// The client, unless the registry is known unreachable.
+    pub fn remote(&self) -> Option<&Remote> {
+        self.remote.as_ref()
+    }
+
+    /// Reports a failure: the first one of the run on stderr; the registry is dropped for the
+    /// rest of the run when it cannot be reached or refuses access.
+    pub fn failed(&mut self, f: &RemoteFailure) {
+        if let RemoteFailure::Registry(e) = f
+            && !matches!(
+                e,
+                RemoteError::Untrusted { .. }
+                    | RemoteError::BlobMismatch { .. }
+                    | RemoteError::InvalidEntry { .. }
+                    | RemoteError::Io { .. }
+            )
+        {
+            self.remote = None;
+        }
+        self.warn(&f.to_string());
+    }
+
+    fn warn(&mut self, text: &str) {
+        if !self.warned {
+            self.warned = true;
+            eprintln!(
+                "layercache: warning: remote cache {}: {text}; answering from the local cache",
+                self.name
+            );
+        }
+    }
+}
+
+/// The JSON of a failure (never a credential: the errors carry none).
+pub fn failure_json(f: Option<&RemoteFailure>) -> serde_json::Value {
+    f.map_or(serde_json::Value::Null, |f| json!(f.to_string()))
+}
+
+/// Opens what `push` and `pull` need: the plan (with an OCI layout), the cache, the registry.
+fn open(args: &ShareArgs) -> anyhow::Result<(Plan, Cache, Link)> {
+    let plan = load_plan(&args.plan)?;
+    if plan.oci_layout().is_none() {
+        anyhow::bail!(
+            "plan file {} names no oci_layout: push and pull move output blobs to and from it",
+            args.plan.display()
+        );
+    }
+    let Some(link) = Link::open(&args.remote) else {
+        anyhow::bail!("no remote cache: give --remote REGISTRY/REPO or set LAYERCACHE_REMOTE");
+    };
+    let (cache, _pruned) = Cache::open(plan.cache_config(&args.out.db))?;
+    Ok((plan, cache, link))
+}
+
+/// The layers to visit: those asked for (all by default) and, with `bases`, their built bases;
+/// bases before the layers built on them, otherwise by name.
+fn build_order(plan: &Plan, asked: &[String], bases: bool) -> anyhow::Result<Vec<String>> {
+    let build = plan.build();
+    for l in asked {
+        build.layer(l)?;
+    }
+    let wanted: BTreeSet<&str> = if asked.is_empty() {
+        build.layers.keys().map(String::as_str).collect()
+    } else {
+        asked.iter().map(String::as_str).collect()
+    };
+    let mut order = Vec::new();
+    let mut done = BTreeSet::new();
+    for start in &wanted {
+        // The chain below `start`, top first (the plan was validated: no cycles).
+        let mut chain = vec![*start];
+        let mut cur = *start;
+        while let Base::Built { layer } = &build.layer(cur)?.base {
+            chain.push(layer.as_str());
+            cur = layer;
+        }
+        for l in chain.into_iter().rev() {
+            if (bases || wanted.contains(l)) && done.insert(l) {
+                order.push(l.to_string());
+            }
+        }
+    }
+    Ok(order)
+}
+
+/// `layercache push`: pushes every layer that hits locally. Exit 0 unless a local error; a
+/// registry that cannot take the entries is one warning and `failed` per layer.
+pub fn push(args: ShareArgs) -> anyhow::Result<ExitCode> {
+    let (plan, cache, mut link) = open(&args)?;
+    let mut session = cache.session(plan.build())?;
+    let mut rows = Vec::new();
+    for layer in build_order(&plan, &args.layers, false)? {
+        let Some(remote) = link.remote() else {
+            rows.push(
+                json!({"layer": layer, "status": "failed", "detail": "registry unavailable"}),
+            );
+            continue;
+        };
+        let outcome = session
+            .push_layer(&layer, remote)
+            .with_context(|| format!("cannot push layer {layer:?}"))?;
+        rows.push(match outcome {
+            PushOutcome::Pushed(r) => json!({
+                "layer": layer, "status": "pushed", "tag": r.tag,
+                "manifest_digest": r.manifest_digest, "blobs_uploaded": r.blobs_uploaded,
+                "blobs_skipped": r.blobs_skipped, "bytes_uploaded": r.bytes_uploaded,
+            }),
+            PushOutcome::AlreadyThere { tag } => {
+                json!({"layer": layer, "status": "already_there", "tag": tag})
+            }
+            PushOutcome::Skipped(reasons) => json!({
+                "layer": layer, "status": "skipped",
+                "reasons": serde_json::to_value(&reasons)?,
+            }),
+            PushOutcome::Failed(f) => {
+                link.failed(&f);
+                json!({"layer": layer, "status": "failed", "detail": f.to_string()})
+            }
+        });
+    }
+    report(&args, &link, "push", rows)
+}
+
+/// `layercache pull`: for each layer in build order, a local hit does nothing and a local miss
+/// asks the registry. Exit 0 unless a local error.
+pub fn pull(args: ShareArgs) -> anyhow::Result<ExitCode> {
+    let (plan, cache, mut link) = open(&args)?;
+    let mut session = cache.session(plan.build())?;
+    let mut rows = Vec::new();
+    for layer in build_order(&plan, &args.layers, true)? {
+        let Some(remote) = link.remote() else {
+            let local = session.lookup(&layer)?;
+            let status = if local.is_hit() { "local" } else { "miss" };
+            rows.push(json!({"layer": layer, "status": status}));
+            continue;
+        };
+        let r = session
+            .lookup_remote(&layer, false, remote)
+            .with_context(|| format!("cannot pull layer {layer:?}"))?;
+        if let Some(f) = &r.failure {
+            link.failed(f);
+        }
+        let status = match r.source {
+            Some(HitSource::Local) => "local",
+            Some(HitSource::Remote) => "pulled",
+            None => "miss",
+        };
+        rows.push(json!({
+            "layer": layer, "status": status,
+            "fetched": r.fetched.map(|f| json!({
+                "blobs_downloaded": f.blobs_downloaded, "blobs_present": f.blobs_present,
+                "bytes_downloaded": f.bytes_downloaded,
+            })),
+            "failure": failure_json(r.failure.as_ref()),
+        }));
+    }
+    report(&args, &link, "pull", rows)
+}
+
+fn report(
+    args: &ShareArgs,
+    link: &Link,
+    what: &str,
+    rows: Vec<serde_json::Value>,
+) -> anyhow::Result<ExitCode> {
+    let value = json!({"remote": link.name, what: rows});
+    emit(args.out.json, &value, |_, out| {
+        for r in &rows {
+            let layer = r["layer"].as_str().unwrap_or_default();
+            let status = r["status"].as_str().unwrap_or_default().replace('_', " ");
+            writeln!(out, "{layer}: {status}")?;
+        }
+        Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The JSON `lookup` adds for the remote: where a hit came from and what the registry did.
+pub fn lookup_json(
+    link: Option<&Link>,
+    source: Option<HitSource>,
+    failure: Option<&RemoteFailure>,
+) -> (serde_json::Value, serde_json::Value) {
+    let source = serde_json::to_value(source).unwrap_or_default();
+    let remote = link.map_or(
+        serde_json::Value::Null,
+        |l| json!({"name": l.name, "failure": failure_json(failure)}),
+    );
+    (source, remote)
+}
+
+/// The text line of a lookup's hit.
+pub fn hit_line(layer: &str, source: Option<HitSource>, link: Option<&Link>) -> String {
+    match (source, link) {
+        (Some(HitSource::Remote), Some(l)) => format!("{layer}: hit (from remote {})", l.name),
+        _ => format!("{layer}: hit"),
+    }
+}
