@@ -91,8 +91,8 @@ pub enum MissReason {
         /// Import key.
         key: String,
     },
-    /// An import recorded in the entry that the layer no longer has (or that now has a
-    /// `dest`, which takes it out of the cache).
+    /// An import recorded in the entry that the layer no longer has (an import with a `dest`
+    /// is keyed by the key and the destination, so a new destination is a new import).
     ImportRemoved {
         /// Import key.
         key: String,

@@ -12,6 +12,7 @@
 //! `cache/refresh.rs` refreshes stat data, records the use coarsely, and — for a hit on a
 //! version other than the current one — makes the rows describe the tree as it is now.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 
 use crate::error::Result;
@@ -58,7 +59,7 @@ fn digest_role(role: SourceRole) -> Role {
 struct Walked<'i> {
     observed: Option<Vec<Observed>>,
     /// Per cached source: its role, key and walked tree (`None`: not walked or gone).
-    trees: Vec<(SourceRole, &'i str, Option<WalkedTree>)>,
+    trees: Vec<(SourceRole, Cow<'i, str>, Option<WalkedTree>)>,
     /// An overlay dir's rootfs copy is missing: no version can hit.
     rootfs_missing: Option<MissReason>,
 }
@@ -97,8 +98,8 @@ impl Session<'_> {
         // Which stored versions can still match once the trees are known: the same definition,
         // base, epoch, build_only, builder and set of sources. A damaged version might be any.
         let definition_digest = *blake3::hash(&canonical_json(&inputs.definition)).as_bytes();
-        let keys_now: BTreeSet<(Role, &str)> = cached_sources(inputs)
-            .map(|s| (digest_role(s.id.role), s.id.key))
+        let keys_now: BTreeSet<(Role, Cow<'_, str>)> = cached_sources(inputs)
+            .map(|s| (digest_role(s.role), s.ident))
             .collect();
         let could_hit = match &base {
             BaseNow::Miss(_) => false,
@@ -239,20 +240,17 @@ impl Session<'_> {
             if !explain && !observe && !could_hit {
                 break;
             }
-            let summary = current.and_then(|r| {
-                summaries(r, src.id.role)
-                    .iter()
-                    .find(|s| s.key == src.id.key)
-            });
+            let summary =
+                current.and_then(|r| summaries(r, src.role).iter().find(|s| s.key == src.ident));
             if explain && summary.is_none() {
-                reasons.push(src.id.miss(SourceMiss::New));
+                reasons.push(src.id().miss(SourceMiss::New));
             }
             let explain = explain && summary.is_some();
             if let Some(rootfs) = src.rootfs_path
                 && std::fs::symlink_metadata(rootfs).is_err()
             {
                 let missing = MissReason::OverlayDirMissing {
-                    key: src.id.key.to_string(),
+                    key: src.ident.to_string(),
                     rootfs_path: show_path(rootfs),
                 };
                 if explain {
@@ -282,17 +280,17 @@ impl Session<'_> {
             {
                 reasons.push(r);
             }
-            walked.trees.push((src.id.role, src.id.key, checked.tree));
+            walked.trees.push((src.role, src.ident, checked.tree));
         }
         Ok(walked)
     }
 }
 
 /// The (role, key) set of a version's sources.
-fn source_keys(v: &VersionRecord) -> BTreeSet<(Role, &str)> {
+fn source_keys(v: &VersionRecord) -> BTreeSet<(Role, Cow<'_, str>)> {
     crate::version::sources_of(&v.imports, &v.overlay_dirs)
         .into_iter()
-        .map(|s| (s.role, s.key))
+        .map(|s| (s.role, Cow::Borrowed(s.key)))
         .collect()
 }
 
@@ -396,7 +394,7 @@ fn check_removed_sources(rec: &VersionRecord, inputs: &LayerInputs, reasons: &mu
     for role in [SourceRole::Import, SourceRole::OverlayDir] {
         for s in summaries(rec, role) {
             let id = super::SourceId { role, key: &s.key };
-            let still = cached_sources(inputs).any(|c| c.id == id);
+            let still = cached_sources(inputs).any(|c| c.id() == id);
             if !still && !reasons.stop() {
                 reasons.push(id.miss(SourceMiss::Removed));
             }

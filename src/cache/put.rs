@@ -140,13 +140,13 @@ impl Session<'_> {
         for src in cached_sources(inputs) {
             let seen = lookup.observed.as_ref().map(|obs| {
                 obs.iter()
-                    .find(|o| o.role == src.id.role && o.key == src.id.key)
+                    .find(|o| o.role == src.role && o.key == src.ident)
                     .map(|o| o.rows.as_slice())
                     .unwrap_or(&[])
             });
             let prior = (!damaged).then_some(&prior_txn);
             let summary = self.write_source(txn, prior, &lookup.layer, &src, seen, &mut written)?;
-            match src.id.role {
+            match src.role {
                 SourceRole::Import => written.imports.push(summary),
                 SourceRole::OverlayDir => written.overlay_dirs.push(summary),
             }
@@ -166,7 +166,7 @@ impl Session<'_> {
         written: &mut Written,
     ) -> Result<SourceSummary> {
         let store = &self.cache.store;
-        let sid = src.id.row_source();
+        let sid = src.id().row_source();
         let mut walk = match prior {
             None => TreeWalk::new(src.path)?,
             Some(prior_txn) => {
@@ -185,13 +185,13 @@ impl Session<'_> {
         for p in checker.map(ObservationCheck::finish).unwrap_or_default() {
             written.changes.push(format!(
                 "{} {}: {}",
-                src.id.noun(),
-                src.id.key,
+                src.id().noun(),
+                src.ident,
                 escape_bytes(&p.under(src.path).into_os_string().into_encoded_bytes())
             ));
         }
         Ok(SourceSummary {
-            key: src.id.key.to_string(),
+            key: src.ident.to_string(),
             source: sid,
             root_kind: summary.root_kind.unwrap_or(EntryKind::Dir),
             root_digest: summary.root_digest,
