@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use common::*;
-use layercache::{Base, Build, Cache, CacheConfig, Import, LayerInputs, MissReason};
+use layercache::{Base, Build, Cache, CacheConfig, Error, Import, LayerInputs, MissReason};
 use oci_spec::image::Descriptor;
 use serde_json::json;
 
@@ -171,4 +171,28 @@ fn an_xattr_change_behind_a_symlinked_root_misses() {
         matches!(r.first(), Some(MissReason::ImportContentChanged { key, .. }) if key == "tree"),
         "{r:?}"
     );
+}
+
+/// A layer marked uncacheable (a stacker layer with binds) always misses with its own reason,
+/// even when a version of the same name exists, and a put of it is refused.
+#[test]
+fn an_uncacheable_layer_misses_and_cannot_be_put() {
+    let f = Fixture::new();
+    let cache = f.open();
+    let plain = one_layer(layer(Base::Scratch));
+    put(&f, &cache, &plain, "l");
+    assert_eq!(reasons(&cache, &plain, "l"), vec![]);
+    let mut l = layer(Base::Scratch);
+    l.uncacheable = Some("layer has binds".into());
+    let build = one_layer(l);
+    assert_eq!(
+        reasons(&cache, &build, "l"),
+        vec![MissReason::NotCacheable {
+            why: "layer has binds".into()
+        }]
+    );
+    let mut s = cache.session(&build).unwrap();
+    let lk = s.lookup("l").unwrap();
+    let err = s.put(&lk, &f.manifests("out")).unwrap_err();
+    assert!(matches!(err, Error::NotCacheable { .. }), "{err}");
 }

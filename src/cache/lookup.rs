@@ -1,4 +1,5 @@
-//! Evaluating one layer (schema v3): compute its input digest while walking, hit on **any**
+//! Evaluating one layer (schema v3): a layer marked uncacheable misses with that reason alone;
+//! otherwise compute its input digest while walking, hit on **any**
 //! stored version with that digest, and otherwise explain the miss against the layer's current
 //! version (the one its rows describe, the most recently used) in stacker's order: not cached,
 //! definition, base, SOURCE_DATE_EPOCH, each cached source, sources no longer in the layer.
@@ -73,6 +74,14 @@ impl Session<'_> {
         mode: LookupMode,
     ) -> Result<Lookup> {
         self.counters.lookups += 1;
+        if let Some(why) = &inputs.uncacheable {
+            // Never cached: nothing to compare, nothing to observe, nothing a put may use.
+            return Ok(Lookup {
+                layer: layer.to_string(),
+                outcome: Outcome::Miss(vec![MissReason::NotCacheable { why: why.clone() }]),
+                observed: None,
+            });
+        }
         let path = self.cache.store.path().to_path_buf();
         let txn = self.cache.store.begin_read()?;
         let mut reasons = Reasons {

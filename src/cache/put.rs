@@ -46,7 +46,8 @@ impl Session<'_> {
     /// transaction. `lookup` is the lookup this build did of
     /// the layer: if any input differs from what it saw, nothing is stored and
     /// [`Error::InputsChanged`] names the paths. A lookup without observations (see
-    /// [`LookupMode::observe`](crate::LookupMode::observe)) skips that check.
+    /// [`LookupMode::observe`](crate::LookupMode::observe)) skips that check. A layer marked
+    /// [`uncacheable`](crate::LayerInputs::uncacheable) is refused ([`Error::NotCacheable`]).
     pub fn put(
         &mut self,
         lookup: &Lookup,
@@ -64,6 +65,12 @@ impl Session<'_> {
         let layer = lookup.layer.as_str();
         validate_layer_name(layer)?;
         let inputs = self.build.layer(layer)?;
+        if let Some(why) = &inputs.uncacheable {
+            return Err(Error::NotCacheable {
+                layer: layer.to_string(),
+                why: why.clone(),
+            });
+        }
         self.resolve_bases_below(layer)?;
         let base_hash = self.base_hash_for_put(layer, inputs)?;
         let manifests = manifest_records(manifests)?;
