@@ -159,6 +159,14 @@ pub enum MissReason {
         /// Current builder; `None` when none is given.
         new: Option<String>,
     },
+    /// The layer was put as build-only (kept as a rootfs directory, no outputs) and is now
+    /// looked up as exported, or the other way round.
+    BuildOnlyChanged {
+        /// Recorded.
+        old: bool,
+        /// Now.
+        new: bool,
+    },
 }
 
 fn hex_short(s: &str) -> &str {
@@ -231,6 +239,9 @@ impl fmt::Display for MissReason {
                 old.as_deref().unwrap_or("unset"),
                 new.as_deref().unwrap_or("unset")
             ),
+            MissReason::BuildOnlyChanged { old, new } => {
+                write!(f, "build_only changed: {old} -> {new}")
+            }
         }
     }
 }

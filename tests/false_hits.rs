@@ -196,3 +196,38 @@ fn an_uncacheable_layer_misses_and_cannot_be_put() {
     let err = s.put(&lk, &f.manifests("out")).unwrap_err();
     assert!(matches!(err, Error::NotCacheable { .. }), "{err}");
 }
+
+/// Hole 4: build_only is part of what must match (v3: of the input digest), and a miss against
+/// the current version says so.
+#[test]
+fn build_only_is_compared() {
+    let f = Fixture::new();
+    let mut l = layer(Base::Scratch);
+    l.build_only = true;
+    std::fs::create_dir_all(f.p("roots/l")).unwrap();
+    let cache = f.open();
+    {
+        let build = one_layer(l.clone());
+        let mut s = cache.session(&build).unwrap();
+        let lk = s.lookup("l").unwrap();
+        s.put(&lk, &BTreeMap::new()).unwrap();
+        assert_eq!(reasons(&cache, &build, "l"), vec![]);
+    }
+    l.build_only = false;
+    let build = one_layer(l);
+    assert_eq!(
+        reasons(&cache, &build, "l"),
+        vec![MissReason::BuildOnlyChanged {
+            old: true,
+            new: false
+        }]
+    );
+    assert_eq!(
+        MissReason::BuildOnlyChanged {
+            old: true,
+            new: false
+        }
+        .to_string(),
+        "cache miss because build_only changed: true -> false"
+    );
+}

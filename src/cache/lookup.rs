@@ -2,7 +2,7 @@
 //! otherwise compute its input digest while walking, hit on **any**
 //! stored version with that digest, and otherwise explain the miss against the layer's current
 //! version (the one its rows describe, the most recently used) in stacker's order: not cached,
-//! definition, base, SOURCE_DATE_EPOCH, each cached source, sources no longer in the layer.
+//! definition, base, SOURCE_DATE_EPOCH, build_only, each cached source, sources no longer in the layer.
 //!
 //! Owns: that order, what each step compares, which stored versions can still match before
 //! any tree is walked (if none can and nothing is to be observed, no tree is walked), the input
@@ -102,6 +102,9 @@ impl Session<'_> {
             }
             if !reasons.stop() {
                 check_epoch(rec, inputs, &mut reasons);
+            }
+            if !reasons.stop() {
+                check_build_only(rec, inputs, &mut reasons);
             }
         }
         // Which stored versions can still match once the trees are known: the same definition,
@@ -392,6 +395,16 @@ fn check_epoch(rec: &VersionRecord, inputs: &LayerInputs, reasons: &mut Reasons)
         reasons.push(MissReason::SourceDateEpochChanged {
             old: rec.source_date_epoch,
             new: inputs.source_date_epoch,
+        });
+    }
+}
+
+/// 4b. build_only (part of the input digest): kept as a rootfs directory or exported.
+fn check_build_only(rec: &VersionRecord, inputs: &LayerInputs, reasons: &mut Reasons) {
+    if rec.build_only != inputs.build_only {
+        reasons.push(MissReason::BuildOnlyChanged {
+            old: rec.build_only,
+            new: inputs.build_only,
         });
     }
 }
