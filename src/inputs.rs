@@ -80,8 +80,9 @@ pub struct Import {
     pub key: String,
     /// Where the imported file or directory is on disk.
     pub path: PathBuf,
-    /// Imports with a destination are copied into the rootfs by the builder and, as in stacker,
-    /// not cached.
+    /// Where the builder copies the import in the rootfs, if not the default place. It is an
+    /// input like any other import (stacker does not hash it; we do): the same key imported to
+    /// two destinations is two sources.
     #[serde(default)]
     pub dest: Option<String>,
 }
@@ -173,7 +174,7 @@ impl Build {
             let mut keys = std::collections::BTreeSet::new();
             for i in &layer.imports {
                 validate_key("import key", &i.key)?;
-                if !keys.insert(("i", i.key.as_str())) {
+                if !keys.insert(("i", i.key.as_str(), i.dest.as_deref())) {
                     return Err(Error::InvalidName {
                         what: "import key",
                         value: i.key.clone(),
@@ -183,7 +184,7 @@ impl Build {
             }
             for o in &layer.overlay_dirs {
                 validate_key("overlay_dir key", &o.key)?;
-                if !keys.insert(("o", o.key.as_str())) {
+                if !keys.insert(("o", o.key.as_str(), None)) {
                     return Err(Error::InvalidName {
                         what: "overlay_dir key",
                         value: o.key.clone(),

@@ -91,8 +91,8 @@ pub enum MissReason {
         /// Import key.
         key: String,
     },
-    /// An import recorded in the entry that the layer no longer has (or that now has a
-    /// `dest`, which takes it out of the cache).
+    /// An import recorded in the entry that the layer no longer has (an import with a `dest`
+    /// is keyed by the key and the destination, so a new destination is a new import).
     ImportRemoved {
         /// Import key.
         key: String,
@@ -158,6 +158,14 @@ pub enum MissReason {
         old: Option<String>,
         /// Current builder; `None` when none is given.
         new: Option<String>,
+    },
+    /// The layer was put as build-only (kept as a rootfs directory, no outputs) and is now
+    /// looked up as exported, or the other way round.
+    BuildOnlyChanged {
+        /// Recorded.
+        old: bool,
+        /// Now.
+        new: bool,
     },
 }
 
@@ -231,6 +239,9 @@ impl fmt::Display for MissReason {
                 old.as_deref().unwrap_or("unset"),
                 new.as_deref().unwrap_or("unset")
             ),
+            MissReason::BuildOnlyChanged { old, new } => {
+                write!(f, "build_only changed: {old} -> {new}")
+            }
         }
     }
 }

@@ -248,31 +248,6 @@ fn import_reasons_new_missing_type_content() {
 }
 
 #[test]
-fn imports_with_dest_are_not_cached() {
-    let f = Fixture::new();
-    let cache = f.open();
-    let mut build = two_layers(&f);
-    write(&f.p("imports/base"), "copied.txt", b"v1");
-    build.layers.get_mut("base").unwrap().imports.push(Import {
-        key: "copied".into(),
-        path: f.p("imports/base/copied.txt"),
-        dest: Some("/etc/copied".into()),
-    });
-    put_all(&f, &cache, &build, &["base"]);
-    write(&f.p("imports/base"), "copied.txt", b"v2");
-    assert_eq!(first_reason(&cache, &build, "base"), None);
-    assert!(
-        cache
-            .entry("base")
-            .unwrap()
-            .unwrap()
-            .imports
-            .iter()
-            .all(|s| s.key != "copied")
-    );
-}
-
-#[test]
 fn overlay_reasons_new_missing_content() {
     let f = Fixture::new();
     let cache = f.open();
@@ -718,12 +693,12 @@ fn a_source_dropped_from_the_layer_misses() {
         first_reason(&cache, &build, "app"),
         Some(MissReason::OverlayDirRemoved { key: "src".into() })
     );
-    // An import that gains a dest leaves the cache: a miss too.
+    // An import that gains a dest is another source (keyed by key and dest): a new import.
     let mut build = two_layers_again(&f);
     build.layers.get_mut("base").unwrap().imports[1].dest = Some("/x".into());
     assert!(matches!(
         first_reason(&cache, &build, "base"),
-        Some(MissReason::ImportRemoved { .. })
+        Some(MissReason::ImportNew { .. })
     ));
 }
 

@@ -1,8 +1,9 @@
-//! Evaluating one layer (schema v3): compute its input digest while walking, hit on **any**
+//! Evaluating one layer (schema v3): a layer marked uncacheable misses with that reason alone;
+//! otherwise compute its input digest while walking, hit on **any**
 //! stored version with that digest, and otherwise explain the miss against the layer's current
 //! version (the one its rows describe, the most recently used) in stacker's order: not cached,
-//! definition, builder, base, SOURCE_DATE_EPOCH, each cached source, sources no longer in the
-//! layer. A layer marked uncacheable misses with that reason alone, before any check.
+//! definition, builder, base, SOURCE_DATE_EPOCH, build_only, each cached source, sources no
+//! longer in the layer. A layer marked uncacheable misses with that reason alone, before any check.
 //!
 //! Owns: that order, what each step compares, which stored versions can still match before
 //! any tree is walked (if none can and nothing is to be observed, no tree is walked), the input
@@ -13,6 +14,7 @@
 //! `cache/refresh.rs` refreshes stat data, records the use coarsely, and — for a hit on a
 //! version other than the current one — makes the rows describe the tree as it is now.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 
 use crate::error::Result;
@@ -59,7 +61,7 @@ fn digest_role(role: SourceRole) -> Role {
 struct Walked<'i> {
     observed: Option<Vec<Observed>>,
     /// Per cached source: its role, key and walked tree (`None`: not walked or gone).
-    trees: Vec<(SourceRole, &'i str, Option<WalkedTree>)>,
+    trees: Vec<(SourceRole, Cow<'i, str>, Option<WalkedTree>)>,
     /// An overlay dir's rootfs copy is missing: no version can hit.
     rootfs_missing: Option<MissReason>,
 }
@@ -74,6 +76,7 @@ impl Session<'_> {
     ) -> Result<Lookup> {
         self.counters.lookups += 1;
         if let Some(why) = &inputs.uncacheable {
+            // Never cached: nothing to compare, nothing to observe, nothing a put may use.
             return Ok(Lookup {
                 layer: layer.to_string(),
                 outcome: Outcome::Miss(vec![MissReason::NotCacheable { why: why.clone() }]),
@@ -106,12 +109,15 @@ impl Session<'_> {
             if !reasons.stop() {
                 check_epoch(rec, inputs, &mut reasons);
             }
+            if !reasons.stop() {
+                check_build_only(rec, inputs, &mut reasons);
+            }
         }
         // Which stored versions can still match once the trees are known: the same definition,
         // base, epoch, build_only, builder and set of sources. A damaged version might be any.
         let definition_digest = *blake3::hash(&canonical_json(&inputs.definition)).as_bytes();
-        let keys_now: BTreeSet<(Role, &str)> = cached_sources(inputs)
-            .map(|s| (digest_role(s.id.role), s.id.key))
+        let keys_now: BTreeSet<(Role, Cow<'_, str>)> = cached_sources(inputs)
+            .map(|s| (digest_role(s.role), s.ident))
             .collect();
         let could_hit = match &base {
             BaseNow::Miss(_) => false,
@@ -252,20 +258,17 @@ impl Session<'_> {
             if !explain && !observe && !could_hit {
                 break;
             }
-            let summary = current.and_then(|r| {
-                summaries(r, src.id.role)
-                    .iter()
-                    .find(|s| s.key == src.id.key)
-            });
+            let summary =
+                current.and_then(|r| summaries(r, src.role).iter().find(|s| s.key == src.ident));
             if explain && summary.is_none() {
-                reasons.push(src.id.miss(SourceMiss::New));
+                reasons.push(src.id().miss(SourceMiss::New));
             }
             let explain = explain && summary.is_some();
             if let Some(rootfs) = src.rootfs_path
                 && std::fs::symlink_metadata(rootfs).is_err()
             {
                 let missing = MissReason::OverlayDirMissing {
-                    key: src.id.key.to_string(),
+                    key: src.ident.to_string(),
                     rootfs_path: show_path(rootfs),
                 };
                 if explain {
@@ -295,17 +298,17 @@ impl Session<'_> {
             {
                 reasons.push(r);
             }
-            walked.trees.push((src.id.role, src.id.key, checked.tree));
+            walked.trees.push((src.role, src.ident, checked.tree));
         }
         Ok(walked)
     }
 }
 
 /// The (role, key) set of a version's sources.
-fn source_keys(v: &VersionRecord) -> BTreeSet<(Role, &str)> {
+fn source_keys(v: &VersionRecord) -> BTreeSet<(Role, Cow<'_, str>)> {
     crate::version::sources_of(&v.imports, &v.overlay_dirs)
         .into_iter()
-        .map(|s| (s.role, s.key))
+        .map(|s| (s.role, Cow::Borrowed(s.key)))
         .collect()
 }
 
@@ -391,6 +394,16 @@ fn check_epoch(rec: &VersionRecord, inputs: &LayerInputs, reasons: &mut Reasons)
     }
 }
 
+/// 4b. build_only (part of the input digest): kept as a rootfs directory or exported.
+fn check_build_only(rec: &VersionRecord, inputs: &LayerInputs, reasons: &mut Reasons) {
+    if rec.build_only != inputs.build_only {
+        reasons.push(MissReason::BuildOnlyChanged {
+            old: rec.build_only,
+            new: inputs.build_only,
+        });
+    }
+}
+
 /// Sources recorded at put that the layer no longer has. In stacker they are part of the
 /// definition; here the builder passes them apart, so they are checked apart — after the
 /// current ones, so a renamed key reports the new name first ("new import").
@@ -398,7 +411,7 @@ fn check_removed_sources(rec: &VersionRecord, inputs: &LayerInputs, reasons: &mu
     for role in [SourceRole::Import, SourceRole::OverlayDir] {
         for s in summaries(rec, role) {
             let id = super::SourceId { role, key: &s.key };
-            let still = cached_sources(inputs).any(|c| c.id == id);
+            let still = cached_sources(inputs).any(|c| c.id() == id);
             if !still && !reasons.stop() {
                 reasons.push(id.miss(SourceMiss::Removed));
             }

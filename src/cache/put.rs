@@ -48,7 +48,8 @@ impl Session<'_> {
     /// transaction. `lookup` is the lookup this build did of
     /// the layer: if any input differs from what it saw, nothing is stored and
     /// [`Error::InputsChanged`] names the paths. A lookup without observations (see
-    /// [`LookupMode::observe`](crate::LookupMode::observe)) skips that check.
+    /// [`LookupMode::observe`](crate::LookupMode::observe)) skips that check. A layer marked
+    /// [`uncacheable`](crate::LayerInputs::uncacheable) is refused ([`Error::NotCacheable`]).
     pub fn put(
         &mut self,
         lookup: &Lookup,
@@ -153,13 +154,13 @@ impl Session<'_> {
         for src in cached_sources(inputs) {
             let seen = lookup.observed.as_ref().map(|obs| {
                 obs.iter()
-                    .find(|o| o.role == src.id.role && o.key == src.id.key)
+                    .find(|o| o.role == src.role && o.key == src.ident)
                     .map(|o| o.rows.as_slice())
                     .unwrap_or(&[])
             });
             let prior = (!damaged).then_some(&prior_txn);
             let summary = self.write_source(txn, prior, &lookup.layer, &src, seen, &mut written)?;
-            match src.id.role {
+            match src.role {
                 SourceRole::Import => written.imports.push(summary),
                 SourceRole::OverlayDir => written.overlay_dirs.push(summary),
             }
@@ -179,7 +180,7 @@ impl Session<'_> {
         written: &mut Written,
     ) -> Result<SourceSummary> {
         let store = &self.cache.store;
-        let sid = src.id.row_source();
+        let sid = src.id().row_source();
         let mut walk = match prior {
             None => TreeWalk::new(src.path)?,
             Some(prior_txn) => {
@@ -198,13 +199,13 @@ impl Session<'_> {
         for p in checker.map(ObservationCheck::finish).unwrap_or_default() {
             written.changes.push(format!(
                 "{} {}: {}",
-                src.id.noun(),
-                src.id.key,
+                src.id().noun(),
+                src.ident,
                 escape_bytes(&p.under(src.path).into_os_string().into_encoded_bytes())
             ));
         }
         Ok(SourceSummary {
-            key: src.id.key.to_string(),
+            key: src.ident.to_string(),
             source: sid,
             root_kind: summary.root_kind.unwrap_or(EntryKind::Dir),
             root_digest: summary.root_digest,

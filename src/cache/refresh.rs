@@ -93,7 +93,7 @@ pub(super) struct Switch<'i> {
     /// and its rows stay.
     pub(super) from: Option<LayerRecord>,
     /// Every cached source with its walked tree, in the order walked.
-    pub(super) trees: Vec<(SourceRole, &'i str, Option<WalkedTree>)>,
+    pub(super) trees: Vec<(SourceRole, std::borrow::Cow<'i, str>, Option<WalkedTree>)>,
 }
 
 impl Session<'_> {
@@ -297,7 +297,7 @@ fn rec_source_path<'a>(
     key: &str,
 ) -> Option<&'a std::path::Path> {
     cached_sources(inputs)
-        .find(|s| s.id.role == role && s.id.key == key)
+        .find(|s| s.role == role && s.ident == key)
         .map(|s| s.path)
 }
 

@@ -243,8 +243,9 @@ impl Session<'_> {
             BaseNow::Hash(h) => h,
             BaseNow::Miss(_) => return Ok(None),
         };
+        let sources: Vec<_> = cached_sources(inputs).collect();
         let mut roots = Vec::new();
-        for src in cached_sources(inputs) {
+        for src in &sources {
             if src
                 .rootfs_path
                 .is_some_and(|p| p.symlink_metadata().is_err())
@@ -267,13 +268,13 @@ impl Session<'_> {
             let Some(kind) = root_kind else {
                 return Ok(None);
             };
-            let role = match src.id.role {
+            let role = match src.role {
                 SourceRole::Import => Role::Import,
                 SourceRole::OverlayDir => Role::OverlayDir,
             };
             roots.push(SourceInput {
                 role,
-                key: src.id.key,
+                key: &src.ident,
                 root_kind: kind,
                 root_digest: hasher.finish().0,
             });

@@ -57,6 +57,9 @@ impl<'a> Session<'a> {
     /// A session over `build`, after validating it (names, keys, bases, cycles).
     pub(super) fn new(cache: &'a Cache, build: &'a Build) -> Result<Self> {
         build.validate()?;
+        for l in build.layers.values() {
+            super::source::check_import_keys(l)?;
+        }
         let mut dependents: HashMap<String, Vec<String>> = HashMap::new();
         for (name, l) in &build.layers {
             if let Base::Built { layer } = &l.base {

@@ -11,6 +11,7 @@
 //! Must never: write to the database, or decide what stat data vouches for (that is
 //! [`crate::tree::fastpath`]).
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::path::Path;
@@ -127,35 +128,78 @@ impl<'a> SourceId<'a> {
     }
 }
 
-/// One cached source of a layer: an import without a `dest`, or an overlay dir.
+/// One cached source of a layer: an import (with or without a `dest`), or an overlay dir.
 pub(super) struct SourceRef<'a> {
-    /// Its identity.
-    pub(super) id: SourceId<'a>,
+    /// Import or overlay dir.
+    pub(super) role: SourceRole,
+    /// Its identity key: the builder's key, or for an import with a `dest` the key and the
+    /// destination together ([`import_identity`]).
+    pub(super) ident: Cow<'a, str>,
     /// The tree that is walked and cached.
     pub(super) path: &'a Path,
     /// For an overlay dir, its copy in the rootfs, which must exist for a hit.
     pub(super) rootfs_path: Option<&'a Path>,
 }
 
-/// The cached sources of a layer, imports first, in the order the builder gave them.
+impl SourceRef<'_> {
+    /// Its identity.
+    pub(super) fn id(&self) -> SourceId<'_> {
+        SourceId {
+            role: self.role,
+            key: &self.ident,
+        }
+    }
+}
+
+/// The identity key of an import: its key, or for an import with a destination the JSON array
+/// `["KEY","DEST"]`, so the same URL imported to two destinations is two sources (and a dest
+/// change is a new import). JSON quoting makes the pair unambiguous; a key without a `dest`
+/// that looks like such a pair is refused by [`check_import_keys`].
+pub(crate) fn import_identity<'a>(key: &'a str, dest: Option<&str>) -> Cow<'a, str> {
+    match dest {
+        None => Cow::Borrowed(key),
+        Some(dest) => Cow::Owned(serde_json::json!([key, dest]).to_string()),
+    }
+}
+
+/// Refuses an import key (without a `dest`) that could be mistaken for the identity of an
+/// import with one, and a `dest` holding a NUL byte.
+pub(crate) fn check_import_keys(inputs: &LayerInputs) -> Result<()> {
+    for i in &inputs.imports {
+        match &i.dest {
+            None if i.key.starts_with("[\"") => {
+                return Err(Error::InvalidName {
+                    what: "import key",
+                    value: escape_bytes(i.key.as_bytes()),
+                    why: "a key starting with [\" is reserved for imports with a dest; \
+                          rename the import",
+                });
+            }
+            Some(d) if d.contains('\0') => {
+                return Err(Error::InvalidName {
+                    what: "import dest",
+                    value: escape_bytes(d.as_bytes()),
+                    why: "it contains a NUL byte",
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The cached sources of a layer, imports first, in the order the builder gave them. Every
+/// import is an input, with or without a `dest`.
 pub(super) fn cached_sources(inputs: &LayerInputs) -> impl Iterator<Item = SourceRef<'_>> {
-    let imports = inputs
-        .imports
-        .iter()
-        .filter(|i| i.dest.is_none())
-        .map(|i| SourceRef {
-            id: SourceId {
-                role: SourceRole::Import,
-                key: &i.key,
-            },
-            path: &i.path,
-            rootfs_path: None,
-        });
+    let imports = inputs.imports.iter().map(|i| SourceRef {
+        role: SourceRole::Import,
+        ident: import_identity(&i.key, i.dest.as_deref()),
+        path: &i.path,
+        rootfs_path: None,
+    });
     let overlays = inputs.overlay_dirs.iter().map(|o| SourceRef {
-        id: SourceId {
-            role: SourceRole::OverlayDir,
-            key: &o.key,
-        },
+        role: SourceRole::OverlayDir,
+        ident: Cow::Borrowed(o.key.as_str()),
         path: &o.source,
         rootfs_path: Some(&o.rootfs_path),
     });
@@ -322,7 +366,7 @@ struct Compared {
 impl SourceCheck<'_> {
     /// Walks the source; see [`SourceCheck`].
     pub(super) fn run(&self, refresh: &mut RefreshList) -> Result<Checked> {
-        let id = self.source.id;
+        let id = self.source.id();
         let path = self.source.path;
         let kind_now = match std::fs::metadata(path) {
             Ok(m) if m.is_dir() => EntryKind::Dir,
@@ -400,7 +444,7 @@ impl SourceCheck<'_> {
         walk: &mut TreeWalk,
         rec: &mut Recorder<'_>,
     ) -> Result<Compared> {
-        let id = self.source.id;
+        let id = self.source.id();
         if id.role == SourceRole::Import
             && summary.root_kind != kind_now
             && matches!(summary.root_kind, EntryKind::File | EntryKind::Dir)

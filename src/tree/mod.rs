@@ -496,17 +496,28 @@ fn kind_of(ft: std::fs::FileType) -> EntryKind {
     }
 }
 
-/// Reads the extended attributes of `path` without following a symlink; sorted by name. A file
-/// system without xattr support yields none.
-fn read_xattrs(path: &Path) -> Result<Xattrs> {
-    let names = match xattr::list(path) {
+/// Reads the extended attributes of `path`, sorted by name; a symlink is followed only when
+/// `follow` (the root, which the walk stats through a link too: its xattrs must be the ones of
+/// the directory it stands for). A file system without xattr support yields none.
+fn read_xattrs(path: &Path, follow: bool) -> Result<Xattrs> {
+    let listed = if follow {
+        xattr::list_deref(path)
+    } else {
+        xattr::list(path)
+    };
+    let names = match listed {
         Ok(n) => n,
         Err(e) if is_unsupported(&e) => return Ok(Vec::new()),
         Err(e) => return Err(Error::io("cannot list extended attributes of", path, e)),
     };
     let mut out = Vec::new();
     for name in names {
-        match xattr::get(path, &name) {
+        let value = if follow {
+            xattr::get_deref(path, &name)
+        } else {
+            xattr::get(path, &name)
+        };
+        match value {
             Ok(Some(v)) => out.push((name.as_bytes().to_vec(), v)),
             Ok(None) => {}
             Err(e) if is_unsupported(&e) => {}
@@ -556,7 +567,7 @@ fn describe(
     })?;
     let kind = kind_of(meta.file_type());
     let stat = StatData::of(&meta);
-    let (link_target, xattrs) = link_and_xattrs(&abs, kind, &stat, prior)?;
+    let (link_target, xattrs) = link_and_xattrs(&abs, kind, &stat, prior, follow)?;
     let mut row = Row {
         kind,
         mode: meta.mode() & 0o7777,
@@ -614,12 +625,14 @@ fn describe(
 type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// The link target and xattrs of an entry, taken from `prior` when its row
-/// [vouches for them](fastpath::vouches_for_metadata) (no second path syscall), else read.
+/// [vouches for them](fastpath::vouches_for_metadata) (no second path syscall), else read
+/// (through a symlink when `follow`, as for the root; `stat` was taken the same way).
 fn link_and_xattrs(
     abs: &Path,
     kind: EntryKind,
     stat: &StatData,
     prior: Option<&Row>,
+    follow: bool,
 ) -> Result<(Vec<u8>, Xattrs)> {
     if let Some(p) = prior.filter(|p| fastpath::vouches_for_metadata(p, kind, stat)) {
         return Ok((p.link_target.clone(), p.xattrs.clone()));
@@ -632,7 +645,7 @@ fn link_and_xattrs(
     } else {
         Vec::new()
     };
-    Ok((link_target, read_xattrs(abs)?))
+    Ok((link_target, read_xattrs(abs, follow)?))
 }
 
 #[cfg(test)]
