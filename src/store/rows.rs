@@ -162,10 +162,20 @@ pub(crate) fn decode_row(db: &Path, path: &RelPath, bytes: &[u8]) -> Result<Row>
 
 /// Encodes one row for storage.
 pub(crate) fn encode_row(db: &Path, path: &RelPath, row: &Row) -> Result<Vec<u8>> {
-    codec::encode(row).map_err(|detail| Error::Corrupt {
+    let bytes = codec::encode(row).map_err(|detail| Error::Corrupt {
         path: db.to_path_buf(),
         table: "rows",
         key: path.to_string(),
         detail,
-    })
+    })?;
+    // What the reader would refuse is never written.
+    if bytes.len() > codec::ROW_LIMIT {
+        return Err(Error::RecordTooLarge {
+            path: db.to_path_buf(),
+            what: format!("the row of {path} (its extended attributes)"),
+            size: bytes.len(),
+            limit: codec::ROW_LIMIT,
+        });
+    }
+    Ok(bytes)
 }

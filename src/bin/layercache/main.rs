@@ -1,8 +1,10 @@
 //! `layercache`: the command-line face of the library, for shell-driven builders and for people
 //! debugging a cache. A thin shell: every decision is made by the library.
 //!
-//! Exit codes: `lookup` 0 hit, 1 miss; `check` 0 clean, 1 problems; 2 on any error (message on
-//! stderr). Data goes to stdout (human text, or JSON with `--json`); logs go to stderr.
+//! Exit codes: `lookup` 0 hit, 1 miss; `check` 0 clean, 1 problems; 2 on any error, with nothing
+//! recorded (message on stderr); 3 when `put` recorded the layer but could not write its
+//! report; 130 / 143 after SIGINT / SIGTERM (the database closed cleanly). Data goes to stdout
+//! (human text, or JSON with `--json`); logs go to stderr.
 
 mod build;
 mod debug;
@@ -10,6 +12,7 @@ mod gc;
 mod generate;
 mod migrate;
 mod output;
+mod signals;
 
 use std::process::ExitCode;
 
@@ -23,7 +26,13 @@ use clap::{Parser, Subcommand};
     after_help = "Environment:\n  \
         LAYERCACHE_DB   the cache database file, when --db is not given\n  \
         LAYERCACHE_LOG  log level on stderr: error, warn, info (default), debug, trace\n\n\
-        Exit codes: lookup 0 hit, 1 miss; check 0 clean, 1 problems; 2 on any error."
+        Exit codes:\n  \
+        0    lookup: hit; put: recorded; other commands: done (check: clean)\n  \
+        1    lookup: miss; check: problems found\n  \
+        2    error: nothing was recorded (the message on stderr says why)\n  \
+        3    put: the layer WAS recorded, but writing its report to stdout failed\n  \
+        130  interrupted by SIGINT, 143 by SIGTERM: the step stopped between transactions and\n       \
+        the database was closed cleanly (a second signal stops at once)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -43,7 +52,8 @@ enum Cmd {
     /// Entries, rows, file size and reclaimable space.
     Stats(debug::StatsArgs),
     /// Verify the database: redb integrity, every record decodes, summaries agree with rows.
-    Check(output::DbArgs),
+    /// Tells a file that was not closed cleanly (`--repair` repairs it) from a damaged one.
+    Check(debug::CheckArgs),
     /// Reclaim free space in the database file (no build may hold it).
     Compact(output::DbArgs),
     /// Upgrade the database schema in place.
@@ -61,11 +71,13 @@ fn main() -> ExitCode {
     output::init_logging();
     let cli = Cli::parse();
     let result = match cli.cmd {
-        Cmd::Lookup(a) => build::lookup(a),
-        Cmd::Put(a) => build::put(a),
+        // Build steps handle SIGINT/SIGTERM (see `signals`); the read-only commands keep the
+        // default action, since a killed reader leaves nothing to repair.
+        Cmd::Lookup(a) => build::lookup(a, signals::install()),
+        Cmd::Put(a) => build::put(a, signals::install()),
         Cmd::Dump(a) => debug::guarded(&a.out.db, || debug::dump(&a)),
         Cmd::Stats(a) => debug::guarded(&a.out.db, || debug::stats(&a)),
-        Cmd::Check(a) => debug::guarded(&a.db, || debug::check(&a)),
+        Cmd::Check(a) => debug::guarded(&a.out.db, || debug::check(&a)),
         Cmd::Compact(a) => debug::guarded(&a.db, || debug::compact(&a)),
         Cmd::Migrate(a) => migrate::migrate(a),
         Cmd::Gc(a) => gc::gc(a),
