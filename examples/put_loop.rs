@@ -45,6 +45,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         db: db.into(),
         oci_layout: None,
         rootfs_dir: None,
+        ..Default::default()
     })?;
     let mut out = std::io::stdout().lock();
     for n in start.. {

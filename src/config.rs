@@ -7,9 +7,12 @@
 //! the modules describing a build depend on it and not on the cache.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 /// Where the cache lives and what it checks at open.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct CacheConfig {
     /// The database file (created with mode 0600 if missing).
     pub db: PathBuf,
@@ -19,4 +22,24 @@ pub struct CacheConfig {
     /// The directory holding one rootfs directory per layer; build_only entries whose directory
     /// is gone are pruned at open. `None` skips that pruning.
     pub rootfs_dir: Option<PathBuf>,
+    /// How long a required write (a put, creating or migrating the file) waits for another
+    /// process's write transaction before failing with [`Error::Busy`](crate::Error::Busy);
+    /// zero fails at once. Optional writes (stat refresh, pruning) never wait: they are skipped
+    /// while another process writes. Default: 300 s.
+    pub write_wait: Duration,
+    /// Set by the caller's signal handler to end a wait for the write lock at once
+    /// ([`Error::Interrupted`](crate::Error::Interrupted)). `None`: only the timeout ends it.
+    pub interrupt: Option<Arc<AtomicBool>>,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            db: PathBuf::new(),
+            oci_layout: None,
+            rootfs_dir: None,
+            write_wait: Duration::from_secs(300),
+            interrupt: None,
+        }
+    }
 }

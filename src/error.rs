@@ -21,6 +21,60 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// Another layercache process kept the write lock longer than this process was willing to
+    /// wait (`--wait`, [`crate::CacheConfig::write_wait`]). Nothing was written.
+    #[error(
+        "cache database {path} is being written by another layercache process; gave up waiting \
+         for its write lock after {waited_secs} s and recorded nothing; retry when that build \
+         step is done, or wait longer (--wait SECONDS)",
+        path = path.display()
+    )]
+    Busy {
+        /// The database file.
+        path: PathBuf,
+        /// How long this process waited, in whole seconds.
+        waited_secs: u64,
+    },
+
+    /// A signal (SIGINT, SIGTERM) asked this process to stop while it waited for the cache.
+    /// Nothing was written.
+    #[error("interrupted while waiting for the write lock on {path}; nothing was recorded", path = path.display())]
+    Interrupted {
+        /// The database file.
+        path: PathBuf,
+    },
+
+    /// The database was not closed cleanly (a writing process was killed or crashed). Nothing
+    /// committed is lost; redb refuses read-only opens until a writable open repairs it.
+    #[error(
+        "cache database {path} was not closed cleanly (a build step was killed); nothing \
+         committed is lost: the next build (or `layercache check --repair --db {path}`) \
+         repairs it",
+        path = path.display()
+    )]
+    NeedsRepair {
+        /// The database file.
+        path: PathBuf,
+    },
+
+    /// An entry or row is larger than the reader's decode limit would accept: recording it
+    /// would make an entry that can never be read back. Nothing was written.
+    #[error(
+        "{what} would be {size} bytes encoded, over the {limit}-byte limit a reader of the \
+         cache accepts; nothing was recorded in {path}: make it smaller",
+        path = path.display()
+    )]
+    RecordTooLarge {
+        /// The database file.
+        path: PathBuf,
+        /// What is too large (the entry record of a layer, the row of a path), escaped.
+        what: String,
+        /// Its encoded size.
+        size: usize,
+        /// The limit ([`crate::codec::ENTRY_LIMIT`], [`crate::codec::ROW_LIMIT`]).
+        limit: usize,
+    },
+
     /// The file exists but is not a redb database, or is one without layercache's tables.
     #[error(
         "{path} is not a layercache database ({detail}); point --db at a cache file, or move \

@@ -169,5 +169,5 @@ pub use inputs::{Base, Build, Import, LayerInputs, OverlayDir};
 pub use path::{RelPath, escape_bytes, validate_layer_name};
 pub use reason::{BaseChange, FieldChange, MissReason};
 pub use schema::{EntryKind, Row, SCHEMA_VERSION};
-pub use store::{Store, TreeSummary};
+pub use store::{DEFAULT_WRITE_WAIT, Store, TreeSummary, WriteWait};
 pub use tree::{FastPath, StatData, TreeHasher, TreeWalk, WalkCounters, WalkedEntry};

@@ -165,6 +165,7 @@ impl Plan {
             db: db.into(),
             oci_layout: self.oci_layout.clone(),
             rootfs_dir: self.rootfs_dir.clone(),
+            ..CacheConfig::default()
         }
     }
 }

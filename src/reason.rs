@@ -173,6 +173,12 @@ fn hex_short(s: &str) -> &str {
     s.get(..12).unwrap_or(s)
 }
 
+/// A name from the plan (a key, a field name, a layer or tag) as shown in text: escaped like
+/// paths, so a newline or an escape sequence in it cannot forge lines or drive a terminal.
+fn esc(s: &str) -> String {
+    crate::path::escape_bytes(s.as_bytes())
+}
+
 impl fmt::Display for MissReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("cache miss because ")?;
@@ -184,23 +190,23 @@ impl fmt::Display for MissReason {
             MissReason::DefinitionChanged { fields } => {
                 f.write_str("layer definition was changed:")?;
                 for c in fields {
-                    write!(f, " {} ({} -> {})", c.field, c.old, c.new)?;
+                    write!(f, " {} ({} -> {})", esc(&c.field), c.old, c.new)?;
                 }
                 Ok(())
             }
             MissReason::BaseChanged { change } => {
                 f.write_str("base layer was changed: ")?;
                 match change {
-                    BaseChange::Replaced { old, new } => write!(f, "{old} -> {new}"),
+                    BaseChange::Replaced { old, new } => write!(f, "{} -> {}", esc(old), esc(new)),
                     BaseChange::BaseLayerMissed { layer } => {
-                        write!(f, "base layer {layer} is not cached as it is now")
+                        write!(f, "base layer {} is not cached as it is now", esc(layer))
                     }
                     BaseChange::HashChanged { old, new } => {
                         write!(f, "base hash {} -> {}", hex_short(old), hex_short(new))
                     }
                     BaseChange::TarballMissing { path } => write!(f, "tarball {path} is missing"),
                     BaseChange::TagNotFound { tag } => {
-                        write!(f, "tag {tag} is not in the OCI layout")
+                        write!(f, "tag {} is not in the OCI layout", esc(tag))
                     }
                 }
             }
@@ -210,27 +216,30 @@ impl fmt::Display for MissReason {
                 old.map_or("unset".into(), |v| v.to_string()),
                 new.map_or("unset".into(), |v| v.to_string())
             ),
-            MissReason::ImportNew { key } => write!(f, "of new import: {key}"),
-            MissReason::ImportRemoved { key } => write!(f, "import was removed: {key}"),
-            MissReason::OverlayDirRemoved { key } => write!(f, "overlay_dir was removed: {key}"),
+            MissReason::ImportNew { key } => write!(f, "of new import: {}", esc(key)),
+            MissReason::ImportRemoved { key } => write!(f, "import was removed: {}", esc(key)),
+            MissReason::OverlayDirRemoved { key } => {
+                write!(f, "overlay_dir was removed: {}", esc(key))
+            }
             MissReason::ImportMissing { key, path } => {
-                write!(f, "import was missing: {key} (expected at {path})")
+                write!(f, "import was missing: {} (expected at {path})", esc(key))
             }
             MissReason::ImportTypeChanged { key, old, new } => {
-                write!(f, "import type changed: {key} ({old} -> {new})")
+                write!(f, "import type changed: {} ({old} -> {new})", esc(key))
             }
             MissReason::ImportContentChanged { key, diff } => {
-                write!(f, "import content changed: {key}\n{diff}")
+                write!(f, "import content changed: {}\n{diff}", esc(key))
             }
-            MissReason::OverlayDirNew { key } => write!(f, "of new overlay_dir: {key}"),
+            MissReason::OverlayDirNew { key } => write!(f, "of new overlay_dir: {}", esc(key)),
             MissReason::OverlayDirMissing { key, rootfs_path } => {
                 write!(
                     f,
-                    "overlay_dir was missing: {key} (expected at {rootfs_path})"
+                    "overlay_dir was missing: {} (expected at {rootfs_path})",
+                    esc(key)
                 )
             }
             MissReason::OverlayDirContentChanged { key, diff } => {
-                write!(f, "overlay_dir content changed: {key}\n{diff}")
+                write!(f, "overlay_dir content changed: {}\n{diff}", esc(key))
             }
             MissReason::NotCacheable { why } => write!(f, "{why}: not cacheable"),
             MissReason::BuilderChanged { old, new } => write!(

@@ -425,6 +425,7 @@ impl StackerLayout {
             db: db.into(),
             oci_layout: Some(self.oci_dir.clone()),
             rootfs_dir: Some(self.rootfs_dir.clone()),
+            ..CacheConfig::default()
         }
     }
 

@@ -134,6 +134,7 @@ impl Db {
                 db: db.clone(),
                 oci_layout: None,
                 rootfs_dir: None,
+                ..Default::default()
             })
             .unwrap();
             let mut session = cache.session(&build).unwrap();

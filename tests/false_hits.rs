@@ -30,6 +30,7 @@ impl Fixture {
             db: self.dir.join("cache.redb"),
             oci_layout: Some(self.dir.join("oci")),
             rootfs_dir: Some(self.dir.join("roots")),
+            ..Default::default()
         }
     }
 

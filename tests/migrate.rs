@@ -363,6 +363,7 @@ fn oldest_fixtures_hit_after_migrating_including_tar_bases_and_chains_on_them() 
             db: db.clone(),
             oci_layout: Some(root.join("oci")),
             rootfs_dir: Some(root.join("rootfs")),
+            ..Default::default()
         })
         .unwrap();
         for layer in v1_oldest::ORDER {

@@ -92,6 +92,7 @@ fn verify(db: &Path, reported: &Reported, kill: u64) {
         db: db.to_path_buf(),
         oci_layout: None,
         rootfs_dir: None,
+        ..Default::default()
     })
     .unwrap();
     for n in &reported.puts {

@@ -148,6 +148,7 @@ fn cfg(db: &Path) -> CacheConfig {
         db: db.to_path_buf(),
         oci_layout: None,
         rootfs_dir: None,
+        ..Default::default()
     }
 }
 

@@ -59,6 +59,7 @@ fn database_is_0600_and_nothing_else_is_written() {
         db: db.clone(),
         oci_layout: None,
         rootfs_dir: None,
+        ..Default::default()
     });
     unsafe { libc::umask(old) };
     let cache = cache.unwrap();

@@ -87,6 +87,7 @@ fn config(dir: &Path) -> CacheConfig {
         db: dir.join("cache.redb"),
         oci_layout: None,
         rootfs_dir: None,
+        ..Default::default()
     }
 }
 

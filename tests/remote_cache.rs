@@ -529,6 +529,7 @@ fn push_and_pull_at_scale() {
         db: tmp.path().join(name),
         oci_layout: Some(layout.to_path_buf()),
         rootfs_dir: None,
+        ..Default::default()
     };
     let remote = || {
         Remote::new(

@@ -116,7 +116,44 @@ fn reader_shares_the_file_with_a_writer() {
     writer.snapshot("l", "s", &root).unwrap();
     let reader = Store::open_read_only(&path).unwrap();
     assert_eq!(reader.row_count("l", "s").unwrap(), 2);
-    // A second writer is refused with a clear "in use" error.
-    let err = Store::open(&path).err().unwrap();
-    assert!(matches!(err, Error::InUse { .. }), "{err}");
+    // A second writer shares the file too (build steps run in parallel); only one write
+    // transaction runs at a time: while the first holds one, the second's try fails at once
+    // and its bounded wait gives up with `Busy`.
+    let mut second = Store::open(&path).unwrap();
+    let held = writer.begin_write().unwrap();
+    assert!(second.try_begin_write().unwrap().is_none());
+    second.set_write_wait(layercache::WriteWait {
+        timeout: std::time::Duration::ZERO,
+        cancel: None,
+    });
+    let err = second.begin_write().err().unwrap();
+    assert!(matches!(err, Error::Busy { .. }), "{err}");
+    assert!(err.to_string().contains("c.redb"), "{err}");
+    drop(held);
+    assert!(second.try_begin_write().unwrap().is_some());
+}
+
+#[test]
+fn an_empty_file_a_fifo_and_a_directory_are_refused_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let empty = tmp.path().join("empty.redb");
+    std::fs::write(&empty, b"").unwrap();
+    let err = Store::open(&empty).err().unwrap();
+    assert!(matches!(err, Error::NotACache { .. }), "{err}");
+    assert!(err.to_string().contains("empty file"), "{err}");
+    assert_eq!(
+        std::fs::metadata(&empty).unwrap().len(),
+        0,
+        "it was written"
+    );
+    let fifo = tmp.path().join("fifo.redb");
+    common::mkfifo(&fifo);
+    for err in [
+        Store::open(&fifo).err().unwrap(),
+        Store::open_read_only(&fifo).err().unwrap(),
+    ] {
+        assert!(err.to_string().contains("a FIFO"), "{err}");
+    }
+    let err = Store::open(tmp.path()).err().unwrap();
+    assert!(err.to_string().contains("a directory"), "{err}");
 }

@@ -39,6 +39,7 @@ impl Fx {
             db: self.p("cache.redb"),
             oci_layout: Some(self.p("oci")),
             rootfs_dir: Some(self.p("roots")),
+            ..Default::default()
         })
         .unwrap()
         .0

@@ -46,10 +46,10 @@ use crate::inputs::Build;
 use crate::path::show_path;
 use crate::reason::MissReason;
 use crate::schema::{EntryRecord, LAYERS, ROWS};
-use crate::store::Store;
 use crate::store::guard::guard_redb;
 use crate::store::rows::RowRange;
 use crate::store::versions;
+use crate::store::{Store, WriteWait};
 use crate::tree::WalkCounters;
 
 pub use crate::config::CacheConfig;
@@ -75,12 +75,19 @@ pub struct PruneReport {
     pub pruned: Vec<Pruned>,
     /// Entries examined.
     pub examined: u64,
+    /// Entries that should have been pruned but were left, because another process held the
+    /// write lock (pruning is optional: it is tried again at the next open). A cache opened
+    /// with [`Cache::open`] treats them as not cached all the same; see [`Cache::prune`].
+    pub skipped_busy: Vec<Pruned>,
 }
 
 /// An open cache.
 pub struct Cache {
     store: Store,
     config: CacheConfig,
+    /// Layers whose outputs are gone but that pruning left in the file (the write lock was
+    /// busy): lookups treat them as not cached, exactly as if they had been pruned.
+    unpruned: std::collections::BTreeSet<String>,
 }
 
 /// A cached entry returned by a hit: the record and its manifests as OCI descriptors.
@@ -175,12 +182,23 @@ pub struct SessionCounters {
     /// Rows written or removed by hits on a version other than the current one (the rows
     /// then describe the tree as it is now).
     pub rows_switched: u64,
+    /// Optional writes (stat refresh batches) skipped because another process held the write
+    /// lock; a lookup never waits for one.
+    pub writes_skipped_busy: u64,
 }
 
 /// The row source id of an import or overlay dir (`import:KEY`, `overlay:KEY`); see
 /// [`SourceRole`].
 pub fn source_id(role: SourceRole, key: &str) -> String {
     SourceId { role, key }.row_source()
+}
+
+/// The store's wait for the write lock, from the configuration.
+fn write_wait(config: &CacheConfig) -> WriteWait {
+    WriteWait {
+        timeout: config.write_wait,
+        cancel: config.interrupt.clone(),
+    }
 }
 
 fn now_ms() -> u64 {
@@ -201,19 +219,38 @@ impl Cache {
     /// Opens (or creates) the cache and prunes entries whose outputs are gone.
     pub fn open(config: CacheConfig) -> Result<(Cache, PruneReport)> {
         let db = config.db.clone();
-        let store = guard_redb(&db, || Store::open(&config.db))?;
-        let cache = Cache { store, config };
+        let store = guard_redb(&db, || Store::open_waiting(&config.db, write_wait(&config)))?;
+        let mut cache = Cache {
+            store,
+            config,
+            unpruned: Default::default(),
+        };
         let report = cache.prune()?;
+        cache.unpruned = report
+            .skipped_busy
+            .iter()
+            .map(|p| p.layer.clone())
+            .collect();
         for p in &report.pruned {
-            tracing::info!(layer = %p.layer, "couldn't find {}, pruning it from the cache ({})", p.layer, p.why);
+            tracing::info!(
+                "couldn't find {}, pruning it from the cache ({})",
+                crate::path::escape_bytes(p.layer.as_bytes()),
+                p.why
+            );
         }
         Ok((cache, report))
     }
 
     /// Opens (or creates) the cache without pruning: O(1) in the number of entries.
     pub fn open_without_prune(config: CacheConfig) -> Result<Cache> {
-        let store = guard_redb(&config.db, || Store::open(&config.db))?;
-        Ok(Cache { store, config })
+        let store = guard_redb(&config.db, || {
+            Store::open_waiting(&config.db, write_wait(&config))
+        })?;
+        Ok(Cache {
+            store,
+            config,
+            unpruned: Default::default(),
+        })
     }
 
     /// The underlying store.
@@ -257,7 +294,10 @@ impl Cache {
     }
 
     /// Removes entries whose output blobs are gone from the OCI layout, and build_only entries
-    /// whose rootfs directory is gone. Damaged entries are removed too.
+    /// whose rootfs directory is gone. Damaged entries are removed too. Pruning is optional: it
+    /// never waits for the write lock; while another process writes it removes nothing and
+    /// counts what it left ([`PruneReport::skipped_busy`]) for a later open. (Leaving such an
+    /// entry is safe only because [`Cache::open`] then treats it as not cached.)
     pub fn prune(&self) -> Result<PruneReport> {
         guard_redb(self.store.path(), || self.prune_unguarded())
     }
@@ -286,7 +326,14 @@ impl Cache {
         if doomed.is_empty() {
             return Ok(report);
         }
-        let txn = self.store.begin_write()?;
+        let Some(txn) = self.store.try_begin_write()? else {
+            tracing::debug!(
+                versions = doomed.len(),
+                "pruning skipped: another process holds the write lock"
+            );
+            report.skipped_busy = doomed.into_iter().map(|(p, _)| p).collect();
+            return Ok(report);
+        };
         for (p, digest) in &doomed {
             drop_version(path, &txn, &p.layer, digest)?;
         }

@@ -158,7 +158,15 @@ impl Session<'_> {
         loop {
             let batch = batches.next().unwrap_or(&[]);
             crash_point!("refresh::before_batch");
-            let txn = store.begin_write()?;
+            // Optional: never wait for another process's write.
+            let Some(txn) = store.try_begin_write()? else {
+                self.counters.writes_skipped_busy += 1;
+                tracing::debug!(
+                    layer,
+                    "stat refresh skipped: another process holds the write lock"
+                );
+                break;
+            };
             if let Some(d) = touch.take() {
                 versions::touch(&txn, path, layer, d, now_ms())?;
             }

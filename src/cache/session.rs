@@ -94,7 +94,8 @@ impl<'a> Session<'a> {
         self.lookup_with(layer, LookupMode::EXPLAIN)
     }
 
-    /// Looks up a layer in the given mode. Miss reasons are logged at info level.
+    /// Looks up a layer in the given mode. Miss reasons are logged at info level, one line
+    /// each (the full diff at debug level).
     pub fn lookup_with(&mut self, layer: &str, mode: LookupMode) -> Result<Lookup> {
         validate_layer_name(layer)?;
         let inputs = self.build.layer(layer)?;
@@ -105,9 +106,24 @@ impl<'a> Session<'a> {
         })?;
         self.memo
             .insert(layer.to_string(), Memo::of(&result.outcome));
+        // One line per reason at info (a whole diff of 30,000 paths does not belong in a
+        // build log); the full text at debug, and in the lookup's own report with --explain.
         for r in result.reasons() {
             if !matches!(r, MissReason::NotCached) {
-                tracing::info!(layer, "{r}");
+                let text = r.to_string();
+                match text.split_once('\n') {
+                    Some((first, rest)) => {
+                        tracing::info!(
+                            layer = %crate::path::escape_bytes(layer.as_bytes()),
+                            "{first} ({} more line(s): --explain, or LAYERCACHE_LOG=debug)",
+                            rest.lines().count()
+                        );
+                        tracing::debug!(layer = %crate::path::escape_bytes(layer.as_bytes()), "{text}");
+                    }
+                    None => {
+                        tracing::info!(layer = %crate::path::escape_bytes(layer.as_bytes()), "{text}")
+                    }
+                }
             }
         }
         Ok(result)

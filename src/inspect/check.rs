@@ -424,6 +424,18 @@ pub fn check(path: impl AsRef<Path>) -> Result<CheckReport> {
     must_exist(path)?;
     let mut report = match Inspector::open(path) {
         Ok(ins) => ins.check_records()?,
+        Err(e @ Error::NeedsRepair { .. }) => {
+            // Not damage, and not ours to repair without being asked (`check --repair`).
+            let mut report = CheckReport::new(path);
+            report.push(problem(
+                ProblemKind::NotClosedCleanly,
+                None,
+                None,
+                e.to_string(),
+            ));
+            report.integrity = Integrity::NeedsRepair;
+            return Ok(report);
+        }
         Err(e) => match damaged_file_message(&e) {
             Some(detail) => {
                 let mut report = CheckReport::new(path);

@@ -4,15 +4,17 @@
 //! long as the operation takes.
 //!
 //! It must never create a database, never wait for a build that holds the file (it reports
-//! [`Error::InUse`] instead), and never change a record.
+//! [`Error::InUse`] instead), and never change a record. [`repair`] is the one operation here
+//! whose purpose is to write: it lets redb repair a file that was not closed cleanly.
 
 use std::io;
 use std::path::Path;
+use std::time::Duration;
 
 use super::{CompactReport, ExactUsage, Inspector, Integrity, Stats, damaged_file_message};
 use crate::error::{DbResultExt, Error, Result};
 use crate::path::show_path;
-use crate::store::Store;
+use crate::store::{Store, WriteWait};
 
 /// Refuses a path that does not exist (a maintenance command must never create a database).
 pub(super) fn must_exist(path: &Path) -> Result<()> {
@@ -23,11 +25,58 @@ pub(super) fn must_exist(path: &Path) -> Result<()> {
 
 /// Opens for writing a file that is already known to be a layercache database of this schema
 /// (a read-only open checks that first, so a writable open never initializes a foreign or
-/// empty file).
+/// empty file; [`Store::open_existing`] never creates one). Never waits: while another process
+/// writes (a put), it reports [`Error::InUse`] (redb's integrity check and compaction would
+/// otherwise wait for that transaction).
 fn open_writable(path: &Path) -> Result<Store> {
     must_exist(path)?;
     drop(Store::open_read_only(path)?);
-    Store::open(path)
+    writable_now(path)
+}
+
+/// How long a maintenance command lets the writable open take: enough for an open (and a
+/// quick repair) on a loaded machine, far less than a build step's put.
+const MAINTENANCE_WAIT: Duration = Duration::from_secs(3);
+
+/// The writable open itself, refusing to wait for another process's write transaction beyond
+/// [`MAINTENANCE_WAIT`].
+fn writable_now(path: &Path) -> Result<Store> {
+    let in_use = || Error::InUse {
+        path: path.to_path_buf(),
+    };
+    let wait = WriteWait {
+        timeout: MAINTENANCE_WAIT,
+        cancel: None,
+    };
+    let mut store = match Store::open_existing(path, wait) {
+        Err(Error::Busy { .. }) => return Err(in_use()),
+        other => other?,
+    };
+    match store.database_mut() {
+        Err(Error::Busy { .. }) => return Err(in_use()),
+        other => drop(other?),
+    }
+    match store.try_begin_write()? {
+        Some(probe) => probe.abort().db(path)?,
+        None => return Err(in_use()),
+    }
+    Ok(store)
+}
+
+/// `check --repair`: when the file was not closed cleanly, a writable open repairs it (redb's
+/// quick repair) and closes it cleanly. Returns whether it needed the repair. Never creates a
+/// file, never waits for a build.
+pub fn repair(path: impl AsRef<Path>) -> Result<bool> {
+    let path = path.as_ref();
+    must_exist(path)?;
+    match Store::open_read_only(path) {
+        Ok(_) => Ok(false),
+        Err(Error::NeedsRepair { .. }) => {
+            drop(writable_now(path)?);
+            Ok(true)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// True for errors that mean "this process may not write the file" rather than damage.
@@ -82,7 +131,8 @@ pub fn compact(path: impl AsRef<Path>) -> Result<CompactReport> {
     let mut store = open_writable(path)?;
     let bytes_before = size(path)?;
     let mut passes = 0;
-    if let Some(db) = store.database_mut() {
+    {
+        let db = store.database_mut()?;
         // Each pass moves pages toward the start of the file; redb says when none is left.
         // The bound only guards against a pass that keeps reporting progress.
         while passes < 100_000 {
@@ -113,10 +163,10 @@ pub fn compact(path: impl AsRef<Path>) -> Result<CompactReport> {
 pub(super) fn redb_integrity(path: &Path) -> Integrity {
     match open_writable(path) {
         Ok(mut store) => match store.database_mut().map(|db| db.check_integrity()) {
-            Some(Ok(true)) => Integrity::Passed,
-            Some(Ok(false)) => Integrity::Repaired,
-            Some(Err(e)) => Integrity::Failed(e.to_string()),
-            None => Integrity::SkippedNotWritable("opened read-only".into()),
+            Ok(Ok(true)) => Integrity::Passed,
+            Ok(Ok(false)) => Integrity::Repaired,
+            Ok(Err(e)) => Integrity::Failed(e.to_string()),
+            Err(e) => Integrity::SkippedNotWritable(e.to_string()),
         },
         Err(Error::InUse { .. }) => Integrity::SkippedInUse,
         Err(e) => match (not_writable(&e), damaged_file_message(&e)) {

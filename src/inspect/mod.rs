@@ -54,7 +54,7 @@ mod reader;
 mod render;
 
 pub use check::{check, damaged_file_message};
-pub use maintain::{compact, stats_exact};
+pub use maintain::{compact, repair, stats_exact};
 pub use reader::{Inspector, LayerRows};
 pub use render::format_utc_ms;
 
@@ -398,6 +398,10 @@ pub enum Integrity {
     SkippedInUse,
     /// Not run: the file cannot be opened for writing (permissions, read-only file system).
     SkippedNotWritable(String),
+    /// Not run: the file was not closed cleanly (a writing process was killed). That is not
+    /// damage: nothing committed is lost, and the next writable open (a build, or
+    /// `check --repair`) repairs it; until then redb allows no read-only view.
+    NeedsRepair,
 }
 
 /// What kind of problem [`check()`] found.
@@ -406,6 +410,9 @@ pub enum Integrity {
 pub enum ProblemKind {
     /// redb's integrity check failed, or redb could not open the file for it.
     RedbIntegrity,
+    /// The file was not closed cleanly; it needs redb's repair, which loses nothing committed.
+    /// Not damage.
+    NotClosedCleanly,
     /// The records could not be read at all (the file is damaged).
     Unreadable,
     /// The `meta` table is missing a fact or holds a damaged one.
@@ -474,6 +481,8 @@ pub struct CheckReport {
     pub problems: Vec<Problem>,
     /// Problems found beyond those listed.
     pub problems_not_listed: u64,
+    /// `check --repair` found the file not closed cleanly and repaired it before checking.
+    pub repaired: bool,
 }
 
 impl CheckReport {
@@ -493,6 +502,7 @@ impl CheckReport {
             versions_checked: 0,
             problems: Vec::new(),
             problems_not_listed: 0,
+            repaired: false,
         }
     }
 

@@ -85,6 +85,12 @@ impl CheckReport {
     /// Human form: what was checked, the redb check's outcome, then one line per problem.
     pub fn write_text(&self, w: &mut impl Write) -> io::Result<()> {
         writeln!(w, "checked {}", self.db)?;
+        if self.repaired {
+            writeln!(
+                w,
+                "repaired first: the file was not closed cleanly (nothing committed was lost)"
+            )?;
+        }
         let integrity = match &self.integrity {
             Integrity::NotRun => "not run".to_string(),
             Integrity::Passed => "passed".to_string(),
@@ -93,6 +99,9 @@ impl CheckReport {
             Integrity::SkippedInUse => "skipped: the file is in use by another process (a build \
                 holds it for writing); every other check ran read-only. Run `layercache check` \
                 again when no build is running for the page-level check"
+                .to_string(),
+            Integrity::NeedsRepair => "not run: the file was not closed cleanly (not damage; \
+                `layercache check --repair` or the next build repairs it)"
                 .to_string(),
             Integrity::SkippedNotWritable(d) => format!(
                 "skipped: the file cannot be opened for writing ({d}); every other check ran \

@@ -7,15 +7,47 @@
 //! versions, layer pointers and last use (`store/versions.rs`).
 //!
 //! Must never: import from `cache`, `tree` or `diff` (arrows point down: the cache writes a
-//! walked tree through [`Store::write_tree`], which lives with put), or know what a source is.
+//! walked tree through [`Store::write_tree`], which lives with put), or know what a source is;
+//! never create a database anywhere but [`Store::open`] (and only through the temporary file
+//! and link of `create_atomically`), and never wait for the write lock without a bound.
+//!
+//! ## Sharing the file between processes
+//!
+//! Every handle opens the file in redb's `MultiWriter` mode: any number of build steps
+//! ([`Store::open`]) and inspection commands ([`Store::open_read_only`]) have it open at once.
+//! Reads run on a snapshot of the last commit and never wait. Only one write transaction runs at
+//! a time, across processes: [`Store::begin_write`] waits for it (polling, up to the wait of
+//! [`Store::set_write_wait`], logging once what it waits for, then [`Error::Busy`]), and
+//! [`Store::try_begin_write`] never waits (`None` when another process writes), for the
+//! optional writes a lookup may skip (stat refresh, pruning).
+//!
+//! ## Creation
+//!
+//! A new database is built in a temporary file beside it (mode 0600 from its first byte),
+//! with its tables and version, synced, and then hard-linked to its name, which fails if the
+//! name exists: a crash or a full disk during creation leaves no half-made file at the name, and
+//! of several processes creating one cache at once exactly one file wins and every process opens
+//! it. An existing empty file is refused (it is not a database; remove it). A path that is not
+//! a regular file (a FIFO, a device, a directory) is refused before it is opened, so a FIFO can
+//! never hang the process.
+//!
+//! ## Not closed cleanly
+//!
+//! A writing process that dies (SIGKILL, a crash, a power loss) leaves redb's recovery flag set:
+//! nothing committed is lost, and the next writable open repairs the allocator state by itself
+//! (quick repair, milliseconds). Until then redb refuses read-only opens; [`Store::open_read_only`]
+//! reports that as [`Error::NeedsRepair`], never as damage.
 
 pub(crate) mod guard;
 pub(crate) mod rows;
 pub mod versions;
 
 use std::io::Read;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use redb::ReadableDatabase;
 
@@ -33,11 +65,110 @@ use rows::RowRange;
 /// First bytes of every redb file.
 const REDB_MAGIC: [u8; 9] = [b'r', b'e', b'd', b'b', 0x1A, 0x0A, 0xA9, 0x0D, 0x0A];
 
-enum Handle {
-    Rw(redb::Database),
-    Ro(redb::ReadOnlyDatabase),
-    /// Only while dropping (see `Drop for Store`).
-    Closed,
+/// How long an open for an optional write may take before the write is skipped: an
+/// uncontended open takes milliseconds; one that takes longer waits for another process's
+/// write transaction (redb's writable open takes the writer lock).
+const OPEN_GRACE: Duration = Duration::from_millis(250);
+
+type OpenResult = std::result::Result<redb::Database, redb::DatabaseError>;
+/// Where a writable open that has not finished yet will deliver its database.
+type PendingOpen = std::sync::mpsc::Receiver<std::thread::Result<OpenResult>>;
+
+/// Opens `path` for writing on a helper thread, so that the wait redb's writable open does for
+/// another process's write transaction can be bounded: `Ok(None)` when the open did not finish
+/// by `deadline`, or when `cancel` was set. The unfinished open is kept in `pending` and the
+/// next call waits for it instead of starting another (if the store is dropped first, the
+/// thread closes what it opened).
+fn open_writable_until(
+    path: &Path,
+    pending: &std::sync::Mutex<Option<PendingOpen>>,
+    deadline: Instant,
+    announce: Option<Duration>,
+    cancel: Option<&AtomicBool>,
+) -> Result<Option<redb::Database>> {
+    let mut slot = pending.lock().map_err(|_| closed(path))?;
+    let rx = match slot.take() {
+        Some(rx) => rx,
+        None => {
+            let (tx, rx) = std::sync::mpsc::channel::<std::thread::Result<OpenResult>>();
+            let p = path.to_path_buf();
+            std::thread::Builder::new()
+                .name("layercache-open".into())
+                .spawn(move || {
+                    let r = std::panic::catch_unwind(|| builder().open(&p));
+                    // A receiver that is gone drops the database here, which closes it.
+                    let _ = tx.send(r);
+                })
+                .map_err(|e| Error::io("cannot start a thread to open", path, e))?;
+            rx
+        }
+    };
+    let start = Instant::now();
+    let mut told = false;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let step = left.min(Duration::from_millis(50));
+        match rx.recv_timeout(step) {
+            Ok(Ok(r)) => {
+                if told {
+                    tracing::info!(
+                        "got the write lock on {} after {:.1} s",
+                        crate::path::show_path(path),
+                        start.elapsed().as_secs_f64()
+                    );
+                }
+                return r.map(Some).map_err(|e| open_error(path, e));
+            }
+            Ok(Err(payload)) => {
+                guard::note_damage(path);
+                let msg = payload
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| payload.downcast_ref::<&str>().copied())
+                    .unwrap_or("a panic");
+                return Err(Error::Db {
+                    path: path.to_path_buf(),
+                    source: Box::new(redb::Error::Corrupted(format!(
+                        "opening the database failed inside redb ({msg}): the file is damaged"
+                    ))),
+                });
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(closed(path));
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if Instant::now() >= deadline || cancel.is_some_and(|c| c.load(Ordering::SeqCst)) {
+            *slot = Some(rx);
+            return Ok(None);
+        }
+        if let Some(total) = announce
+            && !told
+            && start.elapsed() >= OPEN_GRACE.min(total)
+        {
+            announce_wait(path, total);
+            told = true;
+        }
+    }
+}
+
+/// The one message a wait for the write lock prints (warn, so it shows at every usual level).
+fn announce_wait(path: &Path, total: Duration) {
+    tracing::warn!(
+        "Blocking waiting for the write lock on {} (held by another layercache process), for \
+         up to {} s",
+        crate::path::show_path(path),
+        total.as_secs()
+    );
+}
+
+fn read_only(path: &Path) -> Error {
+    Error::Db {
+        path: path.to_path_buf(),
+        source: Box::new(redb::Error::Io(std::io::Error::other(
+            "the database was opened read-only",
+        ))),
+    }
 }
 
 fn closed(path: &Path) -> Error {
@@ -59,7 +190,7 @@ impl Drop for Store {
     /// own unwinding, which aborts the process; so then the handle is leaked instead of closed (the file needs redb's quick repair at its next writable open,
     /// which redb does by itself).
     fn drop(&mut self) {
-        let handle = std::mem::replace(&mut self.db, Handle::Closed);
+        let handle = (self.ro.take(), self.rw.take());
         if take_damage(&self.path) {
             std::mem::forget(handle);
             return;
@@ -72,12 +203,45 @@ impl Drop for Store {
 
 /// An open cache database.
 ///
-/// Writers open it with [`Store::open`] (one writing process at a time); any number of other
-/// processes can read the committed state at the same time with [`Store::open_read_only`].
+/// Build steps open it with [`Store::open`], any number at once: it is read through a read-only
+/// handle, and a writable handle is opened only when a write is wanted (so a build step that
+/// only reads never holds the file for writing, and a kill of it leaves nothing to repair).
+/// Inspection opens it with [`Store::open_read_only`], which never writes.
 pub struct Store {
     path: PathBuf,
-    db: Handle,
+    /// The read-only handle (`None` when the file had to be opened for writing at once: it
+    /// needed a repair).
+    ro: Option<redb::ReadOnlyDatabase>,
+    /// The writable handle, opened on the first write.
+    rw: std::sync::OnceLock<redb::Database>,
+    /// A writable open still waiting for another process's write transaction.
+    pending: std::sync::Mutex<Option<PendingOpen>>,
+    /// False for [`Store::open_read_only`]: no write, ever.
+    writable: bool,
     migration: Option<crate::migrate::MigrationReport>,
+    wait: WriteWait,
+}
+
+/// How long [`Store::begin_write`] waits for another process's write transaction, and what can
+/// cut the wait short.
+#[derive(Debug, Clone)]
+pub struct WriteWait {
+    /// The longest wait; zero fails at once with [`Error::Busy`].
+    pub timeout: Duration,
+    /// When set (by a signal handler), the wait ends at once with [`Error::Interrupted`].
+    pub cancel: Option<Arc<AtomicBool>>,
+}
+
+/// The default wait for the write lock: long enough for any single put of a large tree.
+pub const DEFAULT_WRITE_WAIT: Duration = Duration::from_secs(300);
+
+impl Default for WriteWait {
+    fn default() -> Self {
+        WriteWait {
+            timeout: DEFAULT_WRITE_WAIT,
+            cancel: None,
+        }
+    }
 }
 
 /// What a written tree amounts to: its Merkle root, row count and root type.
@@ -93,8 +257,135 @@ pub struct TreeSummary {
 
 fn builder() -> redb::Builder {
     let mut b = redb::Builder::new();
-    b.set_concurrency_mode(redb::ConcurrencyMode::SingleWriter);
+    b.set_concurrency_mode(redb::ConcurrencyMode::MultiWriter);
     b
+}
+
+/// Refuses, before anything opens it, a path that is not a regular file: opening a FIFO would
+/// block until a writer appears, and a device or directory is never a cache. `Ok(None)` when
+/// nothing is there.
+fn regular_file(path: &Path) -> Result<Option<std::fs::Metadata>> {
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("cannot stat", path, e)),
+        Ok(m) if m.is_file() => Ok(Some(m)),
+        Ok(m) => {
+            use std::os::unix::fs::FileTypeExt;
+            let t = m.file_type();
+            let what = if t.is_dir() {
+                "a directory"
+            } else if t.is_fifo() {
+                "a FIFO"
+            } else if t.is_socket() {
+                "a socket"
+            } else if t.is_char_device() || t.is_block_device() {
+                "a device"
+            } else {
+                "not a regular file"
+            };
+            Err(Error::NotACache {
+                path: path.to_path_buf(),
+                detail: format!("it is {what}, not a regular file"),
+            })
+        }
+    }
+}
+
+/// Warns when the database is readable or writable by group or others: it records the build's
+/// paths, digests and definitions, and the cache's answers can be forged by whoever can write it.
+fn warn_if_shared(path: &Path, meta: &std::fs::Metadata) {
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            "cache database {} has mode {mode:03o}: other users can read or change it; \
+             `chmod 600 {}` makes it private again",
+            crate::path::show_path(path),
+            crate::path::show_path(path)
+        );
+    }
+}
+
+/// Removes the temporary file of a creation unless it was handed over.
+struct TempFile(Option<PathBuf>);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Creates a new, initialised database at `path` atomically: built in a temporary file in the
+/// same directory (0600 from the start), synced, then hard-linked to `path`, which fails if
+/// another process created it first (that file is then used). The temporary file is removed in
+/// every case, so a full disk or a crash leaves nothing at `path`.
+fn create_atomically(path: &Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "cache".into());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let tmp_path = dir.join(format!(".{name}.new-{}-{nanos}", std::process::id()));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp_path)
+        .map_err(|e| Error::io("cannot create", path, e))?;
+    let tmp = TempFile(Some(tmp_path.clone()));
+    {
+        // The file exists and is empty: redb initialises it.
+        let db = builder()
+            .create(&tmp_path)
+            .map_err(|e| open_error(path, e))?;
+        let mut txn = db.begin_write().db(path)?;
+        txn.set_quick_repair(true);
+        create_tables(path, &txn)?;
+        txn.commit().db(path)?;
+        db_close(path, db)?;
+    }
+    file.sync_all()
+        .map_err(|e| Error::io("cannot sync", &tmp_path, e))?;
+    drop(file);
+    match std::fs::hard_link(&tmp_path, path) {
+        Ok(()) => {
+            if let Ok(d) = std::fs::File::open(&dir) {
+                let _ = d.sync_all();
+            }
+        }
+        // Another process created it first: use theirs.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(Error::io("cannot create", path, e)),
+    }
+    drop(tmp);
+    Ok(())
+}
+
+fn db_close(path: &Path, db: redb::Database) -> Result<()> {
+    db.close().map_err(|e| open_error(path, e))
+}
+
+/// The tables and facts of a new database, inside `txn`.
+fn create_tables(path: &Path, txn: &redb::WriteTransaction) -> Result<()> {
+    let mut meta = txn.open_table(META).db(path)?;
+    meta.insert(META_SCHEMA_VERSION, SCHEMA_VERSION.to_le_bytes().as_slice())
+        .db(path)?;
+    meta.insert(META_WRITER, env!("CARGO_PKG_VERSION").as_bytes())
+        .db(path)?;
+    txn.open_table(VERSIONS).db(path)?;
+    txn.open_table(LAYERS).db(path)?;
+    txn.open_table(LAST_USED).db(path)?;
+    txn.open_table(ROWS).db(path)?;
+    Ok(())
 }
 
 /// Refuses a non-empty file that does not start with redb's magic bytes.
@@ -160,8 +451,12 @@ fn read_version(path: &Path, txn: &redb::ReadTransaction) -> Result<Option<u32>>
 
 /// A read-only handle on an existing redb file (no layercache checks yet).
 fn open_existing_read_only(path: &Path) -> Result<redb::ReadOnlyDatabase> {
-    if let Err(e) = std::fs::metadata(path) {
-        return Err(Error::io("cannot open", path, e));
+    if regular_file(path)?.is_none() {
+        return Err(Error::io(
+            "cannot open",
+            path,
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        ));
     }
     check_magic(path)?;
     builder()
@@ -189,50 +484,87 @@ fn refuse_newer(path: &Path, found: Option<u32>) -> Result<()> {
 }
 
 impl Store {
-    /// Opens the cache database at `path` for writing, creating it (mode 0600) if it does not
-    /// exist. A file of an older schema is migrated in one transaction (see [`crate::migrate`]);
-    /// a file written by a newer layercache is refused and left byte-for-byte unchanged; a file
-    /// that is not a layercache database is refused.
+    /// Opens the cache database at `path` for writing, creating it (mode 0600, atomically: see
+    /// the module doc) if it does not exist. A file of an older schema is migrated in one
+    /// transaction (see [`crate::migrate`]); a file written by a newer layercache is refused and
+    /// left byte-for-byte unchanged; a file that is not a layercache database (an empty file
+    /// included) is refused. Waits for another process's write transaction as
+    /// [`WriteWait::default`] says.
     pub fn open(path: impl AsRef<Path>) -> Result<Store> {
-        let path = path.as_ref();
-        // redb trusts the pages it reads: a damaged file can panic inside it.
-        guard_redb(path, || Self::open_unguarded(path))
+        Self::open_waiting(path, WriteWait::default())
     }
 
-    fn open_unguarded(path: &Path) -> Result<Store> {
-        match std::fs::symlink_metadata(path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                match std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(path)
-                {
-                    Ok(_) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                    Err(e) => return Err(Error::io("cannot create", path, e)),
-                }
+    /// [`Store::open`] with the given wait for the write lock (used by creation, migration and
+    /// [`Store::begin_write`]).
+    pub fn open_waiting(path: impl AsRef<Path>, wait: WriteWait) -> Result<Store> {
+        let path = path.as_ref();
+        // redb trusts the pages it reads: a damaged file can panic inside it.
+        guard_redb(path, || Self::open_unguarded(path, wait, true))
+    }
+
+    /// Opens an existing cache database for writing; never creates one (for maintenance:
+    /// `check --repair`, `compact`, `stats --exact`). A file that was not closed cleanly is
+    /// repaired by this open.
+    pub fn open_existing(path: impl AsRef<Path>, wait: WriteWait) -> Result<Store> {
+        let path = path.as_ref();
+        guard_redb(path, || Self::open_unguarded(path, wait, false))
+    }
+
+    fn open_unguarded(path: &Path, wait: WriteWait, create: bool) -> Result<Store> {
+        let meta = match regular_file(path)? {
+            Some(m) => m,
+            None if create => {
+                create_atomically(path)?;
+                regular_file(path)?.ok_or_else(|| {
+                    Error::io(
+                        "cannot open",
+                        path,
+                        std::io::Error::other("it was removed while being created"),
+                    )
+                })?
             }
-            Err(e) => return Err(Error::io("cannot stat", path, e)),
-            Ok(m) if m.len() > 0 => {
-                check_magic(path)?;
-                // Look before opening for writing: a writable open may touch the header, and a
-                // file from a newer layercache must stay exactly as it is.
-                if let Ok(ro) = builder().open_read_only(path) {
-                    let txn = ro.begin_read().db(path)?;
-                    refuse_newer(path, read_version(path, &txn)?)?;
-                }
+            None => {
+                return Err(Error::io(
+                    "cannot open",
+                    path,
+                    std::io::Error::from(std::io::ErrorKind::NotFound),
+                ));
             }
-            Ok(_) => {}
+        };
+        if meta.len() == 0 {
+            return Err(Error::NotACache {
+                path: path.to_path_buf(),
+                detail: "it is an empty file; remove it and a new cache is created".into(),
+            });
         }
-        let db = builder().create(path).map_err(|e| open_error(path, e))?;
+        warn_if_shared(path, &meta);
+        check_magic(path)?;
         let mut store = Store {
             path: path.to_path_buf(),
-            db: Handle::Rw(db),
+            ro: None,
+            rw: std::sync::OnceLock::new(),
+            pending: std::sync::Mutex::new(None),
+            writable: true,
             migration: None,
+            wait,
         };
+        // Read-only first: it never waits, and it lets the version be checked before anything
+        // could write to a file from a newer layercache (which must stay exactly as it is).
+        match builder().open_read_only(path) {
+            Ok(ro) => store.ro = Some(ro),
+            // Not closed cleanly: only a writable open repairs it (and it may wait for one).
+            Err(redb::DatabaseError::RepairAborted) => {
+                store.writer(true)?;
+            }
+            Err(e) => return Err(open_error(path, e)),
+        }
         store.init()?;
         Ok(store)
+    }
+
+    /// Sets how long [`Store::begin_write`] waits for another process's write transaction.
+    pub fn set_write_wait(&mut self, wait: WriteWait) {
+        self.wait = wait;
     }
 
     /// The schema version of the cache database at `path`, read without changing anything and
@@ -266,8 +598,12 @@ impl Store {
         let db = open_existing_read_only(path)?;
         let store = Store {
             path: path.to_path_buf(),
-            db: Handle::Ro(db),
+            ro: Some(db),
+            rw: std::sync::OnceLock::new(),
+            pending: std::sync::Mutex::new(None),
+            writable: false,
             migration: None,
+            wait: WriteWait::default(),
         };
         let txn = store.begin_read()?;
         match read_version(path, &txn)? {
@@ -290,35 +626,33 @@ impl Store {
         }
     }
 
-    /// Creates the tables of a new database, or checks the version of an existing one and
-    /// migrates it if it is older.
+    /// Checks the version of the database and migrates it if it is older. Migration takes the
+    /// write lock, waiting like [`Store::begin_write`]: a lookup cannot read an older schema,
+    /// and the process holding the lock is most likely migrating the same file.
     fn init(&mut self) -> Result<()> {
         let version = {
             let txn = self.begin_read()?;
             read_version(&self.path, &txn)?
         };
-        if let Some(v) = version {
-            refuse_newer(&self.path, Some(v))?;
-            if v < SCHEMA_VERSION
-                && let Handle::Rw(db) = &self.db
-            {
-                self.migration = Some(crate::migrate::run_pending(db, &self.path, v)?);
+        match version {
+            Some(v) if v >= SCHEMA_VERSION => refuse_newer(&self.path, Some(v)),
+            Some(v) => {
+                // Wait for the lock, then look again: another process may have migrated it.
+                let guard = self.begin_write()?;
+                let now = read_version(&self.path, &self.begin_read()?)?;
+                guard.abort().db(&self.path)?;
+                match (now, self.rw.get()) {
+                    (Some(now), Some(db)) if now < SCHEMA_VERSION => {
+                        self.migration = Some(crate::migrate::run_pending(db, &self.path, now)?);
+                        Ok(())
+                    }
+                    (now, _) => refuse_newer(&self.path, now.or(Some(v))),
+                }
             }
-            return Ok(());
+            // A database made by another program with redb, or emptied by one: not ours to
+            // initialise.
+            None => Err(empty_redb(&self.path)),
         }
-        let txn = self.begin_write()?;
-        {
-            let mut meta = txn.open_table(META).db(&self.path)?;
-            meta.insert(META_SCHEMA_VERSION, SCHEMA_VERSION.to_le_bytes().as_slice())
-                .db(&self.path)?;
-            meta.insert(META_WRITER, env!("CARGO_PKG_VERSION").as_bytes())
-                .db(&self.path)?;
-            txn.open_table(VERSIONS).db(&self.path)?;
-            txn.open_table(LAYERS).db(&self.path)?;
-            txn.open_table(LAST_USED).db(&self.path)?;
-            txn.open_table(ROWS).db(&self.path)?;
-        }
-        txn.commit().db(&self.path)
     }
 
     /// The database file.
@@ -328,52 +662,136 @@ impl Store {
 
     /// True when opened with [`Store::open_read_only`].
     pub fn is_read_only(&self) -> bool {
-        matches!(self.db, Handle::Ro(_))
+        !self.writable
+    }
+
+    /// The writable handle, opening it on first use: for a required write (`required`) waiting
+    /// up to the [`WriteWait`] (announced, then [`Error::Busy`] or [`Error::Interrupted`]); for
+    /// an optional one only [`OPEN_GRACE`] (`None` if that was not enough).
+    fn writer(&self, required: bool) -> Result<Option<&redb::Database>> {
+        self.writer_announcing(required, required)
+    }
+
+    /// [`Store::writer`], saying on stderr that it waits only when `announce`.
+    fn writer_announcing(&self, required: bool, announce: bool) -> Result<Option<&redb::Database>> {
+        if let Some(db) = self.rw.get() {
+            return Ok(Some(db));
+        }
+        if !self.writable {
+            return Err(read_only(&self.path));
+        }
+        let start = Instant::now();
+        let limit = if required {
+            self.wait.timeout.max(OPEN_GRACE)
+        } else {
+            OPEN_GRACE
+        };
+        let cancel = self.wait.cancel.as_deref();
+        let announce = announce.then_some(self.wait.timeout);
+        match open_writable_until(&self.path, &self.pending, start + limit, announce, cancel)? {
+            Some(db) => {
+                // Only this thread opens it: `&self` methods run on one thread at a time here
+                // (redb handles are used from the caller's thread), so the cell is empty.
+                let _ = self.rw.set(db);
+                Ok(self.rw.get())
+            }
+            None if !required => Ok(None),
+            None => Err(self.gave_up(start)),
+        }
+    }
+
+    /// The error of a required write that could not get the lock in time.
+    fn gave_up(&self, start: Instant) -> Error {
+        if self
+            .wait
+            .cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::SeqCst))
+        {
+            Error::Interrupted {
+                path: self.path.clone(),
+            }
+        } else {
+            Error::Busy {
+                path: self.path.clone(),
+                waited_secs: start.elapsed().as_secs(),
+            }
+        }
     }
 
     /// Begins a read transaction on the last committed state.
     pub fn begin_read(&self) -> Result<redb::ReadTransaction> {
-        match &self.db {
-            Handle::Rw(db) => db.begin_read().db(&self.path),
-            Handle::Ro(db) => db.begin_read().db(&self.path),
-            Handle::Closed => Err(closed(&self.path)),
+        match (self.rw.get(), &self.ro) {
+            (Some(db), _) => db.begin_read().db(&self.path),
+            (None, Some(db)) => db.begin_read().db(&self.path),
+            (None, None) => Err(closed(&self.path)),
         }
     }
 
-    /// Begins a write transaction only if no other one is alive (in this process or, with a
-    /// shared writer, another): `None` when it would wait. For the optional writes of a lookup
-    /// (a version switch, a coarse last use), which are skipped rather than queued behind a
-    /// put.
-    pub fn try_begin_write(&self) -> Result<Option<redb::WriteTransaction>> {
-        match &self.db {
-            Handle::Rw(db) => match db.try_begin_write() {
-                Ok(mut txn) => {
-                    txn.set_quick_repair(true);
-                    Ok(Some(txn))
-                }
-                Err(redb::TransactionError::WouldBlock) => Ok(None),
-                Err(e) => Err(e).db(&self.path),
-            },
-            Handle::Closed => Err(closed(&self.path)),
-            Handle::Ro(_) => Ok(None),
-        }
-    }
-
-    /// Begins a write transaction (quick-repair enabled, so reopening after a crash is fast).
+    /// Begins a write transaction (quick-repair enabled, so reopening after a crash is fast),
+    /// waiting while another process writes: the first time it has to wait it logs (warn) what
+    /// it waits for, and after the timeout of its [`WriteWait`] it fails with [`Error::Busy`]
+    /// (at once for a zero timeout); a set cancel flag ends the wait with
+    /// [`Error::Interrupted`].
     pub fn begin_write(&self) -> Result<redb::WriteTransaction> {
-        match &self.db {
-            Handle::Rw(db) => {
-                let mut txn = db.begin_write().db(&self.path)?;
-                txn.set_quick_repair(true);
-                Ok(txn)
+        let start = Instant::now();
+        let Some(db) = self.writer(true)? else {
+            return Err(self.gave_up(start));
+        };
+        let mut told = false;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            match db.try_begin_write() {
+                Ok(mut txn) => {
+                    if told {
+                        tracing::info!(
+                            "got the write lock on {} after {:.1} s",
+                            crate::path::show_path(&self.path),
+                            start.elapsed().as_secs_f64()
+                        );
+                    }
+                    txn.set_quick_repair(true);
+                    return Ok(txn);
+                }
+                Err(redb::TransactionError::WouldBlock) => {}
+                Err(e) => return Err(e).db(&self.path),
             }
-            Handle::Closed => Err(closed(&self.path)),
-            Handle::Ro(_) => Err(Error::Db {
-                path: self.path.clone(),
-                source: Box::new(redb::Error::Io(std::io::Error::other(
-                    "the database was opened read-only",
-                ))),
-            }),
+            let waited = start.elapsed();
+            if waited >= self.wait.timeout
+                || self
+                    .wait
+                    .cancel
+                    .as_ref()
+                    .is_some_and(|c| c.load(Ordering::SeqCst))
+            {
+                return Err(self.gave_up(start));
+            }
+            if !told {
+                announce_wait(&self.path, self.wait.timeout);
+                told = true;
+            }
+            std::thread::sleep(pause.min(self.wait.timeout.saturating_sub(waited)));
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
+    }
+
+    /// Begins a write transaction if no other transaction (of any process) is writing; `None`
+    /// when one is, or when the store was opened read-only. Never waits: for the optional
+    /// writes of a lookup (stat refresh, a version switch, last use, pruning), which are skipped.
+    pub fn try_begin_write(&self) -> Result<Option<redb::WriteTransaction>> {
+        if !self.writable {
+            return Ok(None);
+        }
+        let Some(db) = self.writer(false)? else {
+            return Ok(None);
+        };
+        match db.try_begin_write() {
+            Ok(mut txn) => {
+                txn.set_quick_repair(true);
+                Ok(Some(txn))
+            }
+            Err(redb::TransactionError::WouldBlock) => Ok(None),
+            Err(e) => Err(e).db(&self.path),
         }
     }
 
@@ -393,13 +811,15 @@ impl Store {
         Ok(n)
     }
 
-    /// The raw redb database when opened for writing (`None` when read-only), for the
-    /// maintenance operations that need `&mut`: `check_integrity` and `compact`.
-    pub fn database_mut(&mut self) -> Option<&mut redb::Database> {
-        match &mut self.db {
-            Handle::Rw(db) => Some(db),
-            Handle::Ro(_) | Handle::Closed => None,
+    /// The raw writable redb database, for the maintenance operations that need `&mut`:
+    /// `check_integrity` and `compact`. Opens the writable handle if it is not open yet,
+    /// waiting (silently) up to the store's [`WriteWait`]; fails on a store opened read-only.
+    pub fn database_mut(&mut self) -> Result<&mut redb::Database> {
+        let start = Instant::now();
+        if self.writer_announcing(true, false)?.is_none() {
+            return Err(self.gave_up(start));
         }
+        self.rw.get_mut().ok_or_else(|| closed(&self.path))
     }
 
     /// The schema version stored in the file.
@@ -411,7 +831,12 @@ impl Store {
 
 fn open_error(path: &Path, e: redb::DatabaseError) -> Error {
     match e {
-        redb::DatabaseError::DatabaseAlreadyOpen => Error::InUse {
+        redb::DatabaseError::DatabaseAlreadyOpen | redb::DatabaseError::LockProtocolMismatch => {
+            Error::InUse {
+                path: path.to_path_buf(),
+            }
+        }
+        redb::DatabaseError::RepairAborted => Error::NeedsRepair {
             path: path.to_path_buf(),
         },
         redb::DatabaseError::UpgradeRequired(v) => Error::NotACache {

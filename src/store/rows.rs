@@ -232,7 +232,17 @@ pub(crate) fn decode_row(db: &Path, path: &RelPath, bytes: &[u8]) -> Result<Row>
 
 /// Encodes one row for storage.
 pub(crate) fn encode_row(db: &Path, path: &RelPath, row: &Row) -> Result<Vec<u8>> {
-    codec::encode(row).map_err(|detail| corrupt_row(db, path.to_string(), detail))
+    let bytes = codec::encode(row).map_err(|detail| corrupt_row(db, path.to_string(), detail))?;
+    // What the reader would refuse is never written.
+    if bytes.len() > codec::ROW_LIMIT {
+        return Err(Error::RecordTooLarge {
+            path: db.to_path_buf(),
+            what: format!("the row of {path} (its extended attributes)"),
+            size: bytes.len(),
+            limit: codec::ROW_LIMIT,
+        });
+    }
+    Ok(bytes)
 }
 
 /// The error of a row of `db` that does not encode or decode; `key` names the row.

@@ -241,6 +241,20 @@ pub fn uses(
 pub fn write_version(txn: &redb::WriteTransaction, path: &Path, rec: &VersionRecord) -> Result<()> {
     let key = version_key(&rec.name, &rec.input_digest);
     let bytes = codec::encode_checked(rec).map_err(|d| damaged(path, "versions", key, d))?;
+    // A reader decodes with this limit: a record over it could never be read back.
+    let size = bytes.len().saturating_sub(codec::CHECKSUM_LEN);
+    if size > codec::ENTRY_LIMIT {
+        return Err(crate::error::Error::RecordTooLarge {
+            path: path.to_path_buf(),
+            what: format!(
+                "the entry record of layer {} (definition, {} manifest(s))",
+                escape_bytes(rec.name.as_bytes()),
+                rec.manifests.len()
+            ),
+            size,
+            limit: codec::ENTRY_LIMIT,
+        });
+    }
     txn.open_table(VERSIONS)
         .db(path)?
         .insert((rec.name.as_str(), &rec.input_digest), bytes.as_slice())

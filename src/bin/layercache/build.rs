@@ -1,19 +1,30 @@
 //! `lookup` and `put`: the cache for shell-driven builders. Each run is one process: it opens
 //! the cache (pruning entries whose outputs are gone), loads the plan, and asks the library.
+//!
+//! Many of these processes share one cache: a lookup reads a snapshot and never waits (its
+//! optional writes are skipped while another process writes); a put waits for the write lock up
+//! to `--wait` seconds. SIGINT/SIGTERM are checked between steps (`signals`). Names from the
+//! plan and the manifests file (layer names, layer types) are printed escaped in text output,
+//! as paths are, so they cannot forge lines or drive the terminal; JSON keeps them exact.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use anyhow::Context;
 use layercache::plan::Plan;
 use layercache::{
     Cache, Error, HitSource, Lookup, LookupMode, Outcome, PruneReport, SessionCounters,
+    escape_bytes,
 };
 use serde_json::json;
 
-use crate::output::{DbArgs, emit};
+use crate::output::{DbArgs, ReportFailed, emit};
 use crate::remote::{Link, RemoteArgs};
+use crate::signals;
 
 /// What `lookup` and `put` share: the cache, the plan, the layer, the output form.
 #[derive(clap::Args)]
@@ -26,6 +37,11 @@ pub struct LayerArgs {
     /// The layer, by its name in the plan.
     #[arg(value_name = "LAYER")]
     layer: String,
+    /// How long to wait for another layercache process's write transaction (a put, or the
+    /// creation or migration of the file) before failing; 0 fails at once. A lookup never
+    /// waits for its optional writes (stat refresh, pruning): it skips them.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    wait: u64,
 }
 
 /// Arguments of `layercache lookup`.
@@ -65,16 +81,22 @@ pub fn load_plan(path: &Path) -> anyhow::Result<Plan> {
 
 /// Loads the plan and opens the cache (created if missing; pruned of entries whose outputs are
 /// gone).
-fn open(t: &LayerArgs) -> anyhow::Result<(Plan, Cache, PruneReport)> {
+fn open(t: &LayerArgs, interrupt: Arc<AtomicBool>) -> anyhow::Result<(Plan, Cache, PruneReport)> {
     let plan = load_plan(&t.plan)?;
-    let (cache, pruned) = Cache::open(plan.cache_config(&t.out.db))?;
+    let mut config = plan.cache_config(&t.out.db);
+    config.write_wait = Duration::from_secs(t.wait);
+    config.interrupt = Some(interrupt);
+    let (cache, pruned) = Cache::open(config)?;
     Ok((plan, cache, pruned))
 }
 
+const NOTHING_RECORDED: &str = "nothing was recorded";
+
 /// `layercache lookup`: exit 0 on a hit, 1 on a miss.
-pub fn lookup(args: LookupArgs) -> anyhow::Result<ExitCode> {
+pub fn lookup(args: LookupArgs, interrupt: Arc<AtomicBool>) -> anyhow::Result<ExitCode> {
     let t = &args.target;
-    let (plan, cache, pruned) = open(t)?;
+    let (plan, cache, pruned) = open(t, interrupt)?;
+    signals::check(NOTHING_RECORDED)?;
     let mut session = cache.session(plan.build())?;
     let mut link = Link::open(&args.remote);
     let (result, source, failure) = match link.as_ref().and_then(Link::remote) {
@@ -95,6 +117,7 @@ pub fn lookup(args: LookupArgs) -> anyhow::Result<ExitCode> {
             (r, source, None)
         }
     };
+    signals::check(NOTHING_RECORDED)?;
     if let (Some(l), Some(f)) = (link.as_mut(), failure.as_ref()) {
         l.failed(f);
     }
@@ -145,15 +168,16 @@ fn write_lookup_text(out: &mut impl Write, result: &Lookup, hit_line: &str) -> s
             for (layer_type, d) in &e.manifests {
                 writeln!(
                     out,
-                    "  {layer_type} {} {} ({} bytes)",
-                    d.media_type(),
-                    d.digest(),
+                    "  {} {} {} ({} bytes)",
+                    escape_bytes(layer_type.as_bytes()),
+                    escape_bytes(d.media_type().to_string().as_bytes()),
+                    escape_bytes(d.digest().to_string().as_bytes()),
                     d.size()
                 )?;
             }
         }
         Outcome::Miss(reasons) => {
-            writeln!(out, "{}: miss", result.layer)?;
+            writeln!(out, "{}: miss", escape_bytes(result.layer.as_bytes()))?;
             for r in reasons {
                 // One block per reason: a diff's lines end with a newline already.
                 let text = r.to_string();
@@ -168,18 +192,26 @@ fn write_lookup_text(out: &mut impl Write, result: &Lookup, hit_line: &str) -> s
 }
 
 /// `layercache put`: records a layer with its output manifests.
-pub fn put(args: PutArgs) -> anyhow::Result<ExitCode> {
+pub fn put(args: PutArgs, interrupt: Arc<AtomicBool>) -> anyhow::Result<ExitCode> {
     let t = &args.target;
     let manifests = layercache::plan::read_manifests(&args.manifests)?;
-    let (plan, cache, _pruned) = open(t)?;
+    let (plan, cache, _pruned) = open(t, interrupt)?;
+    signals::check(NOTHING_RECORDED)?;
     let mut session = cache.session(plan.build())?;
     // This process did not see the builder's lookup, so it looks up again (observing every
     // source) and puts what it saw: the inputs are walked twice here, and a change between
     // the two walks is refused by the library (Error::InputsChanged).
     let seen = session.lookup_with(&t.layer, LookupMode::FOR_BUILD)?;
+    signals::check(NOTHING_RECORDED)?;
     let record = session
         .put(&seen, &manifests)
-        .with_context(|| format!("cannot record layer {:?}", t.layer))?;
+        .with_context(|| format!("cannot record layer {}", escape_bytes(t.layer.as_bytes())))?;
+    let recorded = format!(
+        "layer {} was recorded before stopping",
+        escape_bytes(record.name.as_bytes())
+    );
+    // Returning drops the session and closes the cache cleanly.
+    signals::check(&recorded)?;
     let rows: u64 = record
         .imports
         .iter()
@@ -195,12 +227,15 @@ pub fn put(args: PutArgs) -> anyhow::Result<ExitCode> {
         "manifests": manifests,
         "counters": serde_json::to_value(session.counters())?,
     });
-    emit(t.out.json, &value, |_, out| {
-        let types: Vec<&str> = manifests.keys().map(String::as_str).collect();
+    let report = emit(t.out.json, &value, |_, out| {
+        let types: Vec<String> = manifests
+            .keys()
+            .map(|k| escape_bytes(k.as_bytes()))
+            .collect();
         writeln!(
             out,
             "{}: recorded ({} import(s), {} overlay_dir(s), {} row(s); manifests: {})",
-            record.name,
+            escape_bytes(record.name.as_bytes()),
             record.imports.len(),
             record.overlay_dirs.len(),
             rows,
@@ -210,6 +245,11 @@ pub fn put(args: PutArgs) -> anyhow::Result<ExitCode> {
                 types.join(", ")
             }
         )
+    });
+    // The entry is committed: a failed report must not read as "nothing recorded".
+    report.map_err(|source| ReportFailed {
+        layer: record.name.clone(),
+        source,
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -130,10 +130,28 @@ pub fn stats(a: &StatsArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `layercache check`: exit 0 when clean, 1 when problems were found.
-pub fn check(a: &DbArgs) -> anyhow::Result<ExitCode> {
-    let report = inspect::check(&a.db).map_err(lib)?;
-    emit(a.json, &report, |v, out| v.write_text(out))?;
+/// Arguments of `layercache check`.
+#[derive(clap::Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub out: DbArgs,
+    /// First repair a file that was not closed cleanly (a build step was killed): redb's quick
+    /// repair, which loses nothing committed. Never creates a file; fails while a build writes.
+    #[arg(long)]
+    repair: bool,
+}
+
+/// `layercache check`: exit 0 when clean, 1 when problems were found (a file that was not
+/// closed cleanly is reported as such, never as damage).
+pub fn check(a: &CheckArgs) -> anyhow::Result<ExitCode> {
+    let repaired = if a.repair {
+        inspect::repair(&a.out.db).map_err(lib)?
+    } else {
+        false
+    };
+    let mut report = inspect::check(&a.out.db).map_err(lib)?;
+    report.repaired = repaired;
+    emit(a.out.json, &report, |v, out| v.write_text(out))?;
     Ok(if report.is_clean() {
         ExitCode::SUCCESS
     } else {

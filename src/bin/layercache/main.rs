@@ -1,8 +1,10 @@
 //! `layercache`: the command-line face of the library, for shell-driven builders and for people
 //! debugging a cache. A thin shell: every decision is made by the library.
 //!
-//! Exit codes: `lookup` 0 hit, 1 miss; `check` 0 clean, 1 problems; 2 on any error (message on
-//! stderr). Data goes to stdout (human text, or JSON with `--json`); logs go to stderr.
+//! Exit codes: `lookup` 0 hit, 1 miss; `check` 0 clean, 1 problems; 2 on any error, with nothing
+//! recorded (message on stderr); 3 when `put` recorded the layer but could not write its
+//! report; 130 / 143 after SIGINT / SIGTERM (the database closed cleanly). Data goes to stdout
+//! (human text, or JSON with `--json`); logs go to stderr.
 
 mod build;
 mod debug;
@@ -11,6 +13,7 @@ mod generate;
 mod migrate;
 mod output;
 mod remote;
+mod signals;
 
 use std::process::ExitCode;
 
@@ -27,7 +30,13 @@ use output::guarded;
         LAYERCACHE_DB      the cache database file, when --db is not given\n  \
         LAYERCACHE_REMOTE  the shared cache (REGISTRY/REPO), when --remote is not given\n  \
         LAYERCACHE_LOG     log level on stderr: error, warn, info (default), debug, trace\n\n\
-        Exit codes: lookup 0 hit, 1 miss; check 0 clean, 1 problems; 2 on any error."
+        Exit codes:\n  \
+        0    lookup: hit; put: recorded; other commands: done (check: clean)\n  \
+        1    lookup: miss; check: problems found\n  \
+        2    error: nothing was recorded (the message on stderr says why)\n  \
+        3    put: the layer WAS recorded, but writing its report to stdout failed\n  \
+        130  interrupted by SIGINT, 143 by SIGTERM: the step stopped between transactions and\n       \
+        the database was closed cleanly (a second signal stops at once)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -53,7 +62,8 @@ enum Cmd {
     /// Entries, rows, file size and reclaimable space.
     Stats(debug::StatsArgs),
     /// Verify the database: redb integrity, every record decodes, summaries agree with rows.
-    Check(output::DbArgs),
+    /// Tells a file that was not closed cleanly (`--repair` repairs it) from a damaged one.
+    Check(debug::CheckArgs),
     /// Reclaim free space in the database file (no build may hold it).
     Compact(output::DbArgs),
     /// Upgrade the database schema in place.
@@ -72,13 +82,15 @@ fn main() -> ExitCode {
     output::log_panics();
     let cli = Cli::parse();
     let result = match cli.cmd {
-        Cmd::Lookup(a) => guarded(None, || build::lookup(a)),
-        Cmd::Put(a) => guarded(None, || build::put(a)),
+        // Build steps handle SIGINT/SIGTERM (see `signals`); the read-only commands keep the
+        // default action, since a killed reader leaves nothing to repair.
+        Cmd::Lookup(a) => guarded(None, || build::lookup(a, signals::install())),
+        Cmd::Put(a) => guarded(None, || build::put(a, signals::install())),
         Cmd::Push(a) => guarded(None, || remote::push(a)),
         Cmd::Pull(a) => guarded(None, || remote::pull(a)),
         Cmd::Dump(a) => guarded(Some(&a.out.db), || debug::dump(&a)),
         Cmd::Stats(a) => guarded(Some(&a.out.db), || debug::stats(&a)),
-        Cmd::Check(a) => guarded(Some(&a.db), || debug::check(&a)),
+        Cmd::Check(a) => guarded(Some(&a.out.db), || debug::check(&a)),
         Cmd::Compact(a) => guarded(Some(&a.db), || debug::compact(&a)),
         Cmd::Migrate(a) => guarded(None, || migrate::migrate(a)),
         Cmd::Gc(a) => guarded(None, || gc::gc(a)),

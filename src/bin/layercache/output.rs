@@ -105,12 +105,61 @@ pub fn message(e: &anyhow::Error) -> String {
     out
 }
 
-/// Turns a command's result into the process exit code; errors print on stderr, exit 2.
+/// The exit status of `put` when the layer was recorded but its report could not be written
+/// (stdout full, closed or gone): the cache changed, the caller did not hear about it.
+pub const EXIT_RECORDED_REPORT_FAILED: u8 = 3;
+
+/// A put that committed, whose report then could not be written.
+#[derive(Debug)]
+pub struct ReportFailed {
+    /// The layer that was recorded.
+    pub layer: String,
+    /// Why writing the report failed.
+    pub source: anyhow::Error,
+}
+
+impl std::fmt::Display for ReportFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "layer {} was recorded in the cache, but writing the report failed: {}",
+            layercache::escape_bytes(self.layer.as_bytes()),
+            message(&self.source)
+        )
+    }
+}
+
+impl std::error::Error for ReportFailed {}
+
+/// Turns a command's result into the process exit code; errors print on stderr. Exit 2 for an
+/// error (nothing recorded), 3 for a put recorded whose report failed, 128 + N after signal N.
 pub fn finish(result: anyhow::Result<ExitCode>) -> ExitCode {
     match result {
         Ok(code) => code,
-        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(i) = e.downcast_ref::<crate::signals::Interrupted>() {
+                eprintln!("layercache: {i}");
+                return ExitCode::from(128u8.saturating_add(i.signal as u8));
+            }
+            // The library stopped waiting for the write lock because a signal arrived.
+            if let (Some(layercache::Error::Interrupted { .. }), Some(signal)) = (
+                e.downcast_ref::<layercache::Error>(),
+                crate::signals::received(),
+            ) {
+                let i = crate::signals::Interrupted {
+                    signal,
+                    outcome: "nothing was recorded".into(),
+                };
+                eprintln!("layercache: {i}");
+                return ExitCode::from(128u8.saturating_add(signal as u8));
+            }
+            if let Some(r) = e.downcast_ref::<ReportFailed>() {
+                eprintln!("layercache: error: {r}");
+                return ExitCode::from(EXIT_RECORDED_REPORT_FAILED);
+            }
+            if is_broken_pipe(&e) {
+                return ExitCode::SUCCESS;
+            }
             eprintln!("layercache: error: {}", message(&e));
             ExitCode::from(2)
         }

@@ -287,7 +287,11 @@ pub fn lookup_json(
 /// The text line of a lookup's hit.
 pub fn hit_line(layer: &str, source: Option<HitSource>, link: Option<&Link>) -> String {
     match (source, link) {
-        (Some(HitSource::Remote), Some(l)) => format!("{layer}: hit (from remote {})", l.name),
-        _ => format!("{layer}: hit"),
+        (Some(HitSource::Remote), Some(l)) => format!(
+            "{}: hit (from remote {})",
+            layercache::escape_bytes(layer.as_bytes()),
+            l.name
+        ),
+        _ => format!("{}: hit", layercache::escape_bytes(layer.as_bytes())),
     }
 }
