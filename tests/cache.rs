@@ -779,3 +779,39 @@ fn a_tar_base_moved_with_the_build_directory_still_hits() {
     };
     assert_eq!(first_reason(&cache, &build, "t"), None);
 }
+
+/// Issue 12: a plan whose `oci_layout` has a typo (the directory does not exist) must not look
+/// like "every blob is gone": opening the cache is an error naming the directory, and nothing
+/// is pruned — the entries are all there when the right layout is given again.
+#[test]
+fn a_missing_layout_directory_is_an_error_and_prunes_nothing() {
+    let f = Fixture::new();
+    let build = two_layers(&f);
+    let (cache, _) = Cache::open(f.config()).unwrap();
+    let mut s = cache.session(&build).unwrap();
+    for name in ["base", "app"] {
+        let l = s.lookup(name).unwrap();
+        s.put(&l, &f.manifests(name)).unwrap();
+    }
+    drop(s);
+    drop(cache);
+    let typo = f.p("oic");
+    let config = CacheConfig {
+        oci_layout: Some(typo.clone()),
+        ..f.config()
+    };
+    match Cache::open(config) {
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(msg.contains(&typo.display().to_string()), "{msg}");
+            assert!(msg.contains("nothing was pruned"), "{msg}");
+        }
+        Ok((_, report)) => panic!("a missing layout pruned {:?}", report.pruned),
+    }
+    let (cache, report) = Cache::open(f.config()).unwrap();
+    assert!(report.pruned.is_empty());
+    let mut s = cache.session(&build).unwrap();
+    for name in ["base", "app"] {
+        assert!(s.lookup(name).unwrap().is_hit(), "{name}");
+    }
+}

@@ -41,7 +41,7 @@ use oci_spec::image::Descriptor;
 use serde::Serialize;
 
 use crate::base::blob_path;
-use crate::error::{DbResultExt, Result};
+use crate::error::{DbResultExt, Error, Result};
 use crate::inputs::Build;
 use crate::path::show_path;
 use crate::reason::MissReason;
@@ -316,7 +316,13 @@ impl Cache {
                 let why = match versions::version(&txn, path, &layer, &digest)? {
                     None => None,
                     Some(Err(e)) => Some(format!("the entry is damaged: {e}")),
-                    Some(Ok(rec)) => self.missing_output(&rec),
+                    Some(Ok(rec)) => {
+                        let why = self.missing_output(&rec);
+                        if why.is_some() {
+                            self.output_dir_exists(&rec)?;
+                        }
+                        why
+                    }
                 };
                 if let Some(why) = why {
                     doomed.push((Pruned { layer, why }, digest));
@@ -340,6 +346,33 @@ impl Cache {
         txn.commit().db(path)?;
         report.pruned = doomed.into_iter().map(|(p, _)| p).collect();
         Ok(report)
+    }
+
+    /// Before an entry is pruned because an output is gone: the directory that should hold it
+    /// must exist. A missing `oci_layout` or `rootfs_dir` (a typo in a plan, an unmounted volume)
+    /// would otherwise look like "every output is gone" and empty a shared cache.
+    fn output_dir_exists(&self, rec: &EntryRecord) -> Result<()> {
+        let (what, dir) = if rec.build_only {
+            (
+                "rootfs directory (rootfs_dir)",
+                self.config.rootfs_dir.as_ref(),
+            )
+        } else {
+            ("OCI layout (oci_layout)", self.config.oci_layout.as_ref())
+        };
+        match dir {
+            Some(d) if !d.is_dir() => Err(Error::WrongFileType {
+                what,
+                path: d.clone(),
+                found: if d.exists() {
+                    "not a directory"
+                } else {
+                    "missing"
+                },
+                expected: "an existing directory (nothing was pruned)".into(),
+            }),
+            _ => Ok(()),
+        }
     }
 
     fn missing_output(&self, rec: &EntryRecord) -> Option<String> {
