@@ -9,10 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
-use layercache::migrate::v0002::RowV1;
-use layercache::schema::{META, ROWS, Row};
+use layercache::schema::ROWS;
 use layercache::{Cache, CacheConfig, MissReason, SCHEMA_VERSION, Store};
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableTable;
 
 fn fixture(name: &str, dir: &Path) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -32,42 +31,6 @@ fn age(root: &Path) {
     for e in walkdir::WalkDir::new(root) {
         filetime::set_symlink_file_times(e.unwrap().path(), t, t).unwrap();
     }
-}
-
-/// (version, rows) read with redb directly, checking every row decodes as that version's row.
-fn raw_state(path: &Path) -> (u32, u64) {
-    let db = redb::Database::builder()
-        .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
-        .open(path)
-        .unwrap();
-    let txn = db.begin_read().unwrap();
-    let meta = txn.open_table(META).unwrap();
-    let v = u32::from_le_bytes(
-        meta.get("schema_version")
-            .unwrap()
-            .unwrap()
-            .value()
-            .try_into()
-            .unwrap(),
-    );
-    let rows = txn.open_table(ROWS).unwrap();
-    let mut n = 0;
-    for item in rows.iter().unwrap() {
-        let (_, val) = item.unwrap();
-        match v {
-            1 => {
-                layercache::codec::decode::<RowV1, { layercache::codec::ROW_LIMIT }>(val.value())
-                    .expect("a v1 database holds only v1 rows");
-            }
-            2 | 3 => {
-                layercache::codec::decode::<Row, { layercache::codec::ROW_LIMIT }>(val.value())
-                    .expect("v2 and v3 databases hold only v2 rows");
-            }
-            other => panic!("unexpected version {other}"),
-        }
-        n += 1;
-    }
-    (v, n)
 }
 
 /// The small fixture's input trees (made anew, aged) under `dir`, and its build.
@@ -93,7 +56,7 @@ fn v1_fixture_migrates_and_hits_where_inputs_are_unchanged() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let db = fixture("v1-small.redb", tmp.path());
-    assert_eq!(raw_state(&db).0, 1);
+    assert_eq!(common::raw_state(&db).0, 1);
     let build = small_trees(tmp.path());
 
     let cache = open_cache(&db);
@@ -212,7 +175,7 @@ fn cli_migrate_dry_run_changes_nothing_then_applies() {
     assert!(v["steps"][0]["records"].as_u64().unwrap() > 20);
     assert_eq!(v["steps"][1]["from"], 2);
     assert_eq!(v["steps"][1]["records"], 4, "one version per v2 entry");
-    assert_eq!(raw_state(&db).0, 3);
+    assert_eq!(common::raw_state(&db).0, 3);
 
     let out = Command::new(bin)
         .args(["migrate", "--db"])
@@ -226,7 +189,7 @@ fn cli_migrate_dry_run_changes_nothing_then_applies() {
 fn killed_migration_leaves_old_or_new_never_between() {
     let tmp = tempfile::tempdir().unwrap();
     let bin = env!("CARGO_BIN_EXE_layercache");
-    let (v, rows) = raw_state(&fixture("v1-large.redb", tmp.path()));
+    let (v, rows) = common::raw_state(&fixture("v1-large.redb", tmp.path()));
     assert_eq!(v, 1);
     assert!(rows >= 30_000);
     let mut seen = [0u32; 4];
@@ -247,14 +210,14 @@ fn killed_migration_leaves_old_or_new_never_between() {
         std::thread::sleep(Duration::from_millis(*delay_ms));
         let _ = child.kill(); // SIGKILL
         let _ = child.wait();
-        let (v, n) = raw_state(&db);
+        let (v, n) = common::raw_state(&db);
         assert_eq!(n, rows, "rows lost at kill point {delay_ms} ms");
         seen[v as usize] += 1;
         // Whatever it was left at, the library opens it at the current version.
         let store = Store::open(&db).unwrap();
         assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
         drop(store);
-        assert_eq!(raw_state(&db), (3, rows));
+        assert_eq!(common::raw_state(&db), (3, rows));
     }
     // Both steps (v1 -> v2 -> v3) run in the one transaction: never left at v2.
     assert_eq!(seen[2], 0, "a kill left the file between the steps");
@@ -319,7 +282,7 @@ fn v2_fixture_migrates_to_v3_and_hits() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let db = fixture("v2-small.redb", tmp.path());
-    assert_eq!(raw_state(&db).0, 2);
+    assert_eq!(common::raw_state(&db).0, 2);
     let build = small_trees(tmp.path());
     let cache = open_cache(&db);
     let report = cache.store().migration().cloned().expect("v2 is migrated");

@@ -16,13 +16,11 @@ use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use layercache::failpoint::{MIGRATE_POINTS, PUT_POINTS, REFRESH_POINTS};
-use layercache::migrate::v0002::RowV1;
-use layercache::schema::{EntryRecord, META, ROWS, Row};
+use layercache::schema::EntryRecord;
 use layercache::{
     Base, Build, Cache, CacheConfig, Import, LayerInputs, MissReason, SCHEMA_VERSION, Store,
     inspect,
 };
-use redb::{ReadableDatabase, ReadableTable};
 use serde_json::json;
 
 /// The crash_child example, built with the `failpoints` feature beside this test (always
@@ -276,37 +274,6 @@ fn a_refresh_aborted_at_each_crash_point_refreshes_all_rows_or_none() {
     }
 }
 
-/// (schema version, rows) read with redb directly, every row decoding as that version's row.
-fn raw_state(path: &Path) -> (u32, u64) {
-    let db = redb::Database::builder()
-        .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
-        .open(path)
-        .unwrap();
-    let txn = db.begin_read().unwrap();
-    let meta = txn.open_table(META).unwrap();
-    let v = u32::from_le_bytes(
-        meta.get("schema_version")
-            .unwrap()
-            .unwrap()
-            .value()
-            .try_into()
-            .unwrap(),
-    );
-    let mut n = 0;
-    for item in txn.open_table(ROWS).unwrap().iter().unwrap() {
-        let (_, val) = item.unwrap();
-        let ok = match v {
-            1 => layercache::codec::decode::<RowV1, { layercache::codec::ROW_LIMIT }>(val.value())
-                .is_ok(),
-            _ => layercache::codec::decode::<Row, { layercache::codec::ROW_LIMIT }>(val.value())
-                .is_ok(),
-        };
-        assert!(ok, "a v{v} database holds a row of another version");
-        n += 1;
-    }
-    (v, n)
-}
-
 /// A migration aborted at each of its crash points (between row batches — in the large fixture,
 /// after the first of several — before the version record, around the commit): before the
 /// commit the file is exactly v1 (every row a v1 row, none lost), after it exactly the current
@@ -324,7 +291,7 @@ fn a_migration_aborted_at_each_crash_point_leaves_v1_or_the_current_version_neve
         let tmp = tempfile::tempdir().unwrap();
         let db = tmp.path().join(fixture);
         std::fs::copy(fixtures.join(fixture), &db).unwrap();
-        let (v, rows) = raw_state(&db);
+        let (v, rows) = common::raw_state(&db);
         assert_eq!(v, 1);
         run_child(&child, &["open".as_ref(), db.as_os_str()], Some(point));
         let expected = if point.ends_with("after_commit") {
@@ -332,12 +299,16 @@ fn a_migration_aborted_at_each_crash_point_leaves_v1_or_the_current_version_neve
         } else {
             1
         };
-        assert_eq!(raw_state(&db), (expected, rows), "{point} ({fixture})");
+        assert_eq!(
+            common::raw_state(&db),
+            (expected, rows),
+            "{point} ({fixture})"
+        );
         let store = Store::open(&db).unwrap();
         assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
         drop(store);
         assert_eq!(
-            raw_state(&db),
+            common::raw_state(&db),
             (SCHEMA_VERSION, rows),
             "{point} ({fixture})"
         );

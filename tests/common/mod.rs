@@ -182,3 +182,46 @@ impl StoreTestExt for layercache::Store {
         Ok((diff, walk.counters()))
     }
 }
+
+/// (version, rows) read with redb directly, checking every row decodes as that version's row.
+pub fn raw_state(path: &Path) -> (u32, u64) {
+    let db = redb::Database::builder()
+        .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
+        .open(path)
+        .unwrap();
+    use redb::{ReadableDatabase, ReadableTable};
+    let txn = db.begin_read().unwrap();
+    let meta = txn.open_table(layercache::schema::META).unwrap();
+    let v = u32::from_le_bytes(
+        meta.get("schema_version")
+            .unwrap()
+            .unwrap()
+            .value()
+            .try_into()
+            .unwrap(),
+    );
+    let rows = txn.open_table(layercache::schema::ROWS).unwrap();
+    let mut n = 0;
+    for item in rows.iter().unwrap() {
+        let (_, val) = item.unwrap();
+        match v {
+            1 => {
+                layercache::codec::decode::<
+                    layercache::migrate::v0002::RowV1,
+                    { layercache::codec::ROW_LIMIT },
+                >(val.value())
+                .expect("a v1 database holds only v1 rows");
+            }
+            2 | 3 => {
+                layercache::codec::decode::<
+                    layercache::schema::Row,
+                    { layercache::codec::ROW_LIMIT },
+                >(val.value())
+                .expect("v2 and v3 databases hold only v2 rows");
+            }
+            other => panic!("unexpected version {other}"),
+        }
+        n += 1;
+    }
+    (v, n)
+}
