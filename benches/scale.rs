@@ -564,6 +564,7 @@ fn run_in(args: &Args, base: &Path) -> Result<bool, Box<dyn std::error::Error>> 
         json!({"counters": c, "reasons": reasons}),
     );
     drop(cache);
+    branch_switch(&mut b, &tree, &db, &build, no_change)?;
     std::fs::remove_dir_all(&tree)?;
 
     // ---- open of databases with many entries
@@ -722,6 +723,106 @@ fn run_in(args: &Args, base: &Path) -> Result<bool, Box<dyn std::error::Error>> 
         eprintln!("{} check(s) failed", b.failures.len());
     }
     Ok(b.failures.is_empty())
+}
+
+/// Branch switch of 1% of the files (issue #13): the tree as it is becomes version A, 1% of its
+/// files get other bytes of the same size (version B, built and put), then each measured lookup
+/// switches those files to the other branch first. Every lookup must hit an older version and
+/// hash exactly the switched files; the time is reported as a ratio to the no-change lookup.
+fn branch_switch(
+    b: &mut Bench,
+    tree: &Path,
+    db: &Path,
+    build: &Build,
+    no_change: Duration,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let manifests = BTreeMap::new();
+    let put_current = |what: &str| -> Result<(), Box<dyn std::error::Error>> {
+        let cache = open(db);
+        let mut s = cache.session(build)?;
+        let l = s.lookup_with("app", LookupMode::FOR_BUILD)?;
+        if !l.is_hit() {
+            s.put(&l, &manifests)?;
+        }
+        println!(
+            "branch switch: {what} {}",
+            if l.is_hit() { "was stored" } else { "put" }
+        );
+        Ok(())
+    };
+    // Version A: the tree as it is now (the deep file changed above).
+    put_current("version A")?;
+    let switched: Vec<(PathBuf, Vec<u8>, Vec<u8>)> = list_files(tree)
+        .into_iter()
+        .filter(|(_, size)| *size > 0)
+        .step_by(100)
+        .map(|(path, _)| {
+            let a = std::fs::read(&path)?;
+            let mut bb = a.clone();
+            if let Some(x) = bb.first_mut() {
+                *x = !*x;
+            }
+            Ok((path, a, bb))
+        })
+        .collect::<std::io::Result<_>>()?;
+    let n = switched.len() as u64;
+    let write_branch = |to_b: bool| -> std::io::Result<()> {
+        // Each branch gets its own settled mtime, as a checkout that happened a while ago.
+        let when = treegen::past_mtime() - Duration::from_secs(if to_b { 200 } else { 100 });
+        for (path, a, bb) in &switched {
+            std::fs::write(path, if to_b { bb } else { a })?;
+            filetime::set_file_mtime(path, filetime::FileTime::from_system_time(when))?;
+        }
+        Ok(())
+    };
+    let before = std::fs::metadata(db)?.size();
+    write_branch(true)?;
+    put_current("version B")?;
+    let after = std::fs::metadata(db)?.size();
+    let cache = open(db);
+    let mut on_b = true;
+    let (d, (hits, c), rss) = b.measure(
+        b.reps.max(2),
+        || {
+            on_b = !on_b;
+            write_branch(on_b).expect("switch branch");
+            // Past the timestamp tick of the switch (as a build starting later would be).
+            std::thread::sleep(Duration::from_millis(50));
+        },
+        || {
+            let mut s = cache.session(build).expect("session");
+            let l = s.lookup_with("app", LookupMode::CHECK).expect("lookup");
+            (l.is_hit(), s.counters())
+        },
+    );
+    b.check(
+        hits,
+        "branch-switch lookup missed (an older version should hit)",
+    );
+    b.check(
+        c.walk.files_hashed == n,
+        format!(
+            "branch-switch lookup hashed {} files, expected the {n} switched",
+            c.walk.files_hashed
+        ),
+    );
+    let ratio = d.as_secs_f64() / no_change.as_secs_f64();
+    println!(
+        "branch switch of {n} files (1%): {} = {ratio:.2}x the no-change lookup; database {} -> {} bytes for the second version",
+        fmt_secs(d.as_secs_f64()),
+        before,
+        after
+    );
+    b.record(
+        "branch switch 1% (hits older version)",
+        d,
+        rss,
+        Some("limit1"),
+        None,
+        json!({"counters": c, "switched_files": n, "ratio_to_no_change": ratio,
+               "db_bytes_before_second_version": before, "db_bytes_after": after}),
+    );
+    Ok(())
 }
 
 /// A database holding `n` entries (layers without sources), each put through the library.

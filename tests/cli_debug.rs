@@ -801,6 +801,15 @@ fn damaged_and_foreign_files_give_clear_errors() {
         "is not a layercache database (it is not a redb database file)",
     ));
 
+    // What an interrupted first creation by layercache 0.1 left (about 70 KB of zeros): told
+    // apart from a foreign file, with what to do.
+    let zeros = dir.join("zeros.redb");
+    std::fs::write(&zeros, vec![0u8; 70 * 1024]).unwrap();
+    cases.push((
+        zeros,
+        "it holds only zero bytes: a cache whose creation was interrupted",
+    ));
+
     let empty = dir.join("empty.redb");
     std::fs::write(&empty, b"").unwrap();
     cases.push((empty, "is not a layercache database"));

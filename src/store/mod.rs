@@ -402,13 +402,49 @@ fn check_magic(path: &Path) -> Result<()> {
         }
     }
     if got < head.len() || head != REDB_MAGIC {
+        let detail = if got > 0
+            && head.get(..got).is_some_and(|h| h.iter().all(|b| *b == 0))
+            && all_zero(&mut f)
+        {
+            // What an interrupted first creation by layercache 0.1 left behind (creation is
+            // atomic since): nothing was ever stored in it.
+            "it holds only zero bytes: a cache whose creation was interrupted (nothing was ever \
+             stored in it); remove it and a new cache is created"
+        } else {
+            "it is not a redb database file"
+        };
         return Err(Error::NotACache {
             path: path.to_path_buf(),
-            detail: "it is not a redb database file".into(),
+            detail: detail.into(),
         });
     }
     Ok(())
 }
+
+/// Whether the rest of `f` (read up to [`ZERO_SCAN_LIMIT`] bytes) holds only zero bytes; a
+/// file longer than that is not called a never-initialised cache.
+fn all_zero(f: &mut std::fs::File) -> bool {
+    let mut buf = [0u8; 8192];
+    let mut seen = 0u64;
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(n) => {
+                seen += n as u64;
+                if seen > ZERO_SCAN_LIMIT || buf.get(..n).is_none_or(|b| b.iter().any(|x| *x != 0))
+                {
+                    return false;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+/// How much of an all-zero file is read before it is called a never-initialised cache (the
+/// files an interrupted creation left were about 70 KB).
+const ZERO_SCAN_LIMIT: u64 = 1 << 20;
 
 /// Reads the schema version from a read transaction: `Ok(None)` for a file with no tables at
 /// all (a new database), an error for a redb file that is not ours.
