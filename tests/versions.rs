@@ -415,55 +415,6 @@ fn gc_by_size_drops_least_recently_used_first() {
 }
 
 #[test]
-fn gc_never_deletes_a_blob_that_index_json_references() {
-    let f = Fx::new();
-    let db = f.p("cache.redb");
-    let digests = {
-        let cache = f.cache();
-        three_versions(&f, &cache, [10, 20, 30]).1
-    };
-    // An image in the layout still uses version 1's output as a layer.
-    let manifest = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
-                    "digest": digests[0], "size": 10}]
-    }))
-    .unwrap();
-    let mhex = blake3::hash(&manifest).to_hex().to_string();
-    std::fs::write(f.p(&format!("oci/blobs/sha256/{mhex}")), &manifest).unwrap();
-    std::fs::write(
-        f.p("oci/index.json"),
-        serde_json::to_vec(&json!({"schemaVersion": 2, "manifests": [
-            {"mediaType": "application/vnd.oci.image.manifest.v1+json",
-             "digest": format!("sha256:{mhex}"), "size": manifest.len()}
-        ]}))
-        .unwrap(),
-    )
-    .unwrap();
-    let blob = |d: &str| f.p(&format!("oci/blobs/sha256/{}", &d[7..]));
-    let layout = f.p("oci");
-    let layout = layout.to_str().unwrap();
-    let args = ["--keep", "1", "--oci-layout", layout, "--delete-blobs"];
-    let mut dry = args.to_vec();
-    dry.push("--dry-run");
-    let v = gc_json(&db, &dry);
-    assert_eq!(v["blobs"]["deleted"], json!([digests[1]]));
-    assert_eq!(v["blobs"]["protected"], json!([digests[0]]));
-    assert!(blob(&digests[1]).is_file(), "a dry run deletes nothing");
-    let v = gc_json(&db, &args);
-    assert_eq!(v["blobs"]["deleted"], json!([digests[1]]));
-    assert!(
-        blob(&digests[0]).is_file(),
-        "index.json still references it"
-    );
-    assert!(!blob(&digests[1]).exists());
-    assert!(
-        blob(&digests[2]).is_file(),
-        "the current version's output stays"
-    );
-}
-
-#[test]
 fn the_builder_identity_is_an_input_and_a_flip_back_hits() {
     let f = Fx::new();
     let cache = f.cache();
