@@ -287,6 +287,55 @@ fn while_another_process_holds_the_write_lock() {
     assert_eq!(b.run(b.lookup_cmd("l2")).status.code(), Some(0));
 }
 
+/// `gc` (like `migrate` and `compact`, one transaction each) handles SIGINT: interrupted while
+/// it waits for the write lock, it stops waiting, changes nothing, closes the file and exits
+/// 130 saying so — it is not killed with the database open.
+#[test]
+fn sigint_of_a_gc_waiting_for_the_write_lock_ends_it_cleanly() {
+    let b = Build::new(1, 5);
+    assert!(b.run(b.put_cmd("l0")).status.success());
+    let holder = LockHolder::take(&b.db);
+    let mut gc = Command::new(BIN)
+        .args(["gc", "--keep", "0", "--include-current", "--db"])
+        .arg(&b.db)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(gc.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.contains("Blocking waiting"), "{line}");
+    unsafe { libc::kill(gc.id() as i32, libc::SIGINT) };
+    // Handled, it ends within a few seconds while the lock is still held.
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = gc.try_wait().unwrap() {
+            break Some(s);
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+    holder.release();
+    let Some(status) = status else {
+        let _ = gc.kill();
+        panic!("gc kept waiting for the lock after SIGINT: {rest}");
+    };
+    assert_eq!(status.code(), Some(130), "{line}{rest}");
+    assert!(rest.contains("interrupted"), "{rest}");
+    assert!(rest.contains("nothing was"), "{rest}");
+    assert!(b.stats().status.success(), "{}", text(&b.stats()));
+    assert_eq!(
+        b.run(b.lookup_cmd("l0")).status.code(),
+        Some(0),
+        "gc dropped nothing"
+    );
+}
+
 #[test]
 fn lookups_during_a_long_put_all_answer() {
     // A put of a tree large enough that lookups overlap it (not timed: every lookup must

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use layercache::inspect::{self, Inspector, RowSelection};
 
 use crate::output::{DbArgs, emit};
+use crate::signals;
 
 /// Arguments of `layercache dump`.
 #[derive(clap::Args)]
@@ -161,7 +162,9 @@ pub fn check(a: &CheckArgs) -> anyhow::Result<ExitCode> {
 
 /// `layercache compact`.
 pub fn compact(a: &DbArgs) -> anyhow::Result<ExitCode> {
+    signals::check("nothing was changed")?;
     let report = inspect::compact(&a.db).map_err(lib)?;
     emit(a.json, &report, |v, out| v.write_text(out))?;
+    signals::check("the compaction had finished")?;
     Ok(ExitCode::SUCCESS)
 }

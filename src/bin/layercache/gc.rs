@@ -5,6 +5,8 @@
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use layercache::gc::Policy;
@@ -49,7 +51,7 @@ pub struct GcArgs {
 }
 
 /// `layercache gc`.
-pub fn gc(a: GcArgs) -> anyhow::Result<ExitCode> {
+pub fn gc(a: GcArgs, interrupt: Arc<AtomicBool>) -> anyhow::Result<ExitCode> {
     let policy = Policy {
         keep_per_layer: a.keep,
         max_unused: a
@@ -67,14 +69,20 @@ pub fn gc(a: GcArgs) -> anyhow::Result<ExitCode> {
     });
     let cache = Cache::open_without_prune(CacheConfig {
         db: a.out.db.clone(),
+        interrupt: Some(interrupt),
         ..Default::default()
-    })
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    })?;
+    crate::signals::check("nothing was changed")?;
     let layout = a.oci_layout.as_deref().filter(|_| a.delete_blobs);
-    let report = cache
-        .gc(&policy, now, a.dry_run, layout)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let report = cache.gc(&policy, now, a.dry_run, layout)?;
+    drop(cache);
     emit(a.out.json, &report, write_text)?;
+    let done = if a.dry_run {
+        "nothing was changed (dry run)".to_string()
+    } else {
+        format!("{} version(s) were dropped", report.plan.dropped.len())
+    };
+    crate::signals::check(&done)?;
     Ok(ExitCode::SUCCESS)
 }
 

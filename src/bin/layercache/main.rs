@@ -91,9 +91,17 @@ fn main() -> ExitCode {
         Cmd::Dump(a) => guarded(Some(&a.out.db), || debug::dump(&a)),
         Cmd::Stats(a) => guarded(Some(&a.out.db), || debug::stats(&a)),
         Cmd::Check(a) => guarded(Some(&a.out.db), || debug::check(&a)),
-        Cmd::Compact(a) => guarded(Some(&a.db), || debug::compact(&a)),
-        Cmd::Migrate(a) => guarded(None, || migrate::migrate(a)),
-        Cmd::Gc(a) => guarded(None, || gc::gc(a)),
+        // The maintenance commands that write run one transaction: a first SIGINT/SIGTERM lets
+        // it finish (or never start), closes the database cleanly and exits 130/143 saying so.
+        Cmd::Compact(a) => guarded(Some(&a.db), || {
+            signals::install();
+            debug::compact(&a)
+        }),
+        Cmd::Migrate(a) => guarded(None, || {
+            signals::install();
+            migrate::migrate(a)
+        }),
+        Cmd::Gc(a) => guarded(None, || gc::gc(a, signals::install())),
         Cmd::Completions(a) => guarded(None, || generate::completions(&a)),
         Cmd::Man => guarded(None, generate::man),
     };

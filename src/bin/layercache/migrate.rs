@@ -53,12 +53,15 @@ pub fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
+    crate::signals::check("nothing was changed")?;
     let store = Store::open(&a.db)?;
     let report = store.migration().cloned().unwrap_or(MigrationReport {
         from: version,
         to: version,
         steps: Vec::new(),
     });
+    // Closed before a signal is reported, so the file needs no repair.
+    drop(store);
     if a.json {
         writeln!(out, "{}", serde_json::to_string(&report)?)?;
     } else if report.steps.is_empty() {
@@ -73,5 +76,9 @@ pub fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
         }
         writeln!(out, "{}: now at schema v{}", a.db.display(), report.to)?;
     }
+    crate::signals::check(&format!(
+        "the database was left at schema v{} (the migration is one transaction)",
+        report.to
+    ))?;
     Ok(ExitCode::SUCCESS)
 }
