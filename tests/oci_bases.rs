@@ -12,44 +12,29 @@ mod common;
 mod registry;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use layercache::{
-    Base, BaseChange, Build, Cache, CacheConfig, LayerInputs, LookupMode, MissReason, OverlayDir,
-};
+use layercache::{Base, BaseChange, Build, Cache, LayerInputs, LookupMode, MissReason, OverlayDir};
 use oci_spec::image::Descriptor;
-use registry::{image_blobs, run, tools_available, umoci_layout};
+use registry::{image_blobs, run, tools_available, umoci_insert, umoci_layout};
 use serde_json::json;
 
-struct Fx {
-    _tmp: tempfile::TempDir,
-    dir: PathBuf,
+/// The workspace with a source directory `src`; its `oci` layout is made by umoci.
+struct Fx(common::Workspace);
+
+impl std::ops::Deref for Fx {
+    type Target = common::Workspace;
+    fn deref(&self) -> &common::Workspace {
+        &self.0
+    }
 }
 
 impl Fx {
     fn new() -> Fx {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().to_path_buf();
-        std::fs::create_dir_all(dir.join("roots/app/overlay_dirs/src")).unwrap();
-        std::fs::create_dir_all(dir.join("src")).unwrap();
-        Fx { _tmp: tmp, dir }
-    }
-
-    fn p(&self, rel: &str) -> PathBuf {
-        self.dir.join(rel)
-    }
-
-    /// The cache, with the umoci layout at `oci` as the output layout.
-    fn cache(&self) -> Cache {
-        Cache::open(CacheConfig {
-            db: self.p("cache.redb"),
-            oci_layout: Some(self.p("oci")),
-            rootfs_dir: Some(self.p("roots")),
-            ..Default::default()
-        })
-        .unwrap()
-        .0
+        let w = common::Workspace::new();
+        std::fs::create_dir_all(w.p("src")).unwrap();
+        Fx(w)
     }
 
     /// One layer `app` on `base` with an overlay dir `src`.
@@ -79,21 +64,6 @@ impl Fx {
 fn umoci(args: &[&str]) {
     let mut cmd = Command::new("umoci");
     cmd.args(args);
-    run(&mut cmd);
-}
-
-fn umoci_insert(layout: &Path, tag: &str, name: &str, content: &[u8]) {
-    let src = tempfile::tempdir().unwrap();
-    let file = src.path().join(name);
-    std::fs::write(&file, content).unwrap();
-    let image = format!("{}:{tag}", layout.display());
-    let mut cmd = Command::new("umoci");
-    cmd.args(["insert", "--image", &image]);
-    // SAFETY: geteuid(2) takes no arguments and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        cmd.arg("--rootless");
-    }
-    cmd.arg(&file).arg(format!("/{name}"));
     run(&mut cmd);
 }
 

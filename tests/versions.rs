@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::write;
 use layercache::schema::LAST_USED;
@@ -16,33 +16,21 @@ use layercache::{
 use oci_spec::image::Descriptor;
 use serde_json::json;
 
-struct Fx {
-    _tmp: tempfile::TempDir,
-    dir: PathBuf,
+/// The workspace with an OCI layout of hand-written blobs at `oci`.
+struct Fx(common::Workspace);
+
+impl std::ops::Deref for Fx {
+    type Target = common::Workspace;
+    fn deref(&self) -> &common::Workspace {
+        &self.0
+    }
 }
 
 impl Fx {
     fn new() -> Fx {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().to_path_buf();
-        std::fs::create_dir_all(dir.join("oci/blobs/sha256")).unwrap();
-        std::fs::create_dir_all(dir.join("roots/app/overlay_dirs/src")).unwrap();
-        Fx { _tmp: tmp, dir }
-    }
-
-    fn p(&self, rel: &str) -> PathBuf {
-        self.dir.join(rel)
-    }
-
-    fn cache(&self) -> Cache {
-        Cache::open(CacheConfig {
-            db: self.p("cache.redb"),
-            oci_layout: Some(self.p("oci")),
-            rootfs_dir: Some(self.p("roots")),
-            ..Default::default()
-        })
-        .unwrap()
-        .0
+        let w = common::Workspace::new();
+        std::fs::create_dir_all(w.p("oci/blobs/sha256")).unwrap();
+        Fx(w)
     }
 
     /// An output blob in the layout and the manifests naming it.

@@ -225,3 +225,39 @@ pub fn raw_state(path: &Path) -> (u32, u64) {
     }
     (v, n)
 }
+
+/// A temp directory holding a cache (`cache.redb`) whose outputs go to the OCI layout `oci` and
+/// the rootfs directory `roots`, both inside it.
+pub struct Workspace {
+    _tmp: tempfile::TempDir,
+    /// The directory.
+    pub dir: PathBuf,
+}
+
+impl Workspace {
+    /// A new empty directory with `roots/app/overlay_dirs/src` made (the rootfs copy of the
+    /// overlay dir `src` of a layer `app`).
+    pub fn new() -> Workspace {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        std::fs::create_dir_all(dir.join("roots/app/overlay_dirs/src")).unwrap();
+        Workspace { _tmp: tmp, dir }
+    }
+
+    /// A path inside the directory.
+    pub fn p(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+
+    /// The cache, opened with pruning.
+    pub fn cache(&self) -> layercache::Cache {
+        layercache::Cache::open(layercache::CacheConfig {
+            db: self.p("cache.redb"),
+            oci_layout: Some(self.p("oci")),
+            rootfs_dir: Some(self.p("roots")),
+            ..Default::default()
+        })
+        .unwrap()
+        .0
+    }
+}

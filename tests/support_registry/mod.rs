@@ -241,18 +241,26 @@ pub fn umoci_layout(layout: &Path, tag: &str, files: &[(&str, Vec<u8>)]) {
     let image = format!("{}:{tag}", layout.display());
     run(Command::new("umoci").args(["init", "--layout"]).arg(layout));
     run(Command::new("umoci").args(["new", "--image", &image]));
-    let src = tempfile::tempdir().expect("tempdir");
     for (name, content) in files {
-        let f = src.path().join(name);
-        std::fs::write(&f, content).expect("write source file");
-        let mut cmd = Command::new("umoci");
-        cmd.args(["insert", "--image", &image]);
-        if unsafe { libc::geteuid() } != 0 {
-            cmd.arg("--rootless");
-        }
-        cmd.arg(&f).arg(format!("/{name}"));
-        run(&mut cmd);
+        umoci_insert(layout, tag, name, content);
     }
+}
+
+/// `umoci insert` of one file `/name` holding `content` into image `tag` of `layout` (a new
+/// layer; the tag moves to the new manifest). Rootless unless run as root.
+pub fn umoci_insert(layout: &Path, tag: &str, name: &str, content: &[u8]) {
+    let src = tempfile::tempdir().expect("tempdir");
+    let file = src.path().join(name);
+    std::fs::write(&file, content).expect("write source file");
+    let image = format!("{}:{tag}", layout.display());
+    let mut cmd = Command::new("umoci");
+    cmd.args(["insert", "--image", &image]);
+    // SAFETY: geteuid(2) takes no arguments and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        cmd.arg("--rootless");
+    }
+    cmd.arg(&file).arg(format!("/{name}"));
+    run(&mut cmd);
 }
 
 /// The blobs of image `tag` in `layout`: the manifest, its config and its layers, as
