@@ -451,6 +451,24 @@ fn put_blob(layout: &Path, media_type: &str, bytes: &[u8]) -> Value {
 #[test]
 #[ignore = "a measurement (~2 GB of disk, minutes): run it by name"]
 fn push_and_pull_at_scale() {
+    let files: u64 = std::env::var("LAYERCACHE_BENCH_FILES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    push_and_pull(files);
+}
+
+/// The same on 300 files, run with the suite: what it asserts is the work — a remote hit
+/// walks the tree once for the lookup (the digest it asks the registry for comes from that
+/// walk, not from a second one) and once for the put that records it.
+#[test]
+fn a_remote_hit_walks_the_tree_for_the_lookup_and_the_put_only() {
+    push_and_pull(300);
+}
+
+/// A pushes a one-layer build of `files` generated files, B pulls it; returns nothing, prints
+/// the times, asserts the outcomes and the files hashed on B.
+fn push_and_pull(files: u64) {
     use layercache::remote::{Remote, RemoteOptions};
     use layercache::{Build, Cache, CacheConfig, HitSource, Import, LayerInputs, PushOutcome};
     use std::time::{Duration, Instant};
@@ -461,10 +479,6 @@ fn push_and_pull_at_scale() {
     let Some(reg) = Registry::start() else {
         return;
     };
-    let files: u64 = std::env::var("LAYERCACHE_BENCH_FILES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
     let tmp = tempfile::tempdir().expect("tempdir");
     let tree = tmp.path().join("tree");
     let stats = treegen::generate(&tree, files, 1).expect("generate");
@@ -579,6 +593,9 @@ fn push_and_pull_at_scale() {
     );
     let fetched = pulled.fetched.expect("fetched");
     let pull_hashed = s.counters().walk.files_hashed;
+    // B never saw the tree: the lookup hashes every file once, and the put that records the
+    // remote entry once more (it checks that the tree is still what the lookup saw).
+    assert_eq!(pull_hashed, 2 * stats.files, "files hashed on B");
     let mut s = cache_b.session(&build).expect("session");
     let t = Instant::now();
     let local = s.lookup_remote("monorepo", false, &r).expect("local");

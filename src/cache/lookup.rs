@@ -81,6 +81,7 @@ impl Session<'_> {
                 layer: layer.to_string(),
                 outcome: Outcome::Miss(vec![MissReason::NotCacheable { why: why.clone() }]),
                 observed: None,
+                input_digest: None,
             });
         }
         let builder = self.build.builder.as_deref();
@@ -154,14 +155,16 @@ impl Session<'_> {
         }
         drop(txn);
 
-        // The input digest of what was walked, if every source was walked soundly.
+        // The input digest of what was walked, if every source was walked soundly (computed
+        // on a miss too: a remote lookup asks for it).
         let digest = match &base {
-            BaseNow::Hash(h) if could_hit => {
-                digest_of(inputs, builder, definition_digest, h, &walked)
-            }
-            _ => None,
+            BaseNow::Hash(h) => digest_of(inputs, builder, definition_digest, h, &walked),
+            BaseNow::Miss(_) => None,
         };
-        let found = digest.and_then(|d| stored.into_iter().find(|(k, _)| *k == d));
+        let input_digest = digest.filter(|_| walked.rootfs_missing.is_none());
+        let found = digest
+            .filter(|_| could_hit)
+            .and_then(|d| stored.into_iter().find(|(k, _)| *k == d));
         let mut reasons = reasons.list;
         let outcome = match (found, walked.rootfs_missing) {
             (Some((_, Ok(rec))), None) => {
@@ -196,6 +199,7 @@ impl Session<'_> {
             layer: layer.to_string(),
             outcome,
             observed: walked.observed,
+            input_digest,
         })
     }
 

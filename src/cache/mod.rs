@@ -116,6 +116,11 @@ pub struct Lookup {
     /// Hit or miss.
     pub outcome: Outcome,
     observed: Option<Vec<Observed>>,
+    /// The layer's input digest as this lookup walked it: `None` when a source was not walked
+    /// (a `CHECK` lookup stops at the first reason), is gone or changed while it was hashed,
+    /// the base misses, or an overlay dir's rootfs copy is missing. What a remote lookup asks
+    /// the registry for, without walking again.
+    input_digest: Option<[u8; 32]>,
 }
 
 impl Lookup {

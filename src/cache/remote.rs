@@ -1,8 +1,8 @@
 //! Lookup and push through a registry: a local miss asks the registry for an entry with the
 //! layer's input digest; a local hit can be pushed.
 //!
-//! Owns: [`Session::lookup_remote`] and [`Session::push_layer`], the input digest of a layer
-//! as this machine sees it now, and the order of a remote hit: find → check the record
+//! Owns: [`Session::lookup_remote`] and [`Session::push_layer`], and the order of a remote
+//! hit: the local lookup's walk gives the input digest (no second walk) → find → check the record
 //! ([`crate::share::accept`]) → fetch the blobs into the local OCI layout (verified, atomic:
 //! [`crate::remote::Remote::fetch_blobs`]) → record the layer with a put of **this machine's**
 //! walk → check that what was recorded has the digest asked for.
@@ -18,15 +18,10 @@ use oci_spec::image::Descriptor;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::inputs::{LayerInputs, canonical_json};
 use crate::reason::MissReason;
 use crate::remote::{FetchReport, LocalBlob, PushReport, Remote, RemoteEntry, RemoteError};
 use crate::share::{self, RecordError};
-use crate::tree::{TreeHasher, TreeWalk};
-use crate::version::{Inputs, Role, SourceInput, input_digest};
 
-use super::session::BaseNow;
-use super::source::{SourceRole, cached_sources};
 use super::{CachedEntry, Lookup, LookupMode, Outcome, Session};
 
 /// Where a hit came from.
@@ -134,7 +129,8 @@ impl Session<'_> {
             };
             return Ok(answer(local, Some(failure)));
         };
-        let Some(asked) = self.input_digest_now(layer)? else {
+        // What the local lookup walked (it observed every source): no second walk.
+        let Some(asked) = local.input_digest else {
             return Ok(answer(local, None));
         };
         let found = match remote.find_entry(layer, &asked) {
@@ -175,6 +171,7 @@ impl Session<'_> {
             layer: layer.to_string(),
             outcome: Outcome::Hit(Box::new(CachedEntry { record, manifests })),
             observed: None,
+            input_digest: Some(asked),
         };
         Ok(RemoteLookup {
             lookup,
@@ -227,68 +224,6 @@ impl Session<'_> {
             Ok(report) => PushOutcome::Pushed(report),
             Err(e) => PushOutcome::Failed(e.into()),
         })
-    }
-
-    /// The input digest of `layer` as its inputs are now, or `None` when it cannot have one
-    /// (not cacheable, its base misses, a source or an overlay dir's rootfs copy is missing, a
-    /// file changed while it was hashed). Walks every cached source (the walks count in the
-    /// session's counters).
-    fn input_digest_now(&mut self, layer: &str) -> Result<Option<[u8; 32]>> {
-        let inputs: &LayerInputs = self.build.layer(layer)?;
-        if inputs.uncacheable.is_some() {
-            return Ok(None);
-        }
-        self.resolve_bases_below(layer)?;
-        let base_hash = match self.base_now(layer, &inputs.base, false)? {
-            BaseNow::Hash(h) => h,
-            BaseNow::Miss(_) => return Ok(None),
-        };
-        let sources: Vec<_> = cached_sources(inputs).collect();
-        let mut roots = Vec::new();
-        for src in &sources {
-            if src
-                .rootfs_path
-                .is_some_and(|p| p.symlink_metadata().is_err())
-                || src.path.symlink_metadata().is_err()
-            {
-                return Ok(None);
-            }
-            let mut walk = TreeWalk::new(src.path)?;
-            let mut hasher = TreeHasher::new();
-            let mut root_kind = None;
-            for e in walk.by_ref() {
-                let e = e?;
-                if e.unstable {
-                    return Ok(None);
-                }
-                root_kind.get_or_insert(e.row.kind);
-                hasher.push(&e.path, &e.row);
-            }
-            self.counters.walk.add(&walk.counters());
-            let Some(kind) = root_kind else {
-                return Ok(None);
-            };
-            let role = match src.role {
-                SourceRole::Import => Role::Import,
-                SourceRole::OverlayDir => Role::OverlayDir,
-            };
-            roots.push(SourceInput {
-                role,
-                key: &src.ident,
-                root_kind: kind,
-                root_digest: hasher.finish().0,
-            });
-        }
-        let definition_digest = *blake3::hash(&canonical_json(&inputs.definition)).as_bytes();
-        Ok(Some(input_digest(&Inputs {
-            definition_digest,
-            base_kind: inputs.base.kind(),
-            base_hash: &base_hash,
-            source_date_epoch: inputs.source_date_epoch,
-            build_only: inputs.build_only,
-            builder: self.build.builder.as_deref(),
-            sources: roots,
-        })))
     }
 }
 
