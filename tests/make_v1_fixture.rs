@@ -1,7 +1,7 @@
 //! Writes the frozen fixtures of each released schema (run once, with the code of that schema,
 //! as root so owners are 0): `cargo test --test make_v1_fixture -- --ignored make_vN`. Kept so
 //! anyone can see how they were made; the v1 fixtures were made by commit fb250c2's code, the
-//! v2 fixture by the code that released schema v2. Today's code can only make the current one.
+//! v2 fixtures by the code that released schema v2 (baf87ef~1). Today's code can only make the current one.
 
 mod common;
 
@@ -53,4 +53,6 @@ fn make_v2_fixtures() {
     let tmp = tempfile::tempdir().unwrap();
     let small = common::v1_fixture::small_inputs(&tmp.path().join("small"));
     make("v2-small.redb", &small, &["base", "mid", "app", "other"], 2);
+    let large = common::v1_fixture::large_inputs(&tmp.path().join("large"), 30_000);
+    make("v2-large.redb", &large, &["big"], 2);
 }

@@ -187,19 +187,38 @@ fn cli_migrate_dry_run_changes_nothing_then_applies() {
 
 #[test]
 fn killed_migration_leaves_old_or_new_never_between() {
+    let seen = kill_migrations("v1-large.redb", 1);
+    // Both steps (v1 -> v2 -> v3) run in the one transaction: never left at v2.
+    assert_eq!(seen[2], 0, "a kill left the file between the steps");
+    eprintln!("kill points left v1: {}, v3: {}", seen[1], seen[3]);
+}
+
+/// The v2 -> v3 step alone (a large file made by the code that released schema v2): every
+/// kill leaves v2 or v3 with every row.
+#[test]
+fn killed_v2_migration_leaves_old_or_new_never_between() {
+    let seen = kill_migrations("v2-large.redb", 2);
+    assert_eq!(seen[0] + seen[1], 0);
+    eprintln!("kill points left v2: {}, v3: {}", seen[2], seen[3]);
+}
+
+/// SIGKILLs `layercache migrate` of a copy of `fixture` (schema `from`, at least 30,000 rows) at
+/// kill points spread from before the transaction starts to after it ends; each time, the file
+/// holds every row at some schema version, and the library then opens it at the current one.
+/// Returns how many kills left each version.
+fn kill_migrations(name: &str, from: u32) -> [u32; 4] {
     let tmp = tempfile::tempdir().unwrap();
     let bin = env!("CARGO_BIN_EXE_layercache");
-    let (v, rows) = common::raw_state(&fixture("v1-large.redb", tmp.path()));
-    assert_eq!(v, 1);
+    let (v, rows) = common::raw_state(&fixture(name, tmp.path()));
+    assert_eq!(v, from);
     assert!(rows >= 30_000);
     let mut seen = [0u32; 4];
-    // Kill points spread over the run, from before the transaction starts to after it ends.
     for (i, delay_ms) in [0u64, 2, 5, 10, 20, 35, 50, 80, 120, 200, 400]
         .iter()
         .enumerate()
     {
         let db = tmp.path().join(format!("kill{i}.redb"));
-        std::fs::copy(tmp.path().join("v1-large.redb"), &db).unwrap();
+        std::fs::copy(tmp.path().join(name), &db).unwrap();
         let mut child = Command::new(bin)
             .args(["migrate", "--db"])
             .arg(&db)
@@ -219,9 +238,7 @@ fn killed_migration_leaves_old_or_new_never_between() {
         drop(store);
         assert_eq!(common::raw_state(&db), (3, rows));
     }
-    // Both steps (v1 -> v2 -> v3) run in the one transaction: never left at v2.
-    assert_eq!(seen[2], 0, "a kill left the file between the steps");
-    eprintln!("kill points left v1: {}, v3: {}", seen[1], seen[3]);
+    seen
 }
 
 #[test]
