@@ -273,9 +273,40 @@ fn one_layer_build(tree: &Path) -> Build {
     b
 }
 
+/// An OCI layout next to the benchmark's databases holding the one output blob every layer
+/// records ([`outputs`]): a hit checks that its outputs exist.
+fn layout() -> &'static Path {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let d = tempfile::tempdir().expect("temp dir");
+        let hex = blake3::hash(OUTPUT).to_hex().to_string();
+        let blobs = d.path().join("blobs/sha256");
+        std::fs::create_dir_all(&blobs).expect("blobs dir");
+        std::fs::write(blobs.join(hex), OUTPUT).expect("blob");
+        d
+    })
+    .path()
+}
+
+const OUTPUT: &[u8] = b"benchmark output";
+
+/// Output manifests pointing at the blob of [`layout`]: a layer that is not build-only records
+/// outputs.
+fn outputs() -> BTreeMap<String, oci_spec::image::Descriptor> {
+    let hex = blake3::hash(OUTPUT).to_hex().to_string();
+    let d = serde_json::from_value(json!({
+        "mediaType": "application/vnd.oci.image.layer.v1.tar",
+        "digest": format!("sha256:{hex}"),
+        "size": OUTPUT.len(),
+    }))
+    .expect("descriptor");
+    BTreeMap::from([("tar".to_string(), d)])
+}
+
 fn open(db: &Path) -> Cache {
     match Cache::open_without_prune(CacheConfig {
         db: db.to_path_buf(),
+        oci_layout: Some(layout().to_path_buf()),
         ..Default::default()
     }) {
         Ok(c) => c,
@@ -399,7 +430,7 @@ fn run_in(args: &Args, base: &Path) -> Result<bool, Box<dyn std::error::Error>> 
     // ---- cold put
     let db = base.join("cache.redb");
     let build = one_layer_build(&tree);
-    let manifests = BTreeMap::new();
+    let manifests = outputs();
     let (d, counters, rss) = b.measure(
         reps,
         || {
@@ -408,7 +439,9 @@ fn run_in(args: &Args, base: &Path) -> Result<bool, Box<dyn std::error::Error>> 
         || {
             let cache = open(&db);
             let mut s = cache.session(&build).expect("session");
-            let l = s.lookup_with("app", LookupMode::CHECK).expect("lookup");
+            let l = s
+                .lookup_for_build("app", LookupMode::CHECK)
+                .expect("lookup");
             assert!(!l.is_hit());
             s.put(&l, &manifests).expect("put");
             s.counters()
@@ -846,8 +879,8 @@ fn fill_entries(db: &Path, n: u64) -> Result<(), Box<dyn std::error::Error>> {
     let cache = open(db);
     let mut s = cache.session(&build)?;
     for k in 0..n {
-        let l = s.lookup_with(&format!("e{k:06}"), LookupMode::CHECK)?;
-        s.put(&l, &BTreeMap::new())?;
+        let l = s.lookup_for_build(&format!("e{k:06}"), LookupMode::CHECK)?;
+        s.put(&l, &outputs())?;
     }
     Ok(())
 }
@@ -895,8 +928,10 @@ fn profile(
         let _ = std::fs::remove_file(&db);
         let cache = open(&db);
         let mut s = cache.session(&build).expect("session");
-        let l = s.lookup_with("app", LookupMode::CHECK).expect("lookup");
-        s.put(&l, &BTreeMap::new()).expect("put");
+        let l = s
+            .lookup_for_build("app", LookupMode::CHECK)
+            .expect("lookup");
+        s.put(&l, &outputs()).expect("put");
     };
     put();
     let cache = open(&db);
@@ -934,6 +969,8 @@ fn put_again(db: &Path, build: &Build) {
     let _ = std::fs::remove_file(&fresh);
     let cache = open(&fresh);
     let mut s = cache.session(build).expect("session");
-    let l = s.lookup_with("app", LookupMode::CHECK).expect("lookup");
-    s.put(&l, &BTreeMap::new()).expect("put");
+    let l = s
+        .lookup_for_build("app", LookupMode::CHECK)
+        .expect("lookup");
+    s.put(&l, &outputs()).expect("put");
 }

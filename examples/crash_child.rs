@@ -41,8 +41,31 @@ fn build(tree: &Path, generation: u64) -> Build {
 fn open(db: &Path) -> Result<Cache, layercache::Error> {
     Cache::open_without_prune(CacheConfig {
         db: db.to_path_buf(),
+        oci_layout: db.parent().map(|d| d.join("oci")),
         ..Default::default()
     })
+}
+
+/// The OCI layout beside the database (`<dir>/oci`), holding the one output blob every put
+/// records (a layer that is not build-only records outputs; the tests open the cache with this
+/// layout and the same blob, `tests/common`'s `output_layout`), and the manifests naming it.
+fn outputs(
+    db: &Path,
+) -> Result<BTreeMap<String, oci_spec::image::Descriptor>, Box<dyn std::error::Error>> {
+    const OUTPUT: &[u8] = b"test output";
+    let hex = blake3::hash(OUTPUT).to_hex().to_string();
+    let blobs = db
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("oci/blobs/sha256");
+    std::fs::create_dir_all(&blobs)?;
+    std::fs::write(blobs.join(&hex), OUTPUT)?;
+    let d = serde_json::from_value(json!({
+        "mediaType": "application/vnd.oci.image.layer.v1.tar",
+        "digest": format!("sha256:{hex}"),
+        "size": OUTPUT.len(),
+    }))?;
+    Ok(BTreeMap::from([("tar".to_string(), d)]))
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -58,11 +81,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "put" | "lookup" => {
             let tree = Path::new(arg(2)?);
             let build = build(tree, arg(3)?.parse()?);
+            let manifests = outputs(db)?;
             let cache = open(db)?;
             let mut session = cache.session(&build)?;
             let lookup = session.lookup("l")?;
             if arg(0)? == "put" {
-                session.put(&lookup, &BTreeMap::new())?;
+                session.put(&lookup, &manifests)?;
                 println!("committed");
             } else {
                 println!("{}", if lookup.is_hit() { "hit" } else { "miss" });

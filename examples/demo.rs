@@ -212,8 +212,16 @@ struct Generated {
 }
 
 impl Generated {
+    /// Writes one input file, dated an hour back as a checkout made earlier would be: a file
+    /// changed in the last 2 s is racy (a write may still be in flight, `tree::fastpath`), and
+    /// its stat data would not vouch for it in round 2.
     fn file(&mut self, path: &Path, content: &[u8]) -> Result<()> {
         write_file(path, content)?;
+        let earlier = filetime::FileTime::from_system_time(
+            std::time::SystemTime::now() - Duration::from_secs(3600),
+        );
+        filetime::set_file_mtime(path, earlier)
+            .with_context(|| format!("cannot date {}", path.display()))?;
         self.files += 1;
         self.bytes += content.len() as u64;
         Ok(())

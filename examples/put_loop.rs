@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use layercache::{Base, Build, Cache, CacheConfig, Import, LayerInputs, OverlayDir};
 use serde_json::json;
@@ -34,16 +34,40 @@ fn inputs(def: serde_json::Value, tree: &std::path::Path) -> LayerInputs {
     }
 }
 
+/// The OCI layout beside the database (`<dir>/oci`), holding the one output blob every put
+/// records (a layer that is not build-only records outputs; the tests open the cache with this
+/// layout and the same blob, `tests/common`'s `output_layout`), and the manifests naming it.
+fn outputs(
+    db: &Path,
+) -> Result<BTreeMap<String, oci_spec::image::Descriptor>, Box<dyn std::error::Error>> {
+    const OUTPUT: &[u8] = b"test output";
+    let hex = blake3::hash(OUTPUT).to_hex().to_string();
+    let blobs = db
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("oci/blobs/sha256");
+    std::fs::create_dir_all(&blobs)?;
+    std::fs::write(blobs.join(&hex), OUTPUT)?;
+    let d = serde_json::from_value(json!({
+        "mediaType": "application/vnd.oci.image.layer.v1.tar",
+        "digest": format!("sha256:{hex}"),
+        "size": OUTPUT.len(),
+    }))?;
+    Ok(BTreeMap::from([("tar".to_string(), d)]))
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args_os().skip(1);
     let (Some(db), Some(tree), Some(start)) = (args.next(), args.next(), args.next()) else {
         return Err("usage: put_loop DB TREE START".into());
     };
     let tree = PathBuf::from(tree);
+    let db = PathBuf::from(db);
+    let manifests = outputs(&db)?;
     let start: u64 = start.to_string_lossy().parse()?;
     let cache = Cache::open_without_prune(CacheConfig {
-        db: db.into(),
-        oci_layout: None,
+        db: db.clone(),
+        oci_layout: db.parent().map(|d| d.join("oci")),
         rootfs_dir: None,
         ..Default::default()
     })?;
@@ -56,11 +80,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         build.add("hot", inputs(json!({ "gen": n }), &tree));
         let mut session = cache.session(&build)?;
         let lookup = session.lookup(&format!("p{n}"))?;
-        session.put(&lookup, &BTreeMap::new())?;
+        session.put(&lookup, &manifests)?;
         writeln!(out, "put p{n}")?;
         out.flush()?;
         let lookup = session.lookup("hot")?;
-        session.put(&lookup, &BTreeMap::new())?;
+        session.put(&lookup, &manifests)?;
         writeln!(out, "hot {n}")?;
         out.flush()?;
     }

@@ -276,6 +276,33 @@ pub enum Error {
         /// Why ("layer has binds").
         why: String,
     },
+
+    /// A put that would record a layer whose outputs cannot be reused: manifests `{}` for a
+    /// layer that is not build-only (a later hit would tell the builder to reuse an output that
+    /// was never produced), or a put without anything its lookup saw. Nothing was stored.
+    #[error("cannot record layer {layer:?}: {detail}; nothing was cached")]
+    PutRefused {
+        /// The layer.
+        layer: String,
+        /// Why, and what to do.
+        detail: String,
+    },
+
+    /// A lookup record (`layercache lookup --record FILE`) is of another layer than the put
+    /// it was passed to. Nothing was stored.
+    #[error(
+        "the lookup record {path} is of layer {found:?}, not {layer:?}; pass the record of this \
+         layer's lookup; nothing was cached",
+        path = path.display()
+    )]
+    RecordOfAnotherLayer {
+        /// The record file.
+        path: PathBuf,
+        /// The layer being put.
+        layer: String,
+        /// The layer the record is of.
+        found: String,
+    },
 }
 
 impl Error {

@@ -159,8 +159,9 @@ pub mod tree;
 pub mod version;
 
 pub use cache::{
-    Cache, CachedEntry, GcReport, HitSource, Lookup, LookupMode, Outcome, PruneReport, Pruned,
-    PushOutcome, RemoteFailure, RemoteLookup, Session, SessionCounters, SourceRole,
+    BuildLookup, Cache, CachedEntry, GcReport, HitSource, Lookup, LookupMode, LookupRecord,
+    LyingRow, Outcome, PruneReport, Pruned, PushOutcome, RemoteFailure, RemoteLookup, Session,
+    SessionCounters, SourceRole,
 };
 pub use config::CacheConfig;
 pub use diff::{Change, Modified, TreeDiff, compare_rows, diff_trees};

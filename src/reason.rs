@@ -167,6 +167,13 @@ pub enum MissReason {
         /// Now.
         new: bool,
     },
+    /// Every input matches a stored version, but the outputs it points at are not there (or
+    /// cannot be checked, because no OCI layout or rootfs directory is configured): a hit never
+    /// points at outputs that do not exist. Rebuild the layer and put it.
+    OutputsMissing {
+        /// What is missing, escaped.
+        what: String,
+    },
 }
 
 fn hex_short(s: &str) -> &str {
@@ -250,6 +257,9 @@ impl fmt::Display for MissReason {
             ),
             MissReason::BuildOnlyChanged { old, new } => {
                 write!(f, "build_only changed: {old} -> {new}")
+            }
+            MissReason::OutputsMissing { what } => {
+                write!(f, "the cached outputs are gone: {what}")
             }
         }
     }

@@ -126,6 +126,9 @@ impl Fixture {
             "--manifests",
             manifests.to_str().unwrap(),
         ];
+        if !extra.contains(&"--from") {
+            args.push("--inputs-as-of-now");
+        }
         args.extend_from_slice(extra);
         self.run(&args)
     }

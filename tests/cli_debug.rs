@@ -132,7 +132,7 @@ impl Db {
         {
             let (cache, _) = Cache::open(CacheConfig {
                 db: db.clone(),
-                oci_layout: None,
+                oci_layout: Some(common::shared_oci()),
                 rootfs_dir: None,
                 ..Default::default()
             })

@@ -232,3 +232,265 @@ fn build_only_is_compared() {
         "cache miss because build_only changed: true -> false"
     );
 }
+
+/// Hole 4, the put side: `{}` manifests are refused for a layer that is not build-only (a hit
+/// would tell the builder to reuse an output that was never produced), and nothing is stored.
+#[test]
+fn empty_manifests_need_a_build_only_layer() {
+    let f = Fixture::new();
+    let mut l = layer(Base::Scratch);
+    l.build_only = true;
+    std::fs::create_dir_all(f.p("roots/l")).unwrap();
+    let cache = f.open();
+    put_build_only(&cache, &one_layer(l.clone()));
+    l.build_only = false;
+    let build = one_layer(l);
+    let mut s = cache.session(&build).unwrap();
+    let lk = s.lookup("l").unwrap();
+    let err = s.put(&lk, &BTreeMap::new()).unwrap_err();
+    assert!(matches!(err, Error::PutRefused { .. }), "{err}");
+    assert!(err.to_string().contains("not build-only"), "{err}");
+    // Nothing was stored: the build-only version is still the current one.
+    assert!(cache.entry("l").unwrap().unwrap().build_only);
+}
+
+fn put_build_only(cache: &Cache, build: &Build) {
+    let mut s = cache.session(build).unwrap();
+    let name = build.layers.keys().next().unwrap().clone();
+    let lk = s.lookup(&name).unwrap();
+    s.put(&lk, &BTreeMap::new()).unwrap();
+}
+
+/// Hole 5: a hit never points at outputs that are gone — checked at the hit, not only by the
+/// prune at open; without a configured location nothing can be checked, so there is no hit.
+#[test]
+fn a_hit_checks_that_its_outputs_exist() {
+    let f = Fixture::new();
+    let build = one_layer(layer(Base::Scratch));
+    let mut bo = layer(Base::Scratch);
+    bo.build_only = true;
+    let mut bo_build = Build::new();
+    bo_build.add("bo", bo);
+    std::fs::create_dir_all(f.p("roots/bo")).unwrap();
+    let m = f.manifests("output");
+    {
+        let cache = f.open();
+        let mut s = cache.session(&build).unwrap();
+        let lk = s.lookup("l").unwrap();
+        s.put(&lk, &m).unwrap();
+        put_build_only(&cache, &bo_build);
+    }
+    // Opened without pruning, as a builder that opens once and looks up later would be.
+    let cache = Cache::open_without_prune(f.config()).unwrap();
+    assert_eq!(reasons(&cache, &build, "l"), vec![]);
+    assert_eq!(reasons(&cache, &bo_build, "bo"), vec![]);
+    let hex = m["tar"].digest().to_string().replace("sha256:", "");
+    std::fs::remove_file(f.p(&format!("oci/blobs/sha256/{hex}"))).unwrap();
+    std::fs::remove_dir(f.p("roots/bo")).unwrap();
+    let r = reasons(&cache, &build, "l");
+    assert!(
+        matches!(r.as_slice(), [MissReason::OutputsMissing { what }] if what.contains(&hex)),
+        "{r:?}"
+    );
+    assert!(
+        r[0].to_string().contains("the cached outputs are gone"),
+        "{r:?}"
+    );
+    let r = reasons(&cache, &bo_build, "bo");
+    assert!(
+        matches!(r.as_slice(), [MissReason::OutputsMissing { what }] if what.contains("roots/bo")),
+        "{r:?}"
+    );
+    // A miss never writes: the versions are still there, and hit again once the outputs are.
+    std::fs::write(f.p(&format!("oci/blobs/sha256/{hex}")), "output").unwrap();
+    std::fs::create_dir_all(f.p("roots/bo")).unwrap();
+    assert_eq!(reasons(&cache, &build, "l"), vec![]);
+    assert_eq!(reasons(&cache, &bo_build, "bo"), vec![]);
+    // No location configured: the outputs cannot be checked, so the version never hits.
+    drop(cache);
+    let bare = Cache::open_without_prune(CacheConfig {
+        db: f.p("cache.redb"),
+        ..Default::default()
+    })
+    .unwrap();
+    let r = reasons(&bare, &bo_build, "bo");
+    assert!(
+        matches!(r.as_slice(), [MissReason::OutputsMissing { what }] if what.contains("no rootfs_dir")),
+        "{r:?}"
+    );
+    let r = reasons(&bare, &build, "l");
+    assert!(
+        matches!(r.as_slice(), [MissReason::OutputsMissing { what }] if what.contains("no oci_layout")),
+        "{r:?}"
+    );
+}
+
+/// A layer whose only miss is its gone outputs is still the base its dependents were built on:
+/// they hit (their own outputs are there), and rebuilding it makes them evaluate again.
+#[test]
+fn a_base_whose_outputs_are_gone_is_still_the_base_of_its_dependents() {
+    let f = Fixture::new();
+    let mut build = Build::new();
+    build.add("base", layer(Base::Scratch)).add(
+        "app",
+        layer(Base::Built {
+            layer: "base".into(),
+        }),
+    );
+    let cache = f.open();
+    let base_out = f.manifests("base output");
+    {
+        let mut s = cache.session(&build).unwrap();
+        let lk = s.lookup("base").unwrap();
+        s.put(&lk, &base_out).unwrap();
+        let lk = s.lookup("app").unwrap();
+        s.put(&lk, &f.manifests("app output")).unwrap();
+    }
+    let hex = base_out["tar"].digest().to_string().replace("sha256:", "");
+    std::fs::remove_file(f.p(&format!("oci/blobs/sha256/{hex}"))).unwrap();
+    let mut s = cache.session(&build).unwrap();
+    assert!(matches!(
+        s.lookup("base").unwrap().reasons(),
+        [MissReason::OutputsMissing { .. }]
+    ));
+    assert!(s.lookup("app").unwrap().is_hit());
+}
+
+/// Issue #12: pruning for a build never touches layers the build does not define (a cache
+/// shared by several plans keeps the others' versions).
+#[test]
+fn pruning_for_a_build_spares_the_layers_of_other_builds() {
+    let f = Fixture::new();
+    let mut two = Build::new();
+    two.add("mine", layer(Base::Scratch))
+        .add("theirs", layer(Base::Scratch));
+    let mut mine = Build::new();
+    mine.add("mine", layer(Base::Scratch));
+    {
+        let cache = f.open();
+        put(&f, &cache, &two, "mine");
+        put(&f, &cache, &two, "theirs");
+    }
+    // Every blob gone: a prune for `mine` removes only `mine`.
+    for e in std::fs::read_dir(f.p("oci/blobs/sha256")).unwrap() {
+        std::fs::remove_file(e.unwrap().path()).unwrap();
+    }
+    let (cache, report) = Cache::open_for_build(f.config(), &mine).unwrap();
+    let pruned: Vec<&str> = report.pruned.iter().map(|p| p.layer.as_str()).collect();
+    assert_eq!(pruned, ["mine"]);
+    assert_eq!(report.examined, 1);
+    assert!(cache.entry("theirs").unwrap().is_some());
+    assert!(cache.entry("mine").unwrap().is_none());
+    // A typo in the layout path is still an error, and prunes nothing.
+    let mut typo = f.config();
+    typo.oci_layout = Some(f.p("ocii"));
+    let err = Cache::open_for_build(typo, &two).err().unwrap();
+    assert!(err.to_string().contains("ocii"), "{err}");
+    assert!(cache.entry("theirs").unwrap().is_some());
+}
+
+/// Hole 3: the base hash the lookup saw is what the put compares: a tar base that changed
+/// during the build makes the put fail naming the base, and nothing is stored. The definition,
+/// builder, SOURCE_DATE_EPOCH and build_only the lookup saw are compared too.
+#[test]
+fn put_compares_the_base_and_the_layer_the_lookup_saw() {
+    let f = Fixture::new();
+    write(&f.dir, "base.tar", b"v1");
+    let build = one_layer(layer(Base::Tar {
+        path: f.p("base.tar"),
+    }));
+    let cache = f.open();
+    let mut s = cache.session(&build).unwrap();
+    let lk = s.lookup("l").unwrap();
+    write(&f.dir, "base.tar", b"v2");
+    let err = s.put(&lk, &f.manifests("out")).unwrap_err();
+    match &err {
+        Error::InputsChanged { changes, .. } => {
+            assert!(
+                changes.iter().any(|c| c.contains("base tar:base.tar")),
+                "{err}"
+            )
+        }
+        other => panic!("{other}"),
+    }
+    assert!(cache.entry("l").unwrap().is_none());
+
+    let lk = s.lookup("l").unwrap();
+    let mut changed = build.clone();
+    changed.layers.get_mut("l").unwrap().source_date_epoch = Some(7);
+    let mut s2 = cache.session(&changed).unwrap();
+    let err = s2.put(&lk, &f.manifests("out")).unwrap_err();
+    assert!(err.to_string().contains("SOURCE_DATE_EPOCH"), "{err}");
+
+    let mut changed = build.clone();
+    changed.layers.get_mut("l").unwrap().definition = json!({"run": "make other"});
+    let mut s2 = cache.session(&changed).unwrap();
+    let err = s2.put(&lk, &f.manifests("out")).unwrap_err();
+    assert!(err.to_string().contains("the layer definition"), "{err}");
+
+    let mut changed = build.clone();
+    changed.builder = Some("stacker 9".into());
+    let mut s2 = cache.session(&changed).unwrap();
+    let err = s2.put(&lk, &f.manifests("out")).unwrap_err();
+    assert!(err.to_string().contains("the builder"), "{err}");
+
+    let mut changed = build.clone();
+    changed.layers.get_mut("l").unwrap().build_only = true;
+    let mut s2 = cache.session(&changed).unwrap();
+    let err = s2.put(&lk, &f.manifests("out")).unwrap_err();
+    assert!(err.to_string().contains("build_only"), "{err}");
+    assert!(cache.entry("l").unwrap().is_none());
+
+    s.put(&lk, &f.manifests("out")).unwrap();
+    assert_eq!(reasons(&cache, &build, "l"), vec![]);
+}
+
+/// Hole 2, the library side of the lookup record: a record written by a build's lookup and
+/// read back in "another process" makes the put refuse a source changed since, naming it; the
+/// record is JSON with the format version, and a record of another layer is not this one's.
+#[test]
+fn put_from_a_lookup_record_refuses_a_source_changed_since_the_lookup() {
+    let f = Fixture::new();
+    write(&f.p("src"), "a.txt", b"version 2");
+    write(&f.p("src"), "b.txt", b"bee");
+    let mut l = layer(Base::Scratch);
+    l.imports = vec![Import {
+        key: "src".into(),
+        path: f.p("src"),
+        dest: None,
+    }];
+    let build = one_layer(l);
+    let cache = f.open();
+    let rec_path = f.p("l.lookup.json");
+    {
+        let mut s = cache.session(&build).unwrap();
+        let lk = s.lookup("l").unwrap();
+        let rec = lk.record().unwrap();
+        assert_eq!(rec.input_digest(), lk.input_digest());
+        assert!(rec.input_digest().is_some());
+        rec.write(&rec_path).unwrap();
+    }
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&rec_path).unwrap()).unwrap();
+    assert_eq!(json["format"], "layercache lookup record");
+    assert_eq!(json["version"], 1);
+    assert_eq!(json["sources"][0]["row_count"], 3);
+
+    write(&f.p("src"), "a.txt", b"version 3");
+    let rec = layercache::LookupRecord::read(&rec_path).unwrap();
+    let mut s = cache.session(&build).unwrap();
+    let err = s.put_recorded(&rec, &f.manifests("out")).unwrap_err();
+    match &err {
+        Error::InputsChanged { changes, .. } => {
+            assert_eq!(changes.len(), 1, "{err}");
+            assert!(changes[0].starts_with("import src: its content"), "{err}");
+        }
+        other => panic!("{other}"),
+    }
+    assert!(cache.entry("l").unwrap().is_none());
+    // Back as the lookup saw it: the put records it, and it hits.
+    write(&f.p("src"), "a.txt", b"version 2");
+    let mut s = cache.session(&build).unwrap();
+    s.put_recorded(&rec, &f.manifests("out")).unwrap();
+    assert_eq!(reasons(&cache, &build, "l"), vec![]);
+}

@@ -150,6 +150,7 @@ impl Fixture {
             "l".as_ref(),
             "--manifests".as_ref(),
             manifests.as_os_str(),
+            "--inputs-as-of-now".as_ref(),
         ])
     }
 }

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::Instant;
 
 use layercache::{Base, Build, Cache, CacheConfig, LayerInputs, OverlayDir};
@@ -38,12 +37,13 @@ fn cost_of_recording_a_use_against_a_no_change_lookup() {
     let db = tmp.path().join("c.redb");
     let cache = Cache::open_without_prune(CacheConfig {
         db: db.clone(),
+        oci_layout: Some(common::shared_oci()),
         ..Default::default()
     })
     .unwrap();
     let mut s = cache.session(&build).unwrap();
     let l = s.lookup("l").unwrap();
-    s.put(&l, &BTreeMap::new()).unwrap();
+    s.put(&l, &common::outputs()).unwrap();
     // Age the files so the rows are not racy, and settle the stat data.
     std::thread::sleep(std::time::Duration::from_millis(50));
     for _ in 0..2 {

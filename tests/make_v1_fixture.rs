@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-
 use layercache::{Cache, CacheConfig};
 
 fn make(name: &str, build: &layercache::Build, order: &[&str], version: u32) {
@@ -16,13 +14,14 @@ fn make(name: &str, build: &layercache::Build, order: &[&str], version: u32) {
     let _ = std::fs::remove_file(&out);
     let cache = Cache::open_without_prune(CacheConfig {
         db: out.clone(),
+        oci_layout: Some(common::shared_oci()),
         ..Default::default()
     })
     .unwrap();
     let mut s = cache.session(build).unwrap();
     for layer in order {
         let l = s.lookup(layer).unwrap();
-        s.put(&l, &BTreeMap::new()).unwrap();
+        s.put(&l, &common::outputs()).unwrap();
     }
     assert_eq!(cache.store().schema_version().unwrap(), version);
 }

@@ -43,9 +43,22 @@ fn small_trees(dir: &Path) -> layercache::Build {
 fn open_cache(db: &Path) -> Cache {
     Cache::open_without_prune(CacheConfig {
         db: db.to_path_buf(),
+        oci_layout: Some(common::shared_oci()),
         ..Default::default()
     })
     .unwrap()
+}
+
+/// The fixtures' layers were put by the old code with no output manifests (`{}`), which a layer
+/// that is not build-only can no longer record: every input matches, and the only miss reason is
+/// that there are no outputs to reuse (a miss, which writes nothing: no stat refresh).
+#[track_caller]
+fn assert_inputs_match(l: &layercache::Lookup, layer: &str) {
+    assert!(
+        l.is_hit() || matches!(l.reasons(), [MissReason::OutputsMissing { .. }]),
+        "{layer}: {:?}",
+        l.reasons()
+    );
 }
 
 #[test]
@@ -69,24 +82,14 @@ fn v1_fixture_migrates_and_hits_where_inputs_are_unchanged() {
     assert!(report.steps[0].records > 20, "{report:?}");
     assert_eq!(cache.store().schema_version().unwrap(), SCHEMA_VERSION);
 
-    // First lookups: hits, every file hashed once (v1 rows carry no stat data), and every row
-    // (files, dirs, symlinks) refreshed with stat data.
+    // First lookups: every input matches, every file hashed once (v1 rows carry no stat
+    // data). (Refreshing the rows with stat data needs a hit: see assert_inputs_match.)
     let mut s = cache.session(&build).unwrap();
     for layer in ["base", "mid", "app", "other"] {
-        let l = s.lookup(layer).unwrap();
-        assert!(l.is_hit(), "{layer}: {:?}", l.reasons());
+        assert_inputs_match(&s.lookup(layer).unwrap(), layer);
     }
     let c = s.counters();
-    assert!(
-        c.walk.files_hashed > 20 && c.rows_refreshed == c.walk.entries_walked,
-        "{c:?}"
-    );
-    // Then nothing is read.
-    let mut s = cache.session(&build).unwrap();
-    for layer in ["base", "mid", "app", "other"] {
-        assert!(s.lookup(layer).unwrap().is_hit());
-    }
-    assert_eq!(s.counters().walk.files_hashed, 0, "{:?}", s.counters());
+    assert!(c.walk.files_hashed > 20, "{c:?}");
 
     // A change in app's overlay misses app only, naming the file.
     common::write(
@@ -96,7 +99,7 @@ fn v1_fixture_migrates_and_hits_where_inputs_are_unchanged() {
     );
     let mut s = cache.session(&build).unwrap();
     for layer in ["base", "mid", "other"] {
-        assert!(s.lookup(layer).unwrap().is_hit(), "{layer}");
+        assert_inputs_match(&s.lookup(layer).unwrap(), layer);
     }
     match s.lookup("app").unwrap().reasons() {
         [MissReason::OverlayDirContentChanged { diff, .. }] => {
@@ -279,7 +282,7 @@ fn a_damaged_v1_row_costs_its_layer_not_the_migration() {
     assert_eq!(cache.store().schema_version().unwrap(), SCHEMA_VERSION);
     let mut s = cache.session(&build).unwrap();
     for layer in ["base", "mid", "other"] {
-        assert!(s.lookup(layer).unwrap().is_hit(), "{layer}");
+        assert_inputs_match(&s.lookup(layer).unwrap(), layer);
     }
     let l = s.lookup("app").unwrap();
     assert!(
@@ -287,7 +290,7 @@ fn a_damaged_v1_row_costs_its_layer_not_the_migration() {
         "{:?}",
         l.reasons()
     );
-    s.put(&l, &std::collections::BTreeMap::new()).unwrap();
+    s.put(&l, &common::outputs()).unwrap();
     assert!(s.lookup("app").unwrap().is_hit());
 }
 
@@ -304,18 +307,14 @@ fn v2_fixture_migrates_to_v3_and_hits() {
     let cache = open_cache(&db);
     let report = cache.store().migration().cloned().expect("v2 is migrated");
     assert_eq!((report.from, report.to, report.steps.len()), (2, 3, 1));
-    // The trees were made anew (other inodes, times): stat data cannot vouch, so the first
-    // lookups read every file, hit, and refresh; the next read nothing.
+    // The trees were made anew (other inodes, times): stat data cannot vouch, so the lookups
+    // read every file; every input matches (the fixture's layers have no outputs to reuse:
+    // see assert_inputs_match).
     let mut s = cache.session(&build).unwrap();
     for layer in ["base", "mid", "app", "other"] {
-        assert!(s.lookup(layer).unwrap().is_hit(), "{layer}");
+        assert_inputs_match(&s.lookup(layer).unwrap(), layer);
     }
     assert!(s.counters().walk.files_hashed > 20, "{:?}", s.counters());
-    let mut s = cache.session(&build).unwrap();
-    for layer in ["base", "mid", "app", "other"] {
-        assert!(s.lookup(layer).unwrap().is_hit(), "{layer}");
-    }
-    assert_eq!(s.counters().walk.files_hashed, 0, "{:?}", s.counters());
 }
 
 /// The upgrade defect of issue 11: the oldest code recorded a tar base by absolute path; after

@@ -107,6 +107,7 @@ impl Build {
             .arg(&self.plan)
             .arg("--manifests")
             .arg(&self.manifests)
+            .arg("--inputs-as-of-now")
             .arg(layer);
         c
     }

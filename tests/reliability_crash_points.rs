@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -104,9 +103,13 @@ fn build(tree: &Path, generation: u64) -> Build {
     b
 }
 
+/// The cache as the child opens it: its OCI layout is `<dir>/oci`, holding the one output blob
+/// (`examples/crash_child.rs`).
 fn open(db: &Path) -> Cache {
+    let layout = common::output_layout(&db.parent().unwrap().join("oci"));
     Cache::open_without_prune(CacheConfig {
         db: db.to_path_buf(),
+        oci_layout: Some(layout),
         ..Default::default()
     })
     .unwrap()
@@ -115,7 +118,7 @@ fn open(db: &Path) -> Cache {
 fn put(cache: &Cache, build: &Build, layer: &str) -> EntryRecord {
     let mut s = cache.session(build).unwrap();
     let lk = s.lookup(layer).unwrap();
-    s.put(&lk, &BTreeMap::new()).unwrap()
+    s.put(&lk, &common::outputs()).unwrap()
 }
 
 fn age(root: &Path, secs: u64) {

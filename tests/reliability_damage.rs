@@ -10,7 +10,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -111,7 +110,7 @@ fn fixture() -> Fixture {
     let mut s = cache.session(plan.build()).unwrap();
     for l in LAYERS {
         let lk = s.lookup(l).unwrap();
-        s.put(&lk, &BTreeMap::new()).unwrap();
+        s.put(&lk, &common::outputs()).unwrap();
     }
     // The undamaged file: every layer hits with the plan, the three changed ones miss with the
     // changed plan.
@@ -146,7 +145,7 @@ fn plan_changed(dir: &Path) -> PathBuf {
 fn cfg(db: &Path) -> CacheConfig {
     CacheConfig {
         db: db.to_path_buf(),
-        oci_layout: None,
+        oci_layout: Some(common::shared_oci()),
         rootfs_dir: None,
         ..Default::default()
     }
@@ -460,7 +459,7 @@ fn a_damaged_record_costs_that_layer_only() {
     let mut s = cache.session(f.plan.build()).unwrap();
     for l in ["keep1", "keep2", "del"] {
         let lk = s.lookup(l).unwrap();
-        s.put(&lk, &BTreeMap::new()).unwrap();
+        s.put(&lk, &common::outputs()).unwrap();
     }
     let mut s = cache.session(f.plan.build()).unwrap();
     for l in LAYERS {

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -57,7 +57,7 @@ fn database_is_0600_and_nothing_else_is_written() {
     let old = unsafe { libc::umask(0) };
     let cache = Cache::open_without_prune(CacheConfig {
         db: db.clone(),
-        oci_layout: None,
+        oci_layout: Some(common::shared_oci()),
         rootfs_dir: None,
         ..Default::default()
     });
@@ -92,7 +92,7 @@ fn database_is_0600_and_nothing_else_is_written() {
         for l in ["a", "b"] {
             let lk = s.lookup(l).unwrap();
             if !lk.is_hit() {
-                s.put(&lk, &BTreeMap::new()).unwrap();
+                s.put(&lk, &common::outputs()).unwrap();
             }
         }
     }
@@ -132,11 +132,16 @@ fn binary_creates_the_database_0600() {
         .to_string(),
     )
     .unwrap();
-    std::fs::write(d.join("m.json"), "{}").unwrap();
+    common::output_layout(&d.join("oci"));
+    std::fs::write(
+        d.join("m.json"),
+        serde_json::to_string(&common::outputs()).unwrap(),
+    )
+    .unwrap();
     let db = d.join("new.redb");
     let out = std::process::Command::new("sh")
         .arg("-c")
-        .arg("umask 000 && exec \"$0\" put --db \"$1\" --plan \"$2\" --manifests \"$3\" a")
+        .arg("umask 000 && exec \"$0\" put --db \"$1\" --plan \"$2\" --manifests \"$3\" --inputs-as-of-now a")
         .arg(env!("CARGO_BIN_EXE_layercache"))
         .arg(&db)
         .arg(d.join("plan.json"))

@@ -46,7 +46,7 @@ fn scale() -> u64 {
 fn cfg(db: &Path) -> CacheConfig {
     CacheConfig {
         db: db.to_path_buf(),
-        oci_layout: None,
+        oci_layout: Some(common::shared_oci()),
         rootfs_dir: None,
         ..Default::default()
     }
@@ -163,7 +163,7 @@ fn puts_racing_a_rewriter_store_only_complete_versions() {
     {
         let mut s = cache.session(&build).unwrap();
         let lk = s.lookup("l").unwrap();
-        s.put(&lk, &BTreeMap::new()).unwrap();
+        s.put(&lk, &common::outputs()).unwrap();
     }
     let stop = Arc::new(AtomicBool::new(false));
     // Complete versions: the first (zeros) and every one the writer writes.
@@ -223,7 +223,7 @@ fn puts_racing_a_rewriter_store_only_complete_versions() {
             }
             continue;
         }
-        match s.put(&lk, &BTreeMap::new()) {
+        match s.put(&lk, &common::outputs()) {
             Ok(_) => {
                 put_ok += 1;
                 let d = stored_big(&cache);
@@ -272,7 +272,7 @@ fn a_file_changed_between_lookup_and_put_makes_the_put_refuse_and_store_nothing(
         let lk = s.lookup("l").unwrap();
         assert!(!lk.is_hit());
         std::fs::write(dir.join("f"), content).unwrap();
-        match s.put(&lk, &BTreeMap::new()) {
+        match s.put(&lk, &common::outputs()) {
             Err(Error::InputsChanged { layer, changes }) => {
                 assert_eq!(layer, "l");
                 assert_eq!(changes.len(), 1, "{changes:?}");
@@ -288,7 +288,7 @@ fn a_file_changed_between_lookup_and_put_makes_the_put_refuse_and_store_nothing(
     // Cached: the entry and rows stay those of the earlier put.
     let mut s = cache.session(&build).unwrap();
     let lk = s.lookup("l").unwrap();
-    let before = s.put(&lk, &BTreeMap::new()).unwrap();
+    let before = s.put(&lk, &common::outputs()).unwrap();
     std::fs::write(dir.join("f"), b"three").unwrap();
     refused(&cache, b"four!!");
     assert_eq!(cache.entry("l").unwrap().unwrap(), before);
@@ -343,7 +343,7 @@ fn a_put_committed_during_a_lookup_changes_neither_its_snapshot_nor_the_rows_it_
         .unwrap();
     let mut s = cache.session(&build_a).unwrap();
     let lk = s.lookup("l").unwrap();
-    let put_a = s.put(&lk, &BTreeMap::new()).unwrap();
+    let put_a = s.put(&lk, &common::outputs()).unwrap();
     let roots_a: Vec<[u8; 32]> = put_a.imports.iter().map(|s| s.root_digest).collect();
     // Touched: the stat no longer vouches, so the lookup opens (and reads) every file of a.
     let hour_ago = filetime::FileTime::from_system_time(
@@ -369,7 +369,7 @@ fn a_put_committed_during_a_lookup_changes_neither_its_snapshot_nor_the_rows_it_
                 pool.install(|| {
                     let mut s = cache.session(build_b).unwrap();
                     let lk = s.lookup("l").unwrap();
-                    s.put(&lk, &BTreeMap::new()).unwrap()
+                    s.put(&lk, &common::outputs()).unwrap()
                 })
             });
             // Let this open go on, and every later one (the walk reads a fresh file twice).
@@ -447,7 +447,7 @@ fn eight_readers_and_a_writer_see_only_whole_entries_of_their_own_tree() {
     for (t, b) in [("b", &build_b), ("a", &build_a)] {
         let mut s = cache.session(b).unwrap();
         let lk = s.lookup("l0").unwrap();
-        let rec = s.put(&lk, &BTreeMap::new()).unwrap();
+        let rec = s.put(&lk, &common::outputs()).unwrap();
         roots.insert(t, rec.imports[0].root_digest);
     }
     let stop = AtomicBool::new(false);
@@ -460,7 +460,7 @@ fn eight_readers_and_a_writer_see_only_whole_entries_of_their_own_tree() {
                 let mut s = cache.session(b).unwrap();
                 for l in &layers {
                     let lk = s.lookup(l).unwrap();
-                    s.put(&lk, &BTreeMap::new()).unwrap();
+                    s.put(&lk, &common::outputs()).unwrap();
                     puts.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -549,7 +549,7 @@ fn dump_from_another_process_during_a_build() {
     for i in 0..n {
         let name = format!("l{i:04}");
         let lk = s.lookup(&name).unwrap();
-        s.put(&lk, &BTreeMap::new()).unwrap();
+        s.put(&lk, &common::outputs()).unwrap();
         // A dump started right after the commit, while the writer keeps the file open.
         let out = common::cli_ok(&["dump", "--json"], &db);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

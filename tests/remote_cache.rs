@@ -103,7 +103,13 @@ impl Machine {
         let desc = image_blobs(&self.layout(), layer)[0].0.clone();
         let m = self.dir.join(format!("manifests-{layer}.json"));
         std::fs::write(&m, json!({ "tar": desc }).to_string()).expect("manifests");
-        let o = self.out(&["put", "--manifests", m.to_str().expect("utf-8"), layer]);
+        let o = self.out(&[
+            "put",
+            "--manifests",
+            m.to_str().expect("utf-8"),
+            "--inputs-as-of-now",
+            layer,
+        ]);
         assert!(o.status.success(), "put {layer}: {o:?}");
         desc
     }

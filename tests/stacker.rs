@@ -419,7 +419,7 @@ fn end_to_end_on_a_stacker_tree() {
         let mut s = cache.session(&build).unwrap();
         let l = s.lookup("base").unwrap();
         assert_eq!(only_reason(&l), &MissReason::NotCached);
-        s.put(&l, &BTreeMap::new()).unwrap();
+        s.put(&l, &p.manifests("base v1")).unwrap();
         let l = s.lookup("app").unwrap();
         assert_eq!(only_reason(&l), &MissReason::NotCached);
         s.put(&l, &p.manifests("app v1")).unwrap();
@@ -459,7 +459,7 @@ fn end_to_end_on_a_stacker_tree() {
             "{:?}",
             app.reasons()
         );
-        s.put(&l, &BTreeMap::new()).unwrap();
+        s.put(&l, &p.manifests("base v2")).unwrap();
         // Base rebuilt: app now misses because the base hash it recorded is outdated.
         let app = s.lookup("app").unwrap();
         assert!(matches!(
@@ -484,7 +484,7 @@ fn end_to_end_on_a_stacker_tree() {
             }
             other => panic!("{other:?}"),
         }
-        s.put(&l, &BTreeMap::new()).unwrap();
+        s.put(&l, &p.manifests("base v3")).unwrap();
         let app = s.lookup("app").unwrap();
         s.put(&app, &p.manifests("app v3")).unwrap();
     }

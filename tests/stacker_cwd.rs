@@ -37,7 +37,7 @@ fn the_same_overlay_dir_is_hashed_from_any_working_directory() {
     {
         let (cache, _) = Cache::open(layout.cache_config(&db)).unwrap();
         let mut s = cache.session(&build_in_proj).unwrap();
-        let seen = s.lookup_with("app", LookupMode::FOR_BUILD).unwrap();
+        let seen = s.lookup_for_build("app", LookupMode::FOR_BUILD).unwrap();
         s.put(&seen, &BTreeMap::new()).unwrap();
     }
 

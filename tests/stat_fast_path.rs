@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -25,8 +24,8 @@ use mapping::Mapping;
 /// More than three of the walk's 4,096-entry windows, so every window after the first must
 /// still be matched against its prior rows.
 const FILES: usize = 13_000;
-/// The racy slack of a file system with fine timestamps (`tree::FINE_FS_SLACK_NS`).
-const FINE_SLACK_NS: i64 = 20_000_000;
+/// The least racy slack of the content (writes in flight, `tree::fastpath`).
+const CONTENT_SLACK_NS: i64 = layercache::tree::fastpath::IN_FLIGHT_SLACK_NS;
 
 fn an_hour_ago() -> FileTime {
     FileTime::from_system_time(SystemTime::now() - Duration::from_secs(3600))
@@ -63,6 +62,7 @@ fn one_layer(dir: &Path, src: &Path) -> (Cache, Build) {
     );
     let cache = Cache::open_without_prune(CacheConfig {
         db: dir.join("cache.redb"),
+        oci_layout: Some(common::shared_oci()),
         ..Default::default()
     })
     .unwrap();
@@ -110,6 +110,7 @@ fn edit_row(cache: Cache, path: &str, f: impl FnOnce(&mut Row)) -> Cache {
     drop(store);
     Cache::open_without_prune(CacheConfig {
         db,
+        oci_layout: Some(common::shared_oci()),
         ..Default::default()
     })
     .unwrap()
@@ -149,7 +150,7 @@ fn setup(files: usize) -> Setup {
     };
     let mut session = s.cache.session(&s.build).unwrap();
     let l = session.lookup("app").unwrap();
-    session.put(&l, &BTreeMap::new()).unwrap();
+    session.put(&l, &common::outputs()).unwrap();
     s
 }
 
@@ -218,7 +219,7 @@ fn file_written_just_before_its_snapshot_is_racy() {
     let (cache, build) = one_layer(tmp.path(), &src);
     let mut session = cache.session(&build).unwrap();
     let l = session.lookup("app").unwrap();
-    session.put(&l, &BTreeMap::new()).unwrap();
+    session.put(&l, &common::outputs()).unwrap();
 
     let mut session = cache.session(&build).unwrap();
     assert!(session.lookup("app").unwrap().is_hit());
@@ -247,13 +248,13 @@ fn same_stat_rewrite_of_a_racy_row_is_read_and_misses() {
         let mut session = cache.session(&build).unwrap();
         let map = Mapping::new(&f, 4096);
         map.fill(b'a'); // the write fault stamps mtime and ctime now
-        // CHECK mode walks nothing for an uncached layer, so the put's walk starts at once.
-        let l = session.lookup_with("app", LookupMode::CHECK).unwrap();
-        session.put(&l, &BTreeMap::new()).unwrap();
+        // One small file: the lookup's walk is short, so the put's walk starts at once.
+        let l = session.lookup_for_build("app", LookupMode::CHECK).unwrap();
+        session.put(&l, &common::outputs()).unwrap();
         let row = stored_row(&cache, "f");
         let st = row.stat.unwrap();
         assert_eq!(row.digest, *blake3::hash(&[b'a'; 4096]).as_bytes());
-        if st.mtime_ns < st.snapshot_ns - FINE_SLACK_NS {
+        if st.mtime_ns < st.snapshot_ns - CONTENT_SLACK_NS {
             eprintln!("attempt {attempt}: the put began too late, the row is not racy; again");
             continue;
         }
@@ -301,7 +302,7 @@ fn xattr_change_in_the_tick_of_a_ctime_racy_row_misses() {
     let (cache, build) = one_layer(tmp.path(), &src);
     let mut session = cache.session(&build).unwrap();
     let l = session.lookup("app").unwrap();
-    session.put(&l, &BTreeMap::new()).unwrap();
+    session.put(&l, &common::outputs()).unwrap();
     xattr::set(&f, "user.v", b"2").unwrap();
     let ctime = stat_now(&f, 0).ctime_ns;
 
@@ -334,7 +335,7 @@ fn xattr_change_in_the_tick_of_a_ctime_racy_row_misses() {
 }
 
 /// A stored row altered in place (same row count, another content digest) while its stat still
-/// matches the file: the stat fast path reuses the stored digest (nothing is read, checked), so
+/// matches the file: the stat fast path reuses the stored digest (200 stat matches, checked), so
 /// the diff sees no change; only the entry's Merkle root can tell. The lookup must miss as a
 /// damaged entry, not hit.
 #[test]
@@ -354,9 +355,11 @@ fn a_row_altered_in_place_misses_as_damaged_although_its_stat_matches() {
         build,
     };
     let (hit, c, _, reasons) = lookup(&s);
+    // 200 files hashed: once the rows prove damaged, what a put is checked against comes from
+    // a walk that reads every file (damaged rows vouch for nothing).
     assert_eq!(
         (c.files_hashed, c.stat_matched),
-        (0, 200),
+        (200, 200),
         "the altered digest must be vouched for by stat: {c:?}"
     );
     assert!(!hit, "a row altered in place was a hit");
@@ -370,7 +373,10 @@ fn a_row_altered_in_place_misses_as_damaged_although_its_stat_matches() {
 fn touch_without_change_hits_refreshes_and_then_reads_nothing() {
     let s = setup(500);
     let f = s.src.join("d2/e2/f2.txt");
-    filetime::set_file_mtime(&f, FileTime::now()).unwrap();
+    // Touched (the ctime moves) to a time past the content's racy slack (2 s, writes in
+    // flight: `tree::fastpath`), so the refreshed row vouches for it.
+    let recent = FileTime::from_system_time(SystemTime::now() - Duration::from_secs(3));
+    filetime::set_file_mtime(&f, recent).unwrap();
     // Past the racy window of the refresh that follows.
     std::thread::sleep(Duration::from_millis(100));
     let (hit, c, refreshed, _) = lookup(&s);
@@ -411,7 +417,7 @@ fn put_after_a_small_change_reads_only_that_file() {
     assert!(!l.is_hit());
     let before = session.counters().walk.files_hashed;
     assert_eq!(before, 1);
-    session.put(&l, &BTreeMap::new()).unwrap();
+    session.put(&l, &common::outputs()).unwrap();
     assert_eq!(session.counters().walk.files_hashed - before, 1);
     assert!(lookup(&s).0);
 }
@@ -537,4 +543,46 @@ fn a_row_whose_mtime_is_within_one_tick_before_its_snapshot_is_racy() {
         (2, 2),
         "both rows are racy through the slack alone: {c:?}"
     );
+}
+
+/// Writes in flight (`tree::fastpath::IN_FLIGHT_SLACK_NS`): a `write()` stamps the mtime when it
+/// starts, and a stalled one can still be landing a second later. A row whose file's mtime is
+/// 1 s before its snapshot (past any timestamp tick) must not vouch for the content: the next
+/// lookup hashes the file. With the old 20 ms slack it was trusted.
+#[test]
+fn a_file_modified_one_second_before_its_snapshot_is_hashed() {
+    let Setup {
+        _tmp,
+        src,
+        cache,
+        build,
+    } = setup(20);
+    let f = src.join("d1/e1/f1.txt");
+    let mtime = stat_now(&f, 0).mtime_ns;
+    let cache = edit_row(cache, "d1/e1/f1.txt", |r| {
+        r.stat = Some(stat_now(&f, mtime + 1_000_000_000))
+    });
+    let s = Setup {
+        _tmp,
+        src,
+        cache,
+        build,
+    };
+    let (hit, c, _, reasons) = lookup(&s);
+    assert!(hit, "{reasons:?}");
+    assert_eq!((c.files_hashed, c.racy), (1, 1), "{c:?}");
+    // Two and a half seconds before: settled, trusted by stat.
+    let f = s.src.join("d1/e1/f1.txt");
+    let cache = edit_row(s.cache, "d1/e1/f1.txt", |r| {
+        r.stat = Some(stat_now(&f, mtime + 2_500_000_000))
+    });
+    let s = Setup {
+        _tmp: s._tmp,
+        src: s.src,
+        cache,
+        build: s.build,
+    };
+    let (hit, c, _, _) = lookup(&s);
+    assert!(hit);
+    assert_eq!((c.files_hashed, c.racy), (0, 0), "{c:?}");
 }

@@ -110,7 +110,7 @@ fn hits(cache: &Cache, build: &Build) -> Vec<Lookup> {
     let mut s = cache.session(build).unwrap();
     ["app", "top"]
         .iter()
-        .map(|l| s.lookup(l).unwrap())
+        .map(|l| s.lookup(l).unwrap().into_lookup())
         .collect()
 }
 
@@ -312,6 +312,7 @@ fn dropped(v: &serde_json::Value) -> Vec<String> {
 fn version_count(db: &Path) -> usize {
     let cache = Cache::open_without_prune(CacheConfig {
         db: db.to_path_buf(),
+        oci_layout: Some(common::shared_oci()),
         ..Default::default()
     })
     .unwrap();
@@ -451,7 +452,7 @@ fn an_uncacheable_layer_misses_alone_and_is_never_put() {
         [MissReason::NotCacheable { why }] if why == "layer has binds"
     ));
     assert!(matches!(
-        s.put(&l, &BTreeMap::new()),
+        s.put(&l, &common::outputs()),
         Err(layercache::Error::NotCacheable { .. })
     ));
     assert!(cache.entry("app").unwrap().is_none());

@@ -28,9 +28,9 @@ use crate::version::{Inputs, Role, SourceInput, input_digest};
 use super::refresh::{RefreshList, Switch};
 use super::session::BaseNow;
 use super::source::{
-    Observed, SourceCheck, SourceMiss, SourceRole, WalkedTree, cached_sources, summaries,
+    LyingRow, Observed, SourceCheck, SourceMiss, SourceRole, WalkedTree, cached_sources, summaries,
 };
-use super::{CachedEntry, Lookup, LookupMode, Outcome, Session, decode_manifests};
+use super::{CachedEntry, Lookup, LookupMode, Outcome, Seen, Session, decode_manifests};
 
 /// The reasons found so far, and whether to look for more.
 struct Reasons {
@@ -64,25 +64,30 @@ struct Walked<'i> {
     trees: Vec<(SourceRole, Cow<'i, str>, Option<WalkedTree>)>,
     /// An overlay dir's rootfs copy is missing: no version can hit.
     rootfs_missing: Option<MissReason>,
+    /// Stored rows whose stat data lied (verify only).
+    lied: Vec<LyingRow>,
 }
 
 impl Session<'_> {
-    /// Evaluates one layer (see the module doc).
+    /// Evaluates one layer (see the module doc). With `mode.observe`, also returns what was
+    /// seen of every input, for a put (`None` for a layer that is not cacheable).
     pub(super) fn evaluate(
         &mut self,
         layer: &str,
         inputs: &LayerInputs,
         mode: LookupMode,
-    ) -> Result<Lookup> {
+    ) -> Result<(Lookup, Option<Seen>)> {
         self.counters.lookups += 1;
         if let Some(why) = &inputs.uncacheable {
             // Never cached: nothing to compare, nothing to observe, nothing a put may use.
-            return Ok(Lookup {
+            let lookup = Lookup {
                 layer: layer.to_string(),
                 outcome: Outcome::Miss(vec![MissReason::NotCacheable { why: why.clone() }]),
-                observed: None,
+                lying_rows: Vec::new(),
+                base_of_dependents: None,
                 input_digest: None,
-            });
+            };
+            return Ok((lookup, None));
         }
         let builder = self.build.builder.as_deref();
         let path = self.cache.store.path().to_path_buf();
@@ -162,22 +167,35 @@ impl Session<'_> {
             BaseNow::Miss(_) => None,
         };
         let input_digest = digest.filter(|_| walked.rootfs_missing.is_none());
+        let damaged = reasons
+            .list
+            .iter()
+            .any(|r| matches!(r, MissReason::DamagedEntry { .. }));
         let found = digest
             .filter(|_| could_hit)
             .and_then(|d| stored.into_iter().find(|(k, _)| *k == d));
         let mut reasons = reasons.list;
+        let mut base_of_dependents = None;
         let outcome = match (found, walked.rootfs_missing) {
-            (Some((_, Ok(rec))), None) => {
-                let is_current = current
-                    .as_ref()
-                    .is_some_and(|c| c.input_digest == rec.input_digest);
-                let switch = (!is_current).then(|| Switch {
-                    from: pointer.clone(),
-                    trees: walked.trees,
-                });
-                self.after_hit(layer, &rec, &refresh, switch)?;
-                hit(rec)
-            }
+            (Some((_, Ok(rec))), None) => match self.cache.outputs_missing(&rec)? {
+                // Every input matches, the outputs are gone: a miss (that writes nothing), but
+                // the version is still what the layers built on this one were built on.
+                Some(what) => {
+                    base_of_dependents = Some(super::entry_digest(&rec));
+                    Outcome::Miss(vec![MissReason::OutputsMissing { what }])
+                }
+                None => {
+                    let is_current = current
+                        .as_ref()
+                        .is_some_and(|c| c.input_digest == rec.input_digest);
+                    let switch = (!is_current).then(|| Switch {
+                        from: pointer.clone(),
+                        trees: walked.trees,
+                    });
+                    self.after_hit(layer, &rec, &refresh, switch)?;
+                    hit(rec)
+                }
+            },
             (Some((_, Err(e))), _) => Outcome::Miss(vec![MissReason::DamagedEntry {
                 detail: e.to_string(),
             }]),
@@ -195,12 +213,30 @@ impl Session<'_> {
                 Outcome::Miss(reasons)
             }
         };
-        Ok(Lookup {
+        if !walked.lied.is_empty() {
+            self.distrust_rows(layer, &walked.lied)?;
+        }
+        let seen = walked.observed.map(|sources| Seen {
+            definition_digest,
+            builder: builder.map(str::to_string),
+            base_hash: match &base {
+                BaseNow::Hash(h) => Some(h.clone()),
+                BaseNow::Miss(_) => None,
+            },
+            source_date_epoch: inputs.source_date_epoch,
+            build_only: inputs.build_only,
+            damaged,
+            input_digest: digest,
+            sources,
+        });
+        let lookup = Lookup {
             layer: layer.to_string(),
             outcome,
-            observed: walked.observed,
+            lying_rows: walked.lied,
+            base_of_dependents,
             input_digest,
-        })
+        };
+        Ok((lookup, seen))
     }
 
     /// 1. The layer's current version: no pointer is "not cached"; a pointer or version that
@@ -267,6 +303,7 @@ impl Session<'_> {
             observed: observe.then(Vec::new),
             trees: Vec::new(),
             rootfs_missing: None,
+            lied: Vec::new(),
         };
         for src in cached_sources(inputs) {
             let explain = !reasons.stop() && current.is_some();
@@ -301,9 +338,11 @@ impl Session<'_> {
                 source: &src,
                 summary,
                 observe,
+                verify: reasons.mode.verify,
             }
             .run(refresh)?;
             self.counters.walk.add(&checked.counters);
+            walked.lied.extend(checked.lied);
             if let (Some(all), Some(o)) = (walked.observed.as_mut(), checked.observed) {
                 all.push(o);
             }

@@ -28,6 +28,7 @@
 mod gc;
 mod lookup;
 mod put;
+mod record;
 mod refresh;
 mod remote;
 mod session;
@@ -54,10 +55,11 @@ use crate::tree::WalkCounters;
 
 pub use crate::config::CacheConfig;
 pub use gc::GcReport;
+pub use record::LookupRecord;
 pub use remote::{HitSource, PushOutcome, RemoteFailure, RemoteLookup};
 pub use session::Session;
 pub(crate) use source::SourceId;
-pub use source::{Observed, SourceRole};
+pub use source::{LyingRow, Observed, SourceRole};
 
 /// An entry removed at open, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -108,14 +110,21 @@ pub enum Outcome {
     Miss(Vec<MissReason>),
 }
 
-/// The result of looking up one layer, to be passed back to [`Session::put`].
+/// The result of looking up one layer.
 #[derive(Debug, Clone)]
 pub struct Lookup {
     /// The layer.
     pub layer: String,
     /// Hit or miss.
     pub outcome: Outcome,
-    observed: Option<Vec<Observed>>,
+    /// Stored rows whose stat data matched the file while its content differed: found only by
+    /// a [`LookupMode::verify`] lookup (any other lookup trusts the stat data and cannot see
+    /// them). Their stat data has been cleared in the database, so no later walk reuses their
+    /// digest.
+    pub lying_rows: Vec<LyingRow>,
+    /// The entry digest of the version every input matched (a hit, or a miss only because its
+    /// outputs are gone): what layers built on this one compare as their base hash.
+    base_of_dependents: Option<[u8; 32]>,
     /// The layer's input digest as this lookup walked it: `None` when a source was not walked
     /// (a `CHECK` lookup stops at the first reason), is gone or changed while it was hashed,
     /// the base misses, or an overlay dir's rootfs copy is missing. What a remote lookup asks
@@ -146,13 +155,100 @@ impl Lookup {
     }
 }
 
+/// A lookup made for a build: the [`Lookup`] (also through `Deref`) and what it saw of every
+/// input (definition, builder, base hash, SOURCE_DATE_EPOCH, build_only, every source's rows,
+/// the input digest). Only [`Session::lookup`], [`Session::explain`] and
+/// [`Session::lookup_for_build`] return one, and [`Session::put`] takes only this: a put is
+/// always checked against what a lookup saw, so a [`LookupMode::CHECK`] lookup, which keeps
+/// nothing, cannot be put:
+///
+/// ```compile_fail
+/// # fn f(s: &mut layercache::Session<'_>) -> layercache::Result<()> {
+/// let l = s.lookup_with("app", layercache::LookupMode::CHECK)?;
+/// s.put(&l, &Default::default())?; // a `Lookup` is not a `BuildLookup`
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct BuildLookup {
+    lookup: Lookup,
+    /// `None` only for a layer that is not cacheable (its put is refused).
+    seen: Option<Seen>,
+}
+
+impl BuildLookup {
+    /// The lookup's answer.
+    pub fn lookup(&self) -> &Lookup {
+        &self.lookup
+    }
+
+    /// The lookup's answer, by value.
+    pub fn into_lookup(self) -> Lookup {
+        self.lookup
+    }
+
+    /// What it saw of each source (empty for a layer that is not cacheable).
+    pub fn observed(&self) -> &[Observed] {
+        self.seen.as_ref().map_or(&[], |s| s.sources.as_slice())
+    }
+
+    /// The input digest of what the lookup saw ([`crate::version`]); `None` when it has none
+    /// (the base did not resolve, a source is missing, or a file changed while it was read).
+    pub fn input_digest(&self) -> Option<[u8; 32]> {
+        self.seen.as_ref().and_then(|s| s.input_digest)
+    }
+
+    /// The record a shell-driven build passes from `lookup` to `put` in another process
+    /// ([`LookupRecord`]); `None` for a layer that is not cacheable.
+    pub fn record(&self) -> Option<LookupRecord> {
+        self.seen
+            .as_ref()
+            .map(|seen| LookupRecord::new(&self.lookup.layer, seen))
+    }
+}
+
+impl std::ops::Deref for BuildLookup {
+    type Target = Lookup;
+
+    fn deref(&self) -> &Lookup {
+        &self.lookup
+    }
+}
+
+/// Everything a build's lookup saw of a layer's inputs, which its put compares with its own
+/// view: any difference means the build may have used other inputs than the ones recorded.
+#[derive(Debug, Clone)]
+pub(crate) struct Seen {
+    /// blake3 of the canonical definition.
+    pub(crate) definition_digest: [u8; 32],
+    /// The builder identity.
+    pub(crate) builder: Option<String>,
+    /// The base hash at lookup; `None` when the base could not be resolved then (missing
+    /// tarball or tag, or a built base that missed).
+    pub(crate) base_hash: Option<Vec<u8>>,
+    /// SOURCE_DATE_EPOCH at lookup.
+    pub(crate) source_date_epoch: Option<i64>,
+    /// build_only at lookup.
+    pub(crate) build_only: bool,
+    /// The lookup found the stored version or rows damaged: they vouch for nothing at put.
+    pub(crate) damaged: bool,
+    /// The input digest of what was seen, when every part of it was.
+    pub(crate) input_digest: Option<[u8; 32]>,
+    /// Every source that existed on disk, in the layer's order.
+    pub(crate) sources: Vec<Observed>,
+}
+
 /// How much a lookup does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LookupMode {
     /// Collect every reason instead of stopping at the first.
     pub explain: bool,
-    /// Walk every source even after a miss, and keep what was seen for [`Session::put`].
+    /// Walk every source even after a miss, and keep what was seen for [`Session::put`]
+    /// (implied by [`Session::lookup_for_build`]).
     pub observe: bool,
+    /// Distrust the stat data: read every file whatever its stat, report the stored rows whose
+    /// stat data matched while the content differed ([`Lookup::lying_rows`]) and clear their
+    /// stat data. Costs a full read of every source.
+    pub verify: bool,
 }
 
 impl LookupMode {
@@ -160,16 +256,25 @@ impl LookupMode {
     pub const FOR_BUILD: LookupMode = LookupMode {
         explain: false,
         observe: true,
+        verify: false,
     };
-    /// Stop at the first reason, observe nothing (a yes/no question).
+    /// Stop at the first reason, observe nothing (a yes/no question; cannot be put).
     pub const CHECK: LookupMode = LookupMode {
         explain: false,
         observe: false,
+        verify: false,
     };
     /// Every reason, and observe for a later put.
     pub const EXPLAIN: LookupMode = LookupMode {
         explain: true,
         observe: true,
+        verify: false,
+    };
+    /// Every reason, every file read whatever its stat data (see [`LookupMode::verify`]).
+    pub const VERIFY: LookupMode = LookupMode {
+        explain: true,
+        observe: false,
+        verify: true,
     };
 }
 
@@ -304,10 +409,36 @@ impl Cache {
     /// counts what it left ([`PruneReport::skipped_busy`]) for a later open. (Leaving such an
     /// entry is safe only because [`Cache::open`] then treats it as not cached.)
     pub fn prune(&self) -> Result<PruneReport> {
-        guard_redb(self.store.path(), || self.prune_unguarded())
+        guard_redb(self.store.path(), || self.prune_unguarded(None))
     }
 
-    fn prune_unguarded(&self) -> Result<PruneReport> {
+    /// Opens (or creates) the cache and prunes as [`Cache::open`] does, but only the versions
+    /// of layers that `build` defines: a cache shared by several builds (several plans) keeps
+    /// the other builds' entries, whose outputs may live in other layouts.
+    pub fn open_for_build(config: CacheConfig, build: &Build) -> Result<(Cache, PruneReport)> {
+        let mut cache = Cache::open_without_prune(config)?;
+        let report = cache.prune_build(build)?;
+        cache.unpruned = report
+            .skipped_busy
+            .iter()
+            .map(|p| p.layer.clone())
+            .collect();
+        for p in &report.pruned {
+            tracing::info!(
+                "couldn't find {}, pruning it from the cache ({})",
+                crate::path::escape_bytes(p.layer.as_bytes()),
+                p.why
+            );
+        }
+        Ok((cache, report))
+    }
+
+    /// [`Cache::prune`] restricted to the layers `build` defines (see [`Cache::open_for_build`]).
+    pub fn prune_build(&self, build: &Build) -> Result<PruneReport> {
+        guard_redb(self.store.path(), || self.prune_unguarded(Some(build)))
+    }
+
+    fn prune_unguarded(&self, only: Option<&Build>) -> Result<PruneReport> {
         let mut report = PruneReport::default();
         if self.config.oci_layout.is_none() && self.config.rootfs_dir.is_none() {
             return Ok(report);
@@ -317,6 +448,9 @@ impl Cache {
         {
             let txn = self.store.begin_read()?;
             for (layer, digest) in versions::all_keys(&txn, path)? {
+                if only.is_some_and(|b| !b.layers.contains_key(&layer)) {
+                    continue;
+                }
                 report.examined += 1;
                 let why = match versions::version(&txn, path, &layer, &digest)? {
                     None => None,
@@ -380,6 +514,34 @@ impl Cache {
         }
     }
 
+    /// At a hit: what is missing of the version's outputs, `None` when all is there (see
+    /// [`MissReason::OutputsMissing`]). A location that is not configured cannot be checked,
+    /// so it counts as missing (never a hit on outputs nobody looked at); a configured one
+    /// that does not exist is an error naming it, as at open.
+    pub(crate) fn outputs_missing(&self, rec: &EntryRecord) -> Result<Option<String>> {
+        let (what, configured) = if rec.build_only {
+            ("rootfs_dir", self.config.rootfs_dir.is_some())
+        } else {
+            ("oci_layout", self.config.oci_layout.is_some())
+        };
+        if !configured {
+            return Ok(Some(format!(
+                "no {what} is configured, so the outputs cannot be checked (configure {what} to \
+                 get hits)"
+            )));
+        }
+        if !rec.build_only && rec.manifests.is_empty() {
+            return Ok(Some(
+                "the version records no outputs, and the layer is not build-only".to_string(),
+            ));
+        }
+        let why = self.missing_output(rec);
+        if why.is_some() {
+            self.output_dir_exists(rec)?;
+        }
+        Ok(why)
+    }
+
     fn missing_output(&self, rec: &EntryRecord) -> Option<String> {
         if rec.build_only {
             let dir = self.config.rootfs_dir.as_ref()?.join(&rec.name);
@@ -397,14 +559,14 @@ impl Cache {
                 Some(b) => {
                     return Some(format!(
                         "missing build for layer type {}: blob {} is gone",
-                        m.layer_type,
+                        crate::path::escape_bytes(m.layer_type.as_bytes()),
                         show_path(&b)
                     ));
                 }
                 None => {
                     return Some(format!(
                         "the {} descriptor has no valid digest",
-                        m.layer_type
+                        crate::path::escape_bytes(m.layer_type.as_bytes())
                     ));
                 }
             }

@@ -15,8 +15,9 @@ use oci_spec::image::Descriptor;
 
 use crate::error::{DbResultExt, Error, Result};
 use crate::failpoint::crash_point;
+use crate::inputs::Base;
 use crate::inputs::{LayerInputs, canonical_json, canonical_json_of};
-use crate::path::{RelPath, escape_bytes, validate_layer_name};
+use crate::path::{RelPath, display_hash, escape_bytes, validate_layer_name};
 use crate::reason::MissReason;
 use crate::schema::{
     BaseRecord, EntryKind, EntryRecord, LayerRecord, ManifestRecord, ROWS, SourceSummary,
@@ -30,8 +31,10 @@ use crate::tree::{TreeHasher, TreeWalk, WalkedEntry};
 use crate::version::{Inputs, entry_digest_of, input_digest};
 
 use super::session::{BaseNow, Memo};
-use super::source::{ObservedRow, SourceRef, SourceRole, cached_sources, observation_digest};
-use super::{Lookup, Session, now_ms};
+use super::source::{
+    Observed, ObservedRow, SourceId, SourceRef, SourceRole, cached_sources, observation_digest,
+};
+use super::{BuildLookup, LookupRecord, Seen, Session, now_ms};
 
 /// What a put's walks produced: the summaries per role, and the paths that differ from the
 /// lookup's observation (`import KEY: PATH` / `overlay_dir KEY: PATH`).
@@ -45,26 +48,45 @@ struct Written {
 impl Session<'_> {
     /// Records a layer: walks its imports and overlay dirs into rows, and stores a version (or
     /// re-uses an identical one), the rows, the layer's pointer and the use in one write
-    /// transaction. `lookup` is the lookup this build did of
-    /// the layer: if any input differs from what it saw, nothing is stored and
-    /// [`Error::InputsChanged`] names the paths. A lookup without observations (see
-    /// [`LookupMode::observe`](crate::LookupMode::observe)) skips that check. A layer marked
+    /// transaction. `lookup` is the lookup this build did of the layer: if any input differs
+    /// from what it saw — the definition, the builder, the base hash, SOURCE_DATE_EPOCH,
+    /// build_only, any path of any source, the input digest — nothing is stored and
+    /// [`Error::InputsChanged`] names what changed. Manifests `{}` are refused
+    /// ([`Error::PutRefused`]) unless the layer is build-only; a layer marked
     /// [`uncacheable`](crate::LayerInputs::uncacheable) is refused ([`Error::NotCacheable`]).
     pub fn put(
         &mut self,
-        lookup: &Lookup,
+        lookup: &BuildLookup,
         manifests: &BTreeMap<String, Descriptor>,
     ) -> Result<EntryRecord> {
         let db = self.cache.store.path().to_path_buf();
-        guard_redb(&db, || self.put_unguarded(lookup, manifests))
+        guard_redb(&db, || {
+            self.put_unguarded(&lookup.lookup.layer, lookup.seen.as_ref(), manifests)
+        })
+    }
+
+    /// [`Session::put`] checked against a [`LookupRecord`]: what a lookup in another process
+    /// saw (`layercache lookup --record FILE`, then `layercache put --from FILE`). The record
+    /// keeps each source's Merkle root and row count, not its paths: a source that differs is
+    /// named, with its row counts and roots. The record must be of this layer.
+    pub fn put_recorded(
+        &mut self,
+        record: &LookupRecord,
+        manifests: &BTreeMap<String, Descriptor>,
+    ) -> Result<EntryRecord> {
+        let db = self.cache.store.path().to_path_buf();
+        let seen = record.seen();
+        guard_redb(&db, || {
+            self.put_unguarded(record.layer(), Some(&seen), manifests)
+        })
     }
 
     fn put_unguarded(
         &mut self,
-        lookup: &Lookup,
+        layer: &str,
+        seen: Option<&Seen>,
         manifests: &BTreeMap<String, Descriptor>,
     ) -> Result<EntryRecord> {
-        let layer = lookup.layer.as_str();
         validate_layer_name(layer)?;
         let inputs = self.build.layer(layer)?;
         if let Some(why) = &inputs.uncacheable {
@@ -73,8 +95,26 @@ impl Session<'_> {
                 why: why.clone(),
             });
         }
+        let Some(seen) = seen else {
+            return Err(Error::PutRefused {
+                layer: layer.to_string(),
+                detail: "its lookup saw nothing (the layer was not cacheable then); look it \
+                         up again"
+                    .to_string(),
+            });
+        };
+        if manifests.is_empty() && !inputs.build_only {
+            return Err(Error::PutRefused {
+                layer: layer.to_string(),
+                detail: "no output manifests for a layer that is not build-only (a hit would \
+                         point at outputs that were never produced); pass its outputs, or mark \
+                         the layer build_only"
+                    .to_string(),
+            });
+        }
         self.resolve_bases_below(layer)?;
         let base_hash = self.base_hash_for_put(layer, inputs)?;
+        let mut changes = self.layer_changes(seen, inputs, &base_hash);
         let manifests = manifest_records(manifests)?;
         let store = &self.cache.store;
         let path = store.path();
@@ -82,16 +122,9 @@ impl Session<'_> {
         crash_point!("put::before_rows");
         // Drop rows of sources the layer no longer has.
         RowRange::layer(layer).delete(path, &mut txn.open_table(ROWS).db(path)?)?;
-        let written = self.write_sources(&txn, lookup, inputs)?;
+        let written = self.write_sources(&txn, layer, seen, inputs)?;
         crash_point!("put::after_rows");
-        if !written.changes.is_empty() {
-            // Dropping the transaction without commit stores nothing.
-            txn.abort().db(path)?;
-            return Err(Error::InputsChanged {
-                layer: layer.to_string(),
-                changes: written.changes,
-            });
-        }
+        changes.extend(written.changes);
         let definition_json = canonical_json(&inputs.definition);
         let mut record = VersionRecord {
             name: layer.to_string(),
@@ -112,6 +145,25 @@ impl Session<'_> {
             created_unix_ms: now_ms(),
         };
         record.input_digest = input_digest(&Inputs::of_record(&record));
+        if let Some(d) = seen.input_digest
+            && d != record.input_digest
+            && changes.is_empty()
+        {
+            // Every part was compared above; this is the belt to those braces.
+            changes.push(format!(
+                "the input digest ({} at lookup, {} now)",
+                display_hash(&d),
+                display_hash(&record.input_digest)
+            ));
+        }
+        if !changes.is_empty() {
+            // Dropping the transaction without commit stores nothing.
+            txn.abort().db(path)?;
+            return Err(Error::InputsChanged {
+                layer: layer.to_string(),
+                changes,
+            });
+        }
         crash_point!("put::before_entry");
         let record = store_version(path, &txn, record)?;
         crash_point!("put::before_commit");
@@ -135,48 +187,109 @@ impl Session<'_> {
         }
     }
 
-    /// Walks every cached source of the layer into its rows inside `txn`.
+    /// What differs between the layer as its lookup saw it and as the put sees it, apart from
+    /// the sources: definition, builder, SOURCE_DATE_EPOCH, build_only, base hash.
+    fn layer_changes(&self, seen: &Seen, inputs: &LayerInputs, base_hash: &[u8]) -> Vec<String> {
+        let mut changes = Vec::new();
+        let def = canonical_json(&inputs.definition);
+        if *blake3::hash(&def).as_bytes() != seen.definition_digest {
+            changes.push("the layer definition".to_string());
+        }
+        if seen.builder != self.build.builder {
+            changes.push(format!(
+                "the builder ({} -> {})",
+                escape_bytes(seen.builder.as_deref().unwrap_or("unset").as_bytes()),
+                escape_bytes(self.build.builder.as_deref().unwrap_or("unset").as_bytes())
+            ));
+        }
+        if seen.source_date_epoch != inputs.source_date_epoch {
+            changes.push(format!(
+                "SOURCE_DATE_EPOCH ({:?} -> {:?})",
+                seen.source_date_epoch, inputs.source_date_epoch
+            ));
+        }
+        if seen.build_only != inputs.build_only {
+            changes.push(format!(
+                "build_only ({} -> {})",
+                seen.build_only, inputs.build_only
+            ));
+        }
+        let base = format!(
+            "base {}:{}",
+            inputs.base.kind().as_str(),
+            escape_bytes(inputs.base.reference().as_bytes())
+        );
+        match &seen.base_hash {
+            // A built base that missed at lookup is built before this layer (the build order);
+            // the put records the base version that hits now. Any other base must have resolved.
+            None if matches!(inputs.base, Base::Built { .. }) => {}
+            None => changes.push(format!("{base} (it could not be resolved at lookup)")),
+            Some(h) if h.as_slice() != base_hash => changes.push(format!(
+                "{base} (hash {} at lookup, {} now)",
+                display_hash(h),
+                display_hash(base_hash)
+            )),
+            Some(_) => {}
+        }
+        changes
+    }
+
+    /// Walks every cached source of the layer into its rows inside `txn`, noting what differs
+    /// from what the lookup saw (`seen`).
     fn write_sources(
         &mut self,
         txn: &redb::WriteTransaction,
-        lookup: &Lookup,
+        layer: &str,
+        seen: &Seen,
         inputs: &LayerInputs,
     ) -> Result<Written> {
         // The rows stored so far, read from the committed state, let the put's walk reuse the
         // digests of files whose stat data is unchanged; rows the lookup found damaged vouch
         // for nothing: then every file is read.
         let prior_txn = self.cache.store.begin_read()?;
-        let damaged = lookup
-            .reasons()
-            .iter()
-            .any(|r| matches!(r, MissReason::DamagedEntry { .. }));
         let mut written = Written::default();
+        let mut matched = vec![false; seen.sources.len()];
         for src in cached_sources(inputs) {
-            let seen = lookup.observed.as_ref().map(|obs| {
-                obs.iter()
-                    .find(|o| o.role == src.role && o.key == src.ident)
-                    .map(|o| o.rows.as_slice())
-                    .unwrap_or(&[])
-            });
-            let prior = (!damaged).then_some(&prior_txn);
-            let summary = self.write_source(txn, prior, &lookup.layer, &src, seen, &mut written)?;
+            let found = seen
+                .sources
+                .iter()
+                .position(|o| o.role == src.role && o.key == src.ident);
+            if let Some(m) = found.and_then(|i| matched.get_mut(i)) {
+                *m = true;
+            }
+            // A source the lookup did not see (it was missing then): every path is a change.
+            let observed = found.and_then(|i| seen.sources.get(i));
+            let prior = (!seen.damaged).then_some(&prior_txn);
+            let summary = self.write_source(txn, prior, layer, &src, observed, &mut written)?;
             match src.role {
                 SourceRole::Import => written.imports.push(summary),
                 SourceRole::OverlayDir => written.overlay_dirs.push(summary),
             }
         }
+        for (o, _) in seen.sources.iter().zip(&matched).filter(|(_, m)| !**m) {
+            let id = SourceId {
+                role: o.role,
+                key: &o.key,
+            };
+            written.changes.push(format!(
+                "{} {}: no longer in the layer",
+                id.noun(),
+                escape_bytes(o.key.as_bytes())
+            ));
+        }
         Ok(written)
     }
 
     /// Walks one source into its rows inside `txn`, reusing digests from the rows in `prior`
-    /// where the stat allows, and notes in `written` every path that differs from `seen`.
+    /// where the stat allows, and notes in `written` what differs from `observed` (every path
+    /// the lookup saw, or its Merkle root and row count; `None`: the lookup did not see it).
     fn write_source(
         &mut self,
         txn: &redb::WriteTransaction,
         prior: Option<&redb::ReadTransaction>,
         layer: &str,
         src: &SourceRef<'_>,
-        seen: Option<&[ObservedRow]>,
+        observed: Option<&Observed>,
         written: &mut Written,
     ) -> Result<SourceSummary> {
         let store = &self.cache.store;
@@ -188,7 +301,11 @@ impl Session<'_> {
                 TreeWalk::with_prior(src.path, Box::new(prior))?
             }
         };
-        let mut checker = seen.map(ObservationCheck::new);
+        let by_path = match observed {
+            None => Some(&[][..]),
+            Some(o) => o.rows.as_deref(),
+        };
+        let mut checker = by_path.map(ObservationCheck::new);
         let entries = walk.by_ref().inspect(|e| {
             if let (Ok(e), Some(c)) = (e, checker.as_mut()) {
                 c.push(e);
@@ -196,13 +313,32 @@ impl Session<'_> {
         });
         let summary = store.write_tree(txn, layer, &sid, src.path, entries)?;
         self.counters.walk.add(&walk.counters());
+        let noun = src.id().noun();
+        let key = escape_bytes(src.ident.as_bytes());
         for p in checker.map(ObservationCheck::finish).unwrap_or_default() {
             written.changes.push(format!(
-                "{} {}: {}",
-                src.id().noun(),
-                src.ident,
+                "{noun} {key}: {}",
                 escape_bytes(&p.under(src.path).into_os_string().into_encoded_bytes())
             ));
+        }
+        // Seen by a lookup in another process: its root and row count.
+        if let Some(o) = observed.filter(|o| o.rows.is_none()) {
+            match o.root_digest {
+                None => written.changes.push(format!(
+                    "{noun} {key}: a file changed while the lookup read it"
+                )),
+                Some(root) if (root, o.row_count) != (summary.root_digest, summary.rows) => {
+                    written.changes.push(format!(
+                        "{noun} {key}: its content ({} rows, root {} at lookup; {} rows, root \
+                         {} now)",
+                        o.row_count,
+                        display_hash(&root),
+                        summary.rows,
+                        display_hash(&summary.root_digest)
+                    ))
+                }
+                Some(_) => {}
+            }
         }
         Ok(SourceSummary {
             key: src.ident.to_string(),

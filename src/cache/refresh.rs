@@ -10,6 +10,10 @@
 //! ([`LAST_USE_GRANULARITY_MS`]) and the switch of the rows and pointer to another stored
 //! version ([`Switch`]).
 //!
+//! Also owns the opposite: clearing the stat data of rows a verify lookup caught lying (stat
+//! matched, content differed), so no later walk reuses their digest ([`Session::distrust_rows`];
+//! the one write a miss may cause, and it only makes the cache trust less).
+//!
 //! Must never: run after a miss, change anything but a row's stat data (except in a version
 //! switch, which writes the rows as walked, guarded by the layer's pointer generation), or
 //! touch a row that is no longer, in every compared property, the row the lookup verified.
@@ -299,6 +303,50 @@ impl Session<'_> {
 }
 
 /// The path on disk of a cached source of a layer.
+impl Session<'_> {
+    /// Clears the stat data of rows that a verify lookup found lying, so neither a later lookup
+    /// nor a put's walk reuses their digest (the content is read again). Only stat data
+    /// changes: the Merkle roots do not cover it, so the version stays consistent with its
+    /// rows. A read-only store skips it (and says so).
+    pub(super) fn distrust_rows(&mut self, layer: &str, lied: &[super::LyingRow]) -> Result<()> {
+        let store = &self.cache.store;
+        if store.is_read_only() {
+            tracing::warn!(
+                layer = %crate::path::escape_bytes(layer.as_bytes()),
+                rows = lied.len(),
+                "rows with lying stat data found, but the cache is open read-only: not cleared"
+            );
+            return Ok(());
+        }
+        let path = store.path();
+        let txn = store.begin_write()?;
+        {
+            let mut rows = txn.open_table(ROWS).db(path)?;
+            for l in lied {
+                let key = l.path.key();
+                let current = rows
+                    .get((layer, l.source.as_str(), key))
+                    .db(path)?
+                    .and_then(|v| decode_row(path, &l.path, v.value()).ok());
+                let Some(mut row) = current else {
+                    continue;
+                };
+                row.stat = None;
+                let bytes = encode_row(path, &l.path, &row)?;
+                rows.insert((layer, l.source.as_str(), key), bytes.as_slice())
+                    .db(path)?;
+            }
+        }
+        txn.commit().db(path)?;
+        tracing::warn!(
+            layer = %crate::path::escape_bytes(layer.as_bytes()),
+            rows = lied.len(),
+            "stat data matched but content differed: cleared the stat data of those rows"
+        );
+        Ok(())
+    }
+}
+
 fn rec_source_path<'a>(
     inputs: &'a crate::inputs::LayerInputs,
     role: SourceRole,

@@ -107,8 +107,9 @@ impl Session<'_> {
         let mode = LookupMode {
             explain,
             observe: true,
+            verify: false,
         };
-        let local = self.lookup_with(layer, mode)?;
+        let local = self.lookup_for_build(layer, mode)?;
         let answer = |lookup, failure| RemoteLookup {
             lookup,
             source: None,
@@ -117,7 +118,7 @@ impl Session<'_> {
         };
         if local.is_hit() {
             return Ok(RemoteLookup {
-                lookup: local,
+                lookup: local.into_lookup(),
                 source: Some(HitSource::Local),
                 fetched: None,
                 failure: None,
@@ -127,31 +128,31 @@ impl Session<'_> {
             let failure = RemoteFailure::NoLayout {
                 layer: layer.to_string(),
             };
-            return Ok(answer(local, Some(failure)));
+            return Ok(answer(local.into_lookup(), Some(failure)));
         };
         // What the local lookup walked (it observed every source): no second walk.
         let Some(asked) = local.input_digest else {
-            return Ok(answer(local, None));
+            return Ok(answer(local.into_lookup(), None));
         };
         let found = match remote.find_entry(layer, &asked) {
             Ok(Some(f)) => f,
-            Ok(None) => return Ok(answer(local, None)),
-            Err(e) => return Ok(answer(local, Some(e.into()))),
+            Ok(None) => return Ok(answer(local.into_lookup(), None)),
+            Err(e) => return Ok(answer(local.into_lookup(), Some(e.into()))),
         };
         let manifests = match share::accept(&found, layer, &asked) {
             Ok(m) => m,
-            Err(e) => return Ok(answer(local, Some(e.into()))),
+            Err(e) => return Ok(answer(local.into_lookup(), Some(e.into()))),
         };
         let fetched = match remote.fetch_blobs(&found, &layout) {
             Ok(r) => r,
-            Err(e) => return Ok(answer(local, Some(e.into()))),
+            Err(e) => return Ok(answer(local.into_lookup(), Some(e.into()))),
         };
         let record = match self.put(&local, &manifests) {
             Ok(r) => r,
             Err(Error::InputsChanged { layer, changes }) => {
                 let detail = format!("its inputs changed: {}", changes.join(", "));
                 let failure = RemoteFailure::InputsChanged { layer, detail };
-                return Ok(answer(local, Some(failure)));
+                return Ok(answer(local.into_lookup(), Some(failure)));
             }
             Err(e) => return Err(e),
         };
@@ -165,12 +166,13 @@ impl Session<'_> {
                 layer: layer.to_string(),
                 detail: "its inputs changed while it was pulled".into(),
             };
-            return Ok(answer(local, Some(failure)));
+            return Ok(answer(local.into_lookup(), Some(failure)));
         }
         let lookup = Lookup {
             layer: layer.to_string(),
             outcome: Outcome::Hit(Box::new(CachedEntry { record, manifests })),
-            observed: None,
+            lying_rows: Vec::new(),
+            base_of_dependents: None,
             input_digest: Some(asked),
         };
         Ok(RemoteLookup {

@@ -17,7 +17,7 @@ use crate::path::validate_layer_name;
 use crate::reason::{BaseChange, MissReason};
 use crate::store::guard::guard_redb;
 
-use super::{Cache, Lookup, LookupMode, Outcome, SessionCounters, entry_digest};
+use super::{BuildLookup, Cache, Lookup, LookupMode, Outcome, Seen, SessionCounters, entry_digest};
 
 /// Memoized result of a layer within a session.
 #[derive(Debug, Clone)]
@@ -44,11 +44,14 @@ pub(super) enum BaseNow {
 }
 
 impl Memo {
-    /// What a lookup's outcome means for the layers built on it.
-    pub(super) fn of(outcome: &Outcome) -> Memo {
-        match outcome {
-            Outcome::Hit(e) => Memo::Hit(entry_digest(&e.record)),
-            Outcome::Miss(_) => Memo::Miss,
+    /// What a lookup means for the layers built on it: its version is their base when every
+    /// input matched, even if its own outputs are gone (rebuilding it puts a version, and then
+    /// they are evaluated again).
+    pub(super) fn of(lookup: &Lookup) -> Memo {
+        match (&lookup.outcome, lookup.base_of_dependents) {
+            (Outcome::Hit(e), _) => Memo::Hit(entry_digest(&e.record)),
+            (Outcome::Miss(_), Some(d)) => Memo::Hit(d),
+            (Outcome::Miss(_), None) => Memo::Miss,
         }
     }
 }
@@ -83,29 +86,44 @@ impl<'a> Session<'a> {
         self.counters
     }
 
-    /// Looks up a layer for a build: stops at the first reason, and observes every source so
+    /// Looks up a layer for a build: stops at the first reason, and observes every input so
     /// that [`Session::put`] can check nothing changed in between.
-    pub fn lookup(&mut self, layer: &str) -> Result<Lookup> {
-        self.lookup_with(layer, LookupMode::FOR_BUILD)
+    pub fn lookup(&mut self, layer: &str) -> Result<BuildLookup> {
+        self.lookup_for_build(layer, LookupMode::FOR_BUILD)
     }
 
-    /// Looks up a layer and collects every reason it misses.
-    pub fn explain(&mut self, layer: &str) -> Result<Lookup> {
-        self.lookup_with(layer, LookupMode::EXPLAIN)
+    /// Looks up a layer for a build and collects every reason it misses.
+    pub fn explain(&mut self, layer: &str) -> Result<BuildLookup> {
+        self.lookup_for_build(layer, LookupMode::EXPLAIN)
     }
 
-    /// Looks up a layer in the given mode. Miss reasons are logged at info level, one line
-    /// each (the full diff at debug level).
+    /// Looks up a layer for a build in the given mode (`observe` is implied): the only way to
+    /// get the [`BuildLookup`] that [`Session::put`] takes.
+    pub fn lookup_for_build(&mut self, layer: &str, mode: LookupMode) -> Result<BuildLookup> {
+        let mode = LookupMode {
+            observe: true,
+            ..mode
+        };
+        let (lookup, seen) = self.run_lookup(layer, mode)?;
+        Ok(BuildLookup { lookup, seen })
+    }
+
+    /// Looks up a layer in the given mode: a question only, whose answer cannot be put (see
+    /// [`Session::lookup_for_build`]). Miss reasons are logged at info level, one line each
+    /// (the full diff at debug level).
     pub fn lookup_with(&mut self, layer: &str, mode: LookupMode) -> Result<Lookup> {
+        Ok(self.run_lookup(layer, mode)?.0)
+    }
+
+    fn run_lookup(&mut self, layer: &str, mode: LookupMode) -> Result<(Lookup, Option<Seen>)> {
         validate_layer_name(layer)?;
         let inputs = self.build.layer(layer)?;
         let db = self.cache.store.path().to_path_buf();
-        let result = guard_redb(&db, || {
+        let (result, seen) = guard_redb(&db, || {
             self.resolve_bases_below(layer)?;
             self.evaluate(layer, inputs, mode)
         })?;
-        self.memo
-            .insert(layer.to_string(), Memo::of(&result.outcome));
+        self.memo.insert(layer.to_string(), Memo::of(&result));
         // One line per reason at info (a whole diff of 30,000 paths does not belong in a
         // build log); the full text at debug, and in the lookup's own report with --explain.
         for r in result.reasons() {
@@ -126,7 +144,7 @@ impl<'a> Session<'a> {
                 }
             }
         }
-        Ok(result)
+        Ok((result, seen))
     }
 
     /// Makes sure every built base below `layer` is memoized, bottom up (iteratively, so a
@@ -143,8 +161,8 @@ impl<'a> Session<'a> {
         }
         for name in chain.into_iter().rev() {
             let inputs = self.build.layer(name)?;
-            let r = self.evaluate(name, inputs, LookupMode::CHECK)?;
-            self.memo.insert(name.to_string(), Memo::of(&r.outcome));
+            let (r, _) = self.evaluate(name, inputs, LookupMode::CHECK)?;
+            self.memo.insert(name.to_string(), Memo::of(&r));
         }
         Ok(())
     }

@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 use std::path::Path;
 use std::rc::Rc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::diff::{TreeDiff, diff_trees};
 use crate::error::{Error, Result};
@@ -26,12 +26,12 @@ use crate::path::{RelPath, escape_bytes, show_path};
 use crate::reason::MissReason;
 use crate::schema::{EntryKind, Row, SourceSummary, VersionRecord};
 use crate::store::{RowIter, Store};
-use crate::tree::{TreeHasher, TreeWalk, WalkCounters, WalkedEntry};
+use crate::tree::{FastPath, TreeHasher, TreeWalk, WalkCounters, WalkedEntry, fastpath};
 
 use super::refresh::RefreshList;
 
 /// Whether a source is an import or an overlay dir.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SourceRole {
     /// An import.
@@ -217,16 +217,35 @@ pub(super) fn summaries(rec: &VersionRecord, role: SourceRole) -> &[SourceSummar
 /// A path key and the [`observation_digest`] of what was seen there.
 pub(super) type ObservedRow = (Box<[u8]>, [u8; 32]);
 
-/// What a lookup saw of one source: the row hash of every path, in key order. Put compares its
-/// own walk against it, so inputs that change between lookup and put are caught.
+/// What a lookup saw of one source: its Merkle root and row count and, within one process, the
+/// row hash of every path in key order. Put compares its own walk against it, so inputs that
+/// change between lookup and put are caught (and, with the paths, named).
 #[derive(Debug, Clone)]
 pub struct Observed {
     /// Import or overlay dir.
     pub role: SourceRole,
-    /// Its key.
+    /// Its identity key (for an import with a dest, the key and dest together).
     pub key: String,
+    /// Merkle root of the walked tree ([`TreeHasher`]); `None` when an entry changed while the
+    /// lookup read it (then it vouches for nothing, and a put is refused).
+    pub root_digest: Option<[u8; 32]>,
+    /// Rows walked.
+    pub row_count: u64,
     /// (path key, row hash) in key order; boxed keys keep a 10^6-path observation small.
-    pub(super) rows: Vec<ObservedRow>,
+    /// `None` when read back from a [`LookupRecord`](super::LookupRecord), which keeps roots
+    /// only: the put then compares the root and row count.
+    pub(super) rows: Option<Vec<ObservedRow>>,
+}
+
+/// A stored row whose stat data matched the file on disk (so the fast path would have reused
+/// its digest) while the content differed: found by a verify lookup
+/// ([`LookupMode::verify`](super::LookupMode::verify)).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LyingRow {
+    /// The row source (`import:KEY`, `overlay:KEY`).
+    pub source: String,
+    /// The path, relative to the source's root.
+    pub path: RelPath,
 }
 
 /// blake3 of every compared property of a row ([`Row::hash_into`]): equal for two rows exactly
@@ -262,6 +281,9 @@ pub(super) struct SourceCheck<'s> {
     pub(super) summary: Option<&'s SourceSummary>,
     /// Keep what was seen, for a put.
     pub(super) observe: bool,
+    /// Hash every file whatever its stat data, and report stored rows whose stat data matched
+    /// while the content differed.
+    pub(super) verify: bool,
 }
 
 /// What [`SourceCheck::run`] found.
@@ -274,6 +296,8 @@ pub(super) struct Checked {
     pub(super) counters: WalkCounters,
     /// The tree as walked, for the input digest; `None` when the source is gone from the disk.
     pub(super) tree: Option<WalkedTree>,
+    /// Stored rows whose stat data lied (verify only).
+    pub(super) lied: Vec<LyingRow>,
 }
 
 /// One source's tree as the lookup walked it: what the input digest takes from it, and the
@@ -305,6 +329,8 @@ pub(super) struct RowChanges {
 /// walk, and the rows that differ from the stored ones.
 struct Recorder<'r> {
     observe: bool,
+    verify: bool,
+    lied: Vec<RelPath>,
     rows: Vec<ObservedRow>,
     refresh: &'r mut RefreshList,
     src_index: u32,
@@ -326,6 +352,9 @@ impl Recorder<'_> {
         self.unstable |= e.unstable;
         match stored {
             Some(stored) => {
+                if self.verify && lies(stored, e) {
+                    self.lied.push(e.path.clone());
+                }
                 self.refresh.consider(self.src_index, stored, e);
                 if compared_digest(stored) != compared_digest(&e.row) {
                     self.upserts.push((e.path.key().into(), e.row.clone()));
@@ -333,6 +362,14 @@ impl Recorder<'_> {
             }
             None => self.upserts.push((e.path.key().into(), e.row.clone())),
         }
+    }
+
+    /// Forgets what was recorded of the walk so far (not the refresh queue), for a walk again.
+    fn restart(&mut self) {
+        self.rows.clear();
+        self.hasher = TreeHasher::new();
+        self.root_kind = None;
+        self.unstable = false;
     }
 
     /// Records the rest of the walk (for the observation and the root; not diffed, so no
@@ -352,6 +389,16 @@ impl Recorder<'_> {
         }
         Ok(())
     }
+}
+
+/// True when `stored`'s stat data vouches for the content of `e` (the fast path would have
+/// reused its digest) while the content read now differs: the stat data lied.
+fn lies(stored: &Row, e: &WalkedEntry) -> bool {
+    !e.unstable
+        && e.row.kind == EntryKind::File
+        && stored.kind == EntryKind::File
+        && stored.digest != e.row.digest
+        && fastpath::content(stored, &e.row, &e.stat) == FastPath::Reuse
 }
 
 /// How [`SourceCheck::compare`] ended.
@@ -378,6 +425,7 @@ impl SourceCheck<'_> {
                     observed: None,
                     counters: WalkCounters::default(),
                     tree: None,
+                    lied: Vec::new(),
                 });
             }
             Err(e) => return Err(Error::io("cannot stat", path, e)),
@@ -385,6 +433,8 @@ impl SourceCheck<'_> {
         let sid = id.row_source();
         let mut rec = Recorder {
             observe: self.observe,
+            verify: self.verify,
+            lied: Vec::new(),
             rows: Vec::new(),
             src_index: refresh.add_source(sid.clone()),
             refresh,
@@ -395,10 +445,16 @@ impl SourceCheck<'_> {
         };
         // With stored rows, the walk reuses their digests where the stat data allows.
         // One range scan of the stored rows feeds both the walk's stat fast path and the diff.
-        let (compared, counters) = match self.summary {
+        let (compared, mut counters) = match self.summary {
             Some(summary) => {
                 let (for_walk, for_diff) = tee_rows(self.store.rows(self.txn, self.layer, &sid)?);
-                let mut walk = TreeWalk::with_prior(path, Box::new(for_walk))?;
+                // A verify walk takes nothing from the stored rows: every file is read.
+                let mut walk = if self.verify {
+                    drop(for_walk);
+                    TreeWalk::new(path)?
+                } else {
+                    TreeWalk::with_prior(path, Box::new(for_walk))?
+                };
                 let c = self.compare(summary, kind_now, for_diff, &mut walk, &mut rec)?;
                 (c, walk.counters())
             }
@@ -413,25 +469,58 @@ impl SourceCheck<'_> {
                 (c, walk.counters())
             }
         };
-        let (root_digest, _) = rec.hasher.finish();
+        let (root_digest, row_count) =
+            std::mem::replace(&mut rec.hasher, TreeHasher::new()).finish();
+        let trusted = !rec.unstable && !compared.damaged;
         let tree = WalkedTree {
             root_kind: rec.root_kind.unwrap_or(kind_now),
             root_digest,
-            trusted: !rec.unstable && !compared.damaged,
+            trusted,
             changes: compared.removed.map(|removed| RowChanges {
-                upserts: rec.upserts,
+                upserts: std::mem::take(&mut rec.upserts),
                 removed,
             }),
         };
-        Ok(Checked {
-            reason: compared.reason,
-            observed: self.observe.then(|| Observed {
+        let observed = if !self.observe {
+            None
+        } else if compared.damaged {
+            // The walk's fast path may have taken digests from damaged rows: what a put is
+            // checked against comes from a walk that reads every file.
+            rec.restart();
+            let mut walk = TreeWalk::new(path)?;
+            rec.drain(&mut walk)?;
+            counters.add(&walk.counters());
+            let (root, rows) = std::mem::replace(&mut rec.hasher, TreeHasher::new()).finish();
+            Some(Observed {
                 role: id.role,
                 key: id.key.to_string(),
-                rows: rec.rows,
-            }),
+                root_digest: (!rec.unstable).then_some(root),
+                row_count: rows,
+                rows: Some(std::mem::take(&mut rec.rows)),
+            })
+        } else {
+            Some(Observed {
+                role: id.role,
+                key: id.key.to_string(),
+                root_digest: (!rec.unstable).then_some(root_digest),
+                row_count,
+                rows: Some(std::mem::take(&mut rec.rows)),
+            })
+        };
+        let lied = rec
+            .lied
+            .into_iter()
+            .map(|path| LyingRow {
+                source: sid.clone(),
+                path,
+            })
+            .collect();
+        Ok(Checked {
+            reason: compared.reason,
+            observed,
             counters,
             tree: Some(tree),
+            lied,
         })
     }
 

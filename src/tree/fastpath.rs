@@ -21,12 +21,28 @@
 //! never vouches for the content by stat alone — the file is hashed
 //! ([`content_is_racy`]). "About" is a slack for timestamp granularity: 20 ms (above the
 //! kernel's coarse clock tick) for fine timestamps, 2 s when the mtime has no sub-second part (a
-//! file system with one- or two-second timestamps).
+//! file system with one- or two-second timestamps) — and for the content, never less than 2 s
+//! ([`IN_FLIGHT_SLACK_NS`], writes in flight, below).
 //!
 //! The same rule applies to the ctime for what the ctime vouches for ([`metadata_is_racy`]):
 //! every change of xattrs sets the ctime, and a symlink cannot be retargeted in place (a new
 //! link is a new inode), so a row with the same type, inode, device and ctime, not taken within
 //! the ctime's tick, vouches for the entry's xattrs and link target.
+//!
+//! # Writes in flight
+//!
+//! A `write()` sets the mtime and ctime when it starts, before its data lands; one that stalls
+//! (dirty-page throttling can hold a writer for hundreds of ms on a loaded machine) leaves an
+//! in-place overwrite invisible to stat until its data is all there. A row taken after such a
+//! write began and before it ended holds a digest of a half-written file under the stat data of
+//! the whole one, and the next lookup would reuse it: a false hit (seen as hits in
+//! `tests/reliability_races.rs`, `file_rewritten_while_hashed`, a few in 800 rounds, with the
+//! old 20 ms slack). So the content slack is at least [`IN_FLIGHT_SLACK_NS`] (2 s): a row
+//! whose file changed less than that before its snapshot never vouches for the content, and a
+//! file written during a build is read again by the next lookup until its row is refreshed
+//! after it settled. A write stalled for longer than that stays invisible to stat — the limit
+//! of any stat cache, git's included. What the ctime vouches for (xattrs, link target) keeps the
+//! tick's slack: `setxattr` and `symlink` do not land in pieces.
 
 use super::StatData;
 use crate::schema::{EntryKind, Row, RowStat};
@@ -37,6 +53,9 @@ const COARSE_FS_SLACK_NS: i64 = 2_000_000_000;
 /// Slack for file systems with fine timestamps: above the kernel's coarse clock tick (at most
 /// 10 ms with HZ=100), so a write stamped within the tick before the snapshot began is racy.
 const FINE_FS_SLACK_NS: i64 = 20_000_000;
+/// The least slack of the content's racy check: a file changed less than this before a row's
+/// snapshot may have had a stalled write in flight (see "writes in flight" in the module doc).
+pub const IN_FLIGHT_SLACK_NS: i64 = 2_000_000_000;
 
 /// What a stored row says about reusing its content digest for a file seen now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,12 +123,11 @@ pub fn needs_refresh(stored: &Row, now: &Row, stat: &StatData) -> bool {
 }
 
 /// Git's racy rule for the content (see the module doc): true when the file was modified at or
-/// after (about) the moment the row's snapshot began, so its mtime cannot vouch for the content.
+/// after (about) the moment the row's snapshot began, so its mtime cannot vouch for the content;
+/// "about" is at least [`IN_FLIGHT_SLACK_NS`] (writes in flight).
 pub fn content_is_racy(stat: &RowStat) -> bool {
-    stat.mtime_ns
-        >= stat
-            .snapshot_ns
-            .saturating_sub(timestamp_slack_ns(stat.mtime_ns))
+    let slack = timestamp_slack_ns(stat.mtime_ns).max(IN_FLIGHT_SLACK_NS);
+    stat.mtime_ns >= stat.snapshot_ns.saturating_sub(slack)
 }
 
 /// The racy rule for what the ctime vouches for (xattrs, link target; see the module doc): true

@@ -261,3 +261,43 @@ impl Workspace {
         .0
     }
 }
+
+/// The content of the one output blob the tests record (any layer that is not build-only must
+/// record outputs, and a hit checks that they exist).
+pub const OUTPUT: &[u8] = b"test output";
+
+/// Writes the blob of [`OUTPUT`] into the OCI layout `layout` (created if missing); returns
+/// `layout`. The digest is the blake3 of the content spelled as sha256: the cache checks that
+/// the blob exists, not its hash.
+pub fn output_layout(layout: &Path) -> PathBuf {
+    let hex = blake3::hash(OUTPUT).to_hex().to_string();
+    write(layout, &format!("blobs/sha256/{hex}"), OUTPUT);
+    layout.to_path_buf()
+}
+
+/// An OCI layout shared by the tests of one process (a temp dir that lives as long as it),
+/// holding the output blob of [`outputs`]: pass it as `oci_layout` so that hits can check
+/// their outputs.
+pub fn shared_oci() -> PathBuf {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let d = tempfile::tempdir().unwrap();
+        output_layout(d.path());
+        d
+    })
+    .path()
+    .to_path_buf()
+}
+
+/// Manifests pointing at the blob of [`OUTPUT`] (in [`shared_oci`], or any layout made by
+/// [`output_layout`]).
+pub fn outputs() -> std::collections::BTreeMap<String, oci_spec::image::Descriptor> {
+    let hex = blake3::hash(OUTPUT).to_hex().to_string();
+    let d = serde_json::from_value(serde_json::json!({
+        "mediaType": "application/vnd.oci.image.layer.v1.tar",
+        "digest": format!("sha256:{hex}"),
+        "size": OUTPUT.len(),
+    }))
+    .unwrap();
+    std::collections::BTreeMap::from([("tar".to_string(), d)])
+}

@@ -17,8 +17,8 @@ use std::time::Duration;
 use anyhow::Context;
 use layercache::plan::Plan;
 use layercache::{
-    Cache, Error, HitSource, Lookup, LookupMode, Outcome, PruneReport, SessionCounters,
-    escape_bytes,
+    Cache, Error, HitSource, Lookup, LookupMode, LookupRecord, Outcome, PruneReport,
+    SessionCounters, escape_bytes,
 };
 use serde_json::json;
 
@@ -52,6 +52,18 @@ pub struct LookupArgs {
     /// Report every reason the layer misses, not only the first.
     #[arg(long)]
     explain: bool,
+    /// Distrust the stat data: read every file whatever its stat, report the stored rows whose
+    /// stat matched while the content differed ("lying rows"), and clear their stat data so no
+    /// later walk reuses them. Implies --explain. Costs a full read of every source.
+    #[arg(long, conflicts_with = "record")]
+    verify: bool,
+    /// Write what this lookup saw (definition, builder, base hash, SOURCE_DATE_EPOCH,
+    /// build_only, each source's Merkle root and row count, the input digest) to FILE, as JSON,
+    /// for `layercache put --from FILE` after the build: the put then refuses, naming what
+    /// changed, if an input differs from what this lookup saw. Every source is walked, even
+    /// after a miss.
+    #[arg(long, value_name = "FILE")]
+    record: Option<PathBuf>,
     /// On a local miss, ask this shared cache (see `layercache push`).
     #[command(flatten)]
     remote: RemoteArgs,
@@ -62,9 +74,23 @@ pub struct LookupArgs {
 pub struct PutArgs {
     #[command(flatten)]
     target: LayerArgs,
-    /// JSON object: layer type (e.g. "tar", "squashfs") → OCI descriptor of its output.
+    /// JSON object: layer type (e.g. "tar", "squashfs") → OCI descriptor of its output. `{}`
+    /// only for a build_only layer.
     #[arg(long, value_name = "FILE")]
     manifests: PathBuf,
+    /// The record of this build's lookup (`layercache lookup --record FILE`): the put compares
+    /// the inputs with what that lookup saw and refuses (exit 2, nothing recorded), naming what
+    /// changed, when they differ.
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "inputs_as_of_now"
+    )]
+    from: Option<PathBuf>,
+    /// Record the inputs as they are now, with no lookup to compare against: right only when
+    /// nothing can have changed since the build read them. Without it, a put needs --from.
+    #[arg(long, conflicts_with = "from")]
+    inputs_as_of_now: bool,
 }
 
 /// Loads the plan; a build that does not validate is reported with the plan's path.
@@ -79,14 +105,14 @@ pub fn load_plan(path: &Path) -> anyhow::Result<Plan> {
     }
 }
 
-/// Loads the plan and opens the cache (created if missing; pruned of entries whose outputs are
-/// gone).
+/// Loads the plan and opens the cache (created if missing; the plan's layers are pruned of
+/// versions whose outputs are gone — a shared cache keeps the other builds' entries).
 fn open(t: &LayerArgs, interrupt: Arc<AtomicBool>) -> anyhow::Result<(Plan, Cache, PruneReport)> {
     let plan = load_plan(&t.plan)?;
     let mut config = plan.cache_config(&t.out.db);
     config.write_wait = Duration::from_secs(t.wait);
     config.interrupt = Some(interrupt);
-    let (cache, pruned) = Cache::open(config)?;
+    let (cache, pruned) = Cache::open_for_build(config, plan.build())?;
     Ok((plan, cache, pruned))
 }
 
@@ -99,20 +125,39 @@ pub fn lookup(args: LookupArgs, interrupt: Arc<AtomicBool>) -> anyhow::Result<Ex
     signals::check(NOTHING_RECORDED)?;
     let mut session = cache.session(plan.build())?;
     let mut link = Link::open(&args.remote);
-    let (result, source, failure) = match link.as_ref().and_then(Link::remote) {
+    // --record and --verify answer from the local cache only (a remote hit records the layer
+    // without a build, so there is nothing to record for a put; verify is about local rows).
+    let local_only = args.record.is_some() || args.verify;
+    let remote = link.as_ref().and_then(Link::remote).filter(|_| !local_only);
+    let (result, source, failure) = match remote {
         // A remote hit is recorded locally, so the lookup observes what it walks for that put.
         Some(remote) => {
             let r = session.lookup_remote(&t.layer, args.explain, remote)?;
             (r.lookup, r.source, r.failure)
         }
         None => {
-            // One process, one question: nothing is kept for a put (which re-walks in its own
-            // process), so no source is walked once the answer is known.
+            // Without --record, one process, one question: nothing is kept, so no source is
+            // walked once the answer is known. With --record, every source is walked and what
+            // was seen goes to the record file for the put.
             let mode = LookupMode {
-                explain: args.explain,
+                explain: args.explain || args.verify,
                 observe: false,
+                verify: args.verify,
             };
-            let r = session.lookup_with(&t.layer, mode)?;
+            let r = match &args.record {
+                Some(path) => {
+                    let l = session.lookup_for_build(&t.layer, mode)?;
+                    match l.record() {
+                        Some(rec) => rec.write(path)?,
+                        None => anyhow::bail!(
+                            "layer {} is not cacheable: there is nothing to record for a put",
+                            escape_bytes(t.layer.as_bytes())
+                        ),
+                    }
+                    l.into_lookup()
+                }
+                None => session.lookup_with(&t.layer, mode)?,
+            };
             let source = r.is_hit().then_some(HitSource::Local);
             (r, source, None)
         }
@@ -158,10 +203,19 @@ fn lookup_json(
         "entry": entry,
         "counters": serde_json::to_value(counters)?,
         "pruned": serde_json::to_value(&pruned.pruned)?,
+        "lying_rows": serde_json::to_value(&result.lying_rows)?,
     }))
 }
 
 fn write_lookup_text(out: &mut impl Write, result: &Lookup, hit_line: &str) -> std::io::Result<()> {
+    for l in &result.lying_rows {
+        writeln!(
+            out,
+            "stat data lied (matched, content differed; cleared): {} {}",
+            escape_bytes(l.source.as_bytes()),
+            l.path
+        )?;
+    }
     match &result.outcome {
         Outcome::Hit(e) => {
             writeln!(out, "{hit_line}")?;
@@ -198,14 +252,34 @@ pub fn put(args: PutArgs, interrupt: Arc<AtomicBool>) -> anyhow::Result<ExitCode
     let (plan, cache, _pruned) = open(t, interrupt)?;
     signals::check(NOTHING_RECORDED)?;
     let mut session = cache.session(plan.build())?;
-    // This process did not see the builder's lookup, so it looks up again (observing every
-    // source) and puts what it saw: the inputs are walked twice here, and a change between
-    // the two walks is refused by the library (Error::InputsChanged).
-    let seen = session.lookup_with(&t.layer, LookupMode::FOR_BUILD)?;
-    signals::check(NOTHING_RECORDED)?;
-    let record = session
-        .put(&seen, &manifests)
-        .with_context(|| format!("cannot record layer {}", escape_bytes(t.layer.as_bytes())))?;
+    // With --from, the put is checked against what the builder's lookup saw (its record).
+    // With --inputs-as-of-now, this process looks up again (observing every source) and puts
+    // what it sees now: a change during the build cannot be seen then.
+    let context = || format!("cannot record layer {}", escape_bytes(t.layer.as_bytes()));
+    let (record, was_hit) = match &args.from {
+        Some(from) => {
+            let seen = LookupRecord::read(from)?;
+            if seen.layer() != t.layer {
+                return Err(Error::RecordOfAnotherLayer {
+                    path: from.clone(),
+                    layer: t.layer.clone(),
+                    found: seen.layer().to_string(),
+                }
+                .into());
+            }
+            signals::check(NOTHING_RECORDED)?;
+            let record = session
+                .put_recorded(&seen, &manifests)
+                .with_context(context)?;
+            (record, None)
+        }
+        None => {
+            let seen = session.lookup(&t.layer)?;
+            signals::check(NOTHING_RECORDED)?;
+            let record = session.put(&seen, &manifests).with_context(context)?;
+            (record, Some(seen.is_hit()))
+        }
+    };
     let recorded = format!(
         "layer {} was recorded before stopping",
         escape_bytes(record.name.as_bytes())
@@ -220,7 +294,7 @@ pub fn put(args: PutArgs, interrupt: Arc<AtomicBool>) -> anyhow::Result<ExitCode
         .sum();
     let value = json!({
         "layer": record.name,
-        "was_hit": seen.is_hit(),
+        "was_hit": was_hit,
         "imports": record.imports.len(),
         "overlay_dirs": record.overlay_dirs.len(),
         "rows": rows,

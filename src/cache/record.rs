@@ -1,0 +1,357 @@
+//! The lookup record: what a build's lookup saw, in a file, for a put in another process.
+//!
+//! Owns: [`LookupRecord`] and its file format. A shell-driven build runs `layercache lookup
+//! --record FILE` and, after building, `layercache put --from FILE`; the put compares what it
+//! sees with the record and refuses, naming what changed, when they differ — as
+//! [`Session::put`](super::Session::put) does within one process with the lookup's full
+//! observation.
+//!
+//! The file is one JSON object (format version [`RECORD_VERSION`]):
+//!
+//! ```json
+//! {"format": "layercache lookup record", "version": 1, "layer": "app",
+//!  "definition_digest": "HEX", "builder": null, "base_hash": "HEX" | null,
+//!  "source_date_epoch": 1700000000 | null, "build_only": false, "damaged": false,
+//!  "input_digest": "HEX" | null,
+//!  "sources": [{"role": "import" | "overlay_dir", "key": "KEY", "root_digest": "HEX" | null,
+//!               "row_count": 6}]}
+//! ```
+//!
+//! Digests are lower-case hex (`base_hash` is the hex of the base hash's bytes); `root_digest`
+//! is `null` when a file of that source changed while the lookup read it, `base_hash` when the
+//! base did not resolve, `input_digest` when either happened or a source was missing. Per source
+//! it keeps the Merkle root and row count, not the paths, so the file stays small whatever the
+//! tree's size (a changed source is named with its counts and roots, not its paths).
+//!
+//! There is no checksum, on purpose: the put always records what its own walk sees; the record
+//! can only make it refuse. A damaged or edited record can make a put fail, never make it store
+//! something its walk did not see. The file is written to a temporary name in the same
+//! directory, synced and renamed (mode 0600), so a reader never sees half a record.
+//!
+//! Must never: be produced by a lookup that observed nothing (a record exists only through a
+//! [`BuildLookup`](super::BuildLookup)), or be read without a size limit.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+use super::{Observed, Seen, SourceRole};
+
+/// The format version of the lookup record file; a record of another version is refused.
+pub const RECORD_VERSION: u32 = 1;
+/// The `format` field of every lookup record.
+const FORMAT: &str = "layercache lookup record";
+/// The largest record file read (a record is O(sources), not O(files)).
+const RECORD_LIMIT: u64 = 16 << 20;
+
+/// What a build's lookup of one layer saw, as a value a put in another process can check
+/// against ([`Session::put_recorded`](super::Session::put_recorded)): the definition digest,
+/// the builder, the base hash, SOURCE_DATE_EPOCH, build_only, whether the stored version was
+/// damaged, the input digest, and per source its role, key, Merkle root and row count. Made by
+/// [`BuildLookup::record`](super::BuildLookup::record), written with [`LookupRecord::write`] and
+/// read back with [`LookupRecord::read`]; serialized as the JSON object in the module doc.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LookupRecord {
+    format: String,
+    version: u32,
+    layer: String,
+    #[serde(with = "hex32")]
+    definition_digest: [u8; 32],
+    builder: Option<String>,
+    #[serde(with = "hex_opt")]
+    base_hash: Option<Vec<u8>>,
+    source_date_epoch: Option<i64>,
+    build_only: bool,
+    damaged: bool,
+    #[serde(with = "hex32_opt")]
+    input_digest: Option<[u8; 32]>,
+    sources: Vec<RecordedSource>,
+}
+
+/// One source of a [`LookupRecord`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecordedSource {
+    role: SourceRole,
+    key: String,
+    #[serde(with = "hex32_opt")]
+    root_digest: Option<[u8; 32]>,
+    row_count: u64,
+}
+
+impl LookupRecord {
+    /// The record of what a build's lookup of `layer` saw.
+    pub(super) fn new(layer: &str, seen: &Seen) -> LookupRecord {
+        LookupRecord {
+            format: FORMAT.to_string(),
+            version: RECORD_VERSION,
+            layer: layer.to_string(),
+            definition_digest: seen.definition_digest,
+            builder: seen.builder.clone(),
+            base_hash: seen.base_hash.clone(),
+            source_date_epoch: seen.source_date_epoch,
+            build_only: seen.build_only,
+            damaged: seen.damaged,
+            input_digest: seen.input_digest,
+            sources: seen
+                .sources
+                .iter()
+                .map(|o| RecordedSource {
+                    role: o.role,
+                    key: o.key.clone(),
+                    root_digest: o.root_digest,
+                    row_count: o.row_count,
+                })
+                .collect(),
+        }
+    }
+
+    /// The layer the lookup was of.
+    pub fn layer(&self) -> &str {
+        &self.layer
+    }
+
+    /// The input digest of what the lookup saw ([`crate::version`]), when it had one.
+    pub fn input_digest(&self) -> Option<[u8; 32]> {
+        self.input_digest
+    }
+
+    /// What the put compares with: the record as a lookup's observation without paths.
+    pub(super) fn seen(&self) -> Seen {
+        Seen {
+            definition_digest: self.definition_digest,
+            builder: self.builder.clone(),
+            base_hash: self.base_hash.clone(),
+            source_date_epoch: self.source_date_epoch,
+            build_only: self.build_only,
+            damaged: self.damaged,
+            input_digest: self.input_digest,
+            sources: self
+                .sources
+                .iter()
+                .map(|s| Observed {
+                    role: s.role,
+                    key: s.key.clone(),
+                    root_digest: s.root_digest,
+                    row_count: s.row_count,
+                    rows: None,
+                })
+                .collect(),
+        }
+    }
+
+    /// Writes the record to `path` atomically (a temporary file in the same directory, fsync,
+    /// rename), created with mode 0600.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let mut bytes = serde_json::to_vec_pretty(self).map_err(|e| Error::Parse {
+            what: "lookup record",
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+        bytes.push(b'\n');
+        let tmp = temp_name(path);
+        let written = (|| {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)
+        })();
+        written.map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            Error::io("cannot write the lookup record", path, e)
+        })
+    }
+
+    /// Reads a record written by [`LookupRecord::write`]. A file that is not a regular file, is
+    /// larger than 16 MiB, is not such a JSON object, or is of another format version is
+    /// refused with [`Error::Parse`] naming it.
+    pub fn read(path: &Path) -> Result<LookupRecord> {
+        let meta = std::fs::metadata(path)
+            .map_err(|e| Error::io("cannot read the lookup record", path, e))?;
+        if !meta.is_file() {
+            return Err(parse_error(path, "it is not a regular file".to_string()));
+        }
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(RECORD_LIMIT + 1).read_to_end(&mut bytes))
+            .map_err(|e| Error::io("cannot read the lookup record", path, e))?;
+        if bytes.len() as u64 > RECORD_LIMIT {
+            return Err(parse_error(
+                path,
+                format!("it is larger than the {RECORD_LIMIT}-byte limit"),
+            ));
+        }
+        // The format and version first, so another version says so instead of a field error.
+        #[derive(Deserialize)]
+        struct Head {
+            format: Option<String>,
+            version: Option<u32>,
+        }
+        let head: Head = serde_json::from_slice(&bytes)
+            .map_err(|e| parse_error(path, format!("it is not a lookup record ({e})")))?;
+        if head.format.as_deref() != Some(FORMAT) {
+            return Err(parse_error(
+                path,
+                "it is not a layercache lookup record".to_string(),
+            ));
+        }
+        if head.version != Some(RECORD_VERSION) {
+            return Err(parse_error(
+                path,
+                format!(
+                    "it is of format version {}, this layercache reads version {RECORD_VERSION}",
+                    head.version
+                        .map_or_else(|| "(none)".to_string(), |v| v.to_string())
+                ),
+            ));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| parse_error(path, e.to_string()))
+    }
+}
+
+fn temp_name(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+}
+
+fn parse_error(path: &Path, detail: String) -> Error {
+    Error::Parse {
+        what: "lookup record",
+        path: path.to_path_buf(),
+        detail: format!(
+            "{detail}; run `layercache lookup --record FILE` again for this build and pass that \
+             file to `put --from FILE`"
+        ),
+    }
+}
+
+/// Lower-case hex of bytes, and back.
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn from_hex(s: &str) -> std::result::Result<Vec<u8>, String> {
+    if !s.len().is_multiple_of(2) {
+        return Err(format!("{s:?} is not hex (odd length)"));
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| {
+            s.get(i..i + 2)
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+                .ok_or_else(|| format!("{s:?} is not hex"))
+        })
+        .collect()
+}
+
+fn to_32(v: Vec<u8>) -> std::result::Result<[u8; 32], String> {
+    <[u8; 32]>::try_from(v).map_err(|v| format!("a digest of {} bytes, not 32", v.len()))
+}
+
+mod hex32 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::to_hex(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let s = String::deserialize(d)?;
+        super::from_hex(&s)
+            .and_then(super::to_32)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+mod hex32_opt {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<[u8; 32]>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => s.serialize_some(&super::to_hex(v)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<[u8; 32]>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| super::from_hex(&s).and_then(super::to_32))
+            .transpose()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+mod hex_opt {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => s.serialize_some(&super::to_hex(v)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| super::from_hex(&s))
+            .transpose()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> LookupRecord {
+        LookupRecord {
+            format: FORMAT.to_string(),
+            version: RECORD_VERSION,
+            layer: "app".to_string(),
+            definition_digest: [7; 32],
+            builder: Some("stacker 1.1.0".to_string()),
+            base_hash: Some(b"sha256:abc".to_vec()),
+            source_date_epoch: Some(1_700_000_000),
+            build_only: false,
+            damaged: false,
+            input_digest: None,
+            sources: vec![RecordedSource {
+                role: SourceRole::OverlayDir,
+                key: "src".to_string(),
+                root_digest: Some([9; 32]),
+                row_count: 3,
+            }],
+        }
+    }
+
+    #[test]
+    fn a_record_round_trips_and_another_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.json");
+        let r = record();
+        r.write(&p).unwrap();
+        assert_eq!(LookupRecord::read(&p).unwrap(), r);
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.contains("\"root_digest\": \"0909"), "{text}");
+        std::fs::write(&p, text.replace("\"version\": 1", "\"version\": 2")).unwrap();
+        let err = LookupRecord::read(&p).unwrap_err().to_string();
+        assert!(err.contains("format version 2"), "{err}");
+        std::fs::write(&p, b"{\"format\": \"something else\"}").unwrap();
+        let err = LookupRecord::read(&p).unwrap_err().to_string();
+        assert!(err.contains("not a layercache lookup record"), "{err}");
+        std::fs::write(&p, text.replace("0909", "0g09")).unwrap();
+        assert!(LookupRecord::read(&p).is_err());
+    }
+}
