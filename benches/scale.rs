@@ -769,11 +769,11 @@ fn branch_switch(
     build: &Build,
     no_change: Duration,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let manifests = BTreeMap::new();
+    let manifests = outputs();
     let put_current = |what: &str| -> Result<(), Box<dyn std::error::Error>> {
         let cache = open(db);
         let mut s = cache.session(build)?;
-        let l = s.lookup_with("app", LookupMode::FOR_BUILD)?;
+        let l = s.lookup_for_build("app", LookupMode::FOR_BUILD)?;
         if !l.is_hit() {
             s.put(&l, &manifests)?;
         }
