@@ -57,11 +57,24 @@
 //! covers the base's inputs and outputs, so rebuilding a base with other outputs misses
 //! everything above it. [`Cache::gc`] drops versions by count, age and size. Per-layer results are
 //! memoized within a session: a chain of N built layers costs N evaluations. A lookup made for a
-//! build also *observes* what it walked (a row hash per path), and [`Session::put`] compares its
-//! own walk against that: inputs that changed during the build make the put fail with
-//! [`Error::InputsChanged`] naming the paths, and nothing is stored.
+//! build ([`Session::lookup`], returning a [`BuildLookup`]) also *observes* what it saw — the
+//! definition digest, builder, base hash, SOURCE_DATE_EPOCH, build_only, a row hash per path
+//! and each source's Merkle root, the input digest — and [`Session::put`], which takes only a
+//! `BuildLookup` (a [`LookupMode::CHECK`] lookup cannot be put), compares its own view against
+//! that: anything that changed during the build makes the put fail with
+//! [`Error::InputsChanged`] naming it, and nothing is stored. Across processes the same
+//! observation travels as a [`LookupRecord`] (JSON; per source its root and row count, not its
+//! paths): `layercache lookup --record FILE`, then `layercache put --from FILE`. A put refuses
+//! `{}` manifests for a layer that is not build-only ([`Error::PutRefused`]).
 //!
-//! ## The stat fast path and the racy rule (schema v2)
+//! A hit also checks, at that moment, that the version's outputs exist: every manifest's blob
+//! in the configured OCI layout, or `<rootfs_dir>/<layer>` for a build-only layer. Otherwise
+//! (or when the location is not configured, so nothing can be checked) the lookup misses with
+//! [`MissReason::OutputsMissing`]; such a version still counts as the base of its dependents.
+//! A [`LookupMode::verify`] lookup reads every file whatever its stat data and reports the rows
+//! whose stat data lied ([`Lookup::lying_rows`]), clearing their stat data.
+//!
+//! ## The stat fast path and the racy rule (schema v2; content slack 2 s)
 //!
 //! Each row also keeps the stat data it was taken under (mtime and ctime in ns, inode, device)
 //! and the moment its walk began (`snapshot_ns`, from `CLOCK_REALTIME_COARSE`, the clock the
@@ -96,9 +109,13 @@
 //! 5. A database with a newer schema is refused before it is opened for writing, so it stays
 //!    byte-for-byte unchanged.
 //! 6. A stored digest is reused only under the stat fast path's full match and never for a racy
-//!    row; a miss never writes; a put stores exactly what its walk hashed, in one transaction.
+//!    row; a miss never writes (except a verify lookup clearing the stat data of rows that
+//!    lied, which only makes the cache trust less); a put stores exactly what its walk hashed,
+//!    in one transaction, and only when that equals what its lookup saw.
 //! 7. A damaged entry or row is a miss for that layer, never a false hit and never a wiped
 //!    cache.
+//! 8. A hit never points at outputs that are not there now, and a version of a layer that is
+//!    not build-only always records outputs.
 //!
 //! ## Modules
 //!
@@ -111,8 +128,10 @@
 //! * [`cache`] looks up and puts: `cache/mod.rs` (open, prune, remove, the entry digest and
 //!   decoding), `session.rs` (the session, its memo, the base chain), `lookup.rs` (evaluation:
 //!   definition, base, epoch, sources), `source.rs` (a source's identity, walk and diff, the
-//!   tee, observations), `put.rs` (put in one write transaction), `refresh.rs` (stat refresh
-//!   batches), `gc.rs` (collecting versions under a policy, in one write transaction).
+//!   tee, observations), `put.rs` (put in one write transaction, checked against what its
+//!   lookup saw), `record.rs` (the lookup record file a put in another process checks
+//!   against), `refresh.rs` (stat refresh batches, clearing rows that lied), `gc.rs`
+//!   (collecting versions under a policy, in one write transaction).
 //! * [`remote`] moves entries to and from an OCI registry (the wire format, the tag and trust
 //!   rules); it knows nothing of the cache and uses no other module of the crate.
 //! * [`plan`] and [`stacker`] describe a build (the plan file, stacker's directory layout);

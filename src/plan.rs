@@ -45,7 +45,8 @@
 //! * `base`: `{"type": "scratch"}`, `{"type": "built", "layer": NAME}`,
 //!   `{"type": "tar", "path": FILE}`, `{"type": "oci" | "docker", "layout": DIR, "tag": TAG}`.
 //! * An import: `key` (the URL as written in the definition), `path` (where it is on disk),
-//!   `dest` (optional; an import with a destination is not cached, as in stacker).
+//!   `dest` (optional; an import with a destination is an input like any other, cached under
+//!   its key and destination).
 //! * An overlay dir: `key`, `source` (the directory whose content is cached) and `rootfs_path`
 //!   (where the builder copied it; it must exist for a hit).
 //!

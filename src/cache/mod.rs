@@ -1,8 +1,9 @@
 //! The cache: open (and prune), remove, and the entry record's digest and decoding; lookup and
 //! put within one build [`Session`].
 //!
-//! Owns: the [`Cache`] handle and the types a lookup returns ([`Lookup`], [`Outcome`],
-//! [`CachedEntry`], [`LookupMode`], [`SessionCounters`]); [`entry_digest`], the hash layers built
+//! Owns: the [`Cache`] handle and the types a lookup returns ([`Lookup`], [`BuildLookup`],
+//! [`Outcome`], [`CachedEntry`], [`LookupMode`], [`SessionCounters`]); the check of a hit's
+//! outputs; [`entry_digest`], the hash layers built
 //! on a version record; pruning and removing versions. Records are read and written through
 //! [`crate::store::versions`], which verifies their checksums. Its submodules
 //! own one job each:
@@ -13,9 +14,12 @@
 //! * `cache/source.rs` — one source's identity ([`SourceRole`] and its key), its walk and diff
 //!   against the stored rows, the tee that feeds both from one scan, and the observation a put
 //!   checks against;
-//! * `cache/put.rs` — put: walk, compare with the observation, one write transaction;
+//! * `cache/put.rs` — put: walk, compare with what the lookup saw (its observation, or a
+//!   [`LookupRecord`] from another process), one write transaction;
+//! * `cache/record.rs` — [`LookupRecord`], the lookup record file;
 //! * `cache/refresh.rs` — bringing stale stat data up to date after a hit, recording last use,
-//!   and switching the rows to another stored version on a hit on it;
+//!   switching the rows to another stored version on a hit on it, and clearing the stat data
+//!   of rows a verify lookup caught lying;
 //! * `cache/gc.rs` — [`Cache::gc`]: applying the GC planner's decision.
 //!
 //! Must never: decide what stat data vouches for (that is [`crate::tree::fastpath`], which also

@@ -33,7 +33,9 @@ use output::guarded;
         Exit codes:\n  \
         0    lookup: hit; put: recorded; other commands: done (check: clean)\n  \
         1    lookup: miss; check: problems found\n  \
-        2    error: nothing was recorded (the message on stderr says why)\n  \
+        2    error: nothing was recorded (the message on stderr says why; for put also: an\n       \
+        input changed since the lookup record, {} manifests for a layer that is not\n       \
+        build-only)\n  \
         3    put: the layer WAS recorded, but writing its report to stdout failed\n  \
         130  interrupted by SIGINT, 143 by SIGTERM: the step stopped between transactions and\n       \
         the database was closed cleanly (a second signal stops at once)"
@@ -48,7 +50,9 @@ enum Cmd {
     /// Is the cached output of LAYER reusable? Exit 0 on a hit, 1 on a miss. Creates the
     /// cache if it is missing.
     Lookup(build::LookupArgs),
-    /// Record LAYER with its output manifests. Creates the cache if it is missing.
+    /// Record LAYER with its output manifests, checked against the record of the build's
+    /// lookup (--from FILE, from `lookup --record FILE`), or with the inputs as they are now
+    /// (--inputs-as-of-now). Creates the cache if it is missing.
     Put(build::PutArgs),
     /// Push every layer that hits locally to a shared cache in an OCI registry: its record and
     /// its output blobs from the plan's oci_layout.
