@@ -130,6 +130,22 @@ fn put_from_a_lookup_record_refuses_inputs_changed_since_the_lookup() {
     code(&f.put(&["--from", rec_arg]), 0);
     code(&f.run(&["lookup", "l"]), 0);
 
+    // The record of another layer is not this layer's.
+    code(&f.run(&["lookup", "l", "--record", rec_arg]), 0);
+    let text = std::fs::read_to_string(&rec).unwrap();
+    std::fs::write(
+        &rec,
+        text.replace("\"layer\": \"l\"", "\"layer\": \"other\""),
+    )
+    .unwrap();
+    let o = f.put(&["--from", rec_arg]);
+    code(&o, 2);
+    assert!(
+        stderr(&o).contains("is of layer \"other\""),
+        "{}",
+        stderr(&o)
+    );
+
     // A record that is not one is refused, naming it.
     std::fs::write(&rec, b"{\"garbage\": true}").unwrap();
     let o = f.put(&["--from", rec_arg]);
