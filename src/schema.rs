@@ -148,6 +148,22 @@ pub struct RowStat {
 }
 
 impl Row {
+    /// True when the two rows agree in every compared property — exactly what
+    /// [`Row::hash_into`] covers (type, mode, owner, device number, link target, xattrs, and for
+    /// regular files size and content digest), so it is true exactly when their hashes are
+    /// equal, without hashing. Stat data is never compared.
+    pub fn compared_eq(&self, other: &Row) -> bool {
+        self.kind == other.kind
+            && self.mode == other.mode
+            && self.uid == other.uid
+            && self.gid == other.gid
+            && self.rdev == other.rdev
+            && self.link_target == other.link_target
+            && self.xattrs == other.xattrs
+            && (self.kind != EntryKind::File
+                || (self.size == other.size && self.digest == other.digest))
+    }
+
     /// Feeds the canonical form of this row into a hasher. This encoding is fixed by hand (not
     /// the codec's), so digests stay stable across codec changes. Each variable-length field is
     /// length-prefixed.
@@ -306,4 +322,74 @@ pub struct LayerRecord {
     /// rewrites rows only if the layer is still at G, so it never applies its diff on top of
     /// rows another session replaced meanwhile.
     pub generation: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hash(r: &Row) -> [u8; 32] {
+        let mut h = blake3::Hasher::new();
+        r.hash_into(&mut h);
+        *h.finalize().as_bytes()
+    }
+
+    /// `compared_eq` is true exactly when the `hash_into` digests are equal: one switch per
+    /// compared property, and stat data and a non-file's size ignored by both.
+    #[test]
+    fn compared_eq_agrees_with_hash_into() {
+        let base = Row {
+            kind: EntryKind::File,
+            mode: 0o644,
+            uid: 1,
+            gid: 2,
+            size: 3,
+            rdev: 0,
+            link_target: Vec::new(),
+            xattrs: vec![(b"user.a".to_vec(), b"1".to_vec())],
+            digest: [7; 32],
+            stat: None,
+        };
+        type Change = Box<dyn Fn(&mut Row)>;
+        let variants: Vec<(&str, Change)> = vec![
+            ("kind", Box::new(|r| r.kind = EntryKind::Fifo)),
+            ("mode", Box::new(|r| r.mode = 0o755)),
+            ("uid", Box::new(|r| r.uid = 9)),
+            ("gid", Box::new(|r| r.gid = 9)),
+            ("size", Box::new(|r| r.size = 4)),
+            ("rdev", Box::new(|r| r.rdev = 5)),
+            ("link", Box::new(|r| r.link_target = b"x".to_vec())),
+            ("xattrs", Box::new(|r| r.xattrs.clear())),
+            ("digest", Box::new(|r| r.digest = [8; 32])),
+            (
+                "stat",
+                Box::new(|r| {
+                    r.stat = Some(RowStat {
+                        mtime_ns: 1,
+                        ctime_ns: 2,
+                        ino: 3,
+                        dev: 4,
+                        snapshot_ns: 5,
+                    })
+                }),
+            ),
+        ];
+        for kind in [EntryKind::File, EntryKind::Dir] {
+            let a = Row {
+                kind,
+                ..base.clone()
+            };
+            for (what, change) in &variants {
+                let mut b = a.clone();
+                change(&mut b);
+                assert_eq!(
+                    a.compared_eq(&b),
+                    hash(&a) == hash(&b),
+                    "{what} on a {kind:?}"
+                );
+                assert_eq!(b.compared_eq(&a), a.compared_eq(&b), "{what}: symmetric");
+            }
+            assert!(a.compared_eq(&a.clone()));
+        }
+    }
 }
