@@ -123,6 +123,16 @@ impl WalkLog {
         self.entries += 1;
     }
 
+    /// Reads what was logged so far, in walk order, without sealing the log.
+    pub fn entries(&self) -> LogReader<&[u8]> {
+        LogReader {
+            buf: self.buf.as_slice(),
+            pos: 0,
+            key: Vec::new(),
+            prev: Times::default(),
+        }
+    }
+
     /// Entries logged so far.
     pub fn len(&self) -> u64 {
         self.entries
@@ -158,6 +168,23 @@ impl SealedLog {
         self.buf.len()
     }
 
+    /// The encoded log (see the module doc), e.g. to keep it in a file for a put in another
+    /// process; [`SealedLog::from_bytes`] reads it back.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// A log from bytes of [`SealedLog::as_bytes`] holding `entries` entries. Nothing is
+    /// checked here: a reader stops at the first record that does not decode, so damaged bytes
+    /// yield fewer or other entries, never a panic — the caller checks their integrity (the
+    /// lookup record keeps a blake3 checksum of them).
+    pub fn from_bytes(bytes: Vec<u8>, entries: u64) -> SealedLog {
+        SealedLog {
+            buf: Arc::from(bytes),
+            entries,
+        }
+    }
+
     /// Reads the log from its start, in walk order.
     pub fn reader(&self) -> LogReader {
         LogReader {
@@ -177,18 +204,18 @@ impl SealedLog {
     }
 }
 
-/// Reads a [`SealedLog`] in order. A record that does not decode (which only a bug could
-/// cause: the log never leaves the process) ends the reading.
-pub struct LogReader {
-    buf: Arc<[u8]>,
+/// Reads a [`SealedLog`] (or, borrowed, a [`WalkLog`]) in order. A record that does not decode
+/// (a bug, or damaged bytes given to [`SealedLog::from_bytes`]) ends the reading.
+pub struct LogReader<B: AsRef<[u8]> = Arc<[u8]>> {
+    buf: B,
     pos: usize,
     key: Vec<u8>,
     prev: Times,
 }
 
-impl LogReader {
+impl<B: AsRef<[u8]>> LogReader<B> {
     fn byte(&mut self) -> Option<u8> {
-        let b = *self.buf.get(self.pos)?;
+        let b = *self.buf.as_ref().get(self.pos)?;
         self.pos += 1;
         Some(b)
     }
@@ -217,7 +244,7 @@ impl LogReader {
     fn slice(&mut self) -> Option<&[u8]> {
         let n = usize::try_from(self.uvar()?).ok()?;
         let end = self.pos.checked_add(n)?;
-        let s = self.buf.get(self.pos..end)?;
+        let s = self.buf.as_ref().get(self.pos..end)?;
         self.pos = end;
         Some(s)
     }
@@ -234,7 +261,8 @@ impl LogReader {
         self.key.truncate(shared);
         let n = usize::try_from(self.uvar()?).ok()?;
         let end = self.pos.checked_add(n)?;
-        self.key.extend_from_slice(self.buf.get(self.pos..end)?);
+        self.key
+            .extend_from_slice(self.buf.as_ref().get(self.pos..end)?);
         self.pos = end;
         let flags = self.byte()?;
         let kind = kind_from_tag(self.byte()?)?;
@@ -253,7 +281,7 @@ impl LogReader {
         let mut digest = [0u8; 32];
         if kind == EntryKind::File {
             let end = self.pos.checked_add(32)?;
-            digest.copy_from_slice(self.buf.get(self.pos..end)?);
+            digest.copy_from_slice(self.buf.as_ref().get(self.pos..end)?);
             self.pos = end;
         }
         let mut stat = None;
@@ -293,16 +321,16 @@ impl LogReader {
     }
 }
 
-impl Iterator for LogReader {
+impl<B: AsRef<[u8]>> Iterator for LogReader<B> {
     type Item = LoggedEntry;
 
     fn next(&mut self) -> Option<LoggedEntry> {
-        if self.pos >= self.buf.len() {
+        if self.pos >= self.buf.as_ref().len() {
             return None;
         }
         let e = self.decode();
         if e.is_none() {
-            self.pos = self.buf.len();
+            self.pos = self.buf.as_ref().len();
         }
         e
     }
@@ -422,5 +450,15 @@ mod tests {
         }
         // Read twice: the log is not consumed.
         assert_eq!(sealed.reader().count(), walked.len());
+        // Read unsealed: the same entries.
+        let mut again = WalkLog::new();
+        for e in &walked {
+            again.push(e);
+        }
+        let unsealed: Vec<LoggedEntry> = again.entries().collect();
+        assert_eq!(unsealed.len(), back.len());
+        for (a, b) in unsealed.iter().zip(&back) {
+            assert_eq!((&a.path, &a.row, a.unstable), (&b.path, &b.row, b.unstable));
+        }
     }
 }
