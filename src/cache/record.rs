@@ -23,7 +23,7 @@
 //! base did not resolve, `input_digest` when either happened or a source was missing. Per source
 //! it keeps the Merkle root and row count and, under `walk`, the lookup's walk log
 //! ([`crate::tree::WalkLog`], base64, ~70 bytes an entry before encoding: the file grows with
-//! the tree, ~95 bytes a file; it is read whole, up to [`RECORD_LIMIT`]) with its entry count
+//! the tree, ~95 bytes a file; it is read whole, up to 1 GiB) with its entry count
 //! and blake3 checksum.
 //!
 //! The put always records what its own walk sees. The walk log is that walk's stat cache: a
@@ -228,8 +228,8 @@ impl LookupRecord {
     }
 
     /// Reads a record written by [`LookupRecord::write`]. A file that is not a regular file, is
-    /// larger than [`RECORD_LIMIT`] (1 GiB), is not such a JSON object, or is of another format version is
-    /// refused with [`Error::Parse`] naming it.
+    /// larger than 1 GiB, is not such a JSON object, or is of another format version is refused
+    /// with [`Error::Parse`] naming it.
     pub fn read(path: &Path) -> Result<LookupRecord> {
         let meta = std::fs::metadata(path)
             .map_err(|e| Error::io("cannot read the lookup record", path, e))?;
