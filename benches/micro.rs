@@ -1,7 +1,9 @@
 //! criterion micro-benchmarks of the hot parts, at small sizes: the walk (hashing everything, and
-//! with the stat fast path), the diff merge, row encode/decode, and writing rows (put).
+//! with the stat fast path), the two walkers (enumeration alone, and the fast-path walk with
+//! each), the diff merge, row encode/decode, and writing rows (put).
 //!
-//! `cargo bench --bench micro`
+//! `cargo bench --bench micro`; `cargo bench --bench micro -- enumerate walk_by_enumerator` for
+//! the walkers alone. The walkers' tree has `LAYERCACHE_MICRO_WALK_FILES` files (default 10^4).
 
 mod treegen;
 
@@ -9,6 +11,7 @@ use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use layercache::codec;
+use layercache::tree::{Enumerator, OrderedDirs};
 use layercache::{RelPath, Row, Store, TreeWalk, WalkedEntry, diff_trees};
 
 const FILES: u64 = 2000;
@@ -59,6 +62,73 @@ fn benches(c: &mut Criterion) {
             assert_eq!(w.counters().files_hashed, 0);
         })
     });
+    g.finish();
+
+    // The two walkers on a tree of their own (default 10^4 files).
+    let walk_files: u64 = std::env::var("LAYERCACHE_MICRO_WALK_FILES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let wtree = dir.path().join("walk-tree");
+    treegen::generate(&wtree, walk_files, 2).unwrap();
+    let wdb = dir.path().join("walk.redb");
+    let wstore = Store::open(&wdb).unwrap();
+    let txn = wstore.begin_write().unwrap();
+    let mut walk = TreeWalk::new(&wtree).unwrap();
+    let wsummary = wstore
+        .write_tree(&txn, "app", "src", &wtree, walk.by_ref())
+        .unwrap();
+    txn.commit().unwrap();
+    let wn = wsummary.rows;
+
+    // Enumeration only (names and lstat; no hashing, no xattrs): walkdir sorted on one thread
+    // with an lstat by full path per entry, and the ordered parallel walker.
+    let mut g = c.benchmark_group("enumerate");
+    g.throughput(Throughput::Elements(wn));
+    g.bench_function("walkdir_sorted_lstat", |b| {
+        b.iter(|| {
+            let mut k = 0u64;
+            for e in walkdir::WalkDir::new(&wtree)
+                .sort_by(|a, b| a.file_name().cmp(b.file_name()))
+                .into_iter()
+            {
+                let e = e.unwrap();
+                k += std::fs::symlink_metadata(e.path()).unwrap().len();
+            }
+            black_box(k)
+        })
+    });
+    g.bench_function("ordered_parallel", |b| {
+        b.iter(|| {
+            let mut k = 0u64;
+            for e in OrderedDirs::new(&wtree) {
+                k += e.unwrap().1.stat.size;
+            }
+            black_box(k)
+        })
+    });
+    g.finish();
+
+    // Whole walks with the stat fast path (nothing hashed), per walker.
+    let mut g = c.benchmark_group("walk_by_enumerator");
+    g.throughput(Throughput::Elements(wn));
+    for (name, how) in [
+        ("walkdir", Enumerator::Walkdir),
+        ("parallel", Enumerator::Parallel),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let txn = wstore.begin_read().unwrap();
+                let prior = wstore.rows(&txn, "app", "src").unwrap();
+                let mut w = TreeWalk::with_enumerator(&wtree, how).unwrap();
+                w.set_prior(Box::new(prior));
+                for e in w.by_ref() {
+                    black_box(e.unwrap());
+                }
+                assert_eq!(w.counters().files_hashed, 0);
+            })
+        });
+    }
     g.finish();
 
     let mut g = c.benchmark_group("hash");

@@ -10,8 +10,15 @@
 //! Options: `--files N`, `--quick` (10^4 files unless `--files`, one repetition, small open and
 //! chain sizes), `--reps K`, `--dir D` (where the tree and databases go; default a fresh
 //! directory under /tmp, removed at the end), `--json P` (summary path; default
-//! `target/scale-<N>.json`), `--profile PHASE` (for `perf record`: generate the tree, then
-//! repeat one phase — `put`, `nochange` or `touched` — `--reps` times, and print nothing else).
+//! `target/scale-<N>.json`), `--cycles C` (touch + lookup cycles of the database-growth
+//! measurement; default 20, 2 with `--quick`), `--profile PHASE` (for `perf record`: generate
+//! the tree, then repeat one phase — `put`, `nochange` or `touched` — `--reps` times, and print
+//! nothing else).
+//!
+//! Besides the cache's phases it measures the two walkers alone against limit 1 (enumeration
+//! only, and the stat-fast-path walk without the diff: [`walker_phases`]), the database's bytes
+//! per row (file and payload, keys apart) and its growth over `--cycles` touch + lookup cycles,
+//! compacted at the end ([`database_growth`]).
 //!
 //! Everything is measured warm (the page cache holds the tree: it was just written and read once
 //! before the first measured phase), for the limits and the phases alike; each time is the best
@@ -28,7 +35,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
-use layercache::{Base, Build, Cache, CacheConfig, Import, LayerInputs, LookupMode, MissReason};
+use layercache::tree::{Enumerator, OrderedDirs};
+use layercache::{
+    Base, Build, Cache, CacheConfig, Import, LayerInputs, LookupMode, MissReason, TreeWalk, codec,
+};
 use rayon::prelude::*;
 use serde_json::{Value, json};
 
@@ -39,6 +49,7 @@ struct Args {
     dir: Option<PathBuf>,
     json: Option<PathBuf>,
     profile: Option<String>,
+    cycles: Option<usize>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -49,6 +60,7 @@ fn parse_args() -> Result<Args, String> {
         dir: None,
         json: None,
         profile: None,
+        cycles: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -64,6 +76,13 @@ fn parse_args() -> Result<Args, String> {
             "--dir" => a.dir = Some(PathBuf::from(val("--dir")?)),
             "--json" => a.json = Some(PathBuf::from(val("--json")?)),
             "--profile" => a.profile = Some(val("--profile")?),
+            "--cycles" => {
+                a.cycles = Some(
+                    val("--cycles")?
+                        .parse()
+                        .map_err(|e| format!("--cycles: {e}"))?,
+                )
+            }
             // cargo bench passes --bench; filters are not used.
             "--bench" => {}
             other if other.starts_with('-') => return Err(format!("unknown option {other}")),
@@ -75,6 +94,9 @@ fn parse_args() -> Result<Args, String> {
     }
     if a.reps == 0 {
         a.reps = if a.quick { 1 } else { 3 };
+    }
+    if a.cycles.is_none() {
+        a.cycles = Some(if a.quick { 2 } else { 20 });
     }
     Ok(a)
 }
@@ -447,15 +469,14 @@ fn run_in(args: &Args, base: &Path) -> Result<bool, Box<dyn std::error::Error>> 
             s.counters()
         },
     );
-    // The lookup a put is checked against reads every file of the cold layer, and the put reads
-    // them again (it does not reuse the lookup's hashes yet: perf-round2's WalkLog, pending);
-    // a CHECK lookup, which reads nothing, can no longer be put.
+    // The lookup a put is checked against reads every file of the cold layer; the put walks
+    // again with the lookup's walk log as its stat cache and reads none (a CHECK lookup, which
+    // keeps nothing, cannot be put).
     b.check(
-        counters.walk.files_hashed == 2 * stats.files,
+        counters.walk.files_hashed == stats.files,
         format!(
-            "cold lookup + put hashed {} files, expected {} (each file twice)",
-            counters.walk.files_hashed,
-            2 * stats.files
+            "cold lookup + put hashed {} files, expected {} (each file once)",
+            counters.walk.files_hashed, stats.files
         ),
     );
     let db_bytes = std::fs::metadata(&db)?.size();
@@ -472,6 +493,7 @@ fn run_in(args: &Args, base: &Path) -> Result<bool, Box<dyn std::error::Error>> 
 
     // ---- no-change lookups
     let cache = open(&db);
+    walker_phases(&mut b, &cache, &tree, entries_total)?;
     let lookup = |mode: LookupMode| {
         let mut s = cache.session(&build).expect("session");
         let l = s.lookup_with("app", mode).expect("lookup");
@@ -602,6 +624,7 @@ fn run_in(args: &Args, base: &Path) -> Result<bool, Box<dyn std::error::Error>> 
     );
     drop(cache);
     branch_switch(&mut b, &tree, &db, &build, no_change)?;
+    let growth = database_growth(&mut b, base, &tree, args.cycles.unwrap_or(0))?;
     std::fs::remove_dir_all(&tree)?;
 
     // ---- open of databases with many entries
@@ -744,7 +767,7 @@ fn run_in(args: &Args, base: &Path) -> Result<bool, Box<dyn std::error::Error>> 
         "bytes": stats.bytes, "threads": threads, "reps": reps, "quick": args.quick,
         "warm": true,
         "unix_time": SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
-        "phases": out, "failures": b.failures,
+        "phases": out, "failures": b.failures, "database_growth": growth,
     });
     let json_path = args.json.clone().unwrap_or_else(|| {
         Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -860,6 +883,178 @@ fn branch_switch(
                "db_bytes_before_second_version": before, "db_bytes_after": after}),
     );
     Ok(())
+}
+
+/// The two walkers alone, against limit 1, on the tree whose rows `cache` holds: enumeration
+/// only (names and lstat: walkdir sorted with an `lstat` by full path per entry, as the
+/// walkdir-based walk does, and the ordered parallel walker), then the walk the lookup does with
+/// the stat fast path (every digest reused, nothing hashed) but without the diff, the Merkle
+/// root or the database's other work, per walker.
+fn walker_phases(
+    b: &mut Bench,
+    cache: &Cache,
+    tree: &Path,
+    entries_total: u64,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let reps = b.reps;
+    let (d, n, rss) = b.measure(
+        reps,
+        || {},
+        || {
+            let mut n = 0u64;
+            for e in walkdir::WalkDir::new(tree)
+                .sort_by(|a, b| a.file_name().cmp(b.file_name()))
+                .into_iter()
+            {
+                let e = e.expect("walkdir");
+                std::hint::black_box(std::fs::symlink_metadata(e.path()).expect("lstat"));
+                n += 1;
+            }
+            n
+        },
+    );
+    b.check(n == entries_total, format!("walkdir enumerated {n}"));
+    b.record(
+        "enumerate: walkdir sorted + lstat",
+        d,
+        rss,
+        Some("limit1"),
+        None,
+        json!({"entries": n}),
+    );
+    let (d, n, rss) = b.measure(
+        reps,
+        || {},
+        || {
+            let mut n = 0u64;
+            for e in OrderedDirs::new(tree) {
+                std::hint::black_box(e.expect("ordered walk"));
+                n += 1;
+            }
+            n
+        },
+    );
+    b.check(n == entries_total, format!("ordered walker enumerated {n}"));
+    b.record(
+        "enumerate: ordered parallel",
+        d,
+        rss,
+        Some("limit1"),
+        None,
+        json!({"entries": n}),
+    );
+    for (name, how) in [
+        ("walk, fast path: walkdir", Enumerator::Walkdir),
+        ("walk, fast path: ordered parallel", Enumerator::Parallel),
+    ] {
+        let (d, c, rss) = b.measure(
+            reps,
+            || {},
+            || {
+                let store = cache.store();
+                let txn = store.begin_read().expect("read");
+                let prior = store.rows(&txn, "app", "import:src").expect("rows");
+                let mut w = TreeWalk::with_enumerator(tree, how).expect("walk");
+                w.set_prior(Box::new(prior));
+                for e in w.by_ref() {
+                    std::hint::black_box(e.expect("entry"));
+                }
+                w.counters()
+            },
+        );
+        b.check(
+            c.files_hashed == 0 && c.entries_walked == entries_total,
+            format!("{name}: {c:?}"),
+        );
+        b.record(name, d, rss, Some("limit1"), None, json!({"counters": c}));
+    }
+    Ok(())
+}
+
+/// The database's size per row and its growth: a cold put of `tree` into a database of its
+/// own, then one touch of every file and a lookup (which refreshes every row's stat data),
+/// then `cycles` more touch + lookup cycles, each lookup in its own process-like open and
+/// close; finally the file is compacted. Prints bytes per row at each step, and the payload per
+/// row (key and value bytes as stored, keys apart: what a key-compressing schema step could
+/// save at most).
+fn database_growth(
+    b: &mut Bench,
+    base: &Path,
+    tree: &Path,
+    cycles: usize,
+) -> Result<Value, Box<dyn std::error::Error>> {
+    let db = base.join("growth.redb");
+    let _ = std::fs::remove_file(&db);
+    let build = one_layer_build(tree);
+    {
+        let cache = open(&db);
+        let mut s = cache.session(&build)?;
+        let l = s.lookup_for_build("app", LookupMode::CHECK)?;
+        s.put(&l, &outputs())?;
+    }
+    let size = || std::fs::metadata(&db).map(|m| m.size()).unwrap_or(0);
+    let (rows, key_bytes, value_bytes) = {
+        let cache = open(&db);
+        let store = cache.store();
+        let txn = store.begin_read()?;
+        let (mut n, mut k, mut v) = (0u64, 0u64, 0u64);
+        for r in store.rows(&txn, "app", "import:src")? {
+            let (path, row) = r?;
+            n += 1;
+            k += ("app".len() + "import:src".len() + path.key().len()) as u64;
+            v += codec::encode(&row)?.len() as u64;
+        }
+        (n, k, v)
+    };
+    let per_row = |bytes: u64| bytes as f64 / rows.max(1) as f64;
+    let after_put = size();
+    let mut sizes = Vec::new();
+    for k in 0..=cycles {
+        let when = treegen::past_mtime() - Duration::from_secs(2000 + k as u64);
+        let touched = treegen::touch_all(tree, when)?;
+        // Past the tick of the last touch (see "every file touched").
+        std::thread::sleep(Duration::from_millis(50));
+        let cache = open(&db);
+        let mut s = cache.session(&build)?;
+        let l = s.lookup_with("app", LookupMode::CHECK)?;
+        let c = s.counters();
+        b.check(
+            l.is_hit() && c.rows_refreshed == touched,
+            format!("growth cycle {k}: {c:?}"),
+        );
+        drop(s);
+        drop(cache);
+        sizes.push(size());
+    }
+    let after_one = sizes.first().copied().unwrap_or(after_put);
+    let last = sizes.last().copied().unwrap_or(after_put);
+    let compacted = match layercache::inspect::compact(&db) {
+        Ok(_) => size(),
+        Err(e) => {
+            eprintln!("compaction of {} failed: {e}", db.display());
+            0
+        }
+    };
+    println!(
+        "database growth: {rows} rows, payload {:.0} bytes/row (keys {:.0}, values {:.0}); file \
+         {:.0} bytes/row after the cold put, {:.0} after one touch + refresh, {:.0} after {} \
+         more cycles, {:.0} compacted ({:.2}x / {:.2}x the compacted size)",
+        per_row(key_bytes + value_bytes),
+        per_row(key_bytes),
+        per_row(value_bytes),
+        per_row(after_put),
+        per_row(after_one),
+        per_row(last),
+        cycles,
+        per_row(compacted),
+        after_one as f64 / compacted.max(1) as f64,
+        last as f64 / compacted.max(1) as f64,
+    );
+    let _ = std::fs::remove_file(&db);
+    Ok(json!({
+        "rows": rows, "key_bytes": key_bytes, "value_bytes": value_bytes,
+        "after_cold_put": after_put, "after_each_cycle": sizes, "compacted": compacted,
+    }))
 }
 
 /// A database holding `n` entries (layers without sources), each put through the library.

@@ -58,13 +58,16 @@
 //! everything above it. [`Cache::gc`] drops versions by count, age and size. Per-layer results are
 //! memoized within a session: a chain of N built layers costs N evaluations. A lookup made for a
 //! build ([`Session::lookup`], returning a [`BuildLookup`]) also *observes* what it saw — the
-//! definition digest, builder, base hash, SOURCE_DATE_EPOCH, build_only, a row hash per path
-//! and each source's Merkle root, the input digest — and [`Session::put`], which takes only a
-//! `BuildLookup` (a [`LookupMode::CHECK`] lookup cannot be put), compares its own view against
-//! that: anything that changed during the build makes the put fail with
-//! [`Error::InputsChanged`] naming it, and nothing is stored. Across processes the same
-//! observation travels as a [`LookupRecord`] (JSON; per source its root and row count, not its
-//! paths): `layercache lookup --record FILE`, then `layercache put --from FILE`. A put refuses
+//! definition digest, builder, base hash, SOURCE_DATE_EPOCH, build_only, per source its walk
+//! log ([`tree::WalkLog`]: every path's row with the stat data it was taken under) and Merkle
+//! root, the input digest — and [`Session::put`], which takes only a `BuildLookup` (a
+//! [`LookupMode::CHECK`] lookup cannot be put), compares its own view against that: anything
+//! that changed during the build makes the put fail with [`Error::InputsChanged`] naming it,
+//! and nothing is stored. The put's walk takes the walk log as its stat cache: a file whose
+//! stat data is unchanged since the lookup hashed it, and not racy, is not read again, so a
+//! cold layer's files are read once. Across processes the same observation travels as a
+//! [`LookupRecord`] (JSON; per source its root, row count and walk log with a checksum):
+//! `layercache lookup --record FILE`, then `layercache put --from FILE`. A put refuses
 //! `{}` manifests for a layer that is not build-only ([`Error::PutRefused`]).
 //!
 //! A hit also checks, at that moment, that the version's outputs exist: every manifest's blob
@@ -110,7 +113,8 @@
 //!    byte-for-byte unchanged.
 //! 6. A stored digest is reused only under the stat fast path's full match and never for a racy
 //!    row; a miss never writes (except a verify lookup clearing the stat data of rows that
-//!    lied, which only makes the cache trust less); a put stores exactly what its walk hashed,
+//!    lied, which only makes the cache trust less); a put stores exactly what its walk saw
+//!    (hashed, or reused from its lookup's walk log under the same full match and racy rule),
 //!    in one transaction, and only when that equals what its lookup saw.
 //! 7. A damaged entry or row is a miss for that layer, never a false hit and never a wiped
 //!    cache.
@@ -138,8 +142,10 @@
 //!   [`inputs`] is the build description both produce; [`config`] says where the cache lives.
 //! * [`reason`] explains misses; [`base`] resolves tar/oci bases.
 //! * [`diff`] compares a walk with stored rows.
-//! * [`tree`] walks and hashes: `tree/mod.rs` (the walk), [`tree::fastpath`] (the stat rules and
-//!   the racy rule), `hash.rs` (file contents), `merkle.rs` (Merkle roots, [`TreeHasher`]).
+//! * [`tree`] walks and hashes: `tree/mod.rs` (the walk), [`tree::walker`] (the ordered
+//!   parallel walker), [`tree::fastpath`] (the stat rules and the racy rule), `hash.rs` (file
+//!   contents), `merkle.rs` (Merkle roots, [`TreeHasher`]), [`tree::log`] (a walk's compact
+//!   log, the put's stat cache), [`tree::progress`] (counters for a progress display).
 //! * [`store`] owns the redb file: `store/mod.rs` (open, read-only, version check),
 //!   `rows.rs` (the row-key range, the row iterator, row decoding), `guard.rs` (the one panic
 //!   guard, the panic-payload decoder and the damage bookkeeping), [`store::versions`] (the

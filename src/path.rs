@@ -42,6 +42,18 @@ impl RelPath {
         )
     }
 
+    /// The entry `name` (one component, no `/`) inside this directory: the key of the parent,
+    /// `\0`, then the name (just the name inside the root).
+    pub fn join(&self, name: &[u8]) -> RelPath {
+        let mut k = Vec::with_capacity(self.0.len() + 1 + name.len());
+        k.extend_from_slice(&self.0);
+        if !self.0.is_empty() {
+            k.push(0);
+        }
+        k.extend_from_slice(name);
+        RelPath(k)
+    }
+
     /// The key encoding (`\0` between components); the bytes stored in the rows table.
     pub fn key(&self) -> &[u8] {
         &self.0

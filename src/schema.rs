@@ -148,30 +148,59 @@ pub struct RowStat {
 }
 
 impl Row {
-    /// Feeds the canonical form of this row into a hasher. This encoding is fixed by hand (not
-    /// the codec's), so digests stay stable across codec changes. Each variable-length field is
-    /// length-prefixed.
+    /// True when the two rows agree in every compared property — exactly what
+    /// [`Row::hash_into`] covers (type, mode, owner, device number, link target, xattrs, and for
+    /// regular files size and content digest), so it is true exactly when their hashes are
+    /// equal, without hashing. Stat data is never compared.
+    pub fn compared_eq(&self, other: &Row) -> bool {
+        self.kind == other.kind
+            && self.mode == other.mode
+            && self.uid == other.uid
+            && self.gid == other.gid
+            && self.rdev == other.rdev
+            && self.link_target == other.link_target
+            && self.xattrs == other.xattrs
+            && (self.kind != EntryKind::File
+                || (self.size == other.size && self.digest == other.digest))
+    }
+
+    /// Feeds the canonical form of this row ([`Row::write_canonical`]) into a hasher.
     pub fn hash_into(&self, h: &mut blake3::Hasher) {
-        h.update(&[self.kind.tag()]);
-        h.update(&self.mode.to_le_bytes());
-        h.update(&self.uid.to_le_bytes());
-        h.update(&self.gid.to_le_bytes());
-        h.update(&self.rdev.to_le_bytes());
-        h.update(&(self.link_target.len() as u64).to_le_bytes());
-        h.update(&self.link_target);
-        h.update(&(self.xattrs.len() as u64).to_le_bytes());
+        let mut buf = Vec::with_capacity(CANONICAL_TYPICAL);
+        self.write_canonical(&mut buf);
+        h.update(&buf);
+    }
+
+    /// Appends the canonical form of this row's compared properties to `out`: the bytes every
+    /// row digest and Merkle node hashes. This encoding is fixed by hand (not the codec's), so
+    /// digests stay stable across codec changes; each variable-length field is length-prefixed.
+    /// Hot paths keep one buffer and hash it with `blake3::hash`, which needs no 2 KB
+    /// `blake3::Hasher` per row.
+    pub fn write_canonical(&self, out: &mut Vec<u8>) {
+        out.push(self.kind.tag());
+        out.extend_from_slice(&self.mode.to_le_bytes());
+        out.extend_from_slice(&self.uid.to_le_bytes());
+        out.extend_from_slice(&self.gid.to_le_bytes());
+        out.extend_from_slice(&self.rdev.to_le_bytes());
+        out.extend_from_slice(&(self.link_target.len() as u64).to_le_bytes());
+        out.extend_from_slice(&self.link_target);
+        out.extend_from_slice(&(self.xattrs.len() as u64).to_le_bytes());
         for (k, v) in &self.xattrs {
-            h.update(&(k.len() as u64).to_le_bytes());
-            h.update(k);
-            h.update(&(v.len() as u64).to_le_bytes());
-            h.update(v);
+            out.extend_from_slice(&(k.len() as u64).to_le_bytes());
+            out.extend_from_slice(k);
+            out.extend_from_slice(&(v.len() as u64).to_le_bytes());
+            out.extend_from_slice(v);
         }
         if self.kind == EntryKind::File {
-            h.update(&self.size.to_le_bytes());
-            h.update(&self.digest);
+            out.extend_from_slice(&self.size.to_le_bytes());
+            out.extend_from_slice(&self.digest);
         }
     }
 }
+
+/// The canonical form of a row without link target or xattrs: 1 + 4 + 4 + 4 + 8 + 8 + 8, and
+/// size and digest for a file.
+const CANONICAL_TYPICAL: usize = 37 + 8 + 32;
 
 /// How a layer's base is identified.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -306,4 +335,110 @@ pub struct LayerRecord {
     /// rewrites rows only if the layer is still at G, so it never applies its diff on top of
     /// rows another session replaced meanwhile.
     pub generation: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hash(r: &Row) -> [u8; 32] {
+        let mut h = blake3::Hasher::new();
+        r.hash_into(&mut h);
+        *h.finalize().as_bytes()
+    }
+
+    /// The canonical form is fixed: a digest recorded by an older release must not change.
+    #[test]
+    fn canonical_form_is_stable() {
+        let r = Row {
+            kind: EntryKind::File,
+            mode: 0o644,
+            uid: 1,
+            gid: 2,
+            size: 3,
+            rdev: 0,
+            link_target: b"t".to_vec(),
+            xattrs: vec![(b"user.a".to_vec(), b"1".to_vec())],
+            digest: [7; 32],
+            stat: None,
+        };
+        let mut h = blake3::Hasher::new();
+        h.update(&[1]);
+        h.update(&0o644u32.to_le_bytes());
+        h.update(&1u32.to_le_bytes());
+        h.update(&2u32.to_le_bytes());
+        h.update(&0u64.to_le_bytes());
+        h.update(&1u64.to_le_bytes());
+        h.update(b"t");
+        h.update(&1u64.to_le_bytes());
+        h.update(&6u64.to_le_bytes());
+        h.update(b"user.a");
+        h.update(&1u64.to_le_bytes());
+        h.update(b"1");
+        h.update(&3u64.to_le_bytes());
+        h.update(&[7; 32]);
+        assert_eq!(hash(&r), *h.finalize().as_bytes());
+        let mut buf = Vec::new();
+        r.write_canonical(&mut buf);
+        assert_eq!(*blake3::hash(&buf).as_bytes(), hash(&r));
+    }
+
+    /// `compared_eq` is true exactly when the `hash_into` digests are equal: one switch per
+    /// compared property, and stat data and a non-file's size ignored by both.
+    #[test]
+    fn compared_eq_agrees_with_hash_into() {
+        let base = Row {
+            kind: EntryKind::File,
+            mode: 0o644,
+            uid: 1,
+            gid: 2,
+            size: 3,
+            rdev: 0,
+            link_target: Vec::new(),
+            xattrs: vec![(b"user.a".to_vec(), b"1".to_vec())],
+            digest: [7; 32],
+            stat: None,
+        };
+        type Change = Box<dyn Fn(&mut Row)>;
+        let variants: Vec<(&str, Change)> = vec![
+            ("kind", Box::new(|r| r.kind = EntryKind::Fifo)),
+            ("mode", Box::new(|r| r.mode = 0o755)),
+            ("uid", Box::new(|r| r.uid = 9)),
+            ("gid", Box::new(|r| r.gid = 9)),
+            ("size", Box::new(|r| r.size = 4)),
+            ("rdev", Box::new(|r| r.rdev = 5)),
+            ("link", Box::new(|r| r.link_target = b"x".to_vec())),
+            ("xattrs", Box::new(|r| r.xattrs.clear())),
+            ("digest", Box::new(|r| r.digest = [8; 32])),
+            (
+                "stat",
+                Box::new(|r| {
+                    r.stat = Some(RowStat {
+                        mtime_ns: 1,
+                        ctime_ns: 2,
+                        ino: 3,
+                        dev: 4,
+                        snapshot_ns: 5,
+                    })
+                }),
+            ),
+        ];
+        for kind in [EntryKind::File, EntryKind::Dir] {
+            let a = Row {
+                kind,
+                ..base.clone()
+            };
+            for (what, change) in &variants {
+                let mut b = a.clone();
+                change(&mut b);
+                assert_eq!(
+                    a.compared_eq(&b),
+                    hash(&a) == hash(&b),
+                    "{what} on a {kind:?}"
+                );
+                assert_eq!(b.compared_eq(&a), a.compared_eq(&b), "{what}: symmetric");
+            }
+            assert!(a.compared_eq(&a.clone()));
+        }
+    }
 }

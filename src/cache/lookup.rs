@@ -339,6 +339,7 @@ impl Session<'_> {
                 summary,
                 observe,
                 verify: reasons.mode.verify,
+                progress: &self.cache.progress,
             }
             .run(refresh)?;
             self.counters.walk.add(&checked.counters);

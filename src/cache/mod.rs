@@ -40,6 +40,7 @@ mod source;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use oci_spec::image::Descriptor;
@@ -55,7 +56,7 @@ use crate::store::guard::guard_redb;
 use crate::store::rows::RowRange;
 use crate::store::versions;
 use crate::store::{Store, WriteWait};
-use crate::tree::WalkCounters;
+use crate::tree::{Progress, WalkCounters};
 
 pub use crate::config::CacheConfig;
 pub use gc::GcReport;
@@ -94,6 +95,8 @@ pub struct Cache {
     /// Layers whose outputs are gone but that pruning left in the file (the write lock was
     /// busy): lookups treat them as not cached, exactly as if they had been pruned.
     unpruned: std::collections::BTreeSet<String>,
+    /// What every walk of this cache has done so far, for a progress display.
+    progress: Arc<Progress>,
 }
 
 /// A cached entry returned by a hit: the record and its manifests as OCI descriptors.
@@ -338,6 +341,7 @@ impl Cache {
             store,
             config,
             unpruned: Default::default(),
+            progress: Arc::default(),
         };
         let report = cache.prune()?;
         cache.unpruned = report
@@ -364,7 +368,15 @@ impl Cache {
             store,
             config,
             unpruned: Default::default(),
+            progress: Arc::default(),
         })
+    }
+
+    /// Counters of the work of every walk of this cache (entries walked, files and bytes
+    /// hashed, and the entries expected from stored row counts), added to once per window of a
+    /// walk, for a progress display to poll from another thread.
+    pub fn progress(&self) -> Arc<Progress> {
+        Arc::clone(&self.progress)
     }
 
     /// The underlying store.

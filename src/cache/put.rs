@@ -27,13 +27,11 @@ use crate::store::guard::guard_redb;
 use crate::store::rows::{RowRange, encode_row, validate_source};
 use crate::store::versions;
 use crate::store::{Store, TreeSummary};
-use crate::tree::{TreeHasher, TreeWalk, WalkedEntry};
+use crate::tree::{LogReader, LoggedEntry, SealedLog, TreeHasher, TreeWalk, WalkedEntry};
 use crate::version::{Inputs, entry_digest_of, input_digest};
 
 use super::session::{BaseNow, Memo};
-use super::source::{
-    Observed, ObservedRow, SourceId, SourceRef, SourceRole, cached_sources, observation_digest,
-};
+use super::source::{Observed, SourceId, SourceRef, SourceRole, cached_sources, same_as_observed};
 use super::{BuildLookup, LookupRecord, Seen, Session, now_ms};
 
 /// What a put's walks produced: the summaries per role, and the paths that differ from the
@@ -243,9 +241,10 @@ impl Session<'_> {
         seen: &Seen,
         inputs: &LayerInputs,
     ) -> Result<Written> {
-        // The rows stored so far, read from the committed state, let the put's walk reuse the
-        // digests of files whose stat data is unchanged; rows the lookup found damaged vouch
-        // for nothing: then every file is read.
+        // What the lookup walked (its log), else the rows stored so far, read from the
+        // committed state, lets the put's walk reuse the digests of files whose stat data is
+        // unchanged (see `write_source`); after the lookup found damaged rows nothing vouches:
+        // then every file is read.
         let prior_txn = self.cache.store.begin_read()?;
         let mut written = Written::default();
         let mut matched = vec![false; seen.sources.len()];
@@ -280,9 +279,17 @@ impl Session<'_> {
         Ok(written)
     }
 
-    /// Walks one source into its rows inside `txn`, reusing digests from the rows in `prior`
-    /// where the stat allows, and notes in `written` what differs from `observed` (every path
-    /// the lookup saw, or its Merkle root and row count; `None`: the lookup did not see it).
+    /// Walks one source into its rows inside `txn`, reusing digests where the stat data allows,
+    /// and notes in `written` what differs from `observed` (every path the lookup saw, or its
+    /// Merkle root and row count; `None`: the lookup did not see it).
+    ///
+    /// The digests reused come from the lookup's walk log when there is one (a stat cache of
+    /// this very build: a file the lookup hashed, whose type, mode, owner, size, inode, device,
+    /// mtime and ctime are unchanged since and whose logged row is not racy by
+    /// [`crate::tree::fastpath`]'s rule, is not read again — so a cold put after its lookup
+    /// reads no file), else from the stored rows in `prior`; with `prior` `None` (damaged
+    /// rows) from nothing. Either way the walk is checked entry by entry against the log, so a
+    /// change since the lookup refuses the put.
     fn write_source(
         &mut self,
         txn: &redb::WriteTransaction,
@@ -294,18 +301,24 @@ impl Session<'_> {
     ) -> Result<SourceSummary> {
         let store = &self.cache.store;
         let sid = src.id().row_source();
-        let mut walk = match prior {
-            None => TreeWalk::new(src.path)?,
-            Some(prior_txn) => {
+        let log = observed.and_then(|o| o.log.as_ref());
+        let mut walk = match (prior, log) {
+            (None, _) => TreeWalk::new(src.path)?,
+            (Some(_), Some(log)) => TreeWalk::with_prior(src.path, log.as_prior())?,
+            (Some(prior_txn), None) => {
                 let prior = store.rows(prior_txn, layer, &sid)?;
                 TreeWalk::with_prior(src.path, Box::new(prior))?
             }
         };
-        let by_path = match observed {
-            None => Some(&[][..]),
-            Some(o) => o.rows.as_deref(),
+        walk.report_to(self.cache.progress());
+        if let Some(o) = observed {
+            self.cache.progress.expect(o.row_count);
+        }
+        let mut checker = match observed {
+            // The lookup did not see the source: every path is a change.
+            None => Some(ObservationCheck::new(&SealedLog::default())),
+            Some(o) => o.log.as_ref().map(ObservationCheck::new),
         };
-        let mut checker = by_path.map(ObservationCheck::new);
         let entries = walk.by_ref().inspect(|e| {
             if let (Ok(e), Some(c)) = (e, checker.as_mut()) {
                 c.push(e);
@@ -322,7 +335,7 @@ impl Session<'_> {
             ));
         }
         // Seen by a lookup in another process: its root and row count.
-        if let Some(o) = observed.filter(|o| o.rows.is_none()) {
+        if let Some(o) = observed.filter(|o| o.log.is_none()) {
             match o.root_digest {
                 None => written.changes.push(format!(
                     "{noun} {key}: a file changed while the lookup read it"
@@ -451,40 +464,41 @@ impl Store {
     }
 }
 
-/// Merges a put's walk against what the lookup observed, collecting paths that differ.
-struct ObservationCheck<'s> {
-    seen: std::slice::Iter<'s, ObservedRow>,
-    next: Option<&'s ObservedRow>,
+/// Merges a put's walk against what the lookup observed (its walk log), collecting paths that
+/// differ.
+struct ObservationCheck {
+    seen: LogReader,
+    next: Option<LoggedEntry>,
     changed: Vec<RelPath>,
 }
 
-impl<'s> ObservationCheck<'s> {
-    fn new(seen: &'s [ObservedRow]) -> Self {
-        let mut it = seen.iter();
-        let next = it.next();
+impl ObservationCheck {
+    fn new(seen: &SealedLog) -> Self {
+        let mut seen = seen.reader();
+        let next = seen.next();
         ObservationCheck {
-            seen: it,
+            seen,
             next,
             changed: Vec::new(),
         }
     }
 
     fn push(&mut self, e: &WalkedEntry) {
-        let h = observation_digest(e);
         loop {
-            match self.next {
-                Some((p, _)) if **p < *e.path.key() => {
-                    self.changed.push(RelPath::from_key(p));
+            match self.next.take() {
+                Some(o) if o.path < e.path => {
+                    self.changed.push(o.path);
                     self.next = self.seen.next();
                 }
-                Some((p, oh)) if **p == *e.path.key() => {
-                    if *oh != h {
-                        self.changed.push(RelPath::from_key(p));
+                Some(o) if o.path == e.path => {
+                    if !same_as_observed(&o.row, o.unstable, e) {
+                        self.changed.push(o.path);
                     }
                     self.next = self.seen.next();
                     return;
                 }
-                _ => {
+                other => {
+                    self.next = other;
                     self.changed.push(e.path.clone());
                     return;
                 }
@@ -493,8 +507,8 @@ impl<'s> ObservationCheck<'s> {
     }
 
     fn finish(mut self) -> Vec<RelPath> {
-        while let Some((p, _)) = self.next {
-            self.changed.push(RelPath::from_key(p));
+        while let Some(o) = self.next.take() {
+            self.changed.push(o.path);
             self.next = self.seen.next();
         }
         self.changed

@@ -14,19 +14,30 @@
 //!  "source_date_epoch": 1700000000 | null, "build_only": false, "damaged": false,
 //!  "input_digest": "HEX" | null,
 //!  "sources": [{"role": "import" | "overlay_dir", "key": "KEY", "root_digest": "HEX" | null,
-//!               "row_count": 6}]}
+//!               "row_count": 6,
+//!               "walk": {"entries": 6, "blake3": "HEX", "log": "BASE64"}}]}
 //! ```
 //!
 //! Digests are lower-case hex (`base_hash` is the hex of the base hash's bytes); `root_digest`
 //! is `null` when a file of that source changed while the lookup read it, `base_hash` when the
 //! base did not resolve, `input_digest` when either happened or a source was missing. Per source
-//! it keeps the Merkle root and row count, not the paths, so the file stays small whatever the
-//! tree's size (a changed source is named with its counts and roots, not its paths).
+//! it keeps the Merkle root and row count and, under `walk`, the lookup's walk log
+//! ([`crate::tree::WalkLog`], base64, ~70 bytes an entry before encoding: the file grows with
+//! the tree, ~95 bytes a file; it is read whole, up to 1 GiB) with its entry count
+//! and blake3 checksum.
 //!
-//! There is no checksum, on purpose: the put always records what its own walk sees; the record
-//! can only make it refuse. A damaged or edited record can make a put fail, never make it store
-//! something its walk did not see. The file is written to a temporary name in the same
-//! directory, synced and renamed (mode 0600), so a reader never sees half a record.
+//! The put always records what its own walk sees. The walk log is that walk's stat cache: a
+//! file whose stat data (type, mode, owner, size, inode, device, mtime, ctime) is unchanged
+//! since the lookup logged it, and whose logged row is not racy, is not read again by the put
+//! (so `lookup --record` + `put --from` read every file once), and the put's walk is compared
+//! with the log path by path, naming what changed. A walk log whose checksum does not match
+//! (damaged, edited) is not used: the put then reads every file and compares the root and row
+//! count. The checksum guards against damage, not against edits: a log edited with its blake3
+//! recomputed supplies digests the put does not read, and the put would store them. So the
+//! record file is trusted like the database itself (same user; the lookup writes it 0600): keep
+//! it in a directory only the builder writes, never at a shared path others can replace. The
+//! file is written to a temporary name in the same directory, synced and renamed (mode 0600),
+//! so a reader never sees half a record.
 //!
 //! Must never: be produced by a lookup that observed nothing (a record exists only through a
 //! [`BuildLookup`](super::BuildLookup)), or be read without a size limit.
@@ -36,7 +47,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use base64::Engine;
+
 use crate::error::{Error, Result};
+use crate::tree::SealedLog;
 
 use super::{Observed, Seen, SourceRole};
 
@@ -44,8 +58,9 @@ use super::{Observed, Seen, SourceRole};
 pub const RECORD_VERSION: u32 = 1;
 /// The `format` field of every lookup record.
 const FORMAT: &str = "layercache lookup record";
-/// The largest record file read (a record is O(sources), not O(files)).
-const RECORD_LIMIT: u64 = 16 << 20;
+/// The largest record file read: with its walk logs a record grows with the tree (~95 bytes a
+/// file, so ~95 MB for 10^6 files).
+pub const RECORD_LIMIT: u64 = 1 << 30;
 
 /// What a build's lookup of one layer saw, as a value a put in another process can check
 /// against ([`Session::put_recorded`](super::Session::put_recorded)): the definition digest,
@@ -81,6 +96,48 @@ struct RecordedSource {
     #[serde(with = "hex32_opt")]
     root_digest: Option<[u8; 32]>,
     row_count: u64,
+    /// The lookup's walk log; absent when it kept none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    walk: Option<RecordedWalk>,
+}
+
+/// A lookup's walk log in a record: its entry count, the blake3 of its bytes, and the bytes
+/// in base64.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecordedWalk {
+    entries: u64,
+    #[serde(with = "hex32")]
+    blake3: [u8; 32],
+    log: String,
+}
+
+impl RecordedWalk {
+    fn of(log: &SealedLog) -> RecordedWalk {
+        RecordedWalk {
+            entries: log.len(),
+            blake3: *blake3::hash(log.as_bytes()).as_bytes(),
+            log: base64::engine::general_purpose::STANDARD.encode(log.as_bytes()),
+        }
+    }
+
+    /// The log, when it decodes and its checksum matches; else `None` (then nothing of it is
+    /// used).
+    fn log(&self, layer: &str, key: &str) -> Option<SealedLog> {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(&self.log)
+            .ok()
+            .filter(|b| *blake3::hash(b).as_bytes() == self.blake3);
+        if bytes.is_none() {
+            tracing::warn!(
+                layer,
+                source = key,
+                "the walk log in the lookup record does not match its checksum; the put reads \
+                 every file of this source"
+            );
+        }
+        bytes.map(|b| SealedLog::from_bytes(b, self.entries))
+    }
 }
 
 impl LookupRecord {
@@ -105,6 +162,7 @@ impl LookupRecord {
                     key: o.key.clone(),
                     root_digest: o.root_digest,
                     row_count: o.row_count,
+                    walk: o.log.as_ref().map(RecordedWalk::of),
                 })
                 .collect(),
         }
@@ -120,7 +178,8 @@ impl LookupRecord {
         self.input_digest
     }
 
-    /// What the put compares with: the record as a lookup's observation without paths.
+    /// What the put compares with: the record as a lookup's observation (with its walk logs
+    /// where they are sound).
     pub(super) fn seen(&self) -> Seen {
         Seen {
             definition_digest: self.definition_digest,
@@ -138,7 +197,7 @@ impl LookupRecord {
                     key: s.key.clone(),
                     root_digest: s.root_digest,
                     row_count: s.row_count,
-                    rows: None,
+                    log: s.walk.as_ref().and_then(|w| w.log(&self.layer, &s.key)),
                 })
                 .collect(),
         }
@@ -172,8 +231,8 @@ impl LookupRecord {
     }
 
     /// Reads a record written by [`LookupRecord::write`]. A file that is not a regular file, is
-    /// larger than 16 MiB, is not such a JSON object, or is of another format version is
-    /// refused with [`Error::Parse`] naming it.
+    /// larger than 1 GiB, is not such a JSON object, or is of another format version is refused
+    /// with [`Error::Parse`] naming it.
     pub fn read(path: &Path) -> Result<LookupRecord> {
         let meta = std::fs::metadata(path)
             .map_err(|e| Error::io("cannot read the lookup record", path, e))?;
@@ -332,6 +391,7 @@ mod tests {
                 key: "src".to_string(),
                 root_digest: Some([9; 32]),
                 row_count: 3,
+                walk: None,
             }],
         }
     }

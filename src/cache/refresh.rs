@@ -24,50 +24,56 @@ use crate::diff::compare_rows;
 use crate::error::{DbResultExt, Result};
 use crate::failpoint::crash_point;
 use crate::path::RelPath;
-use crate::schema::{LayerRecord, ROWS, Row, RowStat, VersionRecord};
+use crate::schema::{LayerRecord, ROWS, Row, VersionRecord};
 use crate::store::rows::{RowRange, decode_row, encode_row};
 use crate::store::versions;
 use crate::tree::fastpath;
-use crate::tree::{TreeWalk, WalkedEntry};
+use crate::tree::{LoggedEntry, TreeWalk, WalkLog, WalkedEntry};
 
-use super::source::{SourceRole, WalkedTree, cached_sources, compared_digest};
+use super::source::{SourceRole, WalkedTree, cached_sources};
 use super::{Session, SourceId, now_ms};
 
 /// Rows refreshed per write transaction.
 pub(super) const REFRESH_BATCH: usize = 65_536;
 
 /// Rows whose stat data a hit will bring up to date, kept compact (a touched 10^6-file tree
-/// holds one item per file until the lookup ends): source index, path key, the stat the
-/// digest was verified under, and that digest.
+/// holds one item per file until the lookup ends): per source, the verified entries in a
+/// [`WalkLog`] (~70 bytes an entry with prefix-compressed keys, one buffer per source; a
+/// `Vec` of boxed keys, stat data and digests took ~150 with an allocation per item). The row
+/// logged is the one the lookup verified equal to the stored row, so the stored row must
+/// still be [`Row::compared_eq`] to it, and its stat data is what gets written.
 #[derive(Debug, Default)]
 pub(super) struct RefreshList {
-    sources: Vec<String>,
-    items: Vec<RefreshItem>,
+    sources: Vec<(String, WalkLog)>,
 }
-
-/// (source index, path key, stat, [`compared_digest`] of the verified row).
-type RefreshItem = (u32, Box<[u8]>, RowStat, [u8; 32]);
 
 impl RefreshList {
     /// Registers the rows-table name of a source; returns its index for [`Self::consider`].
     pub(super) fn add_source(&mut self, row_source: String) -> u32 {
-        self.sources.push(row_source);
+        self.sources.push((row_source, WalkLog::new()));
         (self.sources.len() - 1) as u32
     }
 
     /// Queues `e` when it should refresh `stored` (see [`worth_refreshing`]).
     pub(super) fn consider(&mut self, src: u32, stored: &Row, e: &WalkedEntry) {
         if worth_refreshing(stored, e)
-            && let Some(stat) = e.row.stat
+            && e.row.stat.is_some()
+            && let Some((_, log)) = self.sources.get_mut(src as usize)
         {
-            self.items
-                .push((src, e.path.key().into(), stat, compared_digest(&e.row)));
+            log.push(e);
         }
     }
 
     /// True when nothing is queued.
     pub(super) fn is_empty(&self) -> bool {
-        self.items.is_empty()
+        self.sources.iter().all(|(_, log)| log.is_empty())
+    }
+
+    /// The queued entries with their rows-table source name, source by source in walk order.
+    fn items(&self) -> impl Iterator<Item = (&str, LoggedEntry)> + '_ {
+        self.sources
+            .iter()
+            .flat_map(|(s, log)| log.entries().map(move |e| (s.as_str(), e)))
     }
 }
 
@@ -155,12 +161,11 @@ impl Session<'_> {
         // Each refreshed row is true on its own (this stat, this verified digest), so the rows
         // are written in batches of their own transactions: a refresh of 10^6 touched files
         // never holds all of redb's dirty pages at once.
-        let mut batches = refresh.items.chunks(REFRESH_BATCH).peekable();
-        if batches.peek().is_none() && touch.is_none() {
+        let mut items = refresh.items().peekable();
+        if items.peek().is_none() && touch.is_none() {
             return Ok(());
         }
         loop {
-            let batch = batches.next().unwrap_or(&[]);
             crash_point!("refresh::before_batch");
             // Optional: never wait for another process's write.
             let Some(txn) = store.try_begin_write()? else {
@@ -174,11 +179,11 @@ impl Session<'_> {
             if let Some(d) = touch.take() {
                 versions::touch(&txn, path, layer, d, now_ms())?;
             }
-            done += apply_refresh(path, &txn, layer, &refresh.sources, batch)?;
+            done += apply_refresh(path, &txn, layer, items.by_ref().take(REFRESH_BATCH))?;
             crash_point!("refresh::before_commit");
             txn.commit().db(path)?;
             crash_point!("refresh::after_commit");
-            if batches.peek().is_none() {
+            if items.peek().is_none() {
                 break;
             }
         }
@@ -278,7 +283,7 @@ impl Session<'_> {
                 }
             }
         }
-        let done = apply_refresh(path, &txn, layer, &refresh.sources, &refresh.items)?;
+        let done = apply_refresh(path, &txn, layer, refresh.items())?;
         let generation = sw.from.as_ref().map_or(0, |p| p.generation).wrapping_add(1);
         versions::write_pointer(
             &txn,
@@ -359,32 +364,31 @@ fn rec_source_path<'a>(
 
 /// Writes the new stat data of one batch of refresh items inside `txn`, each only onto a row
 /// still equal to the one verified. Returns the rows written.
-fn apply_refresh(
+fn apply_refresh<'a>(
     path: &std::path::Path,
     txn: &redb::WriteTransaction,
     layer: &str,
-    sources: &[String],
-    batch: &[RefreshItem],
+    batch: impl Iterator<Item = (&'a str, LoggedEntry)>,
 ) -> Result<u64> {
     let mut rows = txn.open_table(ROWS).db(path)?;
     let mut done = 0;
-    for (src, key, stat, verified) in batch {
-        let Some(source) = sources.get(*src as usize) else {
+    for (source, item) in batch {
+        let Some(stat) = item.row.stat else {
             continue;
         };
-        let rel = RelPath::from_key(key);
+        let key = item.path.key();
         let current = rows
-            .get((layer, source.as_str(), &key[..]))
+            .get((layer, source, key))
             .db(path)?
-            .and_then(|v| decode_row(path, &rel, v.value()).ok());
+            .and_then(|v| decode_row(path, &item.path, v.value()).ok());
         // Only a row still equal, in every compared property, to what this lookup verified on
         // disk gets the new stat data.
-        let Some(mut row) = current.filter(|r| compared_digest(r) == *verified) else {
+        let Some(mut row) = current.filter(|r| r.compared_eq(&item.row)) else {
             continue;
         };
-        row.stat = Some(*stat);
-        let bytes = encode_row(path, &rel, &row)?;
-        rows.insert((layer, source.as_str(), &key[..]), bytes.as_slice())
+        row.stat = Some(stat);
+        let bytes = encode_row(path, &item.path, &row)?;
+        rows.insert((layer, source, key), bytes.as_slice())
             .db(path)?;
         done += 1;
     }
@@ -395,6 +399,7 @@ fn apply_refresh(
 mod tests {
     use super::*;
     use crate::schema::EntryKind;
+    use crate::schema::RowStat;
     use crate::tree::StatData;
 
     fn file_row(stat: RowStat) -> Row {

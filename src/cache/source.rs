@@ -5,8 +5,8 @@
 //! `overlay:KEY` in the rows table, `import` / `overlay_dir` in messages, and the miss reasons
 //! of each role); the cached sources of a layer; [`SourceCheck`], which walks one source and
 //! diffs it against its stored rows; the tee that feeds the walk's stat fast path and the diff
-//! from one range scan; [`Observed`], what a lookup saw for a later put; and the two row digests
-//! a lookup keeps ([`compared_digest`], [`observation_digest`]).
+//! from one range scan; [`Observed`], what a lookup saw for a later put (its walk log), and how a
+//! put's entry is compared with it ([`same_as_observed`]).
 //!
 //! Must never: write to the database, or decide what stat data vouches for (that is
 //! [`crate::tree::fastpath`]).
@@ -16,6 +16,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::path::Path;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -26,7 +27,10 @@ use crate::path::{RelPath, escape_bytes, show_path};
 use crate::reason::MissReason;
 use crate::schema::{EntryKind, Row, SourceSummary, VersionRecord};
 use crate::store::{RowIter, Store};
-use crate::tree::{FastPath, TreeHasher, TreeWalk, WalkCounters, WalkedEntry, fastpath};
+use crate::tree::{
+    FastPath, Progress, SealedLog, TreeHasher, TreeWalk, WalkCounters, WalkLog, WalkedEntry,
+    fastpath,
+};
 
 use super::refresh::RefreshList;
 
@@ -214,12 +218,12 @@ pub(super) fn summaries(rec: &VersionRecord, role: SourceRole) -> &[SourceSummar
     }
 }
 
-/// A path key and the [`observation_digest`] of what was seen there.
-pub(super) type ObservedRow = (Box<[u8]>, [u8; 32]);
-
-/// What a lookup saw of one source: its Merkle root and row count and, within one process, the
-/// row hash of every path in key order. Put compares its own walk against it, so inputs that
-/// change between lookup and put are caught (and, with the paths, named).
+/// What a lookup saw of one source: its Merkle root and row count and a compact copy of its
+/// walk ([`SealedLog`]: every path's row with the stat data it was taken under, in key order).
+/// Put walks the source again with the log as its stat cache (a file whose stat data is
+/// unchanged since the lookup hashed it, and not racy under [`crate::tree::fastpath`], is not
+/// read again) and compares its own walk against it, so inputs that change between lookup and
+/// put are caught and named.
 #[derive(Debug, Clone)]
 pub struct Observed {
     /// Import or overlay dir.
@@ -231,10 +235,22 @@ pub struct Observed {
     pub root_digest: Option<[u8; 32]>,
     /// Rows walked.
     pub row_count: u64,
-    /// (path key, row hash) in key order; boxed keys keep a 10^6-path observation small.
-    /// `None` when read back from a [`LookupRecord`](super::LookupRecord), which keeps roots
-    /// only: the put then compares the root and row count.
-    pub(super) rows: Option<Vec<ObservedRow>>,
+    /// The walk, entry by entry (~70 bytes an entry, one allocation). `None` when read back
+    /// from a [`LookupRecord`](super::LookupRecord) without a sound walk log: the put then
+    /// reads every file and compares the root and row count.
+    pub(super) log: Option<SealedLog>,
+}
+
+impl Observed {
+    /// Entries the lookup walked and kept (0 when it kept no walk log).
+    pub fn logged_entries(&self) -> u64 {
+        self.log.as_ref().map_or(0, SealedLog::len)
+    }
+
+    /// Bytes the kept walk log takes in memory.
+    pub fn logged_bytes(&self) -> usize {
+        self.log.as_ref().map_or(0, SealedLog::bytes)
+    }
 }
 
 /// A stored row whose stat data matched the file on disk (so the fast path would have reused
@@ -248,21 +264,11 @@ pub struct LyingRow {
     pub path: RelPath,
 }
 
-/// blake3 of every compared property of a row ([`Row::hash_into`]): equal for two rows exactly
-/// when a diff finds nothing between them. Stat data is not covered.
-pub(super) fn compared_digest(row: &Row) -> [u8; 32] {
-    let mut h = blake3::Hasher::new();
-    row.hash_into(&mut h);
-    *h.finalize().as_bytes()
-}
-
-/// The [`compared_digest`] a lookup observes for a walked entry; an entry that changed while it
-/// was read gets a value no later walk produces, so a put never takes it as unchanged.
-pub(super) fn observation_digest(e: &WalkedEntry) -> [u8; 32] {
-    if e.unstable {
-        return [0xff; 32];
-    }
-    compared_digest(&e.row)
+/// True when a put's walked entry equals what the lookup observed of the same path: both
+/// stable and equal in every compared property. An entry that changed while either walk read
+/// it is never taken as unchanged.
+pub(super) fn same_as_observed(seen: &Row, seen_unstable: bool, now: &WalkedEntry) -> bool {
+    !seen_unstable && !now.unstable && seen.compared_eq(&now.row)
 }
 
 /// Walks one source of a layer: diffs it against its stored rows when `summary` is given,
@@ -284,6 +290,8 @@ pub(super) struct SourceCheck<'s> {
     /// Hash every file whatever its stat data, and report stored rows whose stat data matched
     /// while the content differed.
     pub(super) verify: bool,
+    /// Where the walks report their work (see [`Progress`]).
+    pub(super) progress: &'s Arc<Progress>,
 }
 
 /// What [`SourceCheck::run`] found.
@@ -331,7 +339,7 @@ struct Recorder<'r> {
     observe: bool,
     verify: bool,
     lied: Vec<RelPath>,
-    rows: Vec<ObservedRow>,
+    log: WalkLog,
     refresh: &'r mut RefreshList,
     src_index: u32,
     hasher: TreeHasher,
@@ -343,7 +351,7 @@ struct Recorder<'r> {
 impl Recorder<'_> {
     fn record(&mut self, e: &WalkedEntry, stored: Option<&Row>) {
         if self.observe {
-            self.rows.push((e.path.key().into(), observation_digest(e)));
+            self.log.push(e);
         }
         self.hasher.push(&e.path, &e.row);
         if e.path.is_root() {
@@ -356,7 +364,7 @@ impl Recorder<'_> {
                     self.lied.push(e.path.clone());
                 }
                 self.refresh.consider(self.src_index, stored, e);
-                if compared_digest(stored) != compared_digest(&e.row) {
+                if !stored.compared_eq(&e.row) {
                     self.upserts.push((e.path.key().into(), e.row.clone()));
                 }
             }
@@ -366,7 +374,7 @@ impl Recorder<'_> {
 
     /// Forgets what was recorded of the walk so far (not the refresh queue), for a walk again.
     fn restart(&mut self) {
-        self.rows.clear();
+        self.log = WalkLog::new();
         self.hasher = TreeHasher::new();
         self.root_kind = None;
         self.unstable = false;
@@ -378,8 +386,7 @@ impl Recorder<'_> {
         for e in walk.by_ref() {
             let e = e?;
             if self.observe {
-                self.rows
-                    .push((e.path.key().into(), observation_digest(&e)));
+                self.log.push(&e);
             }
             self.hasher.push(&e.path, &e.row);
             if e.path.is_root() {
@@ -435,7 +442,7 @@ impl SourceCheck<'_> {
             observe: self.observe,
             verify: self.verify,
             lied: Vec::new(),
-            rows: Vec::new(),
+            log: WalkLog::new(),
             src_index: refresh.add_source(sid.clone()),
             refresh,
             hasher: TreeHasher::new(),
@@ -455,11 +462,14 @@ impl SourceCheck<'_> {
                 } else {
                     TreeWalk::with_prior(path, Box::new(for_walk))?
                 };
+                walk.report_to(Arc::clone(self.progress));
+                self.progress.expect(summary.rows);
                 let c = self.compare(summary, kind_now, for_diff, &mut walk, &mut rec)?;
                 (c, walk.counters())
             }
             None => {
                 let mut walk = TreeWalk::new(path)?;
+                walk.report_to(Arc::clone(self.progress));
                 rec.drain(&mut walk)?;
                 let c = Compared {
                     reason: None,
@@ -496,7 +506,7 @@ impl SourceCheck<'_> {
                 key: id.key.to_string(),
                 root_digest: (!rec.unstable).then_some(root),
                 row_count: rows,
-                rows: Some(std::mem::take(&mut rec.rows)),
+                log: Some(std::mem::take(&mut rec.log).seal()),
             })
         } else {
             Some(Observed {
@@ -504,7 +514,7 @@ impl SourceCheck<'_> {
                 key: id.key.to_string(),
                 root_digest: (!rec.unstable).then_some(root_digest),
                 row_count,
-                rows: Some(std::mem::take(&mut rec.rows)),
+                log: Some(std::mem::take(&mut rec.log).seal()),
             })
         };
         let lied = rec

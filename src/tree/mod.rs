@@ -9,10 +9,14 @@
 //! Must never: write to the database, compare rows (that is [`crate::diff`]), open a FIFO,
 //! socket or device node, or follow a symlink below the root.
 //!
-//! The walk thread only enumerates names (`readdir`, sorted, symlinks never followed). Everything
-//! per entry — `lstat`, `readlink`, `llistxattr`, and hashing regular files — runs in parallel on
-//! rayon, one task per entry, over a bounded window of entries (a *chunk*), so memory is bounded
-//! by the window, not the tree, and entries come out in walk order.
+//! Names come in key order from an [`Enumerator`]: by default the ordered parallel walker
+//! ([`walker`]: directories read on the rayon pool with one `fstatat` per entry relative to the
+//! directory's fd), or walkdir on a thread of its own (sorted `readdir`). Everything else per
+//! entry — the `lstat` when the enumerator gave none, `readlink`, `llistxattr`, and hashing
+//! regular files — runs in parallel on rayon, one task per entry, over a bounded window of
+//! entries (a *chunk*), so memory is bounded by the window, not the tree, and entries come out
+//! in walk order. An entry the stat fast path fully vouches for costs no path syscall and no
+//! allocation beyond its path and row.
 //!
 //! With prior rows (the stored rows of the same tree, [`TreeWalk::with_prior`]), the stat fast
 //! path skips work: the xattrs and link target of an entry whose prior row
@@ -29,8 +33,12 @@
 
 pub mod fastpath;
 mod hash;
+pub mod log;
 mod merkle;
+pub mod progress;
+pub mod walker;
 
+use std::cell::OnceCell;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -47,7 +55,10 @@ use crate::schema::{EntryKind, Row, RowStat};
 pub use fastpath::FastPath;
 use fastpath::coarse_now_ns;
 pub(crate) use hash::{hash_file, hash_path};
+pub use log::{LogReader, LoggedEntry, SealedLog, WalkLog};
 pub use merkle::TreeHasher;
+pub use progress::{Progress, ProgressSnapshot};
+pub use walker::{Enumerator, Lstat, OrderedDirs};
 
 /// Entries per parallel window.
 #[cfg(not(test))]
@@ -121,6 +132,17 @@ pub struct WalkCounters {
 }
 
 impl WalkCounters {
+    /// The work done since `earlier` (a copy of these counters taken before).
+    pub fn since(&self, earlier: &WalkCounters) -> WalkCounters {
+        WalkCounters {
+            entries_walked: self.entries_walked.saturating_sub(earlier.entries_walked),
+            files_hashed: self.files_hashed.saturating_sub(earlier.files_hashed),
+            bytes_hashed: self.bytes_hashed.saturating_sub(earlier.bytes_hashed),
+            stat_matched: self.stat_matched.saturating_sub(earlier.stat_matched),
+            racy: self.racy.saturating_sub(earlier.racy),
+        }
+    }
+
     /// Adds another set of counters to this one.
     pub fn add(&mut self, o: &WalkCounters) {
         self.entries_walked += o.entries_walked;
@@ -137,33 +159,65 @@ pub type PriorRows = Box<dyn Iterator<Item = Result<(RelPath, Row)>>>;
 /// What describing one window produced, in walk order.
 type Described = Vec<Result<(WalkedEntry, Work)>>;
 
-/// Enumerates names, a window at a time, with walkdir (sorted, symlinks never followed).
-struct NameSource {
-    root: PathBuf,
-    inner: walkdir::IntoIter,
+/// A name and, from the ordered parallel walker, the lstat it was seen under (walkdir gives
+/// none: the entry is then `lstat`ed by its full path when described).
+type Named = (RelPath, Option<Lstat>);
+
+/// Enumerates names, a window at a time, in walk order (symlinks below the root never
+/// followed).
+enum NameSource {
+    /// walkdir, sorted.
+    Walkdir {
+        root: PathBuf,
+        inner: walkdir::IntoIter,
+    },
+    /// The ordered parallel walker.
+    Parallel(OrderedDirs),
 }
 
 impl NameSource {
+    fn new(root: &Path, how: Enumerator) -> Self {
+        match how {
+            Enumerator::Walkdir => NameSource::Walkdir {
+                root: root.to_path_buf(),
+                inner: walkdir::WalkDir::new(root)
+                    .follow_links(false)
+                    .follow_root_links(true)
+                    .sort_by(|a, b| a.file_name().as_bytes().cmp(b.file_name().as_bytes()))
+                    .into_iter(),
+            },
+            Enumerator::Parallel => NameSource::Parallel(OrderedDirs::new(root)),
+        }
+    }
+
     /// The next window of names, in walk order; empty at the end.
-    fn next_names(&mut self) -> Result<Vec<RelPath>> {
+    fn next_names(&mut self) -> Result<Vec<Named>> {
         let mut names = Vec::with_capacity(CHUNK_ENTRIES);
         while names.len() < CHUNK_ENTRIES {
-            match self.inner.next() {
-                None => break,
-                Some(Ok(ent)) => {
-                    let rel = ent.path().strip_prefix(&self.root).unwrap_or(ent.path());
-                    names.push(RelPath::from_slash_bytes(rel.as_os_str().as_bytes()));
-                }
-                Some(Err(e)) => {
-                    let path = e
-                        .path()
-                        .map(Path::to_path_buf)
-                        .unwrap_or_else(|| self.root.clone());
-                    let io = e
-                        .into_io_error()
-                        .unwrap_or_else(|| std::io::Error::other("walk error"));
-                    return Err(Error::io("cannot read directory", path, io));
-                }
+            match self {
+                NameSource::Parallel(w) => match w.next() {
+                    None => break,
+                    Some(Ok((p, l))) => names.push((p, Some(l))),
+                    Some(Err(e)) => return Err(e),
+                },
+                NameSource::Walkdir { root, inner } => match inner.next() {
+                    None => break,
+                    Some(Ok(ent)) => {
+                        let rel = ent.path().strip_prefix(&*root).unwrap_or(ent.path());
+                        let rel = RelPath::from_slash_bytes(rel.as_os_str().as_bytes());
+                        names.push((rel, None));
+                    }
+                    Some(Err(e)) => {
+                        let path = e
+                            .path()
+                            .map(Path::to_path_buf)
+                            .unwrap_or_else(|| root.clone());
+                        let io = e
+                            .into_io_error()
+                            .unwrap_or_else(|| std::io::Error::other("walk error"));
+                        return Err(Error::io("cannot read directory", path, io));
+                    }
+                },
             }
         }
         Ok(names)
@@ -171,7 +225,7 @@ impl NameSource {
 }
 
 /// Windows of names sent by the enumerating thread.
-type NameReceiver = Receiver<Result<Vec<RelPath>>>;
+type NameReceiver = Receiver<Result<Vec<Named>>>;
 
 /// Where the next window of names comes from: the walk's own thread for the first window (a
 /// small tree never starts a thread), then a dedicated enumerating thread that reads ahead.
@@ -211,6 +265,7 @@ pub struct TreeWalk {
     failed: bool,
     prior: Option<std::iter::Peekable<PriorRows>>,
     snapshot_ns: i64,
+    progress: Option<Arc<Progress>>,
 }
 
 impl TreeWalk {
@@ -219,24 +274,26 @@ impl TreeWalk {
     /// named it; recording only the link would hide changes behind it); symlinks below the root
     /// are recorded, never followed.
     pub fn new(root: &Path) -> Result<Self> {
+        Self::with_enumerator(root, Enumerator::default())
+    }
+
+    /// [`TreeWalk::new`] with a chosen walker: both yield the same entries, described the
+    /// same, in the same order (`tests/walkers.rs`).
+    pub fn with_enumerator(root: &Path, how: Enumerator) -> Result<Self> {
+        // The snapshot is taken before anything of the tree is seen (the racy rule needs it
+        // no later than every stat of the walk).
+        let snapshot_ns = coarse_now_ns();
         std::fs::metadata(root).map_err(|e| Error::io("cannot stat", root, e))?;
-        let inner = walkdir::WalkDir::new(root)
-            .follow_links(false)
-            .follow_root_links(true)
-            .sort_by(|a, b| a.file_name().as_bytes().cmp(b.file_name().as_bytes()))
-            .into_iter();
         Ok(TreeWalk {
             root: Arc::from(root),
-            names: Names::Inline(Box::new(NameSource {
-                root: root.to_path_buf(),
-                inner,
-            })),
+            names: Names::Inline(Box::new(NameSource::new(root, how))),
             pending: None,
             buffer: Vec::new().into_iter(),
             counters: WalkCounters::default(),
             failed: false,
             prior: None,
-            snapshot_ns: coarse_now_ns(),
+            snapshot_ns,
+            progress: None,
         })
     }
 
@@ -246,8 +303,19 @@ impl TreeWalk {
     /// hashed).
     pub fn with_prior(root: &Path, prior: PriorRows) -> Result<Self> {
         let mut w = Self::new(root)?;
-        w.prior = Some(prior.peekable());
+        w.set_prior(prior);
         Ok(w)
+    }
+
+    /// Gives a walk that has not yielded anything yet its prior rows (see
+    /// [`TreeWalk::with_prior`]).
+    pub fn set_prior(&mut self, prior: PriorRows) {
+        self.prior = Some(prior.peekable());
+    }
+
+    /// Adds this walk's work to `progress`, once per window of entries (not per entry).
+    pub fn report_to(&mut self, progress: Arc<Progress>) {
+        self.progress = Some(progress);
     }
 
     /// The moment this walk began, from the coarse real-time clock the kernel stamps files
@@ -257,13 +325,13 @@ impl TreeWalk {
     }
 
     /// For each name of a window (in key order), the prior row of the same path, if any.
-    fn priors_for(&mut self, names: &[RelPath]) -> Vec<Option<Row>> {
+    fn priors_for(&mut self, names: &[Named]) -> Vec<Option<Row>> {
         let Some(prior) = self.prior.as_mut() else {
             return vec![None; names.len()];
         };
         names
             .iter()
-            .map(|name| {
+            .map(|(name, _)| {
                 loop {
                     match prior.peek() {
                         Some(Ok((p, _))) if p < name => {
@@ -294,7 +362,7 @@ impl TreeWalk {
 
     /// Enumerates the next window of names, in walk order; empty at the end. After a first full
     /// window, enumeration moves to a thread of its own that reads ahead.
-    fn next_names(&mut self) -> Result<Vec<RelPath>> {
+    fn next_names(&mut self) -> Result<Vec<Named>> {
         match std::mem::replace(&mut self.names, Names::Done) {
             Names::Done => Ok(Vec::new()),
             Names::Thread(rx) => match rx.recv() {
@@ -388,6 +456,7 @@ impl TreeWalk {
         // The next window is enumerated and described while the caller consumes this one.
         self.pending = self.start_window();
         let mut out = Vec::with_capacity(results.len());
+        let before = self.counters;
         for r in results {
             match r {
                 Ok((entry, work)) => {
@@ -410,6 +479,9 @@ impl TreeWalk {
                 }
             }
         }
+        if let Some(p) = &self.progress {
+            p.add(&self.counters.since(&before));
+        }
         Some(Ok(out))
     }
 }
@@ -418,7 +490,7 @@ impl TreeWalk {
 /// empty window. Gives the source back if no thread can be started (the walk then enumerates
 /// inline).
 fn read_ahead(src: Box<NameSource>) -> std::result::Result<NameReceiver, Box<NameSource>> {
-    let (tx, rx) = sync_channel::<Result<Vec<RelPath>>>(2);
+    let (tx, rx) = sync_channel::<Result<Vec<Named>>>(2);
     let slot = Arc::new(std::sync::Mutex::new(Some(src)));
     let theirs = Arc::clone(&slot);
     let spawned = std::thread::Builder::new()
@@ -450,14 +522,14 @@ fn read_ahead(src: Box<NameSource>) -> std::result::Result<NameReceiver, Box<Nam
 /// Describes a window in parallel, one rayon task per entry, keeping walk order.
 fn describe_all(
     root: &Path,
-    names: Vec<RelPath>,
+    names: Vec<Named>,
     priors: Vec<Option<Row>>,
     snapshot_ns: i64,
 ) -> Described {
     names
         .into_par_iter()
         .zip(priors)
-        .map(|(path, prior)| describe(root, path, prior.as_ref(), snapshot_ns))
+        .map(|((path, seen), prior)| describe(root, path, seen, prior, snapshot_ns))
         .collect()
 }
 
@@ -543,39 +615,69 @@ enum Work {
     Hashed { bytes: u64, racy: bool },
 }
 
-/// lstat, readlink, xattrs, and the content digest of one entry (reused from `prior` when the
-/// stat fast path allows).
+/// Where one entry is: its path under the root, made (one allocation) only when a syscall by
+/// path needs it — never for an entry the enumerator stated and the prior row fully vouches for.
+struct Located<'a> {
+    root: &'a Path,
+    path: &'a RelPath,
+    abs: OnceCell<PathBuf>,
+}
+
+impl Located<'_> {
+    fn abs(&self) -> &Path {
+        self.abs.get_or_init(|| self.path.under(self.root))
+    }
+}
+
+/// The lstat of one entry by its full path (the root through a symlink, as the walk does).
+fn lstat_path(at: &Located<'_>) -> Result<Lstat> {
+    let abs = at.abs();
+    let meta = if at.path.is_root() {
+        std::fs::metadata(abs)
+    } else {
+        std::fs::symlink_metadata(abs)
+    };
+    match meta {
+        Ok(m) => Ok(Lstat::of(&m)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::ChangedWhileReading {
+            path: abs.to_path_buf(),
+        }),
+        Err(e) => Err(Error::io("cannot stat", abs, e)),
+    }
+}
+
+/// readlink, xattrs, and the content digest of one entry (reused from `prior` when the stat
+/// fast path allows), from the lstat the enumerator took (`seen`) or, if it took none, one
+/// taken here.
 fn describe(
     root: &Path,
     path: RelPath,
-    prior: Option<&Row>,
+    seen: Option<Lstat>,
+    prior: Option<Row>,
     snapshot_ns: i64,
 ) -> Result<(WalkedEntry, Work)> {
-    let abs = path.under(root);
-    let follow = path.is_root();
-    let meta = if follow {
-        std::fs::metadata(&abs)
-    } else {
-        std::fs::symlink_metadata(&abs)
+    let at = Located {
+        root,
+        path: &path,
+        abs: OnceCell::new(),
     };
-    let meta = meta.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            Error::ChangedWhileReading { path: abs.clone() }
-        } else {
-            Error::io("cannot stat", &abs, e)
-        }
-    })?;
-    let kind = kind_of(meta.file_type());
-    let stat = StatData::of(&meta);
-    let (link_target, xattrs) = link_and_xattrs(&abs, kind, &stat, prior, follow)?;
+    let follow = path.is_root();
+    let meta = match seen {
+        Some(l) => l,
+        None => lstat_path(&at)?,
+    };
+    let kind = meta.kind;
+    let stat = meta.stat;
+    let mut prior = prior;
+    let (link_target, xattrs) = link_and_xattrs(&at, kind, &stat, prior.as_mut(), follow)?;
     let mut row = Row {
         kind,
-        mode: meta.mode() & 0o7777,
-        uid: meta.uid(),
-        gid: meta.gid(),
-        size: meta.size(),
+        mode: meta.mode,
+        uid: meta.uid,
+        gid: meta.gid,
+        size: stat.size,
         rdev: if matches!(kind, EntryKind::CharDevice | EntryKind::BlockDevice) {
-            meta.rdev()
+            meta.rdev
         } else {
             0
         },
@@ -592,14 +694,16 @@ fn describe(
     };
     let (mut unstable, mut work) = (false, Work::None);
     if kind == EntryKind::File {
-        let fast = prior.map_or(FastPath::Stale, |p| fastpath::content(p, &row, &stat));
-        match (fast, prior) {
+        let fast = prior
+            .as_ref()
+            .map_or(FastPath::Stale, |p| fastpath::content(p, &row, &stat));
+        match (fast, prior.as_ref()) {
             (FastPath::Reuse, Some(p)) => {
                 row.digest = p.digest;
                 work = Work::StatMatched;
             }
             _ => {
-                let hashed = hash_file(&abs, &stat, follow)?;
+                let hashed = hash_file(at.abs(), &stat, follow)?;
                 unstable = hashed.is_none();
                 let (digest, bytes) = hashed.unwrap_or(([0; 32], 0));
                 row.digest = digest;
@@ -624,28 +728,31 @@ fn describe(
 /// Extended attributes as recorded: (name, value), sorted by name.
 type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
 
-/// The link target and xattrs of an entry, taken from `prior` when its row
-/// [vouches for them](fastpath::vouches_for_metadata) (no second path syscall), else read
+/// The link target and xattrs of an entry, moved out of `prior` when its row
+/// [vouches for them](fastpath::vouches_for_metadata) (no path syscall, no copy), else read
 /// (through a symlink when `follow`, as for the root; `stat` was taken the same way).
 fn link_and_xattrs(
-    abs: &Path,
+    at: &Located<'_>,
     kind: EntryKind,
     stat: &StatData,
-    prior: Option<&Row>,
+    prior: Option<&mut Row>,
     follow: bool,
 ) -> Result<(Vec<u8>, Xattrs)> {
     if let Some(p) = prior.filter(|p| fastpath::vouches_for_metadata(p, kind, stat)) {
-        return Ok((p.link_target.clone(), p.xattrs.clone()));
+        return Ok((
+            std::mem::take(&mut p.link_target),
+            std::mem::take(&mut p.xattrs),
+        ));
     }
     let link_target = if kind == EntryKind::Symlink {
-        std::fs::read_link(abs)
-            .map_err(|e| Error::io("cannot read symlink", abs, e))?
+        std::fs::read_link(at.abs())
+            .map_err(|e| Error::io("cannot read symlink", at.abs(), e))?
             .into_os_string()
             .into_vec()
     } else {
         Vec::new()
     };
-    Ok((link_target, read_xattrs(abs, follow)?))
+    Ok((link_target, read_xattrs(at.abs(), follow)?))
 }
 
 #[cfg(test)]

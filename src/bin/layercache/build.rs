@@ -23,6 +23,7 @@ use layercache::{
 use serde_json::json;
 
 use crate::output::{DbArgs, ReportFailed, emit};
+use crate::progress::Display;
 use crate::remote::{Link, RemoteArgs};
 use crate::signals;
 
@@ -129,6 +130,10 @@ pub fn lookup(args: LookupArgs, interrupt: Arc<AtomicBool>) -> anyhow::Result<Ex
     // without a build, so there is nothing to record for a put; verify is about local rows).
     let local_only = args.record.is_some() || args.verify;
     let remote = link.as_ref().and_then(Link::remote).filter(|_| !local_only);
+    let shown = Display::start(
+        &format!("lookup {}", escape_bytes(t.layer.as_bytes())),
+        Some(cache.progress()),
+    );
     let (result, source, failure) = match remote {
         // A remote hit is recorded locally, so the lookup observes what it walks for that put.
         Some(remote) => {
@@ -162,6 +167,7 @@ pub fn lookup(args: LookupArgs, interrupt: Arc<AtomicBool>) -> anyhow::Result<Ex
             (r, source, None)
         }
     };
+    shown.finish();
     signals::check(NOTHING_RECORDED)?;
     if let (Some(l), Some(f)) = (link.as_mut(), failure.as_ref()) {
         l.failed(f);
@@ -256,6 +262,10 @@ pub fn put(args: PutArgs, interrupt: Arc<AtomicBool>) -> anyhow::Result<ExitCode
     // With --inputs-as-of-now, this process looks up again (observing every source) and puts
     // what it sees now: a change during the build cannot be seen then.
     let context = || format!("cannot record layer {}", escape_bytes(t.layer.as_bytes()));
+    let shown = Display::start(
+        &format!("put {}", escape_bytes(t.layer.as_bytes())),
+        Some(cache.progress()),
+    );
     let (record, was_hit) = match &args.from {
         Some(from) => {
             let seen = LookupRecord::read(from)?;
@@ -280,6 +290,7 @@ pub fn put(args: PutArgs, interrupt: Arc<AtomicBool>) -> anyhow::Result<ExitCode
             (record, Some(seen.is_hit()))
         }
     };
+    shown.finish();
     let recorded = format!(
         "layer {} was recorded before stopping",
         escape_bytes(record.name.as_bytes())

@@ -74,7 +74,10 @@ pub fn gc(a: GcArgs, interrupt: Arc<AtomicBool>) -> anyhow::Result<ExitCode> {
     })?;
     crate::signals::check("nothing was changed")?;
     let layout = a.oci_layout.as_deref().filter(|_| a.delete_blobs);
-    let report = cache.gc(&policy, now, a.dry_run, layout)?;
+    let shown = crate::progress::Display::start(&format!("gc {}", a.out.db.display()), None);
+    let report = cache.gc(&policy, now, a.dry_run, layout);
+    shown.finish();
+    let report = report?;
     drop(cache);
     emit(a.out.json, &report, write_text)?;
     let done = if a.dry_run {

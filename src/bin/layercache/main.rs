@@ -12,6 +12,7 @@ mod gc;
 mod generate;
 mod migrate;
 mod output;
+mod progress;
 mod remote;
 mod signals;
 
@@ -43,6 +44,14 @@ use output::guarded;
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// Show no progress on stderr (`lookup`, `put`, `gc`, `migrate` show it by default when
+    /// stderr is a terminal).
+    #[arg(long, global = true)]
+    quiet: bool,
+    /// Show progress on stderr even when it is not a terminal (as plain lines, at most one a
+    /// second).
+    #[arg(long, global = true, conflicts_with = "quiet")]
+    progress: bool,
 }
 
 #[derive(Subcommand)]
@@ -85,6 +94,7 @@ fn main() -> ExitCode {
     output::init_logging();
     output::log_panics();
     let cli = Cli::parse();
+    progress::set_when(progress::When::from_flags(cli.quiet, cli.progress));
     let result = match cli.cmd {
         // Build steps handle SIGINT/SIGTERM (see `signals`); the read-only commands keep the
         // default action, since a killed reader leaves nothing to repair.

@@ -54,7 +54,10 @@ pub fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     crate::signals::check("nothing was changed")?;
-    let store = Store::open(&a.db)?;
+    let shown = crate::progress::Display::start(&format!("migrate {}", a.db.display()), None);
+    let store = Store::open(&a.db);
+    shown.finish();
+    let store = store?;
     let report = store.migration().cloned().unwrap_or(MigrationReport {
         from: version,
         to: version,

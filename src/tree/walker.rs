@@ -1,0 +1,501 @@
+//! Enumeration: the names of a tree in key order, each with the `lstat` it was seen under.
+//!
+//! Owns: [`Enumerator`] (which walker a [`super::TreeWalk`] uses), [`Lstat`] (what one `lstat`
+//! says about an entry), and [`OrderedDirs`], the parallel walker that yields in key order.
+//!
+//! Must never: follow a symlink below the root, open anything but directories (a FIFO, socket
+//! or device node is only `fstatat`ed), or yield out of key order.
+//!
+//! # The ordered parallel walker
+//!
+//! Reading a directory — `openat(O_DIRECTORY | O_NOFOLLOW)`, `getdents`, one `fstatat` per entry
+//! relative to the directory's fd (no full-path resolution per entry), sorting by name — is one
+//! job. The walk emits depth first in name order, which is the order of keys (where `/` sorts
+//! below every other byte, see [`crate::path`]), and reads ahead: each time it lists a
+//! directory it queues, on the rayon pool, reads of the subdirectories it will reach next (those
+//! of the innermost directory first, then of its parents), up to [`READ_AHEAD_DIRS`] queued at
+//! once. When the walk reaches a directory whose read has not started, it takes the job back and
+//! reads the directory itself, so it never waits for a job that is not running (it cannot stall
+//! behind other work on the pool, even when it runs on a pool thread itself). Memory is bounded
+//! by the listings of the directories on the current path plus the read-ahead window, not by the
+//! tree; each listing keeps its names in one buffer (one allocation per directory, not per
+//! entry).
+//!
+//! A directory replaced by a symlink (or anything else) between its parent's listing and its own
+//! read is [`Error::ChangedWhileReading`]: it is never followed. Errors carry the path and come
+//! in walk order: the directory that cannot be read is yielded first, then its error, and the
+//! walk ends — as [`super::TreeWalk`] does with walkdir.
+//!
+//! Paths are opened from the root by their full path, as walkdir does, so a tree deeper than
+//! `PATH_MAX` fails the same way with either walker (`ENAMETOOLONG`, naming the directory).
+
+use std::collections::VecDeque;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+
+use rustix::fs::{AtFlags, CWD, Dir, FileType, Mode, OFlags};
+
+use super::{StatData, kind_of};
+use crate::error::{Error, Result};
+use crate::path::RelPath;
+use crate::schema::EntryKind;
+
+/// Subdirectory reads queued ahead of the walk at most.
+pub const READ_AHEAD_DIRS: usize = 64;
+
+/// Which walker enumerates the names of a [`super::TreeWalk`]. Both yield the same entries in
+/// the same order, described the same (`tests/walkers.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Enumerator {
+    /// walkdir on a thread of its own (sorted `readdir`); each entry is then `lstat`ed by its
+    /// full path on the rayon pool.
+    Walkdir,
+    /// [`OrderedDirs`]: directories read on the rayon pool, one `fstatat` per entry relative to
+    /// its directory's fd, emitted in key order; its `lstat` is the one the entry is described
+    /// with (no second, full-path `lstat`).
+    #[default]
+    Parallel,
+}
+
+/// What one `lstat` says about an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lstat {
+    /// Its type.
+    pub kind: EntryKind,
+    /// `st_mode & 0o7777`: permission bits with setuid, setgid and sticky.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Device number (meaningful for device nodes).
+    pub rdev: u64,
+    /// Size, times, inode and device.
+    pub stat: StatData,
+}
+
+impl Lstat {
+    /// From the standard library's metadata.
+    pub fn of(m: &std::fs::Metadata) -> Self {
+        Lstat {
+            kind: kind_of(m.file_type()),
+            mode: m.mode() & 0o7777,
+            uid: m.uid(),
+            gid: m.gid(),
+            rdev: m.rdev(),
+            stat: StatData::of(m),
+        }
+    }
+
+    // The field types of `struct stat` differ across targets: the casts are not all no-ops.
+    #[allow(clippy::unnecessary_cast)]
+    fn of_raw(s: &rustix::fs::Stat) -> Self {
+        let kind = match FileType::from_raw_mode(s.st_mode) {
+            FileType::RegularFile => EntryKind::File,
+            FileType::Directory => EntryKind::Dir,
+            FileType::Symlink => EntryKind::Symlink,
+            FileType::Fifo => EntryKind::Fifo,
+            FileType::Socket => EntryKind::Socket,
+            FileType::CharacterDevice => EntryKind::CharDevice,
+            // What std's `FileType` calls neither of the others ends up a block device in
+            // `kind_of` too: the two walkers agree.
+            FileType::BlockDevice | FileType::Unknown => EntryKind::BlockDevice,
+        };
+        let ns = |sec: i64, nsec: i64| sec.saturating_mul(1_000_000_000).saturating_add(nsec);
+        Lstat {
+            kind,
+            mode: (s.st_mode as u32) & 0o7777,
+            uid: s.st_uid as u32,
+            gid: s.st_gid as u32,
+            rdev: s.st_rdev as u64,
+            stat: StatData {
+                size: s.st_size as u64,
+                mtime_ns: ns(s.st_mtime as i64, s.st_mtime_nsec as i64),
+                ctime_ns: ns(s.st_ctime as i64, s.st_ctime_nsec as i64),
+                ino: s.st_ino as u64,
+                dev: s.st_dev as u64,
+            },
+        }
+    }
+}
+
+/// One directory's entries with their lstat, sorted by name; the names live in one buffer.
+#[derive(Default)]
+struct Listing {
+    names: Vec<u8>,
+    /// (start, end) of the name in `names`, and its lstat.
+    entries: Vec<(usize, usize, Lstat)>,
+}
+
+impl Listing {
+    fn name(&self, i: usize) -> Option<(&[u8], &Lstat)> {
+        let (start, end, lstat) = self.entries.get(i)?;
+        Some((self.names.get(*start..*end)?, lstat))
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+/// Reads one directory: its entries with their lstat, sorted by name. `follow` opens a symlink
+/// (the root only).
+fn read_dir(abs: &Path, follow: bool) -> Result<Listing> {
+    let mut flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    if !follow {
+        flags |= OFlags::NOFOLLOW;
+    }
+    let fd = rustix::fs::openat(CWD, abs, flags, Mode::empty()).map_err(|e| match e {
+        // Gone, or no longer a directory (a symlink now, say): it changed under the walk.
+        rustix::io::Errno::NOENT | rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => {
+            Error::ChangedWhileReading {
+                path: abs.to_path_buf(),
+            }
+        }
+        e => Error::io("cannot read directory", abs, e.into()),
+    })?;
+    let io = |e: rustix::io::Errno| Error::io("cannot read directory", abs, e.into());
+    let mut dir = Dir::new(fd).map_err(io)?;
+    let mut out = Listing::default();
+    while let Some(ent) = dir.read() {
+        let ent = ent.map_err(io)?;
+        let name = ent.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        let dfd = dir.fd().map_err(io)?;
+        let st = match rustix::fs::statat(dfd, ent.file_name(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(s) => s,
+            // Removed since the directory was read.
+            Err(rustix::io::Errno::NOENT) => {
+                return Err(Error::ChangedWhileReading {
+                    path: abs.join(OsStr::from_bytes(name)),
+                });
+            }
+            Err(e) => {
+                return Err(Error::io(
+                    "cannot stat",
+                    abs.join(OsStr::from_bytes(name)),
+                    e.into(),
+                ));
+            }
+        };
+        let start = out.names.len();
+        out.names.extend_from_slice(name);
+        out.entries
+            .push((start, out.names.len(), Lstat::of_raw(&st)));
+    }
+    let names = &out.names;
+    out.entries.sort_unstable_by(|a, b| {
+        let name = |e: &(usize, usize, Lstat)| names.get(e.0..e.1).unwrap_or_default();
+        name(a).cmp(name(b))
+    });
+    Ok(out)
+}
+
+/// A directory read that may run on the pool, or be taken back by the walk.
+struct Prefetch {
+    slot: Arc<(Mutex<Slot>, Condvar)>,
+}
+
+/// The state of one queued read.
+enum Slot {
+    /// Not started; the walk may take it back.
+    Todo(PathBuf),
+    /// A pool thread is reading it.
+    Running,
+    /// Read.
+    Done(Result<Listing>),
+    /// Taken by the walk, or dropped: nothing more to do.
+    Taken,
+}
+
+impl Prefetch {
+    /// Queues the read of `abs` on the rayon pool.
+    fn spawn(abs: PathBuf) -> Self {
+        let slot = Arc::new((Mutex::new(Slot::Todo(abs)), Condvar::new()));
+        let theirs = Arc::clone(&slot);
+        rayon::spawn(move || {
+            let (m, cv) = &*theirs;
+            let path = match m.lock() {
+                Ok(mut g) => match std::mem::replace(&mut *g, Slot::Running) {
+                    Slot::Todo(p) => p,
+                    other => {
+                        // Taken back or dropped by the walk: nothing to do.
+                        *g = other;
+                        return;
+                    }
+                },
+                Err(_) => return,
+            };
+            let r = read_dir(&path, false);
+            if let Ok(mut g) = m.lock() {
+                *g = Slot::Done(r);
+            }
+            cv.notify_all();
+        });
+        Prefetch { slot }
+    }
+
+    /// The listing: read here if the job has not started, else waited for.
+    fn take(self, abs: &Path) -> Result<Listing> {
+        let (m, cv) = &*self.slot;
+        let lost = || {
+            Error::io(
+                "cannot read directory",
+                abs,
+                std::io::Error::other("a directory-reading job was lost"),
+            )
+        };
+        let mut g = m.lock().map_err(|_| lost())?;
+        loop {
+            match std::mem::replace(&mut *g, Slot::Taken) {
+                Slot::Todo(p) => {
+                    drop(g);
+                    return read_dir(&p, false);
+                }
+                Slot::Done(r) => return r,
+                Slot::Running => {
+                    *g = Slot::Running;
+                    g = cv.wait(g).map_err(|_| lost())?;
+                }
+                Slot::Taken => return Err(lost()),
+            }
+        }
+    }
+}
+
+impl Drop for Prefetch {
+    /// A read the walk no longer wants (the walk was dropped) is not started.
+    fn drop(&mut self) {
+        if let Ok(mut g) = self.slot.0.lock()
+            && matches!(*g, Slot::Todo(_))
+        {
+            *g = Slot::Taken;
+        }
+    }
+}
+
+/// A directory being emitted: its path, its listing, the next entry to emit, and how far the
+/// read-ahead has looked for subdirectories in it.
+struct Frame {
+    dir: RelPath,
+    listing: Listing,
+    next: usize,
+    scanned: usize,
+}
+
+/// The ordered parallel walker (see the module doc): yields the root, then every entry below
+/// it, depth first in key order, each with its lstat.
+pub struct OrderedDirs {
+    root: PathBuf,
+    started: bool,
+    stack: Vec<Frame>,
+    /// The directory just yielded, to be listed before the next entry.
+    expand: Option<RelPath>,
+    /// Queued reads, in key order (the order the walk will need them).
+    ahead: VecDeque<(RelPath, Prefetch)>,
+    done: bool,
+}
+
+impl OrderedDirs {
+    /// A walk of `root`; a root that is a symlink is followed (the builder named it), nothing
+    /// below it is.
+    pub fn new(root: &Path) -> Self {
+        OrderedDirs {
+            root: root.to_path_buf(),
+            started: false,
+            stack: Vec::new(),
+            expand: None,
+            ahead: VecDeque::new(),
+            done: false,
+        }
+    }
+
+    /// Lists `dir`: from its queued read if there is one, else here.
+    fn list(&mut self, dir: &RelPath) -> Result<Listing> {
+        let abs = dir.under(&self.root);
+        if dir.is_root() {
+            return read_dir(&abs, true);
+        }
+        // Reads queued for directories the walk has passed (none, in order) are dropped.
+        while self.ahead.front().is_some_and(|(p, _)| p < dir) {
+            self.ahead.pop_front();
+        }
+        if self.ahead.front().is_some_and(|(p, _)| p == dir)
+            && let Some((_, pre)) = self.ahead.pop_front()
+        {
+            return pre.take(&abs);
+        }
+        read_dir(&abs, false)
+    }
+
+    /// Queues reads of the subdirectories the walk will reach next, up to the window: those of
+    /// the innermost directory first, then its parent's, and so on. Each entry of a listing is
+    /// looked at once (`Frame::scanned`), so this costs O(entries) over the whole walk.
+    fn read_ahead(&mut self) {
+        let OrderedDirs {
+            root, stack, ahead, ..
+        } = self;
+        for frame in stack.iter_mut().rev() {
+            frame.scanned = frame.scanned.max(frame.next);
+            while ahead.len() < READ_AHEAD_DIRS && frame.scanned < frame.listing.len() {
+                let i = frame.scanned;
+                frame.scanned += 1;
+                let Some((name, lstat)) = frame.listing.name(i) else {
+                    continue;
+                };
+                if lstat.kind != EntryKind::Dir {
+                    continue;
+                }
+                let p = frame.dir.join(name);
+                // Inner directories sort before their parents' later entries: keep key order.
+                let pos = ahead.partition_point(|(q, _)| *q < p);
+                let abs = p.under(root);
+                ahead.insert(pos, (p, Prefetch::spawn(abs)));
+            }
+            if ahead.len() >= READ_AHEAD_DIRS {
+                return;
+            }
+        }
+    }
+}
+
+impl Iterator for OrderedDirs {
+    type Item = Result<(RelPath, Lstat)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        if !self.started {
+            self.started = true;
+            return match std::fs::metadata(&self.root) {
+                Ok(m) => {
+                    let l = Lstat::of(&m);
+                    if l.kind == EntryKind::Dir {
+                        self.expand = Some(RelPath::root());
+                    }
+                    Some(Ok((RelPath::root(), l)))
+                }
+                Err(e) => {
+                    self.done = true;
+                    Some(Err(Error::io("cannot stat", &self.root, e)))
+                }
+            };
+        }
+        if let Some(dir) = self.expand.take() {
+            match self.list(&dir) {
+                Ok(listing) => {
+                    self.stack.push(Frame {
+                        dir,
+                        listing,
+                        next: 0,
+                        scanned: 0,
+                    });
+                    self.read_ahead();
+                }
+                Err(e) => {
+                    self.done = true;
+                    self.ahead.clear();
+                    return Some(Err(e));
+                }
+            }
+        }
+        loop {
+            let frame = self.stack.last_mut()?;
+            let i = frame.next;
+            match frame.listing.name(i) {
+                Some((name, lstat)) => {
+                    let lstat = *lstat;
+                    let path = frame.dir.join(name);
+                    frame.next += 1;
+                    if lstat.kind == EntryKind::Dir {
+                        self.expand = Some(path.clone());
+                    }
+                    return Some(Ok((path, lstat)));
+                }
+                None => {
+                    self.stack.pop();
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory swapped for a symlink after its parent was listed is never followed: reading
+    /// it is "changed while reading", naming it.
+    #[test]
+    fn a_directory_replaced_by_a_symlink_is_not_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path().join("target");
+        std::fs::create_dir(&target).unwrap();
+        std::fs::write(target.join("secret"), b"s").unwrap();
+        let link = tmp.path().join("was-a-dir");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        match read_dir(&link, false) {
+            Err(Error::ChangedWhileReading { path }) => assert_eq!(path, link),
+            Err(e) => panic!("{e}"),
+            Ok(c) => panic!("followed the symlink: {} entries", c.len()),
+        }
+        // The root may be a symlink (the builder named it).
+        assert_eq!(read_dir(&link, true).unwrap().len(), 1);
+    }
+
+    /// A taken-back read and a pool read give the same listing, sorted.
+    #[test]
+    fn prefetch_taken_back_or_waited_for_gives_the_listing() {
+        let tmp = tempfile::tempdir().unwrap();
+        for i in 0..10 {
+            std::fs::write(tmp.path().join(format!("f{i}")), b"x").unwrap();
+        }
+        for _ in 0..20 {
+            let p = Prefetch::spawn(tmp.path().to_path_buf());
+            let l = p.take(tmp.path()).unwrap();
+            let names: Vec<&[u8]> = (0..l.len()).map(|i| l.name(i).unwrap().0).collect();
+            assert_eq!(names.len(), 10);
+            assert!(names.windows(2).all(|w| w[0] < w[1]));
+        }
+        // A dropped read that has not started is never started.
+        let p = Prefetch::spawn(tmp.path().to_path_buf());
+        let slot = Arc::clone(&p.slot);
+        drop(p);
+        // It may have started before the drop; then it ends on its own.
+        for _ in 0..1000 {
+            if !matches!(*slot.0.lock().unwrap(), Slot::Running) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let g = slot.0.lock().unwrap();
+        assert!(matches!(*g, Slot::Taken | Slot::Done(_)));
+    }
+
+    /// Directories wider and deeper than the read-ahead window come out complete and in key
+    /// order, with names that sort around `/`.
+    #[test]
+    fn a_wide_deep_tree_is_emitted_in_key_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        for d in 0..(READ_AHEAD_DIRS + 10) {
+            for e in 0..3 {
+                let sub = root.join(format!("d{d:03}/e{e}/f"));
+                std::fs::create_dir_all(&sub).unwrap();
+                std::fs::write(sub.join("x"), b"x").unwrap();
+            }
+            std::fs::write(root.join(format!("d{d:03}-file")), b"y").unwrap();
+            std::fs::write(root.join(format!("d{d:03}.txt")), b"y").unwrap();
+        }
+        let paths: Vec<RelPath> = OrderedDirs::new(root).map(|r| r.unwrap().0).collect();
+        let expected = 1 + (READ_AHEAD_DIRS + 10) * (1 + 3 * 3 + 2);
+        assert_eq!(paths.len(), expected);
+        assert!(paths.windows(2).all(|w| w[0] < w[1]), "not in key order");
+    }
+}
