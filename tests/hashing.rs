@@ -11,11 +11,13 @@
 mod common;
 
 #[path = "support/inotify.rs"]
+#[allow(dead_code)]
 mod inotify;
 
 use std::os::unix::fs::{MetadataExt, symlink};
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use inotify::{Event, IN_CLOSE_NOWRITE, IN_OPEN, Watch};
@@ -91,6 +93,26 @@ fn slack_ns(time_ns: i64) -> i64 {
     }
 }
 
+/// Waits until an event matching `mask` arrives and returns every event read until then (it
+/// included); `None` once `done` is set (the walk ended) without one, so a walk that never reads
+/// the file fails the test at once instead of after a long timeout.
+fn events_until(watch: &Watch, mask: u32, done: &AtomicBool) -> Option<Vec<Event>> {
+    let mut seen = Vec::new();
+    loop {
+        let finished = done.load(Ordering::SeqCst);
+        let batch = watch.pending();
+        let hit = batch.iter().any(|e| e.mask & mask != 0);
+        seen.extend(batch);
+        if hit {
+            return Some(seen);
+        }
+        if finished {
+            return None;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
 fn count(events: &[Event], mask: u32) -> usize {
     events.iter().filter(|e| e.mask & mask != 0).count()
 }
@@ -132,13 +154,15 @@ fn a_file_changed_within_the_current_tick_is_read_again_after_the_tick() {
         let c = ctime_ns(&f);
         let watch = Watch::new();
         watch.add(&f, IN_OPEN);
+        let done = AtomicBool::new(false);
         let (entries, first_open, events) = std::thread::scope(|sc| {
             let helper = sc.spawn(|| {
-                let ev = watch.wait_for(IN_OPEN, Duration::from_secs(30));
+                let ev = events_until(&watch, IN_OPEN, &done);
                 (coarse_now_ns(), ev)
             });
             let entries = walk(&dir).unwrap();
             let end = fine_now_ns();
+            done.store(true, Ordering::SeqCst);
             let (first_open, ev) = helper.join().unwrap();
             let mut ev = ev.expect("the walk never opened the file");
             ev.extend(watch.pending());
@@ -196,17 +220,18 @@ fn swapped_between_reads<T>(prepare: fn(&Path) -> T, swap: fn(&Path, &Path)) -> 
         let ctime = ctime_ns(&f);
         let watch = Watch::new();
         watch.add(&f, IN_OPEN | IN_CLOSE_NOWRITE);
+        let done = Arc::new(AtomicBool::new(false));
         let helper = {
-            let f = f.clone();
-            let dir = dir.clone();
+            let (f, dir, done) = (f.clone(), dir.clone(), done.clone());
             std::thread::spawn(move || {
-                let events = watch.wait_for(IN_CLOSE_NOWRITE, Duration::from_secs(30))?;
+                let events = events_until(&watch, IN_CLOSE_NOWRITE, &done)?;
                 swap(&dir, &f);
                 Some((fine_now_ns(), events, watch))
             })
         };
         let walked = dir.clone();
         let result = watchdog(60, move || walk(&walked));
+        done.store(true, Ordering::SeqCst);
         let (swapped_at, mut events, watch) = helper
             .join()
             .unwrap()
@@ -317,16 +342,24 @@ fn a_settled_file_rewritten_while_it_is_read_is_unstable() {
         }
         let watch = Watch::new();
         watch.add(&f, libc::IN_ACCESS | libc::IN_MODIFY);
+        let done = AtomicBool::new(false);
         let (entries, mut events) = std::thread::scope(|sc| {
             let helper = sc.spawn(|| {
-                let ev = watch.wait_for(libc::IN_ACCESS, Duration::from_secs(30));
+                let ev = events_until(&watch, libc::IN_ACCESS, &done)?;
                 use std::os::unix::fs::FileExt;
                 let w = std::fs::OpenOptions::new().write(true).open(&f).unwrap();
                 w.write_all_at(&[0xff; 4096], (LEN / 2) as u64).unwrap();
-                ev
+                Some(ev)
             });
             let entries = walk(&dir).unwrap();
-            (entries, helper.join().unwrap().expect("never read"))
+            done.store(true, Ordering::SeqCst);
+            (
+                entries,
+                helper
+                    .join()
+                    .unwrap()
+                    .expect("the walk never read the file"),
+            )
         });
         events.extend(watch.pending());
         let modified = events
