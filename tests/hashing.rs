@@ -406,3 +406,39 @@ fn a_file_that_cannot_be_opened_is_an_error_naming_it_not_an_unstable_entry() {
         Ok(entries) => panic!("not an error: {entries:?}"),
     }
 }
+
+/// A file that opens but whose read fails is an error naming it, at once: the failed read is
+/// not retried (only an interrupted one is). `/sys/class/net/lo/speed` is a regular file (a
+/// sysfs attribute of 4096 bytes) whose read the kernel fails with `EINVAL`; the test says why
+/// it skips where that is not so. sysfs may give the file new timestamps when it is opened, so
+/// the walk finds it changed and never reads it: such an attempt is repeated.
+#[test]
+fn a_file_whose_read_fails_is_an_error_naming_it() {
+    let f = Path::new("/sys/class/net/lo/speed");
+    match std::fs::read(f) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+        other => {
+            eprintln!(
+                "skipped: reading {} does not fail with EINVAL here ({other:?})",
+                f.display()
+            );
+            return;
+        }
+    }
+    for attempt in 0..20 {
+        match watchdog(20, move || walk(f)) {
+            Err(e) => {
+                assert!(
+                    matches!(&e, layercache::Error::Io { op: "cannot read", path, .. } if path == f),
+                    "{e}"
+                );
+                return;
+            }
+            Ok(entries) if entries.len() == 1 && entries[0].unstable => {
+                eprintln!("attempt {attempt}: the file's stat changed when opened; again");
+            }
+            Ok(entries) => panic!("not an error: {entries:?}"),
+        }
+    }
+    panic!("in 20 attempts, the walk never read the file with its stat unchanged");
+}
