@@ -126,7 +126,3 @@ pub fn blob_path(layout: &Path, digest: &str) -> Option<std::path::PathBuf> {
     (ok(alg) && ok(hex)).then(|| layout.join("blobs").join(alg).join(hex))
 }
 
-// `tree::hash_path` opened a base tarball with a plain blocking open and no type check; bases
-// are now hashed by `fsread::hash_regular`. tree.rs is being split by another change, so the
-// old function is kept alive here until that change deletes it (then delete this line too).
-const _: fn(&Path) -> std::io::Result<[u8; 32]> = crate::tree::hash_path;

@@ -1,5 +1,5 @@
 //! Named crash points for the crash tests, compiled in only with the `failpoints` cargo feature
-//! (the `fail` crate, as TiKV uses it); without it, [`crash_point!`] expands to nothing.
+//! (the `fail` crate, as TiKV uses it); without it, `crash_point!` expands to nothing.
 //!
 //! Each point marks one step of a write whose outcome after a crash the tests pin down: a put
 //! (before and after its rows, before its entry, before and after its commit), a stat refresh

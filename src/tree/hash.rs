@@ -92,13 +92,6 @@ fn hash_file_once(path: &Path, seen: &StatData, follow: bool) -> Result<Option<(
     }
 }
 
-/// blake3 of a whole file (a base tarball), read with plain reads. Returns the digest.
-pub(crate) fn hash_path(path: &Path) -> std::io::Result<[u8; 32]> {
-    let mut file = File::open(path)?;
-    let size = file.metadata()?.len();
-    Ok(hash_open_file(&mut file, size)?.0)
-}
-
 /// Hashes an open file of `size` bytes (as its stat said). A small file is read until `size`
 /// bytes came (no read for the end of file: a file that grew meanwhile has another size and
 /// mtime, which the caller's check after the read catches); a large one until the end.

@@ -54,7 +54,7 @@ use crate::schema::{EntryKind, Row, RowStat};
 
 pub use fastpath::FastPath;
 use fastpath::coarse_now_ns;
-pub(crate) use hash::{hash_file, hash_path};
+pub(crate) use hash::hash_file;
 pub use log::{LogReader, LoggedEntry, SealedLog, WalkLog};
 pub use merkle::TreeHasher;
 pub use progress::{Progress, ProgressSnapshot};
