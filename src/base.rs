@@ -125,4 +125,3 @@ pub fn blob_path(layout: &Path, digest: &str) -> Option<std::path::PathBuf> {
     };
     (ok(alg) && ok(hex)).then(|| layout.join("blobs").join(alg).join(hex))
 }
-

@@ -3,6 +3,8 @@
 //! before bincode reads anything (bincode's own limit counts only container allocations, so a
 //! record of many small fields would otherwise be read past the limit).
 
+mod common;
+
 use layercache::codec::{self, CHECKSUM_LEN, DecodeError};
 
 /// Four and five one-byte fields: encoded without any length prefix, so nothing but the length
@@ -39,4 +41,74 @@ fn a_checked_record_of_exactly_the_limit_decodes_and_one_byte_more_is_refused() 
             limit: 4
         })
     );
+}
+
+/// Through a real put (`store::versions::write_version`): a put never stores a version record
+/// that a reader would refuse to decode (the layer could then never hit again). One byte over
+/// [`codec::ENTRY_LIMIT`] is refused with `RecordTooLarge` naming its size and stores nothing; at
+/// exactly the limit, bincode's decode limit (which also counts what the fields allocate) makes
+/// the reader refuse it, so the put refuses it too; well under the limit it is stored and hits.
+#[test]
+fn a_put_never_stores_a_record_a_reader_would_refuse() {
+    use layercache::{Base, Build, Error, LayerInputs, LookupMode, MissReason};
+    use std::collections::BTreeMap;
+
+    let w = common::Workspace::new();
+    let cache = w.cache();
+    // A build-only layer (no output blobs needed; its rootfs directory exists) whose
+    // definition holds a string of `len` bytes.
+    let build = |len: usize| {
+        let mut b = Build::new();
+        b.add(
+            "app",
+            LayerInputs {
+                definition: serde_json::json!({"blob": "x".repeat(len)}),
+                base: Base::Scratch,
+                imports: vec![],
+                overlay_dirs: vec![],
+                source_date_epoch: None,
+                build_only: true,
+                uncacheable: None,
+            },
+        );
+        b
+    };
+    let put = |len: usize| {
+        let b = build(len);
+        let mut s = cache.session(&b).unwrap();
+        let l = s.lookup("app").unwrap();
+        assert!(!l.is_hit());
+        s.put(&l, &BTreeMap::new()).map(|_| ())
+    };
+    let too_large = |r: layercache::Result<()>| match r {
+        Err(Error::RecordTooLarge { size, limit, .. }) => {
+            assert_eq!(limit, codec::ENTRY_LIMIT);
+            size
+        }
+        other => panic!("expected RecordTooLarge, got {other:?}"),
+    };
+    // The record's size around the definition: measured once, then aimed at the limit exactly.
+    let overhead = too_large(put(codec::ENTRY_LIMIT)) - codec::ENTRY_LIMIT;
+    let at_limit = codec::ENTRY_LIMIT - overhead;
+    assert_eq!(too_large(put(at_limit + 1)), codec::ENTRY_LIMIT + 1);
+    let check = |len: usize| {
+        let b = build(len);
+        let mut s = cache.session(&b).unwrap();
+        s.lookup_with("app", LookupMode::CHECK).unwrap()
+    };
+    let l = check(at_limit + 1);
+    assert!(
+        matches!(l.reasons(), [MissReason::NotCached]),
+        "nothing was stored: {:?}",
+        l.reasons()
+    );
+    // At exactly the limit: refused as well (before this check, it was stored and every
+    // later lookup was a DamagedEntry miss: "LimitExceeded").
+    too_large(put(at_limit));
+    assert!(matches!(check(at_limit).reasons(), [MissReason::NotCached]));
+    // Well under the limit: stored, and it reads back.
+    let under = codec::ENTRY_LIMIT - (1 << 20);
+    put(under).unwrap();
+    let l = check(under);
+    assert!(l.is_hit(), "{:?}", l.reasons());
 }

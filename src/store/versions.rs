@@ -240,7 +240,8 @@ pub fn uses(
 /// Stores a version (replacing one with the same key).
 pub fn write_version(txn: &redb::WriteTransaction, path: &Path, rec: &VersionRecord) -> Result<()> {
     let key = version_key(&rec.name, &rec.input_digest);
-    let bytes = codec::encode_checked(rec).map_err(|d| damaged(path, "versions", key, d))?;
+    let bytes =
+        codec::encode_checked(rec).map_err(|d| damaged(path, "versions", key.clone(), d))?;
     // A reader decodes with this limit: a record over it could never be read back.
     let size = bytes.len().saturating_sub(codec::CHECKSUM_LEN);
     if size > codec::ENTRY_LIMIT {
@@ -254,6 +255,37 @@ pub fn write_version(txn: &redb::WriteTransaction, path: &Path, rec: &VersionRec
             size,
             limit: codec::ENTRY_LIMIT,
         });
+    }
+    // bincode's decode limit also counts what the record's fields claim to allocate, which
+    // can exceed the encoded size near the limit: decode it as every reader will, so a record
+    // that could not be read back is refused here rather than stored as a layer that never
+    // hits again.
+    match codec::decode_checked::<VersionRecord, { codec::ENTRY_LIMIT }>(&bytes) {
+        Ok(_) => {}
+        Err(e)
+            if matches!(e, codec::DecodeError::TooLarge { .. })
+                || e.to_string().contains("LimitExceeded") =>
+        {
+            return Err(crate::error::Error::RecordTooLarge {
+                path: path.to_path_buf(),
+                what: format!(
+                    "the entry record of layer {} (definition, {} manifest(s); counting what \
+                     its fields allocate when read)",
+                    escape_bytes(rec.name.as_bytes()),
+                    rec.manifests.len()
+                ),
+                size,
+                limit: codec::ENTRY_LIMIT,
+            });
+        }
+        Err(e) => {
+            return Err(damaged(
+                path,
+                "versions",
+                key,
+                format!("a record just encoded does not decode ({e}); nothing was written"),
+            ));
+        }
     }
     txn.open_table(VERSIONS)
         .db(path)?
