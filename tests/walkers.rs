@@ -213,41 +213,7 @@ fn neither_walker_opens_a_fifo_socket_or_device() {
 /// refused.
 #[test]
 fn an_unreadable_directory_is_the_same_error_for_both() {
-    if unsafe { libc::geteuid() } == 0 {
-        use std::os::unix::process::CommandExt;
-        let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
-        cmd.args([
-            "--exact",
-            "an_unreadable_directory_is_the_same_error_for_both",
-            "--nocapture",
-            "--test-threads=1",
-        ]);
-        // SAFETY: only async-signal-safe syscalls between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::setgroups(0, std::ptr::null()) != 0
-                    || libc::setgid(65534) != 0
-                    || libc::setuid(65534) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let out = match cmd.output() {
-            Ok(out) => out,
-            Err(e) => {
-                eprintln!("skipped: root cannot drop to uid/gid 65534 here ({e})");
-                return;
-            }
-        };
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "as nobody: {text}");
-        assert!(text.contains("1 passed"), "as nobody: {text}");
+    if common::rerun_as_nobody("an_unreadable_directory_is_the_same_error_for_both") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

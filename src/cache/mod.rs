@@ -344,7 +344,14 @@ impl Cache {
             progress: Arc::default(),
         };
         let report = cache.prune()?;
-        cache.unpruned = report
+        cache.after_prune(&report);
+        Ok((cache, report))
+    }
+
+    /// Notes the layers whose pruning was skipped (the write lock was busy: they are treated as
+    /// not cached) and logs what was pruned, as stacker does.
+    fn after_prune(&mut self, report: &PruneReport) {
+        self.unpruned = report
             .skipped_busy
             .iter()
             .map(|p| p.layer.clone())
@@ -356,7 +363,6 @@ impl Cache {
                 p.why
             );
         }
-        Ok((cache, report))
     }
 
     /// Opens (or creates) the cache without pruning: O(1) in the number of entries.
@@ -434,18 +440,7 @@ impl Cache {
     pub fn open_for_build(config: CacheConfig, build: &Build) -> Result<(Cache, PruneReport)> {
         let mut cache = Cache::open_without_prune(config)?;
         let report = cache.prune_build(build)?;
-        cache.unpruned = report
-            .skipped_busy
-            .iter()
-            .map(|p| p.layer.clone())
-            .collect();
-        for p in &report.pruned {
-            tracing::info!(
-                "couldn't find {}, pruning it from the cache ({})",
-                crate::path::escape_bytes(p.layer.as_bytes()),
-                p.why
-            );
-        }
+        cache.after_prune(&report);
         Ok((cache, report))
     }
 

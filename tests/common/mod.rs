@@ -301,3 +301,45 @@ pub fn outputs() -> std::collections::BTreeMap<String, oci_spec::image::Descript
     .unwrap();
     std::collections::BTreeMap::from([("tar".to_string(), d)])
 }
+
+/// When run as root, re-runs the test `name` of this test binary as uid/gid 65534 (nobody), so
+/// that permission checks apply, asserts that it passed there (without skipping), and returns
+/// true: the caller returns. Returns false when not root (the caller runs the test itself).
+/// When root cannot drop privileges here, says so and returns true.
+pub fn rerun_as_nobody(name: &str) -> bool {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: geteuid(2) takes no arguments and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return false;
+    }
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", name, "--nocapture", "--test-threads=1"]);
+    // SAFETY: only async-signal-safe syscalls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(65534) != 0
+                || libc::setuid(65534) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = match cmd.output() {
+        Ok(out) => out,
+        Err(e) => {
+            eprintln!("skipped: root cannot drop to uid/gid 65534 here ({e})");
+            return true;
+        }
+    };
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "as nobody: {text}");
+    assert!(text.contains("1 passed"), "as nobody: {text}");
+    assert!(!text.contains("skipped"), "as nobody: {text}");
+    true
+}
