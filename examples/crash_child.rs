@@ -10,7 +10,10 @@
 //! - `crash_child open DB`: opens the database for writing (which migrates an older schema);
 //!   prints `opened`.
 
-use std::collections::BTreeMap;
+#[path = "common/outputs.rs"]
+mod outputs;
+use outputs::outputs;
+
 use std::path::Path;
 
 use layercache::{Base, Build, Cache, CacheConfig, Import, LayerInputs};
@@ -44,28 +47,6 @@ fn open(db: &Path) -> Result<Cache, layercache::Error> {
         oci_layout: db.parent().map(|d| d.join("oci")),
         ..Default::default()
     })
-}
-
-/// The OCI layout beside the database (`<dir>/oci`), holding the one output blob every put
-/// records (a layer that is not build-only records outputs; the tests open the cache with this
-/// layout and the same blob, `tests/common`'s `output_layout`), and the manifests naming it.
-fn outputs(
-    db: &Path,
-) -> Result<BTreeMap<String, oci_spec::image::Descriptor>, Box<dyn std::error::Error>> {
-    const OUTPUT: &[u8] = b"test output";
-    let hex = blake3::hash(OUTPUT).to_hex().to_string();
-    let blobs = db
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join("oci/blobs/sha256");
-    std::fs::create_dir_all(&blobs)?;
-    std::fs::write(blobs.join(&hex), OUTPUT)?;
-    let d = serde_json::from_value(json!({
-        "mediaType": "application/vnd.oci.image.layer.v1.tar",
-        "digest": format!("sha256:{hex}"),
-        "size": OUTPUT.len(),
-    }))?;
-    Ok(BTreeMap::from([("tar".to_string(), d)]))
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -7,9 +7,12 @@
 //! writes rows), and after each also re-puts layer `hot` with definition `{"gen": N}`.
 //! Prints `put p{N}` and `hot {N}` after the respective commits.
 
-use std::collections::BTreeMap;
+#[path = "common/outputs.rs"]
+mod outputs;
+use outputs::outputs;
+
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use layercache::{Base, Build, Cache, CacheConfig, Import, LayerInputs, OverlayDir};
 use serde_json::json;
@@ -32,28 +35,6 @@ fn inputs(def: serde_json::Value, tree: &std::path::Path) -> LayerInputs {
         build_only: false,
         uncacheable: None,
     }
-}
-
-/// The OCI layout beside the database (`<dir>/oci`), holding the one output blob every put
-/// records (a layer that is not build-only records outputs; the tests open the cache with this
-/// layout and the same blob, `tests/common`'s `output_layout`), and the manifests naming it.
-fn outputs(
-    db: &Path,
-) -> Result<BTreeMap<String, oci_spec::image::Descriptor>, Box<dyn std::error::Error>> {
-    const OUTPUT: &[u8] = b"test output";
-    let hex = blake3::hash(OUTPUT).to_hex().to_string();
-    let blobs = db
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join("oci/blobs/sha256");
-    std::fs::create_dir_all(&blobs)?;
-    std::fs::write(blobs.join(&hex), OUTPUT)?;
-    let d = serde_json::from_value(json!({
-        "mediaType": "application/vnd.oci.image.layer.v1.tar",
-        "digest": format!("sha256:{hex}"),
-        "size": OUTPUT.len(),
-    }))?;
-    Ok(BTreeMap::from([("tar".to_string(), d)]))
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
