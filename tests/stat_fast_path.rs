@@ -332,6 +332,24 @@ fn xattr_change_in_the_tick_of_a_ctime_racy_row_misses() {
         }
         other => panic!("{other:?}"),
     }
+
+    // Racy through the slack alone: the snapshot 10 ms after a sub-second ctime is still in
+    // its tick (`timestamp_slack_ns`: 20 ms where timestamps have sub-second parts), so the row
+    // cannot vouch either (kills `timestamp_slack_ns -> 0` / `-> 1`, which the content rule's
+    // 2 s in-flight slack no longer shows).
+    assert_ne!(
+        ctime % 1_000_000_000,
+        0,
+        "ext4-like sub-second ctime expected"
+    );
+    let cache = edit_row(cache, "f", |r| {
+        r.stat = Some(stat_now(&f, ctime + 10_000_000))
+    });
+    let mut session = cache.session(&build).unwrap();
+    assert!(
+        !session.lookup("app").unwrap().is_hit(),
+        "an xattr change after a row taken 10 ms into the ctime's tick was a hit"
+    );
 }
 
 /// A stored row altered in place (same row count, another content digest) while its stat still
