@@ -445,6 +445,47 @@ fn put_compares_the_base_and_the_layer_the_lookup_saw() {
     assert_eq!(reasons(&cache, &build, "l"), vec![]);
 }
 
+/// A base the lookup could not resolve: a tar base that was missing at lookup and appears
+/// before the put is refused (the build could not have used what the lookup never saw); a
+/// built base that missed at lookup (the builder looked every layer up first, then built
+/// bottom up) is the one case accepted — the put records the base version that hits now.
+#[test]
+fn put_refuses_a_base_unresolved_at_lookup_except_a_built_one_built_since() {
+    let f = Fixture::new();
+    // The tar base is missing at lookup.
+    let build = one_layer(layer(Base::Tar {
+        path: f.p("base.tar"),
+    }));
+    let cache = f.open();
+    let mut s = cache.session(&build).unwrap();
+    let lk = s.lookup("l").unwrap();
+    assert!(!lk.is_hit());
+    write(&f.dir, "base.tar", b"v1");
+    let err = s.put(&lk, &f.manifests("out")).unwrap_err();
+    assert!(
+        err.to_string().contains("could not be resolved at lookup"),
+        "{err}"
+    );
+    assert!(cache.entry("l").unwrap().is_none());
+
+    // A chain looked up top to bottom before anything was built, then built bottom up.
+    let mut chain = Build::new();
+    chain.add("base", layer(Base::Scratch));
+    chain.add(
+        "app",
+        layer(Base::Built {
+            layer: "base".into(),
+        }),
+    );
+    let mut s = cache.session(&chain).unwrap();
+    let app = s.lookup("app").unwrap();
+    let base = s.lookup("base").unwrap();
+    assert!(!app.is_hit() && !base.is_hit());
+    s.put(&base, &f.manifests("base out")).unwrap();
+    s.put(&app, &f.manifests("app out")).unwrap();
+    assert_eq!(reasons(&cache, &chain, "app"), vec![]);
+}
+
 /// Hole 2, the library side of the lookup record: a record written by a build's lookup and
 /// read back in "another process" makes the put refuse a source changed since, naming it; the
 /// record is JSON with the format version, and a record of another layer is not this one's.
