@@ -2,6 +2,8 @@
 //! never on a pipe unless forced with `--progress` (then as plain lines), off with `--quiet`
 //! even on a terminal, and `--quiet --progress` refused.
 
+mod common;
+
 use std::io::Read;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::Path;
@@ -152,20 +154,6 @@ fn plan_fixture() -> tempfile::TempDir {
     dir
 }
 
-fn run_plan(dir: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg(args[0])
-        .arg("--db")
-        .arg(dir.join("cache.redb"))
-        .arg("--plan")
-        .arg(dir.join("plan.json"))
-        .args(&args[1..])
-        .env("LAYERCACHE_LOG", "error")
-        .env_remove("LAYERCACHE_REMOTE")
-        .output()
-        .unwrap()
-}
-
 /// lookup and put: entries and files hashed, counted once per window; the put after a recorded
 /// lookup hashes nothing (the last line says so), and with an ETA once the rows are stored.
 #[test]
@@ -174,7 +162,11 @@ fn lookup_and_put_show_entries_and_files_hashed() {
     let d = dir.path();
     let rec = d.join("rec.json");
     let rec = rec.to_str().unwrap();
-    let o = run_plan(d, &["lookup", "app", "--progress", "--record", rec]);
+    let o = common::run_plan(
+        "error",
+        d,
+        &["lookup", "app", "--progress", "--record", rec],
+    );
     assert_eq!(o.status.code(), Some(1), "a miss");
     let err = String::from_utf8_lossy(&o.stderr);
     let last = err.lines().last().unwrap_or_default();
@@ -183,7 +175,7 @@ fn lookup_and_put_show_entries_and_files_hashed() {
     assert!(last.contains("300 files hashed"), "{err:?}");
 
     // Without the flag, on a pipe: nothing.
-    let o = run_plan(d, &["lookup", "app"]);
+    let o = common::run_plan("error", d, &["lookup", "app"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(
         o.stderr.is_empty(),
@@ -192,7 +184,8 @@ fn lookup_and_put_show_entries_and_files_hashed() {
     );
 
     let m = d.join("m.json");
-    let o = run_plan(
+    let o = common::run_plan(
+        "error",
         d,
         &[
             "put",
@@ -222,7 +215,7 @@ fn lookup_and_put_show_entries_and_files_hashed() {
         "reused the lookup's: {err:?}"
     );
 
-    let o = run_plan(d, &["lookup", "app", "--quiet"]);
+    let o = common::run_plan("error", d, &["lookup", "app", "--quiet"]);
     assert_eq!(o.status.code(), Some(0), "a hit after the put");
     assert!(o.stderr.is_empty());
 }

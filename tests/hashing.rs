@@ -16,8 +16,8 @@ mod inotify;
 
 use std::os::unix::fs::{MetadataExt, symlink};
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use inotify::{Event, IN_CLOSE_NOWRITE, IN_OPEN, Watch};
@@ -38,22 +38,6 @@ fn entry<'a>(entries: &'a [WalkedEntry], name: &str) -> &'a WalkedEntry {
         .iter()
         .find(|e| e.path.to_slash_bytes() == name.as_bytes())
         .unwrap_or_else(|| panic!("{name} not walked"))
-}
-
-/// Runs `f` on its own thread and fails the test if it has not finished within `secs` (a hang).
-fn watchdog<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    let h = std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(Duration::from_secs(secs)) {
-        Ok(v) => v,
-        Err(mpsc::RecvTimeoutError::Disconnected) => match h.join() {
-            Err(p) => std::panic::resume_unwind(p),
-            Ok(()) => unreachable!("the thread sent nothing but did not panic"),
-        },
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("hang: not finished within {secs} s"),
-    }
 }
 
 /// The kernel's coarse real-time clock, the one file timestamps are taken from, in ns.
@@ -232,7 +216,7 @@ fn swapped_between_reads<T>(prepare: fn(&Path) -> T, swap: fn(&Path, &Path)) -> 
             })
         };
         let walked = dir.clone();
-        let result = watchdog(60, move || walk(&walked));
+        let result = common::watchdog(60, move || walk(&walked));
         done.store(true, Ordering::SeqCst);
         let (swapped_at, mut events, watch) = helper
             .join()
@@ -426,7 +410,7 @@ fn a_file_whose_read_fails_is_an_error_naming_it() {
         }
     }
     for attempt in 0..20 {
-        match watchdog(20, move || walk(f)) {
+        match common::watchdog(20, move || walk(f)) {
             Err(e) => {
                 assert!(
                     matches!(&e, layercache::Error::Io { op: "cannot read", path, .. } if path == f),

@@ -7,7 +7,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, SystemTime};
 
 use common::*;
@@ -195,22 +195,6 @@ fn racy_file_is_hashed_again_by_the_put() {
 
 // ---- through the binary: lookup --record, then put --from
 
-const BIN: &str = env!("CARGO_BIN_EXE_layercache");
-
-fn run(dir: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg(args[0])
-        .arg("--db")
-        .arg(dir.join("cache.redb"))
-        .arg("--plan")
-        .arg(dir.join("plan.json"))
-        .args(&args[1..])
-        .env("LAYERCACHE_LOG", "warn")
-        .env_remove("LAYERCACHE_REMOTE")
-        .output()
-        .unwrap()
-}
-
 #[track_caller]
 fn json_of(o: &Output, code: i32) -> Value {
     assert_eq!(
@@ -248,7 +232,8 @@ fn cli_setup() -> tempfile::TempDir {
 fn put_from(dir: &Path) -> Output {
     let m = dir.join("m.json");
     let rec = dir.join("rec.json");
-    run(
+    run_plan(
+        "warn",
         dir,
         &[
             "put",
@@ -265,7 +250,8 @@ fn put_from(dir: &Path) -> Output {
 fn lookup_record(dir: &Path) -> Value {
     let rec = dir.join("rec.json");
     json_of(
-        &run(
+        &run_plan(
+            "warn",
             dir,
             &["lookup", "app", "--json", "--record", rec.to_str().unwrap()],
         ),
@@ -283,7 +269,7 @@ fn cli_put_from_a_record_hashes_nothing_the_lookup_hashed() {
     assert_eq!(l["counters"]["walk"]["files_hashed"], FILES, "{l}");
     let p = json_of(&put_from(d), 0);
     assert_eq!(p["counters"]["walk"]["files_hashed"], 0, "{p}");
-    let l = json_of(&run(d, &["lookup", "app", "--json"]), 0);
+    let l = json_of(&run_plan("warn", d, &["lookup", "app", "--json"]), 0);
     assert_eq!(l["counters"]["walk"]["files_hashed"], 0, "{l}");
 }
 
@@ -303,7 +289,10 @@ fn cli_same_size_rewrite_with_mtime_restored_is_read_and_refused() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("d2/f2.txt"), "{err}");
     // Nothing was stored: a lookup still misses.
-    assert_eq!(run(d, &["lookup", "app"]).status.code(), Some(1));
+    assert_eq!(
+        run_plan("warn", d, &["lookup", "app"]).status.code(),
+        Some(1)
+    );
 }
 
 /// A walk log whose checksum does not match is not used: the put reads every file, and still

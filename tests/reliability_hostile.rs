@@ -14,8 +14,6 @@ use std::ffi::{CString, OsStr};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::Path;
-use std::sync::mpsc;
-use std::time::Duration;
 
 use layercache::plan::Plan;
 use layercache::{
@@ -23,26 +21,6 @@ use layercache::{
     RelPath, TreeWalk, WalkedEntry,
 };
 use serde_json::json;
-
-/// Runs `f` on its own thread and fails the test if it has not finished within `secs` (a hang).
-/// A panic inside `f` fails the test with its message.
-fn watchdog<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    let h = std::thread::Builder::new()
-        .stack_size(8 << 20)
-        .spawn(move || {
-            let _ = tx.send(f());
-        })
-        .unwrap();
-    match rx.recv_timeout(Duration::from_secs(secs)) {
-        Ok(v) => v,
-        Err(mpsc::RecvTimeoutError::Disconnected) => match h.join() {
-            Err(p) => std::panic::resume_unwind(p),
-            Ok(()) => unreachable!("the thread sent nothing but did not panic"),
-        },
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("hang: not finished within {secs} s"),
-    }
-}
 
 fn walk(root: &Path) -> layercache::Result<Vec<WalkedEntry>> {
     TreeWalk::new(root)?.collect()
@@ -101,7 +79,7 @@ fn config(dir: &Path) -> CacheConfig {
 fn special_files_loops_and_escaping_symlinks() {
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path().to_path_buf();
-    watchdog(60, move || {
+    common::watchdog(60, move || {
         let root = base.join("tree");
         let outside = base.join("outside");
         std::fs::create_dir_all(outside.join("secret-dir")).unwrap();
@@ -190,7 +168,7 @@ fn fifo_as_import_root_does_not_hang() {
     let tmp = tempfile::tempdir().unwrap();
     let p = tmp.path().join("fifo");
     mkfifo(&p);
-    let rows = watchdog(30, move || walk(&p).unwrap());
+    let rows = common::watchdog(30, move || walk(&p).unwrap());
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].row.kind, EntryKind::Fifo);
 }
@@ -213,7 +191,7 @@ fn unreadable_directory() {
     std::fs::set_permissions(root.join("locked"), std::fs::Permissions::from_mode(0o000)).unwrap();
     let r = {
         let root = root.clone();
-        watchdog(30, move || walk(&root))
+        common::watchdog(30, move || walk(&root))
     };
     if is_root() {
         let rows = r.unwrap();
@@ -267,7 +245,7 @@ fn deep_tree(root: &Path, name: &str, depth: usize) -> usize {
 fn depth_1000_within_path_max() {
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path().to_path_buf();
-    watchdog(120, move || {
+    common::watchdog(120, move || {
         let root = base.join("t");
         std::fs::create_dir(&root).unwrap();
         let len = deep_tree(&root, "d", 1000);
@@ -298,7 +276,7 @@ fn depth_1000_within_path_max() {
 fn depth_beyond_path_max_is_a_clear_error_and_the_put_stores_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path().to_path_buf();
-    watchdog(120, move || {
+    common::watchdog(120, move || {
         let root = base.join("t");
         std::fs::create_dir(&root).unwrap();
         let len = deep_tree(&root, "0123456789", 1000);
@@ -338,7 +316,7 @@ fn sparse_1gib_file_hashes_as_zeros() {
     let f = std::fs::File::create(root.join("sparse")).unwrap();
     f.set_len(1 << 30).unwrap();
     drop(f);
-    let rows = watchdog(120, move || walk(&root).unwrap());
+    let rows = common::watchdog(120, move || walk(&root).unwrap());
     let mut h = blake3::Hasher::new();
     let zeros = vec![0u8; 1 << 20];
     for _ in 0..1024 {
@@ -469,7 +447,7 @@ fn chain(n: usize) -> Build {
 fn long_chain(n: usize) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
-    watchdog(300, move || {
+    common::watchdog(300, move || {
         let mut build = chain(n);
         build.validate().unwrap();
         let cache = Cache::open_without_prune(config(&dir)).unwrap();

@@ -343,3 +343,40 @@ pub fn rerun_as_nobody(name: &str) -> bool {
     assert!(!text.contains("skipped"), "as nobody: {text}");
     true
 }
+
+/// Runs `f` on its own thread (8 MiB of stack) and fails the test if it has not finished within
+/// `secs` (a hang). A panic inside `f` fails the test with its message.
+pub fn watchdog<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
+    use std::sync::mpsc;
+    let (tx, rx) = mpsc::channel();
+    let h = std::thread::Builder::new()
+        .stack_size(8 << 20)
+        .spawn(move || {
+            let _ = tx.send(f());
+        })
+        .unwrap();
+    match rx.recv_timeout(std::time::Duration::from_secs(secs)) {
+        Ok(v) => v,
+        Err(mpsc::RecvTimeoutError::Disconnected) => match h.join() {
+            Err(p) => std::panic::resume_unwind(p),
+            Ok(()) => unreachable!("the thread sent nothing but did not panic"),
+        },
+        Err(mpsc::RecvTimeoutError::Timeout) => panic!("hang: not finished within {secs} s"),
+    }
+}
+
+/// Runs `layercache ARGS[0] --db DIR/cache.redb --plan DIR/plan.json ARGS[1..]` with the log
+/// level `log` and no remote from the environment.
+pub fn run_plan(log: &str, dir: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_layercache"))
+        .arg(args[0])
+        .arg("--db")
+        .arg(dir.join("cache.redb"))
+        .arg("--plan")
+        .arg(dir.join("plan.json"))
+        .args(&args[1..])
+        .env("LAYERCACHE_LOG", log)
+        .env_remove("LAYERCACHE_REMOTE")
+        .output()
+        .unwrap()
+}
