@@ -314,4 +314,33 @@ fn cli_damaged_walk_log_is_not_trusted() {
     std::fs::write(&rec_path, serde_json::to_vec(&rec).unwrap()).unwrap();
     let p = json_of(&put_from(d), 0);
     assert_eq!(p["counters"]["walk"]["files_hashed"], FILES, "{p}");
+
+    // "Still compares": with the damaged log, a file changed since the lookup is refused by the
+    // source's root and row count, named as that source's content (the lookup now hits).
+    let o = run_plan(
+        "warn",
+        d,
+        &["lookup", "app", "--record", rec_path.to_str().unwrap()],
+    );
+    assert_eq!(o.status.code(), Some(0));
+    let mut rec: Value = serde_json::from_slice(&std::fs::read(&rec_path).unwrap()).unwrap();
+    let walk = &mut rec["sources"][0]["walk"];
+    let log = walk["log"].as_str().unwrap().to_string();
+    let mid = log.len() / 2;
+    let swapped = if &log[mid..mid + 1] == "A" { "B" } else { "A" };
+    walk["log"] = Value::String(format!("{}{swapped}{}", &log[..mid], &log[mid + 1..]));
+    std::fs::write(&rec_path, serde_json::to_vec(&rec).unwrap()).unwrap();
+    write(&d.join("src"), "d0/f0.txt", b"changed since the lookup");
+    let o = put_from(d);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("import src: its content") && err.contains("at lookup"),
+        "{err}"
+    );
 }
