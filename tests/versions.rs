@@ -457,3 +457,55 @@ fn an_uncacheable_layer_misses_alone_and_is_never_put() {
     ));
     assert!(cache.entry("app").unwrap().is_none());
 }
+
+/// A put of inputs already stored: with the same outputs it keeps the stored version (its
+/// creation time stays); with other outputs — the old blob was lost, the lookup missed with
+/// `outputs_missing` and the layer was rebuilt — it records the new outputs, and the next
+/// lookup hits with them.
+#[test]
+fn a_re_put_keeps_an_identical_version_and_replaces_one_with_other_outputs() {
+    let f = Fx::new();
+    let src = f.p("checkout");
+    write(&src, "a.txt", b"a");
+    let build = f.build(&src, json!({"run": "make"}));
+    let cache = f.cache();
+    let put = |m: &BTreeMap<String, Descriptor>| {
+        let mut s = cache.session(&build).unwrap();
+        let l = s.lookup("app").unwrap();
+        s.put(&l, m).unwrap()
+    };
+    let first = f.manifests("output one");
+    let created = put(&first).created_unix_ms;
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let again = put(&first);
+    assert_eq!(
+        again.created_unix_ms, created,
+        "the identical version was kept"
+    );
+    assert_eq!(cache.versions("app").unwrap().len(), 1);
+
+    // The blob goes; the layer is rebuilt with other outputs and put again.
+    let blob = |m: &BTreeMap<String, Descriptor>| {
+        f.p(&format!(
+            "oci/blobs/sha256/{}",
+            m["tar"].digest().to_string().trim_start_matches("sha256:")
+        ))
+    };
+    std::fs::remove_file(blob(&first)).unwrap();
+    let mut s = cache.session(&build).unwrap();
+    assert!(matches!(
+        s.lookup("app").unwrap().reasons(),
+        [MissReason::OutputsMissing { .. }]
+    ));
+    let second = f.manifests("output two");
+    let rebuilt = put(&second);
+    assert_ne!(rebuilt.created_unix_ms, created, "a new version record");
+    let mut s = cache.session(&build).unwrap();
+    let l = s.lookup("app").unwrap();
+    assert_eq!(
+        l.entry().map(|e| e.manifests.clone()),
+        Some(second),
+        "{:?}",
+        l.reasons()
+    );
+}
