@@ -138,6 +138,32 @@ fn file_changed_between_lookup_and_put_is_hashed_and_refused() {
     }
 }
 
+/// A file the lookup saw and removed before the put: the put is refused naming exactly that
+/// path (not the paths that follow it in the walk).
+#[test]
+fn file_removed_between_lookup_and_put_is_named_alone() {
+    let s = setup();
+    let (_, _, r) = lookup_then_put(&s, |src| {
+        std::fs::remove_file(src.join("d3/f3.txt")).unwrap();
+    });
+    match r {
+        Err(Error::InputsChanged { changes, .. }) => {
+            // The file, and its directory (whose listing changed).
+            assert!(
+                changes.iter().any(|c| c.ends_with("d3/f3.txt")),
+                "{changes:?}"
+            );
+            assert!(
+                changes
+                    .iter()
+                    .all(|c| c.ends_with("d3/f3.txt") || c.ends_with("d3")),
+                "only the removed file and its directory: {changes:?}"
+            );
+        }
+        other => panic!("expected InputsChanged, got {other:?}"),
+    }
+}
+
 /// Same size, mtime set back to what the lookup saw: only the ctime shows the write. The put
 /// must not reuse the lookup's digest: it reads the file, sees other content, and refuses.
 #[test]
