@@ -509,3 +509,67 @@ fn a_re_put_keeps_an_identical_version_and_replaces_one_with_other_outputs() {
         l.reasons()
     );
 }
+
+/// The rows of a source that the current version does not have are deleted when a hit switches
+/// to that version: a version A with an extra import, a version B without it; switching back
+/// and forth leaves rows of the extra import only while A is current (they are the last-seen
+/// state of the layer's sources, never a copy per version).
+#[test]
+fn switching_to_a_version_without_a_source_deletes_that_sources_rows() {
+    let f = Fx::new();
+    let src = f.p("checkout");
+    write(&src, "a.txt", b"a");
+    write(&f.p("extra"), "x.txt", b"x");
+    let plain = f.build(&src, json!({"run": "make"}));
+    let mut with_extra = plain.clone();
+    with_extra
+        .layers
+        .get_mut("app")
+        .unwrap()
+        .imports
+        .push(layercache::Import {
+            key: "extra".into(),
+            path: f.p("extra"),
+            dest: None,
+        });
+    let extra_rows = |cache: Cache| -> (Cache, usize) {
+        let db = cache.store().path().to_path_buf();
+        drop(cache);
+        let n = {
+            use redb::{ReadableDatabase, ReadableTable};
+            let d = redb::Database::builder()
+                .set_concurrency_mode(redb::ConcurrencyMode::MultiWriter)
+                .open(&db)
+                .unwrap();
+            let txn = d.begin_read().unwrap();
+            let rows = txn.open_table(layercache::schema::ROWS).unwrap();
+            rows.iter()
+                .unwrap()
+                .filter(|r| r.as_ref().unwrap().0.value().1.contains("extra"))
+                .count()
+        };
+        (f.cache(), n)
+    };
+    let cache = f.cache();
+    for (build, m) in [(&with_extra, "with extra"), (&plain, "plain")] {
+        let mut s = cache.session(build).unwrap();
+        let l = s.lookup("app").unwrap();
+        assert!(!l.is_hit());
+        s.put(&l, &f.manifests(m)).unwrap();
+    }
+    // Back to A (a hit on the older version): the extra import's rows are there again.
+    let mut s = cache.session(&with_extra).unwrap();
+    assert!(s.lookup("app").unwrap().is_hit());
+    drop(s);
+    let (cache, n) = extra_rows(cache);
+    assert_eq!(
+        n, 2,
+        "the extra import's rows (root and x.txt) while A is current"
+    );
+    // And to B: they describe no source of the current version any more.
+    let mut s = cache.session(&plain).unwrap();
+    assert!(s.lookup("app").unwrap().is_hit());
+    drop(s);
+    let (_cache, n) = extra_rows(cache);
+    assert_eq!(n, 0, "stale rows of a source B does not have");
+}
