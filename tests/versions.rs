@@ -573,3 +573,52 @@ fn switching_to_a_version_without_a_source_deletes_that_sources_rows() {
     let (_cache, n) = extra_rows(cache);
     assert_eq!(n, 0, "stale rows of a source B does not have");
 }
+
+/// The last use of a version hit with nothing to refresh (settled stat data: the optional
+/// last-use write alone) is recorded when it is older than an hour — else `gc --unused-days`
+/// could drop a version in daily use. (The refresh and switch paths record the use too; this
+/// pins the path that writes nothing else.)
+#[test]
+fn a_hit_with_nothing_to_refresh_records_a_last_use_older_than_an_hour() {
+    let f = Fx::new();
+    let cache = f.cache();
+    let src = f.p("checkout");
+    branch_a(&src);
+    // Settled files: mtimes an hour back, past the tick of the last status change.
+    let old = filetime::FileTime::from_system_time(
+        std::time::SystemTime::now() - std::time::Duration::from_secs(3600),
+    );
+    for e in walkdir::WalkDir::new(&src) {
+        filetime::set_symlink_file_times(e.unwrap().path(), old, old).unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let build = f.build(&src, json!({"run": "make"}));
+    put_layers(&f, &mut cache.session(&build).unwrap(), "A");
+    let digest = cache.entry("app").unwrap().unwrap().input_digest;
+    // One lookup to settle the rows' stat data; the next has nothing to refresh.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let _ = hits(&cache, &build);
+    let two_hours_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        - 2 * 3_600_000;
+    {
+        let txn = cache.store().begin_write().unwrap();
+        txn.open_table(LAST_USED)
+            .unwrap()
+            .insert(("app", &digest), two_hours_ago)
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let mut s = cache.session(&build).unwrap();
+    assert!(s.lookup("app").unwrap().is_hit());
+    assert_eq!(s.counters().rows_refreshed, 0, "nothing to refresh");
+    let used = cache
+        .versions("app")
+        .unwrap()
+        .into_iter()
+        .find_map(|(r, used)| r.ok().filter(|r| r.input_digest == digest).and(used))
+        .unwrap();
+    assert!(used > two_hours_ago, "the use was recorded");
+}
