@@ -15,8 +15,9 @@ use layercache::remote::{
     RemoteError, RemoteOptions, entry_tag,
 };
 use oci_spec::image::Descriptor;
-use registry::{Registry, http, image_blobs, run, tools_available, umoci_layout};
-use sha2::Digest as _;
+use registry::{
+    Registry, http, image_blobs, noise, run, sha256_file, tools_available, umoci_layout,
+};
 
 const REPO: &str = "layercache/test";
 
@@ -30,19 +31,6 @@ fn opts() -> RemoteOptions {
 
 fn remote(reg: &Registry) -> Remote {
     Remote::new(&format!("{}/{REPO}", reg.addr), opts()).expect("remote")
-}
-
-/// Pseudo-random bytes (xorshift), so that layers do not compress away.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// A umoci layout with two layers and the entry that carries its blobs.
@@ -77,15 +65,6 @@ fn layout_entry(dir: &Path, layer: &str, input: [u8; 32]) -> RemoteEntry {
         record: format!(r#"{{"version":3,"layer":"{layer}","note":"é"}}"#).into_bytes(),
         blobs,
     }
-}
-
-fn sha256_file(p: &Path) -> String {
-    let bytes = std::fs::read(p).expect("read blob");
-    let d = sha2::Sha256::digest(&bytes);
-    format!(
-        "sha256:{}",
-        d.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    )
 }
 
 fn files_under(dir: &Path) -> Vec<String> {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use base64::Engine;
-use registry::{Registry, image_blobs, run, tools_available};
+use registry::{Registry, image_blobs, noise, run, sha256_file, tools_available};
 use serde_json::{Value, json};
 use sha2::Digest as _;
 
@@ -139,27 +139,6 @@ fn statuses(rows: &[Value]) -> Vec<String> {
             )
         })
         .collect()
-}
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-fn sha256_file(p: &Path) -> String {
-    let bytes = std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    let d = sha2::Sha256::digest(&bytes);
-    format!(
-        "sha256:{}",
-        d.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    )
 }
 
 /// Every blob of `layer`'s image in `from` is in `to`'s layout, with the right content.

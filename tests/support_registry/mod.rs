@@ -291,3 +291,27 @@ pub fn image_blobs(layout: &Path, tag: &str) -> Vec<(serde_json::Value, PathBuf)
     }
     out
 }
+
+/// Pseudo-random bytes (xorshift), so that layers do not compress away.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// `sha256:HEX` of a file's bytes.
+pub fn sha256_file(p: &Path) -> String {
+    use sha2::Digest as _;
+    let bytes = std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let d = sha2::Sha256::digest(&bytes);
+    format!(
+        "sha256:{}",
+        d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
