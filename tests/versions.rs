@@ -574,13 +574,10 @@ fn switching_to_a_version_without_a_source_deletes_that_sources_rows() {
     assert_eq!(n, 0, "stale rows of a source B does not have");
 }
 
-/// The last use of a version hit with nothing to refresh (settled stat data: the optional
-/// last-use write alone) is recorded when it is older than an hour — else `gc --unused-days`
-/// could drop a version in daily use. (The refresh and switch paths record the use too; this
-/// pins the path that writes nothing else.)
-#[test]
-fn a_hit_with_nothing_to_refresh_records_a_last_use_older_than_an_hour() {
-    let f = Fx::new();
+/// A layer put from settled files (mtimes an hour back) and looked up once, so its rows'
+/// stat data vouch for every file: the next hit has nothing to refresh. Returns the cache,
+/// the build and the version's input digest.
+fn settled_hit_layer(f: &Fx) -> (Cache, Build, [u8; 32]) {
     let cache = f.cache();
     let src = f.p("checkout");
     branch_a(&src);
@@ -593,32 +590,75 @@ fn a_hit_with_nothing_to_refresh_records_a_last_use_older_than_an_hour() {
     }
     std::thread::sleep(std::time::Duration::from_millis(50));
     let build = f.build(&src, json!({"run": "make"}));
-    put_layers(&f, &mut cache.session(&build).unwrap(), "A");
+    put_layers(f, &mut cache.session(&build).unwrap(), "A");
     let digest = cache.entry("app").unwrap().unwrap().input_digest;
     // One lookup to settle the rows' stat data; the next has nothing to refresh.
     std::thread::sleep(std::time::Duration::from_millis(50));
     let _ = hits(&cache, &build);
-    let two_hours_ago = std::time::SystemTime::now()
+    (cache, build, digest)
+}
+
+/// Sets the recorded last use of `app`'s version `digest` to `ago_ms` before now; returns it.
+fn set_last_use(cache: &Cache, digest: &[u8; 32], ago_ms: u64) -> u64 {
+    let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64
-        - 2 * 3_600_000;
-    {
-        let txn = cache.store().begin_write().unwrap();
-        txn.open_table(LAST_USED)
-            .unwrap()
-            .insert(("app", &digest), two_hours_ago)
-            .unwrap();
-        txn.commit().unwrap();
-    }
-    let mut s = cache.session(&build).unwrap();
-    assert!(s.lookup("app").unwrap().is_hit());
-    assert_eq!(s.counters().rows_refreshed, 0, "nothing to refresh");
-    let used = cache
+        - ago_ms;
+    let txn = cache.store().begin_write().unwrap();
+    txn.open_table(LAST_USED)
+        .unwrap()
+        .insert(("app", digest), t)
+        .unwrap();
+    txn.commit().unwrap();
+    t
+}
+
+/// The recorded last use of `app`'s version `digest`.
+fn last_use(cache: &Cache, digest: &[u8; 32]) -> u64 {
+    cache
         .versions("app")
         .unwrap()
         .into_iter()
-        .find_map(|(r, used)| r.ok().filter(|r| r.input_digest == digest).and(used))
-        .unwrap();
-    assert!(used > two_hours_ago, "the use was recorded");
+        .find_map(|(r, used)| r.ok().filter(|r| r.input_digest == *digest).and(used))
+        .unwrap()
+}
+
+/// The last use of a version hit with nothing to refresh (settled stat data: the optional
+/// last-use write alone) is recorded when it is older than an hour — else `gc --unused-days`
+/// could drop a version in daily use. (The refresh and switch paths record the use too; this
+/// pins the path that writes nothing else.)
+#[test]
+fn a_hit_with_nothing_to_refresh_records_a_last_use_older_than_an_hour() {
+    let f = Fx::new();
+    let (cache, build, digest) = settled_hit_layer(&f);
+    let two_hours_ago = set_last_use(&cache, &digest, 2 * 3_600_000);
+    let mut s = cache.session(&build).unwrap();
+    assert!(s.lookup("app").unwrap().is_hit());
+    let c = s.counters();
+    assert_eq!(c.rows_refreshed, 0, "nothing to refresh");
+    assert_eq!(c.writes_committed, 1, "the use alone: {c:?}");
+    drop(s);
+    assert!(
+        last_use(&cache, &digest) > two_hours_ago,
+        "the use was recorded"
+    );
+}
+
+/// A hit with nothing to refresh on a version whose use was recorded within the hour commits
+/// no write transaction (a write costs about as much as the lookup of a 1000-file layer, and
+/// must never make a hit queue behind another process's put), and leaves the recorded use as
+/// it was.
+#[test]
+fn a_hit_with_nothing_to_refresh_and_a_recent_use_commits_no_write() {
+    let f = Fx::new();
+    let (cache, build, digest) = settled_hit_layer(&f);
+    let half_an_hour_ago = set_last_use(&cache, &digest, 1_800_000);
+    let mut s = cache.session(&build).unwrap();
+    assert!(s.lookup("app").unwrap().is_hit());
+    let c = s.counters();
+    assert_eq!((c.rows_refreshed, c.writes_committed), (0, 0), "{c:?}");
+    assert_eq!(c.walk.files_hashed, 0, "settled rows: nothing read");
+    drop(s);
+    assert_eq!(last_use(&cache, &digest), half_an_hour_ago);
 }

@@ -302,6 +302,11 @@ pub struct SessionCounters {
     /// Optional writes (stat refresh batches) skipped because another process held the write
     /// lock; a lookup never waits for one.
     pub writes_skipped_busy: u64,
+    /// Write transactions the session's lookups committed (stat refresh batches, last-use
+    /// records, version switches, clearing lying rows). A hit on settled rows whose use was
+    /// recorded within the last hour commits none: it costs readers nothing and never queues
+    /// behind another process's write.
+    pub writes_committed: u64,
 }
 
 /// The row source id of an import or overlay dir (`import:KEY`, `overlay:KEY`); see

@@ -137,6 +137,7 @@ impl Session<'_> {
             if stale_use && let Some(txn) = store.try_begin_write()? {
                 versions::touch(&txn, path, layer, &rec.input_digest, now)?;
                 txn.commit().db(path)?;
+                self.counters.writes_committed += 1;
             }
             return Ok(());
         }
@@ -182,6 +183,7 @@ impl Session<'_> {
             done += apply_refresh(path, &txn, layer, items.by_ref().take(REFRESH_BATCH))?;
             crash_point!("refresh::before_commit");
             txn.commit().db(path)?;
+            self.counters.writes_committed += 1;
             crash_point!("refresh::after_commit");
             if items.peek().is_none() {
                 break;
@@ -296,6 +298,7 @@ impl Session<'_> {
         )?;
         versions::touch(&txn, path, layer, &rec.input_digest, now_ms())?;
         txn.commit().db(path)?;
+        self.counters.writes_committed += 1;
         self.counters.rows_refreshed += done;
         self.counters.rows_switched += rewritten;
         tracing::debug!(
@@ -343,6 +346,7 @@ impl Session<'_> {
             }
         }
         txn.commit().db(path)?;
+        self.counters.writes_committed += 1;
         tracing::warn!(
             layer = %crate::path::escape_bytes(layer.as_bytes()),
             rows = lied.len(),
