@@ -384,8 +384,9 @@ fn damaged_file_through_the_binary() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// Overwrites the stored record of a layer's current version with `value`.
-fn overwrite_entry(db: &Path, layer: &str, value: &[u8]) {
+/// Overwrites the stored record of a layer's current version with `value`; returns that
+/// version's input digest.
+fn overwrite_entry(db: &Path, layer: &str, value: &[u8]) -> [u8; 32] {
     let store = Store::open(db).unwrap();
     let current = {
         let txn = store.begin_read().unwrap();
@@ -401,6 +402,7 @@ fn overwrite_entry(db: &Path, layer: &str, value: &[u8]) {
         .insert((layer, &current), value)
         .unwrap();
     txn.commit().unwrap();
+    current
 }
 
 fn damage_rows(db: &Path, layer: &str, how: impl Fn(&mut redb::Table<(&str, &str, &[u8]), &[u8]>)) {
@@ -424,7 +426,7 @@ fn a_damaged_record_costs_that_layer_only() {
     std::fs::write(&db, &f.original).unwrap();
     // keep1: garbage entry; keep2: one row's value garbage; del: the last row deleted (the
     // changed plan deletes exactly that file: a lost row must not turn into a hit).
-    overwrite_entry(&db, "keep1", b"\xff\xff\xff");
+    let keep1_version = overwrite_entry(&db, "keep1", b"\xff\xff\xff");
     damage_rows(&db, "keep2", |t| {
         t.insert(
             ("keep2", "import:src", b"sub\0f003".as_slice()),
@@ -454,6 +456,24 @@ fn a_damaged_record_costs_that_layer_only() {
                 _ => assert!(lk.is_hit(), "{l}: {:?}", lk.reasons()),
             }
         }
+    }
+    // The damaged version is named as `layer@<first 16 hex digits of its input digest>`, the
+    // key `layercache check` and `gc` print, so a user can find it.
+    let hex: String = keep1_version[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let key = format!("keep1@{hex}");
+    let lk = cache
+        .session(f.plan.build())
+        .unwrap()
+        .lookup("keep1")
+        .unwrap();
+    match lk.reasons() {
+        [MissReason::DamagedEntry { detail }] => {
+            assert!(detail.contains(&key), "{detail:?} does not name {key}")
+        }
+        other => panic!("keep1: {other:?}"),
     }
     // A put replaces the damaged records; the layers hit again.
     let mut s = cache.session(f.plan.build()).unwrap();

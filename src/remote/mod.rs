@@ -81,8 +81,9 @@ pub use wire::{
     OCI_MANIFEST_MEDIA_TYPE, TAG_CONTEXT, entry_tag,
 };
 
+use crate::path::hex;
 use error::Redactor;
-use wire::{Envelope, ManifestIn, hex, sha256_hex};
+use wire::{Envelope, ManifestIn, sha256_hex};
 
 /// Result of this module.
 pub type Result<T> = std::result::Result<T, RemoteError>;
