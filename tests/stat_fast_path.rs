@@ -13,7 +13,7 @@ use layercache::codec::{self, ROW_LIMIT};
 use layercache::schema::{ROWS, Row};
 use layercache::{
     Base, Build, Cache, CacheConfig, Change, LayerInputs, LookupMode, MissReason, OverlayDir,
-    RelPath, Store,
+    RelPath, SessionCounters, Store,
 };
 use redb::ReadableTable;
 
@@ -156,10 +156,15 @@ fn setup(files: usize) -> Setup {
 
 /// One lookup in a fresh session: (hit, walk counters, rows refreshed).
 fn lookup(s: &Setup) -> (bool, layercache::WalkCounters, u64, Vec<MissReason>) {
-    let mut session = s.cache.session(&s.build).unwrap();
-    let l = session.lookup("app").unwrap();
-    let c = session.counters();
+    let (l, c) = lookup_with(s, LookupMode::FOR_BUILD);
     (l.is_hit(), c.walk, c.rows_refreshed, l.reasons().to_vec())
+}
+
+/// One lookup of `mode` in a fresh session, with the session's counters.
+fn lookup_with(s: &Setup, mode: LookupMode) -> (layercache::Lookup, SessionCounters) {
+    let mut session = s.cache.session(&s.build).unwrap();
+    let l = session.lookup_with("app", mode).unwrap();
+    (l, session.counters())
 }
 
 #[test]
@@ -416,13 +421,74 @@ fn every_file_touched_hits_after_one_hashing_pass() {
             filetime::set_file_mtime(e.path(), an_hour_ago()).unwrap(); // ctime moves
         }
     }
-    let (hit, c, refreshed, _) = lookup(&s);
-    assert!(hit);
-    assert_eq!(c.files_hashed, 300);
-    assert_eq!(refreshed, 300);
+    // Past the ctimes' tick, so the refresh's stat data vouch for the metadata too.
+    std::thread::sleep(Duration::from_millis(50));
+    let (l, c) = lookup_with(&s, LookupMode::FOR_BUILD);
+    assert!(l.is_hit());
+    assert_eq!(c.walk.files_hashed, 300);
+    assert_eq!(c.rows_refreshed, 300);
+    assert_eq!(c.writes_committed, 1, "one batch, with the use: {c:?}");
+    let (l, c) = lookup_with(&s, LookupMode::FOR_BUILD);
+    assert!(l.is_hit());
+    assert_eq!(c.walk.files_hashed, 0, "{c:?}");
+    assert_eq!(
+        c.writes_committed, 0,
+        "nothing to refresh, the use recorded: {c:?}"
+    );
+}
+
+/// The stat fast path's blind spot (a row whose stat data matches while its digest is of other
+/// content: planted here, as a tool restoring stat data after a rewrite would leave it) fools
+/// a normal lookup; a `VERIFY` lookup reads every file, names the row, and clears its stat data
+/// in one write, so the next normal lookup reads that file and misses.
+#[test]
+fn a_verify_lookup_names_a_lying_row_and_clears_its_stat_data() {
+    let s = setup(20);
+    let path = "d0/e0/f0.txt";
+    let f = s.src.join(path);
+    write(&s.src, path, b"content X"); // the same size as "content 0"
+    filetime::set_file_mtime(&f, an_hour_ago()).unwrap();
+    std::thread::sleep(Duration::from_millis(50)); // past the ctime's tick
+    let now_ns = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    let Setup {
+        _tmp,
+        src,
+        cache,
+        build,
+    } = s;
+    let cache = edit_row(cache, path, |r| r.stat = Some(stat_now(&f, now_ns)));
+    let s = Setup {
+        _tmp,
+        src,
+        cache,
+        build,
+    };
     let (hit, c, _, _) = lookup(&s);
-    assert!(hit);
-    assert_eq!(c.files_hashed, 0, "{c:?}");
+    assert!(
+        hit && c.files_hashed == 0,
+        "the planted lie must fool the fast path: {c:?}"
+    );
+
+    let (l, c) = lookup_with(&s, LookupMode::VERIFY);
+    assert!(!l.is_hit());
+    let lied: Vec<String> = l.lying_rows.iter().map(|r| r.path.to_string()).collect();
+    assert_eq!(lied, [path]);
+    assert_eq!(c.walk.files_hashed, 20, "verify reads every file: {c:?}");
+    assert_eq!(
+        c.writes_committed, 1,
+        "the stat data cleared in one write: {c:?}"
+    );
+    assert!(stored_row(&s.cache, path).stat.is_none());
+
+    let (l, c) = lookup_with(&s, LookupMode::FOR_BUILD);
+    assert!(!l.is_hit(), "the lying row must not be trusted again");
+    assert_eq!(
+        c.walk.files_hashed, 1,
+        "only the cleared row is read: {c:?}"
+    );
 }
 
 #[test]
