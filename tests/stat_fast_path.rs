@@ -116,6 +116,25 @@ fn edit_row(cache: Cache, path: &str, f: impl FnOnce(&mut Row)) -> Cache {
     .unwrap()
 }
 
+impl Setup {
+    /// [`edit_row`] on this set-up's cache.
+    fn edit_row(self, path: &str, f: impl FnOnce(&mut Row)) -> Setup {
+        let Setup {
+            _tmp,
+            src,
+            cache,
+            build,
+        } = self;
+        let cache = edit_row(cache, path, f);
+        Setup {
+            _tmp,
+            src,
+            cache,
+            build,
+        }
+    }
+}
+
 /// The current stat data of `p` as a row records it, with the given snapshot time.
 fn stat_now(p: &Path, snapshot_ns: i64) -> layercache::schema::RowStat {
     let m = std::fs::symlink_metadata(p).unwrap();
@@ -363,20 +382,7 @@ fn xattr_change_in_the_tick_of_a_ctime_racy_row_misses() {
 /// damaged entry, not hit.
 #[test]
 fn a_row_altered_in_place_misses_as_damaged_although_its_stat_matches() {
-    let s = setup(200);
-    let Setup {
-        _tmp,
-        src,
-        cache,
-        build,
-    } = s;
-    let cache = edit_row(cache, "d1/e1/f1.txt", |r| r.digest[0] ^= 1);
-    let s = Setup {
-        _tmp,
-        src,
-        cache,
-        build,
-    };
+    let s = setup(200).edit_row("d1/e1/f1.txt", |r| r.digest[0] ^= 1);
     let (hit, c, _, reasons) = lookup(&s);
     // 200 files hashed: once the rows prove damaged, what a put is checked against comes from
     // a walk that reads every file (damaged rows vouch for nothing).
@@ -453,19 +459,7 @@ fn a_verify_lookup_names_a_lying_row_and_clears_its_stat_data() {
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap()
         .as_nanos() as i64;
-    let Setup {
-        _tmp,
-        src,
-        cache,
-        build,
-    } = s;
-    let cache = edit_row(cache, path, |r| r.stat = Some(stat_now(&f, now_ns)));
-    let s = Setup {
-        _tmp,
-        src,
-        cache,
-        build,
-    };
+    let s = s.edit_row(path, |r| r.stat = Some(stat_now(&f, now_ns)));
     let (hit, c, _, _) = lookup(&s);
     assert!(
         hit && c.files_hashed == 0,
@@ -637,37 +631,19 @@ fn a_row_whose_mtime_is_within_one_tick_before_its_snapshot_is_racy() {
 /// lookup hashes the file. With the old 20 ms slack it was trusted.
 #[test]
 fn a_file_modified_one_second_before_its_snapshot_is_hashed() {
-    let Setup {
-        _tmp,
-        src,
-        cache,
-        build,
-    } = setup(20);
-    let f = src.join("d1/e1/f1.txt");
+    let s = setup(20);
+    let f = s.src.join("d1/e1/f1.txt");
     let mtime = stat_now(&f, 0).mtime_ns;
-    let cache = edit_row(cache, "d1/e1/f1.txt", |r| {
+    let s = s.edit_row("d1/e1/f1.txt", |r| {
         r.stat = Some(stat_now(&f, mtime + 1_000_000_000))
     });
-    let s = Setup {
-        _tmp,
-        src,
-        cache,
-        build,
-    };
     let (hit, c, _, reasons) = lookup(&s);
     assert!(hit, "{reasons:?}");
     assert_eq!((c.files_hashed, c.racy), (1, 1), "{c:?}");
     // Two and a half seconds before: settled, trusted by stat.
-    let f = s.src.join("d1/e1/f1.txt");
-    let cache = edit_row(s.cache, "d1/e1/f1.txt", |r| {
+    let s = s.edit_row("d1/e1/f1.txt", |r| {
         r.stat = Some(stat_now(&f, mtime + 2_500_000_000))
     });
-    let s = Setup {
-        _tmp: s._tmp,
-        src: s.src,
-        cache,
-        build: s.build,
-    };
     let (hit, c, _, _) = lookup(&s);
     assert!(hit);
     assert_eq!((c.files_hashed, c.racy), (0, 0), "{c:?}");
