@@ -9,36 +9,32 @@
 //!   prints `hit` or `miss`.
 //! - `crash_child open DB`: opens the database for writing (which migrates an older schema);
 //!   prints `opened`.
+//!
+//! With `PAUSE_AT=NAME` (one of `layercache::failpoint::SWITCH_POINTS`) the child stops at that
+//! point instead: it prints `paused at NAME` and goes on after a line on stdin.
 
+#[path = "common/layer.rs"]
+mod layer;
 #[path = "common/outputs.rs"]
 mod outputs;
+use layer::build;
 use outputs::outputs;
 
+use std::io::{BufRead, Write};
 use std::path::Path;
 
-use layercache::{Base, Build, Cache, CacheConfig, Import, LayerInputs};
-use serde_json::json;
+use layercache::{Cache, CacheConfig};
 
-/// The build of layer `l` both this child and the test use.
-fn build(tree: &Path, generation: u64) -> Build {
-    let mut b = Build::new();
-    b.add(
-        "l",
-        LayerInputs {
-            definition: json!({ "gen": generation }),
-            base: Base::Scratch,
-            imports: vec![Import {
-                key: "src".into(),
-                path: tree.to_path_buf(),
-                dest: None,
-            }],
-            overlay_dirs: vec![],
-            source_date_epoch: None,
-            build_only: false,
-            uncacheable: None,
-        },
-    );
-    b
+/// Makes the child stop at crash point `point` (instead of aborting there): it prints
+/// `paused at POINT` and waits for a line on stdin, so a test can act (put, say) between two
+/// steps of this process, exactly there.
+fn pause_at(point: &'static str) -> Result<(), String> {
+    fail::cfg_callback(point, move || {
+        println!("paused at {point}");
+        let _ = std::io::stdout().flush();
+        let mut line = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut line);
+    })
 }
 
 fn open(db: &Path) -> Result<Cache, layercache::Error> {
@@ -51,6 +47,13 @@ fn open(db: &Path) -> Result<Cache, layercache::Error> {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let scenario = fail::FailScenario::setup();
+    if let Ok(point) = std::env::var("PAUSE_AT") {
+        let point = layercache::failpoint::SWITCH_POINTS
+            .iter()
+            .find(|p| **p == point)
+            .ok_or_else(|| format!("PAUSE_AT={point}: not a switch point"))?;
+        pause_at(point)?;
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize| -> Result<&str, String> {
         args.get(i)

@@ -3,7 +3,8 @@
 //!
 //! Each point marks one step of a write whose outcome after a crash the tests pin down: a put
 //! (before and after its rows, before its entry, before and after its commit), a stat refresh
-//! (before and after each batch's commit) and a migration (between row batches, before the
+//! (before and after each batch's commit), a version switch (before its write, around its
+//! commit) and a migration (between row batches, before the
 //! version record, before and after the commit). A process configured with
 //! `FAILPOINTS=NAME=return` (read by `fail::FailScenario::setup`) **aborts** at the point —
 //! `std::process::abort`: no unwinding, no destructor, no commit, as in a crash. The other
@@ -27,6 +28,16 @@ pub const REFRESH_POINTS: &[&str] = &[
     "refresh::before_batch",
     "refresh::before_commit",
     "refresh::after_commit",
+];
+
+/// Every crash point of a version switch (a hit on a stored version other than the current
+/// one: rows and pointer move to it in one write transaction), in the order a switch reaches
+/// them. `switch::before_write` is after the lookup read the layer and before the switch takes
+/// the write lock: where another process's put can land between the two.
+pub const SWITCH_POINTS: &[&str] = &[
+    "switch::before_write",
+    "switch::before_commit",
+    "switch::after_commit",
 ];
 
 /// Every crash point of a migration, in the order a migration reaches them

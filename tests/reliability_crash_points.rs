@@ -8,19 +8,19 @@
 //! child that does not die of SIGABRT at a point (the point is not on the path) fails the test.
 
 mod common;
+#[path = "../examples/common/layer.rs"]
+mod layer;
+use layer::build;
 
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 
-use layercache::failpoint::{MIGRATE_POINTS, PUT_POINTS, REFRESH_POINTS};
+use layercache::failpoint::{MIGRATE_POINTS, PUT_POINTS, REFRESH_POINTS, SWITCH_POINTS};
 use layercache::schema::EntryRecord;
-use layercache::{
-    Base, Build, Cache, CacheConfig, Import, LayerInputs, MissReason, SCHEMA_VERSION, Store,
-    inspect,
-};
-use serde_json::json;
+use layercache::{Build, Cache, CacheConfig, MissReason, SCHEMA_VERSION, Store, inspect};
 
 /// The crash_child example, built with the `failpoints` feature beside this test (always
 /// rebuilt: cargo makes it a no-op when fresh).
@@ -79,28 +79,6 @@ fn run_child(child: &Path, args: &[&std::ffi::OsStr], point: Option<&str>) -> St
         None => assert!(out.status.success(), "{:?}\n{stdout}{stderr}", out.status),
     }
     stdout
-}
-
-/// The build of layer `l` the child uses (`examples/crash_child.rs`).
-fn build(tree: &Path, generation: u64) -> Build {
-    let mut b = Build::new();
-    b.add(
-        "l",
-        LayerInputs {
-            definition: json!({ "gen": generation }),
-            base: Base::Scratch,
-            imports: vec![Import {
-                key: "src".into(),
-                path: tree.to_path_buf(),
-                dest: None,
-            }],
-            overlay_dirs: vec![],
-            source_date_epoch: None,
-            build_only: false,
-            uncacheable: None,
-        },
-    );
-    b
 }
 
 /// The cache as the child opens it: its OCI layout is `<dir>/oci`, holding the one output blob
@@ -275,6 +253,126 @@ fn a_refresh_aborted_at_each_crash_point_refreshes_all_rows_or_none() {
             assert!(c.rows_refreshed >= files, "{point}: {c:?}");
         }
     }
+}
+
+/// Layer `l` (generation 1) with two stored versions: A, put from `tree` as
+/// [`committed_then_changed`] wrote it, and B, put after the change and current; then the
+/// change is undone, so a lookup of `tree` hits A, not the current version, and switches the
+/// layer to it. Returns (keep, A, B).
+fn two_versions_back_on_a(
+    dir: &Path,
+    db: &Path,
+    tree: &Path,
+) -> (EntryRecord, EntryRecord, EntryRecord) {
+    let (keep, a) = committed_then_changed(dir, db, tree);
+    let cache = open(db);
+    let b = put(&cache, &build(tree, 1), "l");
+    assert_ne!(a.input_digest, b.input_digest);
+    drop(cache);
+    common::write(tree, "sub/f03", b"v1 3");
+    common::write(tree, "sub/f07", b"v1 7");
+    std::fs::remove_file(tree.join("sub/new")).unwrap();
+    (keep, a, b)
+}
+
+/// A version switch (a hit on stored version A while B is current) aborted at each of its
+/// crash points: before the commit the layer is still B over B's rows, after it A over A's
+/// rows — never a pointer to one version over the rows of another (`check` is clean); either
+/// way the next lookup of A's tree hits with A's record, switching the three rows that differ
+/// only if the aborted switch did not, and `keep` is intact.
+#[test]
+fn a_version_switch_aborted_at_each_crash_point_leaves_the_old_version_or_the_new() {
+    let child = child_exe();
+    for point in SWITCH_POINTS {
+        let tmp = tempfile::tempdir().unwrap();
+        let (db, tree) = (tmp.path().join("c.redb"), tmp.path().join("tree"));
+        let (keep, a, b) = two_versions_back_on_a(tmp.path(), &db, &tree);
+        run_child(
+            &child,
+            &[
+                "lookup".as_ref(),
+                db.as_os_str(),
+                tree.as_os_str(),
+                "1".as_ref(),
+            ],
+            Some(point),
+        );
+        verify_consistent(&db, &keep, point);
+        let committed = point.ends_with("after_commit");
+        let cache = open(&db);
+        let current = cache.entry("l").unwrap().expect("layer l lost");
+        assert_eq!(current, if committed { a.clone() } else { b }, "{point}");
+        let a_build = build(&tree, 1);
+        let mut s = cache.session(&a_build).unwrap();
+        let lk = s.lookup("l").unwrap();
+        assert!(lk.is_hit(), "{point}: {:?}", lk.reasons());
+        assert_eq!(lk.entry().unwrap().record, a, "{point}");
+        let c = s.counters();
+        assert_eq!(
+            c.rows_switched,
+            if committed { 0 } else { 3 },
+            "{point}: {c:?}"
+        );
+    }
+}
+
+/// A version switch never overwrites a put committed after its lookup read the layer. The
+/// child's lookup hits A (B current) and pauses where the switch would take the write lock;
+/// meanwhile B is put again, from a copy of B's tree elsewhere: the same inputs, so the same
+/// version, and only the pointer's generation tells that the rows were rewritten. The child
+/// then goes on (still a hit) and must leave the layer on B, as the later put left it.
+#[test]
+fn a_version_switch_never_overwrites_a_put_committed_after_its_lookup_read_the_layer() {
+    let child = child_exe();
+    let tmp = tempfile::tempdir().unwrap();
+    let (db, tree) = (tmp.path().join("c.redb"), tmp.path().join("tree"));
+    let (keep, _a, b) = two_versions_back_on_a(tmp.path(), &db, &tree);
+    let b_tree = tmp.path().join("b-tree");
+    for i in (0..20).filter(|i| *i != 7) {
+        let content = if i == 3 {
+            "v2 edited".to_string()
+        } else {
+            format!("v1 {i}")
+        };
+        common::write(&b_tree, &format!("sub/f{i:02}"), content.as_bytes());
+    }
+    common::write(&b_tree, "sub/new", b"v2 added");
+
+    let mut proc = Command::new(&child)
+        .args([
+            "lookup".as_ref(),
+            db.as_os_str(),
+            tree.as_os_str(),
+            "1".as_ref(),
+        ])
+        .env_remove("FAILPOINTS")
+        .env("PAUSE_AT", "switch::before_write")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(proc.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "paused at switch::before_write");
+
+    let cache = open(&db);
+    let again = put(&cache, &build(&b_tree, 1), "l");
+    assert_eq!(again, b, "the same inputs and outputs: the same version");
+    drop(cache);
+
+    proc.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    let status = proc.wait().unwrap();
+    assert!(status.success(), "{status:?}: {rest}");
+    assert_eq!(rest.trim(), "hit", "the hit stands");
+    verify_consistent(&db, &keep, "after the race");
+    assert_eq!(
+        open(&db).entry("l").unwrap().expect("layer l lost"),
+        b,
+        "the switch overwrote a put committed after its lookup read the layer"
+    );
 }
 
 /// A migration aborted at each of its crash points (between row batches — in the large fixture,

@@ -207,6 +207,7 @@ impl Session<'_> {
         refresh: &RefreshList,
         sw: Switch<'_>,
     ) -> Result<()> {
+        crash_point!("switch::before_write");
         let store = &self.cache.store;
         let path = store.path();
         // Optional: when a put or another lookup holds the write lock, the hit stands and the
@@ -297,7 +298,9 @@ impl Session<'_> {
             },
         )?;
         versions::touch(&txn, path, layer, &rec.input_digest, now_ms())?;
+        crash_point!("switch::before_commit");
         txn.commit().db(path)?;
+        crash_point!("switch::after_commit");
         self.counters.writes_committed += 1;
         self.counters.rows_refreshed += done;
         self.counters.rows_switched += rewritten;
