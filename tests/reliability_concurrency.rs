@@ -288,6 +288,49 @@ fn while_another_process_holds_the_write_lock() {
     assert_eq!(b.run(b.lookup_cmd("l2")).status.code(), Some(0));
 }
 
+/// A hit whose stat refresh finds the write lock held by another process neither waits nor
+/// fails: the hit stands, the refresh is skipped and counted (`writes_skipped_busy`), nothing
+/// is written; once the lock is free the next hit refreshes every row in one write, and the
+/// one after reads no file.
+#[test]
+fn a_hit_skips_its_stat_refresh_while_another_process_writes_and_refreshes_later() {
+    let b = Build::new(1, 5);
+    assert!(b.run(b.put_cmd("l0")).status.success());
+    // Every file touched (content kept, ctime moved), then past the ctimes' tick: a hit must
+    // read each file and would refresh each row.
+    let old = filetime::FileTime::from_system_time(
+        std::time::SystemTime::now() - Duration::from_secs(3600),
+    );
+    for e in walkdir::WalkDir::new(b.root().join("imports/l0")) {
+        filetime::set_file_mtime(e.unwrap().path(), old).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let counters = |what: &str| -> Value {
+        let mut c = b.lookup_cmd("l0");
+        c.arg("--json");
+        let o = b.run(c);
+        assert_eq!(o.status.code(), Some(0), "{what}: {}", text(&o));
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        let c = &v["counters"];
+        json!([
+            c["walk"]["files_hashed"],
+            c["rows_refreshed"],
+            c["writes_skipped_busy"],
+            c["writes_committed"]
+        ])
+    };
+    let holder = LockHolder::take(&b.db);
+    assert_eq!(
+        counters("lock held"),
+        json!([5, 0, 1, 0]),
+        "hashed, not refreshed, skipped, nothing written"
+    );
+    holder.release();
+    // Five files and two directories (the root and d0) touched: seven rows.
+    assert_eq!(counters("lock free"), json!([5, 7, 0, 1]));
+    assert_eq!(counters("refreshed"), json!([0, 0, 0, 0]));
+}
+
 /// `gc` (like `migrate` and `compact`, one transaction each) handles SIGINT: interrupted while
 /// it waits for the write lock, it stops waiting, changes nothing, closes the file and exits
 /// 130 saying so — it is not killed with the database open.

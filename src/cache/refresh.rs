@@ -141,7 +141,7 @@ impl Session<'_> {
             }
             return Ok(());
         }
-        self.refresh_rows(layer, refresh, Some(&rec.input_digest))
+        self.refresh_rows(layer, refresh, &rec.input_digest)
     }
 
     /// Records the current stat data of rows whose content was equal but whose stat was stale,
@@ -149,23 +149,15 @@ impl Session<'_> {
     /// use of `touch`. A row is only updated if it is still, in every compared property, the
     /// row the lookup verified (another session may have put the layer from another tree
     /// meanwhile).
-    fn refresh_rows(
-        &mut self,
-        layer: &str,
-        refresh: &RefreshList,
-        touch: Option<&[u8; 32]>,
-    ) -> Result<()> {
+    fn refresh_rows(&mut self, layer: &str, refresh: &RefreshList, touch: &[u8; 32]) -> Result<()> {
         let store = &self.cache.store;
         let path = store.path();
         let mut done = 0u64;
-        let mut touch = touch;
+        let mut touch = Some(touch);
         // Each refreshed row is true on its own (this stat, this verified digest), so the rows
         // are written in batches of their own transactions: a refresh of 10^6 touched files
         // never holds all of redb's dirty pages at once.
         let mut items = refresh.items().peekable();
-        if items.peek().is_none() && touch.is_none() {
-            return Ok(());
-        }
         loop {
             crash_point!("refresh::before_batch");
             // Optional: never wait for another process's write.
