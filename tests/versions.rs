@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use common::write;
-use layercache::schema::LAST_USED;
+use layercache::schema::{LAST_USED, LAYERS};
 use layercache::{
     Base, Build, Cache, CacheConfig, LayerInputs, Lookup, MissReason, OverlayDir, Session,
 };
@@ -664,4 +664,43 @@ fn a_hit_with_nothing_to_refresh_and_a_recent_use_commits_no_write() {
     assert_eq!(c.walk.files_hashed, 0, "settled rows: nothing read");
     drop(s);
     assert_eq!(last_use(&cache, &digest), half_an_hour_ago);
+}
+
+/// A layer whose pointer (which version its rows describe) is lost, or damaged so that it no
+/// longer decodes, still hits its stored version, and the hit points the layer at that version
+/// again: the pointer is repaired, not left missing for every later lookup to trip over.
+#[test]
+fn a_hit_on_a_layer_whose_pointer_is_lost_or_damaged_repairs_the_pointer() {
+    for damage in ["lost", "damaged"] {
+        let f = Fx::new();
+        let (cache, build, digest) = settled_hit_layer(&f);
+        {
+            let txn = cache.store().begin_write().unwrap();
+            {
+                let mut t = txn.open_table(LAYERS).unwrap();
+                match damage {
+                    "lost" => assert!(t.remove("app").unwrap().is_some()),
+                    _ => {
+                        t.insert("app", b"\x01\x02\x03".as_slice()).unwrap();
+                    }
+                }
+            }
+            txn.commit().unwrap();
+        }
+        assert!(
+            cache.entry("app").unwrap_or(None).is_none(),
+            "{damage}: no current version"
+        );
+        let mut s = cache.session(&build).unwrap();
+        let l = s.lookup("app").unwrap();
+        assert!(l.is_hit(), "{damage}: {:?}", l.reasons());
+        assert_eq!(l.entry().unwrap().record.input_digest, digest, "{damage}");
+        drop(s);
+        let current = cache.entry("app").unwrap().map(|e| e.input_digest);
+        assert_eq!(
+            current,
+            Some(digest),
+            "{damage}: the pointer was not repaired"
+        );
+    }
 }
