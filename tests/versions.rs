@@ -153,10 +153,15 @@ fn branch_switch_back_and_forth_hits_an_overlay_layer_and_the_chain_on_it() {
     let app = s.lookup("app").unwrap();
     assert!(app.is_hit(), "{:?}", app.reasons());
     assert_eq!(app.entry().unwrap().record.manifests, a_outputs);
-    // Exactly the rows that differ (only-b.txt removed, only-a.txt and lib/a.rs written), in
-    // one write transaction with the pointer.
+    // Exactly the rows that differ (only-b.txt removed, only-a.txt and lib/a.rs written), and
+    // the stat data of the four rewritten with the same content (lib/shared.rs, main.rs, the
+    // root and lib/: the checkout made new files), in one write transaction with the pointer.
     let c = s.counters();
-    assert_eq!((c.rows_switched, c.writes_committed), (3, 1), "{c:?}");
+    assert_eq!(
+        (c.rows_switched, c.rows_refreshed, c.writes_committed),
+        (3, 4, 1),
+        "{c:?}"
+    );
     let top = s.lookup("top").unwrap();
     assert!(top.is_hit(), "{:?}", top.reasons());
     assert_eq!(cache.entry("app").unwrap().unwrap().manifests, a_outputs);
@@ -560,9 +565,11 @@ fn switching_to_a_version_without_a_source_deletes_that_sources_rows() {
         assert!(!l.is_hit());
         s.put(&l, &f.manifests(m)).unwrap();
     }
-    // Back to A (a hit on the older version): the extra import's rows are there again.
+    // Back to A (a hit on the older version): the extra import's rows are there again,
+    // walked into rows by the switch (the rows held none to diff against).
     let mut s = cache.session(&with_extra).unwrap();
     assert!(s.lookup("app").unwrap().is_hit());
+    assert_eq!(s.counters().rows_switched, 2, "{:?}", s.counters());
     drop(s);
     let (cache, n) = extra_rows(cache);
     assert_eq!(
