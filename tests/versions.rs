@@ -528,7 +528,20 @@ fn switching_to_a_version_without_a_source_deletes_that_sources_rows() {
     let src = f.p("checkout");
     write(&src, "a.txt", b"a");
     write(&f.p("extra"), "x.txt", b"x");
-    let plain = f.build(&src, json!({"run": "make"}));
+    write(&f.p("early"), "e.txt", b"e");
+    let mut plain = f.build(&src, json!({"run": "make"}));
+    // An import of the same role before the extra one, with rows of its own: the switch must
+    // walk the extra import's own directory into its rows, not the first import's.
+    plain
+        .layers
+        .get_mut("app")
+        .unwrap()
+        .imports
+        .push(layercache::Import {
+            key: "early".into(),
+            path: f.p("early"),
+            dest: None,
+        });
     let mut with_extra = plain.clone();
     with_extra
         .layers
