@@ -275,6 +275,18 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
+/// The bytes of lowercase hex written by [`hex`]; `None` for anything else (an odd length,
+/// upper case, a sign or any other character), so one digest has one spelling.
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| s.get(i..i + 2).and_then(|p| u8::from_str_radix(p, 16).ok()))
+        .collect()
+}
+
 /// A stored hash for people: printable ASCII (an OCI digest such as `sha256:…`, stored as its
 /// text) as it is, anything else (a raw blake3 digest) as lowercase [`hex`].
 pub fn display_hash(bytes: &[u8]) -> String {

@@ -117,16 +117,7 @@ pub struct SharedRecord {
 }
 
 pub use crate::path::hex;
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| s.get(i..i + 2).and_then(|p| u8::from_str_radix(p, 16).ok()))
-        .collect()
-}
+use crate::path::unhex;
 
 fn unhex32(s: &str) -> Option<[u8; 32]> {
     unhex(s).and_then(|v| <[u8; 32]>::try_from(v).ok())

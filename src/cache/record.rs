@@ -50,6 +50,7 @@ use serde::{Deserialize, Serialize};
 use base64::Engine;
 
 use crate::error::{Error, Result};
+use crate::path::hex as to_hex;
 use crate::tree::SealedLog;
 
 use super::{Observed, Seen, SourceRole};
@@ -296,23 +297,9 @@ fn parse_error(path: &Path, detail: String) -> Error {
     }
 }
 
-/// Lower-case hex of bytes, and back.
-fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
+/// The bytes of a lower-case hex field.
 fn from_hex(s: &str) -> std::result::Result<Vec<u8>, String> {
-    if !s.len().is_multiple_of(2) {
-        return Err(format!("{s:?} is not hex (odd length)"));
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| {
-            s.get(i..i + 2)
-                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
-                .ok_or_else(|| format!("{s:?} is not hex"))
-        })
-        .collect()
+    crate::path::unhex(s).ok_or_else(|| format!("{s:?} is not lower-case hex"))
 }
 
 fn to_32(v: Vec<u8>) -> std::result::Result<[u8; 32], String> {
