@@ -235,21 +235,31 @@ impl LookupRecord {
     /// larger than 1 GiB, is not such a JSON object, or is of another format version is refused
     /// with [`Error::Parse`] naming it.
     pub fn read(path: &Path) -> Result<LookupRecord> {
+        Self::read_limited(path, RECORD_LIMIT)
+    }
+
+    /// [`LookupRecord::read`] with a size limit of `limit` bytes: a larger file is refused
+    /// from its stat size, before a byte is read (nothing is allocated for it), and at most
+    /// `limit` bytes are read (a file that grew meanwhile is cut there, and does not parse).
+    fn read_limited(path: &Path, limit: u64) -> Result<LookupRecord> {
         let meta = std::fs::metadata(path)
             .map_err(|e| Error::io("cannot read the lookup record", path, e))?;
         if !meta.is_file() {
             return Err(parse_error(path, "it is not a regular file".to_string()));
         }
-        let mut bytes = Vec::new();
-        std::fs::File::open(path)
-            .and_then(|f| f.take(RECORD_LIMIT + 1).read_to_end(&mut bytes))
-            .map_err(|e| Error::io("cannot read the lookup record", path, e))?;
-        if bytes.len() as u64 > RECORD_LIMIT {
+        if meta.len() > limit {
             return Err(parse_error(
                 path,
-                format!("it is larger than the {RECORD_LIMIT}-byte limit"),
+                format!(
+                    "it is {} bytes, larger than the {limit}-byte limit",
+                    meta.len()
+                ),
             ));
         }
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(limit).read_to_end(&mut bytes))
+            .map_err(|e| Error::io("cannot read the lookup record", path, e))?;
         // The format and version first, so another version says so instead of a field error.
         #[derive(Deserialize)]
         struct Head {
@@ -400,5 +410,42 @@ mod tests {
         assert!(err.contains("not a layercache lookup record"), "{err}");
         std::fs::write(&p, text.replace("0909", "0g09")).unwrap();
         assert!(LookupRecord::read(&p).is_err());
+    }
+
+    /// A record of exactly the size limit is read whole; one byte more is refused from its
+    /// stat size, saying so (not a parse error of a cut file).
+    #[test]
+    fn a_record_of_exactly_the_limit_is_read_and_one_byte_more_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.json");
+        let r = record();
+        r.write(&p).unwrap();
+        let size = std::fs::metadata(&p).unwrap().len();
+        assert_eq!(LookupRecord::read_limited(&p, size).unwrap(), r);
+        let err = LookupRecord::read_limited(&p, size - 1)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!(
+                "it is {size} bytes, larger than the {}-byte limit",
+                size - 1
+            )),
+            "{err}"
+        );
+    }
+
+    /// A path that is not a regular file (a directory, a FIFO) is refused before it is opened:
+    /// a FIFO would block the put for ever.
+    #[test]
+    fn a_record_path_that_is_not_a_regular_file_is_refused_unopened() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo on a NUL-terminated path we own.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        for p in [dir.path(), fifo.as_path()] {
+            let err = LookupRecord::read(p).unwrap_err().to_string();
+            assert!(err.contains("it is not a regular file"), "{err}");
+        }
     }
 }
