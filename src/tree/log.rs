@@ -430,6 +430,9 @@ mod tests {
             entry(b"a-b", EntryKind::File, 4, true),
             entry(b"a.txt", EntryKind::CharDevice, 5, false),
             entry(b"a0", EntryKind::Fifo, 6, false),
+            // A first byte that differs from the previous key's: nothing shared.
+            entry(b"b", EntryKind::File, 7, false),
+            entry(b"b/c", EntryKind::File, 8, false),
         ];
         let mut log = WalkLog::new();
         for e in &walked {
