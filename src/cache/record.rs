@@ -50,7 +50,6 @@ use serde::{Deserialize, Serialize};
 use base64::Engine;
 
 use crate::error::{Error, Result};
-use crate::path::hex as to_hex;
 use crate::tree::SealedLog;
 
 use super::{Observed, Seen, SourceRole};
@@ -240,7 +239,7 @@ impl LookupRecord {
 
     /// [`LookupRecord::read`] with a size limit of `limit` bytes: a larger file is refused
     /// from its stat size, before a byte is read (nothing is allocated for it), and at most
-    /// `limit` bytes are read (a file that grew meanwhile is cut there, and does not parse).
+    /// `limit` bytes are read, so a file that grows meanwhile cannot make the read unbounded.
     fn read_limited(path: &Path, limit: u64) -> Result<LookupRecord> {
         let meta = std::fs::metadata(path)
             .map_err(|e| Error::io("cannot read the lookup record", path, e))?;
@@ -320,7 +319,7 @@ mod hex32 {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(v: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&super::to_hex(v))
+        s.serialize_str(&crate::path::hex(v))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
@@ -336,7 +335,7 @@ mod hex32_opt {
 
     pub fn serialize<S: Serializer>(v: &Option<[u8; 32]>, s: S) -> Result<S::Ok, S::Error> {
         match v {
-            Some(v) => s.serialize_some(&super::to_hex(v)),
+            Some(v) => s.serialize_some(&crate::path::hex(v)),
             None => s.serialize_none(),
         }
     }
@@ -354,7 +353,7 @@ mod hex_opt {
 
     pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
         match v {
-            Some(v) => s.serialize_some(&super::to_hex(v)),
+            Some(v) => s.serialize_some(&crate::path::hex(v)),
             None => s.serialize_none(),
         }
     }
