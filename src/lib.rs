@@ -125,6 +125,8 @@
 //!
 //! Arrows point down: a module uses only those listed after it, never one above.
 //!
+//! * `report` asks the cache about every layer of a build through the public session API and
+//!   renders the answers as text or one self-contained HTML page ([`build_report`]).
 //! * [`inspect`] serves `dump`, `stats`, `check` and `compact`: `inspect/mod.rs` (the report
 //!   types), `reader.rs` (the read-only snapshot, every read under the store's panic guard),
 //!   `check.rs` (the integrity checker), `maintain.rs` (the only writable opens), `render.rs`
@@ -176,6 +178,7 @@ pub mod path;
 pub mod plan;
 pub mod reason;
 pub mod remote;
+mod report;
 pub mod schema;
 pub mod share;
 pub mod stacker;
@@ -193,7 +196,17 @@ pub use diff::{Change, Modified, TreeDiff, compare_rows, diff_trees};
 pub use error::{Error, Result};
 pub use inputs::{Base, Build, Import, LayerInputs, OverlayDir};
 pub use path::{RelPath, escape_bytes, validate_layer_name};
+pub use plan::Plan;
 pub use reason::{BaseChange, FieldChange, MissReason};
+pub use report::{
+    BuildReport, ChangedPath, LayerReport, LayerState, MAX_CHANGED_PATHS, StateCounts,
+    build_report, html_escape,
+};
 pub use schema::{EntryKind, Row, SCHEMA_VERSION};
 pub use store::{DEFAULT_WRITE_WAIT, Store, TreeSummary, WriteWait};
 pub use tree::{FastPath, StatData, TreeHasher, TreeWalk, WalkCounters, WalkedEntry};
+
+/// The OCI descriptor a put takes for each output ([`Session::put`]) and a hit returns
+/// ([`CachedEntry::manifests`]): oci-spec's, re-exported so that a builder names the same type
+/// without depending on oci-spec's version itself.
+pub use oci_spec::image::Descriptor;

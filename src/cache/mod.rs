@@ -323,7 +323,7 @@ fn write_wait(config: &CacheConfig) -> WriteWait {
     }
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

@@ -14,6 +14,7 @@ mod migrate;
 mod output;
 mod progress;
 mod remote;
+mod report;
 mod signals;
 
 use std::process::ExitCode;
@@ -81,6 +82,10 @@ enum Cmd {
     Compact(output::DbArgs),
     /// Upgrade the database schema in place.
     Migrate(migrate::MigrateArgs),
+    /// Every layer of a plan with the cache's answer now (hit, miss, not cached, outputs
+    /// missing), its first reason, changed paths, versions, last use, size and lookup time; as
+    /// text, --json, or a self-contained HTML page (--html FILE). Does not prune.
+    Report(report::ReportArgs),
     /// Drop old versions (by count, age, size; least recently used first) and report or delete
     /// the output blobs nothing references any more.
     Gc(gc::GcArgs),
@@ -115,6 +120,7 @@ fn main() -> ExitCode {
             signals::install();
             migrate::migrate(a)
         }),
+        Cmd::Report(a) => guarded(Some(&a.out.db), || report::report(&a)),
         Cmd::Gc(a) => guarded(None, || gc::gc(a, signals::install())),
         Cmd::Completions(a) => guarded(None, || generate::completions(&a)),
         Cmd::Man => guarded(None, generate::man),
