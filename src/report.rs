@@ -137,7 +137,8 @@ pub struct BuildReport {
     pub created_unix_ms: u64,
     /// The same, UTC.
     pub created: String,
-    /// The layers, bases first (ties by name).
+    /// The layers depth first: each layer not built on another (by name), followed by the
+    /// layers built on it (by name).
     pub layers: Vec<LayerReport>,
     /// Layers by state.
     pub counts: StateCounts,
@@ -145,24 +146,34 @@ pub struct BuildReport {
     pub lookup_total_us: u64,
 }
 
-/// The layers of `build`, every built base before the layers built on it (ties by name).
+/// The layers of `build` in depth-first order from the layers not built on another (by name),
+/// each followed by the layers built on it (by name): every built base comes before the layers
+/// built on it, and a chain reads top to bottom.
 fn bases_first(build: &Build) -> Vec<&str> {
-    let mut order = Vec::with_capacity(build.layers.len());
-    let mut placed = BTreeSet::new();
-    for name in build.layers.keys() {
-        let mut chain = Vec::new();
-        let mut cur = name.as_str();
-        while !placed.contains(cur) {
-            chain.push(cur);
-            match build.layers.get(cur).map(|l| &l.base) {
-                Some(Base::Built { layer }) => cur = layer,
-                _ => break,
+    let mut children: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    let mut roots = Vec::new();
+    for (name, l) in &build.layers {
+        match &l.base {
+            Base::Built { layer } if build.layers.contains_key(layer) => {
+                children
+                    .entry(layer.as_str())
+                    .or_default()
+                    .push(name.as_str());
             }
+            _ => roots.push(name.as_str()),
         }
-        for l in chain.into_iter().rev() {
-            if placed.insert(l) {
-                order.push(l);
-            }
+    }
+    let mut order = Vec::with_capacity(build.layers.len());
+    let mut seen = BTreeSet::new();
+    // Names come sorted from the map; the stack takes them in reverse to visit them in order.
+    let mut stack: Vec<&str> = roots.into_iter().rev().collect();
+    while let Some(name) = stack.pop() {
+        if !seen.insert(name) {
+            continue;
+        }
+        order.push(name);
+        if let Some(c) = children.get(name) {
+            stack.extend(c.iter().rev());
         }
     }
     order
@@ -407,13 +418,22 @@ impl BuildReport {
         let mut h = String::with_capacity(16 * 1024);
         let e = |s: &str| html_escape(s);
         let cols = self.columns();
-        // Row of each layer within its column, in report order.
+        // Rows: in report order (depth first), each layer in the first free row of its column
+        // that is not above its base's row, so a chain stays on one line.
         let mut next_row: BTreeMap<u32, u32> = BTreeMap::new();
-        let mut pos = Vec::with_capacity(self.layers.len());
-        for &c in &cols {
-            let r = next_row.entry(c).or_insert(0);
-            pos.push((c, *r));
-            *r += 1;
+        let mut pos: Vec<(u32, u32)> = Vec::with_capacity(self.layers.len());
+        for (i, &c) in cols.iter().enumerate() {
+            let base_row = self
+                .layers
+                .get(i)
+                .and_then(|l| l.built_on.as_deref())
+                .and_then(|b| self.layers.iter().position(|o| o.name == b))
+                .and_then(|b| pos.get(b))
+                .map_or(0, |&(_, r)| r);
+            let free = next_row.entry(c).or_insert(0);
+            let r = (*free).max(base_row);
+            *free = r + 1;
+            pos.push((c, r));
         }
         let ncols = cols.iter().max().map_or(1, |m| m + 1);
         let nrows = next_row.values().max().copied().unwrap_or(1).max(1);
@@ -544,7 +564,7 @@ impl BuildReport {
             }
             let _ = writeln!(
                 h,
-                "</td><td class=\"num\">{}</td><td>{}</td><td class=\"num\">{}</td>\
+                "</td><td class=\"num\">{}</td><td class=\"nowrap\">{}</td><td class=\"num\">{}</td>\
                  <td class=\"num\">{}</td></tr>",
                 l.versions,
                 e(l.last_used.as_deref().unwrap_or("never")),
@@ -575,7 +595,10 @@ table { border-collapse: collapse; background: #fff; }
 th, td { border: 1px solid #ccc; padding: 4px 8px; vertical-align: top; text-align: left; }
 th { background: #eee; }
 td.num { text-align: right; white-space: nowrap; }
-td.reason { max-width: 420px; }
+td.reason { min-width: 280px; max-width: 340px; overflow-wrap: anywhere; }
+td.paths { min-width: 340px; max-width: 440px; }
+td.paths code { word-break: break-all; }
+td.nowrap { white-space: nowrap; }
 td.paths ul { margin: 0; padding-left: 16px; }
 code { font-size: 12px; }
 .change { color: #555; font-size: 12px; }
