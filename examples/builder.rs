@@ -139,13 +139,7 @@ fn umoci(args: &[&str]) -> Command {
         cmd.arg(first);
         // SAFETY: geteuid has no preconditions and cannot fail.
         let root = unsafe { libc::geteuid() } == 0;
-        if !root && matches!(*first, "unpack" | "raw") {
-            if *first == "raw" {
-                if let Some((sub, rest)) = rest.split_first() {
-                    cmd.arg(sub).arg("--rootless").args(rest);
-                    return cmd;
-                }
-            }
+        if !root && *first == "unpack" {
             cmd.arg("--rootless");
         }
         cmd.args(rest);

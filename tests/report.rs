@@ -15,7 +15,6 @@
 #[path = "../examples/builder.rs"]
 mod builder;
 #[path = "support_registry/mod.rs"]
-#[allow(dead_code)]
 mod registry;
 mod support_builder;
 
