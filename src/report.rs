@@ -96,7 +96,9 @@ pub struct LayerReport {
     pub built_on: Option<String>,
     /// The answer now.
     pub state: LayerState,
-    /// The first miss reason (`None` on a hit).
+    /// The first miss reason (`None` on a hit). The diff of a content change is cut to the
+    /// paths of [`LayerReport::changed_paths`]; [`LayerReport::changed_paths_total`] counts
+    /// them all.
     pub reason: Option<MissReason>,
     /// The first line of the first reason's text (`None` on a hit).
     pub reason_text: Option<String>,
@@ -226,6 +228,25 @@ fn changed_paths(reason: Option<&MissReason>) -> (Vec<ChangedPath>, u64) {
     (listed, diff.len() as u64)
 }
 
+/// Cuts the diff of a content-change reason to the paths [`changed_paths`] lists (added, then
+/// removed, then modified, [`MAX_CHANGED_PATHS`] in all), so a miss over 10^5 changed paths does
+/// not put them all into the report.
+fn cap_diff(reason: Option<&mut MissReason>) {
+    let diff = match reason {
+        Some(
+            MissReason::ImportContentChanged { diff, .. }
+            | MissReason::OverlayDirContentChanged { diff, .. },
+        ) => diff,
+        _ => return,
+    };
+    let mut left = MAX_CHANGED_PATHS;
+    diff.added.truncate(left);
+    left -= diff.added.len();
+    diff.removed.truncate(left);
+    left -= diff.removed.len();
+    diff.modified.truncate(left);
+}
+
 /// Asks `cache` about every layer of `build`, bases first, as a build would (one session,
 /// [`LookupMode::CHECK`] lookups, timed each), and reads each layer's versions, last use and
 /// output size. Open the cache with [`Cache::open_without_prune`] to see versions whose
@@ -252,7 +273,7 @@ pub fn build_report(cache: &Cache, build: &Build) -> Result<BuildReport> {
         let lookup = session.lookup_with(name, LookupMode::CHECK)?;
         let lookup_us = u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX);
         lookup_total_us = lookup_total_us.saturating_add(lookup_us);
-        let reason = lookup.reasons().first().cloned();
+        let mut reason = lookup.reasons().first().cloned();
         let state = LayerState::of(reason.as_ref());
         match state {
             LayerState::Hit => counts.hit += 1,
@@ -261,6 +282,7 @@ pub fn build_report(cache: &Cache, build: &Build) -> Result<BuildReport> {
             LayerState::OutputsMissing => counts.outputs_missing += 1,
         }
         let (changed, changed_total) = changed_paths(reason.as_ref());
+        cap_diff(reason.as_mut());
         layers.push(LayerReport {
             name: name.to_string(),
             base: base_text(&inputs.base),
@@ -455,13 +477,13 @@ impl BuildReport {
             e(title)
         );
         let c = &self.counts;
-        let _ = write!(
+        let _ = writeln!(
             h,
             "<p class=\"summary\" id=\"summary\">{} layers at {}: \
              <span class=\"pill hit\">{} hit</span> <span class=\"pill miss\">{} miss</span> \
              <span class=\"pill not_cached\">{} not cached</span> \
              <span class=\"pill outputs_missing\">{} outputs missing</span> \
-             &middot; lookups {}</p>\n",
+             &middot; lookups {}</p>",
             self.layers.len(),
             e(&self.created),
             c.hit,

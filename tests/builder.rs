@@ -223,8 +223,23 @@ fn the_builder_makes_oci_images_through_the_cache_and_rebuilds_exactly_what_chan
         .arg("inspect")
         .arg(format!("oci:{}", p.image("release"))));
 
-    // And once more: nothing to do.
+    // 5. The tag of docs removed (its blobs stay): the cache hits, but dependents unpack the
+    // tag, so the builder rebuilds docs and says why.
+    run(Command::new("umoci").args(["rm", "--image", &p.image("docs")]));
     let fifth = builder::build(&p.plan(), &p.db()).unwrap();
-    assert_eq!(fifth.built(), Vec::<&str>::new());
-    assert_eq!(fifth.repacks, 0);
+    assert_eq!(fifth.built(), vec!["docs"]);
+    let docs = fifth.layer("docs").unwrap();
+    assert_eq!(docs.reason, None);
+    assert!(
+        docs.builder_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("no longer names the cached image")),
+        "{docs:?}"
+    );
+    run(Command::new("umoci").args(["stat", "--image", &p.image("docs")]));
+
+    // And once more: nothing to do.
+    let sixth = builder::build(&p.plan(), &p.db()).unwrap();
+    assert_eq!(sixth.built(), Vec::<&str>::new());
+    assert_eq!(sixth.repacks, 0);
 }

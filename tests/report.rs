@@ -155,6 +155,13 @@ fn the_report_shows_every_layer_with_its_state_and_reason_and_renders_in_chromiu
     assert_eq!(app["changed_paths_total"], total);
     let listed = app["changed_paths"].as_array().unwrap();
     assert_eq!(listed.len(), MAX_CHANGED_PATHS);
+    // The typed reason's diff is cut to the same paths.
+    let diff = &app["reason"]["diff"];
+    let in_reason = ["added", "removed", "modified"]
+        .iter()
+        .map(|k| diff[k].as_array().unwrap().len())
+        .sum::<usize>();
+    assert_eq!(in_reason, MAX_CHANGED_PATHS);
     let release = layers.iter().find(|l| l["name"] == "release").unwrap();
     assert_eq!(release["reason"]["change"]["what"], "base_layer_missed");
     for l in layers {
@@ -167,6 +174,34 @@ fn the_report_shows_every_layer_with_its_state_and_reason_and_renders_in_chromiu
             assert!(l["last_used"].is_string(), "{name}");
         }
     }
+
+    // Text is the default: a line per layer with its state, then its reason.
+    let text = Command::new(env!("CARGO_BIN_EXE_layercache"))
+        .args(["report", "--plan"])
+        .arg(p.plan())
+        .arg("--db")
+        .arg(p.db())
+        .output()
+        .unwrap();
+    assert_eq!(text.status.code(), Some(0));
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(
+        text.starts_with("7 layer(s): 3 hit, 2 miss, 1 not cached, 1 outputs missing"),
+        "{text}"
+    );
+    for (name, label) in [
+        ("app ", "miss"),
+        ("docs ", "outputs missing"),
+        ("runtime ", "hit"),
+        ("<img src=x onerror=alert(1)> ", "not cached"),
+    ] {
+        assert!(
+            text.lines()
+                .any(|line| line.starts_with(name) && line.contains(label)),
+            "{name}: {text}"
+        );
+    }
+    assert!(text.contains("... and 4 more path(s)"), "{text}");
 
     // The library function returns the same data (timings aside).
     let plan = Plan::load(p.plan()).unwrap();
