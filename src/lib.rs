@@ -199,8 +199,7 @@ pub use path::{RelPath, escape_bytes, validate_layer_name};
 pub use plan::Plan;
 pub use reason::{BaseChange, FieldChange, MissReason};
 pub use report::{
-    BuildReport, ChangedPath, LayerReport, LayerState, MAX_CHANGED_PATHS, StateCounts,
-    build_report, html_escape,
+    BuildReport, ChangedPath, LayerReport, LayerState, MAX_CHANGED_PATHS, StateCounts, build_report,
 };
 pub use schema::{EntryKind, Row, SCHEMA_VERSION};
 pub use store::{DEFAULT_WRITE_WAIT, Store, TreeSummary, WriteWait};

@@ -5,10 +5,10 @@
 //! Owns: asking the cache about every layer of a build, bases first, with the time each lookup
 //! took; classifying the answer ([`LayerState`]); the changed paths of a miss, capped
 //! ([`MAX_CHANGED_PATHS`]); the layer graph's layout; escaping everything that comes from the
-//! plan or the disk into the page ([`html_escape`]).
+//! plan or the disk into the page (`html_escape`).
 //!
 //! Must never: prune (a version whose outputs are gone is shown as
-//! [`LayerState::OutputsMissing`], not removed: the report is opened with
+//! [`LayerState::OutputsMissing`], not removed: `layercache report` opens the cache with
 //! [`Cache::open_without_prune`]), put, or evaluate a layer itself: it uses the public
 //! [`Session`](crate::Session) API as a builder does. Its lookups are [`LookupMode::CHECK`]
 //! lookups: like a build's, a hit refreshes stat data and counts as a use of the version.
@@ -315,7 +315,7 @@ pub fn build_report(cache: &Cache, build: &Build) -> Result<BuildReport> {
 
 /// Escapes text for HTML element content and quoted attribute values: `&`, `<`, `>`, `"` and
 /// `'` become character references, so no name or path can open a tag or leave an attribute.
-pub fn html_escape(s: &str) -> String {
+fn html_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -435,7 +435,7 @@ impl BuildReport {
     /// The report as one self-contained HTML page: the layer graph as inline SVG (each layer a
     /// box coloured by its state, an arrow from its base), then a table with each layer's
     /// reason, changed paths, versions, last use, size and lookup time. No script, no external
-    /// resource; every name, path and reason is escaped ([`html_escape`]).
+    /// resource; every name, path and reason is escaped (`&`, `<`, `>`, `"`, `'`).
     pub fn to_html(&self, title: &str) -> String {
         let mut h = String::with_capacity(16 * 1024);
         let e = |s: &str| html_escape(s);
@@ -636,6 +636,77 @@ mod tests {
             html_escape("<script>alert('x')</script> & \"q\""),
             "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;q&quot;"
         );
+    }
+
+    fn layer(base: Base) -> crate::LayerInputs {
+        crate::LayerInputs {
+            definition: serde_json::Value::Null,
+            base,
+            imports: Vec::new(),
+            overlay_dirs: Vec::new(),
+            source_date_epoch: None,
+            build_only: false,
+            uncacheable: None,
+        }
+    }
+
+    #[test]
+    fn layers_come_depth_first_with_every_base_before_its_dependents() {
+        let mut b = Build::new();
+        let on = |l: &str| {
+            layer(Base::Built {
+                layer: l.to_string(),
+            })
+        };
+        b.add("z-root", layer(Base::Scratch));
+        b.add("a-root", layer(Base::Scratch));
+        b.add("c", on("a-root"));
+        b.add("b", on("a-root"));
+        b.add("d", on("b"));
+        b.add("y", on("z-root"));
+        assert_eq!(bases_first(&b), ["a-root", "b", "d", "c", "z-root", "y"]);
+    }
+
+    #[test]
+    fn a_chain_stays_on_one_row_of_the_graph() {
+        let row = |name: &str, built_on: Option<&str>| LayerReport {
+            name: name.to_string(),
+            base: String::new(),
+            built_on: built_on.map(str::to_string),
+            state: LayerState::Hit,
+            reason: None,
+            reason_text: None,
+            changed_paths: Vec::new(),
+            changed_paths_total: 0,
+            versions: 0,
+            last_used_unix_ms: None,
+            last_used: None,
+            output_bytes: 0,
+            lookup_us: 0,
+        };
+        let r = BuildReport {
+            created_unix_ms: 0,
+            created: String::new(),
+            layers: vec![
+                row("a", None),
+                row("b", Some("a")),
+                row("c", Some("b")),
+                row("d", Some("a")),
+            ],
+            counts: StateCounts::default(),
+            lookup_total_us: 0,
+        };
+        assert_eq!(r.columns(), [0, 1, 2, 1]);
+        let html = r.to_html("t");
+        // a, b, c on the first row; d below b.
+        let y = |i: usize| {
+            let at = html.find(&format!("id=\"node-{i}\"")).unwrap();
+            let rest = &html[at..];
+            let y = rest.find(" y=\"").unwrap() + 4;
+            rest[y..y + rest[y..].find('"').unwrap()].to_string()
+        };
+        assert_eq!((y(0), y(1), y(2)), (y(0), y(0), y(0)));
+        assert_ne!(y(3), y(0));
     }
 
     #[test]
