@@ -40,6 +40,7 @@
 
 pub(crate) mod guard;
 pub(crate) mod rows;
+pub(crate) mod secret;
 pub mod versions;
 
 use std::io::Read;
@@ -385,6 +386,8 @@ fn create_tables(path: &Path, txn: &redb::WriteTransaction) -> Result<()> {
     txn.open_table(LAYERS).db(path)?;
     txn.open_table(LAST_USED).db(path)?;
     txn.open_table(ROWS).db(path)?;
+    drop(meta);
+    secret::insert(path, txn)?;
     Ok(())
 }
 
@@ -666,6 +669,12 @@ impl Store {
     /// write lock, waiting like [`Store::begin_write`]: a lookup cannot read an older schema,
     /// and the process holding the lock is most likely migrating the same file.
     fn init(&mut self) -> Result<()> {
+        self.init_version()?;
+        // A database made before the per-cache secret existed gets one now (once).
+        secret::ensure(self)
+    }
+
+    fn init_version(&mut self) -> Result<()> {
         let version = {
             let txn = self.begin_read()?;
             read_version(&self.path, &txn)?
