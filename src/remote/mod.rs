@@ -823,13 +823,18 @@ impl Remote {
     fn pull_small_blob(&self, reference: &Reference, d: &Descriptor) -> Result<Vec<u8>> {
         let digest = d.digest().to_string();
         let desc = oci_descriptor(d);
-        let mut out = Vec::new();
+        // Never more than the descriptor's size in memory, whatever the registry sends.
+        let mut capped = Capped {
+            buf: Vec::new(),
+            cap: d.size(),
+        };
         let pulled = self.run(
             &format!("fetch blob {digest}"),
             "pull",
             None,
-            self.client.pull_blob(reference, &desc, &mut out),
+            self.client.pull_blob(reference, &desc, &mut capped),
         );
+        let out = capped.buf;
         let mismatch = |detail: String| RemoteError::BlobMismatch {
             registry: self.registry.clone(),
             digest: digest.clone(),
@@ -1052,6 +1057,43 @@ fn file_stream(
             }
         },
     ))
+}
+
+/// An in-memory sink that refuses to hold more than `cap` bytes.
+struct Capped {
+    buf: Vec<u8>,
+    cap: u64,
+}
+
+impl tokio::io::AsyncWrite for Capped {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if (self.buf.len() + data.len()) as u64 > self.cap {
+            return std::task::Poll::Ready(Err(std::io::Error::other(format!(
+                "more than the {} bytes of its descriptor",
+                self.cap
+            ))));
+        }
+        self.buf.extend_from_slice(data);
+        std::task::Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
 }
 
 /// A temporary file beside its destination, removed unless committed.
