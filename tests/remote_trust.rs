@@ -279,6 +279,12 @@ fn a_signed_push_is_a_remote_hit_where_its_key_is_trusted_and_minisign_verifies_
     let config = get_blob(&reg, manifest["config"]["digest"].as_str().expect("digest"));
     let envelope: Value = serde_json::from_slice(&config).expect("envelope");
     assert_eq!(envelope["layer"], "l1");
+    // What verification reads: the config blob (already fetched to find the entry).
+    eprintln!(
+        "signed config blob: {} bytes, {} blobs listed",
+        config.len(),
+        envelope["blobs"].as_array().map_or(0, Vec::len)
+    );
     assert_eq!(
         envelope["blobs"].as_array().map(Vec::len),
         manifest["layers"].as_array().map(Vec::len),
@@ -575,4 +581,407 @@ fn an_edited_lookup_record_with_its_checksum_recomputed_is_refused() {
     let o = put(&a, &rec);
     assert!(o.status.success(), "{o:?}");
     assert_eq!(a.lookup("l1", &[]).0, 0);
+}
+
+/// A hostile registry: a tiny HTTP/1.1 server on loopback whose answers a test chooses per
+/// request path. Serves until dropped (or for two minutes at most), one connection at a time.
+struct Hostile {
+    addr: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What the hostile registry answers to one request.
+enum Reply {
+    /// 200 with this content type and body.
+    Body(&'static str, Vec<u8>),
+    /// 200 with this content type, a declared length of `declared` bytes, and that many bytes
+    /// sent (a huge manifest).
+    Huge(&'static str, u64),
+    /// 307 to this URL.
+    Redirect(String),
+    /// 404.
+    NotFound,
+}
+
+impl Hostile {
+    fn serve(ip: &str, route: impl Fn(&str) -> Reply + Send + 'static) -> Hostile {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind((ip, 0)).expect("bind loopback");
+        let addr = listener.local_addr().expect("addr").to_string();
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let end = std::time::Instant::now() + std::time::Duration::from_secs(120);
+            while !stopped.load(Ordering::SeqCst) && std::time::Instant::now() < end {
+                let mut conn = match listener.accept() {
+                    Ok((c, _)) => c,
+                    Err(_) => {
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                        continue;
+                    }
+                };
+                let _ = conn.set_nonblocking(false);
+                let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && head.len() < 16 << 10 {
+                    match conn.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => break,
+                    }
+                }
+                let text = String::from_utf8_lossy(&head).to_string();
+                let path = text.split_whitespace().nth(1).unwrap_or("/").to_string();
+                let reply = if path == "/v2/" {
+                    Reply::Body("application/json", b"{}".to_vec())
+                } else {
+                    route(&path)
+                };
+                let _ = match reply {
+                    Reply::Body(ct, body) => conn
+                        .write_all(
+                            format!(
+                                "HTTP/1.1 200 OK\r\nContent-Type: {ct}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                                body.len()
+                            )
+                            .as_bytes(),
+                        )
+                        .and_then(|()| conn.write_all(&body)),
+                    Reply::Huge(ct, declared) => {
+                        let mut r = conn.write_all(
+                            format!(
+                                "HTTP/1.1 200 OK\r\nContent-Type: {ct}\r\nContent-Length: {declared}\r\nConnection: close\r\n\r\n"
+                            )
+                            .as_bytes(),
+                        );
+                        let chunk = vec![b' '; 1 << 16];
+                        let mut sent = 0u64;
+                        while r.is_ok() && sent < declared {
+                            let n = chunk.len().min((declared - sent) as usize);
+                            r = conn.write_all(&chunk[..n]);
+                            sent += n as u64;
+                        }
+                        r
+                    }
+                    Reply::Redirect(to) => conn.write_all(
+                        format!(
+                            "HTTP/1.1 307 Temporary Redirect\r\nLocation: {to}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        )
+                        .as_bytes(),
+                    ),
+                    Reply::NotFound => conn.write_all(
+                        b"HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+                    ),
+                };
+            }
+        });
+        Hostile {
+            addr,
+            stop,
+            handle: Some(handle),
+        }
+    }
+}
+
+impl Drop for Hostile {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Runs `f` on a thread and fails the test if it has not returned within `secs` (a hang).
+fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(secs))
+        .expect("the client hung on a hostile registry")
+}
+
+/// Every file under `dir`, relative.
+fn files_under(dir: &Path) -> Vec<String> {
+    walkdir::WalkDir::new(dir)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| !e.file_type().is_dir())
+        .map(|e| {
+            e.path()
+                .strip_prefix(dir)
+                .unwrap_or(e.path())
+                .display()
+                .to_string()
+        })
+        .collect()
+}
+
+/// A hostile registry (wrong content types, a huge manifest, a config and a blob longer than
+/// their descriptors, redirects to another host and in a loop, a digest naming a path outside
+/// the layout) gets a clear error for each: never a hang, never a file anywhere but a
+/// verified blob in `blobs/sha256/` (here: none at all), and with trusted keys an unsigned
+/// entry from it is refused before any blob is asked for.
+#[test]
+fn a_hostile_registry_gets_a_clear_error_never_a_hang_or_a_file_outside_the_layout() {
+    let input = [7u8; 32];
+    let input_hex: String = input.iter().map(|b| format!("{b:02x}")).collect();
+    let envelope = json!({"layercache_entry": 1, "layer": "x", "input_digest": input_hex,
+                          "record": {}})
+    .to_string()
+    .into_bytes();
+    let config_digest = format!("sha256:{}", sha256_hex(&envelope));
+    let blob = b"the real blob".to_vec();
+    let blob_digest = format!("sha256:{}", sha256_hex(&blob));
+    let manifest = |config_size: usize, layer_digest: &str, layer_size: usize| {
+        json!({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST_MEDIA_TYPE,
+            "config": {"mediaType": "application/vnd.layercache.entry.v1+json",
+                       "digest": config_digest, "size": config_size},
+            "layers": [{"mediaType": "application/octet-stream", "digest": layer_digest,
+                        "size": layer_size}],
+            "annotations": {"dev.layercache.layer": "x",
+                            "dev.layercache.input-digest": input_hex},
+        })
+        .to_string()
+        .into_bytes()
+    };
+    let good = manifest(envelope.len(), &blob_digest, blob.len());
+    let tmp = tempfile::tempdir().expect("tempdir");
+
+    // Another loopback host serving wrong bytes for every blob (the target of redirects).
+    let elsewhere = Hostile::serve("127.0.0.2", |_| {
+        Reply::Body("application/octet-stream", vec![b'x'; 4096])
+    });
+    let elsewhere_addr = elsewhere.addr.clone();
+
+    /// What a case must end in: an error finding the entry, an error fetching its blobs, or
+    /// the verified blob in the layout and nothing else.
+    #[derive(PartialEq, Debug)]
+    enum Want {
+        FindFails,
+        FetchFails,
+        Fetched,
+    }
+    use Want::*;
+    type Case = (&'static str, Box<dyn Fn(&str) -> Reply + Send>, Want);
+    let cases: Vec<Case> = vec![
+        (
+            "an HTML page as the manifest",
+            Box::new(|p: &str| {
+                if p.contains("/manifests/") {
+                    Reply::Body("text/html", b"<html><body>hello</body></html>".to_vec())
+                } else {
+                    Reply::NotFound
+                }
+            }),
+            FindFails,
+        ),
+        (
+            // Content types are not trusted either way: the bytes are checked, and these are
+            // the right bytes.
+            "the right manifest and blobs served as text/html",
+            Box::new({
+                let good = good.clone();
+                let envelope = envelope.clone();
+                let config_digest = config_digest.clone();
+                let blob = blob.clone();
+                move |p: &str| {
+                    if p.contains("/manifests/") {
+                        Reply::Body("text/html", good.clone())
+                    } else if p.ends_with(&config_digest) {
+                        Reply::Body("text/html", envelope.clone())
+                    } else if p.contains("/blobs/") {
+                        Reply::Body("text/html", blob.clone())
+                    } else {
+                        Reply::NotFound
+                    }
+                }
+            }),
+            Fetched,
+        ),
+        (
+            "a manifest of 64 MiB",
+            Box::new(|p: &str| {
+                if p.contains("/manifests/") {
+                    Reply::Huge(OCI_MANIFEST_MEDIA_TYPE, 64 << 20)
+                } else {
+                    Reply::NotFound
+                }
+            }),
+            FindFails,
+        ),
+        (
+            "a config longer than its descriptor",
+            Box::new({
+                let good = good.clone();
+                let envelope = envelope.clone();
+                move |p: &str| {
+                    if p.contains("/manifests/") {
+                        Reply::Body(OCI_MANIFEST_MEDIA_TYPE, good.clone())
+                    } else if p.contains("/blobs/") {
+                        Reply::Body("application/octet-stream", [envelope.clone(), vec![b' '; 1 << 20]].concat())
+                    } else {
+                        Reply::NotFound
+                    }
+                }
+            }),
+            FindFails,
+        ),
+        (
+            "a blob longer than its descriptor",
+            Box::new({
+                let good = good.clone();
+                let envelope = envelope.clone();
+                let config_digest = config_digest.clone();
+                let blob = blob.clone();
+                move |p: &str| {
+                    if p.contains("/manifests/") {
+                        Reply::Body(OCI_MANIFEST_MEDIA_TYPE, good.clone())
+                    } else if p.ends_with(&config_digest) {
+                        Reply::Body("application/octet-stream", envelope.clone())
+                    } else if p.contains("/blobs/") {
+                        Reply::Body("application/octet-stream", [blob.clone(), vec![0; 1 << 20]].concat())
+                    } else {
+                        Reply::NotFound
+                    }
+                }
+            }),
+            FetchFails,
+        ),
+        (
+            "a blob redirected to another host that serves other bytes",
+            Box::new({
+                let good = good.clone();
+                let envelope = envelope.clone();
+                let config_digest = config_digest.clone();
+                let elsewhere = elsewhere_addr.clone();
+                move |p: &str| {
+                    if p.contains("/manifests/") {
+                        Reply::Body(OCI_MANIFEST_MEDIA_TYPE, good.clone())
+                    } else if p.ends_with(&config_digest) {
+                        Reply::Body("application/octet-stream", envelope.clone())
+                    } else if p.contains("/blobs/") {
+                        Reply::Redirect(format!("http://{elsewhere}/storage/blob"))
+                    } else {
+                        Reply::NotFound
+                    }
+                }
+            }),
+            FetchFails,
+        ),
+        (
+            "a blob redirected in a loop",
+            Box::new({
+                let good = good.clone();
+                let envelope = envelope.clone();
+                let config_digest = config_digest.clone();
+                move |p: &str| {
+                    if p.contains("/manifests/") {
+                        Reply::Body(OCI_MANIFEST_MEDIA_TYPE, good.clone())
+                    } else if p.ends_with(&config_digest) {
+                        Reply::Body("application/octet-stream", envelope.clone())
+                    } else {
+                        Reply::Redirect(p.to_string())
+                    }
+                }
+            }),
+            FetchFails,
+        ),
+        (
+            "a blob digest naming a path outside the layout",
+            Box::new({
+                let bad = manifest(envelope.len(), &format!("sha256:../../../../{}", "a".repeat(52)), 3);
+                move |p: &str| {
+                    if p.contains("/manifests/") {
+                        Reply::Body(OCI_MANIFEST_MEDIA_TYPE, bad.clone())
+                    } else {
+                        Reply::NotFound
+                    }
+                }
+            }),
+            FindFails,
+        ),
+    ];
+    for (what, route, want) in cases {
+        let server = Hostile::serve("127.0.0.1", route);
+        let root = tmp.path().join(what.replace(' ', "_"));
+        let layout = root.join("oci");
+        std::fs::create_dir_all(&layout).expect("mkdir");
+        let target = format!("{}/hostile/repo", server.addr);
+        let l = layout.clone();
+        let result = within(60, move || {
+            let r = Remote::new(
+                &target,
+                RemoteOptions {
+                    timeout: std::time::Duration::from_secs(3),
+                    ..RemoteOptions::default()
+                },
+            )
+            .expect("client");
+            match r.find_entry("x", &input) {
+                Ok(Some(found)) => r.fetch_blobs(&found, &l).map(|_| "fetched").map_err(|e| e.to_string()),
+                Ok(None) => Ok("not found"),
+                Err(e) => Err(format!("find: {e}")),
+            }
+        });
+        let got = match &result {
+            Ok(_) => Fetched,
+            Err(e) if e.starts_with("find: ") => FindFails,
+            Err(_) => FetchFails,
+        };
+        assert_eq!(got, want, "{what}: {result:?}");
+        let files = files_under(&root);
+        if let Err(err) = &result {
+            assert!(err.contains(&server.addr), "{what}: the error names the registry: {err}");
+            assert_eq!(files, Vec::<String>::new(), "{what}: {err}");
+        } else {
+            let hex = blob_digest.trim_start_matches("sha256:");
+            assert_eq!(files, [format!("oci/blobs/sha256/{hex}")], "{what}");
+        }
+        eprintln!("{what}: {result:?}");
+    }
+
+    // With a trusted key, the well-formed but unsigned entry is refused before any blob is
+    // fetched (the server would answer every blob with the right bytes).
+    let server = Hostile::serve("127.0.0.1", {
+        let good = good.clone();
+        move |p: &str| {
+            if p.contains("/manifests/") {
+                Reply::Body(OCI_MANIFEST_MEDIA_TYPE, good.clone())
+            } else if p.ends_with(&config_digest) {
+                Reply::Body("application/octet-stream", envelope.clone())
+            } else if p.contains("/blobs/") {
+                Reply::Body("application/octet-stream", blob.clone())
+            } else {
+                Reply::NotFound
+            }
+        }
+    });
+    let (_, pk) = keygen(tmp.path(), "trusted");
+    let keys = layercache::remote::TrustedKeys::from_files(&[pk]).expect("keys");
+    let target = format!("{}/hostile/repo", server.addr);
+    let err = within(60, move || {
+        let mut r = Remote::new(&target, RemoteOptions::default()).expect("client");
+        let untrusted = r.find_entry("x", &input).map(|f| f.is_some());
+        r.set_trusted_keys(Some(keys));
+        (untrusted, r.find_entry("x", &input).map(|_| ()).map_err(|e| e.to_string()))
+    });
+    assert!(matches!(err.0, Ok(true)), "without keys the entry is found: {:?}", err.0);
+    let e = err.1.expect_err("unsigned entry taken");
+    assert!(e.contains("is not trusted: it is not signed"), "{e}");
+    drop(elsewhere);
 }
