@@ -121,7 +121,14 @@ impl Machine {
 
     /// `push --json` of `layers` with `extra` flags: per-layer statuses.
     fn push(&self, remote: &str, extra: &[&str], layers: &[&str]) -> Vec<String> {
-        let mut args = vec!["push", "--json", "--remote", remote, "--remote-timeout", "5"];
+        let mut args = vec![
+            "push",
+            "--json",
+            "--remote",
+            remote,
+            "--remote-timeout",
+            "5",
+        ];
         args.extend_from_slice(extra);
         args.extend_from_slice(layers);
         let o = self.out(&args);
@@ -131,7 +138,13 @@ impl Machine {
             .as_array()
             .expect("rows")
             .iter()
-            .map(|r| format!("{}={}", r["layer"].as_str().unwrap_or("?"), r["status"].as_str().unwrap_or("?")))
+            .map(|r| {
+                format!(
+                    "{}={}",
+                    r["layer"].as_str().unwrap_or("?"),
+                    r["status"].as_str().unwrap_or("?")
+                )
+            })
             .collect()
     }
 
@@ -142,7 +155,10 @@ impl Machine {
         for e in walkdir::WalkDir::new(self.layout()).sort_by_file_name() {
             let e = e.expect("walk");
             if e.file_type().is_file() {
-                out.insert(e.path().to_path_buf(), std::fs::read(e.path()).expect("read"));
+                out.insert(
+                    e.path().to_path_buf(),
+                    std::fs::read(e.path()).expect("read"),
+                );
             }
         }
         out
@@ -266,9 +282,15 @@ fn a_signed_push_is_a_remote_hit_where_its_key_is_trusted_and_minisign_verifies_
     };
     let (sk, pk) = keygen(tmp.path(), "ci");
     a.build("l1");
-    assert_eq!(a.push(&remote, &["--sign-key", s(&sk)], &["l1"]), ["l1=pushed"]);
+    assert_eq!(
+        a.push(&remote, &["--sign-key", s(&sk)], &["l1"]),
+        ["l1=pushed"]
+    );
     // Pushing again with the same key: already there (the entry is signed by it).
-    assert_eq!(a.push(&remote, &["--sign-key", s(&sk)], &["l1"]), ["l1=already_there"]);
+    assert_eq!(
+        a.push(&remote, &["--sign-key", s(&sk)], &["l1"]),
+        ["l1=already_there"]
+    );
 
     // The signature is a standard minisign signature over the config blob.
     let tag = tag_of(&a, &remote, "l1");
@@ -340,7 +362,10 @@ fn a_signed_push_is_a_remote_hit_where_its_key_is_trusted_and_minisign_verifies_
     std::fs::set_permissions(&sk, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     let o = a.out(&["push", "--remote", &remote, "--sign-key", s(&sk)]);
     assert_eq!(o.status.code(), Some(2), "{o:?}");
-    assert!(String::from_utf8_lossy(&o.stderr).contains("chmod 600"), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("chmod 600"),
+        "{o:?}"
+    );
     drop(reg);
 }
 
@@ -375,7 +400,10 @@ fn every_forgery_is_refused_with_its_reason_and_changes_nothing() {
         assert_eq!(untrusted_why(&v).as_deref(), Some(want), "{what}: {v}");
         assert_eq!(v["reasons"][0]["reason"], "not_cached", "{what}: {v}");
         assert!(err.contains("not trusted"), "{what}: {err}");
-        assert!(b.state() == before, "{what}: the layout or the database changed");
+        assert!(
+            b.state() == before,
+            "{what}: the layout or the database changed"
+        );
     };
 
     // 1. Unsigned: the signed manifest without its signature.
@@ -453,7 +481,11 @@ fn every_forgery_is_refused_with_its_reason_and_changes_nothing() {
     // The real signed entry again: a remote hit.
     put_manifest(&reg, &tag1, &signed1);
     let (code, v, err) = b.lookup("l1", &trust);
-    assert_eq!((code, v["source"].clone()), (0, json!("remote")), "{v} {err}");
+    assert_eq!(
+        (code, v["source"].clone()),
+        (0, json!("remote")),
+        "{v} {err}"
+    );
     assert_eq!(
         entry_tag("l1", &input1),
         tag1,
@@ -468,16 +500,33 @@ fn two_trusted_keys_at_once_rotate_the_signing_key() {
         return;
     };
     let (old_sk, old_pk) = keygen(tmp.path(), "old");
-    let (new_sk, new_pk) = keygen(tmp.path(), "new");
+    // The new key is made by the reference tool (no password): its files work as they are.
+    let (new_sk, new_pk) = (tmp.path().join("new.key"), tmp.path().join("new.pub"));
+    run(Command::new("minisign")
+        .args(["-G", "-W", "-s"])
+        .arg(&new_sk)
+        .arg("-p")
+        .arg(&new_pk));
+    std::fs::set_permissions(&new_sk, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     a.build("l1");
     a.build("l2");
-    assert_eq!(a.push(&remote, &["--sign-key", s(&old_sk)], &["l1"]), ["l1=pushed"]);
-    assert_eq!(a.push(&remote, &["--sign-key", s(&new_sk)], &["l2"]), ["l2=pushed"]);
+    assert_eq!(
+        a.push(&remote, &["--sign-key", s(&old_sk)], &["l1"]),
+        ["l1=pushed"]
+    );
+    assert_eq!(
+        a.push(&remote, &["--sign-key", s(&new_sk)], &["l2"]),
+        ["l2=pushed"]
+    );
     let c = Machine::new(tmp.path().join("machine-c"));
     // C trusts only the new key: l1 (old key) is refused, l2 taken.
     let only_new = ["--remote", remote.as_str(), "--trust-key", s(&new_pk)];
     let (code, v, _) = c.lookup("l1", &only_new);
-    assert_eq!((code, untrusted_why(&v).as_deref()), (1, Some("unknown_key")), "{v}");
+    assert_eq!(
+        (code, untrusted_why(&v).as_deref()),
+        (1, Some("unknown_key")),
+        "{v}"
+    );
     assert_eq!(c.lookup("l2", &only_new).1["source"], "remote");
     // B trusts both during the rotation (repeated --trust-key): both are hits.
     let both = [
@@ -490,16 +539,32 @@ fn two_trusted_keys_at_once_rotate_the_signing_key() {
     ];
     for l in ["l1", "l2"] {
         let (code, v, err) = b.lookup(l, &both);
-        assert_eq!((code, v["source"].clone()), (0, json!("remote")), "{l}: {v} {err}");
+        assert_eq!(
+            (code, v["source"].clone()),
+            (0, json!("remote")),
+            "{l}: {v} {err}"
+        );
     }
     // Re-signing l1 with the new key (push replaces what it did not sign): C takes it now.
-    assert_eq!(a.push(&remote, &["--sign-key", s(&new_sk)], &["l1"]), ["l1=pushed"]);
+    assert_eq!(
+        a.push(&remote, &["--sign-key", s(&new_sk)], &["l1"]),
+        ["l1=pushed"]
+    );
     let (code, v, err) = c.lookup("l1", &only_new);
-    assert_eq!((code, v["source"].clone()), (0, json!("remote")), "{v} {err}");
+    assert_eq!(
+        (code, v["source"].clone()),
+        (0, json!("remote")),
+        "{v} {err}"
+    );
     // `pull` verifies the same way.
     let d = Machine::new(tmp.path().join("machine-d"));
     let o = d.out(&[
-        "pull", "--json", "--remote", &remote, "--trust-key", s(&old_pk),
+        "pull",
+        "--json",
+        "--remote",
+        &remote,
+        "--trust-key",
+        s(&old_pk),
     ]);
     assert_eq!(o.status.code(), Some(0), "{o:?}");
     let v: Value = serde_json::from_slice(&o.stdout).expect("pull JSON");
@@ -509,7 +574,11 @@ fn two_trusted_keys_at_once_rotate_the_signing_key() {
         .iter()
         .map(|r| r["status"].as_str().unwrap_or("?"))
         .collect();
-    assert_eq!(statuses, ["miss", "miss"], "signed by the new key only: {v}");
+    assert_eq!(
+        statuses,
+        ["miss", "miss"],
+        "signed by the new key only: {v}"
+    );
     drop(reg);
 }
 
@@ -538,13 +607,17 @@ fn an_edited_lookup_record_with_its_checksum_recomputed_is_refused() {
     let desc = image_blobs(&a.layout(), "l1")[0].0.clone();
     let manifests = a.dir.join("manifests.json");
     std::fs::write(&manifests, json!({ "tar": desc }).to_string()).expect("manifests");
-    let put = |m: &Machine, from: &Path| m.out(&["put", "--manifests", s(&manifests), "--from", s(from), "l1"]);
+    let put = |m: &Machine, from: &Path| {
+        m.out(&["put", "--manifests", s(&manifests), "--from", s(from), "l1"])
+    };
 
     // Edit the walk log (one byte of a logged row) and recompute its checksum.
     let b64 = base64::engine::general_purpose::STANDARD;
     let mut edited = v.clone();
     let walk = &mut edited["sources"][0]["walk"];
-    let mut log = b64.decode(walk["log"].as_str().expect("log")).expect("base64");
+    let mut log = b64
+        .decode(walk["log"].as_str().expect("log"))
+        .expect("base64");
     let last = log.len() - 1;
     log[last] ^= 1;
     walk["blake3"] = blake3::hash(&log).to_hex().to_string().into();
@@ -555,8 +628,14 @@ fn an_edited_lookup_record_with_its_checksum_recomputed_is_refused() {
     let o = put(&a, &forged);
     assert_eq!(o.status.code(), Some(2), "{o:?}");
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("was not made by a lookup of the cache"), "{err}");
-    assert!(std::fs::read(a.db()).expect("db") == before, "the database changed");
+    assert!(
+        err.contains("was not made by a lookup of the cache"),
+        "{err}"
+    );
+    assert!(
+        std::fs::read(a.db()).expect("db") == before,
+        "the database changed"
+    );
 
     // A record without a MAC, and one of the old format: refused, saying why.
     let mut no_mac = v.clone();
@@ -567,7 +646,10 @@ fn an_edited_lookup_record_with_its_checksum_recomputed_is_refused() {
     std::fs::write(&forged, serde_json::to_vec(&no_mac).expect("JSON")).expect("write");
     let o = put(&a, &forged);
     assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("format version 1"), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("format version 1"),
+        "{o:?}"
+    );
 
     // The untouched record, used with another cache (B's database, same plan and sources):
     // refused. With its own cache: recorded, and a hit.
@@ -833,7 +915,10 @@ fn a_hostile_registry_gets_a_clear_error_never_a_hang_or_a_file_outside_the_layo
                     if p.contains("/manifests/") {
                         Reply::Body(OCI_MANIFEST_MEDIA_TYPE, good.clone())
                     } else if p.contains("/blobs/") {
-                        Reply::Body("application/octet-stream", [envelope.clone(), vec![b' '; 1 << 20]].concat())
+                        Reply::Body(
+                            "application/octet-stream",
+                            [envelope.clone(), vec![b' '; 1 << 20]].concat(),
+                        )
                     } else {
                         Reply::NotFound
                     }
@@ -854,7 +939,10 @@ fn a_hostile_registry_gets_a_clear_error_never_a_hang_or_a_file_outside_the_layo
                     } else if p.ends_with(&config_digest) {
                         Reply::Body("application/octet-stream", envelope.clone())
                     } else if p.contains("/blobs/") {
-                        Reply::Body("application/octet-stream", [blob.clone(), vec![0; 1 << 20]].concat())
+                        Reply::Body(
+                            "application/octet-stream",
+                            [blob.clone(), vec![0; 1 << 20]].concat(),
+                        )
                     } else {
                         Reply::NotFound
                     }
@@ -904,7 +992,11 @@ fn a_hostile_registry_gets_a_clear_error_never_a_hang_or_a_file_outside_the_layo
         (
             "a blob digest naming a path outside the layout",
             Box::new({
-                let bad = manifest(envelope.len(), &format!("sha256:../../../../{}", "a".repeat(52)), 3);
+                let bad = manifest(
+                    envelope.len(),
+                    &format!("sha256:../../../../{}", "a".repeat(52)),
+                    3,
+                );
                 move |p: &str| {
                     if p.contains("/manifests/") {
                         Reply::Body(OCI_MANIFEST_MEDIA_TYPE, bad.clone())
@@ -933,7 +1025,10 @@ fn a_hostile_registry_gets_a_clear_error_never_a_hang_or_a_file_outside_the_layo
             )
             .expect("client");
             match r.find_entry("x", &input) {
-                Ok(Some(found)) => r.fetch_blobs(&found, &l).map(|_| "fetched").map_err(|e| e.to_string()),
+                Ok(Some(found)) => r
+                    .fetch_blobs(&found, &l)
+                    .map(|_| "fetched")
+                    .map_err(|e| e.to_string()),
                 Ok(None) => Ok("not found"),
                 Err(e) => Err(format!("find: {e}")),
             }
@@ -946,7 +1041,10 @@ fn a_hostile_registry_gets_a_clear_error_never_a_hang_or_a_file_outside_the_layo
         assert_eq!(got, want, "{what}: {result:?}");
         let files = files_under(&root);
         if let Err(err) = &result {
-            assert!(err.contains(&server.addr), "{what}: the error names the registry: {err}");
+            assert!(
+                err.contains(&server.addr),
+                "{what}: the error names the registry: {err}"
+            );
             assert_eq!(files, Vec::<String>::new(), "{what}: {err}");
         } else {
             let hex = blob_digest.trim_start_matches("sha256:");
@@ -978,9 +1076,18 @@ fn a_hostile_registry_gets_a_clear_error_never_a_hang_or_a_file_outside_the_layo
         let mut r = Remote::new(&target, RemoteOptions::default()).expect("client");
         let untrusted = r.find_entry("x", &input).map(|f| f.is_some());
         r.set_trusted_keys(Some(keys));
-        (untrusted, r.find_entry("x", &input).map(|_| ()).map_err(|e| e.to_string()))
+        (
+            untrusted,
+            r.find_entry("x", &input)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        )
     });
-    assert!(matches!(err.0, Ok(true)), "without keys the entry is found: {:?}", err.0);
+    assert!(
+        matches!(err.0, Ok(true)),
+        "without keys the entry is found: {:?}",
+        err.0
+    );
     let e = err.1.expect_err("unsigned entry taken");
     assert!(e.contains("is not trusted: it is not signed"), "{e}");
     drop(elsewhere);

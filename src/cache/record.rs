@@ -479,7 +479,11 @@ mod tests {
         // Re-indented: the same content, still accepted.
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
-        assert!(LookupRecord::read(&p).unwrap().is_from(&RecordKey::of(&[5; 32])));
+        assert!(
+            LookupRecord::read(&p)
+                .unwrap()
+                .is_from(&RecordKey::of(&[5; 32]))
+        );
         for (from, to) in [
             ("\"row_count\": 3", "\"row_count\": 4"),
             ("\"build_only\": false", "\"build_only\": true"),
@@ -489,13 +493,20 @@ mod tests {
             assert!(text.contains(from), "{from}");
             std::fs::write(&p, text.replace(from, to)).unwrap();
             let edited = LookupRecord::read(&p).unwrap();
-            assert!(!edited.is_from(&RecordKey::of(&[5; 32])), "{from} -> {to} accepted");
+            assert!(
+                !edited.is_from(&RecordKey::of(&[5; 32])),
+                "{from} -> {to} accepted"
+            );
         }
         // Without a MAC at all.
         let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
         v.as_object_mut().unwrap().remove("mac");
         std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
-        assert!(!LookupRecord::read(&p).unwrap().is_from(&RecordKey::of(&[5; 32])));
+        assert!(
+            !LookupRecord::read(&p)
+                .unwrap()
+                .is_from(&RecordKey::of(&[5; 32]))
+        );
     }
 
     #[test]

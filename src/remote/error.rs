@@ -115,8 +115,8 @@ pub enum RemoteError {
         layer: String,
         /// The input digest asked for, hex.
         input_digest: String,
-        /// Why.
-        why: super::Untrusted,
+        /// Why (boxed: keeps the error small).
+        why: Box<super::Untrusted>,
     },
     /// A signing key could not be read or used.
     #[error(transparent)]

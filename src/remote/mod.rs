@@ -723,7 +723,7 @@ impl Remote {
             reference: format!("{}:{tag}", self.repository),
             layer: layer.to_string(),
             input_digest: input_hex.clone(),
-            why,
+            why: Box::new(why),
         };
         let named_layer = manifest.annotations.get(ANNOTATION_LAYER);
         let named_digest = manifest.annotations.get(ANNOTATION_INPUT_DIGEST);

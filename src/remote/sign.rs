@@ -203,9 +203,7 @@ fn read_key_file(path: &Path) -> Result<(String, std::fs::Metadata), KeyError> {
         .custom_flags(libc::O_NONBLOCK)
         .open(path)
         .map_err(|e| io("cannot open key file", e))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| io("cannot stat key file", e))?;
+    let meta = file.metadata().map_err(|e| io("cannot stat key file", e))?;
     if !meta.is_file() {
         return Err(KeyError::Invalid {
             path: path.to_path_buf(),
@@ -360,11 +358,12 @@ impl TrustedKeys {
                     fix: "644",
                 });
             }
-            let key = minisign::PublicKey::from_box(text.into()).map_err(|e| KeyError::Invalid {
-                path: path.to_path_buf(),
-                expected: "a minisign public key",
-                detail: e.to_string(),
-            })?;
+            let key =
+                minisign::PublicKey::from_box(text.into()).map_err(|e| KeyError::Invalid {
+                    path: path.to_path_buf(),
+                    expected: "a minisign public key",
+                    detail: e.to_string(),
+                })?;
             keys.push(key);
         }
         Ok(TrustedKeys { keys })
@@ -382,7 +381,11 @@ impl TrustedKeys {
 
     /// Checks that `signature` (the `.minisig` text from the manifest, `None` when it has
     /// none) is a signature by one of these keys over exactly `message`. Returns the key id.
-    pub(crate) fn verify(&self, message: &[u8], signature: Option<&str>) -> Result<String, Untrusted> {
+    pub(crate) fn verify(
+        &self,
+        message: &[u8],
+        signature: Option<&str>,
+    ) -> Result<String, Untrusted> {
         let Some(text) = signature else {
             return Err(Untrusted::Unsigned);
         };
@@ -423,8 +426,7 @@ fn check_shape(text: &str) -> Result<Vec<u8>, String> {
     let [untrusted, sig, trusted, global] = lines.as_slice() else {
         return Err(format!("{} lines, not 4", lines.len()));
     };
-    if !untrusted.starts_with("untrusted comment: ") || !trusted.starts_with("trusted comment: ")
-    {
+    if !untrusted.starts_with("untrusted comment: ") || !trusted.starts_with("trusted comment: ") {
         return Err("the comment lines are missing".into());
     }
     let b64 = base64::engine::general_purpose::STANDARD;
@@ -528,9 +530,7 @@ mod tests {
         assert_eq!(a_pub.verify(b"message", Some(&sig)), Ok(a.key_id()));
         assert_eq!(
             a_pub.verify(b"messagf", Some(&sig)),
-            Err(Untrusted::BadSignature {
-                key_id: a.key_id()
-            })
+            Err(Untrusted::BadSignature { key_id: a.key_id() })
         );
         assert!(matches!(
             b_pub.verify(b"message", Some(&sig)),
@@ -549,10 +549,7 @@ mod tests {
         let (a, a_pub) = keys(dir.path(), "a");
         let sig = a.sign(b"m", "c").expect("sign");
         let lines: Vec<&str> = sig.lines().collect();
-        let short_global = format!(
-            "{}\n{}\n{}\nAAAA\n",
-            lines[0], lines[1], lines[2]
-        );
+        let short_global = format!("{}\n{}\n{}\nAAAA\n", lines[0], lines[1], lines[2]);
         let b64 = base64::engine::general_purpose::STANDARD;
         let mut legacy = b64.decode(lines[1]).expect("b64");
         legacy[1] = b'd';
@@ -564,9 +561,19 @@ mod tests {
             lines[3]
         );
         let huge = "x".repeat(MAX_SIGNATURE_BYTES + 1);
-        for bad in ["", "one line", &short_global, &legacy, &huge, "a\nb\nc\nd\n"] {
+        for bad in [
+            "",
+            "one line",
+            &short_global,
+            &legacy,
+            &huge,
+            "a\nb\nc\nd\n",
+        ] {
             let got = a_pub.verify(b"m", Some(bad));
-            assert!(matches!(got, Err(Untrusted::Malformed { .. })), "{bad:?}: {got:?}");
+            assert!(
+                matches!(got, Err(Untrusted::Malformed { .. })),
+                "{bad:?}: {got:?}"
+            );
         }
     }
 
@@ -589,7 +596,10 @@ mod tests {
         std::fs::set_permissions(&sk, std::fs::Permissions::from_mode(0o640)).expect("chmod");
         let e = SigningKey::from_file(&sk, None).expect_err("0640 refused");
         assert!(e.to_string().contains("chmod 600"), "{e}");
-        assert!(!e.to_string().contains(text.lines().nth(1).unwrap_or("-")), "{e}");
+        assert!(
+            !e.to_string().contains(text.lines().nth(1).unwrap_or("-")),
+            "{e}"
+        );
         std::fs::set_permissions(&pk, std::fs::Permissions::from_mode(0o664)).expect("chmod");
         let e = TrustedKeys::from_files(&[&pk]).expect_err("group-writable refused");
         assert!(matches!(e, KeyError::Permissions { .. }), "{e}");

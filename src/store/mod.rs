@@ -3,8 +3,10 @@
 //!
 //! Owns: the [`Store`] handle and its lifecycle. Its submodules own the rows table
 //! (`store/rows.rs`: the one row-key range type and the one row iterator, [`RowIter`]) and the
-//! panic guard with the damage bookkeeping (`store/guard.rs`), and the schema-v3 tables of
-//! versions, layer pointers and last use (`store/versions.rs`).
+//! panic guard with the damage bookkeeping (`store/guard.rs`), the schema-v3 tables of
+//! versions, layer pointers and last use (`store/versions.rs`), and the per-cache secret in
+//! `meta` (`store/secret.rs`: made with the file, or at the first writable open of a file made
+//! before it existed).
 //!
 //! Must never: import from `cache`, `tree` or `diff` (arrows point down: the cache writes a
 //! walked tree through [`Store::write_tree`], which lives with put), or know what a source is;

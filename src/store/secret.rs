@@ -39,7 +39,8 @@ fn fresh(path: &Path) -> Result<[u8; 32]> {
 pub(super) fn insert(path: &Path, txn: &redb::WriteTransaction) -> Result<()> {
     let secret = fresh(path)?;
     let mut meta = txn.open_table(META).db(path)?;
-    meta.insert(META_RECORD_SECRET, secret.as_slice()).db(path)?;
+    meta.insert(META_RECORD_SECRET, secret.as_slice())
+        .db(path)?;
     Ok(())
 }
 
