@@ -278,18 +278,21 @@ impl SigningKey {
             expected: "a minisign secret key",
             detail,
         };
-        let secret = match minisign::SecretKey::from_unencrypted_box(text.clone().into()) {
+        let plain = minisign::SecretKey::from_unencrypted_box(text.clone().into())
+            .map_err(|e| e.to_string())
+            .or_else(|e| unprotected_reference_key(&text).ok_or(e));
+        let secret = match plain {
             Ok(k) => k,
             Err(plain) => match password {
                 // Never `None` here: the crate would prompt on the terminal and write to stdout.
                 Some(pw) => minisign::SecretKey::from_box(text.into(), Some(pw.to_string()))
                     .map_err(|e| invalid(e.to_string()))?,
-                None if plain.to_string().contains("encrypted") => {
+                None if plain.contains("encrypted") => {
                     return Err(KeyError::NeedsPassword {
                         path: path.to_path_buf(),
                     });
                 }
-                None => return Err(invalid(plain.to_string())),
+                None => return Err(invalid(plain)),
             },
         };
         let public =
@@ -331,6 +334,27 @@ impl SigningKey {
             detail: e.to_string(),
         })
     }
+}
+
+/// Bytes of a decoded minisign secret key.
+const SECRET_KEY_LEN: usize = 158;
+
+/// A secret key without a password as the reference tool writes it (`minisign -G -W`): no KDF
+/// and, unlike the crate's own format, an all-zero checksum, which the crate calls corrupted.
+fn unprotected_reference_key(text: &str) -> Option<minisign::SecretKey> {
+    let line = text.lines().nth(1)?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(line.trim())
+        .ok()?;
+    let unprotected = bytes.len() == SECRET_KEY_LEN
+        && bytes.get(2..4) == Some(&[0, 0][..])
+        && bytes
+            .get(126..)
+            .is_some_and(|chk| chk.iter().all(|b| *b == 0));
+    if !unprotected {
+        return None;
+    }
+    minisign::SecretKey::from_bytes(&bytes).ok()
 }
 
 /// The public keys a machine trusts: a remote entry is a hit only when one of them signed it.
@@ -541,6 +565,24 @@ mod tests {
         let mut both = b_pub.clone();
         both.keys.extend(a_pub.keys.clone());
         assert_eq!(both.verify(b"message", Some(&sig)), Ok(a.key_id()));
+    }
+
+    /// A password-protected key (the crate's own format, as `minisign -G` makes) needs its
+    /// password; with it, it signs.
+    #[test]
+    fn a_password_protected_key_needs_its_password() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sk = dir.path().join("p.key");
+        let pk = dir.path().join("p.pub");
+        let pair = minisign::KeyPair::generate_encrypted_keypair(Some("pw".into())).expect("pair");
+        write_new(&sk, 0o600, &pair.sk.to_box(None).expect("box").to_bytes()).expect("write");
+        write_new(&pk, 0o644, &pair.pk.to_box().expect("box").to_bytes()).expect("write");
+        let e = SigningKey::from_file(&sk, None).expect_err("no password");
+        assert!(matches!(e, KeyError::NeedsPassword { .. }), "{e}");
+        let key = SigningKey::from_file(&sk, Some("pw")).expect("password");
+        let sig = key.sign(b"m", "c").expect("sign");
+        let trusted = TrustedKeys::from_files(&[&pk]).expect("public key");
+        assert_eq!(trusted.verify(b"m", Some(&sig)), Ok(key.key_id()));
     }
 
     #[test]
