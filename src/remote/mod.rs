@@ -981,11 +981,13 @@ impl Remote {
 fn show_blobs(list: &[BlobRef]) -> String {
     list.iter()
         .map(|b| {
+            let digest: String = b.digest.chars().take(19).collect();
+            let media_type: String = b.media_type.chars().take(80).collect();
             format!(
                 "{} ({} bytes, {})",
-                b.digest.get(..19).unwrap_or(&b.digest),
+                crate::path::escape_bytes(digest.as_bytes()),
                 b.size,
-                crate::path::escape_bytes(b.media_type.as_bytes())
+                crate::path::escape_bytes(media_type.as_bytes())
             )
         })
         .collect::<Vec<_>>()
