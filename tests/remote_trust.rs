@@ -507,7 +507,6 @@ fn two_trusted_keys_at_once_rotate_the_signing_key() {
         .arg(&new_sk)
         .arg("-p")
         .arg(&new_pk));
-    std::fs::set_permissions(&new_sk, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     a.build("l1");
     a.build("l2");
     assert_eq!(
