@@ -303,6 +303,21 @@ pub enum Error {
         /// The layer the record is of.
         found: String,
     },
+
+    /// A lookup record whose MAC does not match under this cache's secret: it was edited,
+    /// written by hand, or made by a lookup of another cache database. Nothing was cached.
+    #[error(
+        "the lookup record of layer {layer:?} was not made by a lookup of the cache {db} (or was \
+         changed since): run `layercache lookup --record FILE` with this --db again and pass \
+         that file to `put --from FILE`; nothing was cached",
+        db = db.display()
+    )]
+    RecordNotFromThisCache {
+        /// The cache database.
+        db: PathBuf,
+        /// The layer the record names.
+        layer: String,
+    },
 }
 
 impl Error {

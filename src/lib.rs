@@ -7,7 +7,9 @@
 //!
 //! One redb file holds five tables (schema v3, see [`schema`]):
 //!
-//! * `meta` — the schema version and the version of the crate that wrote the file.
+//! * `meta` — the schema version, the version of the crate that wrote the file, and the
+//!   per-cache secret that binds lookup records to this file (`store/secret.rs`; made with the
+//!   file or at its first writable open, never printed or exported).
 //! * `versions` — `(layer, input digest)` → [`schema::VersionRecord`]: one per evaluation of a
 //!   layer's inputs that was put — the layer definition (canonical JSON and its digest), the
 //!   base, SOURCE_DATE_EPOCH, builder identity, one summary per import and overlay dir (root
@@ -66,7 +68,8 @@
 //! and nothing is stored. The put's walk takes the walk log as its stat cache: a file whose
 //! stat data is unchanged since the lookup hashed it, and not racy, is not read again, so a
 //! cold layer's files are read once. Across processes the same observation travels as a
-//! [`LookupRecord`] (JSON; per source its root, row count and walk log with a checksum):
+//! [`LookupRecord`] (JSON; per source its root, row count and walk log with a checksum; bound to
+//! its database by a keyed MAC under the per-cache secret, so an edited record is refused):
 //! `layercache lookup --record FILE`, then `layercache put --from FILE`. A put refuses
 //! `{}` manifests for a layer that is not build-only ([`Error::PutRefused`]).
 //!
@@ -139,7 +142,9 @@
 //!   against), `refresh.rs` (stat refresh batches, clearing rows that lied), `gc.rs`
 //!   (collecting versions under a policy, in one write transaction).
 //! * [`remote`] moves entries to and from an OCI registry (the wire format, the tag and trust
-//!   rules); it knows nothing of the cache and uses no other module of the crate.
+//!   rules; [`remote::sign`]: minisign signatures made at push and verified at every remote
+//!   hit against trusted keys); it knows nothing of the cache and uses no other module of the
+//!   crate.
 //! * [`plan`] and [`stacker`] describe a build (the plan file, stacker's directory layout);
 //!   [`inputs`] is the build description both produce; [`config`] says where the cache lives.
 //! * [`reason`] explains misses; [`base`] resolves tar/oci bases.

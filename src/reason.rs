@@ -174,6 +174,18 @@ pub enum MissReason {
         /// What is missing, escaped.
         what: String,
     },
+    /// A registry has an entry for these inputs, but trusted keys are set and the entry is not
+    /// signed by one of them, or is not what was signed: it was not used, nothing of it was
+    /// downloaded and nothing was recorded. Comes after the local reasons.
+    RemoteUntrusted {
+        /// The registry and repository (`REGISTRY/REPO`).
+        remote: String,
+        /// Why, as a word: `unsigned`, `malformed`, `unknown_key`, `bad_signature`,
+        /// `replayed` or `outputs_differ`.
+        why: String,
+        /// Why, as a sentence.
+        detail: String,
+    },
 }
 
 fn hex_short(s: &str) -> &str {
@@ -261,6 +273,12 @@ impl fmt::Display for MissReason {
             MissReason::OutputsMissing { what } => {
                 write!(f, "the cached outputs are gone: {what}")
             }
+            MissReason::RemoteUntrusted { remote, detail, .. } => write!(
+                f,
+                "the entry in the shared cache {} is not trusted: {}",
+                esc(remote),
+                esc(detail)
+            ),
         }
     }
 }

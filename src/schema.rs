@@ -48,6 +48,8 @@ pub const LAST_USED: TableDefinition<(&str, &[u8; 32]), u64> = TableDefinition::
 pub const META_SCHEMA_VERSION: &str = "schema_version";
 /// `meta` key of the version of the crate that last wrote the file.
 pub const META_WRITER: &str = "writer";
+// The `meta` key `record_secret` (32 random bytes that bind lookup records to the file) is
+// owned by `store/secret.rs`: never read or written anywhere else.
 
 /// The type of a tree entry. Never opened unless `File`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -514,7 +514,7 @@ fn put_from_a_lookup_record_refuses_a_source_changed_since_the_lookup() {
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&rec_path).unwrap()).unwrap();
     assert_eq!(json["format"], "layercache lookup record");
-    assert_eq!(json["version"], 1);
+    assert_eq!(json["version"], 2);
     assert_eq!(json["sources"][0]["row_count"], 3);
 
     write(&f.p("src"), "a.txt", b"version 3");

@@ -180,6 +180,8 @@ pub struct BuildLookup {
     lookup: Lookup,
     /// `None` only for a layer that is not cacheable (its put is refused).
     seen: Option<Seen>,
+    /// Binds its [`LookupRecord`] to this cache.
+    record_key: record::RecordKey,
 }
 
 impl BuildLookup {
@@ -209,7 +211,7 @@ impl BuildLookup {
     pub fn record(&self) -> Option<LookupRecord> {
         self.seen
             .as_ref()
-            .map(|seen| LookupRecord::new(&self.lookup.layer, seen))
+            .map(|seen| LookupRecord::new(&self.lookup.layer, seen, &self.record_key))
     }
 }
 

@@ -66,13 +66,22 @@ impl Session<'_> {
     /// [`Session::put`] checked against a [`LookupRecord`]: what a lookup in another process
     /// saw (`layercache lookup --record FILE`, then `layercache put --from FILE`). The record
     /// keeps each source's Merkle root and row count, not its paths: a source that differs is
-    /// named, with its row counts and roots. The record must be of this layer.
+    /// named, with its row counts and roots. The record must be of this layer, and made by a
+    /// lookup of this cache and unchanged since (its MAC under the cache's secret, see
+    /// [`LookupRecord`]), else [`Error::RecordNotFromThisCache`] and nothing is read of it.
     pub fn put_recorded(
         &mut self,
         record: &LookupRecord,
         manifests: &BTreeMap<String, Descriptor>,
     ) -> Result<EntryRecord> {
         let db = self.cache.store.path().to_path_buf();
+        let key = super::record::RecordKey::of(&self.cache.store.secret()?);
+        if !record.is_from(&key) {
+            return Err(Error::RecordNotFromThisCache {
+                db,
+                layer: record.layer().to_string(),
+            });
+        }
         let seen = record.seen();
         guard_redb(&db, || {
             self.put_unguarded(record.layer(), Some(&seen), manifests)

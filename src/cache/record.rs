@@ -9,13 +9,14 @@
 //! The file is one JSON object (format version [`RECORD_VERSION`]):
 //!
 //! ```json
-//! {"format": "layercache lookup record", "version": 1, "layer": "app",
+//! {"format": "layercache lookup record", "version": 2, "layer": "app",
 //!  "definition_digest": "HEX", "builder": null, "base_hash": "HEX" | null,
 //!  "source_date_epoch": 1700000000 | null, "build_only": false, "damaged": false,
 //!  "input_digest": "HEX" | null,
 //!  "sources": [{"role": "import" | "overlay_dir", "key": "KEY", "root_digest": "HEX" | null,
 //!               "row_count": 6,
-//!               "walk": {"entries": 6, "blake3": "HEX", "log": "BASE64"}}]}
+//!               "walk": {"entries": 6, "blake3": "HEX", "log": "BASE64"}}],
+//!  "mac": "HEX"}
 //! ```
 //!
 //! Digests are lower-case hex (`base_hash` is the hex of the base hash's bytes); `root_digest`
@@ -33,11 +34,16 @@
 //! with the log path by path, naming what changed. A walk log whose checksum does not match
 //! (damaged, edited) is not used: the put then reads every file and compares the root and row
 //! count. The checksum guards against damage, not against edits: a log edited with its blake3
-//! recomputed supplies digests the put does not read, and the put would store them. So the
-//! record file is trusted like the database itself (same user; the lookup writes it 0600): keep
-//! it in a directory only the builder writes, never at a shared path others can replace. The
-//! file is written to a temporary name in the same directory, synced and renamed (mode 0600),
-//! so a reader never sees half a record.
+//! recomputed would supply digests the put does not read. So the whole record is bound to the
+//! database by `mac`: a keyed blake3 (key derived from the per-cache secret in the `meta`
+//! table, `store/secret.rs`, under [`MAC_CONTEXT`]) of the blake3 of the record's compact JSON
+//! without `mac`. A put refuses a record whose `mac` does not match
+//! ([`Error::RecordNotFromThisCache`]) before it reads anything else of it: a record edited
+//! (even with its checksums recomputed), written by hand, or looked up in another cache is
+//! never used. Whoever can read the database can still forge one (the secret is in it): the
+//! database stays the root of trust, the record file no longer needs to be. Version 1 records
+//! (no `mac`) are refused by their version. The file is written to a temporary name in the same
+//! directory, synced and renamed (mode 0600), so a reader never sees half a record.
 //!
 //! Must never: be produced by a lookup that observed nothing (a record exists only through a
 //! [`BuildLookup`](super::BuildLookup)), or be read without a size limit.
@@ -55,7 +61,10 @@ use crate::tree::SealedLog;
 use super::{Observed, Seen, SourceRole};
 
 /// The format version of the lookup record file; a record of another version is refused.
-pub const RECORD_VERSION: u32 = 1;
+/// Version 2 added `mac`.
+pub const RECORD_VERSION: u32 = 2;
+/// The blake3 key-derivation context of the record's MAC key (from the per-cache secret).
+pub const MAC_CONTEXT: &str = "layercache 2026 lookup record mac v2";
 /// The `format` field of every lookup record.
 const FORMAT: &str = "layercache lookup record";
 /// The largest record file read: with its walk logs a record grows with the tree (~95 bytes a
@@ -85,6 +94,12 @@ pub struct LookupRecord {
     #[serde(with = "hex32_opt")]
     input_digest: Option<[u8; 32]>,
     sources: Vec<RecordedSource>,
+    /// The MAC binding the record to its database; `None` only while it is computed.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "hex32_opt")]
+    mac: Option<[u8; 32]>,
+    /// blake3 of the record's compact JSON without `mac` (computed, never stored).
+    #[serde(skip)]
+    content: [u8; 32],
 }
 
 /// One source of a [`LookupRecord`].
@@ -141,9 +156,9 @@ impl RecordedWalk {
 }
 
 impl LookupRecord {
-    /// The record of what a build's lookup of `layer` saw.
-    pub(super) fn new(layer: &str, seen: &Seen) -> LookupRecord {
-        LookupRecord {
+    /// The record of what a build's lookup of `layer` saw, bound to the cache `key` is of.
+    pub(super) fn new(layer: &str, seen: &Seen, key: &RecordKey) -> LookupRecord {
+        let mut r = LookupRecord {
             format: FORMAT.to_string(),
             version: RECORD_VERSION,
             layer: layer.to_string(),
@@ -165,7 +180,31 @@ impl LookupRecord {
                     walk: o.log.as_ref().map(RecordedWalk::of),
                 })
                 .collect(),
-        }
+            mac: None,
+            content: [0; 32],
+        };
+        r.content = r.content_hash();
+        r.mac = Some(key.mac(&r.content));
+        r
+    }
+
+    /// blake3 of the compact JSON of the record without its `mac` (streamed into the hasher:
+    /// no copy of the walk logs).
+    fn content_hash(&mut self) -> [u8; 32] {
+        let mac = self.mac.take();
+        let mut h = blake3::Hasher::new();
+        // Writing into a hasher cannot fail, and every field serializes.
+        let _ = serde_json::to_writer(&mut h, &*self);
+        self.mac = mac;
+        *h.finalize().as_bytes()
+    }
+
+    /// Whether the record was made by a lookup of the cache `key` is of, and not changed
+    /// since (constant-time comparison).
+    pub(super) fn is_from(&self, key: &RecordKey) -> bool {
+        self.mac.is_some_and(|m| {
+            blake3::Hash::from_bytes(m) == blake3::Hash::from_bytes(key.mac(&self.content))
+        })
     }
 
     /// The layer the lookup was of.
@@ -283,7 +322,34 @@ impl LookupRecord {
                 ),
             ));
         }
-        serde_json::from_slice(&bytes).map_err(|e| parse_error(path, e.to_string()))
+        let mut record: LookupRecord =
+            serde_json::from_slice(&bytes).map_err(|e| parse_error(path, e.to_string()))?;
+        drop(bytes);
+        record.content = record.content_hash();
+        Ok(record)
+    }
+}
+
+/// The key of lookup records of one cache, derived from its secret. Its `Debug` shows nothing
+/// of it.
+#[derive(Clone)]
+pub(crate) struct RecordKey([u8; 32]);
+
+impl RecordKey {
+    /// The record key of the cache whose secret is `secret`.
+    pub(crate) fn of(secret: &[u8; 32]) -> RecordKey {
+        RecordKey(blake3::derive_key(MAC_CONTEXT, secret))
+    }
+
+    /// The MAC of a record's content hash.
+    fn mac(&self, content: &[u8; 32]) -> [u8; 32] {
+        *blake3::keyed_hash(&self.0, content).as_bytes()
+    }
+}
+
+impl std::fmt::Debug for RecordKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RecordKey(..)")
     }
 }
 
@@ -371,7 +437,7 @@ mod tests {
     use super::*;
 
     fn record() -> LookupRecord {
-        LookupRecord {
+        let mut r = LookupRecord {
             format: FORMAT.to_string(),
             version: RECORD_VERSION,
             layer: "app".to_string(),
@@ -389,7 +455,58 @@ mod tests {
                 row_count: 3,
                 walk: None,
             }],
+            mac: None,
+            content: [0; 32],
+        };
+        r.content = r.content_hash();
+        r.mac = Some(RecordKey::of(&[5; 32]).mac(&r.content));
+        r
+    }
+
+    /// A record is bound to its cache's secret: any change to any field, the MAC itself, or
+    /// another secret is refused; the MAC is over the content, not the file's whitespace.
+    #[test]
+    fn a_record_is_bound_to_its_secret_and_refused_after_any_edit() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.json");
+        let r = record();
+        assert!(r.is_from(&RecordKey::of(&[5; 32])));
+        assert!(!r.is_from(&RecordKey::of(&[6; 32])));
+        r.write(&p).unwrap();
+        let back = LookupRecord::read(&p).unwrap();
+        assert!(back.is_from(&RecordKey::of(&[5; 32])));
+        let text = std::fs::read_to_string(&p).unwrap();
+        // Re-indented: the same content, still accepted.
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
+        assert!(
+            LookupRecord::read(&p)
+                .unwrap()
+                .is_from(&RecordKey::of(&[5; 32]))
+        );
+        for (from, to) in [
+            ("\"row_count\": 3", "\"row_count\": 4"),
+            ("\"build_only\": false", "\"build_only\": true"),
+            ("0909", "0908"),
+            ("\"app\"", "\"apq\""),
+        ] {
+            assert!(text.contains(from), "{from}");
+            std::fs::write(&p, text.replace(from, to)).unwrap();
+            let edited = LookupRecord::read(&p).unwrap();
+            assert!(
+                !edited.is_from(&RecordKey::of(&[5; 32])),
+                "{from} -> {to} accepted"
+            );
         }
+        // Without a MAC at all.
+        let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v.as_object_mut().unwrap().remove("mac");
+        std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
+        assert!(
+            !LookupRecord::read(&p)
+                .unwrap()
+                .is_from(&RecordKey::of(&[5; 32]))
+        );
     }
 
     #[test]
@@ -401,9 +518,9 @@ mod tests {
         assert_eq!(LookupRecord::read(&p).unwrap(), r);
         let text = std::fs::read_to_string(&p).unwrap();
         assert!(text.contains("\"root_digest\": \"0909"), "{text}");
-        std::fs::write(&p, text.replace("\"version\": 1", "\"version\": 2")).unwrap();
+        std::fs::write(&p, text.replace("\"version\": 2", "\"version\": 1")).unwrap();
         let err = LookupRecord::read(&p).unwrap_err().to_string();
-        assert!(err.contains("format version 2"), "{err}");
+        assert!(err.contains("format version 1"), "{err}");
         std::fs::write(&p, b"{\"format\": \"something else\"}").unwrap();
         let err = LookupRecord::read(&p).unwrap_err().to_string();
         assert!(err.contains("not a layercache lookup record"), "{err}");

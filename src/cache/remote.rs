@@ -137,7 +137,10 @@ impl Session<'_> {
         let found = match remote.find_entry(layer, &asked) {
             Ok(Some(f)) => f,
             Ok(None) => return Ok(answer(local.into_lookup(), None)),
-            Err(e) => return Ok(answer(local.into_lookup(), Some(e.into()))),
+            Err(e) => {
+                let lookup = untrusted_miss(local.into_lookup(), remote, &e);
+                return Ok(answer(lookup, Some(e.into())));
+            }
         };
         let manifests = match share::accept(&found, layer, &asked) {
             Ok(m) => m,
@@ -199,7 +202,7 @@ impl Session<'_> {
             }));
         };
         let input_digest = entry.record.input_digest;
-        match remote.find_entry(layer, &input_digest) {
+        match remote.existing_entry(layer, &input_digest) {
             Ok(Some(there)) => return Ok(PushOutcome::AlreadyThere { tag: there.tag }),
             Ok(None) => {}
             // An entry that does not check out is replaced by this one.
@@ -227,6 +230,20 @@ impl Session<'_> {
             Err(e) => PushOutcome::Failed(e.into()),
         })
     }
+}
+
+/// A local miss with the registry's verdict added when the entry found was not trusted
+/// ([`MissReason::RemoteUntrusted`], after the local reasons); any other lookup as it is.
+fn untrusted_miss(mut lookup: Lookup, remote: &Remote, e: &RemoteError) -> Lookup {
+    if let (RemoteError::NotTrusted { why, .. }, Outcome::Miss(reasons)) = (e, &mut lookup.outcome)
+    {
+        reasons.push(MissReason::RemoteUntrusted {
+            remote: format!("{}/{}", remote.registry(), remote.repository()),
+            why: why.kind().to_string(),
+            detail: why.to_string(),
+        });
+    }
+    lookup
 }
 
 /// The blobs of every output manifest in `layout`, each once.

@@ -105,7 +105,12 @@ impl<'a> Session<'a> {
             ..mode
         };
         let (lookup, seen) = self.run_lookup(layer, mode)?;
-        Ok(BuildLookup { lookup, seen })
+        let record_key = super::record::RecordKey::of(&self.cache.store.secret()?);
+        Ok(BuildLookup {
+            lookup,
+            seen,
+            record_key,
+        })
     }
 
     /// Looks up a layer in the given mode: a question only, whose answer cannot be put (see

@@ -101,6 +101,26 @@ pub enum RemoteError {
         /// What did not match.
         detail: String,
     },
+    /// Trusted keys are set and the entry is not signed by one of them, or is not what was
+    /// signed (see [`super::Untrusted`]); it is never used and nothing of it is downloaded.
+    #[error(
+        "registry {registry}: the entry {reference} for layer {layer:?} with input digest {input_digest} is not trusted: {why}; it was not used"
+    )]
+    NotTrusted {
+        /// The registry.
+        registry: String,
+        /// `repository:tag`.
+        reference: String,
+        /// The layer asked for.
+        layer: String,
+        /// The input digest asked for, hex.
+        input_digest: String,
+        /// Why (boxed: keeps the error small).
+        why: Box<super::Untrusted>,
+    },
+    /// A signing key could not be read or used.
+    #[error(transparent)]
+    Key(#[from] super::KeyError),
     /// A downloaded blob did not have the digest or size it is addressed by.
     #[error(
         "blob {digest} from registry {registry} does not match its digest: {detail}; nothing was written (the registry's copy is damaged or was tampered with)"

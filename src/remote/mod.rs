@@ -31,9 +31,13 @@
 //!
 //! ## Trust rule
 //!
-//! A remote entry is trusted as much as whoever can push to that repository: anyone with push
-//! access can publish an entry that a lookup will take as a hit. Recommend read-only
-//! credentials for machines that only pull. Within that, nothing is taken on faith:
+//! Without trusted keys, a remote entry is trusted as much as whoever can push to that
+//! repository: anyone with push access can publish an entry that a lookup will take as a hit.
+//! With trusted keys ([`Remote::set_trusted_keys`]), an entry is used only when one of the keys
+//! signed it (see [`sign`]: a minisign signature over the config blob, in the manifest
+//! annotation [`ANNOTATION_SIGNATURE`], made by a push with [`Remote::set_signing_key`]);
+//! anything else is a [`RemoteError::NotTrusted`] error saying why ([`Untrusted`]), found
+//! before a blob is downloaded. In both modes, nothing is taken on faith:
 //! [`Remote::find_entry`] uses a manifest only when its annotations *and* its config name
 //! exactly the layer and input digest asked for (a tag that points elsewhere, by collision or
 //! forgery, is an [`RemoteError::Untrusted`] error), the config's sha256 is checked, blob
@@ -55,6 +59,7 @@
 mod auth;
 mod error;
 mod layout;
+pub mod sign;
 mod wire;
 
 use std::collections::BTreeSet;
@@ -76,6 +81,10 @@ use sha2::Digest as _;
 
 pub use error::RemoteError;
 pub use layout::image_blobs;
+pub use sign::{
+    ANNOTATION_SIGNATURE, GeneratedKey, KeyError, SigningKey, TrustedKeys, Untrusted,
+    generate_keypair,
+};
 pub use wire::{
     ANNOTATION_INPUT_DIGEST, ANNOTATION_LAYER, ENTRY_MEDIA_TYPE, ENVELOPE_VERSION,
     OCI_MANIFEST_MEDIA_TYPE, TAG_CONTEXT, entry_tag,
@@ -83,7 +92,7 @@ pub use wire::{
 
 use crate::path::hex;
 use error::Redactor;
-use wire::{Envelope, ManifestIn, sha256_hex};
+use wire::{BlobRef, Envelope, ManifestIn, sha256_hex};
 
 /// Result of this module.
 pub type Result<T> = std::result::Result<T, RemoteError>;
@@ -228,6 +237,10 @@ pub struct Remote {
     redactor: Redactor,
     runtime: tokio::runtime::Runtime,
     counters: Counters,
+    /// Signs what [`Remote::push_entry`] publishes.
+    signer: Option<SigningKey>,
+    /// When set, [`Remote::find_entry`] takes only entries signed by one of these keys.
+    trust: Option<TrustedKeys>,
 }
 
 impl std::fmt::Debug for Remote {
@@ -238,6 +251,8 @@ impl std::fmt::Debug for Remote {
             .field("timeout", &self.timeout)
             .field("auth", &self.auth)
             .field("auth_source", &self.auth_source)
+            .field("signer", &self.signer)
+            .field("trust", &self.trust.as_ref().map(TrustedKeys::key_ids))
             .finish_non_exhaustive()
     }
 }
@@ -348,7 +363,26 @@ impl Remote {
             redactor: Redactor::new(creds.secrets),
             runtime,
             counters: Counters::default(),
+            signer: None,
+            trust: None,
         })
+    }
+
+    /// Signs every entry [`Remote::push_entry`] publishes with `key` (see [`sign`]); `None`
+    /// pushes unsigned entries.
+    pub fn set_signing_key(&mut self, key: Option<SigningKey>) {
+        self.signer = key;
+    }
+
+    /// Makes [`Remote::find_entry`] take only entries signed by one of `keys`; `None` (the
+    /// default) takes any entry that checks out (trusting whoever can push).
+    pub fn set_trusted_keys(&mut self, keys: Option<TrustedKeys>) {
+        self.trust = keys;
+    }
+
+    /// The keys entries must be signed by, if any.
+    pub fn trusted_keys(&self) -> Option<&TrustedKeys> {
+        self.trust.as_ref()
     }
 
     /// The registry, `host[:port]`.
@@ -480,10 +514,27 @@ impl Remote {
             layer: entry.layer.clone(),
             input_digest: input_hex.clone(),
             record,
+            blobs: Some(
+                entry
+                    .blobs
+                    .iter()
+                    .map(|b| BlobRef::of(&b.descriptor))
+                    .collect(),
+            ),
         };
         let config = serde_json::to_vec(&envelope)
             .map_err(|e| invalid(format!("cannot encode the envelope: {e}")))?;
         let config_digest = format!("sha256:{}", hex(&sha2::Sha256::digest(&config)));
+        let signature = match &self.signer {
+            Some(key) => Some(key.sign(
+                &config,
+                &format!(
+                    "layercache entry for layer {} input digest {input_hex}",
+                    crate::path::escape_bytes(entry.layer.as_bytes())
+                ),
+            )?),
+            None => None,
+        };
 
         // Check the blobs before anything is sent.
         for b in &entry.blobs {
@@ -579,6 +630,7 @@ impl Remote {
             &config_digest,
             config.len() as u64,
             &descriptors,
+            signature.as_deref(),
         )
         .map_err(|e| invalid(format!("cannot encode the manifest: {e}")))?;
         report.manifest_digest = format!("sha256:{}", hex(&sha2::Sha256::digest(&manifest)));
@@ -596,8 +648,35 @@ impl Remote {
 
     /// Finds the entry for (`layer`, `input_digest`): one `GET` of its tag. `Ok(None)` when
     /// the registry has no such tag. A manifest whose annotations or config do not name
-    /// exactly this layer and input digest is refused ([`RemoteError::Untrusted`]).
+    /// exactly this layer and input digest is refused ([`RemoteError::Untrusted`]); with
+    /// trusted keys, so is any entry they did not sign ([`RemoteError::NotTrusted`]).
     pub fn find_entry(&self, layer: &str, input_digest: &[u8; 32]) -> Result<Option<FoundEntry>> {
+        self.find_entry_trusting(layer, input_digest, self.trust.as_ref())
+    }
+
+    /// The entry a push of (`layer`, `input_digest`) would leave as it is: any entry that
+    /// checks out when pushing unsigned, only one signed by the signing key otherwise (an
+    /// unsigned entry, or one signed by another key, is replaced by a signed one).
+    pub fn existing_entry(
+        &self,
+        layer: &str,
+        input_digest: &[u8; 32],
+    ) -> Result<Option<FoundEntry>> {
+        let Some(key) = &self.signer else {
+            return self.find_entry_trusting(layer, input_digest, None);
+        };
+        match self.find_entry_trusting(layer, input_digest, Some(&key.public())) {
+            Err(RemoteError::NotTrusted { .. }) => Ok(None),
+            other => other,
+        }
+    }
+
+    fn find_entry_trusting(
+        &self,
+        layer: &str,
+        input_digest: &[u8; 32],
+        trust: Option<&TrustedKeys>,
+    ) -> Result<Option<FoundEntry>> {
         let tag = entry_tag(layer, input_digest);
         let reference = self.reference(&tag);
         let input_hex = hex(input_digest);
@@ -639,14 +718,25 @@ impl Remote {
                 "its manifest is not an OCI image manifest".into(),
             ));
         }
+        let not_trusted = |why: Untrusted| RemoteError::NotTrusted {
+            registry: self.registry.clone(),
+            reference: format!("{}:{tag}", self.repository),
+            layer: layer.to_string(),
+            input_digest: input_hex.clone(),
+            why: Box::new(why),
+        };
         let named_layer = manifest.annotations.get(ANNOTATION_LAYER);
         let named_digest = manifest.annotations.get(ANNOTATION_INPUT_DIGEST);
-        if named_layer.map(String::as_str) != Some(layer)
-            || named_digest.map(String::as_str) != Some(input_hex.as_str())
-        {
-            return Err(untrusted(format!(
-                "its annotations name layer {named_layer:?} and input digest {named_digest:?}"
-            )));
+        let misnamed = (named_layer.map(String::as_str) != Some(layer)
+            || named_digest.map(String::as_str) != Some(input_hex.as_str()))
+        .then(|| {
+            format!("its annotations name layer {named_layer:?} and input digest {named_digest:?}")
+        });
+        // Without trusted keys a misnamed manifest is refused at once; with them, its
+        // signature is checked first, so that the verdict says whether it is a signed entry
+        // of another layer (replayed) or not signed by a trusted key at all.
+        if let (None, Some(detail)) = (trust, &misnamed) {
+            return Err(untrusted(detail.clone()));
         }
         if manifest.config.media_type().to_string() != ENTRY_MEDIA_TYPE {
             return Err(untrusted(format!(
@@ -670,6 +760,16 @@ impl Remote {
             }
         }
         let config = self.pull_small_blob(&reference, &manifest.config)?;
+        if let Some(keys) = trust {
+            let signature = manifest
+                .annotations
+                .get(ANNOTATION_SIGNATURE)
+                .map(String::as_str);
+            keys.verify(&config, signature).map_err(not_trusted)?;
+            if let Some(detail) = misnamed {
+                return Err(not_trusted(Untrusted::Replayed { detail }));
+            }
+        }
         let envelope: Envelope = serde_json::from_slice(&config)
             .map_err(|e| untrusted(format!("its config is not an entry envelope ({e})")))?;
         if envelope.layercache_entry != ENVELOPE_VERSION {
@@ -679,10 +779,35 @@ impl Remote {
             )));
         }
         if envelope.layer != layer || envelope.input_digest != input_hex {
-            return Err(untrusted(format!(
+            let detail = format!(
                 "its config names layer {:?} and input digest {}",
                 envelope.layer, envelope.input_digest
-            )));
+            );
+            return Err(match trust {
+                Some(_) => not_trusted(Untrusted::Replayed { detail }),
+                None => untrusted(detail),
+            });
+        }
+        let carried: Vec<BlobRef> = manifest.layers.iter().map(BlobRef::of).collect();
+        let listed = match &envelope.blobs {
+            Some(list) if *list != carried => Some(format!(
+                "the manifest carries {} blob(s) [{}], the envelope lists {} [{}]",
+                carried.len(),
+                show_blobs(&carried),
+                list.len(),
+                show_blobs(list)
+            )),
+            Some(_) => None,
+            None if trust.is_some() => {
+                Some("the signed envelope lists no blobs (pushed by an older layercache)".into())
+            }
+            None => None,
+        };
+        if let Some(detail) = listed {
+            return Err(match trust {
+                Some(_) => not_trusted(Untrusted::OutputsDiffer { detail }),
+                None => untrusted(detail),
+            });
         }
         Ok(Some(FoundEntry {
             layer: layer.to_string(),
@@ -698,13 +823,18 @@ impl Remote {
     fn pull_small_blob(&self, reference: &Reference, d: &Descriptor) -> Result<Vec<u8>> {
         let digest = d.digest().to_string();
         let desc = oci_descriptor(d);
-        let mut out = Vec::new();
+        // Never more than the descriptor's size in memory, whatever the registry sends.
+        let mut capped = Capped {
+            buf: Vec::new(),
+            cap: d.size(),
+        };
         let pulled = self.run(
             &format!("fetch blob {digest}"),
             "pull",
             None,
-            self.client.pull_blob(reference, &desc, &mut out),
+            self.client.pull_blob(reference, &desc, &mut capped),
         );
+        let out = capped.buf;
         let mismatch = |detail: String| RemoteError::BlobMismatch {
             registry: self.registry.clone(),
             digest: digest.clone(),
@@ -847,6 +977,23 @@ impl Remote {
     }
 }
 
+/// Blobs for a message: `sha256:HEX12… (SIZE bytes, TYPE)`, comma-separated.
+fn show_blobs(list: &[BlobRef]) -> String {
+    list.iter()
+        .map(|b| {
+            let digest: String = b.digest.chars().take(19).collect();
+            let media_type: String = b.media_type.chars().take(80).collect();
+            format!(
+                "{} ({} bytes, {})",
+                crate::path::escape_bytes(digest.as_bytes()),
+                b.size,
+                crate::path::escape_bytes(media_type.as_bytes())
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Whether the registry said the manifest (or the whole repository) does not exist.
 fn is_not_found(e: &OciDistributionError) -> bool {
     match e {
@@ -912,6 +1059,43 @@ fn file_stream(
             }
         },
     ))
+}
+
+/// An in-memory sink that refuses to hold more than `cap` bytes.
+struct Capped {
+    buf: Vec<u8>,
+    cap: u64,
+}
+
+impl tokio::io::AsyncWrite for Capped {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if (self.buf.len() + data.len()) as u64 > self.cap {
+            return std::task::Poll::Ready(Err(std::io::Error::other(format!(
+                "more than the {} bytes of its descriptor",
+                self.cap
+            ))));
+        }
+        self.buf.extend_from_slice(data);
+        std::task::Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
 }
 
 /// A temporary file beside its destination, removed unless committed.

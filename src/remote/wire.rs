@@ -69,6 +69,34 @@ pub(crate) struct Envelope {
     pub(crate) input_digest: String,
     /// The entry record, verbatim.
     pub(crate) record: Box<RawValue>,
+    /// Every blob the entry carries (the manifest's `layers`, in order), so that a signature
+    /// over this envelope covers them too. Absent in entries pushed before signing existed;
+    /// when present, the manifest's `layers` must be exactly these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) blobs: Option<Vec<BlobRef>>,
+}
+
+/// A blob as the envelope lists it: what a hit hands to the builder, and nothing else.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BlobRef {
+    /// Its media type.
+    #[serde(rename = "mediaType")]
+    pub(crate) media_type: String,
+    /// `sha256:HEX`.
+    pub(crate) digest: String,
+    /// Its size in bytes.
+    pub(crate) size: u64,
+}
+
+impl BlobRef {
+    pub(crate) fn of(d: &Descriptor) -> BlobRef {
+        BlobRef {
+            media_type: d.media_type().to_string(),
+            digest: d.digest().to_string(),
+            size: d.size(),
+        }
+    }
 }
 
 /// An OCI image manifest as read back; unknown fields are ignored.
@@ -92,8 +120,9 @@ pub(crate) fn manifest_json(
     config_digest: &str,
     config_size: u64,
     layers: &[Descriptor],
+    signature: Option<&str>,
 ) -> serde_json::Result<Vec<u8>> {
-    let value = serde_json::json!({
+    let mut value = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST_MEDIA_TYPE,
         "artifactType": ENTRY_MEDIA_TYPE,
@@ -108,6 +137,9 @@ pub(crate) fn manifest_json(
             ANNOTATION_INPUT_DIGEST: input_hex,
         },
     });
+    if let (Some(sig), Some(a)) = (signature, value.get_mut("annotations")) {
+        a[super::sign::ANNOTATION_SIGNATURE] = sig.into();
+    }
     serde_json::to_vec(&value)
 }
 

@@ -3,8 +3,10 @@
 //!
 //! Owns: the [`Store`] handle and its lifecycle. Its submodules own the rows table
 //! (`store/rows.rs`: the one row-key range type and the one row iterator, [`RowIter`]) and the
-//! panic guard with the damage bookkeeping (`store/guard.rs`), and the schema-v3 tables of
-//! versions, layer pointers and last use (`store/versions.rs`).
+//! panic guard with the damage bookkeeping (`store/guard.rs`), the schema-v3 tables of
+//! versions, layer pointers and last use (`store/versions.rs`), and the per-cache secret in
+//! `meta` (`store/secret.rs`: made with the file, or at the first writable open of a file made
+//! before it existed).
 //!
 //! Must never: import from `cache`, `tree` or `diff` (arrows point down: the cache writes a
 //! walked tree through [`Store::write_tree`], which lives with put), or know what a source is;
@@ -40,6 +42,7 @@
 
 pub(crate) mod guard;
 pub(crate) mod rows;
+pub(crate) mod secret;
 pub mod versions;
 
 use std::io::Read;
@@ -385,6 +388,8 @@ fn create_tables(path: &Path, txn: &redb::WriteTransaction) -> Result<()> {
     txn.open_table(LAYERS).db(path)?;
     txn.open_table(LAST_USED).db(path)?;
     txn.open_table(ROWS).db(path)?;
+    drop(meta);
+    secret::insert(path, txn)?;
     Ok(())
 }
 
@@ -666,6 +671,12 @@ impl Store {
     /// write lock, waiting like [`Store::begin_write`]: a lookup cannot read an older schema,
     /// and the process holding the lock is most likely migrating the same file.
     fn init(&mut self) -> Result<()> {
+        self.init_version()?;
+        // A database made before the per-cache secret existed gets one now (once).
+        secret::ensure(self)
+    }
+
+    fn init_version(&mut self) -> Result<()> {
         let version = {
             let txn = self.begin_read()?;
             read_version(&self.path, &txn)?

@@ -125,7 +125,7 @@ pub fn lookup(args: LookupArgs, interrupt: Arc<AtomicBool>) -> anyhow::Result<Ex
     let (plan, cache, pruned) = open(t, interrupt)?;
     signals::check(NOTHING_RECORDED)?;
     let mut session = cache.session(plan.build())?;
-    let mut link = Link::open(&args.remote);
+    let mut link = Link::open(&args.remote)?;
     // --record and --verify answer from the local cache only (a remote hit records the layer
     // without a build, so there is nothing to record for a put; verify is about local rows).
     let local_only = args.record.is_some() || args.verify;

@@ -16,6 +16,7 @@ mod progress;
 mod remote;
 mod report;
 mod signals;
+mod trust;
 
 use std::process::ExitCode;
 
@@ -31,6 +32,8 @@ use output::guarded;
     after_help = "Environment:\n  \
         LAYERCACHE_DB      the cache database file, when --db is not given\n  \
         LAYERCACHE_REMOTE  the shared cache (REGISTRY/REPO), when --remote is not given\n  \
+        LAYERCACHE_TRUST_KEYS  ':'-separated minisign public keys, when no --trust-key is given\n  \
+        LAYERCACHE_SIGN_KEY_PASSWORD  the password of a protected --sign-key\n  \
         LAYERCACHE_LOG     log level on stderr: error, warn, info (default), debug, trace\n\n\
         Exit codes:\n  \
         0    lookup: hit; put: recorded; other commands: done (check: clean)\n  \
@@ -70,6 +73,9 @@ enum Cmd {
     /// For each layer (bases first) that misses locally, take it from the shared cache: its
     /// blobs into the plan's oci_layout, its record from this machine's walk.
     Pull(remote::ShareArgs),
+    /// Make a minisign key pair for signed shared entries: the secret key for `push
+    /// --sign-key` (mode 0600), the public key for `--trust-key`.
+    Keygen(trust::KeygenArgs),
     /// Show what is stored: all entries, one entry, or its per-path rows. Opens the file
     /// read-only: works while a build holds it.
     Dump(debug::DumpArgs),
@@ -107,6 +113,7 @@ fn main() -> ExitCode {
         Cmd::Put(a) => guarded(None, || build::put(a, signals::install())),
         Cmd::Push(a) => guarded(None, || remote::push(a)),
         Cmd::Pull(a) => guarded(None, || remote::pull(a)),
+        Cmd::Keygen(a) => guarded(None, || trust::keygen(&a)),
         Cmd::Dump(a) => guarded(Some(&a.out.db), || debug::dump(&a)),
         Cmd::Stats(a) => guarded(Some(&a.out.db), || debug::stats(&a)),
         Cmd::Check(a) => guarded(Some(&a.out.db), || debug::check(&a)),

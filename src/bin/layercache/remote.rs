@@ -42,6 +42,8 @@ pub struct RemoteArgs {
     /// Timeout of each registry request, in seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     pub remote_timeout: u64,
+    #[command(flatten)]
+    pub trust: crate::trust::TrustArgs,
 }
 
 /// Arguments of `push` and `pull`.
@@ -54,6 +56,8 @@ pub struct ShareArgs {
     plan: PathBuf,
     #[command(flatten)]
     remote: RemoteArgs,
+    #[command(flatten)]
+    sign: crate::trust::SignArgs,
     /// The layers (default: every layer of the plan). `pull` also takes their built bases.
     #[arg(value_name = "LAYER")]
     layers: Vec<String>,
@@ -70,9 +74,13 @@ pub struct Link {
 
 impl Link {
     /// Connects (nothing is sent yet). A remote that cannot be set up gives a link that only
-    /// warns, so a lookup still answers locally.
-    pub fn open(args: &RemoteArgs) -> Option<Link> {
-        let target = args.remote.as_deref()?;
+    /// warns, so a lookup still answers locally; a trusted key that cannot be read is an error
+    /// (never a silent fall-back to trusting whoever can push).
+    pub fn open(args: &RemoteArgs) -> anyhow::Result<Option<Link>> {
+        let Some(target) = args.remote.as_deref() else {
+            return Ok(None);
+        };
+        let trust = args.trust.load()?;
         let options = RemoteOptions {
             insecure: args.insecure,
             timeout: Duration::from_secs(args.remote_timeout.max(1)),
@@ -84,13 +92,14 @@ impl Link {
             warned: false,
         };
         match Remote::new(target, options) {
-            Ok(r) => {
+            Ok(mut r) => {
                 link.name = format!("{}/{}", r.registry(), r.repository());
+                r.set_trusted_keys(trust);
                 link.remote = Some(r);
             }
             Err(e) => link.warn(&e.to_string()),
         }
-        Some(link)
+        Ok(Some(link))
     }
 
     /// The client, unless the registry is known unreachable.
@@ -105,6 +114,8 @@ impl Link {
             && !matches!(
                 e,
                 RemoteError::Untrusted { .. }
+                    | RemoteError::NotTrusted { .. }
+                    | RemoteError::Key(_)
                     | RemoteError::BlobMismatch { .. }
                     | RemoteError::InvalidEntry { .. }
                     | RemoteError::Io { .. }
@@ -140,7 +151,7 @@ fn open(args: &ShareArgs) -> anyhow::Result<(Plan, Cache, Link)> {
             args.plan.display()
         );
     }
-    let Some(link) = Link::open(&args.remote) else {
+    let Some(link) = Link::open(&args.remote)? else {
         anyhow::bail!("no remote cache: give --remote REGISTRY/REPO or set LAYERCACHE_REMOTE");
     };
     let (cache, _pruned) = Cache::open(plan.cache_config(&args.out.db))?;
@@ -181,7 +192,11 @@ fn build_order(plan: &Plan, asked: &[String], bases: bool) -> anyhow::Result<Vec
 /// `layercache push`: pushes every layer that hits locally. Exit 0 unless a local error; a
 /// registry that cannot take the entries is one warning and `failed` per layer.
 pub fn push(args: ShareArgs) -> anyhow::Result<ExitCode> {
+    let key = args.sign.load()?;
     let (plan, cache, mut link) = open(&args)?;
+    if let Some(r) = link.remote.as_mut() {
+        r.set_signing_key(key);
+    }
     let mut session = cache.session(plan.build())?;
     let mut rows = Vec::new();
     for layer in build_order(&plan, &args.layers, false)? {
@@ -219,6 +234,12 @@ pub fn push(args: ShareArgs) -> anyhow::Result<ExitCode> {
 /// `layercache pull`: for each layer in build order, a local hit does nothing and a local miss
 /// asks the registry. Exit 0 unless a local error.
 pub fn pull(args: ShareArgs) -> anyhow::Result<ExitCode> {
+    if args.sign.sign_key.is_some() {
+        anyhow::bail!(
+            "--sign-key signs what `push` publishes; `pull` and `lookup --remote` check \
+             signatures with --trust-key PUBLIC_KEY"
+        );
+    }
     let (plan, cache, mut link) = open(&args)?;
     let mut session = cache.session(plan.build())?;
     let mut rows = Vec::new();
