@@ -10,9 +10,10 @@ mod treegen;
 use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use layercache::codec;
-use layercache::tree::{Enumerator, OrderedDirs};
-use layercache::{RelPath, Row, Store, TreeWalk, WalkedEntry, diff_trees};
+use layercache::RelPath;
+use layercache::testing::codec;
+use layercache::testing::tree::{Enumerator, OrderedDirs};
+use layercache::testing::{Row, Store, TreeWalk, WalkedEntry, diff_trees};
 
 const FILES: u64 = 2000;
 

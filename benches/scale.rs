@@ -35,10 +35,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
-use layercache::tree::{Enumerator, OrderedDirs};
-use layercache::{
-    Base, Build, Cache, CacheConfig, Import, LayerInputs, LookupMode, MissReason, TreeWalk, codec,
-};
+use layercache::testing::tree::{Enumerator, OrderedDirs};
+use layercache::testing::{TreeWalk, codec};
+use layercache::{Base, Build, Cache, CacheConfig, Import, LayerInputs, LookupMode, MissReason};
 use rayon::prelude::*;
 use serde_json::{Value, json};
 
@@ -951,7 +950,7 @@ fn walker_phases(
             reps,
             || {},
             || {
-                let store = cache.store();
+                let store = layercache::testing::store_of(cache);
                 let txn = store.begin_read().expect("read");
                 let prior = store.rows(&txn, "app", "import:src").expect("rows");
                 let mut w = TreeWalk::with_enumerator(tree, how).expect("walk");
@@ -995,7 +994,7 @@ fn database_growth(
     let size = || std::fs::metadata(&db).map(|m| m.size()).unwrap_or(0);
     let (rows, key_bytes, value_bytes) = {
         let cache = open(&db);
-        let store = cache.store();
+        let store = layercache::testing::store_of(&cache);
         let txn = store.begin_read()?;
         let (mut n, mut k, mut v) = (0u64, 0u64, 0u64);
         for r in store.rows(&txn, "app", "import:src")? {

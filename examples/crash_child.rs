@@ -1,5 +1,5 @@
 //! The child process of `tests/reliability_crash_points.rs`, built with `--features failpoints`:
-//! one write, with the crash points of `layercache::failpoint` configured from the `FAILPOINTS`
+//! one write, with the crash points of `layercache::testing::failpoint` configured from the `FAILPOINTS`
 //! environment variable (`NAME=return` aborts the process at that point, as a crash would).
 //!
 //! Usage:
@@ -10,7 +10,7 @@
 //! - `crash_child open DB`: opens the database for writing (which migrates an older schema);
 //!   prints `opened`.
 //!
-//! With `PAUSE_AT=NAME` (one of `layercache::failpoint::SWITCH_POINTS`) the child stops at that
+//! With `PAUSE_AT=NAME` (one of `layercache::testing::failpoint::SWITCH_POINTS`) the child stops at that
 //! point instead: it prints `paused at NAME` and goes on after a line on stdin.
 
 #[path = "common/layer.rs"]
@@ -48,7 +48,7 @@ fn open(db: &Path) -> Result<Cache, layercache::Error> {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let scenario = fail::FailScenario::setup();
     if let Ok(point) = std::env::var("PAUSE_AT") {
-        let point = layercache::failpoint::SWITCH_POINTS
+        let point = layercache::testing::failpoint::SWITCH_POINTS
             .iter()
             .find(|p| **p == point)
             .ok_or_else(|| format!("PAUSE_AT={point}: not a switch point"))?;

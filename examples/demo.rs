@@ -5,7 +5,7 @@
 //! monorepo-like source tree (a few hundred files in nested directories, generated
 //! deterministically), stacker's `.stacker/imports/<layer>/` with a toolchain directory and a
 //! config file, a `roots/` directory and an output OCI layout. It defines five layers as stacker
-//! definitions and maps them to cache inputs with [`layercache::stacker::StackerLayout`]:
+//! definitions and maps them to cache inputs with [`layercache::testing::stacker::StackerLayout`]:
 //!
 //! ```text
 //! base     scratch, imports a toolchain directory and build.conf
@@ -32,7 +32,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use layercache::stacker::{StackerLayer, StackerLayout};
+use layercache::testing::stacker::{StackerLayer, StackerLayout};
 use layercache::{Base, BaseChange, Build, Cache, Change, MissReason, RelPath, SessionCounters};
 use oci_spec::image::Descriptor;
 use serde_json::json;

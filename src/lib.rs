@@ -167,50 +167,98 @@
 
 #![deny(missing_docs)]
 
-pub mod base;
-pub mod cache;
-pub mod codec;
-pub mod config;
-pub mod diff;
-pub mod error;
-pub mod failpoint;
-pub mod fsread;
-pub mod gc;
-pub mod inputs;
+// Every module is private: the API is the flat list below (what a builder embedding the cache
+// needs), [`inspect`] for tools that look inside a cache file, and the hidden `testing` module
+// for this crate's own tests, benches and crash child.
+mod base;
+mod cache;
+mod codec;
+mod config;
+mod diff;
+mod error;
+mod failpoint;
+mod fsread;
+mod gc;
+mod inputs;
 pub mod inspect;
-pub mod migrate;
-pub mod path;
-pub mod plan;
-pub mod reason;
-pub mod remote;
+mod migrate;
+mod path;
+mod plan;
+mod reason;
+mod remote;
 mod report;
-pub mod schema;
-pub mod share;
-pub mod stacker;
-pub mod store;
-pub mod tree;
-pub mod version;
+mod schema;
+mod share;
+mod stacker;
+mod store;
+mod tree;
+mod version;
 
+// Open, look up, put, collect: the builder's calls and what they return.
 pub use cache::{
-    BuildLookup, Cache, CachedEntry, GcReport, HitSource, Lookup, LookupMode, LookupRecord,
-    LyingRow, Outcome, PruneReport, Pruned, PushOutcome, RemoteFailure, RemoteLookup, Session,
-    SessionCounters, SourceRole,
+    BuildLookup, Cache, CachedEntry, GcReport, Lookup, LookupMode, LookupRecord, LyingRow, Outcome,
+    PruneReport, Pruned, Session, SessionCounters, SourceRole,
 };
 pub use config::CacheConfig;
-pub use diff::{Change, Modified, TreeDiff, compare_rows, diff_trees};
-pub use error::{Error, Result};
+pub use gc::Policy as GcPolicy;
+pub use store::{DEFAULT_WRITE_WAIT, WriteWait};
+// What a layer is made of, and the two ways to describe a build.
 pub use inputs::{Base, Build, Import, LayerInputs, OverlayDir};
-pub use path::{RelPath, escape_bytes, validate_layer_name};
-pub use plan::Plan;
+pub use plan::{Plan, read_manifests};
+pub use stacker::StackerLayout;
+// Why a layer missed.
+pub use diff::{Change, Modified, TreeDiff};
 pub use reason::{BaseChange, FieldChange, MissReason};
+pub use schema::{EntryKind, SCHEMA_VERSION};
+// Errors.
+pub use error::{Error, Result};
+// Sharing through an OCI registry.
+pub use cache::{HitSource, PushOutcome, RemoteFailure, RemoteLookup};
+pub use remote::{Remote, RemoteError, RemoteOptions};
+// Progress of long operations, migrations, and printing paths and names safely.
+pub use migrate::{MigrationReport, Step as MigrationStep, pending as pending_migrations};
+pub use path::{RelPath, escape_bytes};
+pub use tree::{Progress, ProgressSnapshot};
+// Signed shared entries.
+pub use remote::sign::{
+    PASSWORD_ENV as SIGN_KEY_PASSWORD_ENV, SigningKey, TrustedKeys, Untrusted, generate_keypair,
+};
+// A picture of a build: every layer's answer now.
 pub use report::{
     BuildReport, ChangedPath, LayerReport, LayerState, MAX_CHANGED_PATHS, StateCounts, build_report,
 };
-pub use schema::{EntryKind, Row, SCHEMA_VERSION};
-pub use store::{DEFAULT_WRITE_WAIT, Store, TreeSummary, WriteWait};
-pub use tree::{FastPath, StatData, TreeHasher, TreeWalk, WalkCounters, WalkedEntry};
 
 /// The OCI descriptor a put takes for each output ([`Session::put`]) and a hit returns
 /// ([`CachedEntry::manifests`]): oci-spec's, re-exported so that a builder names the same type
 /// without depending on oci-spec's version itself.
 pub use oci_spec::image::Descriptor;
+
+/// Internals for this crate's own tests, benches, examples and binary: the stored schema, the
+/// codec, the store, the walker, migrations and crash points. Not part of the API: anything
+/// here may change in any release.
+#[doc(hidden)]
+pub mod testing {
+    pub use crate::diff::{compare_rows, diff_trees};
+    pub use crate::path::validate_layer_name;
+    pub use crate::schema::Row;
+    pub use crate::store::{Store, TreeSummary, panic_message};
+    pub use crate::tree::{FastPath, StatData, TreeHasher, TreeWalk, WalkCounters, WalkedEntry};
+
+    /// The store under a cache handle (its redb file), for tests that read tables directly.
+    pub fn store_of(cache: &crate::Cache) -> &crate::store::Store {
+        cache.store()
+    }
+
+    macro_rules! internal {
+        ($($name:ident),* $(,)?) => {$(
+            #[allow(missing_docs)]
+            pub mod $name {
+                pub use crate::$name::*;
+            }
+        )*};
+    }
+    internal!(
+        base, codec, failpoint, fsread, gc, inputs, migrate, plan, remote, schema, share, stacker,
+        store, tree, version,
+    );
+}

@@ -535,10 +535,14 @@ fn prune_removes_entries_whose_outputs_are_gone() {
     assert!(cache.entry("base").unwrap().is_some());
     assert!(cache.entry("app").unwrap().is_none());
     // Rows went with the entry.
-    assert_eq!(cache.store().row_count("app", "overlay:src").unwrap(), 0);
+    assert_eq!(
+        layercache::testing::store_of(&cache)
+            .row_count("app", "overlay:src")
+            .unwrap(),
+        0
+    );
     assert!(
-        cache
-            .store()
+        layercache::testing::store_of(&cache)
             .row_count("base", "import:https://example.com/tree")
             .unwrap()
             > 0
@@ -576,8 +580,7 @@ fn inputs_changed_between_lookup_and_put_stores_nothing() {
     }
     assert!(cache.entry("base").unwrap().is_none());
     assert_eq!(
-        cache
-            .store()
+        layercache::testing::store_of(&cache)
             .row_count("base", "import:https://example.com/tree")
             .unwrap(),
         0
@@ -723,7 +726,7 @@ fn a_damaged_row_costs_that_entry_only() {
             .unwrap();
         let txn = db.begin_write().unwrap();
         {
-            let mut rows = txn.open_table(layercache::schema::ROWS).unwrap();
+            let mut rows = txn.open_table(layercache::testing::schema::ROWS).unwrap();
             let garbage: &[u8] = &[0xff; 7];
             rows.insert(("app", "overlay:src", b"main.rs".as_slice()), garbage)
                 .unwrap();

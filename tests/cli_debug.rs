@@ -11,7 +11,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use layercache::schema::{EntryRecord, LAYERS, LayerRecord, ROWS, SCHEMA_VERSION, VERSIONS};
+use layercache::testing::schema::{
+    EntryRecord, LAYERS, LayerRecord, ROWS, SCHEMA_VERSION, VERSIONS,
+};
 use layercache::{Base, Build, Cache, CacheConfig, Import, LayerInputs, OverlayDir, RelPath};
 use oci_spec::image::Descriptor;
 use redb::ReadableTable;
@@ -582,14 +584,14 @@ fn check_finds_planted_inconsistencies() {
         {
             let mut rec = d.records["base"].clone();
             rec.manifests.clear();
-            let bytes = layercache::codec::encode_checked(&rec).unwrap();
+            let bytes = layercache::testing::codec::encode_checked(&rec).unwrap();
             txn.open_table(VERSIONS)
                 .unwrap()
                 .insert(("base", &rec.input_digest), bytes.as_slice())
                 .unwrap();
         }
         // A layer pointing at a version that is not stored.
-        let pointer = layercache::codec::encode_checked(&LayerRecord {
+        let pointer = layercache::testing::codec::encode_checked(&LayerRecord {
             current: [9; 32],
             generation: 0,
         })
@@ -713,8 +715,8 @@ fn readable_while_another_process_holds_the_writer() {
     })
     .unwrap();
     // A write in progress, not committed: readers see the last committed state.
-    let txn = cache.store().begin_write().unwrap();
-    let pointer = layercache::codec::encode_checked(&LayerRecord {
+    let txn = layercache::testing::store_of(&cache).begin_write().unwrap();
+    let pointer = layercache::testing::codec::encode_checked(&LayerRecord {
         current: [7; 32],
         generation: 0,
     })
@@ -827,11 +829,11 @@ fn damaged_and_foreign_files_give_clear_errors() {
     cases.push((foreign, "without layercache's meta table"));
 
     let newer = dir.join("newer.redb");
-    drop(layercache::Store::open(&newer).unwrap());
+    drop(layercache::testing::Store::open(&newer).unwrap());
     {
         let db = redb::Database::open(&newer).unwrap();
         let txn = db.begin_write().unwrap();
-        txn.open_table(layercache::schema::META)
+        txn.open_table(layercache::testing::schema::META)
             .unwrap()
             .insert(
                 "schema_version",

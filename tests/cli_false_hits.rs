@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, SystemTime};
 
-use layercache::schema::{ROWS, Row, RowStat};
-use layercache::{RelPath, codec};
+use layercache::RelPath;
+use layercache::testing::codec;
+use layercache::testing::schema::{ROWS, Row, RowStat};
 use redb::ReadableTable;
 use serde_json::{Value, json};
 

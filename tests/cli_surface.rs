@@ -30,7 +30,7 @@ fn stderr(o: &Output) -> String {
 /// An empty cache made by the library.
 fn empty_cache(dir: &Path) -> std::path::PathBuf {
     let db = dir.join("cache.redb");
-    drop(layercache::Store::open(&db).unwrap());
+    drop(layercache::testing::Store::open(&db).unwrap());
     db
 }
 

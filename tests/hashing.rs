@@ -21,7 +21,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use inotify::{Event, IN_CLOSE_NOWRITE, IN_OPEN, Watch};
-use layercache::{EntryKind, TreeWalk, WalkedEntry};
+use layercache::EntryKind;
+use layercache::testing::{TreeWalk, WalkedEntry};
 
 /// Content of the files hashed here: 64 KiB, one small-file read buffer, not all one byte.
 fn content() -> Vec<u8> {

@@ -12,8 +12,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use layercache::Error;
-use layercache::fsread::{INDEX_LIMIT, PLAN_LIMIT};
-use layercache::plan::Plan;
+use layercache::testing::fsread::{INDEX_LIMIT, PLAN_LIMIT};
+use layercache::testing::plan::Plan;
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_layercache");
@@ -286,7 +286,7 @@ fn an_index_json_over_its_limit_is_refused() {
     std::fs::create_dir(&layout).unwrap();
     let file = std::fs::File::create(layout.join("index.json")).unwrap();
     file.set_len(INDEX_LIMIT + 1).unwrap();
-    match layercache::base::resolve_tag(&layout, "v1") {
+    match layercache::testing::base::resolve_tag(&layout, "v1") {
         Err(Error::TooLarge { what, limit, .. }) => {
             assert_eq!((what, limit), ("OCI index", INDEX_LIMIT))
         }

@@ -63,7 +63,7 @@ fn cost_of_recording_a_use_against_a_no_change_lookup() {
     let lookup = t.elapsed() / n;
     let t = Instant::now();
     for i in 0..n {
-        let txn = cache.store().begin_write().unwrap();
+        let txn = layercache::testing::store_of(&cache).begin_write().unwrap();
         {
             let def: redb::TableDefinition<(&str, &[u8; 32]), u64> =
                 redb::TableDefinition::new("probe_last_used");

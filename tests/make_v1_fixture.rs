@@ -23,7 +23,12 @@ fn make(name: &str, build: &layercache::Build, order: &[&str], version: u32) {
         let l = s.lookup(layer).unwrap();
         s.put(&l, &common::outputs()).unwrap();
     }
-    assert_eq!(cache.store().schema_version().unwrap(), version);
+    assert_eq!(
+        layercache::testing::store_of(&cache)
+            .schema_version()
+            .unwrap(),
+        version
+    );
 }
 
 #[test]

@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
-use layercache::schema::ROWS;
-use layercache::{Cache, CacheConfig, MissReason, SCHEMA_VERSION, Store};
+use layercache::testing::Store;
+use layercache::testing::schema::ROWS;
+use layercache::{Cache, CacheConfig, MissReason, SCHEMA_VERSION};
 use redb::ReadableTable;
 
 fn fixture(name: &str, dir: &Path) -> PathBuf {
@@ -73,14 +74,18 @@ fn v1_fixture_migrates_and_hits_where_inputs_are_unchanged() {
     let build = small_trees(tmp.path());
 
     let cache = open_cache(&db);
-    let report = cache
-        .store()
+    let report = layercache::testing::store_of(&cache)
         .migration()
         .cloned()
         .expect("opening migrated");
     assert_eq!((report.from, report.to), (1, SCHEMA_VERSION));
     assert!(report.steps[0].records > 20, "{report:?}");
-    assert_eq!(cache.store().schema_version().unwrap(), SCHEMA_VERSION);
+    assert_eq!(
+        layercache::testing::store_of(&cache)
+            .schema_version()
+            .unwrap(),
+        SCHEMA_VERSION
+    );
 
     // First lookups: every input matches, every file hashed once (v1 rows carry no stat
     // data). (Refreshing the rows with stat data needs a hit: see assert_inputs_match.)
@@ -279,7 +284,12 @@ fn a_damaged_v1_row_costs_its_layer_not_the_migration() {
     }
     let build = small_trees(tmp.path());
     let cache = open_cache(&db);
-    assert_eq!(cache.store().schema_version().unwrap(), SCHEMA_VERSION);
+    assert_eq!(
+        layercache::testing::store_of(&cache)
+            .schema_version()
+            .unwrap(),
+        SCHEMA_VERSION
+    );
     let mut s = cache.session(&build).unwrap();
     for layer in ["base", "mid", "other"] {
         assert_inputs_match(&s.lookup(layer).unwrap(), layer);
@@ -305,7 +315,10 @@ fn v2_fixture_migrates_to_v3_and_hits() {
     assert_eq!(common::raw_state(&db).0, 2);
     let build = small_trees(tmp.path());
     let cache = open_cache(&db);
-    let report = cache.store().migration().cloned().expect("v2 is migrated");
+    let report = layercache::testing::store_of(&cache)
+        .migration()
+        .cloned()
+        .expect("v2 is migrated");
     assert_eq!((report.from, report.to, report.steps.len()), (2, 3, 1));
     // The trees were made anew (other inodes, times): stat data cannot vouch, so the lookups
     // read every file; every input matches (the fixture's layers have no outputs to reuse:
@@ -348,7 +361,12 @@ fn oldest_fixtures_hit_after_migrating_including_tar_bases_and_chains_on_them() 
         for layer in v1_oldest::ORDER {
             let _ = v1_oldest::manifests(&root, layer);
         }
-        assert_eq!(cache.store().schema_version().unwrap(), SCHEMA_VERSION);
+        assert_eq!(
+            layercache::testing::store_of(&cache)
+                .schema_version()
+                .unwrap(),
+            SCHEMA_VERSION
+        );
         let mut s = cache.session(&build).unwrap();
         for layer in v1_oldest::ORDER {
             let l = s.explain(layer).unwrap();

@@ -11,14 +11,14 @@ mod v1_oldest;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use layercache::codec;
-use layercache::migrate::v0003::{self, EntryV2, STALE_BASE_PREFIX, entry_digest_v2};
-use layercache::schema::{
+use layercache::testing::codec;
+use layercache::testing::migrate::v0003::{self, EntryV2, STALE_BASE_PREFIX, entry_digest_v2};
+use layercache::testing::schema::{
     BASES, BaseKind, ENTRIES, EntryKind, LAST_USED, LAYERS, LayerRecord, META, ROWS, VERSIONS,
     VersionRecord,
 };
-use layercache::version::{Inputs, Role, SourceInput, entry_digest_of, input_digest};
-use layercache::{TreeHasher, TreeWalk};
+use layercache::testing::version::{Inputs, Role, SourceInput, entry_digest_of, input_digest};
+use layercache::testing::{TreeHasher, TreeWalk};
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 fn fixture(name: &str, dir: &Path) -> PathBuf {
@@ -72,7 +72,7 @@ fn migrate_to_v3(path: &Path) -> v0003::Outcome {
     let from = version_of(&db);
     let txn = db.begin_write().unwrap();
     if from == 1 {
-        layercache::migrate::v0002::run(&txn, path).unwrap();
+        layercache::testing::migrate::v0002::run(&txn, path).unwrap();
     }
     assert!(from <= 2);
     let out = v0003::migrate(&txn, path).unwrap();
@@ -227,7 +227,7 @@ fn v1_fixtures_reach_v3_through_both_steps() {
         let txn = db.begin_read().unwrap();
         for item in txn.open_table(ROWS).unwrap().iter().unwrap() {
             let (_, v) = item.unwrap();
-            codec::decode::<layercache::Row, { codec::ROW_LIMIT }>(v.value()).unwrap();
+            codec::decode::<layercache::testing::Row, { codec::ROW_LIMIT }>(v.value()).unwrap();
         }
     }
 }
@@ -330,7 +330,7 @@ fn oldest_inputs_recreated_elsewhere_give_the_migrated_input_digests() {
         for o in &l.overlay_dirs {
             roots.push((Role::OverlayDir, o.key.as_str(), tree_root(&o.source)));
         }
-        let def = layercache::inputs::canonical_json(&l.definition);
+        let def = layercache::testing::inputs::canonical_json(&l.definition);
         let digest = input_digest(&Inputs {
             definition_digest: *blake3::hash(&def).as_bytes(),
             base_kind: l.base.kind(),
@@ -472,7 +472,7 @@ fn a_flipped_bit_in_a_stored_manifest_digest_is_damage_not_another_value() {
 
 #[test]
 fn version_store_reads_what_the_step_wrote_and_removes_a_layer_entirely() {
-    use layercache::store::versions as vs;
+    use layercache::testing::store::versions as vs;
     let tmp = tempfile::tempdir().unwrap();
     let path = fixture("v2-small.redb", tmp.path());
     migrate_to_v3(&path);

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use layercache::plan::Plan;
+use layercache::testing::plan::Plan;
 use layercache::{Base, Error};
 use serde_json::{Value, json};
 
@@ -283,7 +283,7 @@ fn invalid_builds_are_refused_at_load() {
 }
 
 fn manifests_error(text: &str) -> String {
-    match layercache::plan::parse_manifests(text, "/out/m.json") {
+    match layercache::testing::plan::parse_manifests(text, "/out/m.json") {
         Err(Error::Parse { what, path, detail }) => {
             assert_eq!(what, "manifests file");
             assert_eq!(path, Path::new("/out/m.json"));
@@ -301,7 +301,7 @@ fn descriptor(digest: &str) -> Value {
 fn manifest_digests_must_be_sha256_with_64_lowercase_hex() {
     let hex64 = "0123456789abcdef".repeat(4);
     let good = json!({"tar": descriptor(&format!("sha256:{hex64}"))}).to_string();
-    let m = layercache::plan::parse_manifests(&good, "m.json").unwrap();
+    let m = layercache::testing::plan::parse_manifests(&good, "m.json").unwrap();
     assert_eq!(m.len(), 1);
 
     for bad in [
@@ -341,7 +341,7 @@ fn a_layer_type_given_twice_in_the_manifests_is_refused() {
         "{detail}"
     );
     // An empty object stays allowed (a build-only layer has no outputs).
-    let empty = layercache::plan::parse_manifests("{}", "m.json").unwrap();
+    let empty = layercache::testing::plan::parse_manifests("{}", "m.json").unwrap();
     assert!(empty.is_empty());
     // Trailing data and an empty layer type are refused.
     manifests_error(&format!(r#"{{"tar": {d}}} {{}}"#));

@@ -88,7 +88,7 @@ fn lookup_then_put(
 ) -> (
     u64,
     u64,
-    layercache::Result<layercache::schema::VersionRecord>,
+    layercache::Result<layercache::testing::schema::VersionRecord>,
 ) {
     let mut session = s.cache.session(&s.build).unwrap();
     let l = session.lookup("app").unwrap();

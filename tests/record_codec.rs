@@ -5,7 +5,7 @@
 
 mod common;
 
-use layercache::codec::{self, CHECKSUM_LEN, DecodeError};
+use layercache::testing::codec::{self, CHECKSUM_LEN, DecodeError};
 
 /// Four and five one-byte fields: encoded without any length prefix, so nothing but the length
 /// check can refuse them.

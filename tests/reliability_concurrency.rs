@@ -201,7 +201,7 @@ fn hold_write_lock_helper() {
     let Some(db) = std::env::var_os("LAYERCACHE_HOLD_DB") else {
         return;
     };
-    let store = layercache::Store::open(&db).unwrap();
+    let store = layercache::testing::Store::open(&db).unwrap();
     let txn = store.begin_write().unwrap();
     println!("held");
     std::io::stdout().flush().unwrap();

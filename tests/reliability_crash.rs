@@ -18,7 +18,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use layercache::inspect;
-use layercache::{Cache, CacheConfig, Store};
+use layercache::testing::Store;
+use layercache::{Cache, CacheConfig};
 
 use common::Rng;
 
@@ -102,7 +103,12 @@ fn verify(db: &Path, reported: &Reported, kill: u64) {
             .unwrap()
             .unwrap_or_else(|| panic!("kill {kill}: committed put {layer} is lost"));
         for s in rec.imports.iter().chain(&rec.overlay_dirs) {
-            assert_eq!(cache.store().row_count(&layer, &s.source).unwrap(), s.rows);
+            assert_eq!(
+                layercache::testing::store_of(&cache)
+                    .row_count(&layer, &s.source)
+                    .unwrap(),
+                s.rows
+            );
             assert!(s.rows > 1);
         }
     }

@@ -4,7 +4,7 @@
 //! unwinding, as a crash), and for each point the test asserts the outcome: the old state at
 //! every point before the commit, the new state after it — never a mix (every entry agrees with
 //! its rows: `check` is clean) — and nothing committed before is lost. The points are the
-//! library's own lists (`layercache::failpoint`), so a point added there is tested here, and a
+//! library's own lists (`layercache::testing::failpoint`), so a point added there is tested here, and a
 //! child that does not die of SIGABRT at a point (the point is not on the path) fails the test.
 
 mod common;
@@ -18,9 +18,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 
-use layercache::failpoint::{MIGRATE_POINTS, PUT_POINTS, REFRESH_POINTS, SWITCH_POINTS};
-use layercache::schema::EntryRecord;
-use layercache::{Build, Cache, CacheConfig, MissReason, SCHEMA_VERSION, Store, inspect};
+use layercache::testing::Store;
+use layercache::testing::failpoint::{MIGRATE_POINTS, PUT_POINTS, REFRESH_POINTS, SWITCH_POINTS};
+use layercache::testing::schema::EntryRecord;
+use layercache::{Build, Cache, CacheConfig, MissReason, SCHEMA_VERSION, inspect};
 
 /// The crash_child example, built with the `failpoints` feature beside this test (always
 /// rebuilt: cargo makes it a no-op when fresh).
@@ -195,7 +196,9 @@ fn a_put_aborted_at_each_crash_point_leaves_the_old_entry_or_the_new_never_a_mix
                 lk.reasons()
             );
             assert_eq!(
-                cache.store().row_count("l", "import:src").unwrap(),
+                layercache::testing::store_of(&cache)
+                    .row_count("l", "import:src")
+                    .unwrap(),
                 old.imports[0].rows,
                 "{name}"
             );

@@ -15,9 +15,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use layercache::inspect::{self, Inspector, RowSelection};
-use layercache::plan::Plan;
-use layercache::schema::{ROWS, VERSIONS};
-use layercache::{Cache, CacheConfig, Error, MissReason, Store};
+use layercache::testing::Store;
+use layercache::testing::plan::Plan;
+use layercache::testing::schema::{ROWS, VERSIONS};
+use layercache::{Cache, CacheConfig, Error, MissReason};
 use serde_json::json;
 
 use common::Rng;
@@ -390,7 +391,7 @@ fn overwrite_entry(db: &Path, layer: &str, value: &[u8]) -> [u8; 32] {
     let store = Store::open(db).unwrap();
     let current = {
         let txn = store.begin_read().unwrap();
-        layercache::store::versions::pointer(&txn, db, layer)
+        layercache::testing::store::versions::pointer(&txn, db, layer)
             .unwrap()
             .unwrap()
             .unwrap()

@@ -7,9 +7,9 @@
 
 use std::path::Path;
 
-use layercache::codec::{self, ENTRY_LIMIT, ROW_LIMIT};
-use layercache::plan::Plan;
-use layercache::schema::{
+use layercache::testing::codec::{self, ENTRY_LIMIT, ROW_LIMIT};
+use layercache::testing::plan::Plan;
+use layercache::testing::schema::{
     BaseKind, BaseRecord, EntryKind, EntryRecord, ManifestRecord, Row, RowStat, SourceSummary,
 };
 use layercache::{Error, RelPath};

@@ -15,10 +15,11 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::Path;
 
-use layercache::plan::Plan;
+use layercache::testing::plan::Plan;
+use layercache::testing::{TreeWalk, WalkedEntry};
 use layercache::{
     Base, Build, Cache, CacheConfig, EntryKind, Error, Import, LayerInputs, LookupMode, MissReason,
-    RelPath, TreeWalk, WalkedEntry,
+    RelPath,
 };
 use serde_json::json;
 
@@ -155,7 +156,9 @@ fn special_files_loops_and_escaping_symlinks() {
         let mut s = cache.session(&build).unwrap();
         assert!(s.lookup("hostile").unwrap().is_hit());
         assert_eq!(
-            cache.store().row_count("hostile", "import:tree").unwrap(),
+            layercache::testing::store_of(&cache)
+                .row_count("hostile", "import:tree")
+                .unwrap(),
             expected as u64
         );
     });
@@ -303,7 +306,12 @@ fn depth_beyond_path_max_is_a_clear_error_and_the_put_stores_nothing() {
         let lk = s.lookup_with("deep", LookupMode::CHECK).unwrap();
         assert!(matches!(lk.reasons(), [MissReason::NotCached]), "{lk:?}");
         assert!(cache.entry("deep").unwrap().is_none());
-        assert_eq!(cache.store().row_count("deep", "import:deep").unwrap(), 0);
+        assert_eq!(
+            layercache::testing::store_of(&cache)
+                .row_count("deep", "import:deep")
+                .unwrap(),
+            0
+        );
     });
 }
 
@@ -414,9 +422,24 @@ fn plan_paths_with_dotdot_and_symlinks_never_leave_the_named_root() {
     s.put(&lk, &common::outputs()).unwrap();
     // The import root reached through `..` holds f and the link `up`; the symlinked root is
     // followed once (the builder named it) and holds inner/, inner/f, inner/up and abs.
-    assert_eq!(cache.store().row_count("l", "import:dotdot").unwrap(), 3);
-    assert_eq!(cache.store().row_count("l", "import:linkroot").unwrap(), 5);
-    assert_eq!(cache.store().row_count("l", "overlay:ov").unwrap(), 5);
+    assert_eq!(
+        layercache::testing::store_of(&cache)
+            .row_count("l", "import:dotdot")
+            .unwrap(),
+        3
+    );
+    assert_eq!(
+        layercache::testing::store_of(&cache)
+            .row_count("l", "import:linkroot")
+            .unwrap(),
+        5
+    );
+    assert_eq!(
+        layercache::testing::store_of(&cache)
+            .row_count("l", "overlay:ov")
+            .unwrap(),
+        5
+    );
     // Changing what lies outside, behind the symlinks, changes nothing: still a hit.
     std::fs::write(d.join("outside/secret"), b"changed").unwrap();
     std::fs::write(d.join("outside/new"), b"new").unwrap();

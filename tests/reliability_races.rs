@@ -18,9 +18,9 @@ use std::sync::{Arc, Mutex};
 
 use std::time::Duration;
 
+use layercache::testing::{TreeWalk, WalkedEntry};
 use layercache::{
-    Base, Build, Cache, CacheConfig, Error, Import, LayerInputs, MissReason, OverlayDir, TreeWalk,
-    WalkedEntry,
+    Base, Build, Cache, CacheConfig, Error, Import, LayerInputs, MissReason, OverlayDir,
 };
 use serde_json::json;
 
@@ -116,7 +116,7 @@ fn a_same_stat_change_between_the_two_reads_of_a_fresh_file_is_never_recorded() 
         let (before, after) = events.expect("the walk never read the file");
         let opens = |ev: &[inotify::Event]| ev.iter().filter(|e| e.mask & IN_OPEN != 0).count();
         let file = entries.iter().find(|e| !e.path.is_root()).unwrap();
-        let stat_now = layercache::StatData { ..file.stat };
+        let stat_now = layercache::testing::StatData { ..file.stat };
         let m = std::fs::metadata(&f).unwrap();
         use std::os::unix::fs::MetadataExt;
         let same_stat = m.mtime() * 1_000_000_000 + m.mtime_nsec() == stat_now.mtime_ns
@@ -198,7 +198,7 @@ fn puts_racing_a_rewriter_store_only_complete_versions() {
         std::thread::yield_now();
     }
     let stored_big = |cache: &Cache| {
-        let store = cache.store();
+        let store = layercache::testing::store_of(cache);
         let txn = store.begin_read().unwrap();
         store
             .rows(&txn, "l", "import:src")
@@ -284,7 +284,12 @@ fn a_file_changed_between_lookup_and_put_makes_the_put_refuse_and_store_nothing(
     // Uncached: nothing is stored.
     refused(&cache, b"two!");
     assert!(cache.entry("l").unwrap().is_none());
-    assert_eq!(cache.store().row_count("l", "import:src").unwrap(), 0);
+    assert_eq!(
+        layercache::testing::store_of(&cache)
+            .row_count("l", "import:src")
+            .unwrap(),
+        0
+    );
     // Cached: the entry and rows stay those of the earlier put.
     let mut s = cache.session(&build).unwrap();
     let lk = s.lookup("l").unwrap();

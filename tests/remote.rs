@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use layercache::remote::{
+use layercache::testing::remote::{
     ANNOTATION_INPUT_DIGEST, ANNOTATION_LAYER, FoundEntry, LocalBlob, Remote, RemoteEntry,
     RemoteError, RemoteOptions, entry_tag,
 };
@@ -52,7 +52,8 @@ fn layout_entry(dir: &Path, layer: &str, input: [u8; 32]) -> RemoteEntry {
         })
         .collect();
     // The library finds the same blobs from the manifest descriptor.
-    let from_lib = layercache::remote::image_blobs(&layout, &blobs[0].descriptor).expect("blobs");
+    let from_lib =
+        layercache::testing::remote::image_blobs(&layout, &blobs[0].descriptor).expect("blobs");
     let digests = |v: &[LocalBlob]| -> Vec<(String, std::path::PathBuf)> {
         v.iter()
             .map(|b| (b.descriptor.digest().to_string(), b.path.clone()))
@@ -163,7 +164,7 @@ fn push_find_fetch_round_trip_and_second_push_uploads_only_the_manifest() {
     assert_eq!(m["annotations"][ANNOTATION_INPUT_DIGEST], "03".repeat(32));
     assert_eq!(
         m["config"]["mediaType"],
-        layercache::remote::ENTRY_MEDIA_TYPE
+        layercache::testing::remote::ENTRY_MEDIA_TYPE
     );
     let config = run(Command::new("skopeo").args([
         "inspect",
@@ -184,7 +185,7 @@ fn push_find_fetch_round_trip_and_second_push_uploads_only_the_manifest() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         (out.status.success() && text.contains(&first.manifest_digest))
-            || err.contains(layercache::remote::ENTRY_MEDIA_TYPE),
+            || err.contains(layercache::testing::remote::ENTRY_MEDIA_TYPE),
         "skopeo inspect: {text}{err}"
     );
 }
@@ -388,7 +389,10 @@ fn a_tag_whose_manifest_names_another_entry_is_not_taken() {
     let entry = layout_entry(dir.path(), "real", [1; 32]);
     let r = remote(&reg);
     let pushed = r.push_entry(&entry).expect("push");
-    let accept = [("Accept", layercache::remote::OCI_MANIFEST_MEDIA_TYPE)];
+    let accept = [(
+        "Accept",
+        layercache::testing::remote::OCI_MANIFEST_MEDIA_TYPE,
+    )];
     let (status, manifest) = http(
         &reg.addr,
         "GET",
@@ -403,7 +407,10 @@ fn a_tag_whose_manifest_names_another_entry_is_not_taken() {
             &reg.addr,
             "PUT",
             &format!("/v2/{REPO}/manifests/{tag}"),
-            &[("Content-Type", layercache::remote::OCI_MANIFEST_MEDIA_TYPE)],
+            &[(
+                "Content-Type",
+                layercache::testing::remote::OCI_MANIFEST_MEDIA_TYPE,
+            )],
             Some(body),
         )
         .unwrap();

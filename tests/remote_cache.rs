@@ -204,7 +204,7 @@ fn two_machines_share_a_chain_and_changed_inputs_never_take_a_remote_entry() {
     ]));
     let manifest: Value = serde_json::from_str(&raw).expect("manifest JSON");
     assert_eq!(
-        manifest["annotations"][layercache::remote::ANNOTATION_LAYER],
+        manifest["annotations"][layercache::testing::remote::ANNOTATION_LAYER],
         "l1",
         "{raw}"
     );
@@ -455,7 +455,7 @@ fn a_remote_hit_walks_the_tree_for_the_lookup_and_the_put_only() {
 /// A pushes a one-layer build of `files` generated files, B pulls it; returns nothing, prints
 /// the times, asserts the outcomes and the files hashed on B.
 fn push_and_pull(files: u64) {
-    use layercache::remote::{Remote, RemoteOptions};
+    use layercache::testing::remote::{Remote, RemoteOptions};
     use layercache::{Build, Cache, CacheConfig, HitSource, Import, LayerInputs, PushOutcome};
     use std::time::{Duration, Instant};
 

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use base64::Engine;
-use layercache::remote::{
+use layercache::testing::remote::{
     ANNOTATION_SIGNATURE, LocalBlob, OCI_MANIFEST_MEDIA_TYPE, Remote, RemoteEntry, RemoteOptions,
     entry_tag,
 };
@@ -246,7 +246,7 @@ fn tag_of(a: &Machine, remote: &str, layer: &str) -> String {
 /// The input digest an entry's manifest names.
 fn input_digest_of(manifest: &[u8]) -> [u8; 32] {
     let m: Value = serde_json::from_slice(manifest).expect("manifest JSON");
-    let hex = m["annotations"][layercache::remote::ANNOTATION_INPUT_DIGEST]
+    let hex = m["annotations"][layercache::testing::remote::ANNOTATION_INPUT_DIGEST]
         .as_str()
         .expect("input digest");
     let mut out = [0u8; 32];
@@ -1069,7 +1069,7 @@ fn a_hostile_registry_gets_a_clear_error_never_a_hang_or_a_file_outside_the_layo
         }
     });
     let (_, pk) = keygen(tmp.path(), "trusted");
-    let keys = layercache::remote::TrustedKeys::from_files(&[pk]).expect("keys");
+    let keys = layercache::testing::remote::TrustedKeys::from_files(&[pk]).expect("keys");
     let target = format!("{}/hostile/repo", server.addr);
     let err = within(60, move || {
         let mut r = Remote::new(&target, RemoteOptions::default()).expect("client");

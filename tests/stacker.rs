@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use layercache::stacker::{FromType, StackerLayer, StackerLayout, docker_tag, oci_tag};
+use layercache::testing::stacker::{FromType, StackerLayer, StackerLayout, docker_tag, oci_tag};
 use layercache::{Base, Cache, Error, MissReason, RelPath};
 use oci_spec::image::Descriptor;
 use serde_json::json;
@@ -525,7 +525,7 @@ fn end_to_end_on_a_stacker_tree() {
 
 #[test]
 fn binds_are_parsed_as_stacker_parses_them_and_make_the_layer_uncacheable() {
-    use layercache::stacker::StackerBind;
+    use layercache::testing::stacker::StackerBind;
     let bind = |source: &str, dest: &str| StackerBind {
         source: source.into(),
         dest: dest.into(),
@@ -604,7 +604,7 @@ fn the_build_platform_goes_into_the_definition_so_arches_never_share_a_hit() {
     assert_eq!(a, b);
     assert_eq!(a["arch"], json!("riscv64"));
     // The default is the host's, in OCI names.
-    let (os, arch) = layercache::stacker::host_platform();
+    let (os, arch) = layercache::testing::stacker::host_platform();
     let host = StackerLayout::in_project(Path::new("/proj"));
     assert_eq!(
         (host.os.as_str(), host.arch.as_str()),

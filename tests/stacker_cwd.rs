@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use layercache::stacker::{StackerLayer, StackerLayout};
+use layercache::testing::stacker::{StackerLayer, StackerLayout};
 use layercache::{Cache, LookupMode};
 use serde_json::json;
 

@@ -9,11 +9,12 @@ use std::time::{Duration, SystemTime};
 
 use common::*;
 use filetime::FileTime;
-use layercache::codec::{self, ROW_LIMIT};
-use layercache::schema::{ROWS, Row};
+use layercache::testing::Store;
+use layercache::testing::codec::{self, ROW_LIMIT};
+use layercache::testing::schema::{ROWS, Row};
 use layercache::{
     Base, Build, Cache, CacheConfig, Change, LayerInputs, LookupMode, MissReason, OverlayDir,
-    RelPath, SessionCounters, Store,
+    RelPath, SessionCounters,
 };
 use redb::ReadableTable;
 
@@ -25,7 +26,7 @@ use mapping::Mapping;
 /// still be matched against its prior rows.
 const FILES: usize = 13_000;
 /// The least racy slack of the content (writes in flight, `tree::fastpath`).
-const CONTENT_SLACK_NS: i64 = layercache::tree::fastpath::IN_FLIGHT_SLACK_NS;
+const CONTENT_SLACK_NS: i64 = layercache::testing::tree::fastpath::IN_FLIGHT_SLACK_NS;
 
 fn an_hour_ago() -> FileTime {
     FileTime::from_system_time(SystemTime::now() - Duration::from_secs(3600))
@@ -79,7 +80,7 @@ struct Setup {
 /// The stored row of `path` (layer `app`, overlay `src`), read with redb directly.
 fn stored_row(cache: &Cache, path: &str) -> Row {
     let key = RelPath::from_slash_bytes(path.as_bytes());
-    let store = cache.store();
+    let store = layercache::testing::store_of(cache);
     let txn = store.begin_read().unwrap();
     store
         .rows(&txn, "app", "overlay:src")
@@ -93,7 +94,7 @@ fn stored_row(cache: &Cache, path: &str) -> Row {
 /// Closes `cache`, rewrites the stored row of `path` with `f` through redb directly (as a
 /// same-tick change, or damage, would leave it), and opens the cache again.
 fn edit_row(cache: Cache, path: &str, f: impl FnOnce(&mut Row)) -> Cache {
-    let db = cache.store().path().to_path_buf();
+    let db = layercache::testing::store_of(&cache).path().to_path_buf();
     drop(cache);
     let store = Store::open(&db).unwrap();
     let key = RelPath::from_slash_bytes(path.as_bytes());
@@ -136,9 +137,9 @@ impl Setup {
 }
 
 /// The current stat data of `p` as a row records it, with the given snapshot time.
-fn stat_now(p: &Path, snapshot_ns: i64) -> layercache::schema::RowStat {
+fn stat_now(p: &Path, snapshot_ns: i64) -> layercache::testing::schema::RowStat {
     let m = std::fs::symlink_metadata(p).unwrap();
-    layercache::schema::RowStat {
+    layercache::testing::schema::RowStat {
         mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
         ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
         ino: m.ino(),
@@ -174,7 +175,14 @@ fn setup(files: usize) -> Setup {
 }
 
 /// One lookup in a fresh session: (hit, walk counters, rows refreshed).
-fn lookup(s: &Setup) -> (bool, layercache::WalkCounters, u64, Vec<MissReason>) {
+fn lookup(
+    s: &Setup,
+) -> (
+    bool,
+    layercache::testing::WalkCounters,
+    u64,
+    Vec<MissReason>,
+) {
     let (l, c) = lookup_with(s, LookupMode::FOR_BUILD);
     (l.is_hit(), c.walk, c.rows_refreshed, l.reasons().to_vec())
 }

@@ -5,7 +5,8 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 
 use common::StoreTestExt;
-use layercache::{Error, SCHEMA_VERSION, Store};
+use layercache::testing::Store;
+use layercache::{Error, SCHEMA_VERSION};
 
 #[test]
 fn database_is_created_0600() {
@@ -34,7 +35,7 @@ fn newer_schema_is_refused_and_file_unchanged() {
         let db = redb::Database::open(&path).unwrap();
         let txn = db.begin_write().unwrap();
         {
-            let mut meta = txn.open_table(layercache::schema::META).unwrap();
+            let mut meta = txn.open_table(layercache::testing::schema::META).unwrap();
             meta.insert(
                 "schema_version",
                 (SCHEMA_VERSION + 1).to_le_bytes().as_slice(),

@@ -8,7 +8,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use common::*;
-use layercache::{Change, EntryKind, RelPath, Store, TreeDiff, TreeWalk};
+use layercache::testing::{Store, TreeWalk};
+use layercache::{Change, EntryKind, RelPath, TreeDiff};
 
 fn store(dir: &Path) -> Store {
     Store::open(dir.join("cache.redb")).unwrap()

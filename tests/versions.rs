@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use common::write;
-use layercache::schema::{LAST_USED, LAYERS};
+use layercache::testing::schema::{LAST_USED, LAYERS};
 use layercache::{
     Base, Build, Cache, CacheConfig, LayerInputs, Lookup, MissReason, OverlayDir, Session,
 };
@@ -244,7 +244,7 @@ fn last_use_is_recorded_when_older_than_an_hour() {
     put_layers(&f, &mut cache.session(&build).unwrap(), "A");
     let digest = cache.entry("app").unwrap().unwrap().input_digest;
     let set = |ms: u64| {
-        let txn = cache.store().begin_write().unwrap();
+        let txn = layercache::testing::store_of(&cache).begin_write().unwrap();
         txn.open_table(LAST_USED)
             .unwrap()
             .insert(("app", &digest), ms)
@@ -554,7 +554,7 @@ fn switching_to_a_version_without_a_source_deletes_that_sources_rows() {
             dest: None,
         });
     let extra_rows = |cache: Cache| -> (Cache, usize) {
-        let db = cache.store().path().to_path_buf();
+        let db = layercache::testing::store_of(&cache).path().to_path_buf();
         drop(cache);
         let n = {
             use redb::{ReadableDatabase, ReadableTable};
@@ -563,7 +563,7 @@ fn switching_to_a_version_without_a_source_deletes_that_sources_rows() {
                 .open(&db)
                 .unwrap();
             let txn = d.begin_read().unwrap();
-            let rows = txn.open_table(layercache::schema::ROWS).unwrap();
+            let rows = txn.open_table(layercache::testing::schema::ROWS).unwrap();
             rows.iter()
                 .unwrap()
                 .filter(|r| r.as_ref().unwrap().0.value().1.contains("extra"))
@@ -628,7 +628,7 @@ fn set_last_use(cache: &Cache, digest: &[u8; 32], ago_ms: u64) -> u64 {
         .unwrap()
         .as_millis() as u64
         - ago_ms;
-    let txn = cache.store().begin_write().unwrap();
+    let txn = layercache::testing::store_of(cache).begin_write().unwrap();
     txn.open_table(LAST_USED)
         .unwrap()
         .insert(("app", digest), t)
@@ -695,7 +695,7 @@ fn a_hit_on_a_layer_whose_pointer_is_lost_or_damaged_repairs_the_pointer() {
         let f = Fx::new();
         let (cache, build, digest) = settled_hit_layer(&f);
         {
-            let txn = cache.store().begin_write().unwrap();
+            let txn = layercache::testing::store_of(&cache).begin_write().unwrap();
             {
                 let mut t = txn.open_table(LAYERS).unwrap();
                 match damage {

@@ -14,7 +14,7 @@ use std::os::unix::fs::symlink;
 use std::path::Path;
 
 use common::*;
-use layercache::tree::{Enumerator, OrderedDirs, TreeWalk, WalkCounters, WalkedEntry};
+use layercache::testing::tree::{Enumerator, OrderedDirs, TreeWalk, WalkCounters, WalkedEntry};
 use layercache::{Error, RelPath};
 
 const BOTH: [Enumerator; 2] = [Enumerator::Walkdir, Enumerator::Parallel];

@@ -311,12 +311,6 @@ pub struct SessionCounters {
     pub writes_committed: u64,
 }
 
-/// The row source id of an import or overlay dir (`import:KEY`, `overlay:KEY`); see
-/// [`SourceRole`].
-pub fn source_id(role: SourceRole, key: &str) -> String {
-    SourceId { role, key }.row_source()
-}
-
 /// The store's wait for the write lock, from the configuration.
 fn write_wait(config: &CacheConfig) -> WriteWait {
     WriteWait {
@@ -340,6 +334,29 @@ pub fn entry_digest(e: &EntryRecord) -> [u8; 32] {
 }
 
 impl Cache {
+    /// The schema version of the cache file at `path`, read without opening it for writing
+    /// (so a newer file is reported, not refused, and nothing is changed).
+    pub fn schema_version_of(path: impl AsRef<Path>) -> Result<u32> {
+        Store::peek_version(path)
+    }
+
+    /// Opens the cache file at `path` for writing, which runs every pending migration step in
+    /// one write transaction, and closes it again; returns what ran (no step when the file was
+    /// up to date). A file of a newer schema is refused and stays unchanged.
+    pub fn migrate_file(path: impl AsRef<Path>) -> Result<crate::migrate::MigrationReport> {
+        let path = path.as_ref();
+        let before = Store::peek_version(path)?;
+        let store = Store::open(path)?;
+        Ok(store
+            .migration()
+            .cloned()
+            .unwrap_or(crate::migrate::MigrationReport {
+                from: before,
+                to: before,
+                steps: Vec::new(),
+            }))
+    }
+
     /// Opens (or creates) the cache and prunes entries whose outputs are gone.
     pub fn open(config: CacheConfig) -> Result<(Cache, PruneReport)> {
         let db = config.db.clone();
@@ -393,7 +410,7 @@ impl Cache {
     }
 
     /// The underlying store.
-    pub fn store(&self) -> &Store {
+    pub(crate) fn store(&self) -> &Store {
         &self.store
     }
 

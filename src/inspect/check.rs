@@ -17,13 +17,13 @@ use super::maintain::{must_exist, redb_integrity};
 use super::{
     CheckReport, Inspector, Integrity, MAX_LISTED_PROBLEMS, Problem, ProblemKind, problem,
 };
-use crate::TreeHasher;
 use crate::cache::{SourceId, SourceRole, entry_digest};
 use crate::error::{DbResultExt, Error, Result};
 use crate::path::{escape_bytes, hex, show_path};
 use crate::schema::{BaseKind, EntryKind, LAYERS, META, SourceSummary, VersionRecord};
 use crate::store::rows::{RowIter, RowRange};
 use crate::store::versions;
+use crate::tree::TreeHasher;
 use crate::version::{Inputs, input_digest};
 
 impl Inspector {

@@ -141,7 +141,10 @@ pub trait StoreTestExt {
         layer: &str,
         source: &str,
         root: &Path,
-    ) -> layercache::Result<(layercache::TreeSummary, layercache::WalkCounters)>;
+    ) -> layercache::Result<(
+        layercache::testing::TreeSummary,
+        layercache::testing::WalkCounters,
+    )>;
 
     /// Diffs the stored rows of (layer, source) against a fresh walk of `root`.
     fn diff(
@@ -149,17 +152,20 @@ pub trait StoreTestExt {
         layer: &str,
         source: &str,
         root: &Path,
-    ) -> layercache::Result<(layercache::TreeDiff, layercache::WalkCounters)>;
+    ) -> layercache::Result<(layercache::TreeDiff, layercache::testing::WalkCounters)>;
 }
 
-impl StoreTestExt for layercache::Store {
+impl StoreTestExt for layercache::testing::Store {
     fn snapshot(
         &self,
         layer: &str,
         source: &str,
         root: &Path,
-    ) -> layercache::Result<(layercache::TreeSummary, layercache::WalkCounters)> {
-        let mut walk = layercache::TreeWalk::new(root)?;
+    ) -> layercache::Result<(
+        layercache::testing::TreeSummary,
+        layercache::testing::WalkCounters,
+    )> {
+        let mut walk = layercache::testing::TreeWalk::new(root)?;
         let txn = self.begin_write()?;
         let summary = self.write_tree(&txn, layer, source, root, walk.by_ref())?;
         txn.commit().map_err(|e| layercache::Error::Db {
@@ -174,11 +180,11 @@ impl StoreTestExt for layercache::Store {
         layer: &str,
         source: &str,
         root: &Path,
-    ) -> layercache::Result<(layercache::TreeDiff, layercache::WalkCounters)> {
+    ) -> layercache::Result<(layercache::TreeDiff, layercache::testing::WalkCounters)> {
         let txn = self.begin_read()?;
         let stored = self.rows(&txn, layer, source)?;
-        let mut walk = layercache::TreeWalk::new(root)?;
-        let diff = layercache::diff_trees(stored, walk.by_ref(), |_, _| {})?;
+        let mut walk = layercache::testing::TreeWalk::new(root)?;
+        let diff = layercache::testing::diff_trees(stored, walk.by_ref(), |_, _| {})?;
         Ok((diff, walk.counters()))
     }
 }
@@ -191,7 +197,7 @@ pub fn raw_state(path: &Path) -> (u32, u64) {
         .unwrap();
     use redb::{ReadableDatabase, ReadableTable};
     let txn = db.begin_read().unwrap();
-    let meta = txn.open_table(layercache::schema::META).unwrap();
+    let meta = txn.open_table(layercache::testing::schema::META).unwrap();
     let v = u32::from_le_bytes(
         meta.get("schema_version")
             .unwrap()
@@ -200,22 +206,22 @@ pub fn raw_state(path: &Path) -> (u32, u64) {
             .try_into()
             .unwrap(),
     );
-    let rows = txn.open_table(layercache::schema::ROWS).unwrap();
+    let rows = txn.open_table(layercache::testing::schema::ROWS).unwrap();
     let mut n = 0;
     for item in rows.iter().unwrap() {
         let (_, val) = item.unwrap();
         match v {
             1 => {
-                layercache::codec::decode::<
-                    layercache::migrate::v0002::RowV1,
-                    { layercache::codec::ROW_LIMIT },
+                layercache::testing::codec::decode::<
+                    layercache::testing::migrate::v0002::RowV1,
+                    { layercache::testing::codec::ROW_LIMIT },
                 >(val.value())
                 .expect("a v1 database holds only v1 rows");
             }
             2 | 3 => {
-                layercache::codec::decode::<
-                    layercache::schema::Row,
-                    { layercache::codec::ROW_LIMIT },
+                layercache::testing::codec::decode::<
+                    layercache::testing::schema::Row,
+                    { layercache::testing::codec::ROW_LIMIT },
                 >(val.value())
                 .expect("v2 and v3 databases hold only v2 rows");
             }

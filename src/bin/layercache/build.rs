@@ -15,7 +15,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::Context;
-use layercache::plan::Plan;
+use layercache::Plan;
 use layercache::{
     Cache, Error, HitSource, Lookup, LookupMode, LookupRecord, Outcome, PruneReport,
     SessionCounters, escape_bytes,
@@ -254,7 +254,7 @@ fn write_lookup_text(out: &mut impl Write, result: &Lookup, hit_line: &str) -> s
 /// `layercache put`: records a layer with its output manifests.
 pub fn put(args: PutArgs, interrupt: Arc<AtomicBool>) -> anyhow::Result<ExitCode> {
     let t = &args.target;
-    let manifests = layercache::plan::read_manifests(&args.manifests)?;
+    let manifests = layercache::read_manifests(&args.manifests)?;
     let (plan, cache, _pruned) = open(t, interrupt)?;
     signals::check(NOTHING_RECORDED)?;
     let mut session = cache.session(plan.build())?;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use layercache::gc::Policy;
+use layercache::GcPolicy as Policy;
 use layercache::{Cache, CacheConfig, GcReport};
 
 use crate::output::{DbArgs, emit};

@@ -4,8 +4,7 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use layercache::Store;
-use layercache::migrate::{MigrationReport, pending};
+use layercache::{Cache, pending_migrations as pending};
 
 use crate::output::DbArgs;
 
@@ -21,7 +20,7 @@ pub struct MigrateArgs {
 
 pub fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
     let a = &args.out;
-    let version = Store::peek_version(&a.db)?;
+    let version = Cache::schema_version_of(&a.db)?;
     let steps = pending(version);
     let mut out = std::io::stdout().lock();
     if args.dry_run {
@@ -55,16 +54,10 @@ pub fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
     }
     crate::signals::check("nothing was changed")?;
     let shown = crate::progress::Display::start(&format!("migrate {}", a.db.display()), None);
-    let store = Store::open(&a.db);
+    // Closed again before a signal is reported, so the file needs no repair.
+    let report = Cache::migrate_file(&a.db);
     shown.finish();
-    let store = store?;
-    let report = store.migration().cloned().unwrap_or(MigrationReport {
-        from: version,
-        to: version,
-        steps: Vec::new(),
-    });
-    // Closed before a signal is reported, so the file needs no repair.
-    drop(store);
+    let report = report?;
     if a.json {
         writeln!(out, "{}", serde_json::to_string(&report)?)?;
     } else if report.steps.is_empty() {

@@ -64,7 +64,11 @@ pub fn guarded(
     f: impl FnOnce() -> anyhow::Result<ExitCode>,
 ) -> anyhow::Result<ExitCode> {
     std::panic::catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| {
-        let msg = layercache::store::panic_message(payload.as_ref());
+        let msg = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("no message");
         Err(match db {
             Some(db) => anyhow::anyhow!(
                 "cache database {} is damaged: reading it failed inside redb ({msg}); \

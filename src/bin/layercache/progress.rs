@@ -1,6 +1,6 @@
 //! Progress on stderr for long commands (`lookup`, `put`, `gc`, `migrate`).
 //!
-//! A thread polls the library's counters ([`layercache::tree::Progress`], which the walks add to
+//! A thread polls the library's counters ([`layercache::Progress`], which the walks add to
 //! once per window of 4096 entries, never per entry) ten times a second and draws them with
 //! indicatif: entries walked (out of the stored row count when there is one, with an ETA),
 //! files and bytes hashed, and the rate. A step the library does not count (a migration, a gc)
@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle, TermLike};
-use layercache::tree::{Progress, ProgressSnapshot};
+use layercache::{Progress, ProgressSnapshot};
 
 /// How often the counters are read and drawn on a terminal.
 const TICK: Duration = Duration::from_millis(100);

@@ -16,9 +16,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use layercache::inputs::Base;
-use layercache::plan::Plan;
-use layercache::remote::{Remote, RemoteError, RemoteOptions};
+use layercache::{Base, Plan, Remote, RemoteError, RemoteOptions};
 use layercache::{Cache, HitSource, PushOutcome, RemoteFailure};
 use serde_json::json;
 

@@ -11,8 +11,9 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use layercache::remote::sign::PASSWORD_ENV;
-use layercache::remote::{SigningKey, TrustedKeys, generate_keypair};
+use layercache::{
+    SIGN_KEY_PASSWORD_ENV as PASSWORD_ENV, SigningKey, TrustedKeys, generate_keypair,
+};
 
 use crate::output::emit;
 
