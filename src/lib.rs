@@ -138,6 +138,8 @@
 //!   (collecting versions under a policy, in one write transaction).
 //! * [`remote`] moves entries to and from an OCI registry (the wire format, the tag and trust
 //!   rules); it knows nothing of the cache and uses no other module of the crate.
+//! * [`stacker_import`] adopts a stacker cache file: it checks each layer's inputs against
+//!   stacker's records and imports the ones that match through the ordinary lookup and put.
 //! * [`plan`] and [`stacker`] describe a build (the plan file, stacker's directory layout);
 //!   [`inputs`] is the build description both produce; [`config`] says where the cache lives.
 //! * [`reason`] explains misses; [`base`] resolves tar/oci bases.
@@ -179,6 +181,7 @@ pub mod remote;
 pub mod schema;
 pub mod share;
 pub mod stacker;
+pub mod stacker_import;
 pub mod store;
 pub mod tree;
 pub mod version;
@@ -195,5 +198,8 @@ pub use inputs::{Base, Build, Import, LayerInputs, OverlayDir};
 pub use path::{RelPath, escape_bytes, validate_layer_name};
 pub use reason::{BaseChange, FieldChange, MissReason};
 pub use schema::{EntryKind, Row, SCHEMA_VERSION};
+pub use stacker_import::{
+    ImportOptions, ImportReport, ImportStatus, LayerImport, StackerCache, import_stacker_cache,
+};
 pub use store::{DEFAULT_WRITE_WAIT, Store, TreeSummary, WriteWait};
 pub use tree::{FastPath, StatData, TreeHasher, TreeWalk, WalkCounters, WalkedEntry};
