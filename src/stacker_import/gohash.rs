@@ -584,6 +584,16 @@ pub fn base_hash_matches(version: u32, entry: &Value, recorded: &str) -> Result<
     }
 }
 
+/// stacker's base hash of an entry (its JSON as stored) for the layers built on it, in cache
+/// format `version`, as the stacker releases of the newest Go types of that format computed
+/// it (the first shape; [`base_hash_matches`] tries every shape).
+pub fn entry_hash(version: u32, entry: &Value) -> Result<u64, String> {
+    let shape = *shapes(version)
+        .first()
+        .ok_or_else(|| format!("no Go type of stacker cache format {version} is known"))?;
+    entry_value(shape, entry).map(|v| hash(&v))
+}
+
 /// hashstructure's hash of the zero `CacheEntry` of a format (stacker's
 /// `TestCacheEntryChanged` vector), for the first shape of that format.
 pub fn zero_entry_hash(version: u32) -> Option<u64> {

@@ -233,6 +233,10 @@ pub fn import_stacker_cache(
     })
 }
 
+fn show_path(p: &Path) -> String {
+    escape_bytes(p.as_os_str().as_encoded_bytes())
+}
+
 fn skip(why: impl Into<String>) -> ImportStatus {
     ImportStatus::Skipped { why: why.into() }
 }
@@ -409,7 +413,7 @@ fn check_base(
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     return Ok(Err(skip(format!(
                         "its tar base {} is missing",
-                        escape_bytes(path.as_os_str().as_encoded_bytes())
+                        show_path(path)
                     ))));
                 }
                 Err(e) => return Err(Error::io("cannot read", path, e)),
@@ -427,7 +431,7 @@ fn check_base(
             match crate::base::resolve_tag(layout, tag)? {
                 None => Err(skip(format!(
                     "its base tag {tag:?} is not in {}",
-                    layout.display()
+                    show_path(layout)
                 ))),
                 Some(d) if d.strip_prefix("sha256:") == Some(entry.base.as_str()) => Ok(()),
                 Some(d) => Err(skip(format!(
@@ -620,7 +624,13 @@ fn verify_source(source: &SourceCheck<'_>) -> Result<Check> {
 /// stacker's `lib.HashFile(path, true)`: `sha256:` and the hex sha256 of the content followed
 /// by Go's text of the file mode (`-rw-r--r--`), symlinks followed.
 pub fn go_hash_file(path: &Path) -> Result<String> {
-    let mut file = std::fs::File::open(path).map_err(|e| Error::io("cannot open", path, e))?;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Non-blocking: a FIFO swapped in since the caller's stat is refused below, never waited on.
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| Error::io("cannot open", path, e))?;
     let meta = file
         .metadata()
         .map_err(|e| Error::io("cannot stat", path, e))?;
@@ -710,7 +720,7 @@ fn outputs(
         if !dir.join(name).is_dir() {
             return Err(skip(format!(
                 "its build-only rootfs {} is gone",
-                dir.join(name).display()
+                show_path(&dir.join(name))
             )));
         }
         return Ok(manifests);
@@ -728,7 +738,7 @@ fn outputs(
             return Err(skip(format!(
                 "its {} output {digest} is not in {}",
                 escape_bytes(t.as_bytes()),
-                layout.display()
+                show_path(layout)
             )));
         }
     }

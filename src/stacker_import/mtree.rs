@@ -504,15 +504,17 @@ fn compare(seen: &Seen, entry: &SpecEntry) -> Compared {
             // Nothing else is comparable across types.
             return Ok(vec!["type"]);
         }
-        let mode = u32::from_str_radix(need("mode")?, 8)
-            .map_err(|_| format!("its mode {:?} is not octal", kw.get("mode")))?;
+        let written = need("mode")?;
+        let mode = u32::from_str_radix(written, 8)
+            .map_err(|_| format!("its mode {written:?} is not octal"))?;
         if mode != seen.mode {
             what.push("mode");
         }
         let number = |k: &str| -> std::result::Result<u32, String> {
-            need(k)?
+            let written = need(k)?;
+            written
                 .parse::<u32>()
-                .map_err(|_| format!("its {k} {:?} is not a number", kw.get(k)))
+                .map_err(|_| format!("its {k} {written:?} is not a number"))
         };
         if number("uid")? != seen.uid {
             what.push("uid");

@@ -1,0 +1,886 @@
+//! `layercache import-stacker`: adopting a stacker cache keeps its hits, and only those its
+//! records vouch for.
+//!
+//! The fixtures are written the way stacker writes them: `.stacker/build.cache` as Go's
+//! `json.Marshal` of stacker's `BuildCache` (format 16: JSON tags, omitempty; format 12: Go
+//! field names, every field), a file import's hash as `lib.HashFile` makes it (sha256 of the
+//! content, then Go's text of the mode), a directory's as a base64 go-mtree spec (the layout
+//! of go-mtree's `Walk` output: signature comments, the `keywords:` header, `/set`, `.`,
+//! indented files, `# ./dir` comments, `..`), checked against a spec copied from go-mtree's
+//! own test data. Everything else goes through the real binary and a real redb file.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+use sha2::Digest as _;
+
+const BIN: &str = env!("CARGO_BIN_EXE_layercache");
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Go's `fs.FileMode.String()` for the plain permission modes the fixtures use.
+fn go_mode(mode: u32) -> String {
+    let mut s = String::from("-");
+    for (i, c) in "rwxrwxrwx".chars().enumerate() {
+        s.push(if mode & (1 << (8 - i)) != 0 { c } else { '-' });
+    }
+    s
+}
+
+/// stacker's `lib.HashFile(path, true)`.
+fn stacker_hash_file(path: &Path) -> String {
+    let mut bytes = std::fs::read(path).unwrap();
+    let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    bytes.extend_from_slice(go_mode(mode).as_bytes());
+    format!("sha256:{}", sha256_hex(&bytes))
+}
+
+/// go-mtree's vis encoding of a name (`VisWhite | VisOctal | VisGlob`) for the characters the
+/// fixtures use: anything but letters, digits and `._-+,:@%` as `\ooo`.
+fn vis(name: &[u8]) -> String {
+    let mut s = String::new();
+    for &b in name {
+        if b.is_ascii_alphanumeric() || b"._-+,:@%".contains(&b) {
+            s.push(b as char);
+        } else {
+            s.push_str(&format!("\\{b:03o}"));
+        }
+    }
+    s
+}
+
+/// A go-mtree spec of `root` with stacker's keywords, laid out as go-mtree's `Walk` writes it.
+fn mtree_spec(root: &Path) -> String {
+    let meta = std::fs::symlink_metadata(root).unwrap();
+    let mut out = format!(
+        "#          user: stacker\n#       machine: fixture\n#          tree: {}\n#          \
+         date: Mon Dec  7 10:00:00 2026\n#      keywords: type,link,uid,gid,xattr,mode,\
+         sha256digest\n\n# .\n/set type=file uid={} gid={} mode=0664\n",
+        root.display(),
+        meta.uid(),
+        meta.gid()
+    );
+    let set = (meta.uid(), meta.gid());
+    out.push_str(&format!(". type=dir{}\n", own(root, set, true)));
+    dir_body(root, root, set, &mut out);
+    out.push_str("..\n");
+    out
+}
+
+/// The keyvals of one entry that differ from the `/set` line (as go-mtree omits them).
+fn own(path: &Path, set: (u32, u32), is_dir: bool) -> String {
+    let meta = std::fs::symlink_metadata(path).unwrap();
+    let mut kv = String::new();
+    if meta.uid() != set.0 {
+        kv.push_str(&format!(" uid={}", meta.uid()));
+    }
+    if meta.gid() != set.1 {
+        kv.push_str(&format!(" gid={}", meta.gid()));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode != 0o664 || is_dir {
+        // Go's `%#o`: a leading 0 (Rust's `{:#o}` would write 0o).
+        kv.push_str(&format!(" mode=0{mode:o}"));
+    }
+    // go-mtree reads xattrs of files and directories only.
+    if meta.is_file() || meta.is_dir() {
+        for name in xattr::list(path).unwrap() {
+            if let Some(value) = xattr::get(path, &name).unwrap() {
+                let value = base64::engine::general_purpose::STANDARD.encode(value);
+                kv.push_str(&format!(" xattr.{}={value}", vis(name.as_encoded_bytes())));
+            }
+        }
+    }
+    kv
+}
+
+fn dir_body(root: &Path, dir: &Path, set: (u32, u32), out: &mut String) {
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    names.sort();
+    let (dirs, files): (Vec<_>, Vec<_>) = names
+        .into_iter()
+        .partition(|p| std::fs::symlink_metadata(p).unwrap().is_dir());
+    for f in files {
+        let meta = std::fs::symlink_metadata(&f).unwrap();
+        let name = vis(f.file_name().unwrap().as_encoded_bytes());
+        if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(&f).unwrap();
+            out.push_str(&format!(
+                "    {name} type=link{} link={}\n",
+                own(&f, set, false),
+                vis(target.as_os_str().as_encoded_bytes())
+            ));
+        } else {
+            let sum = sha256_hex(&std::fs::read(&f).unwrap());
+            out.push_str(&format!(
+                "    {name}{} sha256digest={sum}\n",
+                own(&f, set, false)
+            ));
+        }
+    }
+    for d in dirs {
+        let rel = d.strip_prefix(root).unwrap();
+        out.push_str(&format!("\n# ./{}\n", rel.display()));
+        let name = vis(d.file_name().unwrap().as_encoded_bytes());
+        out.push_str(&format!("{name} type=dir{}\n", own(&d, set, true)));
+        dir_body(root, &d, set, out);
+        out.push_str("..\n");
+    }
+}
+
+fn b64(s: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+fn write(path: &Path, content: &[u8], mode: u32) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, content).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A project as stacker leaves it after `stacker build`: the stackerfile's inputs, stacker's
+/// directory (imports, the tar base), the output layout, the rootfs copies; and a plan
+/// describing the same build to layercache.
+struct Project {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    version: u32,
+}
+
+impl Project {
+    fn new(version: u32) -> Project {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().canonicalize().unwrap();
+        let p = Project {
+            _tmp: tmp,
+            dir,
+            version,
+        };
+        p.write_inputs();
+        p.write_plan(&p.base_definition(), &p.app_definition(), None);
+        p
+    }
+
+    fn p(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+
+    fn write_inputs(&self) {
+        write(
+            &self.p(".stacker/layer-bases/rootfs.tar"),
+            b"a tarball",
+            0o644,
+        );
+        write(
+            &self.p(".stacker/imports/base/tool.sh"),
+            b"#!/bin/sh\necho hi\n",
+            0o755,
+        );
+        write(
+            &self.p(".stacker/imports/base/pkg/a.txt"),
+            b"alpha\n",
+            0o644,
+        );
+        write(
+            &self.p(".stacker/imports/base/pkg/with space.txt"),
+            b"spaced\n",
+            0o664,
+        );
+        write(
+            &self.p(".stacker/imports/base/pkg/sub/b.txt"),
+            b"beta\n",
+            0o600,
+        );
+        std::os::unix::fs::symlink("a.txt", self.p(".stacker/imports/base/pkg/link")).unwrap();
+        if self.version >= 13 {
+            write(
+                &self.p("src/main.c"),
+                b"int main(void) { return 0; }\n",
+                0o644,
+            );
+            std::fs::create_dir_all(self.p("roots/base/overlay_dirs/src/src")).unwrap();
+        }
+        for layer in ["base", "app"] {
+            let blob = format!("{layer} layer blob");
+            write(
+                &self.p(&format!("oci/blobs/sha256/{}", sha256_hex(blob.as_bytes()))),
+                blob.as_bytes(),
+                0o644,
+            );
+        }
+    }
+
+    /// The stackerfile layer `base` as JSON (what the plan's definition holds).
+    fn base_definition(&self) -> Value {
+        let mut d = json!({
+            "from": {"type": "tar", "url": "https://example.com/rootfs.tar"},
+            "imports": ["https://example.com/tool.sh", "pkg"],
+            "run": "make install",
+        });
+        if self.version == 12 {
+            // Format 12's stackerfiles wrote `import`.
+            let imports = d.as_object_mut().unwrap().remove("imports").unwrap();
+            d["import"] = imports;
+        } else {
+            d["overlay_dirs"] = json!([{"source": "src", "dest": "/src"}]);
+        }
+        d
+    }
+
+    fn app_definition(&self) -> Value {
+        json!({"from": {"type": "built", "tag": "base"}, "run": ["make app"]})
+    }
+
+    fn write_plan(&self, base: &Value, app: &Value, epoch: Option<i64>) {
+        let mut base_layer = json!({
+            "definition": base,
+            "base": {"type": "tar", "path": ".stacker/layer-bases/rootfs.tar"},
+            "imports": [
+                {"key": "https://example.com/tool.sh", "path": ".stacker/imports/base/tool.sh"},
+                {"key": "pkg", "path": ".stacker/imports/base/pkg"}
+            ],
+        });
+        if self.version >= 13 {
+            base_layer["overlay_dirs"] = json!([
+                {"key": "src", "source": "src", "rootfs_path": "roots/base/overlay_dirs/src/src"}
+            ]);
+        }
+        let plan = json!({
+            "oci_layout": "oci",
+            "rootfs_dir": "roots",
+            "source_date_epoch": epoch,
+            "layers": {
+                "base": base_layer,
+                "app": {"definition": app, "base": {"type": "built", "layer": "base"}},
+            },
+        });
+        std::fs::write(self.p("plan.json"), plan.to_string()).unwrap();
+    }
+
+    /// The `Layer` stacker records for a stackerfile layer: parsed, paths made absolute, `os`
+    /// and `arch` defaulted (format 13 on), serialized by Go.
+    fn recorded_layer(&self, def: &Value) -> Value {
+        let abs = |p: &str| {
+            if p.contains("://") {
+                p.to_string()
+            } else {
+                self.dir.join(p).display().to_string()
+            }
+        };
+        let imports: Vec<String> = def
+            .get("imports")
+            .or_else(|| def.get("import"))
+            .and_then(Value::as_array)
+            .map(|l| l.iter().map(|i| abs(i.as_str().unwrap())).collect())
+            .unwrap_or_default();
+        let run: Vec<Value> = match def.get("run") {
+            Some(Value::String(s)) => vec![Value::String(s.clone())],
+            Some(Value::Array(a)) => a.clone(),
+            _ => vec![],
+        };
+        let from = &def["from"];
+        if self.version == 12 {
+            let str_or = |v: &Value| v.as_str().unwrap_or("").to_string();
+            return json!({
+                "From": {"Type": str_or(&from["type"]), "Url": str_or(&from["url"]),
+                         "Tag": str_or(&from["tag"]), "Insecure": false},
+                "Imports": if imports.is_empty() { Value::Null } else {
+                    imports.iter().map(|p| json!({"Path": p, "Hash": ""})).collect() },
+                "OverlayDirs": null, "Run": run, "Cmd": null, "Entrypoint": null,
+                "FullCommand": null, "BuildEnvPt": null, "BuildEnv": null, "Environment": null,
+                "Volumes": null, "Labels": null, "GenerateLabels": null, "WorkingDir": "",
+                "BuildOnly": false, "Binds": null, "RuntimeUser": "",
+            });
+        }
+        let (os, arch) = layercache::stacker::host_platform();
+        let mut l = json!({"from": from, "run": run, "os": os, "arch": arch});
+        if !imports.is_empty() {
+            l["imports"] = imports.iter().map(|p| json!({"path": p})).collect();
+        }
+        if let Some(Value::Array(o)) = def.get("overlay_dirs") {
+            l["overlay_dirs"] = o
+                .iter()
+                .map(|o| json!({"Source": abs(o["source"].as_str().unwrap()), "Dest": o["dest"]}))
+                .collect();
+        }
+        l
+    }
+
+    fn manifests(&self, layer: &str) -> Value {
+        let blob = format!("{layer} layer blob");
+        let key = if self.version == 12 {
+            "tar"
+        } else {
+            "tar+false"
+        };
+        json!({key: {
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": format!("sha256:{}", sha256_hex(blob.as_bytes())),
+            "size": blob.len(),
+        }})
+    }
+
+    /// stacker's entry of `base`, its inputs hashed as they are on disk now.
+    fn base_entry(&self, def: &Value, epoch: Option<i64>) -> Value {
+        let mut e = json!({
+            "Manifests": self.manifests("base"),
+            "Imports": {
+                "https://example.com/tool.sh":
+                    {"Type": 0, "Hash": stacker_hash_file(&self.p(".stacker/imports/base/tool.sh"))},
+                self.dir.join("pkg").display().to_string():
+                    {"Type": 1, "Hash": b64(&mtree_spec(&self.p(".stacker/imports/base/pkg")))},
+            },
+            "OverlayDirs": {},
+            "Name": "base",
+            "Layer": self.recorded_layer(def),
+            "Base": stacker_hash_file(&self.p(".stacker/layer-bases/rootfs.tar")),
+        });
+        if self.version >= 13 {
+            e["OverlayDirs"] = json!({
+                self.dir.join("src").display().to_string():
+                    {"Hash": b64(&mtree_spec(&self.p("src")))}
+            });
+        }
+        if let Some(epoch) = epoch {
+            e["source_date_epoch"] = epoch.into();
+        }
+        e
+    }
+
+    /// stacker's entry of `app`, built on the base entry `base`.
+    fn app_entry(&self, base: &Value, epoch: Option<i64>) -> Value {
+        let base_hash = layercache::stacker_import::gohash::entry_hash(self.version, base).unwrap();
+        let mut e = json!({
+            "Manifests": self.manifests("app"),
+            "Imports": {},
+            "OverlayDirs": {},
+            "Name": "app",
+            "Layer": self.recorded_layer(&self.app_definition()),
+            "Base": base_hash.to_string(),
+        });
+        if let Some(epoch) = epoch {
+            e["source_date_epoch"] = epoch.into();
+        }
+        e
+    }
+
+    /// Writes `.stacker/build.cache` as stacker does after building both layers.
+    fn write_stacker_cache(&self, epoch: Option<i64>) {
+        let base = self.base_entry(&self.base_definition(), epoch);
+        let app = self.app_entry(&base, epoch);
+        self.write_cache_entries(json!({"base": base, "app": app}));
+    }
+
+    fn write_cache_entries(&self, cache: Value) {
+        let file = json!({"cache": cache, "version": self.version});
+        std::fs::write(self.cache_file(), serde_json::to_vec(&file).unwrap()).unwrap();
+    }
+
+    fn cache_file(&self) -> PathBuf {
+        self.p(".stacker/build.cache")
+    }
+
+    fn db(&self) -> PathBuf {
+        self.p("cache.redb")
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .env("LAYERCACHE_LOG", "warn")
+            .env_remove("LAYERCACHE_DB")
+            .current_dir(&self.dir)
+            .output()
+            .unwrap()
+    }
+
+    fn import(&self) -> Output {
+        let db = self.db();
+        let plan = self.p("plan.json");
+        let cache = self.cache_file();
+        self.run(&[
+            "import-stacker",
+            "--db",
+            db.to_str().unwrap(),
+            "--plan",
+            plan.to_str().unwrap(),
+            cache.to_str().unwrap(),
+        ])
+    }
+
+    /// The `--json` report, the command asserted to succeed.
+    fn import_json(&self) -> BTreeMap<String, Value> {
+        let db = self.db();
+        let plan = self.p("plan.json");
+        let cache = self.cache_file();
+        let out = self.run(&[
+            "import-stacker",
+            "--json",
+            "--db",
+            db.to_str().unwrap(),
+            "--plan",
+            plan.to_str().unwrap(),
+            cache.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "import-stacker failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| (l["layer"].as_str().unwrap().to_string(), l.clone()))
+            .collect()
+    }
+
+    /// `layercache lookup`: true on a hit (exit 0), false on a miss (exit 1).
+    fn hits(&self, layer: &str) -> bool {
+        let db = self.db();
+        let plan = self.p("plan.json");
+        let out = self.run(&[
+            "lookup",
+            "--db",
+            db.to_str().unwrap(),
+            "--plan",
+            plan.to_str().unwrap(),
+            layer,
+        ]);
+        match out.status.code() {
+            Some(0) => true,
+            Some(1) => false,
+            other => panic!(
+                "lookup {layer} exited {other:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
+    }
+}
+
+fn status(report: &BTreeMap<String, Value>, layer: &str) -> String {
+    report[layer]["status"].as_str().unwrap().to_string()
+}
+
+fn why(report: &BTreeMap<String, Value>, layer: &str) -> String {
+    report[layer]["why"].as_str().unwrap_or("").to_string()
+}
+
+#[test]
+fn v16_matching_layers_hit_after_import() {
+    let p = Project::new(16);
+    p.write_stacker_cache(None);
+    assert!(!p.hits("base"), "nothing is cached before the import");
+    let report = p.import_json();
+    assert_eq!(status(&report, "base"), "imported", "{:?}", report["base"]);
+    assert_eq!(status(&report, "app"), "imported", "{:?}", report["app"]);
+    assert_eq!(report["base"]["manifests"], json!(["tar"]));
+    assert!(p.hits("base"));
+    assert!(p.hits("app"));
+    // A second import finds both cached already, with stacker's outputs.
+    let again = p.import_json();
+    assert_eq!(status(&again, "base"), "already_cached");
+    assert_eq!(status(&again, "app"), "already_cached");
+}
+
+#[test]
+fn v16_text_report_says_imported_and_skipped_why() {
+    let p = Project::new(16);
+    p.write_stacker_cache(None);
+    write(
+        &p.p(".stacker/imports/base/tool.sh"),
+        b"#!/bin/sh\necho changed\n",
+        0o755,
+    );
+    let out = p.import();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("(format 16): 0 of 2 layer(s) imported"),
+        "{text}"
+    );
+    assert!(
+        text.contains("base: skipped: its import https://example.com/tool.sh changed"),
+        "{text}"
+    );
+    assert!(
+        text.contains("app: skipped: it is built on base, which was not imported"),
+        "{text}"
+    );
+}
+
+#[test]
+fn v12_fixture_imports_and_hits() {
+    let p = Project::new(12);
+    p.write_stacker_cache(None);
+    let report = p.import_json();
+    assert_eq!(status(&report, "base"), "imported", "{:?}", report["base"]);
+    assert_eq!(status(&report, "app"), "imported", "{:?}", report["app"]);
+    assert!(p.hits("base"));
+    assert!(p.hits("app"));
+}
+
+#[test]
+fn v12_does_not_vouch_for_source_date_epoch() {
+    let p = Project::new(12);
+    p.write_stacker_cache(None);
+    p.write_plan(
+        &p.base_definition(),
+        &p.app_definition(),
+        Some(1_700_000_000),
+    );
+    let report = p.import_json();
+    assert_eq!(status(&report, "base"), "skipped");
+    assert!(
+        why(&report, "base").contains("predates SOURCE_DATE_EPOCH"),
+        "{report:?}"
+    );
+    assert!(!p.hits("base"));
+}
+
+#[test]
+fn v16_source_date_epoch_must_match() {
+    let p = Project::new(16);
+    p.write_stacker_cache(Some(1_600_000_000));
+    p.write_plan(
+        &p.base_definition(),
+        &p.app_definition(),
+        Some(1_700_000_000),
+    );
+    let report = p.import_json();
+    assert!(why(&report, "base").contains("SOURCE_DATE_EPOCH is 1700000000 now, 1600000000"));
+    assert!(!p.hits("base"));
+    // The epoch stacker built with imports.
+    p.write_plan(
+        &p.base_definition(),
+        &p.app_definition(),
+        Some(1_600_000_000),
+    );
+    let report = p.import_json();
+    assert_eq!(status(&report, "base"), "imported", "{:?}", report["base"]);
+    assert_eq!(status(&report, "app"), "imported", "{:?}", report["app"]);
+    assert!(p.hits("app"));
+}
+
+#[test]
+fn file_changed_since_stackers_build_keeps_layer_and_dependents_out() {
+    for version in [12, 16] {
+        let p = Project::new(version);
+        p.write_stacker_cache(None);
+        // Same size, same mode, other content, in the imported directory.
+        write(
+            &p.p(".stacker/imports/base/pkg/sub/b.txt"),
+            b"BETA\n",
+            0o600,
+        );
+        let report = p.import_json();
+        assert_eq!(status(&report, "base"), "skipped");
+        assert!(
+            why(&report, "base").contains("sub/b.txt (content)"),
+            "format {version}: {report:?}"
+        );
+        assert!(why(&report, "app").contains("built on base"), "{report:?}");
+        assert!(!p.hits("base"));
+        assert!(!p.hits("app"));
+    }
+}
+
+#[test]
+fn mode_change_of_a_file_import_keeps_layer_out() {
+    let p = Project::new(16);
+    p.write_stacker_cache(None);
+    std::fs::set_permissions(
+        p.p(".stacker/imports/base/tool.sh"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let report = p.import_json();
+    assert!(
+        why(&report, "base").contains("tool.sh changed since stacker's build (content or mode)"),
+        "{report:?}"
+    );
+    assert!(why(&report, "app").contains("built on base"));
+    assert!(!p.hits("base"));
+}
+
+#[test]
+fn mode_change_in_an_imported_directory_keeps_layer_out() {
+    let p = Project::new(16);
+    p.write_stacker_cache(None);
+    std::fs::set_permissions(
+        p.p(".stacker/imports/base/pkg/a.txt"),
+        std::fs::Permissions::from_mode(0o640),
+    )
+    .unwrap();
+    let report = p.import_json();
+    assert!(why(&report, "base").contains("a.txt (mode)"), "{report:?}");
+    assert!(!p.hits("base"));
+    assert!(!p.hits("app"));
+}
+
+#[test]
+fn file_removed_from_an_overlay_dir_keeps_layer_out() {
+    let p = Project::new(16);
+    p.write_stacker_cache(None);
+    std::fs::remove_file(p.p("src/main.c")).unwrap();
+    let report = p.import_json();
+    assert!(
+        why(&report, "base").contains("overlay dir src changed since stacker's build")
+            && why(&report, "base").contains("main.c (gone since stacker's build)"),
+        "{report:?}"
+    );
+    assert!(!p.hits("base"));
+}
+
+#[test]
+fn changed_definition_keeps_layer_and_dependents_out() {
+    let p = Project::new(16);
+    p.write_stacker_cache(None);
+    let mut def = p.base_definition();
+    def["run"] = json!("make install-all");
+    p.write_plan(&def, &p.app_definition(), None);
+    let report = p.import_json();
+    assert!(
+        why(&report, "base")
+            .contains("definition differs from the one stacker built (fields: run)"),
+        "{report:?}"
+    );
+    assert!(why(&report, "app").contains("built on base"));
+    assert!(!p.hits("base"));
+    assert!(!p.hits("app"));
+}
+
+#[test]
+fn changed_tar_base_keeps_layer_and_dependents_out() {
+    let p = Project::new(16);
+    p.write_stacker_cache(None);
+    write(
+        &p.p(".stacker/layer-bases/rootfs.tar"),
+        b"another tarball",
+        0o644,
+    );
+    let report = p.import_json();
+    assert!(
+        why(&report, "base").contains("its tar base changed"),
+        "{report:?}"
+    );
+    assert!(why(&report, "app").contains("built on base"));
+    assert!(!p.hits("base"));
+    assert!(!p.hits("app"));
+}
+
+#[test]
+fn dependent_built_on_an_older_build_of_its_base_is_not_imported() {
+    // stacker rebuilt base (other outputs) after app was built on the earlier base: app's
+    // recorded base hash is of the earlier entry, so its outputs are not built on today's base.
+    let p = Project::new(16);
+    let base = p.base_entry(&p.base_definition(), None);
+    let mut earlier = base.clone();
+    earlier["Manifests"]["tar+false"]["size"] = json!(1);
+    let app = p.app_entry(&earlier, None);
+    p.write_cache_entries(json!({"base": base, "app": app}));
+    let report = p.import_json();
+    assert_eq!(status(&report, "base"), "imported", "{report:?}");
+    assert!(
+        why(&report, "app").contains("another build of base"),
+        "{report:?}"
+    );
+    assert!(p.hits("base"));
+    assert!(!p.hits("app"));
+}
+
+#[test]
+fn import_with_dest_is_not_vouched_for() {
+    let p = Project::new(16);
+    p.write_stacker_cache(None);
+    let plan: Value = serde_json::from_slice(&std::fs::read(p.p("plan.json")).unwrap()).unwrap();
+    let mut plan = plan;
+    plan["layers"]["base"]["imports"][0]["dest"] = json!("/usr/bin/");
+    std::fs::write(p.p("plan.json"), plan.to_string()).unwrap();
+    let report = p.import_json();
+    assert!(why(&report, "base").contains("has a dest"), "{report:?}");
+    assert!(!p.hits("base"));
+}
+
+#[test]
+fn mtree_spec_without_stackers_keywords_is_not_vouched_for() {
+    let p = Project::new(16);
+    let mut base = p.base_entry(&p.base_definition(), None);
+    let spec = mtree_spec(&p.p(".stacker/imports/base/pkg")).replace(",xattr,", ",");
+    let key = p.dir.join("pkg").display().to_string();
+    base["Imports"][&key]["Hash"] = json!(b64(&spec));
+    let app = p.app_entry(&base, None);
+    p.write_cache_entries(json!({"base": base, "app": app}));
+    let report = p.import_json();
+    assert!(
+        why(&report, "base").contains("not made with the keyword \"xattr\""),
+        "{report:?}"
+    );
+    // A spec that is not base64 of a spec at all.
+    let mut base = p.base_entry(&p.base_definition(), None);
+    base["Imports"][&key]["Hash"] = json!("not base64!");
+    p.write_cache_entries(json!({"base": base}));
+    let report = p.import_json();
+    assert!(
+        why(&report, "base").contains("not valid base64"),
+        "{report:?}"
+    );
+    assert!(!p.hits("base"));
+}
+
+/// Every byte of the database file.
+fn snapshot(db: &Path) -> Vec<u8> {
+    std::fs::read(db).unwrap()
+}
+
+#[test]
+fn damaged_or_truncated_stacker_file_is_an_error_and_changes_nothing() {
+    let p = Project::new(16);
+    p.write_stacker_cache(None);
+    // A database with something in it: `base` imported, then its import changed.
+    let full = std::fs::read(p.cache_file()).unwrap();
+    let report = p.import_json();
+    assert_eq!(status(&report, "base"), "imported");
+    let before = snapshot(&p.db());
+    for (what, bytes) in [
+        ("truncated", full[..full.len() / 2].to_vec()),
+        ("damaged", {
+            // The first `:` (after `"cache"`) made a `#`.
+            let mut b = full.clone();
+            let colon = b.iter().position(|&c| c == b':').unwrap();
+            b[colon] = b'#';
+            b
+        }),
+        ("empty", Vec::new()),
+    ] {
+        std::fs::write(p.cache_file(), &bytes).unwrap();
+        let out = p.import();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{what}: {stderr}");
+        assert!(
+            stderr.contains("invalid stacker cache file") && stderr.contains("not valid JSON"),
+            "{what}: {stderr}"
+        );
+        assert!(
+            stderr.contains("build.cache"),
+            "{what}: names the file: {stderr}"
+        );
+        assert_eq!(snapshot(&p.db()), before, "{what}: the database changed");
+        assert_eq!(
+            std::fs::read(p.cache_file()).unwrap(),
+            bytes,
+            "the stacker file changed"
+        );
+    }
+}
+
+#[test]
+fn unknown_format_version_is_refused_and_changes_nothing() {
+    let p = Project::new(16);
+    p.write_stacker_cache(None);
+    p.import_json();
+    let before = snapshot(&p.db());
+    for version in [11, 17] {
+        let mut file: Value =
+            serde_json::from_slice(&std::fs::read(p.cache_file()).unwrap()).unwrap();
+        file["version"] = json!(version);
+        std::fs::write(p.cache_file(), file.to_string()).unwrap();
+        let out = p.import();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains(&format!("has format version {version}"))
+                && stderr.contains("versions 12 to 16"),
+            "{stderr}"
+        );
+        assert_eq!(snapshot(&p.db()), before);
+    }
+    // A file that does not exist yet creates no database either.
+    std::fs::remove_file(p.cache_file()).unwrap();
+    std::fs::remove_file(p.db()).unwrap();
+    let out = p.import();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!p.db().exists(), "a failed import created the database");
+}
+
+/// go-mtree's own test spec (`hierarchy_test.go`, `TestUsedKeywords`, "xattrs"), parsed by
+/// the importer, and the fixture writer's spec of the same tree parsed alike.
+#[test]
+fn parses_go_mtree_test_spec_like_the_fixture_writer_writes() {
+    use layercache::stacker_import::mtree;
+    let upstream = "
+#          user: cyphar
+#       machine: ryuk
+#          tree: xattr
+#          date: Fri Sep 29 21:00:41 2017
+#      keywords: size,type,uid,gid,mode,link,nlink,time,xattr
+
+# .
+/set type=file nlink=1 mode=0664 uid=1000 gid=100 xattr.user.kira=SSdsbCB0YWtlIGEgcG90YXRvIGNoaXAuLi4gYW5kIGVhdCBpdCE=
+. size=8 type=dir mode=0755 time=1506666472.255992830
+    file size=0 mode=0644 time=1506666472.255992830 xattr.user.something=dGVzdA==
+..
+";
+    let spec = mtree::parse(upstream.as_bytes()).unwrap();
+    assert_eq!(
+        spec.header_keywords.as_deref(),
+        Some(
+            &[
+                "size", "type", "uid", "gid", "mode", "link", "nlink", "time", "xattr"
+            ]
+            .map(String::from)[..]
+        )
+    );
+    let file = &spec.entries[&b"file".to_vec()].keywords;
+    assert_eq!(file["type"], "file");
+    assert_eq!(file["mode"], "0644");
+    assert_eq!(file["uid"], "1000");
+    assert_eq!(file["gid"], "100");
+    assert!(file.contains_key("xattr.user.kira") && file.contains_key("xattr.user.something"));
+    let root = &spec.entries[&Vec::new()].keywords;
+    assert_eq!(
+        (root["type"].as_str(), root["mode"].as_str()),
+        ("dir", "0755")
+    );
+
+    // The same tree written by the fixture writer: the same entries, types and modes.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("xattr");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    write(&dir.join("file"), b"", 0o644);
+    let ours = mtree::parse(mtree_spec(&dir).as_bytes()).unwrap();
+    assert_eq!(
+        ours.entries.keys().collect::<Vec<_>>(),
+        spec.entries.keys().collect::<Vec<_>>()
+    );
+    for (path, e) in &ours.entries {
+        for k in ["type", "mode"] {
+            assert_eq!(
+                e.keywords[k], spec.entries[path].keywords[k],
+                "{path:?} {k}"
+            );
+        }
+    }
+    assert_eq!(
+        mtree::check_dir(&dir, &ours).unwrap(),
+        mtree::Verdict::Matches
+    );
+}
