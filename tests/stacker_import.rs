@@ -279,11 +279,23 @@ impl Project {
                 self.dir.join(p).display().to_string()
             }
         };
-        let imports: Vec<String> = def
+        // A string import is `{path}`; an object keeps its fields; the path made absolute.
+        let imports: Vec<Value> = def
             .get("imports")
             .or_else(|| def.get("import"))
             .and_then(Value::as_array)
-            .map(|l| l.iter().map(|i| abs(i.as_str().unwrap())).collect())
+            .map(|l| {
+                l.iter()
+                    .map(|i| match i {
+                        Value::String(s) => json!({"path": abs(s)}),
+                        o => {
+                            let mut o = o.clone();
+                            o["path"] = json!(abs(o["path"].as_str().unwrap()));
+                            o
+                        }
+                    })
+                    .collect()
+            })
             .unwrap_or_default();
         let run: Vec<Value> = match def.get("run") {
             Some(Value::String(s)) => vec![Value::String(s.clone())],
@@ -297,7 +309,7 @@ impl Project {
                 "From": {"Type": str_or(&from["type"]), "Url": str_or(&from["url"]),
                          "Tag": str_or(&from["tag"]), "Insecure": false},
                 "Imports": if imports.is_empty() { Value::Null } else {
-                    imports.iter().map(|p| json!({"Path": p, "Hash": ""})).collect() },
+                    imports.iter().map(|i| json!({"Path": i["path"], "Hash": ""})).collect() },
                 "OverlayDirs": null, "Run": run, "Cmd": null, "Entrypoint": null,
                 "FullCommand": null, "BuildEnvPt": null, "BuildEnv": null, "Environment": null,
                 "Volumes": null, "Labels": null, "GenerateLabels": null, "WorkingDir": "",
@@ -307,7 +319,7 @@ impl Project {
         let (os, arch) = layercache::stacker::host_platform();
         let mut l = json!({"from": from, "run": run, "os": os, "arch": arch});
         if !imports.is_empty() {
-            l["imports"] = imports.iter().map(|p| json!({"path": p})).collect();
+            l["imports"] = Value::Array(imports);
         }
         if let Some(Value::Array(o)) = def.get("overlay_dirs") {
             l["overlay_dirs"] = o
@@ -716,6 +728,22 @@ fn import_with_dest_is_not_vouched_for() {
     std::fs::write(p.p("plan.json"), plan.to_string()).unwrap();
     let report = p.import_json();
     assert!(why(&report, "base").contains("has a dest"), "{report:?}");
+    assert!(!p.hits("base"));
+    // A dest import in the definition that the plan does not list as an input: stacker did
+    // not hash it, so nothing vouches for the content the outputs were built from.
+    let mut def = p.base_definition();
+    def["imports"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"path": "doc/README", "dest": "/usr/share/doc/"}));
+    p.write_plan(&def, &p.app_definition(), None);
+    let base = p.base_entry(&def, None);
+    p.write_cache_entries(json!({"base": base}));
+    let report = p.import_json();
+    assert!(
+        why(&report, "base").contains("doc/README has a dest"),
+        "{report:?}"
+    );
     assert!(!p.hits("base"));
 }
 

@@ -359,6 +359,18 @@ fn check_definition(
             "it has binds (host directories the cache never sees): stacker always rebuilds it",
         ));
     }
+    let dest_import = plan
+        .get("imports")
+        .and_then(Value::as_array)
+        .and_then(|l| l.iter().find(|i| i.get("dest").is_some()));
+    if let Some(i) = dest_import {
+        let path = i.get("path").and_then(Value::as_str).unwrap_or_default();
+        return Err(skip(format!(
+            "its import {} has a dest: stacker copies such imports without hashing them, so \
+             its cache cannot vouch for the content its outputs were built from",
+            escape_bytes(path.as_bytes())
+        )));
+    }
     let fields = format::differing_fields(&plan, &recorded);
     if !fields.is_empty() {
         return Err(skip(format!(

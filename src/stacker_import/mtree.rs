@@ -405,7 +405,8 @@ fn observe(path: &Path) -> Result<std::result::Result<Seen, String>> {
         None
     };
     let xattrs = read_xattrs(path)?;
-    if !xattrs.is_empty() && !(ft.is_dir() || ft.is_file()) {
+    let xattrs_recorded = ft.is_dir() || ft.is_file();
+    if !xattrs_recorded && !xattrs.is_empty() {
         return Ok(Err(format!(
             "{shown} has extended attributes, which go-mtree does not record on a {kind}"
         )));
