@@ -432,8 +432,19 @@ impl Project {
         ])
     }
 
-    /// The `--json` report, the command asserted to succeed.
+    /// The `--json` report's layers by name, the command asserted to succeed.
     fn import_json(&self) -> BTreeMap<String, Value> {
+        let v = self.import_report();
+        v["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| (l["layer"].as_str().unwrap().to_string(), l.clone()))
+            .collect()
+    }
+
+    /// The whole `--json` report, the command asserted to succeed.
+    fn import_report(&self) -> Value {
         let db = self.db();
         let plan = self.p("plan.json");
         let cache = self.cache_file();
@@ -451,13 +462,7 @@ impl Project {
             "import-stacker failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-        v["layers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| (l["layer"].as_str().unwrap().to_string(), l.clone()))
-            .collect()
+        serde_json::from_slice(&out.stdout).unwrap()
     }
 
     /// `layercache lookup`: true on a hit (exit 0), false on a miss (exit 1).
@@ -496,7 +501,31 @@ fn v16_matching_layers_hit_after_import() {
     let p = Project::new(16);
     p.write_stacker_cache(None);
     assert!(!p.hits("base"), "nothing is cached before the import");
-    let report = p.import_json();
+    // Inputs written an hour ago (as after a stacker build), so no row is racy and the count
+    // below is the files' reads alone.
+    let old = filetime::FileTime::from_system_time(
+        std::time::SystemTime::now() - std::time::Duration::from_secs(3600),
+    );
+    for dir in [".stacker/imports", "src"] {
+        for e in walkdir::WalkDir::new(p.p(dir)) {
+            filetime::set_symlink_file_times(e.unwrap().path(), old, old).unwrap();
+        }
+    }
+    // Past the tick of the last status change: nothing is ctime-racy.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let full = p.import_report();
+    // base's 5 files (tool.sh; pkg: a.txt, with space.txt, sub/b.txt; src: main.c) are read
+    // once by the lookup (blake3) and once against stacker's hashes (sha256); the put reuses
+    // the lookup's digests and reads none again.
+    assert_eq!(full["counters"]["walk"]["files_hashed"], json!(5), "{full}");
+    assert_eq!(full["verified"]["files"], json!(5), "{full}");
+    assert_eq!(full["verified"]["sources"], json!(3), "{full}");
+    let report: BTreeMap<String, Value> = full["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (l["layer"].as_str().unwrap().to_string(), l.clone()))
+        .collect();
     assert_eq!(status(&report, "base"), "imported", "{:?}", report["base"]);
     assert_eq!(status(&report, "app"), "imported", "{:?}", report["app"]);
     assert_eq!(report["base"]["manifests"], json!(["tar"]));
@@ -908,7 +937,7 @@ fn parses_go_mtree_test_spec_like_the_fixture_writer_writes() {
         }
     }
     assert_eq!(
-        mtree::check_dir(&dir, &ours).unwrap(),
+        mtree::check_dir(&dir, &ours, &mut mtree::Hashed::default()).unwrap(),
         mtree::Verdict::Matches
     );
 }

@@ -150,6 +150,9 @@ impl ImportReport {
 pub struct VerifyCounters {
     /// Imports and overlay dirs checked.
     pub sources: u64,
+    /// Files read (sha256) to compare them with stacker's hashes and specs, and their bytes.
+    #[serde(flatten)]
+    pub hashed: mtree::Hashed,
 }
 
 /// Whether a layer's base vouches for the layers built on it.
@@ -272,7 +275,7 @@ fn import_layer(
     }
     for source in &sources {
         verified.sources += 1;
-        if let Err(s) = verify_source(source)? {
+        if let Err(s) = verify_source(source, &mut verified.hashed)? {
             return Ok(s);
         }
     }
@@ -572,7 +575,7 @@ fn match_sources<'a>(
 }
 
 /// Checks one source against stacker's record.
-fn verify_source(source: &SourceCheck<'_>) -> Result<Check> {
+fn verify_source(source: &SourceCheck<'_>, hashed: &mut mtree::Hashed) -> Result<Check> {
     let key = escape_bytes(source.key.as_bytes());
     let noun = source.noun;
     let meta = match std::fs::symlink_metadata(source.path) {
@@ -595,6 +598,8 @@ fn verify_source(source: &SourceCheck<'_>) -> Result<Check> {
                     "its import {key} was a file in stacker's build and is not one now"
                 ))));
             }
+            hashed.files += 1;
+            hashed.bytes += meta.len();
             let now = go_hash_file(source.path)?;
             return Ok(if now == h.hash {
                 Ok(())
@@ -620,7 +625,7 @@ fn verify_source(source: &SourceCheck<'_>) -> Result<Check> {
             ))));
         }
     };
-    Ok(match mtree::check_dir(source.path, &spec)? {
+    Ok(match mtree::check_dir(source.path, &spec, hashed)? {
         mtree::Verdict::Matches => Ok(()),
         mtree::Verdict::Differs { paths, count } => Err(skip(format!(
             "its {noun} {key} changed since stacker's build ({count} path(s): {}{})",

@@ -294,10 +294,19 @@ struct Seen {
     xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
 }
 
-/// Compares the directory `root` as it is now with `spec`, on stacker's keywords. I/O errors
-/// (an unreadable file) are errors naming the path; differences and what the spec cannot vouch
-/// for are verdicts.
-pub fn check_dir(root: &Path, spec: &Spec) -> Result<Verdict> {
+/// Files read (sha256) to compare them with stacker's records, and their bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Hashed {
+    /// Files read.
+    pub files: u64,
+    /// Bytes read.
+    pub bytes: u64,
+}
+
+/// Compares the directory `root` as it is now with `spec`, on stacker's keywords, adding the
+/// files it reads to `hashed`. I/O errors (an unreadable file) are errors naming the path;
+/// differences and what the spec cannot vouch for are verdicts.
+pub fn check_dir(root: &Path, spec: &Spec, hashed: &mut Hashed) -> Result<Verdict> {
     if let Some(header) = &spec.header_keywords {
         for k in STACKER_KEYWORDS {
             // go-mtree writes `sha256` as its synonym `sha256digest`; accept either.
@@ -342,7 +351,7 @@ pub fn check_dir(root: &Path, spec: &Spec) -> Result<Verdict> {
         })?;
         let rel = item.path().strip_prefix(root).unwrap_or(Path::new(""));
         let rel = rel.as_os_str().as_encoded_bytes().to_vec();
-        let seen = match observe(item.path())? {
+        let seen = match observe(item.path(), hashed)? {
             Ok(s) => s,
             Err(why) => return Ok(Verdict::CannotVouch(why)),
         };
@@ -379,7 +388,7 @@ pub fn check_dir(root: &Path, spec: &Spec) -> Result<Verdict> {
 
 /// Observes one entry (never following a symlink); `Ok(Err(why))` when go-mtree's keywords
 /// cannot describe it.
-fn observe(path: &Path) -> Result<std::result::Result<Seen, String>> {
+fn observe(path: &Path, hashed: &mut Hashed) -> Result<std::result::Result<Seen, String>> {
     let meta = std::fs::symlink_metadata(path).map_err(|e| Error::io("cannot stat", path, e))?;
     let ft = meta.file_type();
     let shown = escape_bytes(path.as_os_str().as_encoded_bytes());
@@ -412,6 +421,8 @@ fn observe(path: &Path) -> Result<std::result::Result<Seen, String>> {
         )));
     }
     let sha256 = if ft.is_file() {
+        hashed.files += 1;
+        hashed.bytes += meta.len();
         Some(sha256_file(path, &meta)?)
     } else {
         None
