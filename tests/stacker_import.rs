@@ -941,3 +941,77 @@ fn parses_go_mtree_test_spec_like_the_fixture_writer_writes() {
         mtree::Verdict::Matches
     );
 }
+
+/// A `docker` base (the manifest digest its tag resolves to in `layer-bases/oci`) and a
+/// build-only layer on `scratch` (no outputs; its rootfs directory must exist).
+#[test]
+fn docker_base_and_build_only_scratch_layer() {
+    let p = Project::new(16);
+    let layout = p.p(".stacker/layer-bases/oci");
+    let index = |digest: &str| {
+        json!({"schemaVersion": 2, "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": digest, "size": 7,
+            "annotations": {"org.opencontainers.image.ref.name": "ubuntu"}}]})
+        .to_string()
+    };
+    let ubuntu = sha256_hex(b"ubuntu manifest");
+    write(
+        &layout.join("index.json"),
+        index(&format!("sha256:{ubuntu}")).as_bytes(),
+        0o644,
+    );
+    std::fs::create_dir_all(p.p("roots/builder")).unwrap();
+    let tools_def = json!({"from": {"type": "docker", "url": "docker://ubuntu:22.04"},
+                           "run": ["apt-get install -y make"]});
+    let builder_def = json!({"from": {"type": "scratch"}, "build_only": true});
+    let plan = json!({
+        "oci_layout": "oci", "rootfs_dir": "roots",
+        "layers": {
+            "tools": {"definition": tools_def,
+                      "base": {"type": "docker", "layout": ".stacker/layer-bases/oci", "tag": "ubuntu"}},
+            "builder": {"definition": builder_def, "base": {"type": "scratch"}, "build_only": true},
+        },
+    });
+    std::fs::write(p.p("plan.json"), plan.to_string()).unwrap();
+    let mut recorded_builder = p.recorded_layer(&builder_def);
+    recorded_builder["build_only"] = json!(true);
+    let entries = json!({
+        "tools": {"Manifests": p.manifests("base"), "Imports": {}, "OverlayDirs": {},
+                  "Name": "tools", "Layer": p.recorded_layer(&tools_def), "Base": ubuntu},
+        "builder": {"Manifests": {}, "Imports": {}, "OverlayDirs": {}, "Name": "builder",
+                    "Layer": recorded_builder, "Base": ""},
+    });
+    p.write_cache_entries(entries);
+    let report = p.import_json();
+    assert_eq!(status(&report, "tools"), "imported", "{report:?}");
+    assert_eq!(status(&report, "builder"), "imported", "{report:?}");
+    assert_eq!(report["builder"]["manifests"], json!([]));
+    assert!(p.hits("tools"));
+    assert!(p.hits("builder"));
+
+    // The tag now resolves to another image: stacker's outputs are not of today's base.
+    let p2 = Project::new(16);
+    std::fs::write(p2.p("plan.json"), plan.to_string()).unwrap();
+    std::fs::create_dir_all(p2.p("roots/builder")).unwrap();
+    let other = sha256_hex(b"another ubuntu manifest");
+    write(
+        &p2.p(".stacker/layer-bases/oci/index.json"),
+        index(&format!("sha256:{other}")).as_bytes(),
+        0o644,
+    );
+    std::fs::write(p2.cache_file(), std::fs::read(p.cache_file()).unwrap()).unwrap();
+    let report = p2.import_json();
+    assert!(
+        why(&report, "tools").contains("its base image changed"),
+        "{report:?}"
+    );
+    assert!(!p2.hits("tools"));
+    // The build-only layer whose rootfs is gone is not imported either.
+    std::fs::remove_dir(p2.p("roots/builder")).unwrap();
+    let report = p2.import_json();
+    assert!(
+        why(&report, "builder").contains("build-only rootfs"),
+        "{report:?}"
+    );
+}
