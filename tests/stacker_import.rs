@@ -1015,3 +1015,58 @@ fn docker_base_and_build_only_scratch_layer() {
         "{report:?}"
     );
 }
+
+/// Formats 13 to 15 (JSON tags; `source_date_epoch` from 15) import and hit as 16 does, and
+/// a changed file keeps the layer out in each.
+#[test]
+fn formats_13_to_15_import_and_hit() {
+    for version in [13, 14, 15] {
+        let p = Project::new(version);
+        p.write_stacker_cache(None);
+        let report = p.import_json();
+        assert_eq!(
+            status(&report, "base"),
+            "imported",
+            "format {version}: {report:?}"
+        );
+        assert_eq!(
+            status(&report, "app"),
+            "imported",
+            "format {version}: {report:?}"
+        );
+        assert!(p.hits("app"), "format {version}");
+
+        let p = Project::new(version);
+        p.write_stacker_cache(None);
+        write(&p.p("src/main.c"), b"int main(void) { return 1; }\n", 0o644);
+        let report = p.import_json();
+        assert!(
+            why(&report, "base").contains("main.c (content)"),
+            "format {version}: {report:?}"
+        );
+        assert!(!p.hits("base"), "format {version}");
+    }
+}
+
+/// The library call a Rust builder makes, on the same fixture: the report says what the
+/// binary prints, and the cache hits afterwards.
+#[test]
+fn library_import_then_lookup_hits() {
+    let p = Project::new(16);
+    p.write_stacker_cache(None);
+    let stacker = layercache::StackerCache::read(p.cache_file()).unwrap();
+    assert_eq!(stacker.version, 16);
+    let plan = layercache::plan::Plan::load(p.p("plan.json")).unwrap();
+    let (cache, _) =
+        layercache::Cache::open_for_build(plan.cache_config(p.db()), plan.build()).unwrap();
+    let options = layercache::ImportOptions::for_cache_file(&p.cache_file());
+    assert_eq!(options.stackerfile_dir, p.dir);
+    let report =
+        layercache::import_stacker_cache(&cache, plan.build(), &stacker, &options).unwrap();
+    assert_eq!(report.imported(), 2, "{report:?}");
+    let names: Vec<&str> = report.layers.iter().map(|l| l.layer.as_str()).collect();
+    assert_eq!(names, ["base", "app"], "bases first");
+    let mut session = cache.session(plan.build()).unwrap();
+    assert!(session.lookup("app").unwrap().is_hit());
+    assert!(session.lookup("base").unwrap().is_hit());
+}
