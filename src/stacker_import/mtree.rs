@@ -16,7 +16,9 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
 
 use base64::Engine as _;
 use sha2::Digest as _;
@@ -326,64 +328,102 @@ pub fn check_dir(root: &Path, spec: &Spec, hashed: &mut Hashed) -> Result<Verdic
                 .to_string(),
         ));
     }
-    let mut differs: Vec<String> = Vec::new();
-    let mut count = 0usize;
-    let mut note = |path: &[u8], what: &str| {
-        count += 1;
-        if differs.len() < 5 {
-            let shown = if path.is_empty() {
-                ".".to_string()
-            } else {
-                escape_bytes(path)
-            };
-            differs.push(format!("{shown} ({what})"));
-        }
-    };
+    let mut diff = Differences::default();
     let mut unseen: std::collections::BTreeSet<&[u8]> =
         spec.entries.keys().map(Vec::as_slice).collect();
-    for item in walkdir::WalkDir::new(root).follow_links(false) {
-        let item = item.map_err(|e| {
-            let path = e.path().unwrap_or(root).to_path_buf();
-            let io = e
-                .into_io_error()
-                .unwrap_or_else(|| std::io::Error::other("file system loop"));
-            Error::io("cannot walk", path, io)
-        })?;
-        let rel = item.path().strip_prefix(root).unwrap_or(Path::new(""));
-        let rel = rel.as_os_str().as_encoded_bytes().to_vec();
-        let seen = match observe(item.path(), hashed)? {
-            Ok(s) => s,
-            Err(why) => return Ok(Verdict::CannotVouch(why)),
-        };
-        let Some(entry) = spec.entries.get(&rel) else {
-            note(&rel, "not in stacker's spec");
+    // Entries are observed (stat, xattrs, sha256) in parallel a window at a time, one task per
+    // entry, and compared in walk order: memory is bounded by the window, not the tree.
+    let mut window: Vec<PathBuf> = Vec::with_capacity(WINDOW);
+    let mut walk = walkdir::WalkDir::new(root).follow_links(false).into_iter();
+    loop {
+        let item = walk.next();
+        let done = item.is_none();
+        if let Some(item) = item {
+            let item = item.map_err(|e| {
+                let path = e.path().unwrap_or(root).to_path_buf();
+                let io = e
+                    .into_io_error()
+                    .unwrap_or_else(|| std::io::Error::other("file system loop"));
+                Error::io("cannot walk", path, io)
+            })?;
+            window.push(item.into_path());
+        }
+        if window.len() < WINDOW && !done {
             continue;
-        };
-        unseen.remove(rel.as_slice());
-        match compare(&seen, entry) {
-            Compared::Same => {}
-            Compared::Differs(what) => note(&rel, &what),
-            Compared::CannotVouch(why) => {
-                let shown = if rel.is_empty() {
-                    ".".to_string()
-                } else {
-                    escape_bytes(&rel)
-                };
-                return Ok(Verdict::CannotVouch(format!("{shown}: {why}")));
+        }
+        let observed: Vec<Result<(std::result::Result<Seen, String>, Hashed)>> = window
+            .par_iter()
+            .map(|path| {
+                let mut h = Hashed::default();
+                observe(path, &mut h).map(|seen| (seen, h))
+            })
+            .collect();
+        for (path, result) in window.drain(..).zip(observed) {
+            let (seen, h) = result?;
+            hashed.files += h.files;
+            hashed.bytes += h.bytes;
+            let seen = match seen {
+                Ok(s) => s,
+                Err(why) => return Ok(Verdict::CannotVouch(why)),
+            };
+            let rel = path.strip_prefix(root).unwrap_or(Path::new(""));
+            let rel = rel.as_os_str().as_encoded_bytes();
+            let Some(entry) = spec.entries.get(rel) else {
+                diff.note(rel, "not in stacker's spec");
+                continue;
+            };
+            unseen.remove(rel);
+            match compare(&seen, entry) {
+                Compared::Same => {}
+                Compared::Differs(what) => diff.note(rel, &what),
+                Compared::CannotVouch(why) => {
+                    return Ok(Verdict::CannotVouch(format!("{}: {why}", shown(rel))));
+                }
             }
+        }
+        if done {
+            break;
         }
     }
     for path in unseen {
-        note(path, "gone since stacker's build");
+        diff.note(path, "gone since stacker's build");
     }
-    Ok(if count == 0 {
+    Ok(if diff.count == 0 {
         Verdict::Matches
     } else {
         Verdict::Differs {
-            paths: differs,
-            count,
+            paths: diff.paths,
+            count: diff.count,
         }
     })
+}
+
+/// Entries observed in parallel at a time.
+const WINDOW: usize = 4096;
+
+/// A path below the root for messages (`.` for the root).
+fn shown(rel: &[u8]) -> String {
+    if rel.is_empty() {
+        ".".to_string()
+    } else {
+        escape_bytes(rel)
+    }
+}
+
+/// The paths that differ: the first few, and how many.
+#[derive(Default)]
+struct Differences {
+    paths: Vec<String>,
+    count: usize,
+}
+
+impl Differences {
+    fn note(&mut self, path: &[u8], what: &str) {
+        self.count += 1;
+        if self.paths.len() < 5 {
+            self.paths.push(format!("{} ({what})", shown(path)));
+        }
+    }
 }
 
 /// Observes one entry (never following a symlink); `Ok(Err(why))` when go-mtree's keywords
