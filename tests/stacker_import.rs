@@ -1070,3 +1070,46 @@ fn library_import_then_lookup_hits() {
     assert!(session.lookup("app").unwrap().is_hit());
     assert!(session.lookup("base").unwrap().is_hit());
 }
+
+/// stacker made relative paths absolute against the stackerfile's directory: a cache file
+/// kept elsewhere than `<project>/.stacker/` needs `--stackerfile-dir`, or its layers'
+/// definitions differ (their import paths are another directory's).
+#[test]
+fn stackerfile_dir_option() {
+    let p = Project::new(16);
+    p.write_stacker_cache(None);
+    let elsewhere = p.p("saved/state/build.cache");
+    std::fs::create_dir_all(elsewhere.parent().unwrap()).unwrap();
+    std::fs::copy(p.cache_file(), &elsewhere).unwrap();
+    let (db, plan) = (p.db(), p.p("plan.json"));
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = ["import-stacker", "--json", "--db", db.to_str().unwrap()]
+            .map(String::from)
+            .to_vec();
+        a.extend(["--plan".to_string(), plan.display().to_string()]);
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a.push(elsewhere.display().to_string());
+        a
+    };
+    let run = |a: Vec<String>| -> Value {
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let out = p.run(&a);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let report = run(args(&[]));
+    let why = report["layers"][0]["why"].as_str().unwrap_or("");
+    assert!(
+        why.contains("definition differs") && why.contains("imports"),
+        "{report}"
+    );
+    assert!(!p.hits("base"));
+    let dir = p.dir.display().to_string();
+    let report = run(args(&["--stackerfile-dir", &dir]));
+    assert_eq!(report["layers"][0]["status"], "imported", "{report}");
+    assert!(p.hits("app"));
+}
