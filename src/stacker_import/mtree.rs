@@ -1,6 +1,7 @@
 //! go-mtree specs as stacker stores them, and the check of a directory against one.
 //!
-//! Owns: parsing a spec (the BSD mtree text go-mtree writes: `#` comments, `/set` and `/unset`,
+//! Owns: parsing a spec (the BSD mtree text go-mtree writes: `#` comments, `/set` (each one
+//! replacing the last, as go-mtree's parser does) and `/unset`,
 //! relative entries that descend into each `type=dir` entry, `..` to climb, full paths with a
 //! `/`, `\` line continuations, vis-encoded names and link targets) into one record per path,
 //! and [`check_dir`], which walks a directory today and compares every entry with the spec on
@@ -136,7 +137,8 @@ pub fn parse(raw: &[u8]) -> std::result::Result<Spec, String> {
             .collect::<std::result::Result<Vec<_>, _>>()?;
         if text.starts_with('/') {
             match name {
-                "/set" => set.extend(keyvals),
+                // As go-mtree's parser: a /set replaces the previous one (it does not add).
+                "/set" => set = keyvals.into_iter().collect(),
                 // go-mtree's parser drops every /set default on any /unset.
                 "/unset" => set.clear(),
                 other => return Err(at(format!("unknown special {other:?}"))),
@@ -607,5 +609,63 @@ fn compare(seen: &Seen, entry: &SpecEntry) -> Compared {
         Ok(what) if what.is_empty() => Compared::Same,
         Ok(what) => Compared::Differs(what.join(", ")),
         Err(why) => Compared::CannotVouch(why),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kw<'a>(spec: &'a Spec, path: &str) -> &'a BTreeMap<String, String> {
+        &spec.entries[path.as_bytes()].keywords
+    }
+
+    #[test]
+    fn set_replaces_continuations_join_names_decode() {
+        let spec = parse(
+            b"#      keywords: type,mode\n/set type=file mode=0644 uid=1\n. type=dir mode=0755\n\
+              \x20   a\\040b mode=0600\n/set type=file gid=5\n    c \\\n  uid=2\n\
+              d type=dir\n    e\n..\n..\n",
+        )
+        .unwrap();
+        assert_eq!(kw(&spec, "a b")["mode"], "0600");
+        assert_eq!(kw(&spec, "a b")["uid"], "1");
+        // The second /set replaced the first: no mode, no uid from it.
+        assert_eq!(kw(&spec, "c").get("mode"), None);
+        assert_eq!(kw(&spec, "c")["uid"], "2");
+        assert_eq!(kw(&spec, "c")["gid"], "5");
+        assert_eq!(kw(&spec, "d/e")["type"], "file");
+        assert_eq!(
+            spec.header_keywords,
+            Some(vec!["type".to_string(), "mode".to_string()])
+        );
+    }
+
+    #[test]
+    fn bad_specs_are_errors_never_panics() {
+        for bad in [
+            &b"..\n"[..],
+            b". type=dir\n..\n..\n",
+            b". type=dir\n    a type=file\n    a type=file\n",
+            b". type=dir\n    a\\9 type=file\n",
+            b". type=dir\n    a\\777 type=file\n",
+            b". type=dir\n    a nokeyword\n",
+            b"    a type=file\n",
+            b"/frob x=1\n",
+            b". type=dir \\",
+            b"\xff\xfe\n",
+            b"",
+        ] {
+            assert!(parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+        assert!(parse_base64("!!!").is_err());
+    }
+
+    #[test]
+    fn unvis_forms() {
+        assert_eq!(unvis("a\\040b\\\\c\\sd\\t").unwrap(), b"a b\\c d\t");
+        assert_eq!(unvis("\\303\\251").unwrap(), "é".as_bytes());
+        assert!(unvis("x\\").is_err());
+        assert!(unvis("\\q").is_err());
     }
 }
