@@ -438,7 +438,7 @@ fn check_base(
             } else {
                 Err(skip(format!(
                     "its tar base changed since stacker's build ({now} now, {} then)",
-                    entry.base
+                    escape_bytes(entry.base.as_bytes())
                 )))
             }
         }
@@ -450,8 +450,9 @@ fn check_base(
                 ))),
                 Some(d) if d.strip_prefix("sha256:") == Some(entry.base.as_str()) => Ok(()),
                 Some(d) => Err(skip(format!(
-                    "its base image changed since stacker's build ({d} now, {} then)",
-                    entry.base
+                    "its base image changed since stacker's build ({} now, {} then)",
+                    escape_bytes(d.as_bytes()),
+                    escape_bytes(entry.base.as_bytes())
                 ))),
             }
         }
