@@ -1113,3 +1113,42 @@ fn stackerfile_dir_option() {
     assert_eq!(report["layers"][0]["status"], "imported", "{report}");
     assert!(p.hits("app"));
 }
+
+/// A layer layercache already built itself, with other outputs than stacker's, keeps its own
+/// version; the layers stacker built on stacker's build of it are not imported.
+#[test]
+fn layer_already_cached_with_other_outputs_keeps_dependents_out() {
+    let p = Project::new(16);
+    p.write_stacker_cache(None);
+    let blob = b"layercache's own build of base";
+    let hex = sha256_hex(blob);
+    write(&p.p(&format!("oci/blobs/sha256/{hex}")), blob, 0o644);
+    let manifests = json!({"tar": {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                                   "digest": format!("sha256:{hex}"), "size": blob.len()}});
+    std::fs::write(p.p("own.json"), manifests.to_string()).unwrap();
+    let (db, plan, own) = (p.db(), p.p("plan.json"), p.p("own.json"));
+    let out = p.run(&[
+        "put",
+        "--db",
+        db.to_str().unwrap(),
+        "--plan",
+        plan.to_str().unwrap(),
+        "--manifests",
+        own.to_str().unwrap(),
+        "--inputs-as-of-now",
+        "base",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = p.import_json();
+    assert!(
+        why(&report, "base").contains("already hits on a version with other outputs"),
+        "{report:?}"
+    );
+    assert!(why(&report, "app").contains("built on base"), "{report:?}");
+    assert!(p.hits("base"), "its own version still hits");
+    assert!(!p.hits("app"));
+}
