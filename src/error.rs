@@ -220,6 +220,21 @@ pub enum Error {
         detail: String,
     },
 
+    /// A stacker cache file of a format `layercache import-stacker` does not read (it reads
+    /// formats 12 to 16). Nothing was imported and the database was not opened.
+    #[error(
+        "stacker cache file {path} has format version {version}, which this layercache cannot \
+         import (it reads versions 12 to 16); nothing was imported: build once without \
+         importing, or use a layercache that knows this format",
+        path = path.display()
+    )]
+    UnsupportedStackerFormat {
+        /// The stacker cache file.
+        path: PathBuf,
+        /// The version it has.
+        version: u64,
+    },
+
     /// A layer name, source name or relative path is not acceptable.
     #[error("invalid {what} {value:?}: {why}")]
     InvalidName {

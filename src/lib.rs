@@ -145,6 +145,8 @@
 //!   rules; [`remote::sign`]: minisign signatures made at push and verified at every remote
 //!   hit against trusted keys); it knows nothing of the cache and uses no other module of the
 //!   crate.
+//! * `stacker_import` adopts a stacker cache file: it checks each layer's inputs against
+//!   stacker's records and imports the ones that match through the ordinary lookup and put.
 //! * [`plan`] and [`stacker`] describe a build (the plan file, stacker's directory layout);
 //!   [`inputs`] is the build description both produce; [`config`] says where the cache lives.
 //! * [`reason`] explains misses; [`base`] resolves tar/oci bases.
@@ -190,6 +192,7 @@ mod report;
 mod schema;
 mod share;
 mod stacker;
+mod stacker_import;
 mod store;
 mod tree;
 mod version;
@@ -206,6 +209,10 @@ pub use store::{DEFAULT_WRITE_WAIT, WriteWait};
 pub use inputs::{Base, Build, Import, LayerInputs, OverlayDir};
 pub use plan::{Plan, read_manifests};
 pub use stacker::StackerLayout;
+// Adopting a stacker cache without a cold rebuild.
+pub use stacker_import::{
+    ImportOptions, ImportReport, ImportStatus, LayerImport, StackerCache, import_stacker_cache,
+};
 // Why a layer missed.
 pub use diff::{Change, Modified, TreeDiff};
 pub use reason::{BaseChange, FieldChange, MissReason};
@@ -258,7 +265,21 @@ pub mod testing {
         )*};
     }
     internal!(
-        base, codec, failpoint, fsread, gc, inputs, migrate, plan, remote, schema, share, stacker,
-        store, tree, version,
+        base,
+        codec,
+        failpoint,
+        fsread,
+        gc,
+        inputs,
+        migrate,
+        plan,
+        remote,
+        schema,
+        share,
+        stacker,
+        stacker_import,
+        store,
+        tree,
+        version,
     );
 }

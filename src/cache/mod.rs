@@ -409,6 +409,11 @@ impl Cache {
         Arc::clone(&self.progress)
     }
 
+    /// The configuration it was opened with (where its outputs are checked).
+    pub fn config(&self) -> &CacheConfig {
+        &self.config
+    }
+
     /// The underlying store.
     pub(crate) fn store(&self) -> &Store {
         &self.store

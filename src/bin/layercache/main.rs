@@ -10,6 +10,7 @@ mod build;
 mod debug;
 mod gc;
 mod generate;
+mod import;
 mod migrate;
 mod output;
 mod progress;
@@ -76,6 +77,10 @@ enum Cmd {
     /// Make a minisign key pair for signed shared entries: the secret key for `push
     /// --sign-key` (mode 0600), the public key for `--trust-key`.
     Keygen(trust::KeygenArgs),
+    /// Adopt a stacker cache (`.stacker/build.cache`, formats 12 to 16): import each layer of
+    /// the plan whose inputs still match what stacker recorded, with stacker's outputs, so it
+    /// hits; report every other layer with why it was skipped. The stacker file is only read.
+    ImportStacker(import::ImportArgs),
     /// Show what is stored: all entries, one entry, or its per-path rows. Opens the file
     /// read-only: works while a build holds it.
     Dump(debug::DumpArgs),
@@ -114,6 +119,7 @@ fn main() -> ExitCode {
         Cmd::Push(a) => guarded(None, || remote::push(a)),
         Cmd::Pull(a) => guarded(None, || remote::pull(a)),
         Cmd::Keygen(a) => guarded(None, || trust::keygen(&a)),
+        Cmd::ImportStacker(a) => guarded(None, || import::import(a, signals::install())),
         Cmd::Dump(a) => guarded(Some(&a.out.db), || debug::dump(&a)),
         Cmd::Stats(a) => guarded(Some(&a.out.db), || debug::stats(&a)),
         Cmd::Check(a) => guarded(Some(&a.out.db), || debug::check(&a)),
