@@ -26,7 +26,7 @@ pub enum Error {
     #[error(
         "cache database {path} is being written by another layercache process; gave up waiting \
          for its write lock after {waited_secs} s and recorded nothing; retry when that build \
-         step is done, or wait longer (--wait SECONDS)",
+         step is done, or allow a longer write wait",
         path = path.display()
     )]
     Busy {
@@ -48,8 +48,8 @@ pub enum Error {
     /// committed is lost; redb refuses read-only opens until a writable open repairs it.
     #[error(
         "cache database {path} was not closed cleanly (a build step was killed); nothing \
-         committed is lost: the next build (or `layercache check --repair --db {path}`) \
-         repairs it",
+         committed is lost: the next writable open (a build step, \
+         or `layercache check` with repair) repairs it",
         path = path.display()
     )]
     NeedsRepair {
@@ -77,8 +77,8 @@ pub enum Error {
 
     /// The file exists but is not a redb database, or is one without layercache's tables.
     #[error(
-        "{path} is not a layercache database ({detail}); point --db at a cache file, or move \
-         this file away so a new cache can be created"
+        "{path} is not a layercache database ({detail}); point the cache at a cache file, or \
+         move this file away so a new cache can be created"
     )]
     NotACache {
         /// The file.
@@ -116,7 +116,7 @@ pub enum Error {
     },
 
     /// redb reported an error while using the database.
-    #[error("cache database {path}: {source}; if this persists, run `layercache check --db {path}`", path = path.display())]
+    #[error("cache database {path}: {source}; if this persists, check its integrity (`layercache check`)", path = path.display())]
     Db {
         /// The database file.
         path: PathBuf,
@@ -323,8 +323,8 @@ pub enum Error {
     /// written by hand, or made by a lookup of another cache database. Nothing was cached.
     #[error(
         "the lookup record of layer {layer:?} was not made by a lookup of the cache {db} (or was \
-         changed since): run `layercache lookup --record FILE` with this --db again and pass \
-         that file to `put --from FILE`; nothing was cached",
+         changed since): look the layer up again with this cache, recording that lookup, and \
+         put from that record; nothing was cached",
         db = db.display()
     )]
     RecordNotFromThisCache {

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::path::{escape_bytes, validate_layer_name};
 
-/// The base a layer is built on.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The base a layer is built on (`Scratch` by default).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Base {
     /// Another layer of the same build. It must itself hit, and its entry must be the one this
@@ -39,6 +39,7 @@ pub enum Base {
         tag: String,
     },
     /// No base.
+    #[default]
     Scratch,
 }
 
@@ -98,8 +99,9 @@ pub struct OverlayDir {
     pub rootfs_path: PathBuf,
 }
 
-/// Everything the cache needs to know about one layer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Everything the cache needs to know about one layer. `..Default::default()` fills what a
+/// layer does not set: a `scratch` base, no sources, no SOURCE_DATE_EPOCH, cacheable.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LayerInputs {
     /// The layer definition (any JSON value); compared in canonical form.
     #[serde(default)]

@@ -3,28 +3,70 @@
 //! An embedded build cache for layered container-image builders. For every layer of a build it
 //! answers "can the cached output be reused, and if not, exactly why not".
 //!
+//! ```
+//! use layercache::{Base, Build, Cache, CacheConfig, LayerInputs, MissReason, Outcome, OverlayDir};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! # let root = dir.path();
+//! # std::fs::create_dir_all(root.join("src"))?;
+//! # std::fs::create_dir_all(root.join("roots/app/src"))?;
+//! let (cache, _pruned) = Cache::open(CacheConfig {
+//!     db: root.join("cache.redb"),
+//!     oci_layout: None, // where output blobs live; without it no version can hit
+//!     rootfs_dir: None,
+//!     ..Default::default() // waits 300 s for another writer's lock
+//! })?;
+//! let mut build = Build::new();
+//! build.add("app", LayerInputs {
+//!     definition: serde_json::json!({"run": "make"}),
+//!     base: Base::Scratch,
+//!     imports: vec![],
+//!     overlay_dirs: vec![OverlayDir {
+//!         key: "src".into(),
+//!         source: root.join("src"),
+//!         rootfs_path: root.join("roots/app/src"),
+//!     }],
+//!     source_date_epoch: None,
+//!     build_only: false,
+//!     ..Default::default()
+//! });
+//! let mut session = cache.session(&build)?;
+//! let lookup = session.lookup("app")?;
+//! match &lookup.outcome {
+//!     Outcome::Hit(entry) => println!("reuse {:?}", entry.manifests),
+//!     Outcome::Miss(reasons) => {
+//!         assert!(matches!(reasons[0], MissReason::NotCached));
+//!         // build the layer, then: session.put(&lookup, &its_output_descriptors)?
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The README's longer example (compiled as a test too) builds two layers and puts them.
+//!
 //! ## Data model
 //!
-//! One redb file holds five tables (schema v3, see [`schema`]):
+//! One redb file holds five tables (schema v3, see `schema`):
 //!
 //! * `meta` — the schema version, the version of the crate that wrote the file, and the
 //!   per-cache secret that binds lookup records to this file (`store/secret.rs`; made with the
 //!   file or at its first writable open, never printed or exported).
-//! * `versions` — `(layer, input digest)` → [`schema::VersionRecord`]: one per evaluation of a
+//! * `versions` — `(layer, input digest)` → `schema::VersionRecord`: one per evaluation of a
 //!   layer's inputs that was put — the layer definition (canonical JSON and its digest), the
 //!   base, SOURCE_DATE_EPOCH, builder identity, one summary per import and overlay dir (root
 //!   type, Merkle root, row count), the output manifests, build_only, time. A layer keeps many.
-//! * `layers` — layer name → [`schema::LayerRecord`]: its *current* version, the one its rows
+//! * `layers` — layer name → `schema::LayerRecord`: its *current* version, the one its rows
 //!   describe (the most recently used), with a generation bumped whenever the rows are replaced.
 //! * `last_used` — `(layer, input digest)` → ms: recorded coarsely (at most hourly per version,
 //!   or with a write that happens anyway), so a hit is not a write transaction.
-//! * `rows` — `(layer, source, path key)` → [`Row`]: the last seen state of every cached tree
+//! * `rows` — `(layer, source, path key)` → `Row`: the last seen state of every cached tree
 //!   (git's index): it makes the walk cheap and explains a miss.
 //!
-//! Values are encoded only by [`codec`] (bincode 2.0.1, always decoded with a size limit and
+//! Values are encoded only by `codec` (bincode 2.0.1, always decoded with a size limit and
 //! with trailing bytes refused); `versions` and `layers` records carry a checksum verified on
 //! every read, so a damaged record is a `DamagedEntry` miss, never a hit with a wrong output.
-//! What goes into the input digest, and what never does, is documented in [`version`].
+//! What goes into the input digest, and what never does, is documented in `version`.
 //!
 //! ## Key encoding
 //!
@@ -33,14 +75,14 @@
 //! byte and cannot occur in a file name, the byte order of keys equals the order of a sorted
 //! depth-first walk (`a`, `a/b`, `a-b`, `a.txt`, `a0`). Hence the rows of one (layer, source)
 //! are one contiguous key range, read back in walk order by a range scan, and a diff is a single
-//! merge of two sorted streams ([`diff_trees`]) whose memory does not grow with the tree.
+//! merge of two sorted streams (`diff_trees`) whose memory does not grow with the tree.
 //!
 //! ## What a tree digest covers
 //!
-//! A [`Row`] holds, for each entry at and below the root (the root's own mode and owner count):
+//! A `Row` holds, for each entry at and below the root (the root's own mode and owner count):
 //! type, permission bits with setuid/setgid/sticky, uid, gid, symlink target (never followed),
 //! sorted extended attributes, device number for device nodes, and for regular files size and
-//! blake3 digest of the content. The Merkle root of a tree ([`TreeHasher`]) covers exactly these
+//! blake3 digest of the content. The Merkle root of a tree (`TreeHasher`) covers exactly these
 //! and the names of entries. It **never** covers mtime, atime, ctime, inode numbers or absolute
 //! paths: the same tree copied elsewhere, or touched, has the same digest.
 //!
@@ -55,13 +97,13 @@
 //! branch switched back or a definition flipped back hits; a hit on a version other than the
 //! current one makes the rows describe the tree as it is now, in one short write. A miss is
 //! explained against the current version. A `built` base must itself hit now, and its base
-//! hash is the entry digest ([`version::entry_digest`]) of the base version it hit on: it
+//! hash is the entry digest (`version::entry_digest`) of the base version it hit on: it
 //! covers the base's inputs and outputs, so rebuilding a base with other outputs misses
 //! everything above it. [`Cache::gc`] drops versions by count, age and size. Per-layer results are
 //! memoized within a session: a chain of N built layers costs N evaluations. A lookup made for a
 //! build ([`Session::lookup`], returning a [`BuildLookup`]) also *observes* what it saw — the
 //! definition digest, builder, base hash, SOURCE_DATE_EPOCH, build_only, per source its walk
-//! log ([`tree::WalkLog`]: every path's row with the stat data it was taken under) and Merkle
+//! log (`tree::WalkLog`: every path's row with the stat data it was taken under) and Merkle
 //! root, the input digest — and [`Session::put`], which takes only a `BuildLookup` (a
 //! [`LookupMode::CHECK`] lookup cannot be put), compares its own view against that: anything
 //! that changed during the build makes the put fail with [`Error::InputsChanged`] naming it,
@@ -86,7 +128,7 @@
 //! and the moment its walk began (`snapshot_ns`, from `CLOCK_REALTIME_COARSE`, the clock the
 //! kernel stamps files with). A later walk reuses a file's stored digest without opening it only
 //! when type, mode, uid, gid, size, inode, device, mtime and ctime all match **and the row is
-//! not racy** — git's racy rule, explained once, where it is implemented: [`tree::fastpath`].
+//! not racy** — git's racy rule, explained once, where it is implemented: `tree::fastpath`.
 //! Racy rows are always hashed. Likewise a row with the same type, inode, device and ctime that
 //! is not ctime-racy vouches for the entry's xattrs and link target. A file whose ctime is
 //! within the current tick when it is hashed is read twice, around the tick's end, so a
@@ -98,7 +140,7 @@
 //! ## Migrations
 //!
 //! The schema version lives in `meta`. Opening an older file for writing runs every pending step
-//! of [`migrate::STEPS`] (code and note in `migrations/`) in one write transaction that also
+//! of `migrate::STEPS` (code and note in `migrations/`) in one write transaction that also
 //! records the new version: a crash leaves the old version or the new, never a mix. A newer file
 //! is refused before any writable open. The cache is never wiped because of a version.
 //!
@@ -134,37 +176,37 @@
 //!   types), `reader.rs` (the read-only snapshot, every read under the store's panic guard),
 //!   `check.rs` (the integrity checker), `maintain.rs` (the only writable opens), `render.rs`
 //!   (the text forms).
-//! * [`cache`] looks up and puts: `cache/mod.rs` (open, prune, remove, the entry digest and
+//! * `cache` looks up and puts: `cache/mod.rs` (open, prune, remove, the entry digest and
 //!   decoding), `session.rs` (the session, its memo, the base chain), `lookup.rs` (evaluation:
 //!   definition, base, epoch, sources), `source.rs` (a source's identity, walk and diff, the
 //!   tee, observations), `put.rs` (put in one write transaction, checked against what its
 //!   lookup saw), `record.rs` (the lookup record file a put in another process checks
 //!   against), `refresh.rs` (stat refresh batches, clearing rows that lied), `gc.rs`
 //!   (collecting versions under a policy, in one write transaction).
-//! * [`remote`] moves entries to and from an OCI registry (the wire format, the tag and trust
-//!   rules; [`remote::sign`]: minisign signatures made at push and verified at every remote
+//! * `remote` moves entries to and from an OCI registry (the wire format, the tag and trust
+//!   rules; `remote::sign`: minisign signatures made at push and verified at every remote
 //!   hit against trusted keys); it knows nothing of the cache and uses no other module of the
 //!   crate.
 //! * `stacker_import` adopts a stacker cache file: it checks each layer's inputs against
 //!   stacker's records and imports the ones that match through the ordinary lookup and put.
-//! * [`plan`] and [`stacker`] describe a build (the plan file, stacker's directory layout);
-//!   [`inputs`] is the build description both produce; [`config`] says where the cache lives.
-//! * [`reason`] explains misses; [`base`] resolves tar/oci bases.
-//! * [`diff`] compares a walk with stored rows.
-//! * [`tree`] walks and hashes: `tree/mod.rs` (the walk), [`tree::walker`] (the ordered
-//!   parallel walker), [`tree::fastpath`] (the stat rules and the racy rule), `hash.rs` (file
-//!   contents), `merkle.rs` (Merkle roots, [`TreeHasher`]), [`tree::log`] (a walk's compact
-//!   log, the put's stat cache), [`tree::progress`] (counters for a progress display).
-//! * [`store`] owns the redb file: `store/mod.rs` (open, read-only, version check),
+//! * `plan` and `stacker` describe a build (the plan file, stacker's directory layout);
+//!   `inputs` is the build description both produce; `config` says where the cache lives.
+//! * `reason` explains misses; `base` resolves tar/oci bases.
+//! * `diff` compares a walk with stored rows.
+//! * `tree` walks and hashes: `tree/mod.rs` (the walk), `tree::walker` (the ordered
+//!   parallel walker), `tree::fastpath` (the stat rules and the racy rule), `hash.rs` (file
+//!   contents), `merkle.rs` (Merkle roots, `TreeHasher`), `tree::log` (a walk's compact
+//!   log, the put's stat cache), `tree::progress` (counters for a progress display).
+//! * `store` owns the redb file: `store/mod.rs` (open, read-only, version check),
 //!   `rows.rs` (the row-key range, the row iterator, row decoding), `guard.rs` (the one panic
-//!   guard, the panic-payload decoder and the damage bookkeeping), [`store::versions`] (the
-//!   v3 versions, layer pointer and last-use tables); [`migrate`] upgrades old files.
-//! * [`gc`] decides which versions to drop (a pure planner) and deletes unreferenced blobs;
-//!   [`version`] computes a version's input and entry digests.
-//! * [`fsread`] reads the files a build names (regular files only, capped).
-//! * [`schema`] and [`codec`] define what is stored and how; [`path`] the key encoding and
-//!   display; [`error`] the one error type.
-//! * [`failpoint`] names the crash points the crash tests abort at (compiled in only with the
+//!   guard, the panic-payload decoder and the damage bookkeeping), `store::versions` (the
+//!   v3 versions, layer pointer and last-use tables); `migrate` upgrades old files.
+//! * `gc` decides which versions to drop (a pure planner) and deletes unreferenced blobs;
+//!   `version` computes a version's input and entry digests.
+//! * `fsread` reads the files a build names (regular files only, capped).
+//! * `schema` and `codec` define what is stored and how; `path` the key encoding and
+//!   display; `error` the one error type.
+//! * `failpoint` names the crash points the crash tests abort at (compiled in only with the
 //!   `failpoints` feature).
 
 #![deny(missing_docs)]
@@ -283,3 +325,9 @@ pub mod testing {
         version,
     );
 }
+
+/// The README's code blocks, compiled and run as doctests so that its library example cannot
+/// rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

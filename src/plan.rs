@@ -391,7 +391,7 @@ pub fn read_manifests(path: impl AsRef<Path>) -> Result<BTreeMap<String, Descrip
             return Err(Error::Parse {
                 what: "manifests file",
                 path: path.to_path_buf(),
-                detail: format!("cannot read it ({source}); check the --manifests path"),
+                detail: format!("cannot read it ({source}); check the manifests file's path"),
             });
         }
         Err(e) => return Err(e),

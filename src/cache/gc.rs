@@ -33,7 +33,7 @@ pub struct GcReport {
 }
 
 impl Cache {
-    /// Drops the versions `policy` selects (see [`crate::gc`]), as of `now_unix_ms`, plus
+    /// Drops the versions `policy` selects (see `crate::gc`), as of `now_unix_ms`, plus
     /// damaged versions; with `delete_blobs_in`, deletes the blobs that no remaining version
     /// names from that OCI layout, except those its `index.json` still reaches. A dry run
     /// changes nothing and reports the same.

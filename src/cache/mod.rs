@@ -200,7 +200,7 @@ impl BuildLookup {
         self.seen.as_ref().map_or(&[], |s| s.sources.as_slice())
     }
 
-    /// The input digest of what the lookup saw ([`crate::version`]); `None` when it has none
+    /// The input digest of what the lookup saw (`crate::version`); `None` when it has none
     /// (the base did not resolve, a source is missing, or a file changed while it was read).
     pub fn input_digest(&self) -> Option<[u8; 32]> {
         self.seen.as_ref().and_then(|s| s.input_digest)

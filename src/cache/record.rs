@@ -212,7 +212,7 @@ impl LookupRecord {
         &self.layer
     }
 
-    /// The input digest of what the lookup saw ([`crate::version`]), when it had one.
+    /// The input digest of what the lookup saw (`crate::version`), when it had one.
     pub fn input_digest(&self) -> Option<[u8; 32]> {
         self.input_digest
     }
@@ -366,8 +366,8 @@ fn parse_error(path: &Path, detail: String) -> Error {
         what: "lookup record",
         path: path.to_path_buf(),
         detail: format!(
-            "{detail}; run `layercache lookup --record FILE` again for this build and pass that \
-             file to `put --from FILE`"
+            "{detail}; look the layer up again for this build, recording that lookup, and put \
+             from that record"
         ),
     }
 }

@@ -138,7 +138,7 @@ impl<'a> Session<'a> {
                     Some((first, rest)) => {
                         tracing::info!(
                             layer = %crate::path::escape_bytes(layer.as_bytes()),
-                            "{first} ({} more line(s): --explain, or LAYERCACHE_LOG=debug)",
+                            "{first} ({} more line(s): all of them at debug level)",
                             rest.lines().count()
                         );
                         tracing::debug!(layer = %crate::path::escape_bytes(layer.as_bytes()), "{text}");

@@ -15,8 +15,8 @@
 //!
 //! ## Reading while a build runs
 //!
-//! [`Inspector`] opens the file with [`Store::open_read_only`] (redb's `SingleWriter` mode), so it
-//! can read while a builder holds the file through [`Store::open`], even in another process. It
+//! [`Inspector`] opens the file with `Store::open_read_only` (redb's `SingleWriter` mode), so it
+//! can read while a builder holds the file through `Store::open`, even in another process. It
 //! takes one read transaction at open and answers everything from that snapshot: a dump is
 //! consistent even while the builder commits. (A snapshot pins the pages it reads; a dump left
 //! paused for hours in a pager makes the writer's file grow meanwhile, as any long read does.)
@@ -36,9 +36,6 @@
 //! ([`Inspector::rows`]): nothing holds a whole source in memory.
 //!
 //! [`Error::InUse`]: crate::Error::InUse
-//! [`Store::open_read_only`]: crate::Store::open_read_only
-//! [`Store::open`]: crate::Store::open
-//! [`escape_bytes`]: crate::escape_bytes
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -246,8 +246,8 @@ impl Inspector {
             (None, _) => Err(Error::InvalidName {
                 what: "source",
                 value: escape_bytes(given.as_bytes()),
-                why: "the layer has no import or overlay dir with that key; `layercache dump \
-                      --db FILE LAYER` lists its sources",
+                why: "the layer has no import or overlay dir with that key; dumping the \
+                      layer lists its sources",
             }),
         }
     }

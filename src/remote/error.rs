@@ -21,7 +21,7 @@ pub enum RemoteError {
     },
     /// Plain HTTP was asked for a registry that is not on a loopback address.
     #[error(
-        "refusing plain HTTP to registry {registry}: it is not a loopback address; use HTTPS, or say --insecure if the network is trusted"
+        "refusing plain HTTP to registry {registry}: it is not a loopback address; use HTTPS, or allow plain HTTP explicitly (insecure) if the network is trusted"
     )]
     InsecureRefused {
         /// The registry (`host[:port]`).

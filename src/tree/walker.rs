@@ -11,7 +11,7 @@
 //! Reading a directory — `openat(O_DIRECTORY | O_NOFOLLOW)`, `getdents`, one `fstatat` per entry
 //! relative to the directory's fd (no full-path resolution per entry), sorting by name — is one
 //! job. The walk emits depth first in name order, which is the order of keys (where `/` sorts
-//! below every other byte, see [`crate::path`]), and reads ahead: each time it lists a
+//! below every other byte, see `crate::path`), and reads ahead: each time it lists a
 //! directory it queues, on the rayon pool, reads of the subdirectories it will reach next (those
 //! of the innermost directory first, then of its parents), up to [`READ_AHEAD_DIRS`] queued at
 //! once. When the walk reaches a directory whose read has not started, it takes the job back and
