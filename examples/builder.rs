@@ -34,7 +34,7 @@
 //! gone"), which says why the layer is rebuilt, instead of being pruned at open and missing as
 //! "not cached". `layercache gc` drops old versions.
 //!
-//! `tests/builder.rs` runs [`build`] on a generated monorepo through the real tools.
+//! `tests/testsuite/builder.rs` runs [`build`] on a generated monorepo through the real tools.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};

@@ -1,4 +1,4 @@
-//! The child process of `tests/reliability_crash_points.rs`, built with `--features failpoints`:
+//! The child process of `tests/testsuite/reliability_crash_points.rs`, built with `--features failpoints`:
 //! one write, with the crash points of `layercache::testing::failpoint` configured from the `FAILPOINTS`
 //! environment variable (`NAME=return` aborts the process at that point, as a crash would).
 //!

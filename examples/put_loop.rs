@@ -1,4 +1,4 @@
-//! The child process of the crash test (`tests/reliability_crash.rs`): puts layers in a loop and
+//! The child process of the crash test (`tests/testsuite/reliability_crash.rs`): puts layers in a loop and
 //! prints one line to stdout after each put has committed, so a parent that kills it with
 //! SIGKILL at a random moment knows which puts it may expect to find.
 //!

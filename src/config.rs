@@ -29,7 +29,7 @@ pub struct CacheConfig {
     /// How long a required write (a put, creating or migrating the file) waits for another
     /// process's write transaction before failing with [`Error::Busy`](crate::Error::Busy);
     /// zero fails at once. Optional writes (stat refresh, pruning) never wait: they are skipped
-    /// while another process writes. Default: 300 s.
+    /// while another process writes. Default: [`crate::DEFAULT_WRITE_WAIT`] (300 s).
     pub write_wait: Duration,
     /// Set by the caller's signal handler to end a wait for the write lock at once
     /// ([`Error::Interrupted`](crate::Error::Interrupted)). `None`: only the timeout ends it.
@@ -42,7 +42,7 @@ impl Default for CacheConfig {
             db: PathBuf::new(),
             oci_layout: None,
             rootfs_dir: None,
-            write_wait: Duration::from_secs(300),
+            write_wait: crate::store::DEFAULT_WRITE_WAIT,
             interrupt: None,
         }
     }

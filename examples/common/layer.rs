@@ -1,4 +1,4 @@
-//! Shared by `crash_child` and `tests/reliability_crash_points.rs` (included there with
+//! Shared by `crash_child` and `tests/testsuite/reliability_crash_points.rs` (included there with
 //! `#[path]`): the build of the one layer `l` both the child and the test look up and put, so
 //! the two can never disagree on its inputs.
 

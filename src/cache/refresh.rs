@@ -90,7 +90,7 @@ fn worth_refreshing(stored: &Row, e: &WalkedEntry) -> bool {
 
 /// Last use is recorded at most once per this many ms per version, or whenever a write happens
 /// anyway (a stat refresh, a version switch, a put). One write transaction costs about as much
-/// as a no-change lookup of a 1000-file layer (16 ms against 22 ms, `tests/last_use_cost.rs`),
+/// as a no-change lookup of a 1000-file layer (16 ms against 22 ms, `tests/testsuite/last_use_cost.rs`),
 /// so writing on every hit would nearly double the cost of a cache that is all hits; GC policies
 /// count in days, so an hour of slack costs nothing.
 pub(super) const LAST_USE_GRANULARITY_MS: u64 = 3_600_000;

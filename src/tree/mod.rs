@@ -278,7 +278,7 @@ impl TreeWalk {
     }
 
     /// [`TreeWalk::new`] with a chosen walker: both yield the same entries, described the
-    /// same, in the same order (`tests/walkers.rs`).
+    /// same, in the same order (`tests/testsuite/walkers.rs`).
     pub fn with_enumerator(root: &Path, how: Enumerator) -> Result<Self> {
         // The snapshot is taken before anything of the tree is seen (the racy rule needs it
         // no later than every stat of the walk).

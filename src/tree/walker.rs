@@ -47,7 +47,7 @@ use crate::schema::EntryKind;
 pub const READ_AHEAD_DIRS: usize = 64;
 
 /// Which walker enumerates the names of a [`super::TreeWalk`]. Both yield the same entries in
-/// the same order, described the same (`tests/walkers.rs`).
+/// the same order, described the same (`tests/testsuite/walkers.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Enumerator {
     /// walkdir on a thread of its own (sorted `readdir`); each entry is then `lstat`ed by its

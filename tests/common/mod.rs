@@ -318,8 +318,15 @@ pub fn rerun_as_nobody(name: &str) -> bool {
     if unsafe { libc::geteuid() } != 0 {
         return false;
     }
+    // The test's full name (`module::name` inside tests/testsuite): libtest names the thread
+    // that runs a test after it.
+    let current = std::thread::current();
+    let full = match current.name() {
+        Some(t) if t.ends_with(name) => t.to_string(),
+        _ => name.to_string(),
+    };
     let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", name, "--nocapture", "--test-threads=1"]);
+    cmd.args(["--exact", &full, "--nocapture", "--test-threads=1"]);
     // SAFETY: only async-signal-safe syscalls between fork and exec.
     unsafe {
         cmd.pre_exec(|| {

@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::Duration;
 
 use anyhow::Context;
 use layercache::Plan;
@@ -22,7 +21,7 @@ use layercache::{
 };
 use serde_json::json;
 
-use crate::output::{DbArgs, ReportFailed, emit};
+use crate::output::{DbArgs, ReportFailed, WaitArgs, emit};
 use crate::progress::Display;
 use crate::remote::{Link, RemoteArgs};
 use crate::signals;
@@ -38,11 +37,8 @@ pub struct LayerArgs {
     /// The layer, by its name in the plan.
     #[arg(value_name = "LAYER")]
     layer: String,
-    /// How long to wait for another layercache process's write transaction (a put, or the
-    /// creation or migration of the file) before failing; 0 fails at once. A lookup never
-    /// waits for its optional writes (stat refresh, pruning): it skips them.
-    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
-    wait: u64,
+    #[command(flatten)]
+    wait: WaitArgs,
 }
 
 /// Arguments of `layercache lookup`.
@@ -111,7 +107,7 @@ pub fn load_plan(path: &Path) -> anyhow::Result<Plan> {
 fn open(t: &LayerArgs, interrupt: Arc<AtomicBool>) -> anyhow::Result<(Plan, Cache, PruneReport)> {
     let plan = load_plan(&t.plan)?;
     let mut config = plan.cache_config(&t.out.db);
-    config.write_wait = Duration::from_secs(t.wait);
+    config.write_wait = t.wait.duration();
     config.interrupt = Some(interrupt);
     let (cache, pruned) = Cache::open_for_build(config, plan.build())?;
     Ok((plan, cache, pruned))

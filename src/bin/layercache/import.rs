@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::Duration;
 
 use layercache::{
     Cache, ImportOptions, ImportStatus, StackerCache, escape_bytes, import_stacker_cache,
@@ -32,9 +31,8 @@ pub struct ImportArgs {
     /// directory (`.stacker` beside the stackerfile).
     #[arg(long, value_name = "DIR")]
     stackerfile_dir: Option<PathBuf>,
-    /// How long to wait for another layercache process's write transaction before failing.
-    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
-    wait: u64,
+    #[command(flatten)]
+    wait: crate::output::WaitArgs,
     /// stacker's cache file (`<stacker_dir>/build.cache`, formats 12 to 16); only read.
     #[arg(value_name = "STACKER_CACHE")]
     stacker_cache: PathBuf,
@@ -49,7 +47,7 @@ pub fn import(args: ImportArgs, interrupt: Arc<AtomicBool>) -> anyhow::Result<Ex
         options.stackerfile_dir = std::path::absolute(dir)?;
     }
     let mut config = plan.cache_config(&args.out.db);
-    config.write_wait = Duration::from_secs(args.wait);
+    config.write_wait = args.wait.duration();
     config.interrupt = Some(interrupt);
     let (cache, _pruned) = Cache::open_for_build(config, plan.build())?;
     signals::check("nothing was imported")?;

@@ -6,6 +6,23 @@ use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+/// How long a command waits for another process's write lock (`--wait`).
+#[derive(clap::Args)]
+pub struct WaitArgs {
+    /// How long to wait for another layercache process's write transaction (a put, or the
+    /// creation or migration of the file) before failing; 0 fails at once. A lookup never
+    /// waits for its optional writes (stat refresh, pruning): it skips them.
+    #[arg(long = "wait", value_name = "SECONDS", default_value_t = layercache::DEFAULT_WRITE_WAIT.as_secs())]
+    pub secs: u64,
+}
+
+impl WaitArgs {
+    /// The wait as a duration.
+    pub fn duration(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.secs)
+    }
+}
+
 /// The options of every command that reads or writes a cache and prints a report.
 #[derive(clap::Args)]
 pub struct DbArgs {
