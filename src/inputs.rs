@@ -128,6 +128,20 @@ pub struct LayerInputs {
     pub uncacheable: Option<String>,
 }
 
+impl LayerInputs {
+    /// The definition in canonical JSON (sorted keys, no whitespace): what a version stores
+    /// and what its digest is taken over.
+    pub(crate) fn definition_json(&self) -> Vec<u8> {
+        canonical_json(&self.definition)
+    }
+
+    /// The definition digest: blake3 of [`LayerInputs::definition_json`]. Two definitions that
+    /// differ only in key order or whitespace have the same digest.
+    pub(crate) fn definition_digest(&self) -> [u8; 32] {
+        *blake3::hash(&self.definition_json()).as_bytes()
+    }
+}
+
 /// The layers of one build, by name.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Build {

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::remote::FoundEntry;
 use crate::schema::{BaseKind, EntryKind, EntryRecord, ManifestRecord};
-use crate::version::{Inputs, Role, SourceInput, input_digest, sources_of};
+use crate::version::{Inputs, SourceInput, SourceRole, input_digest, sources_of};
 
 /// The version of [`SharedRecord`] this code writes and reads.
 pub const RECORD_VERSION: u32 = 1;
@@ -169,8 +169,8 @@ fn recompute(r: &SharedRecord) -> Result<[u8; 32], String> {
     let mut roots = Vec::with_capacity(r.sources.len());
     for s in &r.sources {
         let role = match s.role.as_str() {
-            "import" => Role::Import,
-            "overlay_dir" => Role::OverlayDir,
+            "import" => SourceRole::Import,
+            "overlay_dir" => SourceRole::OverlayDir,
             other => return Err(format!("source role {other:?} is unknown")),
         };
         let root_digest = unhex32(&s.root_digest)

@@ -43,21 +43,26 @@ pub const INPUT_DIGEST_CONTEXT: &str = "layercache 2026-12 input digest v1";
 /// blake3 derive-key context of the entry digest.
 pub const ENTRY_DIGEST_CONTEXT: &str = "layercache 2026-12 entry digest v1";
 
-/// The role of a cached source in the input digest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Role {
+/// Whether a source is an import or an overlay dir: its role in the input digest, in the
+/// lookup record and in `--json` (`import`, `overlay_dir`: the one spelling of each). Imports
+/// sort before overlay dirs.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceRole {
     /// An import.
     Import,
     /// An overlay dir.
     OverlayDir,
 }
 
-impl Role {
+impl SourceRole {
     /// The name hashed into the digest.
     pub fn as_str(self) -> &'static str {
         match self {
-            Role::Import => "import",
-            Role::OverlayDir => "overlay_dir",
+            SourceRole::Import => "import",
+            SourceRole::OverlayDir => "overlay_dir",
         }
     }
 }
@@ -66,7 +71,7 @@ impl Role {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceInput<'a> {
     /// Import or overlay dir.
-    pub role: Role,
+    pub role: SourceRole,
     /// The key it is cached under.
     pub key: &'a str,
     /// The type of its root.
@@ -124,8 +129,8 @@ pub fn sources_of<'a>(
     };
     imports
         .iter()
-        .map(one(Role::Import))
-        .chain(overlay_dirs.iter().map(one(Role::OverlayDir)))
+        .map(one(SourceRole::Import))
+        .chain(overlay_dirs.iter().map(one(SourceRole::OverlayDir)))
         .collect()
 }
 
@@ -219,13 +224,13 @@ mod tests {
             builder: None,
             sources: vec![
                 SourceInput {
-                    role: Role::OverlayDir,
+                    role: SourceRole::OverlayDir,
                     key: "b",
                     root_kind: EntryKind::Dir,
                     root_digest: [3; 32],
                 },
                 SourceInput {
-                    role: Role::Import,
+                    role: SourceRole::Import,
                     key: "a",
                     root_kind: EntryKind::File,
                     root_digest: [4; 32],
@@ -267,7 +272,7 @@ mod tests {
         v.builder = Some("stacker 1.1.0");
         variants.push(v);
         let mut v = base();
-        v.sources[0].role = Role::Import;
+        v.sources[0].role = SourceRole::Import;
         variants.push(v);
         let mut v = base();
         v.sources[0].key = "c";
@@ -293,7 +298,7 @@ mod tests {
         let mut a = base();
         a.sources[0].key = "ab";
         a.sources[1].key = "c";
-        a.sources[0].role = Role::Import;
+        a.sources[0].role = SourceRole::Import;
         let mut b = a.clone();
         b.sources[0].key = "a";
         b.sources[1].key = "bc";

@@ -18,12 +18,12 @@ use std::borrow::Cow;
 use std::collections::BTreeSet;
 
 use crate::error::Result;
-use crate::inputs::{LayerInputs, canonical_json};
+use crate::inputs::LayerInputs;
 use crate::path::{display_hash, show_path};
 use crate::reason::{BaseChange, MissReason, definition_changes};
 use crate::schema::{LayerRecord, VersionRecord};
 use crate::store::versions;
-use crate::version::{Inputs, Role, SourceInput, input_digest};
+use crate::version::{Inputs, SourceInput, input_digest};
 
 use super::refresh::{RefreshList, Switch};
 use super::session::BaseNow;
@@ -46,14 +46,6 @@ impl Reasons {
 
     fn push(&mut self, r: MissReason) {
         self.list.push(r);
-    }
-}
-
-/// The role of a source in the input digest.
-fn digest_role(role: SourceRole) -> Role {
-    match role {
-        SourceRole::Import => Role::Import,
-        SourceRole::OverlayDir => Role::OverlayDir,
     }
 }
 
@@ -126,10 +118,9 @@ impl Session<'_> {
         }
         // Which stored versions can still match once the trees are known: the same definition,
         // base, epoch, build_only, builder and set of sources. A damaged version might be any.
-        let definition_digest = *blake3::hash(&canonical_json(&inputs.definition)).as_bytes();
-        let keys_now: BTreeSet<(Role, Cow<'_, str>)> = cached_sources(inputs)
-            .map(|s| (digest_role(s.role), s.ident))
-            .collect();
+        let definition_digest = inputs.definition_digest();
+        let keys_now: BTreeSet<(SourceRole, Cow<'_, str>)> =
+            cached_sources(inputs).map(|s| (s.role, s.ident)).collect();
         let could_hit = match &base {
             BaseNow::Miss(_) => false,
             BaseNow::Hash(h) => stored.iter().any(|(_, r)| match r {
@@ -181,7 +172,7 @@ impl Session<'_> {
                 // Every input matches, the outputs are gone: a miss (that writes nothing), but
                 // the version is still what the layers built on this one were built on.
                 Some(what) => {
-                    base_of_dependents = Some(super::entry_digest(&rec));
+                    base_of_dependents = Some(crate::version::entry_digest_of(&rec));
                     Outcome::Miss(vec![MissReason::OutputsMissing { what }])
                 }
                 None => {
@@ -360,7 +351,7 @@ impl Session<'_> {
 }
 
 /// The (role, key) set of a version's sources.
-fn source_keys(v: &VersionRecord) -> BTreeSet<(Role, Cow<'_, str>)> {
+fn source_keys(v: &VersionRecord) -> BTreeSet<(SourceRole, Cow<'_, str>)> {
     crate::version::sources_of(&v.imports, &v.overlay_dirs)
         .into_iter()
         .map(|s| (s.role, Cow::Borrowed(s.key)))
@@ -383,7 +374,7 @@ fn digest_of(
     for (role, key, tree) in &walked.trees {
         let t = tree.as_ref().filter(|t| t.trusted)?;
         sources.push(SourceInput {
-            role: digest_role(*role),
+            role: *role,
             key,
             root_kind: t.root_kind,
             root_digest: t.root_digest,
@@ -402,8 +393,7 @@ fn digest_of(
 
 /// 2. The definition: its digest, and on a change the top-level fields that differ.
 fn check_definition(rec: &VersionRecord, inputs: &LayerInputs, reasons: &mut Reasons) {
-    let def = canonical_json(&inputs.definition);
-    if *blake3::hash(&def).as_bytes() != rec.definition_digest {
+    if inputs.definition_digest() != rec.definition_digest {
         let old: serde_json::Value =
             serde_json::from_slice(&rec.definition_json).unwrap_or(serde_json::Value::Null);
         reasons.push(MissReason::DefinitionChanged {

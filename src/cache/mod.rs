@@ -326,13 +326,6 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// The hash layers built on this version record and compare (its entry digest,
-/// [`crate::version::entry_digest_of`]): it covers the input digest and the outputs, never the
-/// times, so rebuilding a base with other outputs misses everything above it.
-pub fn entry_digest(e: &EntryRecord) -> [u8; 32] {
-    crate::version::entry_digest_of(e)
-}
-
 impl Cache {
     /// The schema version of the cache file at `path`, read without opening it for writing
     /// (so a newer file is reported, not refused, and nothing is changed).

@@ -16,7 +16,7 @@ use oci_spec::image::Descriptor;
 use crate::error::{DbResultExt, Error, Result};
 use crate::failpoint::crash_point;
 use crate::inputs::Base;
-use crate::inputs::{LayerInputs, canonical_json, canonical_json_of};
+use crate::inputs::{LayerInputs, canonical_json_of};
 use crate::path::{RelPath, display_hash, escape_bytes, validate_layer_name};
 use crate::reason::MissReason;
 use crate::schema::{
@@ -132,12 +132,11 @@ impl Session<'_> {
         let written = self.write_sources(&txn, layer, seen, inputs)?;
         crash_point!("put::after_rows");
         changes.extend(written.changes);
-        let definition_json = canonical_json(&inputs.definition);
         let mut record = VersionRecord {
             name: layer.to_string(),
             input_digest: [0; 32],
-            definition_digest: *blake3::hash(&definition_json).as_bytes(),
-            definition_json,
+            definition_digest: inputs.definition_digest(),
+            definition_json: inputs.definition_json(),
             base: BaseRecord {
                 kind: inputs.base.kind(),
                 reference: inputs.base.reference(),
@@ -198,8 +197,7 @@ impl Session<'_> {
     /// the sources: definition, builder, SOURCE_DATE_EPOCH, build_only, base hash.
     fn layer_changes(&self, seen: &Seen, inputs: &LayerInputs, base_hash: &[u8]) -> Vec<String> {
         let mut changes = Vec::new();
-        let def = canonical_json(&inputs.definition);
-        if *blake3::hash(&def).as_bytes() != seen.definition_digest {
+        if inputs.definition_digest() != seen.definition_digest {
             changes.push("the layer definition".to_string());
         }
         if seen.builder != self.build.builder {

@@ -17,7 +17,8 @@ use crate::path::validate_layer_name;
 use crate::reason::{BaseChange, MissReason};
 use crate::store::guard::guard_redb;
 
-use super::{BuildLookup, Cache, Lookup, LookupMode, Outcome, Seen, SessionCounters, entry_digest};
+use super::{BuildLookup, Cache, Lookup, LookupMode, Outcome, Seen, SessionCounters};
+use crate::version::entry_digest_of;
 
 /// Memoized result of a layer within a session.
 #[derive(Debug, Clone)]
@@ -49,7 +50,7 @@ impl Memo {
     /// they are evaluated again).
     pub(super) fn of(lookup: &Lookup) -> Memo {
         match (&lookup.outcome, lookup.base_of_dependents) {
-            (Outcome::Hit(e), _) => Memo::Hit(entry_digest(&e.record)),
+            (Outcome::Hit(e), _) => Memo::Hit(entry_digest_of(&e.record)),
             (Outcome::Miss(_), Some(d)) => Memo::Hit(d),
             (Outcome::Miss(_), None) => Memo::Miss,
         }

@@ -18,7 +18,7 @@ use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::diff::{TreeDiff, diff_trees};
 use crate::error::{Error, Result};
@@ -34,15 +34,7 @@ use crate::tree::{
 
 use super::refresh::RefreshList;
 
-/// Whether a source is an import or an overlay dir.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SourceRole {
-    /// An import.
-    Import,
-    /// An overlay dir.
-    OverlayDir,
-}
+pub use crate::version::SourceRole;
 
 /// The identity of one source of a layer: its role and key. Every spelling of a source goes
 /// through here.

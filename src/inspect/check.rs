@@ -17,13 +17,14 @@ use super::maintain::{must_exist, redb_integrity};
 use super::{
     CheckReport, Inspector, Integrity, MAX_LISTED_PROBLEMS, Problem, ProblemKind, problem,
 };
-use crate::cache::{SourceId, SourceRole, entry_digest};
+use crate::cache::{SourceId, SourceRole};
 use crate::error::{DbResultExt, Error, Result};
 use crate::path::{escape_bytes, hex, show_path};
 use crate::schema::{BaseKind, EntryKind, LAYERS, META, SourceSummary, VersionRecord};
 use crate::store::rows::{RowIter, RowRange};
 use crate::store::versions;
 use crate::tree::TreeHasher;
+use crate::version::entry_digest_of;
 use crate::version::{Inputs, input_digest};
 
 impl Inspector {
@@ -169,10 +170,10 @@ impl Inspector {
                 continue;
             };
             let stored = versions::versions_of(&self.txn, path, base)?;
-            if stored
-                .iter()
-                .any(|(_, r)| r.as_ref().is_ok_and(|v| entry_digest(v).as_slice() == hash))
-            {
+            if stored.iter().any(|(_, r)| {
+                r.as_ref()
+                    .is_ok_and(|v| entry_digest_of(v).as_slice() == hash)
+            }) {
                 continue;
             }
             let detail = format!(

@@ -16,7 +16,9 @@ use layercache::testing::schema::{
     BASES, BaseKind, ENTRIES, EntryKind, LAST_USED, LAYERS, LayerRecord, META, ROWS, VERSIONS,
     VersionRecord,
 };
-use layercache::testing::version::{Inputs, Role, SourceInput, entry_digest_of, input_digest};
+use layercache::testing::version::{
+    Inputs, SourceInput, SourceRole, entry_digest_of, input_digest,
+};
 use layercache::testing::{TreeHasher, TreeWalk};
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
@@ -324,10 +326,10 @@ fn oldest_inputs_recreated_elsewhere_give_the_migrated_input_digests() {
         };
         let mut roots = Vec::new();
         for i in l.imports.iter().filter(|i| i.dest.is_none()) {
-            roots.push((Role::Import, i.key.as_str(), tree_root(&i.path)));
+            roots.push((SourceRole::Import, i.key.as_str(), tree_root(&i.path)));
         }
         for o in &l.overlay_dirs {
-            roots.push((Role::OverlayDir, o.key.as_str(), tree_root(&o.source)));
+            roots.push((SourceRole::OverlayDir, o.key.as_str(), tree_root(&o.source)));
         }
         let def = layercache::testing::inputs::canonical_json(&l.definition);
         let digest = input_digest(&Inputs {
