@@ -36,13 +36,13 @@
 //!
 //! `tests/testsuite/builder.rs` runs [`build`] on a generated monorepo through the real tools.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use layercache::{Base, Build, Cache, Descriptor, LayerInputs, MissReason, Plan};
+use layercache::{Base, Cache, Descriptor, LayerInputs, MissReason, Plan};
 
 /// What happened to one layer.
 #[derive(Debug, Clone)]
@@ -90,30 +90,6 @@ impl BuildSummary {
     pub fn layer(&self, name: &str) -> Option<&LayerOutcome> {
         self.layers.iter().find(|l| l.layer == name)
     }
-}
-
-/// The layers of `build`, every built base before the layers built on it (ties by name).
-pub fn build_order(build: &Build) -> Vec<String> {
-    let mut order = Vec::with_capacity(build.layers.len());
-    let mut placed = BTreeSet::new();
-    for name in build.layers.keys() {
-        // Walk down to the first placed (or external) base, then place the chain bottom up.
-        let mut chain = Vec::new();
-        let mut cur = name.as_str();
-        while !placed.contains(cur) {
-            chain.push(cur.to_string());
-            match build.layers.get(cur).map(|l| &l.base) {
-                Some(Base::Built { layer }) => cur = layer,
-                _ => break,
-            }
-        }
-        for l in chain.into_iter().rev() {
-            if placed.insert(l.clone()) {
-                order.push(l);
-            }
-        }
-    }
-    order
 }
 
 /// Runs a tool, failing with its stderr.
@@ -372,7 +348,7 @@ pub fn build(plan_path: &Path, db: &Path) -> Result<BuildSummary> {
         unpacks: 0,
     };
     let mut layers = Vec::new();
-    for name in build_order(build) {
+    for name in build.build_order(&[], true)? {
         let inputs = build.layer(&name)?;
         let t = Instant::now();
         let lookup = session.lookup(&name)?;

@@ -1,7 +1,7 @@
 //! What a builder tells the cache about a layer: its definition, base, imports, overlay dirs,
 //! SOURCE_DATE_EPOCH and build_only flag; and a whole build's layers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -156,6 +156,43 @@ pub struct Build {
 }
 
 impl Build {
+    /// The order a build runs in: the layers named in `only` (every layer when it is empty)
+    /// and, with `with_bases`, the built bases below them, each built base before the layers
+    /// built on it, chains taken by name. Without `with_bases` only the named layers are
+    /// listed, still bases first. A name the build does not define is an error.
+    pub fn build_order(&self, only: &[String], with_bases: bool) -> Result<Vec<String>> {
+        for name in only {
+            self.layer(name)?;
+        }
+        let wanted: BTreeSet<&str> = if only.is_empty() {
+            self.layers.keys().map(String::as_str).collect()
+        } else {
+            only.iter().map(String::as_str).collect()
+        };
+        let mut order = Vec::with_capacity(wanted.len());
+        let mut placed = BTreeSet::new();
+        for start in &wanted {
+            // Down the chain of built bases to the first placed (or external) one, then place
+            // it bottom up. Cycles were refused when the build was validated; a chain is at
+            // most as long as the build.
+            let mut chain = Vec::new();
+            let mut cur = *start;
+            while !placed.contains(cur) && chain.len() <= self.layers.len() {
+                chain.push(cur);
+                match self.layers.get(cur).map(|l| &l.base) {
+                    Some(Base::Built { layer }) => cur = layer.as_str(),
+                    _ => break,
+                }
+            }
+            for l in chain.into_iter().rev() {
+                if (with_bases || wanted.contains(l)) && placed.insert(l) {
+                    order.push(l.to_string());
+                }
+            }
+        }
+        Ok(order)
+    }
+
     /// An empty build.
     pub fn new() -> Self {
         Self::default()
@@ -294,4 +331,40 @@ pub fn canonical_json(value: &serde_json::Value) -> Vec<u8> {
 /// annotations held in a HashMap).
 pub fn canonical_json_of<T: Serialize>(value: &T) -> Result<Vec<u8>, serde_json::Error> {
     Ok(canonical_json(&serde_json::to_value(value)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn on(base: Option<&str>) -> LayerInputs {
+        LayerInputs {
+            base: base.map_or(Base::Scratch, |b| Base::Built {
+                layer: b.to_string(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// `z` ← `b` ← `a` (a chain whose bottom sorts last), and `m` alone.
+    fn chain() -> Build {
+        let mut b = Build::new();
+        b.add("a", on(Some("b")))
+            .add("b", on(Some("z")))
+            .add("z", on(None))
+            .add("m", on(None));
+        b
+    }
+
+    #[test]
+    fn build_order_puts_every_built_base_before_its_dependents() {
+        let b = chain();
+        assert_eq!(b.build_order(&[], true).unwrap(), ["z", "b", "a", "m"]);
+        let only = ["a".to_string()];
+        assert_eq!(b.build_order(&only, true).unwrap(), ["z", "b", "a"]);
+        assert_eq!(b.build_order(&only, false).unwrap(), ["a"]);
+        let two = ["a".to_string(), "z".to_string()];
+        assert_eq!(b.build_order(&two, false).unwrap(), ["z", "a"]);
+        assert!(b.build_order(&["nope".to_string()], true).is_err());
+    }
 }

@@ -174,29 +174,11 @@ pub fn import_stacker_cache(
 ) -> Result<ImportReport> {
     build.validate()?;
     let mut session = cache.session(build)?;
-    let mut order: Vec<&str> = Vec::new();
-    let mut placed = std::collections::BTreeSet::new();
-    for name in build.layers.keys() {
-        // Bases first: follow each chain of built bases down, then push it bottom up.
-        let mut chain = Vec::new();
-        let mut cur = name.as_str();
-        while !placed.contains(cur) {
-            chain.push(cur);
-            match build.layers.get(cur).map(|l| &l.base) {
-                Some(Base::Built { layer }) => cur = layer.as_str(),
-                _ => break,
-            }
-        }
-        for l in chain.into_iter().rev() {
-            if placed.insert(l) {
-                order.push(l);
-            }
-        }
-    }
+    let order = build.build_order(&[], true)?;
     let mut status: BTreeMap<&str, Vouched> = BTreeMap::new();
     let mut layers = Vec::new();
     let mut verified = VerifyCounters::default();
-    for name in order {
+    for name in order.iter().map(String::as_str) {
         let Some(inputs) = build.layers.get(name) else {
             continue;
         };

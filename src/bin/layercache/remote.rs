@@ -9,15 +9,14 @@
 //! warning line on stderr per run (the rest are in `--json`); once it is unreachable, this run
 //! stops asking it.
 
-use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use layercache::{Base, Plan, Remote, RemoteError, RemoteOptions};
 use layercache::{Cache, HitSource, PushOutcome, RemoteFailure};
+use layercache::{Plan, Remote, RemoteError, RemoteOptions};
 use serde_json::json;
 
 use crate::build::load_plan;
@@ -156,37 +155,6 @@ fn open(args: &ShareArgs) -> anyhow::Result<(Plan, Cache, Link)> {
     Ok((plan, cache, link))
 }
 
-/// The layers to visit: those asked for (all by default) and, with `bases`, their built bases;
-/// bases before the layers built on them, otherwise by name.
-fn build_order(plan: &Plan, asked: &[String], bases: bool) -> anyhow::Result<Vec<String>> {
-    let build = plan.build();
-    for l in asked {
-        build.layer(l)?;
-    }
-    let wanted: BTreeSet<&str> = if asked.is_empty() {
-        build.layers.keys().map(String::as_str).collect()
-    } else {
-        asked.iter().map(String::as_str).collect()
-    };
-    let mut order = Vec::new();
-    let mut done = BTreeSet::new();
-    for start in &wanted {
-        // The chain below `start`, top first (the plan was validated: no cycles).
-        let mut chain = vec![*start];
-        let mut cur = *start;
-        while let Base::Built { layer } = &build.layer(cur)?.base {
-            chain.push(layer.as_str());
-            cur = layer;
-        }
-        for l in chain.into_iter().rev() {
-            if (bases || wanted.contains(l)) && done.insert(l) {
-                order.push(l.to_string());
-            }
-        }
-    }
-    Ok(order)
-}
-
 /// `layercache push`: pushes every layer that hits locally. Exit 0 unless a local error; a
 /// registry that cannot take the entries is one warning and `failed` per layer.
 pub fn push(args: ShareArgs) -> anyhow::Result<ExitCode> {
@@ -197,7 +165,7 @@ pub fn push(args: ShareArgs) -> anyhow::Result<ExitCode> {
     }
     let mut session = cache.session(plan.build())?;
     let mut rows = Vec::new();
-    for layer in build_order(&plan, &args.layers, false)? {
+    for layer in plan.build().build_order(&args.layers, false)? {
         let Some(remote) = link.remote() else {
             rows.push(
                 json!({"layer": layer, "status": "failed", "detail": "registry unavailable"}),
@@ -241,7 +209,7 @@ pub fn pull(args: ShareArgs) -> anyhow::Result<ExitCode> {
     let (plan, cache, mut link) = open(&args)?;
     let mut session = cache.session(plan.build())?;
     let mut rows = Vec::new();
-    for layer in build_order(&plan, &args.layers, true)? {
+    for layer in plan.build().build_order(&args.layers, true)? {
         let Some(remote) = link.remote() else {
             let local = session.lookup(&layer)?;
             let status = if local.is_hit() { "local" } else { "miss" };
