@@ -45,6 +45,17 @@
 //!
 //! The README's longer example (compiled as a test too) builds two layers and puts them.
 //!
+//! ## Features
+//!
+//! * `remote` — sharing through an OCI registry ([`Remote`], `Session::push_layer`,
+//!   `Session::lookup_remote`) and signed entries ([`SigningKey`], [`TrustedKeys`]): brings
+//!   the registry client, tokio and rustls.
+//! * `cli` (default, implies `remote`) — the `layercache` binary's crates (clap, indicatif,
+//!   anyhow, tracing-subscriber).
+//!
+//! A builder that embeds the cache and never shares depends on
+//! `layercache = { version = "0.1", default-features = false }` and compiles none of them.
+//!
 //! ## Data model
 //!
 //! One redb file holds five tables (schema v3, see `schema`):
@@ -229,9 +240,11 @@ mod migrate;
 mod path;
 mod plan;
 mod reason;
+#[cfg(feature = "remote")]
 mod remote;
 mod report;
 mod schema;
+#[cfg(feature = "remote")]
 mod share;
 mod stacker;
 mod stacker_import;
@@ -261,14 +274,17 @@ pub use reason::{BaseChange, FieldChange, MissReason};
 pub use schema::{EntryKind, SCHEMA_VERSION};
 // Errors.
 pub use error::{Error, Result};
-// Sharing through an OCI registry.
+// Sharing through an OCI registry (feature `remote`).
+#[cfg(feature = "remote")]
 pub use cache::{HitSource, PushOutcome, RemoteFailure, RemoteLookup};
+#[cfg(feature = "remote")]
 pub use remote::{Remote, RemoteError, RemoteOptions};
 // Progress of long operations, migrations, and printing paths and names safely.
 pub use migrate::{MigrationReport, Step as MigrationStep, pending as pending_migrations};
 pub use path::{RelPath, escape_bytes};
 pub use tree::{Progress, ProgressSnapshot};
-// Signed shared entries.
+// Signed shared entries (feature `remote`).
+#[cfg(feature = "remote")]
 pub use remote::sign::{
     PASSWORD_ENV as SIGN_KEY_PASSWORD_ENV, SigningKey, TrustedKeys, Untrusted, generate_keypair,
 };
@@ -315,15 +331,15 @@ pub mod testing {
         inputs,
         migrate,
         plan,
-        remote,
         schema,
-        share,
         stacker,
         stacker_import,
         store,
         tree,
         version,
     );
+    #[cfg(feature = "remote")]
+    internal!(remote, share);
 }
 
 /// The README's code blocks, compiled and run as doctests so that its library example cannot

@@ -34,6 +34,7 @@ mod lookup;
 mod put;
 mod record;
 mod refresh;
+#[cfg(feature = "remote")]
 mod remote;
 mod session;
 mod source;
@@ -61,6 +62,7 @@ use crate::tree::{Progress, WalkCounters};
 pub use crate::config::CacheConfig;
 pub use gc::GcReport;
 pub use record::LookupRecord;
+#[cfg(feature = "remote")]
 pub use remote::{HitSource, PushOutcome, RemoteFailure, RemoteLookup};
 pub use session::Session;
 pub(crate) use source::SourceId;
@@ -136,6 +138,7 @@ pub struct Lookup {
     /// (a `CHECK` lookup stops at the first reason), is gone or changed while it was hashed,
     /// the base misses, or an overlay dir's rootfs copy is missing. What a remote lookup asks
     /// the registry for, without walking again.
+    #[cfg_attr(not(feature = "remote"), allow(dead_code))] // read by the remote lookup
     input_digest: Option<[u8; 32]>,
 }
 
@@ -626,6 +629,7 @@ fn remove_layer(path: &Path, txn: &redb::WriteTransaction, layer: &str) -> Resul
 
 impl Cache {
     /// Removes one version of a layer (see [`drop_version`]); `Ok(())` when it was not there.
+    #[cfg_attr(not(feature = "remote"), allow(dead_code))] // used by the remote lookup
     pub(crate) fn remove_version(&self, layer: &str, digest: &[u8; 32]) -> Result<()> {
         let path = self.store.path();
         guard_redb(path, || {
