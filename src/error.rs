@@ -200,13 +200,13 @@ pub enum Error {
     #[error(
         "inputs of layer {layer:?} changed between lookup and put, nothing was cached: {}; \
          rebuild the layer from the current inputs",
-        changes.join(", ")
+        crate::reason::PutChange::join(changes)
     )]
     InputsChanged {
         /// The layer.
         layer: String,
-        /// What changed: `import <key>: <path>` / `overlay_dir <key>: <path>`, escaped.
-        changes: Vec<String>,
+        /// What changed, each typed ([`crate::PutChange`]; `Display` gives the sentence).
+        changes: Vec<crate::reason::PutChange>,
     },
 
     /// A plan or manifests file could not be read or parsed.

@@ -58,6 +58,11 @@ pub enum SourceRole {
 }
 
 impl SourceRole {
+    /// How a person reads the role in a message (`import`, `overlay_dir`).
+    pub fn noun(self) -> &'static str {
+        self.as_str()
+    }
+
     /// The name hashed into the digest.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -274,6 +274,7 @@ fn a_file_changed_between_lookup_and_put_makes_the_put_refuse_and_store_nothing(
         std::fs::write(dir.join("f"), content).unwrap();
         match s.put(&lk, &common::outputs()) {
             Err(Error::InputsChanged { layer, changes }) => {
+                let changes: Vec<String> = changes.iter().map(ToString::to_string).collect();
                 assert_eq!(layer, "l");
                 assert_eq!(changes.len(), 1, "{changes:?}");
                 assert!(changes[0].ends_with("/f"), "{changes:?}");

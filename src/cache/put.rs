@@ -17,8 +17,8 @@ use crate::error::{DbResultExt, Error, Result};
 use crate::failpoint::crash_point;
 use crate::inputs::Base;
 use crate::inputs::{LayerInputs, canonical_json_of};
-use crate::path::{RelPath, display_hash, escape_bytes, validate_layer_name};
-use crate::reason::MissReason;
+use crate::path::{RelPath, escape_bytes, validate_layer_name};
+use crate::reason::{MissReason, PutChange};
 use crate::schema::{
     BaseRecord, EntryKind, EntryRecord, LayerRecord, ManifestRecord, ROWS, SourceSummary,
     VersionRecord,
@@ -40,7 +40,7 @@ use super::{BuildLookup, LookupRecord, Seen, Session, now_ms};
 struct Written {
     imports: Vec<SourceSummary>,
     overlay_dirs: Vec<SourceSummary>,
-    changes: Vec<String>,
+    changes: Vec<PutChange>,
 }
 
 impl Session<'_> {
@@ -156,11 +156,10 @@ impl Session<'_> {
             && changes.is_empty()
         {
             // Every part was compared above; this is the belt to those braces.
-            changes.push(format!(
-                "the input digest ({} at lookup, {} now)",
-                display_hash(&d),
-                display_hash(&record.input_digest)
-            ));
+            changes.push(PutChange::InputDigest {
+                old: d,
+                new: record.input_digest,
+            });
         }
         if !changes.is_empty() {
             // Dropping the transaction without commit stores nothing.
@@ -195,32 +194,31 @@ impl Session<'_> {
 
     /// What differs between the layer as its lookup saw it and as the put sees it, apart from
     /// the sources: definition, builder, SOURCE_DATE_EPOCH, build_only, base hash.
-    fn layer_changes(&self, seen: &Seen, inputs: &LayerInputs, base_hash: &[u8]) -> Vec<String> {
+    fn layer_changes(&self, seen: &Seen, inputs: &LayerInputs, base_hash: &[u8]) -> Vec<PutChange> {
         let mut changes = Vec::new();
         if inputs.definition_digest() != seen.definition_digest {
-            changes.push("the layer definition".to_string());
+            changes.push(PutChange::Definition);
         }
         if seen.builder != self.build.builder {
-            changes.push(format!(
-                "the builder ({} -> {})",
-                escape_bytes(seen.builder.as_deref().unwrap_or("unset").as_bytes()),
-                escape_bytes(self.build.builder.as_deref().unwrap_or("unset").as_bytes())
-            ));
+            changes.push(PutChange::Builder {
+                old: seen.builder.clone(),
+                new: self.build.builder.clone(),
+            });
         }
         if seen.source_date_epoch != inputs.source_date_epoch {
-            changes.push(format!(
-                "SOURCE_DATE_EPOCH ({:?} -> {:?})",
-                seen.source_date_epoch, inputs.source_date_epoch
-            ));
+            changes.push(PutChange::SourceDateEpoch {
+                old: seen.source_date_epoch,
+                new: inputs.source_date_epoch,
+            });
         }
         if seen.build_only != inputs.build_only {
-            changes.push(format!(
-                "build_only ({} -> {})",
-                seen.build_only, inputs.build_only
-            ));
+            changes.push(PutChange::BuildOnly {
+                old: seen.build_only,
+                new: inputs.build_only,
+            });
         }
         let base = format!(
-            "base {}:{}",
+            "{}:{}",
             inputs.base.kind().as_str(),
             escape_bytes(inputs.base.reference().as_bytes())
         );
@@ -228,12 +226,12 @@ impl Session<'_> {
             // A built base that missed at lookup is built before this layer (the build order);
             // the put records the base version that hits now. Any other base must have resolved.
             None if matches!(inputs.base, Base::Built { .. }) => {}
-            None => changes.push(format!("{base} (it could not be resolved at lookup)")),
-            Some(h) if h.as_slice() != base_hash => changes.push(format!(
-                "{base} (hash {} at lookup, {} now)",
-                display_hash(h),
-                display_hash(base_hash)
-            )),
+            None => changes.push(PutChange::BaseUnresolved { base }),
+            Some(h) if h.as_slice() != base_hash => changes.push(PutChange::BaseHash {
+                base,
+                old: h.clone(),
+                new: base_hash.to_vec(),
+            }),
             Some(_) => {}
         }
         changes
@@ -277,11 +275,10 @@ impl Session<'_> {
                 role: o.role,
                 key: &o.key,
             };
-            written.changes.push(format!(
-                "{} {}: no longer in the layer",
-                id.noun(),
-                escape_bytes(o.key.as_bytes())
-            ));
+            written.changes.push(PutChange::SourceRemoved {
+                role: id.role,
+                key: id.key.to_string(),
+            });
         }
         Ok(written)
     }
@@ -333,29 +330,29 @@ impl Session<'_> {
         });
         let summary = store.write_tree(txn, layer, &sid, src.path, entries)?;
         self.counters.walk.add(&walk.counters());
-        let noun = src.id().noun();
-        let key = escape_bytes(src.ident.as_bytes());
+        let (role, key) = (src.role, src.ident.to_string());
         for p in checker.map(ObservationCheck::finish).unwrap_or_default() {
-            written.changes.push(format!(
-                "{noun} {key}: {}",
-                escape_bytes(&p.under(src.path).into_os_string().into_encoded_bytes())
-            ));
+            written.changes.push(PutChange::Path {
+                role,
+                key: key.clone(),
+                path: escape_bytes(&p.under(src.path).into_os_string().into_encoded_bytes()),
+            });
         }
         // Seen by a lookup in another process: its root and row count.
         if let Some(o) = observed.filter(|o| o.log.is_none()) {
             match o.root_digest {
-                None => written.changes.push(format!(
-                    "{noun} {key}: a file changed while the lookup read it"
-                )),
+                None => written
+                    .changes
+                    .push(PutChange::ChangedWhileRead { role, key }),
                 Some(root) if (root, o.row_count) != (summary.root_digest, summary.rows) => {
-                    written.changes.push(format!(
-                        "{noun} {key}: its content ({} rows, root {} at lookup; {} rows, root \
-                         {} now)",
-                        o.row_count,
-                        display_hash(&root),
-                        summary.rows,
-                        display_hash(&summary.root_digest)
-                    ))
+                    written.changes.push(PutChange::SourceContent {
+                        role,
+                        key,
+                        old_rows: o.row_count,
+                        old_root: root,
+                        new_rows: summary.rows,
+                        new_root: summary.root_digest,
+                    })
                 }
                 Some(_) => {}
             }

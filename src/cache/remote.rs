@@ -153,7 +153,10 @@ impl Session<'_> {
         let record = match self.put(&local, &manifests) {
             Ok(r) => r,
             Err(Error::InputsChanged { layer, changes }) => {
-                let detail = format!("its inputs changed: {}", changes.join(", "));
+                let detail = format!(
+                    "its inputs changed: {}",
+                    crate::reason::PutChange::join(&changes)
+                );
                 let failure = RemoteFailure::InputsChanged { layer, detail };
                 return Ok(answer(local.into_lookup(), Some(failure)));
             }

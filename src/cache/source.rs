@@ -86,13 +86,6 @@ impl<'a> SourceId<'a> {
     }
 
     /// How messages name the role: `import` or `overlay_dir` (the plan's field names).
-    pub(crate) fn noun(&self) -> &'static str {
-        match self.role {
-            SourceRole::Import => "import",
-            SourceRole::OverlayDir => "overlay_dir",
-        }
-    }
-
     /// The miss reason of this source's role for `what`. An overlay dir gone from the disk is
     /// reported as its whole tree removed.
     pub(crate) fn miss(&self, what: SourceMiss) -> MissReason {

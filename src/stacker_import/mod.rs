@@ -267,7 +267,7 @@ fn import_layer(
         }),
         Err(Error::InputsChanged { changes, .. }) => Ok(skip(format!(
             "its inputs changed while it was imported: {}",
-            changes.join(", ")
+            crate::reason::PutChange::join(&changes)
         ))),
         Err(Error::Base { detail, .. }) => Ok(skip(format!("its base does not hit: {detail}"))),
         Err(e) => Err(e),

@@ -565,6 +565,7 @@ fn inputs_changed_between_lookup_and_put_stores_nothing() {
     let err = s.put(&l, &f.manifests("base")).unwrap_err();
     match &err {
         Error::InputsChanged { layer, changes } => {
+            let changes: Vec<String> = changes.iter().map(ToString::to_string).collect();
             assert_eq!(layer, "base");
             assert_eq!(changes.len(), 2, "{changes:?}");
             assert!(

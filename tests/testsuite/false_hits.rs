@@ -406,6 +406,16 @@ fn put_compares_the_base_and_the_layer_the_lookup_saw() {
     let err = s.put(&lk, &f.manifests("out")).unwrap_err();
     match &err {
         Error::InputsChanged { changes, .. } => {
+            // Typed: the base's hash, with both hashes, for a builder to act on.
+            assert!(
+                changes.iter().any(|c| matches!(
+                    c,
+                    layercache::PutChange::BaseHash { base, old, new }
+                        if base == "tar:base.tar" && old != new
+                )),
+                "{changes:?}"
+            );
+            let changes: Vec<String> = changes.iter().map(ToString::to_string).collect();
             assert!(
                 changes.iter().any(|c| c.contains("base tar:base.tar")),
                 "{err}"
@@ -523,6 +533,11 @@ fn put_from_a_lookup_record_refuses_a_source_changed_since_the_lookup() {
     let err = s.put_recorded(&rec, &f.manifests("out")).unwrap_err();
     match &err {
         Error::InputsChanged { changes, .. } => {
+            assert!(
+                matches!(&changes[..], [layercache::PutChange::Path { role: layercache::SourceRole::Import, key, .. }] if key == "src"),
+                "{changes:?}"
+            );
+            let changes: Vec<String> = changes.iter().map(ToString::to_string).collect();
             assert_eq!(changes.len(), 1, "{err}");
             // The record keeps the lookup's walk log, so the path is named.
             assert!(changes[0].starts_with("import src: "), "{err}");
