@@ -295,12 +295,12 @@ pub enum Error {
     /// A put that would record a layer whose outputs cannot be reused: manifests `{}` for a
     /// layer that is not build-only (a later hit would tell the builder to reuse an output that
     /// was never produced), or a put without anything its lookup saw. Nothing was stored.
-    #[error("cannot record layer {layer:?}: {detail}; nothing was cached")]
+    #[error("cannot record layer {layer:?}: {why}; nothing was cached")]
     PutRefused {
         /// The layer.
         layer: String,
-        /// Why, and what to do.
-        detail: String,
+        /// Why ([`crate::PutRefusal`]; `Display` says what to do).
+        why: crate::reason::PutRefusal,
     },
 
     /// A lookup record (`layercache lookup --record FILE`) is of another layer than the put

@@ -270,7 +270,7 @@ pub use stacker_import::{
 };
 // Why a layer missed.
 pub use diff::{Change, Modified, TreeDiff};
-pub use reason::{BaseChange, FieldChange, MissReason, PutChange};
+pub use reason::{BaseChange, FieldChange, MissReason, PutChange, PutRefusal};
 pub use schema::{EntryKind, SCHEMA_VERSION};
 // Errors.
 pub use error::{Error, Result};

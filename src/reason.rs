@@ -482,3 +482,30 @@ impl PutChange {
             .join(", ")
     }
 }
+
+/// Why a put was refused before it compared anything ([`crate::Error::PutRefused`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum PutRefusal {
+    /// The lookup saw nothing to record (the layer was not cacheable then).
+    NothingObserved,
+    /// No output manifests for a layer that is not build-only: a hit would point at outputs
+    /// that were never produced.
+    NoOutputs,
+}
+
+impl fmt::Display for PutRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PutRefusal::NothingObserved => {
+                "its lookup saw nothing (the layer was not cacheable then); look it up again"
+            }
+            PutRefusal::NoOutputs => {
+                "no output manifests for a layer that is not build-only (a hit would point at \
+                 outputs that were never produced); pass its outputs, or mark the layer \
+                 build_only"
+            }
+        })
+    }
+}

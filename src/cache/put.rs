@@ -18,7 +18,7 @@ use crate::failpoint::crash_point;
 use crate::inputs::Base;
 use crate::inputs::{LayerInputs, canonical_json_of};
 use crate::path::{RelPath, escape_bytes, validate_layer_name};
-use crate::reason::{MissReason, PutChange};
+use crate::reason::{MissReason, PutChange, PutRefusal};
 use crate::schema::{
     BaseRecord, EntryKind, EntryRecord, LayerRecord, ManifestRecord, ROWS, SourceSummary,
     VersionRecord,
@@ -105,18 +105,13 @@ impl Session<'_> {
         let Some(seen) = seen else {
             return Err(Error::PutRefused {
                 layer: layer.to_string(),
-                detail: "its lookup saw nothing (the layer was not cacheable then); look it \
-                         up again"
-                    .to_string(),
+                why: PutRefusal::NothingObserved,
             });
         };
         if manifests.is_empty() && !inputs.build_only {
             return Err(Error::PutRefused {
                 layer: layer.to_string(),
-                detail: "no output manifests for a layer that is not build-only (a hit would \
-                         point at outputs that were never produced); pass its outputs, or mark \
-                         the layer build_only"
-                    .to_string(),
+                why: PutRefusal::NoOutputs,
             });
         }
         self.resolve_bases_below(layer)?;

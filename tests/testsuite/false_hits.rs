@@ -248,7 +248,16 @@ fn empty_manifests_need_a_build_only_layer() {
     let mut s = cache.session(&build).unwrap();
     let lk = s.lookup("l").unwrap();
     let err = s.put(&lk, &BTreeMap::new()).unwrap_err();
-    assert!(matches!(err, Error::PutRefused { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::PutRefused {
+                why: layercache::PutRefusal::NoOutputs,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("not build-only"), "{err}");
     // Nothing was stored: the build-only version is still the current one.
     assert!(cache.entry("l").unwrap().unwrap().build_only);
