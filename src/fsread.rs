@@ -151,6 +151,20 @@ pub fn read_capped_text(what: &'static str, path: &Path, limit: u64) -> Result<S
 pub fn hash_regular(what: &'static str, path: &Path) -> Result<[u8; 32]> {
     let mut file = open_regular(what, path)?;
     let mut hasher = blake3::Hasher::new();
+    // Multi-threading one update pays from a few hundred KiB up (blake3's doc).
+    for_each_chunk(&mut file, path, |chunk| {
+        hasher.update_rayon(chunk);
+    })?;
+    Ok(*hasher.finalize().as_bytes())
+}
+
+/// Reads `file` (at `path`, for errors) to its end, 1 MiB at a time, handing each chunk to
+/// `consume`; interrupted reads are retried, any other error names the path.
+pub fn for_each_chunk(
+    file: &mut impl Read,
+    path: &Path,
+    mut consume: impl FnMut(&[u8]),
+) -> Result<()> {
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = match file.read(&mut buf) {
@@ -159,10 +173,9 @@ pub fn hash_regular(what: &'static str, path: &Path) -> Result<[u8; 32]> {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(Error::io("cannot read", path, e)),
         };
-        // Multi-threading one update pays from a few hundred KiB up (blake3's doc).
-        hasher.update_rayon(buf.get(..n).unwrap_or(&[]));
+        consume(buf.get(..n).unwrap_or(&[]));
     }
-    Ok(*hasher.finalize().as_bytes())
+    Ok(())
 }
 
 /// Checks that `path` (symlinks followed) is a directory; a missing path is [`Error::Io`]

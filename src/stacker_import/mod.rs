@@ -43,7 +43,6 @@ pub mod gohash;
 pub mod mtree;
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -643,16 +642,7 @@ pub fn go_hash_file(path: &Path) -> Result<String> {
         });
     }
     let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Error::io("cannot read", path, e)),
-        };
-        h.update(buf.get(..n).unwrap_or(&[]));
-    }
+    crate::fsread::for_each_chunk(&mut file, path, |chunk| h.update(chunk))?;
     h.update(go_mode_string(meta.permissions().mode()).as_bytes());
     Ok(format!("sha256:{}", mtree::hex(&h.finalize())))
 }

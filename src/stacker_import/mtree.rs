@@ -15,7 +15,6 @@
 //! is a [`Verdict::CannotVouch`], never a match.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -521,23 +520,12 @@ fn sha256_file(path: &Path, meta: &std::fs::Metadata) -> Result<String> {
         });
     }
     let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Error::io("cannot read", path, e)),
-        };
-        h.update(buf.get(..n).unwrap_or(&[]));
-    }
+    crate::fsread::for_each_chunk(&mut file, path, |chunk| h.update(chunk))?;
     Ok(hex(&h.finalize()))
 }
 
 /// Lower-case hex of bytes.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use crate::path::hex;
 
 enum Compared {
     Same,
