@@ -18,6 +18,23 @@ pub struct MigrateArgs {
     dry_run: bool,
 }
 
+/// `migrate --dry-run --json`: the file's schema version and the steps that would run.
+#[derive(serde::Serialize)]
+struct DryRun {
+    db: String,
+    version: u32,
+    target: u32,
+    pending: Vec<PendingStep>,
+}
+
+/// One step `migrate` would run.
+#[derive(serde::Serialize)]
+struct PendingStep {
+    from: u32,
+    to: u32,
+    name: &'static str,
+}
+
 pub fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
     let a = &args.out;
     let version = Cache::schema_version_of(&a.db)?;
@@ -25,17 +42,20 @@ pub fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     if args.dry_run {
         if a.json {
-            let list: Vec<_> = steps
-                .iter()
-                .map(|s| serde_json::json!({"from": s.from, "to": s.to, "name": s.name}))
-                .collect();
-            let v = serde_json::json!({
-                "db": a.db.display().to_string(),
-                "version": version,
-                "target": layercache::SCHEMA_VERSION,
-                "pending": list,
-            });
-            writeln!(out, "{v}")?;
+            let report = DryRun {
+                db: a.db.display().to_string(),
+                version,
+                target: layercache::SCHEMA_VERSION,
+                pending: steps
+                    .iter()
+                    .map(|s| PendingStep {
+                        from: s.from,
+                        to: s.to,
+                        name: s.name,
+                    })
+                    .collect(),
+            };
+            writeln!(out, "{}", serde_json::to_string(&report)?)?;
         } else if steps.is_empty() {
             writeln!(out, "{}: schema v{version}, up to date", a.db.display())?;
         } else {
