@@ -347,3 +347,27 @@ fn a_base_record_must_be_of_the_base_of_this_cache_and_unedited() {
         "{o:?}"
     );
 }
+
+/// Another process's lookup switches the base's rows to another stored version (a hit on it)
+/// between the base's step and the dependent's lookup: the generation moved, so the base is
+/// walked, and with this build's sources it hits this build's version again.
+#[test]
+fn a_base_version_switched_in_between_is_walked_not_trusted() {
+    let c = Chain::new(20, 5);
+    assert_eq!(c.lookup(0, true).0, 1);
+    assert_eq!(c.put(0, "m.json").0, 0);
+    assert_eq!(c.lookup(1, true).0, 1);
+    assert_eq!(c.put(1, "m.json").0, 0);
+    // A second version of l0 from another checkout.
+    c.other_process_puts_l0("plan2.json", "m.json");
+    // This build: l0 hits its own version (switching the rows back to it).
+    let (code, v) = c.lookup(0, true);
+    assert_eq!(code, 0, "{v}");
+    // The other checkout's lookup hits its version: a switch.
+    let o = c.run_plan("plan2.json", &["lookup", "l0"]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let (code, v) = c.lookup(1, true);
+    assert_eq!(trusted(&v), 0, "{v}");
+    assert_eq!(v["counters"]["lookups"], 2, "{v}");
+    assert_eq!(code, 0, "{v}");
+}

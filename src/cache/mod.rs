@@ -27,7 +27,9 @@
 //! range by hand (that is the store's).
 //!
 //! A [`Session`] holds one build's layers and memoizes, per layer, whether it hits and with
-//! which base hash, so a chain of N built layers costs N lookups, not stacker's N².
+//! which base hash, so a chain of N built layers costs N lookups, not stacker's N². Across
+//! processes (the CLI) the same holds through the lookup records' proofs: see the crate doc,
+//! "A shell-driven chain".
 
 mod gc;
 mod lookup;
@@ -184,7 +186,7 @@ pub struct BuildLookup {
     record_key: record::RecordKey,
     /// On a hit: the version it hit and the layer's pointer after the hit, read in one
     /// snapshot — what a dependent's lookup in another process may trust instead of walking
-    /// this layer again (`session.rs`, [`session::Proof`]).
+    /// this layer again (`session.rs`, `Proof`).
     result: Option<session::Proof>,
 }
 
