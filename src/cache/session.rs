@@ -246,7 +246,7 @@ impl<'a> Session<'a> {
     /// every base below it) again, the layer is resolved to the version that record's lookup
     /// hit, or that its put stored (`put --from` writes its result into the record) — when the
     /// record is of this cache (its MAC), of a layer of this build with the same definition,
-    /// builder, SOURCE_DATE_EPOCH and build_only as now, and its [`Proof`] still holds: the
+    /// builder, SOURCE_DATE_EPOCH and build_only as now, and its proof still holds: the
     /// layer's pointer and that version, read now in one snapshot, are what the record says.
     /// Returns whether it was trusted; when not (no result in the record, the layer put or
     /// switched since by anyone, the definition changed), nothing is memoized and the base is
