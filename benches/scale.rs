@@ -524,6 +524,9 @@ fn run_in(args: &Args, base: &Path) -> Result<bool, Box<dyn std::error::Error>> 
         json!({"counters": c}),
     );
 
+    // ---- the peer: git on the same tree, in the same run
+    git_phases(&mut b, base, &tree, no_change)?;
+
     // ---- every file touched: stat stale, content equal
     let mut flip = 0u64;
     let (d, (l, c), rss) = b.measure(
@@ -1111,6 +1114,119 @@ fn chain_build(small: &Path, n: usize) -> Build {
         );
     }
     build
+}
+
+/// `git` with its repository outside the tree (so no walk of ours sees `.git`), quiet and
+/// with no hooks, fsmonitor or automatic gc.
+fn git(base: &Path, tree: &Path) -> std::process::Command {
+    let mut c = std::process::Command::new("git");
+    c.env("GIT_DIR", base.join("git.git"))
+        .env("GIT_WORK_TREE", tree)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", base)
+        .args([
+            "-c",
+            "safe.directory=*",
+            "-c",
+            "gc.auto=0",
+            "-c",
+            "core.fsmonitor=false",
+            "-c",
+            "user.name=bench",
+            "-c",
+            "user.email=bench@localhost",
+        ])
+        .current_dir(tree);
+    c
+}
+
+/// The peer `git status` answers the same question: `git init && git add -A && git commit`
+/// once (untimed), then, warm, `git status --porcelain` with the untracked cache and the
+/// preloaded index, and `git diff-files --quiet` (tracked files only); each beside limit 1,
+/// and the no-change CHECK lookup as a ratio to it. Skipped (said so) when git is missing.
+fn git_phases(
+    b: &mut Bench,
+    base: &Path,
+    tree: &Path,
+    no_change: Duration,
+) -> Result<(), Box<dyn std::error::Error>> {
+    if git(base, tree).arg("--version").output().is_err() {
+        println!("git: not installed, its phases skipped");
+        return Ok(());
+    }
+    let t = Instant::now();
+    for args in [
+        &["init", "-q"][..],
+        &["add", "-A"],
+        &["commit", "-q", "-m", "tree"],
+    ] {
+        let o = git(base, tree).args(args).output()?;
+        if !o.status.success() {
+            return Err(format!("git {args:?}: {}", String::from_utf8_lossy(&o.stderr)).into());
+        }
+    }
+    println!(
+        "git: init + add + commit in {:.1} s (untimed)",
+        t.elapsed().as_secs_f64()
+    );
+    let status = || {
+        git(base, tree)
+            .args([
+                "-c",
+                "core.untrackedCache=true",
+                "-c",
+                "core.preloadIndex=true",
+                "status",
+                "--porcelain",
+            ])
+            .output()
+            .expect("git status")
+    };
+    // Warm: the first run writes the untracked cache into the index.
+    for _ in 0..2 {
+        status();
+    }
+    let reps = b.reps.max(3);
+    let (d, o, rss) = b.measure(reps, || {}, status);
+    b.check(
+        o.status.success() && o.stdout.is_empty(),
+        format!("git status: {:?}", String::from_utf8_lossy(&o.stdout)),
+    );
+    b.record(
+        "git status --porcelain (warm)",
+        d,
+        rss,
+        Some("limit1"),
+        None,
+        json!({"no_change_lookup_over_git_status": no_change.as_secs_f64() / d.as_secs_f64()}),
+    );
+    let git_status = d;
+    let (d, o, rss) = b.measure(
+        reps,
+        || {},
+        || {
+            git(base, tree)
+                .args(["diff-files", "--quiet"])
+                .output()
+                .expect("git diff-files")
+        },
+    );
+    b.check(o.status.success(), "git diff-files saw a change");
+    b.record(
+        "git diff-files --quiet",
+        d,
+        rss,
+        Some("limit1"),
+        None,
+        json!({"no_change_lookup_over_git_diff_files": no_change.as_secs_f64() / d.as_secs_f64()}),
+    );
+    println!(
+        "no-change lookup (CHECK) / git status: {:.2}x; / git diff-files: {:.2}x",
+        no_change.as_secs_f64() / git_status.as_secs_f64(),
+        no_change.as_secs_f64() / d.as_secs_f64()
+    );
+    std::fs::remove_dir_all(base.join("git.git"))?;
+    Ok(())
 }
 
 /// Repeats one phase for a profiler.

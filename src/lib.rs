@@ -126,6 +126,48 @@
 //! `layercache lookup --record FILE`, then `layercache put --from FILE`. A put refuses
 //! `{}` manifests for a layer that is not build-only ([`Error::PutRefused`]).
 //!
+//! ### A shell-driven chain: one walk per layer per lookup and per put
+//!
+//! Each CLI process starts with an empty memo, so without help the `lookup` and the `put` of
+//! layer k would evaluate all k−1 built bases below it again (N² walks for an N-layer chain).
+//! Instead a build passes its own result for the base along: `lookup --record` of a layer
+//! that hits writes into its record the version it hit and the layer's pointer (current
+//! version + rows generation) read in one snapshot after the hit; `put --from FILE` writes the
+//! version it stored and the pointer it left into the same FILE. The dependent's `lookup
+//! --base-record BASE_FILE` ([`Session::trust_base_record`]) takes that as the base's result,
+//! evaluating nothing below it, when the record is of this cache (its MAC), of the base layer
+//! with the same definition, builder, SOURCE_DATE_EPOCH and build_only as now, and its proof
+//! **holds**: read now in one snapshot, the base's pointer is the same (current and
+//! generation) and that version's entry digest is the recorded one. The dependent's own record
+//! then carries the base's proof, and its `put --from` checks it again *inside its write
+//! transaction*; only if it no longer holds are the bases walked (and must hit now, as
+//! before).
+//!
+//! When a base is walked again: whenever no base record is given, the record has no result
+//! (the base missed and was not put into it), the definition/builder/epoch/build_only of the
+//! base changed, or the proof does not hold — the base was put again (by anyone, with any
+//! sources or outputs: a put always moves the generation), its rows were switched to another
+//! version by a hit, or its version was removed, collected or overwritten with other outputs.
+//!
+//! Why trusting cannot give a false hit: the base hash a dependent is compared on is a claim
+//! "this layer is built on the base version with this entry digest". The proof guarantees the
+//! version is exactly the one this build's step of the base hit or stored — the one the
+//! builder holds and builds the dependent on — so a hit of the dependent is a version built on
+//! exactly that base output, with the dependent's own sources walked as always. What the proof
+//! does **not** see is the base's sources on disk after the base's step: a base file edited
+//! after the base's put and before the dependent's lookup. That edit is not an input of the
+//! dependent in this build (the builder built the base before it; the dependent is built on
+//! that output either way); the next build's lookup of the base walks it, misses, rebuilds it,
+//! and every dependent then misses on its base hash. The walk would instead have made the
+//! dependent miss *and* its put fail in this build. The trust is not silent: `bases_trusted`
+//! counts it in `--json`. What the shell order cannot guarantee, the caller must: the base
+//! record passed is the one of *this* build's step of the base (a stale record from an older
+//! build is trusted only while nothing has put or switched the base since, and then vouches
+//! for that older version). The put of a layer still walks its own sources (checked against its
+//! lookup's walk log): that walk is what catches a source edited during the build, and
+//! dropping it would let a file edited during the build and reverted after the put hit on
+//! outputs built from the edit.
+//!
 //! A hit also checks, at that moment, that the version's outputs exist: every manifest's blob
 //! in the configured OCI layout, or `<rootfs_dir>/<layer>` for a build-only layer. Otherwise
 //! (or when the location is not configured, so nothing can be checked) the lookup misses with

@@ -219,6 +219,11 @@ impl Session<'_> {
             damaged,
             input_digest: digest,
             sources,
+            base_proof: None,
+            base_layer: match &inputs.base {
+                crate::inputs::Base::Built { layer } => Some(layer.clone()),
+                _ => None,
+            },
         });
         let lookup = Lookup {
             layer: layer.to_string(),

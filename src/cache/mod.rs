@@ -27,7 +27,9 @@
 //! range by hand (that is the store's).
 //!
 //! A [`Session`] holds one build's layers and memoizes, per layer, whether it hits and with
-//! which base hash, so a chain of N built layers costs N lookups, not stacker's N².
+//! which base hash, so a chain of N built layers costs N lookups, not stacker's N². Across
+//! processes (the CLI) the same holds through the lookup records' proofs: see the crate doc,
+//! "A shell-driven chain".
 
 mod gc;
 mod lookup;
@@ -185,6 +187,10 @@ pub struct BuildLookup {
     seen: Option<Seen>,
     /// Binds its [`LookupRecord`] to this cache.
     record_key: record::RecordKey,
+    /// On a hit: the version it hit and the layer's pointer after the hit, read in one
+    /// snapshot — what a dependent's lookup in another process may trust instead of walking
+    /// this layer again (`session.rs`, `Proof`).
+    result: Option<session::Proof>,
 }
 
 impl BuildLookup {
@@ -214,7 +220,7 @@ impl BuildLookup {
     pub fn record(&self) -> Option<LookupRecord> {
         self.seen
             .as_ref()
-            .map(|seen| LookupRecord::new(&self.lookup.layer, seen, &self.record_key))
+            .map(|seen| LookupRecord::new(&self.lookup.layer, seen, self.result, &self.record_key))
     }
 }
 
@@ -247,6 +253,11 @@ pub(crate) struct Seen {
     pub(crate) input_digest: Option<[u8; 32]>,
     /// Every source that existed on disk, in the layer's order.
     pub(crate) sources: Vec<Observed>,
+    /// For a built base that resolved: the base version and its pointer, read in one snapshot
+    /// (a put re-checks them in its write transaction instead of walking the base again).
+    pub(crate) base_proof: Option<session::Proof>,
+    /// The built base's layer name, when the layer has one.
+    pub(crate) base_layer: Option<String>,
 }
 
 /// How much a lookup does.
@@ -299,6 +310,10 @@ pub struct SessionCounters {
     pub entries_read: u64,
     /// Walk counters summed over every walk of the session.
     pub walk: WalkCounters,
+    /// Built bases resolved from this build's own result for them (a base lookup record
+    /// whose pointer and version still hold, or a lookup record's base proof at put) instead
+    /// of walking their sources again (see the crate doc, "A shell-driven chain").
+    pub bases_trusted: u64,
     /// Rows whose stat data a hit refreshed.
     pub rows_refreshed: u64,
     /// Rows written or removed by hits on a version other than the current one (the rows

@@ -30,7 +30,7 @@ use crate::store::{Store, TreeSummary};
 use crate::tree::{LogReader, LoggedEntry, SealedLog, TreeHasher, TreeWalk, WalkedEntry};
 use crate::version::{Inputs, entry_digest_of, input_digest};
 
-use super::session::{BaseNow, Memo};
+use super::session::{BaseNow, Memo, Proof};
 use super::source::{Observed, SourceId, SourceRef, SourceRole, cached_sources, same_as_observed};
 use super::{BuildLookup, LookupRecord, Seen, Session, now_ms};
 
@@ -82,7 +82,7 @@ impl Session<'_> {
                 layer: record.layer().to_string(),
             });
         }
-        let seen = record.seen();
+        let seen = record.seen(self.build.layer(record.layer()).ok());
         guard_redb(&db, || {
             self.put_unguarded(record.layer(), Some(&seen), manifests)
         })
@@ -114,13 +114,20 @@ impl Session<'_> {
                 why: PutRefusal::NoOutputs,
             });
         }
-        self.resolve_bases_below(layer)?;
-        let base_hash = self.base_hash_for_put(layer, inputs)?;
-        let mut changes = self.layer_changes(seen, inputs, &base_hash);
         let manifests = manifest_records(manifests)?;
+        // The base: trusted from the lookup's proof when it still holds inside this write
+        // transaction, else resolved by walking the bases (it must hit now).
+        let (txn, base_hash) = match self.trusted_base(inputs, seen)? {
+            Some(t) => t,
+            None => {
+                self.resolve_bases_below(layer)?;
+                let h = self.base_hash_for_put(layer, inputs)?;
+                (self.cache.store.begin_write()?, h)
+            }
+        };
+        let mut changes = self.layer_changes(seen, inputs, &base_hash);
         let store = &self.cache.store;
         let path = store.path();
-        let txn = store.begin_write()?;
         crash_point!("put::before_rows");
         // Drop rows of sources the layer no longer has.
         RowRange::layer(layer).delete(path, &mut txn.open_table(ROWS).db(path)?)?;
@@ -165,7 +172,7 @@ impl Session<'_> {
             });
         }
         crash_point!("put::before_entry");
-        let record = store_version(path, &txn, record)?;
+        let (record, generation) = store_version(path, &txn, record)?;
         crash_point!("put::before_commit");
         txn.commit().db(path)?;
         crash_point!("put::after_commit");
@@ -173,7 +180,46 @@ impl Session<'_> {
         self.memo.insert(layer.to_string(), Memo::Hit(digest));
         // Layers built on this one must be evaluated again.
         self.forget_dependents_of(layer);
+        // What this put left: the result its dependents' lookups may trust.
+        self.proofs.insert(
+            layer.to_string(),
+            Proof {
+                entry_digest: digest,
+                current: record.input_digest,
+                generation,
+            },
+        );
         Ok(record)
+    }
+
+    /// The base hash from the lookup's proof of its built base ([`Proof`]), with the write
+    /// transaction the proof was checked in: `None` (and no transaction) when the layer's
+    /// base is not built, the lookup formed no proof, or the proof no longer holds — the base
+    /// layer was put, switched, removed or collected since the lookup read it.
+    fn trusted_base(
+        &mut self,
+        inputs: &LayerInputs,
+        seen: &Seen,
+    ) -> Result<Option<(redb::WriteTransaction, Vec<u8>)>> {
+        let (Base::Built { layer: b }, Some(p)) = (&inputs.base, seen.base_proof) else {
+            return Ok(None);
+        };
+        if seen.base_hash.as_deref() != Some(p.entry_digest.as_slice()) {
+            return Ok(None);
+        }
+        let txn = self.cache.store.begin_write()?;
+        if p.holds_in_write(self.cache, &txn, b)? {
+            self.memo.insert(b.clone(), Memo::Hit(p.entry_digest));
+            self.proofs.insert(b.clone(), p);
+            self.counters.bases_trusted += 1;
+            return Ok(Some((txn, p.entry_digest.to_vec())));
+        }
+        txn.abort().db(self.cache.store.path())?;
+        tracing::info!(
+            base = %escape_bytes(b.as_bytes()),
+            "the base layer changed since the lookup read it: its sources are walked"
+        );
+        Ok(None)
     }
 
     /// The base hash a put records: the base must hit now.
@@ -382,12 +428,13 @@ fn manifest_records(manifests: &BTreeMap<String, Descriptor>) -> Result<Vec<Mani
 
 /// Stores a version inside `txn` — or keeps the stored one with the same input digest when it
 /// records the same outputs (a put of inputs seen before re-uses its version) — points the
-/// layer at it with a new rows generation, and records its use. Returns the version stored.
+/// layer at it with a new rows generation, and records its use. Returns the version stored and
+/// the pointer's new generation.
 fn store_version(
     path: &Path,
     txn: &redb::WriteTransaction,
     record: VersionRecord,
-) -> Result<VersionRecord> {
+) -> Result<(VersionRecord, u64)> {
     let layer = record.name.clone();
     let layer = layer.as_str();
     let same = |old: &VersionRecord| {
@@ -417,7 +464,7 @@ fn store_version(
         },
     )?;
     versions::touch(txn, path, layer, &record.input_digest, now_ms())?;
-    Ok(record)
+    Ok((record, generation))
 }
 
 impl Store {

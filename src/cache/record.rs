@@ -58,7 +58,9 @@ use base64::Engine;
 use crate::error::{Error, Result};
 use crate::tree::SealedLog;
 
+use super::session::Proof;
 use super::{Observed, Seen, SourceRole};
+use crate::inputs::{Base, LayerInputs, canonical_json};
 
 /// The format version of the lookup record file; a record of another version is refused.
 /// Version 2 added `mac`.
@@ -94,6 +96,14 @@ pub struct LookupRecord {
     #[serde(with = "hex32_opt")]
     input_digest: Option<[u8; 32]>,
     sources: Vec<RecordedSource>,
+    /// For a built base that resolved at lookup: the base version's entry digest and the base
+    /// layer's pointer read with it (the put re-checks them instead of walking the base).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    base: Option<RecordedProof>,
+    /// This layer's own result in this build: the version its lookup hit, or its put stored,
+    /// with the pointer read with it (what the lookups of the layers built on it trust).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    result: Option<RecordedProof>,
     /// The MAC binding the record to its database; `None` only while it is computed.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "hex32_opt")]
     mac: Option<[u8; 32]>,
@@ -114,6 +124,38 @@ struct RecordedSource {
     /// The lookup's walk log; absent when it kept none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     walk: Option<RecordedWalk>,
+}
+
+/// A version and the layer's pointer read with it ([`Proof`]), in a record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecordedProof {
+    /// The layer (for `base`: the base layer's name).
+    layer: String,
+    #[serde(with = "hex32")]
+    entry_digest: [u8; 32],
+    #[serde(with = "hex32")]
+    current: [u8; 32],
+    generation: u64,
+}
+
+impl RecordedProof {
+    fn of(layer: &str, p: &Proof) -> RecordedProof {
+        RecordedProof {
+            layer: layer.to_string(),
+            entry_digest: p.entry_digest,
+            current: p.current,
+            generation: p.generation,
+        }
+    }
+
+    fn proof(&self) -> Proof {
+        Proof {
+            entry_digest: self.entry_digest,
+            current: self.current,
+            generation: self.generation,
+        }
+    }
 }
 
 /// A lookup's walk log in a record: its entry count, the blake3 of its bytes, and the bytes
@@ -157,7 +199,12 @@ impl RecordedWalk {
 
 impl LookupRecord {
     /// The record of what a build's lookup of `layer` saw, bound to the cache `key` is of.
-    pub(super) fn new(layer: &str, seen: &Seen, key: &RecordKey) -> LookupRecord {
+    pub(super) fn new(
+        layer: &str,
+        seen: &Seen,
+        result: Option<Proof>,
+        key: &RecordKey,
+    ) -> LookupRecord {
         let mut r = LookupRecord {
             format: FORMAT.to_string(),
             version: RECORD_VERSION,
@@ -180,12 +227,54 @@ impl LookupRecord {
                     walk: o.log.as_ref().map(RecordedWalk::of),
                 })
                 .collect(),
+            base: None,
+            result: result.map(|p| RecordedProof::of(layer, &p)),
             mac: None,
             content: [0; 32],
         };
+        r.base = seen
+            .base_proof
+            .and_then(|p| seen.base_layer.as_deref().map(|b| RecordedProof::of(b, &p)));
         r.content = r.content_hash();
         r.mac = Some(key.mac(&r.content));
         r
+    }
+
+    /// This record with `result` as the layer's result in this build (a put's), bound again
+    /// to the cache `key` is of.
+    pub(super) fn with_result(&self, result: Proof, key: &RecordKey) -> LookupRecord {
+        let mut r = self.clone();
+        r.result = Some(RecordedProof::of(&self.layer, &result));
+        r.mac = None;
+        r.content = r.content_hash();
+        r.mac = Some(key.mac(&r.content));
+        r
+    }
+
+    /// The layer's result in this build, if the record holds one (see [`Proof`]).
+    pub(super) fn result(&self) -> Option<Proof> {
+        self.result
+            .as_ref()
+            .filter(|r| r.layer == self.layer)
+            .map(RecordedProof::proof)
+    }
+
+    /// Whether the lookup was of the layer as `inputs` describe it now: the same definition,
+    /// builder, SOURCE_DATE_EPOCH and build_only.
+    pub(super) fn same_layer_as(&self, inputs: &LayerInputs, builder: Option<&str>) -> bool {
+        *blake3::hash(&canonical_json(&inputs.definition)).as_bytes() == self.definition_digest
+            && self.builder.as_deref() == builder
+            && self.source_date_epoch == inputs.source_date_epoch
+            && self.build_only == inputs.build_only
+    }
+
+    /// The base proof of the record, if it names `inputs`' built base.
+    fn base_proof_for(&self, inputs: Option<&LayerInputs>) -> Option<Proof> {
+        let b = self.base.as_ref()?;
+        match inputs.map(|i| &i.base) {
+            Some(Base::Built { layer }) if *layer == b.layer => Some(b.proof()),
+            _ => None,
+        }
     }
 
     /// blake3 of the compact JSON of the record without its `mac` (streamed into the hasher:
@@ -219,8 +308,10 @@ impl LookupRecord {
 
     /// What the put compares with: the record as a lookup's observation (with its walk logs
     /// where they are sound).
-    pub(super) fn seen(&self) -> Seen {
+    pub(super) fn seen(&self, inputs: Option<&LayerInputs>) -> Seen {
         Seen {
+            base_proof: self.base_proof_for(inputs),
+            base_layer: self.base.as_ref().map(|b| b.layer.clone()),
             definition_digest: self.definition_digest,
             builder: self.builder.clone(),
             base_hash: self.base_hash.clone(),
@@ -455,6 +546,8 @@ mod tests {
                 row_count: 3,
                 walk: None,
             }],
+            base: None,
+            result: None,
             mac: None,
             content: [0; 32],
         };

@@ -15,10 +15,92 @@ use crate::error::{Error, Result};
 use crate::inputs::{Base, Build};
 use crate::path::validate_layer_name;
 use crate::reason::{BaseChange, MissReason};
+use crate::schema::{LayerRecord, VersionRecord};
 use crate::store::guard::guard_redb;
+use crate::store::versions;
 
-use super::{BuildLookup, Cache, Lookup, LookupMode, Outcome, Seen, SessionCounters};
+use super::{BuildLookup, Cache, Lookup, LookupMode, LookupRecord, Outcome, Seen, SessionCounters};
 use crate::version::entry_digest_of;
+
+/// What this build resolved a layer to, with the proof that nothing has changed it since:
+/// the entry digest of the version, and the layer's pointer (its current version and rows
+/// generation) read in the same snapshot as that version. It *holds* later when, read again
+/// in one snapshot (or inside a write transaction), the pointer is the same and its current
+/// version still has that entry digest: then no put, version switch, removal or collection of
+/// the layer happened in between (each moves the pointer or drops the version), and the
+/// version is byte for byte the one this build used (the entry digest covers inputs and
+/// outputs). It says nothing about the layer's sources on disk now: see the crate doc ("A
+/// shell-driven chain") for why a dependent may rely on it all the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Proof {
+    /// The entry digest of the version (the base hash of the layers built on it).
+    pub(crate) entry_digest: [u8; 32],
+    /// The layer's current version (its input digest) as read with it.
+    pub(crate) current: [u8; 32],
+    /// The layer's rows generation as read with it.
+    pub(crate) generation: u64,
+}
+
+impl Proof {
+    /// Whether the proof holds for what was read in one snapshot: `pointer`, and `version`
+    /// of its current digest.
+    fn holds_for(
+        &self,
+        pointer: Option<Result<LayerRecord>>,
+        version: impl FnOnce(&[u8; 32]) -> Result<Option<Result<VersionRecord>>>,
+    ) -> Result<bool> {
+        let Some(Ok(p)) = pointer else {
+            return Ok(false);
+        };
+        if p.current != self.current || p.generation != self.generation {
+            return Ok(false);
+        }
+        Ok(match version(&p.current)? {
+            Some(Ok(v)) => entry_digest_of(&v) == self.entry_digest,
+            _ => false,
+        })
+    }
+
+    /// Whether the proof holds now for `layer`, read in one read snapshot.
+    pub(super) fn holds(&self, cache: &Cache, layer: &str) -> Result<bool> {
+        let path = cache.store.path();
+        let txn = cache.store.begin_read()?;
+        self.holds_for(versions::pointer(&txn, path, layer)?, |d| {
+            versions::version(&txn, path, layer, d)
+        })
+    }
+
+    /// Whether the proof holds for `layer` inside the write transaction `txn`.
+    pub(super) fn holds_in_write(
+        &self,
+        cache: &Cache,
+        txn: &redb::WriteTransaction,
+        layer: &str,
+    ) -> Result<bool> {
+        let path = cache.store.path();
+        self.holds_for(versions::pointer_in_write(txn, path, layer)?, |d| {
+            versions::version_in_write(txn, path, layer, d)
+        })
+    }
+
+    /// The proof for `layer` now, if its current version has entry digest `entry` (read in
+    /// one snapshot).
+    pub(super) fn now(cache: &Cache, layer: &str, entry: [u8; 32]) -> Result<Option<Proof>> {
+        let path = cache.store.path();
+        let txn = cache.store.begin_read()?;
+        let Some(Ok(p)) = versions::pointer(&txn, path, layer)? else {
+            return Ok(None);
+        };
+        Ok(match versions::version(&txn, path, layer, &p.current)? {
+            Some(Ok(v)) if entry_digest_of(&v) == entry => Some(Proof {
+                entry_digest: entry,
+                current: p.current,
+                generation: p.generation,
+            }),
+            _ => None,
+        })
+    }
+}
 
 /// Memoized result of a layer within a session.
 #[derive(Debug, Clone)]
@@ -36,6 +118,10 @@ pub struct Session<'a> {
     /// Base layer → the layers built directly on it (computed once per session).
     dependents: HashMap<String, Vec<String>>,
     pub(super) counters: SessionCounters,
+    /// Per layer this session resolved to a version: that version and the layer's pointer
+    /// read with it ([`Proof`]), for the lookup record of its dependents and for its own
+    /// record after a put.
+    pub(super) proofs: HashMap<String, Proof>,
 }
 
 /// The current state of a layer's base, as lookup and put see it.
@@ -79,6 +165,7 @@ impl<'a> Session<'a> {
             memo: HashMap::new(),
             dependents,
             counters: SessionCounters::default(),
+            proofs: HashMap::new(),
         })
     }
 
@@ -105,13 +192,110 @@ impl<'a> Session<'a> {
             observe: true,
             ..mode
         };
-        let (lookup, seen) = self.run_lookup(layer, mode)?;
+        let (lookup, mut seen) = self.run_lookup(layer, mode)?;
         let record_key = super::record::RecordKey::of(&self.cache.store.secret()?);
+        let db = self.cache.store.path().to_path_buf();
+        let (base_proof, result) = guard_redb(&db, || {
+            let base_proof = match &self.build.layer(layer)?.base {
+                Base::Built { layer: b } => self.proof_of(b)?,
+                _ => None,
+            };
+            // A hit: the version and the pointer as the hit left them (after its switch).
+            let result = match lookup.entry() {
+                Some(e) => Proof::now(self.cache, layer, entry_digest_of(&e.record))?,
+                None => None,
+            };
+            Ok((base_proof, result))
+        })?;
+        if let Some(seen) = seen.as_mut() {
+            seen.base_proof = base_proof;
+        }
+        if let Some(p) = result {
+            self.proofs.insert(layer.to_string(), p);
+        }
         Ok(BuildLookup {
             lookup,
             seen,
             record_key,
+            result,
         })
+    }
+
+    /// The proof of what this session resolved `layer` to (its memoized hit), formed from a
+    /// fresh snapshot when the session has none yet; `None` when the layer missed, or its
+    /// current version is no longer the one it resolved to.
+    fn proof_of(&mut self, layer: &str) -> Result<Option<Proof>> {
+        let Some(Memo::Hit(e)) = self.memo.get(layer) else {
+            return Ok(None);
+        };
+        let e = *e;
+        if let Some(p) = self.proofs.get(layer).filter(|p| p.entry_digest == e) {
+            return Ok(Some(*p));
+        }
+        let p = Proof::now(self.cache, layer, e)?;
+        if let Some(p) = p {
+            self.proofs.insert(layer.to_string(), p);
+        }
+        Ok(p)
+    }
+
+    /// Trusts this build's own result for a base layer, from the lookup record of the base's
+    /// step (`layercache lookup --base-record FILE`): instead of walking the base's sources (and
+    /// every base below it) again, the layer is resolved to the version that record's lookup
+    /// hit, or that its put stored (`put --from` writes its result into the record) — when the
+    /// record is of this cache (its MAC), of a layer of this build with the same definition,
+    /// builder, SOURCE_DATE_EPOCH and build_only as now, and its proof still holds: the
+    /// layer's pointer and that version, read now in one snapshot, are what the record says.
+    /// Returns whether it was trusted; when not (no result in the record, the layer put or
+    /// switched since by anyone, the definition changed), nothing is memoized and the base is
+    /// walked as usual. Why this cannot produce a false hit: the crate doc, "A shell-driven
+    /// chain".
+    pub fn trust_base_record(&mut self, record: &LookupRecord) -> Result<bool> {
+        let key = super::record::RecordKey::of(&self.cache.store.secret()?);
+        let db = self.cache.store.path().to_path_buf();
+        if !record.is_from(&key) {
+            return Err(Error::RecordNotFromThisCache {
+                db,
+                layer: record.layer().to_string(),
+            });
+        }
+        let layer = record.layer();
+        validate_layer_name(layer)?;
+        let inputs = self.build.layer(layer)?;
+        let Some(proof) = record.result() else {
+            tracing::info!(
+                layer = %crate::path::escape_bytes(layer.as_bytes()),
+                "the base record holds no result (its lookup missed and no put recorded into                  it): the base is walked"
+            );
+            return Ok(false);
+        };
+        let same_layer = record.same_layer_as(inputs, self.build.builder.as_deref())
+            && record.input_digest() == Some(proof.current);
+        let holds = same_layer && guard_redb(&db, || proof.holds(self.cache, layer))?;
+        if !holds {
+            tracing::info!(
+                layer = %crate::path::escape_bytes(layer.as_bytes()),
+                "the base record no longer describes the layer (put or switched since, or its                  definition changed): the base is walked"
+            );
+            return Ok(false);
+        }
+        self.memo
+            .insert(layer.to_string(), Memo::Hit(proof.entry_digest));
+        self.proofs.insert(layer.to_string(), proof);
+        self.counters.bases_trusted += 1;
+        Ok(true)
+    }
+
+    /// The record of a put's layer with the put's result written into it (the version stored
+    /// and the pointer the put left), for `put --from FILE` to write back: the lookups of the
+    /// layers built on it then trust it ([`Session::trust_base_record`]). `None` when this
+    /// session put nothing of that layer.
+    pub fn record_after_put(&self, record: &LookupRecord) -> Result<Option<LookupRecord>> {
+        let Some(p) = self.proofs.get(record.layer()) else {
+            return Ok(None);
+        };
+        let key = super::record::RecordKey::of(&self.cache.store.secret()?);
+        Ok(Some(record.with_result(*p, &key)))
     }
 
     /// Looks up a layer in the given mode: a question only, whose answer cannot be put (see
@@ -214,6 +398,7 @@ impl<'a> Session<'a> {
             .map(|d| d.iter().map(String::as_str).collect())
             .unwrap_or_default();
         while let Some(l) = todo.pop() {
+            self.proofs.remove(l);
             if self.memo.remove(l).is_some()
                 && let Some(more) = self.dependents.get(l)
             {

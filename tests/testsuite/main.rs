@@ -40,6 +40,7 @@ mod v1_oldest;
 mod builder;
 mod cache;
 mod cli_build;
+mod cli_chain;
 mod cli_debug;
 mod cli_false_hits;
 mod cli_progress;

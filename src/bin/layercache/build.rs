@@ -61,6 +61,14 @@ pub struct LookupArgs {
     /// after a miss.
     #[arg(long, value_name = "FILE")]
     record: Option<PathBuf>,
+    /// The lookup record of this build's step of LAYER's built base (its `lookup --record
+    /// FILE`, into which its `put --from FILE` wrote what it stored): when the base layer's
+    /// pointer and that version are still what the record says, the base is taken as this
+    /// build's result for it and its sources (and those of every layer below it) are not
+    /// walked again. Otherwise the bases are walked as without it. Pass only the record of
+    /// this build's own step of the base: it vouches that the build uses that base version.
+    #[arg(long, value_name = "FILE")]
+    base_record: Option<PathBuf>,
     /// On a local miss, ask this shared cache (see `layercache push`).
     #[command(flatten)]
     remote: RemoteArgs,
@@ -121,6 +129,25 @@ pub fn lookup(args: LookupArgs, interrupt: Arc<AtomicBool>) -> anyhow::Result<Ex
     let (plan, cache, pruned) = open(t, interrupt)?;
     signals::check(NOTHING_RECORDED)?;
     let mut session = cache.session(plan.build())?;
+    if let Some(path) = &args.base_record {
+        let rec = LookupRecord::read(path)?;
+        let base = match &plan.build().layer(&t.layer)?.base {
+            layercache::Base::Built { layer } => layer.clone(),
+            _ => anyhow::bail!(
+                "--base-record: layer {} is not built on another layer",
+                escape_bytes(t.layer.as_bytes())
+            ),
+        };
+        if rec.layer() != base {
+            return Err(Error::RecordOfAnotherLayer {
+                path: path.clone(),
+                layer: base,
+                found: rec.layer().to_string(),
+            }
+            .into());
+        }
+        session.trust_base_record(&rec)?;
+    }
     let mut link = Link::open(&args.remote)?;
     // --record and --verify answer from the local cache only (a remote hit records the layer
     // without a build, so there is nothing to record for a put; verify is about local rows).
@@ -277,6 +304,17 @@ pub fn put(args: PutArgs, interrupt: Arc<AtomicBool>) -> anyhow::Result<ExitCode
             let record = session
                 .put_recorded(&seen, &manifests)
                 .with_context(context)?;
+            // The put's result goes back into the record, for the lookups of the layers built
+            // on this one (`lookup --base-record FILE`); without it they walk this layer again.
+            match session.record_after_put(&seen) {
+                Ok(Some(r)) => {
+                    if let Err(e) = r.write(from) {
+                        tracing::warn!("{e}: the layers built on this one walk it again");
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!("{e}: the layers built on this one walk it again"),
+            }
             (record, None)
         }
         None => {
