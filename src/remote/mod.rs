@@ -54,7 +54,6 @@
 
 mod auth;
 mod error;
-mod layout;
 mod wire;
 
 use std::collections::BTreeSet;
@@ -75,7 +74,6 @@ use oci_spec::image::Descriptor;
 use sha2::Digest as _;
 
 pub use error::RemoteError;
-pub use layout::image_blobs;
 pub use wire::{
     ANNOTATION_INPUT_DIGEST, ANNOTATION_LAYER, ENTRY_MEDIA_TYPE, ENVELOPE_VERSION,
     OCI_MANIFEST_MEDIA_TYPE, TAG_CONTEXT, entry_tag,
