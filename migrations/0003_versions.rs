@@ -1,9 +1,10 @@
 //! Step v2 → v3: one version per v2 entry, keyed by its input digest; `entries` and `bases`
 //! give way to `versions`, `layers` and `last_used`. See the note beside this file.
 //!
-//! Everything here is frozen: the v2 record layout ([`EntryV2`]) and the v2 entry digest
-//! ([`entry_digest_v2`]) are copies of what the v2 code wrote and compared, so that later changes
-//! to the live code never change what this step does to an old file.
+//! Everything here is frozen: the v2 record layout ([`EntryV2`]), the v2 entry digest
+//! ([`entry_digest_v2`]) and the v3 record layout it writes ([`VersionV3`]) are copies of what
+//! the v2 code wrote and compared and the v3 code read, so that later changes to the live code
+//! never change what this step does to an old file.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -15,8 +16,8 @@ use crate::codec;
 use crate::error::{DbResultExt, Error, Result};
 use crate::path::escape_bytes;
 use crate::schema::{
-    BASES, BaseKind, BaseRecord, ENTRIES, LAST_USED, LAYERS, LayerRecord, ManifestRecord, ROWS,
-    SourceSummary, VERSIONS, VersionRecord,
+    BASES, BaseKind, BaseRecord, ENTRIES, LAST_USED, LAYERS, LayerRecord, ManifestRecord, Origin,
+    ROWS, SourceSummary, VERSIONS, VersionRecord,
 };
 use crate::version::{Inputs, entry_digest_of, input_digest};
 
@@ -44,6 +45,56 @@ pub struct EntryV2 {
     pub build_only: bool,
     /// Time of the put, ms.
     pub created_unix_ms: u64,
+}
+
+/// A version as schema v3 stored it in `versions` (checksummed): the live
+/// [`VersionRecord`] of schema v3, without the `origin` that v4 added. This step writes it; the
+/// v3 → v4 step (`migrations/0004_origin.rs`) reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionV3 {
+    /// Layer name.
+    pub name: String,
+    /// The input digest it is stored under.
+    pub input_digest: [u8; 32],
+    /// Canonical definition JSON.
+    pub definition_json: Vec<u8>,
+    /// blake3 of `definition_json`.
+    pub definition_digest: [u8; 32],
+    /// The base recorded at put.
+    pub base: BaseRecord,
+    /// SOURCE_DATE_EPOCH.
+    pub source_date_epoch: Option<i64>,
+    /// The builder identity.
+    pub builder: Option<String>,
+    /// Import summaries.
+    pub imports: Vec<SourceSummary>,
+    /// Overlay dir summaries.
+    pub overlay_dirs: Vec<SourceSummary>,
+    /// Output manifests.
+    pub manifests: Vec<ManifestRecord>,
+    /// build_only.
+    pub build_only: bool,
+    /// Time of the put, ms.
+    pub created_unix_ms: u64,
+}
+
+impl From<&VersionRecord> for VersionV3 {
+    fn from(v: &VersionRecord) -> VersionV3 {
+        VersionV3 {
+            name: v.name.clone(),
+            input_digest: v.input_digest,
+            definition_json: v.definition_json.clone(),
+            definition_digest: v.definition_digest,
+            base: v.base.clone(),
+            source_date_epoch: v.source_date_epoch,
+            builder: v.builder.clone(),
+            imports: v.imports.clone(),
+            overlay_dirs: v.overlay_dirs.clone(),
+            manifests: v.manifests.clone(),
+            build_only: v.build_only,
+            created_unix_ms: v.created_unix_ms,
+        }
+    }
 }
 
 /// The v2 base hash of an entry: what layers built on it recorded and compared (a frozen copy of
@@ -215,8 +266,9 @@ pub fn migrate(txn: &redb::WriteTransaction, db: &Path) -> Result<Outcome> {
         let mut lt = txn.open_table(LAYERS).db(db)?;
         let mut ut = txn.open_table(LAST_USED).db(db)?;
         for v in &versions {
-            let bytes =
-                codec::encode_checked(v).map_err(|d| corrupt(db, "versions", &v.name, d))?;
+            // The v3 layout: the v3 -> v4 step that follows reads it as such.
+            let bytes = codec::encode_checked(&VersionV3::from(v))
+                .map_err(|d| corrupt(db, "versions", &v.name, d))?;
             vt.insert((v.name.as_str(), &v.input_digest), bytes.as_slice())
                 .db(db)?;
             let pointer = codec::encode_checked(&LayerRecord {
@@ -279,6 +331,8 @@ fn version_of(e: &EntryV2, base_hash: Option<Vec<u8>>, out: &mut Outcome) -> Ver
         manifests: e.manifests.clone(),
         build_only: e.build_only,
         created_unix_ms: e.created_unix_ms,
+        // Not written (the v3 layout has no origin); v3 -> v4 makes every version `Built`.
+        origin: Origin::Built,
     };
     v.input_digest = input_digest(&Inputs::of_record(&v));
     v

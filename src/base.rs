@@ -113,15 +113,3 @@ pub fn resolve_tag(layout: &Path, tag: &str) -> Result<Option<String>> {
         }),
     }
 }
-
-/// The path of a blob in an OCI layout: `blobs/<algorithm>/<hex>`; `None` for a malformed digest
-/// (which then cannot exist, so the entry holding it is pruned).
-pub fn blob_path(layout: &Path, digest: &str) -> Option<std::path::PathBuf> {
-    let (alg, hex) = digest.split_once(':')?;
-    let ok = |s: &str| {
-        !s.is_empty()
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'.' | b'_' | b'-'))
-    };
-    (ok(alg) && ok(hex)).then(|| layout.join("blobs").join(alg).join(hex))
-}

@@ -23,13 +23,13 @@
 //! layout's `index.json`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::path::hex;
+use crate::path::{blob_path, hex};
 
 /// What GC needs to know of one version.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -305,18 +305,6 @@ pub struct BlobDeletion {
     pub refused: Vec<String>,
 }
 
-/// The path of a blob, for a strictly well-formed digest only: `<alg>:<hex>` with an algorithm
-/// of lowercase letters and digits and an encoded part of lowercase hex (no `.`, no `/`).
-fn strict_blob_path(layout: &Path, digest: &str) -> Option<PathBuf> {
-    let (alg, enc) = digest.split_once(':')?;
-    let alg_ok = !alg.is_empty()
-        && alg
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-    let enc_ok = !enc.is_empty() && enc.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-    (alg_ok && enc_ok).then(|| layout.join("blobs").join(alg).join(enc))
-}
-
 /// Manifests and indexes are read to follow their references; a blob whose media type is not
 /// one of these (and not absent) is a layer or config and is never parsed.
 fn may_reference(media_type: Option<&str>) -> bool {
@@ -355,7 +343,7 @@ pub fn referenced_by_index(layout: &Path) -> Result<BTreeSet<String>> {
         if !may_reference(media) {
             continue;
         }
-        let Some(path) = strict_blob_path(layout, digest) else {
+        let Some(path) = blob_path(layout, digest) else {
             continue;
         };
         let meta = match std::fs::metadata(&path) {
@@ -425,7 +413,7 @@ fn sort_blobs(layout: &Path, candidates: &[String], dry_run: bool) -> Result<Blo
             out.protected.push(digest.clone());
             continue;
         }
-        let Some(path) = strict_blob_path(layout, digest) else {
+        let Some(path) = blob_path(layout, digest) else {
             out.refused.push(digest.clone());
             continue;
         };
@@ -692,9 +680,9 @@ mod tests {
         assert_eq!(r.refused, vec!["sha256:../../index.json".to_string()]);
         assert!(layout.join("index.json").is_file());
         for d in [&layer, &config] {
-            assert!(strict_blob_path(layout, d).unwrap().is_file());
+            assert!(blob_path(layout, d).unwrap().is_file());
         }
-        assert!(!strict_blob_path(layout, &free).unwrap().exists());
+        assert!(!blob_path(layout, &free).unwrap().exists());
     }
 
     #[test]
@@ -718,6 +706,6 @@ mod tests {
         )
         .unwrap();
         assert!(delete_blobs(layout, std::slice::from_ref(&free)).is_err());
-        assert!(strict_blob_path(layout, &free).unwrap().is_file());
+        assert!(blob_path(layout, &free).unwrap().is_file());
     }
 }

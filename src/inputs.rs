@@ -95,7 +95,9 @@ pub struct OverlayDir {
     pub key: String,
     /// The source directory on disk, whose content is cached.
     pub source: PathBuf,
-    /// Where the builder copied it in the rootfs; it must exist for a hit.
+    /// Where the builder copied it in the rootfs while building: an output of building here, so
+    /// a hit on a version built on this machine requires it to be a directory (a version pulled
+    /// from a registry does not; see `docs/guarantees.md`).
     pub rootfs_path: PathBuf,
 }
 

@@ -58,7 +58,7 @@
 //!
 //! ## Data model
 //!
-//! One redb file holds five tables (schema v3, see `schema`):
+//! One redb file holds five tables (schema v4, see `schema`):
 //!
 //! * `meta` — the schema version, the version of the crate that wrote the file, and the
 //!   per-cache secret that binds lookup records to this file (`store/secret.rs`; made with the
@@ -66,7 +66,8 @@
 //! * `versions` — `(layer, input digest)` → `schema::VersionRecord`: one per evaluation of a
 //!   layer's inputs that was put — the layer definition (canonical JSON and its digest), the
 //!   base, SOURCE_DATE_EPOCH, builder identity, one summary per import and overlay dir (root
-//!   type, Merkle root, row count), the output manifests, build_only, time. A layer keeps many.
+//!   type, Merkle root, row count), the output manifests, build_only, time, and its origin
+//!   (built here, or pulled from a registry). A layer keeps many.
 //! * `layers` — layer name → `schema::LayerRecord`: its *current* version, the one its rows
 //!   describe (the most recently used), with a generation bumped whenever the rows are replaced.
 //! * `last_used` — `(layer, input digest)` → ms: recorded coarsely (at most hourly per version,
@@ -168,10 +169,17 @@
 //! dropping it would let a file edited during the build and reverted after the put hit on
 //! outputs built from the edit.
 //!
-//! A hit also checks, at that moment, that the version's outputs exist: every manifest's blob
-//! in the configured OCI layout, or `<rootfs_dir>/<layer>` for a build-only layer. Otherwise
+//! A hit also checks, at that moment, that the version's outputs exist, by one rule for every
+//! kind of output (`cache/outputs.rs`, stated for users in `docs/guarantees.md`): every blob
+//! each output manifest reaches (config, layers; an index's manifests) in the configured OCI
+//! layout with its size — manifests read, bounded and checked against their digest, layers only
+//! `stat`ed — `<rootfs_dir>/<layer>` a directory for a build-only layer, and for a version
+//! built on this machine (`schema::Origin::Built`) every overlay dir's builder's copy a
+//! directory (a version pulled from a registry has none and does not ask for it). Otherwise
 //! (or when the location is not configured, so nothing can be checked) the lookup misses with
-//! [`MissReason::OutputsMissing`]; such a version still counts as the base of its dependents.
+//! [`MissReason::OutputsMissing`] naming what is missing (or, for a builder's copy with
+//! nothing at its path, the seed's [`MissReason::OverlayDirMissing`]); such a version still
+//! counts as the base of its dependents.
 //! A [`LookupMode::verify`] lookup reads every file whatever its stat data and reports the rows
 //! whose stat data lied ([`Lookup::lying_rows`]), clearing their stat data.
 //!
@@ -216,8 +224,9 @@
 //!    in one transaction, and only when that equals what its lookup saw.
 //! 7. A damaged entry or row is a miss for that layer, never a false hit and never a wiped
 //!    cache.
-//! 8. A hit never points at outputs that are not there now, and a version of a layer that is
-//!    not build-only always records outputs.
+//! 8. A hit never points at outputs that are not there now (the outputs rule, checked at every
+//!    hit, local or remote), and a version of a layer that is not build-only always records
+//!    outputs.
 //!
 //! ## Modules
 //!
@@ -230,8 +239,9 @@
 //!   `check.rs` (the integrity checker), `maintain.rs` (the only writable opens), `render.rs`
 //!   (the text forms).
 //! * `cache` looks up and puts: `cache/mod.rs` (open, prune, remove, the entry digest and
-//!   decoding), `session.rs` (the session, its memo, the base chain), `lookup.rs` (evaluation:
-//!   definition, base, epoch, sources), `source.rs` (a source's identity, walk and diff, the
+//!   decoding), `outputs.rs` (the one "outputs exist" rule: hits, pruning and push), `session.rs`
+//!   (the session, its memo, the base chain), `lookup.rs` (evaluation: definition, base, epoch,
+//!   sources), `source.rs` (a source's identity, walk and diff, the
 //!   tee, observations), `put.rs` (put in one write transaction, checked against what its
 //!   lookup saw), `record.rs` (the lookup record file a put in another process checks
 //!   against), `refresh.rs` (stat refresh batches, clearing rows that lied), `gc.rs`
@@ -318,7 +328,7 @@ pub use schema::{EntryKind, SCHEMA_VERSION};
 pub use error::{Error, Result};
 // Sharing through an OCI registry (feature `remote`).
 #[cfg(feature = "remote")]
-pub use cache::{HitSource, PushOutcome, RemoteFailure, RemoteLookup};
+pub use cache::{HitSource, PushOutcome, RemoteAnswer, RemoteFailure, RemoteLookup};
 #[cfg(feature = "remote")]
 pub use remote::{Remote, RemoteError, RemoteOptions};
 // Progress of long operations, migrations, and printing paths and names safely.
@@ -345,6 +355,7 @@ pub use oci_spec::image::Descriptor;
 /// here may change in any release.
 #[doc(hidden)]
 pub mod testing {
+    pub use crate::cache::{MANIFEST_LIMIT, OutputBlob, Unusable, output_blobs};
     pub use crate::diff::{compare_rows, diff_trees};
     pub use crate::path::validate_layer_name;
     pub use crate::schema::Row;

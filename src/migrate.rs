@@ -17,6 +17,8 @@ use crate::schema::{META, META_SCHEMA_VERSION, META_WRITER, SCHEMA_VERSION};
 pub mod v0002;
 #[path = "../migrations/0003_versions.rs"]
 pub mod v0003;
+#[path = "../migrations/0004_origin.rs"]
+pub mod v0004;
 
 /// One schema change.
 pub struct Step {
@@ -47,6 +49,13 @@ pub static STEPS: &[Step] = &[
         name: "versions: entries keyed by input digest, checksummed records",
         note: include_str!("../migrations/0003_versions.md"),
         run: v0003::run,
+    },
+    Step {
+        from: 3,
+        to: 4,
+        name: "origin: a version built here or pulled from a registry",
+        note: include_str!("../migrations/0004_origin.md"),
+        run: v0004::run,
     },
 ];
 

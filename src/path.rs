@@ -9,9 +9,12 @@
 //! children of each directory sorted by name (`a`, `a/b`, `a-b`, `a.txt`, `a0`): a subtree is one
 //! contiguous key range, and a diff is a merge of two sorted streams.
 //!
-//! **Display.** [`RelPath`]'s `Display` (and its serde form) is lossless and printable: valid
-//! UTF-8 is kept, `\` is written `\\`, control characters and bytes that are not UTF-8 are written
-//! `\xNN`. The same string is used in human text and in JSON.
+//! **Display.** [`RelPath`]'s `Display` is lossless and printable: valid UTF-8 is kept, `\` is
+//! written `\\`, control characters and bytes that are not UTF-8 are written `\xNN`, and the
+//! invisible format characters that can reorder what a person reads (bidi controls such as
+//! U+202E, zero-width characters such as U+200B: Unicode category Cf, and U+2028/U+2029) are
+//! written `\u{202e}`. Its serde (JSON) form is the same except that format characters are kept
+//! exactly: JSON is read by programs. [`RelPath::parse_escaped`] reads both forms back.
 
 use std::ffi::OsStr;
 use std::fmt;
@@ -124,6 +127,15 @@ impl RelPath {
                     out.push(u8::from_str_radix(hex, 16).ok()?);
                     i += 4;
                 }
+                // `\u{XXXX}`: a format character of the text form.
+                Some(b'u') if bytes.get(i + 2) == Some(&b'{') => {
+                    let len = bytes.get(i + 3..)?.iter().position(|&b| b == b'}')?;
+                    let hex = std::str::from_utf8(bytes.get(i + 3..i + 3 + len)?).ok()?;
+                    let c = char::from_u32(u32::from_str_radix(hex, 16).ok()?)?;
+                    let mut buf = [0u8; 4];
+                    out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                    i += 4 + len;
+                }
                 _ => return None,
             }
         }
@@ -131,9 +143,50 @@ impl RelPath {
     }
 }
 
-/// Writes `bytes` escaped: UTF-8 kept, `\` doubled, control characters and invalid bytes as
-/// `\xNN`.
+/// Writes `bytes` escaped for a person (text output): UTF-8 kept, `\` doubled, control
+/// characters and invalid bytes as `\xNN`, and the invisible characters that reorder or hide
+/// what a person reads — Unicode format characters (general category Cf: the bidi controls
+/// U+202A–U+202E and U+2066–U+2069, U+200B–U+200F, U+2060–U+2064, U+FEFF, ...) and the line and
+/// paragraph separators U+2028, U+2029 — as `\u{XXXX}`.
 pub(crate) fn write_escaped(f: &mut impl fmt::Write, bytes: &[u8]) -> fmt::Result {
+    write_escaped_as(f, bytes, true)
+}
+
+/// [`write_escaped`] for JSON: the same, but format characters kept exactly (JSON readers are
+/// programs; only what must be escaped to stay lossless is: `\`, controls, invalid bytes).
+pub(crate) fn write_escaped_json(f: &mut impl fmt::Write, bytes: &[u8]) -> fmt::Result {
+    write_escaped_as(f, bytes, false)
+}
+
+/// True for a character that is invisible and can reorder or hide text: general category Cf
+/// (Unicode 16) and the separators Zl, Zp.
+pub fn is_format_char(c: char) -> bool {
+    matches!(
+        c as u32,
+        0xAD | 0x600..=0x605
+            | 0x61C
+            | 0x6DD
+            | 0x70F
+            | 0x890..=0x891
+            | 0x8E2
+            | 0x180E
+            | 0x200B..=0x200F
+            | 0x2028..=0x202E
+            | 0x2060..=0x2064
+            | 0x2066..=0x206F
+            | 0xFEFF
+            | 0xFFF9..=0xFFFB
+            | 0x110BD
+            | 0x110CD
+            | 0x13430..=0x1343F
+            | 0x1BCA0..=0x1BCA3
+            | 0x1D173..=0x1D17A
+            | 0xE0001
+            | 0xE0020..=0xE007F
+    )
+}
+
+fn write_escaped_as(f: &mut impl fmt::Write, bytes: &[u8], format_chars: bool) -> fmt::Result {
     for chunk in bytes.utf8_chunks() {
         for c in chunk.valid().chars() {
             match c {
@@ -146,6 +199,7 @@ pub(crate) fn write_escaped(f: &mut impl fmt::Write, bytes: &[u8]) -> fmt::Resul
                         write!(f, "\\x{b:02x}")?;
                     }
                 }
+                c if format_chars && is_format_char(c) => write!(f, "\\u{{{:x}}}", c as u32)?,
                 c => f.write_char(c)?,
             }
         }
@@ -179,10 +233,22 @@ impl fmt::Debug for RelPath {
     }
 }
 
+/// The JSON form of a path: [`write_escaped_json`] (format characters exact).
+struct JsonForm<'a>(&'a RelPath);
+
+impl fmt::Display for JsonForm<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.0.is_empty() {
+            return f.write_str(".");
+        }
+        write_escaped_json(f, &self.0.to_slash_bytes())
+    }
+}
+
 impl serde::Serialize for RelPath {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         if s.is_human_readable() {
-            s.collect_str(self)
+            s.collect_str(&JsonForm(self))
         } else {
             s.serialize_bytes(&self.0)
         }
@@ -296,6 +362,20 @@ pub fn display_hash(bytes: &[u8]) -> String {
     hex(bytes)
 }
 
+/// The path of a blob in an OCI layout, `<layout>/blobs/<algorithm>/<encoded>`, for a strictly
+/// well-formed digest only: an algorithm of lowercase letters and digits and an encoded part of
+/// lowercase hex (no `.`, no `/`), so a digest read from a manifest can never name a file
+/// outside `blobs/`. `None` for anything else (such a blob cannot be there).
+pub fn blob_path(layout: &Path, digest: &str) -> Option<PathBuf> {
+    let (alg, enc) = digest.split_once(':')?;
+    let alg_ok = !alg.is_empty()
+        && alg
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    let enc_ok = !enc.is_empty() && enc.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    (alg_ok && enc_ok).then(|| layout.join("blobs").join(alg).join(enc))
+}
+
 /// A file system path for messages and reports, escaped as [`escape_bytes`] does.
 pub fn show_path(p: &Path) -> String {
     escape_bytes(p.as_os_str().as_encoded_bytes())
@@ -331,6 +411,27 @@ mod tests {
             assert!(!shown.contains('\n'));
             assert_eq!(RelPath::parse_escaped(&shown), Some(p));
         }
+    }
+
+    #[test]
+    fn format_characters_are_escaped_in_text_and_exact_in_json() {
+        let raw = "a\u{202e}gnp.exe/\u{200b}x\u{feff}\u{2028}".as_bytes();
+        let p = RelPath::from_slash_bytes(raw);
+        let shown = p.to_string();
+        assert_eq!(shown, "a\\u{202e}gnp.exe/\\u{200b}x\\u{feff}\\u{2028}");
+        assert_eq!(RelPath::parse_escaped(&shown), Some(p.clone()));
+        let json = serde_json::to_string(&p).unwrap();
+        assert_eq!(json, "\"a\u{202e}gnp.exe/\u{200b}x\u{feff}\u{2028}\"");
+        assert_eq!(serde_json::from_str::<RelPath>(&json).unwrap(), p);
+        assert_eq!(
+            escape_bytes("\u{2066}l\u{2069}".as_bytes()),
+            "\\u{2066}l\\u{2069}"
+        );
+        // Visible text, including other scripts and combining marks, is kept.
+        assert_eq!(escape_bytes("é日本\u{301}".as_bytes()), "é日本\u{301}");
+        // A text-form escape of a literal backslash-u stays a backslash-u.
+        let lit = RelPath::from_slash_bytes(b"\\u{202e}");
+        assert_eq!(RelPath::parse_escaped(&lit.to_string()), Some(lit));
     }
 
     #[test]

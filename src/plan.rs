@@ -48,7 +48,8 @@
 //!   `dest` (optional; an import with a destination is an input like any other, cached under
 //!   its key and destination).
 //! * An overlay dir: `key`, `source` (the directory whose content is cached) and `rootfs_path`
-//!   (where the builder copied it; it must exist for a hit).
+//!   (where the builder copied it while building; a hit on a version built here requires it to
+//!   be a directory, see `docs/guarantees.md`).
 //!
 //! Relative paths (import `path`, overlay `source` and `rootfs_path`, tar `path`, oci/docker
 //! `layout`, top-level `oci_layout` and `rootfs_dir`) are relative to the directory holding the
@@ -240,11 +241,96 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<Option
 }
 
 /// Distinguishes a `definition` given (even as `null`: `Some(Value::Null)`) from an absent one
-/// (`None`, via `#[serde(default)]`).
+/// (`None`, via `#[serde(default)]`). A key given twice in any object of the definition is
+/// refused, naming it (serde_json would keep the last silently, and a hit would then vouch for
+/// a definition the builder may read differently).
 fn present_value<'de, D: Deserializer<'de>>(
     d: D,
 ) -> std::result::Result<Option<serde_json::Value>, D::Error> {
-    serde_json::Value::deserialize(d).map(Some)
+    use serde::de::DeserializeSeed;
+    StrictValue { path: "definition" }.deserialize(d).map(Some)
+}
+
+/// A JSON value that refuses an object key given twice, at any depth; `path` names where it
+/// is (`definition.env[0]`) in the error.
+struct StrictValue<'p> {
+    path: &'p str,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for StrictValue<'_> {
+    type Value = serde_json::Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for StrictValue<'_> {
+    type Value = serde_json::Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> std::result::Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_i64<E>(self, v: i64) -> std::result::Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_u64<E>(self, v: u64) -> std::result::Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_f64<E>(self, v: f64) -> std::result::Result<Self::Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(serde_json::Value::Null, Into::into))
+    }
+    fn visit_str<E>(self, v: &str) -> std::result::Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_string<E>(self, v: String) -> std::result::Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_unit<E>(self) -> std::result::Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+    fn visit_none<E>(self) -> std::result::Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        let mut out = Vec::new();
+        loop {
+            let path = format!("{}[{}]", self.path, out.len());
+            match seq.next_element_seed(StrictValue { path: &path })? {
+                Some(v) => out.push(v),
+                None => return Ok(serde_json::Value::Array(out)),
+            }
+        }
+    }
+    fn visit_map<A: MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                return Err(serde::de::Error::custom(format_args!(
+                    "key \"{}\" is given twice in {} (a definition is compared as written, so \
+                     each key must appear once); remove one",
+                    escape_bytes(key.as_bytes()),
+                    self.path
+                )));
+            }
+            let path = format!("{}.{}", self.path, escape_bytes(key.as_bytes()));
+            let v = map.next_value_seed(StrictValue { path: &path })?;
+            out.insert(key, v);
+        }
+        Ok(serde_json::Value::Object(out))
+    }
 }
 
 /// The `layers` object, refusing a layer name given twice (serde would keep the last).
@@ -268,7 +354,12 @@ fn unique_layers<'de, D: Deserializer<'de>>(
                         "layer {name:?} is defined twice"
                     )));
                 }
-                let layer = map.next_value::<RawLayer>()?;
+                let layer = map.next_value::<RawLayer>().map_err(|e| {
+                    serde::de::Error::custom(format_args!(
+                        "layer \"{}\": {e}",
+                        escape_bytes(name.as_bytes())
+                    ))
+                })?;
                 out.insert(name, layer);
             }
             Ok(out)

@@ -1,6 +1,6 @@
 //! Table definitions, the schema version, and the record types stored in them.
 //!
-//! Schema v3 (versions: many per layer, see [`crate::version`]):
+//! Schema v4 (versions: many per layer, see [`crate::version`]; v4 added [`Origin`]):
 //!
 //! | table       | key                                    | value                                  |
 //! |-------------|----------------------------------------|----------------------------------------|
@@ -11,7 +11,9 @@
 //! | `rows`      | `(&str layer, &str source, &[u8] path key)` | encoded [`Row`]                   |
 //!
 //! Schemas v1 and v2 had `entries` (layer → one entry) and `bases` (layer → base hash) instead
-//! of the first three; the v2 → v3 step (`migrations/0003_versions.rs`) replaces them.
+//! of the first three; the v2 → v3 step (`migrations/0003_versions.rs`) replaces them. Schema v3
+//! had the same tables with a [`VersionRecord`] without its `origin`; the v3 → v4 step
+//! (`migrations/0004_origin.rs`) gives every v3 version [`Origin::Built`].
 //!
 //! `rows` stays as it is: the last seen state of each source (git's index), described by the
 //! version that `layers` points at. Recording a use writes 8 bytes in `last_used`, never a
@@ -25,7 +27,7 @@ use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
 
 /// The schema version this code writes and reads.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// Small facts about the file: `schema_version` (u32 little endian), `writer` (crate version).
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -272,9 +274,38 @@ pub struct ManifestRecord {
 /// layout is frozen in `migrations/0003_versions.rs` as `EntryV2`.
 pub type EntryRecord = VersionRecord;
 
-/// One version of a layer (schema v3): everything recorded for one evaluation of its inputs,
+/// Where a version came from (schema v4). It decides one thing: whether a hit on the version
+/// requires the builder's copies of its overlay dirs (see [`crate::cache`]'s outputs rule and
+/// `docs/guarantees.md`). It is part of no digest: a version pulled from a registry and the
+/// same version built here have the same input and entry digests, so the layers built on it
+/// hit either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// Put after a build on this machine (or migrated from schema v3 and older, which recorded
+    /// only such versions): its overlay dirs' `rootfs_path` copies were made by the builder
+    /// here, and a hit requires each to be a directory.
+    Built,
+    /// Recorded from a registry entry by a remote hit: this machine never built it, so it has
+    /// no builder's copies and a hit does not ask for them. Its outputs are the image blobs,
+    /// which a hit requires like any other's.
+    Pulled,
+}
+
+impl Origin {
+    /// `built` or `pulled`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Built => "built",
+            Origin::Pulled => "pulled",
+        }
+    }
+}
+
+/// One version of a layer (schema v4): everything recorded for one evaluation of its inputs,
 /// keyed by `(name, input_digest)`. The same as the v2 entry plus the builder identity and the
-/// input digest itself (so a record copied under a wrong key is detected).
+/// input digest itself (so a record copied under a wrong key is detected), and (v4) its
+/// [`Origin`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VersionRecord {
     /// Layer name.
@@ -302,6 +333,8 @@ pub struct VersionRecord {
     pub build_only: bool,
     /// Time of the put (or of the v2 entry it was migrated from), ms since the Unix epoch.
     pub created_unix_ms: u64,
+    /// Built here or pulled from a registry (schema v4).
+    pub origin: Origin,
 }
 
 impl VersionRecord {

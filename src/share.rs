@@ -309,6 +309,7 @@ mod tests {
             build_only: false,
             builder: Some("stacker 1.1.0".into()),
             created_unix_ms: 1,
+            origin: crate::schema::Origin::Built,
         };
         rec.input_digest = input_digest(&Inputs::of_record(&rec));
         rec

@@ -1,7 +1,9 @@
 //! Writes the frozen fixtures of each released schema (run once, with the code of that schema,
 //! as root so owners are 0): `cargo test --test make_v1_fixture -- --ignored make_vN`. Kept so
 //! anyone can see how they were made; the v1 fixtures were made by commit fb250c2's code, the
-//! v2 fixtures by the code that released schema v2 (baf87ef~1). Today's code can only make the current one.
+//! v2 fixtures by the code that released schema v2 (baf87ef~1), the v3 fixture by the code that
+//! released schema v3 (the parent of the commit that added schema v4). Today's code can only make
+//! the current one.
 
 mod common;
 
@@ -59,4 +61,17 @@ fn make_v2_fixtures() {
     make("v2-small.redb", &small, &["base", "mid", "app", "other"], 2);
     let large = common::v1_fixture::large_inputs(&tmp.path().join("large"), 30_000);
     make("v2-large.redb", &large, &["big"], 2);
+}
+
+#[test]
+#[ignore = "writes the frozen fixture; run by hand only when making it"]
+fn make_v3_fixtures() {
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "make the fixtures as root (owners 0:0)"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let small = common::v1_fixture::small_inputs(&tmp.path().join("small"));
+    make("v3-small.redb", &small, &["base", "mid", "app", "other"], 3);
 }

@@ -19,12 +19,13 @@ use std::collections::BTreeSet;
 
 use crate::error::Result;
 use crate::inputs::LayerInputs;
-use crate::path::{display_hash, show_path};
+use crate::path::display_hash;
 use crate::reason::{BaseChange, MissReason, definition_changes};
-use crate::schema::{LayerRecord, VersionRecord};
+use crate::schema::{LayerRecord, Origin, VersionRecord};
 use crate::store::versions;
 use crate::version::{Inputs, SourceInput, input_digest};
 
+use super::outputs;
 use super::refresh::{RefreshList, Switch};
 use super::session::BaseNow;
 use super::source::{
@@ -54,8 +55,6 @@ struct Walked<'i> {
     observed: Option<Vec<Observed>>,
     /// Per cached source: its role, key and walked tree (`None`: not walked or gone).
     trees: Vec<(SourceRole, Cow<'i, str>, Option<WalkedTree>)>,
-    /// An overlay dir's rootfs copy is missing: no version can hit.
-    rootfs_missing: Option<MissReason>,
     /// Stored rows whose stat data lied (verify only).
     lied: Vec<LyingRow>,
 }
@@ -152,12 +151,12 @@ impl Session<'_> {
         drop(txn);
 
         // The input digest of what was walked, if every source was walked soundly (computed
-        // on a miss too: a remote lookup asks for it).
+        // on a miss too: a remote lookup asks for it). Outputs are no part of it: a builder's
+        // copy of an overlay dir is an output of building here (`cache/outputs.rs`).
         let digest = match &base {
             BaseNow::Hash(h) => digest_of(inputs, builder, definition_digest, h, &walked),
             BaseNow::Miss(_) => None,
         };
-        let input_digest = digest.filter(|_| walked.rootfs_missing.is_none());
         let damaged = reasons
             .list
             .iter()
@@ -167,34 +166,33 @@ impl Session<'_> {
             .and_then(|d| stored.into_iter().find(|(k, _)| *k == d));
         let mut reasons = reasons.list;
         let mut base_of_dependents = None;
-        let outcome = match (found, walked.rootfs_missing) {
-            (Some((_, Ok(rec))), None) => match self.cache.outputs_missing(&rec)? {
-                // Every input matches, the outputs are gone: a miss (that writes nothing), but
-                // the version is still what the layers built on this one were built on.
-                Some(what) => {
-                    base_of_dependents = Some(crate::version::entry_digest_of(&rec));
-                    Outcome::Miss(vec![MissReason::OutputsMissing { what }])
+        let outcome = match found {
+            // Every input matches: the hit is decided by the one outputs rule.
+            Some((_, Ok(rec))) => {
+                match outputs::missing(&self.cache.config, &rec, &inputs.overlay_dirs)? {
+                    // The outputs are not there: a miss (that writes nothing), but the version is
+                    // still what the layers built on this one were built on.
+                    Some(missing) => {
+                        base_of_dependents = Some(crate::version::entry_digest_of(&rec));
+                        Outcome::Miss(vec![missing.reason()])
+                    }
+                    None => {
+                        let is_current = current
+                            .as_ref()
+                            .is_some_and(|c| c.input_digest == rec.input_digest);
+                        let switch = (!is_current).then(|| Switch {
+                            from: pointer.clone(),
+                            trees: walked.trees,
+                        });
+                        self.after_hit(layer, &rec, &refresh, switch)?;
+                        hit(rec)
+                    }
                 }
-                None => {
-                    let is_current = current
-                        .as_ref()
-                        .is_some_and(|c| c.input_digest == rec.input_digest);
-                    let switch = (!is_current).then(|| Switch {
-                        from: pointer.clone(),
-                        trees: walked.trees,
-                    });
-                    self.after_hit(layer, &rec, &refresh, switch)?;
-                    hit(rec)
-                }
-            },
-            (Some((_, Err(e))), _) => Outcome::Miss(vec![MissReason::DamagedEntry {
+            }
+            Some((_, Err(e))) => Outcome::Miss(vec![MissReason::DamagedEntry {
                 detail: e.to_string(),
             }]),
-            (Some((_, Ok(_))), Some(missing)) => Outcome::Miss(vec![missing]),
-            (None, missing) => {
-                if let Some(m) = missing.filter(|_| reasons.is_empty()) {
-                    reasons.push(m);
-                }
+            None => {
                 if reasons.is_empty() {
                     reasons.push(MissReason::NotCached);
                 }
@@ -230,7 +228,7 @@ impl Session<'_> {
             outcome,
             lying_rows: walked.lied,
             base_of_dependents,
-            input_digest,
+            input_digest: digest,
         };
         Ok((lookup, seen))
     }
@@ -298,7 +296,6 @@ impl Session<'_> {
         let mut walked = Walked {
             observed: observe.then(Vec::new),
             trees: Vec::new(),
-            rootfs_missing: None,
             lied: Vec::new(),
         };
         for src in cached_sources(inputs) {
@@ -312,20 +309,15 @@ impl Session<'_> {
                 reasons.push(src.id().miss(SourceMiss::New));
             }
             let explain = explain && summary.is_some();
-            if let Some(rootfs) = src.rootfs_path
-                && std::fs::symlink_metadata(rootfs).is_err()
+            // The builder's copy, in the seed's order (before the content), when the version
+            // explained against was built here: the same check a hit on it makes
+            // (`cache/outputs.rs`); a pulled version has no copy to miss.
+            if explain
+                && current.is_some_and(|c| c.origin == Origin::Built)
+                && let Some(rootfs) = src.rootfs_path
+                && let Some(missing) = outputs::builder_copy(&src.ident, rootfs)
             {
-                let missing = MissReason::OverlayDirMissing {
-                    key: src.ident.to_string(),
-                    rootfs_path: show_path(rootfs),
-                };
-                if explain {
-                    reasons.push(missing.clone());
-                }
-                walked.rootfs_missing.get_or_insert(missing);
-                if !reasons.mode.explain && !observe {
-                    break;
-                }
+                reasons.push(missing.reason());
             }
             let checked = SourceCheck {
                 store: &self.cache.store,

@@ -2,12 +2,13 @@
 //! put within one build [`Session`].
 //!
 //! Owns: the [`Cache`] handle and the types a lookup returns ([`Lookup`], [`BuildLookup`],
-//! [`Outcome`], [`CachedEntry`], [`LookupMode`], [`SessionCounters`]); the check of a hit's
-//! outputs; [`entry_digest`], the hash layers built
-//! on a version record; pruning and removing versions. Records are read and written through
-//! [`crate::store::versions`], which verifies their checksums. Its submodules
+//! [`Outcome`], [`CachedEntry`], [`LookupMode`], [`SessionCounters`]); [`entry_digest`], the
+//! hash layers built on a version record; pruning and removing versions. Records are read and
+//! written through [`crate::store::versions`], which verifies their checksums. Its submodules
 //! own one job each:
 //!
+//! * `cache/outputs.rs` — the one "outputs exist" rule a hit, pruning at open and `push`
+//!   apply, and the blobs an output reaches;
 //! * `cache/session.rs` — [`Session`], its memo of per-layer results, the base chain, forgetting
 //!   the dependents of a layer that was put;
 //! * `cache/lookup.rs` — evaluating one layer: definition, base, epoch, sources, in that order;
@@ -33,6 +34,7 @@
 
 mod gc;
 mod lookup;
+mod outputs;
 mod put;
 mod record;
 mod refresh;
@@ -49,10 +51,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use oci_spec::image::Descriptor;
 use serde::Serialize;
 
-use crate::base::blob_path;
-use crate::error::{DbResultExt, Error, Result};
+use crate::error::{DbResultExt, Result};
 use crate::inputs::Build;
-use crate::path::show_path;
 use crate::reason::MissReason;
 use crate::schema::{EntryRecord, LAYERS, ROWS};
 use crate::store::guard::guard_redb;
@@ -63,9 +63,10 @@ use crate::tree::{Progress, WalkCounters};
 
 pub use crate::config::CacheConfig;
 pub use gc::GcReport;
+pub use outputs::{MANIFEST_LIMIT, OutputBlob, Unusable, reached as output_blobs};
 pub use record::LookupRecord;
 #[cfg(feature = "remote")]
-pub use remote::{HitSource, PushOutcome, RemoteFailure, RemoteLookup};
+pub use remote::{HitSource, PushOutcome, RemoteAnswer, RemoteFailure, RemoteLookup};
 pub use session::Session;
 pub(crate) use source::SourceId;
 pub use source::{LyingRow, Observed, SourceRole};
@@ -138,8 +139,8 @@ pub struct Lookup {
     base_of_dependents: Option<[u8; 32]>,
     /// The layer's input digest as this lookup walked it: `None` when a source was not walked
     /// (a `CHECK` lookup stops at the first reason), is gone or changed while it was hashed,
-    /// the base misses, or an overlay dir's rootfs copy is missing. What a remote lookup asks
-    /// the registry for, without walking again.
+    /// or the base misses. Outputs (an overlay dir's builder's copy among them) are no part of
+    /// it. What a remote lookup asks the registry for, without walking again.
     #[cfg_attr(not(feature = "remote"), allow(dead_code))] // read by the remote lookup
     input_digest: Option<[u8; 32]>,
 }
@@ -506,13 +507,7 @@ impl Cache {
                 let why = match versions::version(&txn, path, &layer, &digest)? {
                     None => None,
                     Some(Err(e)) => Some(format!("the entry is damaged: {e}")),
-                    Some(Ok(rec)) => {
-                        let why = self.missing_output(&rec);
-                        if why.is_some() {
-                            self.output_dir_exists(&rec)?;
-                        }
-                        why
-                    }
+                    Some(Ok(rec)) => outputs::gone_at_open(&self.config, &rec)?.map(|m| m.text()),
                 };
                 if let Some(why) = why {
                     doomed.push((Pruned { layer, why }, digest));
@@ -538,91 +533,21 @@ impl Cache {
         Ok(report)
     }
 
-    /// Before an entry is pruned because an output is gone: the directory that should hold it
-    /// must exist. A missing `oci_layout` or `rootfs_dir` (a typo in a plan, an unmounted volume)
-    /// would otherwise look like "every output is gone" and empty a shared cache.
-    fn output_dir_exists(&self, rec: &EntryRecord) -> Result<()> {
-        let (what, dir) = if rec.build_only {
-            (
-                "rootfs directory (rootfs_dir)",
-                self.config.rootfs_dir.as_ref(),
-            )
-        } else {
-            ("OCI layout (oci_layout)", self.config.oci_layout.as_ref())
-        };
-        match dir {
-            Some(d) if !d.is_dir() => Err(Error::WrongFileType {
-                what,
-                path: d.clone(),
-                found: if d.exists() {
-                    "not a directory"
-                } else {
-                    "missing"
-                },
-                expected: "an existing directory (nothing was pruned)".into(),
-            }),
-            _ => Ok(()),
-        }
-    }
-
-    /// At a hit: what is missing of the version's outputs, `None` when all is there (see
-    /// [`MissReason::OutputsMissing`]). A location that is not configured cannot be checked,
-    /// so it counts as missing (never a hit on outputs nobody looked at); a configured one
-    /// that does not exist is an error naming it, as at open.
-    pub(crate) fn outputs_missing(&self, rec: &EntryRecord) -> Result<Option<String>> {
-        let (what, configured) = if rec.build_only {
-            ("rootfs_dir", self.config.rootfs_dir.is_some())
-        } else {
-            ("oci_layout", self.config.oci_layout.is_some())
-        };
-        if !configured {
-            return Ok(Some(format!(
-                "no {what} is configured, so the outputs cannot be checked (configure {what} to \
-                 get hits)"
-            )));
-        }
-        if !rec.build_only && rec.manifests.is_empty() {
-            return Ok(Some(
-                "the version records no outputs, and the layer is not build-only".to_string(),
-            ));
-        }
-        let why = self.missing_output(rec);
-        if why.is_some() {
-            self.output_dir_exists(rec)?;
-        }
-        Ok(why)
-    }
-
-    fn missing_output(&self, rec: &EntryRecord) -> Option<String> {
-        if rec.build_only {
-            let dir = self.config.rootfs_dir.as_ref()?.join(&rec.name);
-            return (!dir.is_dir())
-                .then(|| format!("rootfs directory {} is gone", show_path(&dir)));
-        }
-        let layout = self.config.oci_layout.as_ref()?;
-        for m in &rec.manifests {
-            let digest = serde_json::from_slice::<serde_json::Value>(&m.descriptor_json)
-                .ok()
-                .and_then(|v| v.get("digest").and_then(|d| d.as_str()).map(str::to_string));
-            let blob = digest.as_deref().and_then(|d| blob_path(layout, d));
-            match blob {
-                Some(b) if b.is_file() => {}
-                Some(b) => {
-                    return Some(format!(
-                        "missing build for layer type {}: blob {} is gone",
-                        crate::path::escape_bytes(m.layer_type.as_bytes()),
-                        show_path(&b)
-                    ));
-                }
-                None => {
-                    return Some(format!(
-                        "the {} descriptor has no valid digest",
-                        crate::path::escape_bytes(m.layer_type.as_bytes())
-                    ));
-                }
-            }
-        }
-        None
+    /// What a hit on `rec` would say of its outputs now, for the layer as `inputs` describes
+    /// it: `None` when they are all there, else the miss reason
+    /// ([`MissReason::OutputsMissing`], or [`MissReason::OverlayDirMissing`] when a builder's
+    /// copy is gone). This is the check every hit makes (`cache/outputs.rs`, and
+    /// `docs/guarantees.md` for the rule): the location not configured counts as missing; one
+    /// configured but not there is an error naming it.
+    pub fn outputs_missing(
+        &self,
+        rec: &EntryRecord,
+        inputs: &crate::inputs::LayerInputs,
+    ) -> Result<Option<MissReason>> {
+        Ok(
+            outputs::missing(&self.config, rec, &inputs.overlay_dirs)?
+                .map(outputs::Missing::reason),
+        )
     }
 
     /// Removes one layer: every version, its pointer, last uses and rows. Returns whether it

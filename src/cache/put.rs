@@ -20,7 +20,7 @@ use crate::inputs::{LayerInputs, canonical_json_of};
 use crate::path::{RelPath, escape_bytes, validate_layer_name};
 use crate::reason::{MissReason, PutChange, PutRefusal};
 use crate::schema::{
-    BaseRecord, EntryKind, EntryRecord, LayerRecord, ManifestRecord, ROWS, SourceSummary,
+    BaseRecord, EntryKind, EntryRecord, LayerRecord, ManifestRecord, Origin, ROWS, SourceSummary,
     VersionRecord,
 };
 use crate::store::guard::guard_redb;
@@ -57,9 +57,26 @@ impl Session<'_> {
         lookup: &BuildLookup,
         manifests: &BTreeMap<String, Descriptor>,
     ) -> Result<EntryRecord> {
+        self.put_as(lookup, manifests, Origin::Built)
+    }
+
+    /// [`Session::put`] recorded with `origin`: [`Origin::Pulled`] for a version taken from a
+    /// registry entry (a remote hit) — the same checks and the same transaction, so that its
+    /// hits do not ask for builder's copies this machine never made.
+    pub(super) fn put_as(
+        &mut self,
+        lookup: &BuildLookup,
+        manifests: &BTreeMap<String, Descriptor>,
+        origin: Origin,
+    ) -> Result<EntryRecord> {
         let db = self.cache.store.path().to_path_buf();
         guard_redb(&db, || {
-            self.put_unguarded(&lookup.lookup.layer, lookup.seen.as_ref(), manifests)
+            self.put_unguarded(
+                &lookup.lookup.layer,
+                lookup.seen.as_ref(),
+                manifests,
+                origin,
+            )
         })
     }
 
@@ -84,7 +101,7 @@ impl Session<'_> {
         }
         let seen = record.seen(self.build.layer(record.layer()).ok());
         guard_redb(&db, || {
-            self.put_unguarded(record.layer(), Some(&seen), manifests)
+            self.put_unguarded(record.layer(), Some(&seen), manifests, Origin::Built)
         })
     }
 
@@ -93,6 +110,7 @@ impl Session<'_> {
         layer: &str,
         seen: Option<&Seen>,
         manifests: &BTreeMap<String, Descriptor>,
+        origin: Origin,
     ) -> Result<EntryRecord> {
         validate_layer_name(layer)?;
         let inputs = self.build.layer(layer)?;
@@ -151,6 +169,7 @@ impl Session<'_> {
             manifests,
             build_only: inputs.build_only,
             created_unix_ms: now_ms(),
+            origin,
         };
         record.input_digest = input_digest(&Inputs::of_record(&record));
         if let Some(d) = seen.input_digest
@@ -430,20 +449,30 @@ fn manifest_records(manifests: &BTreeMap<String, Descriptor>) -> Result<Vec<Mani
 /// records the same outputs (a put of inputs seen before re-uses its version) — points the
 /// layer at it with a new rows generation, and records its use. Returns the version stored and
 /// the pointer's new generation.
+///
+/// A version this machine built stays [`Origin::Built`] when a remote hit records it again
+/// (its blobs came back from a registry, but its hits still need the builder's copies this
+/// machine made: the local rule is not lifted by asking a registry).
 fn store_version(
     path: &Path,
     txn: &redb::WriteTransaction,
-    record: VersionRecord,
+    mut record: VersionRecord,
 ) -> Result<(VersionRecord, u64)> {
     let layer = record.name.clone();
     let layer = layer.as_str();
+    let old = versions::version_in_write(txn, path, layer, &record.input_digest)?;
+    if let Some(Ok(old)) = &old
+        && old.origin == Origin::Built
+    {
+        record.origin = Origin::Built;
+    }
     let same = |old: &VersionRecord| {
         VersionRecord {
             created_unix_ms: record.created_unix_ms,
             ..old.clone()
         } == record
     };
-    let record = match versions::version_in_write(txn, path, layer, &record.input_digest)? {
+    let record = match old {
         Some(Ok(old)) if same(&old) => old,
         _ => {
             versions::write_version(txn, path, &record)?;

@@ -1,11 +1,13 @@
 //! Lookup and push through a registry: a local miss asks the registry for an entry with the
 //! layer's input digest; a local hit can be pushed.
 //!
-//! Owns: [`Session::lookup_remote`] and [`Session::push_layer`], and the order of a remote
-//! hit: the local lookup's walk gives the input digest (no second walk) → find → check the record
-//! ([`crate::share::accept`]) → fetch the blobs into the local OCI layout (verified, atomic:
-//! [`crate::remote::Remote::fetch_blobs`]) → record the layer with a put of **this machine's**
-//! walk → check that what was recorded has the digest asked for.
+//! Owns: [`Session::lookup_remote`] and [`Session::push_layer`], what the registry answered
+//! ([`RemoteAnswer`]), and the order of a remote hit: the local lookup's walk gives the input
+//! digest (no second walk) → find → check the record ([`crate::share::accept`]) → fetch the
+//! blobs into the local OCI layout (verified, atomic: [`crate::remote::Remote::fetch_blobs`]) →
+//! check that every blob the outputs reach is there → record the layer with a put of **this
+//! machine's** walk, as pulled → check that what was recorded has the digest asked for → the
+//! outputs rule decides the hit, as for every hit (`cache/outputs.rs`).
 //!
 //! Must never: fail a lookup because of the registry (a registry that is down, slow, refuses
 //! or serves something wrong gives the local answer and a [`RemoteFailure`] for the caller to
@@ -18,11 +20,15 @@ use oci_spec::image::Descriptor;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::inputs::Base;
+use crate::path::hex;
 use crate::reason::MissReason;
 use crate::remote::{FetchReport, LocalBlob, PushReport, Remote, RemoteEntry, RemoteError};
+use crate::schema::Origin;
 use crate::share::{self, RecordError};
 
-use super::{CachedEntry, Lookup, LookupMode, Outcome, Session};
+use super::outputs;
+use super::{BuildLookup, CachedEntry, Lookup, LookupMode, LookupRecord, Outcome, Session};
 
 /// Where a hit came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -62,6 +68,79 @@ pub enum RemoteFailure {
     },
 }
 
+/// What the registry answered a remote lookup (or why it was not asked), so that a person can
+/// tell "nobody pushed these inputs" from "the entry was refused" from "the registry is down".
+/// The input digest is the one this machine computed from its own inputs: compare it with the
+/// one the machine that pushed printed (`lookup --json`, `"remote"`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "answer", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum RemoteAnswer {
+    /// The registry was not asked: the local cache hit, or the layer has no input digest to
+    /// ask for (its base misses, it is not cacheable, a file changed while it was read), or
+    /// there is no OCI layout to fetch into.
+    NotAsked {
+        /// Why not.
+        why: String,
+    },
+    /// The registry has no entry for this layer with this input digest.
+    NoEntry {
+        /// The input digest asked for, hex.
+        input_digest: String,
+    },
+    /// It had one, and it was recorded here (a remote hit, unless the outputs rule then found
+    /// an output that no registry can carry, such as a build-only layer's rootfs directory).
+    Taken {
+        /// The input digest asked for, hex.
+        input_digest: String,
+    },
+    /// It had one, but it was not taken: it did not check out (names other inputs, does not
+    /// hash to its digest, a blob did not verify, it does not carry every blob its outputs
+    /// reach), or this machine's inputs changed while it was pulled.
+    Refused {
+        /// The input digest asked for, hex.
+        input_digest: String,
+        /// Why.
+        why: String,
+    },
+    /// It could not be asked, or did not answer: unreachable, timed out, refused access, or
+    /// failed.
+    Unreachable {
+        /// The input digest asked for, hex.
+        input_digest: String,
+        /// Why.
+        why: String,
+    },
+}
+
+impl RemoteAnswer {
+    /// One line for a person, naming `remote` (REGISTRY/REPO) and the layer.
+    pub fn describe(&self, remote: &str, layer: &str) -> String {
+        let layer = crate::path::escape_bytes(layer.as_bytes());
+        match self {
+            RemoteAnswer::NotAsked { why } => {
+                format!("remote {remote} was not asked for layer {layer}: {why}")
+            }
+            RemoteAnswer::NoEntry { input_digest } => format!(
+                "remote {remote} has no entry for layer {layer} with input digest {input_digest} \
+                 (this machine's inputs): nobody pushed these inputs"
+            ),
+            RemoteAnswer::Taken { input_digest } => format!(
+                "remote {remote} had the entry for layer {layer} with input digest \
+                 {input_digest}; it was recorded here"
+            ),
+            RemoteAnswer::Refused { input_digest, why } => format!(
+                "remote {remote} has an entry for layer {layer} with input digest \
+                 {input_digest}, but it was refused: {why}"
+            ),
+            RemoteAnswer::Unreachable { input_digest, why } => format!(
+                "remote {remote} could not be asked for layer {layer} (input digest \
+                 {input_digest}): {why}"
+            ),
+        }
+    }
+}
+
 /// The result of [`Session::lookup_remote`].
 #[derive(Debug)]
 pub struct RemoteLookup {
@@ -69,14 +148,29 @@ pub struct RemoteLookup {
     pub lookup: Lookup,
     /// Where the hit came from; `None` on a miss.
     pub source: Option<HitSource>,
+    /// What the registry answered, or why it was not asked.
+    pub answer: RemoteAnswer,
     /// The blobs fetched for a remote hit.
     pub fetched: Option<FetchReport>,
     /// Why the registry could not help, when it was asked and failed.
     pub failure: Option<RemoteFailure>,
+    /// The record of what the local lookup saw, for a put after a build; `None` after a remote
+    /// hit (the layer is recorded: there is nothing to put).
+    record: Option<LookupRecord>,
+}
+
+impl RemoteLookup {
+    /// The record for `put --from` in another process ([`LookupRecord`]): on a local hit or a
+    /// miss, what the local lookup saw; `None` after a remote hit (there is nothing to put)
+    /// and for a layer that is not cacheable.
+    pub fn record(&self) -> Option<LookupRecord> {
+        self.record.clone()
+    }
 }
 
 /// What [`Session::push_layer`] did for one layer.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum PushOutcome {
     /// The entry was pushed.
     Pushed(PushReport),
@@ -85,8 +179,12 @@ pub enum PushOutcome {
         /// Its tag.
         tag: String,
     },
-    /// The layer misses locally: nothing to push.
+    /// The layer is not cached here for its inputs as they are: nothing to push.
     Skipped(Vec<MissReason>),
+    /// A local error: its inputs match a stored version, but its outputs are not all here
+    /// (the outputs rule, `cache/outputs.rs`), or a blob could not be read or does not match
+    /// its descriptor. Nothing was pushed.
+    Unusable(String),
     /// The registry could not take it.
     Failed(RemoteFailure),
 }
@@ -94,10 +192,12 @@ pub enum PushOutcome {
 impl Session<'_> {
     /// Looks up `layer` locally (observing its inputs, as [`Session::lookup`] does) and, on a
     /// miss, asks `remote` for an entry with the layer's input digest. A remote hit fetches the
-    /// entry's blobs into the cache's OCI layout, records the layer from this machine's walk
-    /// with the entry's output manifests, and answers a hit with [`HitSource::Remote`]. Errors
-    /// are local errors only; anything the registry does wrong is in
-    /// [`RemoteLookup::failure`] next to the local answer.
+    /// entry's blobs into the cache's OCI layout, checks that every blob its outputs reach is
+    /// there, records the layer from this machine's walk with the entry's output manifests (as
+    /// [`crate::schema::Origin::Pulled`]), and answers a hit with [`HitSource::Remote`] when
+    /// the outputs rule then holds. Errors are local errors only; anything the registry does
+    /// wrong is in [`RemoteLookup::failure`] next to the local answer, and what it answered is
+    /// in [`RemoteLookup::answer`].
     pub fn lookup_remote(
         &mut self,
         layer: &str,
@@ -110,55 +210,116 @@ impl Session<'_> {
             verify: false,
         };
         let local = self.lookup_for_build(layer, mode)?;
-        let answer = |lookup, failure| RemoteLookup {
+        let record = local.record();
+        let answer = |lookup, answer, failure: Option<RemoteFailure>| RemoteLookup {
             lookup,
             source: None,
+            answer,
             fetched: None,
             failure,
+            record,
         };
         if local.is_hit() {
+            let record = local.record();
             return Ok(RemoteLookup {
-                lookup: local.into_lookup(),
+                lookup: local.lookup,
                 source: Some(HitSource::Local),
+                answer: RemoteAnswer::NotAsked {
+                    why: "the local cache hit".into(),
+                },
                 fetched: None,
                 failure: None,
+                record,
             });
         }
         let Some(layout) = self.cache.config.oci_layout.clone() else {
             let failure = RemoteFailure::NoLayout {
                 layer: layer.to_string(),
             };
-            return Ok(answer(local.into_lookup(), Some(failure)));
+            let not_asked = RemoteAnswer::NotAsked {
+                why: failure.to_string(),
+            };
+            return Ok(answer(local.lookup, not_asked, Some(failure)));
         };
         // What the local lookup walked (it observed every source): no second walk.
         let Some(asked) = local.input_digest else {
-            return Ok(answer(local.into_lookup(), None));
+            let why = self.why_no_digest(layer, &local);
+            return Ok(answer(local.lookup, RemoteAnswer::NotAsked { why }, None));
+        };
+        let input_digest = hex(&asked);
+        let refused = |why: String| RemoteAnswer::Refused {
+            input_digest: input_digest.clone(),
+            why,
+        };
+        let failed = |e: RemoteError| {
+            let why = e.to_string();
+            let answer = match e {
+                RemoteError::Untrusted { .. } | RemoteError::BlobMismatch { .. } => refused(why),
+                _ => RemoteAnswer::Unreachable {
+                    input_digest: input_digest.clone(),
+                    why,
+                },
+            };
+            (answer, Some(RemoteFailure::Registry(e)))
         };
         let found = match remote.find_entry(layer, &asked) {
             Ok(Some(f)) => f,
-            Ok(None) => return Ok(answer(local.into_lookup(), None)),
+            Ok(None) => {
+                let none = RemoteAnswer::NoEntry {
+                    input_digest: input_digest.clone(),
+                };
+                return Ok(answer(local.lookup, none, None));
+            }
             Err(e) => {
-                let lookup = untrusted_miss(local.into_lookup(), remote, &e);
-                return Ok(answer(lookup, Some(e.into())));
+                let lookup = untrusted_miss(local.lookup, remote, &e);
+                let (a, f) = failed(e);
+                return Ok(answer(lookup, a, f));
             }
         };
         let manifests = match share::accept(&found, layer, &asked) {
             Ok(m) => m,
-            Err(e) => return Ok(answer(local.into_lookup(), Some(e.into()))),
+            Err(e) => {
+                let a = refused(e.to_string());
+                return Ok(answer(local.lookup, a, Some(e.into())));
+            }
         };
         let fetched = match remote.fetch_blobs(&found, &layout) {
             Ok(r) => r,
-            Err(e) => return Ok(answer(local.into_lookup(), Some(e.into()))),
+            Err(e) => {
+                let (a, f) = failed(e);
+                return Ok(answer(local.lookup, a, f));
+            }
         };
-        let record = match self.put(&local, &manifests) {
+        // Nothing is recorded unless every blob its outputs reach is here now: an entry that
+        // carries a manifest but not its layers is refused.
+        for (layer_type, d) in &manifests {
+            if let Err(why) = outputs::reached(&layout, d) {
+                let e = RecordError::Mismatch {
+                    layer: layer.to_string(),
+                    input_digest: input_digest.clone(),
+                    detail: format!(
+                        "it does not carry every blob its output {} reaches (or this layout \
+                         holds a wrong copy of one): {why}",
+                        crate::path::escape_bytes(layer_type.as_bytes())
+                    ),
+                };
+                let a = refused(e.to_string());
+                return Ok(answer(local.lookup, a, Some(e.into())));
+            }
+        }
+        let record = match self.put_as(&local, &manifests, Origin::Pulled) {
             Ok(r) => r,
             Err(Error::InputsChanged { layer, changes }) => {
                 let detail = format!(
                     "its inputs changed: {}",
                     crate::reason::PutChange::join(&changes)
                 );
+                let a = refused(format!(
+                    "this machine's inputs changed while it was pulled: {}",
+                    crate::reason::PutChange::join(&changes)
+                ));
                 let failure = RemoteFailure::InputsChanged { layer, detail };
-                return Ok(answer(local.into_lookup(), Some(failure)));
+                return Ok(answer(local.lookup, a, Some(failure)));
             }
             Err(e) => return Err(e),
         };
@@ -172,7 +333,28 @@ impl Session<'_> {
                 layer: layer.to_string(),
                 detail: "its inputs changed while it was pulled".into(),
             };
-            return Ok(answer(local.into_lookup(), Some(failure)));
+            let a = refused("this machine's inputs changed while it was pulled".into());
+            return Ok(answer(local.lookup, a, Some(failure)));
+        }
+        let taken = RemoteAnswer::Taken {
+            input_digest: input_digest.clone(),
+        };
+        // The hit is decided by the outputs rule, as every hit is (a pulled version asks for
+        // no builder's copy; a build-only layer's rootfs directory is no registry's to carry).
+        let inputs = self.build.layer(layer)?;
+        if let Some(missing) = outputs::missing(&self.cache.config, &record, &inputs.overlay_dirs)?
+        {
+            let lookup = Lookup {
+                layer: layer.to_string(),
+                outcome: Outcome::Miss(vec![missing.reason()]),
+                lying_rows: Vec::new(),
+                base_of_dependents: Some(crate::version::entry_digest_of(&record)),
+                input_digest: Some(asked),
+            };
+            return Ok(RemoteLookup {
+                fetched: Some(fetched),
+                ..answer(lookup, taken, None)
+            });
         }
         let lookup = Lookup {
             layer: layer.to_string(),
@@ -184,19 +366,53 @@ impl Session<'_> {
         Ok(RemoteLookup {
             lookup,
             source: Some(HitSource::Remote),
+            answer: taken,
             fetched: Some(fetched),
             failure: None,
+            record: None,
         })
     }
 
+    /// Why a lookup has no input digest to ask a registry for.
+    fn why_no_digest(&self, layer: &str, local: &BuildLookup) -> String {
+        let Some(seen) = local.seen.as_ref() else {
+            return "the layer is not cacheable".into();
+        };
+        if seen.base_hash.is_none() {
+            return match self.build.layer(layer).map(|l| &l.base) {
+                Ok(Base::Built { layer: base }) => format!(
+                    "its base layer {} misses here, so its input digest is not known (look the \
+                     base up with --remote, or pull, first)",
+                    crate::path::escape_bytes(base.as_bytes())
+                ),
+                _ => "its base cannot be resolved here, so its input digest is not known".into(),
+            };
+        }
+        "a source could not be walked soundly (a file changed while it was read), so its \
+         input digest is not known"
+            .into()
+    }
+
     /// Pushes `layer` to `remote` when it hits locally: its wire record
-    /// ([`crate::share::SharedRecord`]) and, for each output manifest, the image's blobs
-    /// (manifest, config, layers) from the cache's OCI layout. An entry the registry already
-    /// has for this layer and input digest is not pushed again.
+    /// ([`crate::share::SharedRecord`]) and, for each output manifest, every blob it reaches
+    /// (manifest, config, layers; an index's manifests) from the cache's OCI layout — the
+    /// blobs the outputs rule checks. An entry the registry already has for this layer and
+    /// input digest is not pushed again. A layer whose inputs match a stored version but whose
+    /// outputs are not all here is [`PushOutcome::Unusable`], a local error.
     pub fn push_layer(&mut self, layer: &str, remote: &Remote) -> Result<PushOutcome> {
         let found = self.lookup_with(layer, LookupMode::CHECK)?;
         let entry = match found.outcome {
             Outcome::Hit(e) => e,
+            Outcome::Miss(reasons) if found.base_of_dependents.is_some() => {
+                let why = reasons
+                    .iter()
+                    .map(|r| r.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                return Ok(PushOutcome::Unusable(format!(
+                    "its inputs match a stored version, but {why}"
+                )));
+            }
             Outcome::Miss(reasons) => return Ok(PushOutcome::Skipped(reasons)),
         };
         let Some(layout) = self.cache.config.oci_layout.clone() else {
@@ -220,7 +436,7 @@ impl Session<'_> {
         })?;
         let blobs = match output_blobs(&layout, &entry.manifests) {
             Ok(b) => b,
-            Err(e) => return Ok(PushOutcome::Failed(e.into())),
+            Err(why) => return Ok(PushOutcome::Unusable(why)),
         };
         let pushed = remote.push_entry(&RemoteEntry {
             layer: layer.to_string(),
@@ -230,6 +446,10 @@ impl Session<'_> {
         });
         Ok(match pushed {
             Ok(report) => PushOutcome::Pushed(report),
+            // Reading our own blobs, or one that no longer matches its descriptor: local.
+            Err(e @ (RemoteError::Io { .. } | RemoteError::InvalidEntry { .. })) => {
+                PushOutcome::Unusable(e.to_string())
+            }
             Err(e) => PushOutcome::Failed(e.into()),
         })
     }
@@ -249,19 +469,29 @@ fn untrusted_miss(mut lookup: Lookup, remote: &Remote, e: &RemoteError) -> Looku
     lookup
 }
 
-/// The blobs of every output manifest in `layout`, each once.
+/// Every blob the output manifests reach in `layout` (the outputs rule's
+/// [`outputs::reached`]), each once, in manifest order.
 fn output_blobs(
     layout: &std::path::Path,
     manifests: &BTreeMap<String, Descriptor>,
-) -> std::result::Result<Vec<LocalBlob>, RemoteError> {
+) -> std::result::Result<Vec<LocalBlob>, String> {
     let mut out: Vec<LocalBlob> = Vec::new();
-    for d in manifests.values() {
-        for b in crate::remote::image_blobs(layout, d)? {
+    for (layer_type, d) in manifests {
+        let reached = outputs::reached(layout, d).map_err(|problem| {
+            format!(
+                "output {}: {problem}",
+                crate::path::escape_bytes(layer_type.as_bytes())
+            )
+        })?;
+        for b in reached {
             if !out
                 .iter()
                 .any(|o| o.descriptor.digest() == b.descriptor.digest())
             {
-                out.push(b);
+                out.push(LocalBlob {
+                    descriptor: b.descriptor,
+                    path: b.path,
+                });
             }
         }
     }

@@ -126,7 +126,7 @@ pub(super) struct SourceRef<'a> {
     pub(super) ident: Cow<'a, str>,
     /// The tree that is walked and cached.
     pub(super) path: &'a Path,
-    /// For an overlay dir, its copy in the rootfs, which must exist for a hit.
+    /// For an overlay dir, its builder's copy in the rootfs (an output: `cache/outputs.rs`).
     pub(super) rootfs_path: Option<&'a Path>,
 }
 

@@ -238,6 +238,8 @@ pub struct EntryDetail {
     pub source_date_epoch: Option<i64>,
     /// Whether the layer is build-only.
     pub build_only: bool,
+    /// Built here, or pulled from a registry (`built`, `pulled`).
+    pub origin: &'static str,
     /// Time of the put, milliseconds since the Unix epoch.
     pub created_unix_ms: u64,
     /// Time of the put, UTC, ISO 8601.

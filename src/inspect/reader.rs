@@ -212,6 +212,7 @@ impl Inspector {
             base: BaseView::of(&rec.base),
             source_date_epoch: rec.source_date_epoch,
             build_only: rec.build_only,
+            origin: rec.origin.as_str(),
             created_unix_ms: rec.created_unix_ms,
             created: format_utc_ms(rec.created_unix_ms),
             manifests: rec

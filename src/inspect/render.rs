@@ -284,6 +284,7 @@ impl EntryDetail {
             "build_only         {}",
             if self.build_only { "yes" } else { "no" }
         )?;
+        writeln!(w, "origin             {}", self.origin)?;
         writeln!(w, "definition digest  {}", self.definition_digest)?;
         writeln!(w, "definition")?;
         write_indented(w, &self.definition)?;

@@ -58,7 +58,6 @@
 
 mod auth;
 mod error;
-mod layout;
 pub mod sign;
 mod wire;
 
@@ -80,7 +79,6 @@ use oci_spec::image::Descriptor;
 use sha2::Digest as _;
 
 pub use error::RemoteError;
-pub use layout::image_blobs;
 pub use sign::{
     ANNOTATION_SIGNATURE, GeneratedKey, KeyError, SigningKey, TrustedKeys, Untrusted,
     generate_keypair,

@@ -723,7 +723,7 @@ fn outputs(
     };
     for (t, d) in &manifests {
         let digest = d.digest().to_string();
-        let present = crate::base::blob_path(layout, &digest).is_some_and(|p| p.is_file());
+        let present = crate::path::blob_path(layout, &digest).is_some_and(|p| p.is_file());
         if !present {
             return Err(skip(format!(
                 "its {} output {digest} is not in {}",

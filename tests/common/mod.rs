@@ -218,12 +218,12 @@ pub fn raw_state(path: &Path) -> (u32, u64) {
                 >(val.value())
                 .expect("a v1 database holds only v1 rows");
             }
-            2 | 3 => {
+            2..=4 => {
                 layercache::testing::codec::decode::<
                     layercache::testing::schema::Row,
                     { layercache::testing::codec::ROW_LIMIT },
                 >(val.value())
-                .expect("v2 and v3 databases hold only v2 rows");
+                .expect("v2, v3 and v4 databases hold only v2 rows");
             }
             other => panic!("unexpected version {other}"),
         }

@@ -45,19 +45,31 @@ impl Fixture {
         self.dir.join(rel)
     }
 
-    /// Writes a blob into the OCI layout and returns a descriptor map pointing at it.
+    /// Writes a blob into the OCI layout; returns its descriptor.
+    fn blob(&self, media_type: &str, bytes: &[u8]) -> serde_json::Value {
+        use sha2::Digest as _;
+        let digest: String = sha2::Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        std::fs::write(self.p(&format!("oci/blobs/sha256/{digest}")), bytes).unwrap();
+        json!({"mediaType": media_type, "digest": format!("sha256:{digest}"), "size": bytes.len()})
+    }
+
+    /// Writes an image (a layer holding `content`, a config, the manifest) into the OCI layout
+    /// and returns a descriptor map pointing at its manifest.
     fn manifests(&self, content: &str) -> BTreeMap<String, Descriptor> {
-        let digest = blake3::hash(content.as_bytes()).to_hex().to_string();
-        // A 64-hex-digit name stands in for a sha256 digest.
-        std::fs::write(self.p(&format!("oci/blobs/sha256/{digest}")), content).unwrap();
-        let d: Descriptor = serde_json::from_value(json!({
+        let layer = self.blob("application/vnd.oci.image.layer.v1.tar", content.as_bytes());
+        let config = self.blob("application/vnd.oci.image.config.v1+json", b"{}");
+        let manifest = json!({"schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": format!("sha256:{digest}"),
-            "size": content.len(),
-            "annotations": {"b": "2", "a": "1"}
-        }))
-        .unwrap();
-        BTreeMap::from([("tar".to_string(), d)])
+            "config": config, "layers": [layer]});
+        let mut d = self.blob(
+            "application/vnd.oci.image.manifest.v1+json",
+            manifest.to_string().as_bytes(),
+        );
+        d["annotations"] = json!({"b": "2", "a": "1"});
+        BTreeMap::from([("tar".to_string(), serde_json::from_value(d).unwrap())])
     }
 
     fn blob_of(&self, m: &BTreeMap<String, Descriptor>) -> PathBuf {

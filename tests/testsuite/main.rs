@@ -53,6 +53,7 @@ mod last_use_cost;
 mod migrate;
 mod migrate_v3;
 mod oci_bases;
+mod outputs_rule;
 mod plan;
 mod put_reuse;
 mod record_codec;

@@ -154,11 +154,12 @@ fn cli_migrate_dry_run_changes_nothing_then_applies() {
     );
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(
-        text.contains("schema v1, 2 pending step(s) to v3"),
+        text.contains("schema v1, 3 pending step(s) to v4"),
         "{text}"
     );
     assert!(text.contains("v1 -> v2: stat fast path"), "{text}");
     assert!(text.contains("v2 -> v3: versions"), "{text}");
+    assert!(text.contains("v3 -> v4: origin"), "{text}");
     assert_eq!(
         std::fs::read(&db).unwrap(),
         before,
@@ -177,12 +178,14 @@ fn cli_migrate_dry_run_changes_nothing_then_applies() {
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["from"], 1);
-    assert_eq!(v["to"], 3);
+    assert_eq!(v["to"], 4);
     assert_eq!(v["steps"][0]["from"], 1);
     assert!(v["steps"][0]["records"].as_u64().unwrap() > 20);
     assert_eq!(v["steps"][1]["from"], 2);
     assert_eq!(v["steps"][1]["records"], 4, "one version per v2 entry");
-    assert_eq!(common::raw_state(&db).0, 3);
+    assert_eq!(v["steps"][2]["from"], 3);
+    assert_eq!(v["steps"][2]["records"], 4, "every version gets its origin");
+    assert_eq!(common::raw_state(&db).0, 4);
 
     let out = Command::new(bin)
         .args(["migrate", "--db"])
@@ -195,31 +198,35 @@ fn cli_migrate_dry_run_changes_nothing_then_applies() {
 #[test]
 fn killed_migration_leaves_old_or_new_never_between() {
     let seen = kill_migrations("v1-large.redb", 1);
-    // Both steps (v1 -> v2 -> v3) run in the one transaction: never left at v2.
-    assert_eq!(seen[2], 0, "a kill left the file between the steps");
-    eprintln!("kill points left v1: {}, v3: {}", seen[1], seen[3]);
+    // Every step (v1 -> v2 -> v3 -> v4) runs in the one transaction: never left between.
+    assert_eq!(
+        seen[2] + seen[3],
+        0,
+        "a kill left the file between the steps"
+    );
+    eprintln!("kill points left v1: {}, v4: {}", seen[1], seen[4]);
 }
 
-/// The v2 -> v3 step alone (a large file made by the code that released schema v2): every
-/// kill leaves v2 or v3 with every row.
+/// The steps from v2 (a large file made by the code that released schema v2): every kill
+/// leaves v2 or the current version with every row.
 #[test]
 fn killed_v2_migration_leaves_old_or_new_never_between() {
     let seen = kill_migrations("v2-large.redb", 2);
-    assert_eq!(seen[0] + seen[1], 0);
-    eprintln!("kill points left v2: {}, v3: {}", seen[2], seen[3]);
+    assert_eq!(seen[0] + seen[1] + seen[3], 0);
+    eprintln!("kill points left v2: {}, v4: {}", seen[2], seen[4]);
 }
 
 /// SIGKILLs `layercache migrate` of a copy of `fixture` (schema `from`, at least 30,000 rows) at
 /// kill points spread from before the transaction starts to after it ends; each time, the file
 /// holds every row at some schema version, and the library then opens it at the current one.
 /// Returns how many kills left each version.
-fn kill_migrations(name: &str, from: u32) -> [u32; 4] {
+fn kill_migrations(name: &str, from: u32) -> [u32; 5] {
     let tmp = tempfile::tempdir().unwrap();
     let bin = env!("CARGO_BIN_EXE_layercache");
     let (v, rows) = common::raw_state(&fixture(name, tmp.path()));
     assert_eq!(v, from);
     assert!(rows >= 30_000);
-    let mut seen = [0u32; 4];
+    let mut seen = [0u32; 5];
     for (i, delay_ms) in [0u64, 2, 5, 10, 20, 35, 50, 80, 120, 200, 400]
         .iter()
         .enumerate()
@@ -243,7 +250,7 @@ fn kill_migrations(name: &str, from: u32) -> [u32; 4] {
         let store = Store::open(&db).unwrap();
         assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
         drop(store);
-        assert_eq!(common::raw_state(&db), (3, rows));
+        assert_eq!(common::raw_state(&db), (SCHEMA_VERSION, rows));
     }
     seen
 }
@@ -304,7 +311,7 @@ fn a_damaged_v1_row_costs_its_layer_not_the_migration() {
 }
 
 #[test]
-fn v2_fixture_migrates_to_v3_and_hits() {
+fn v2_fixture_migrates_to_the_current_schema_and_hits() {
     if !is_root() {
         eprintln!("skipped: the fixture's trees are owned by root (0:0); run as root");
         return;
@@ -318,7 +325,7 @@ fn v2_fixture_migrates_to_v3_and_hits() {
         .migration()
         .cloned()
         .expect("v2 is migrated");
-    assert_eq!((report.from, report.to, report.steps.len()), (2, 3, 1));
+    assert_eq!((report.from, report.to, report.steps.len()), (2, 4, 2));
     // The trees were made anew (other inodes, times): stat data cannot vouch, so the lookups
     // read every file; every input matches (the fixture's layers have no outputs to reuse:
     // see assert_inputs_match).
@@ -327,6 +334,48 @@ fn v2_fixture_migrates_to_v3_and_hits() {
         assert_inputs_match(&s.lookup(layer).unwrap(), layer);
     }
     assert!(s.counters().walk.files_hashed > 20, "{:?}", s.counters());
+}
+
+/// The v3 fixture (made by the code that released schema v3, with real outputs): the v3 -> v4
+/// step gives every version `origin: built`, so every layer hits as it did, and a version built
+/// there still needs its overlay dir's builder's copy (the local rule survives the upgrade).
+#[test]
+fn v3_fixture_migrates_to_v4_and_every_layer_still_hits() {
+    if !is_root() {
+        eprintln!("skipped: the fixture's trees are owned by root (0:0); run as root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let db = fixture("v3-small.redb", tmp.path());
+    assert_eq!(common::raw_state(&db).0, 3);
+    let build = small_trees(tmp.path());
+    let cache = open_cache(&db);
+    let report = layercache::testing::store_of(&cache)
+        .migration()
+        .cloned()
+        .expect("v3 is migrated");
+    assert_eq!((report.from, report.to, report.steps.len()), (3, 4, 1));
+    assert_eq!(report.steps[0].records, 4, "every version rewritten");
+    let mut s = cache.session(&build).unwrap();
+    for layer in ["base", "mid", "app", "other"] {
+        let l = s.lookup(layer).unwrap();
+        assert!(l.is_hit(), "{layer}: {:?}", l.reasons());
+        let origin = l.entry().unwrap().record.origin;
+        assert_eq!(
+            origin,
+            layercache::testing::schema::Origin::Built,
+            "{layer}"
+        );
+    }
+    drop(s);
+    std::fs::remove_dir_all(tmp.path().join("small/rootfs/app/overlay_dirs/app")).unwrap();
+    let mut s = cache.session(&build).unwrap();
+    let l = s.lookup("app").unwrap();
+    assert!(
+        matches!(l.reasons(), [MissReason::OverlayDirMissing { .. }]),
+        "{:?}",
+        l.reasons()
+    );
 }
 
 /// The upgrade defect of issue 11: the oldest code recorded a tar base by absolute path; after

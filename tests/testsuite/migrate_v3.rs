@@ -110,8 +110,10 @@ fn read_v3(path: &Path) -> V3 {
     for item in txn.open_table(VERSIONS).unwrap().iter().unwrap() {
         let (k, v) = item.unwrap();
         let (layer, digest) = k.value();
-        let rec: VersionRecord =
-            codec::decode_checked::<_, { codec::ENTRY_LIMIT }>(v.value()).unwrap();
+        // The step writes the v3 layout (the v3 -> v4 step reads it).
+        let rec = layercache::testing::migrate::v0004::upgrade(
+            codec::decode_checked::<v0003::VersionV3, { codec::ENTRY_LIMIT }>(v.value()).unwrap(),
+        );
         assert!(rec.matches_key(layer, digest), "{layer}");
         // The key is the input digest recomputed from the record alone.
         assert_eq!(input_digest(&Inputs::of_record(&rec)), *digest, "{layer}");
@@ -457,11 +459,13 @@ fn a_flipped_bit_in_a_stored_manifest_digest_is_damage_not_another_value() {
         bytes[at + 3] ^= 0x01;
         // Without the checksum this would decode, to a different manifest digest.
         let payload = &bytes[..bytes.len() - codec::CHECKSUM_LEN];
-        let silent: VersionRecord =
-            codec::decode::<_, { codec::ENTRY_LIMIT }>(payload).expect("bincode has no checksum");
+        let silent = layercache::testing::migrate::v0004::upgrade(
+            codec::decode::<v0003::VersionV3, { codec::ENTRY_LIMIT }>(payload)
+                .expect("bincode has no checksum"),
+        );
         assert_ne!(silent.blobs()[0].0, digest);
         // With it, the read is a typed damage error.
-        let r = codec::decode_checked::<VersionRecord, { codec::ENTRY_LIMIT }>(&bytes);
+        let r = codec::decode_checked::<v0003::VersionV3, { codec::ENTRY_LIMIT }>(&bytes);
         assert!(
             matches!(r, Err(codec::DecodeError::ChecksumMismatch { .. })),
             "{r:?}"
@@ -478,6 +482,12 @@ fn version_store_reads_what_the_step_wrote_and_removes_a_layer_entirely() {
     let path = fixture("v2-small.redb", tmp.path());
     migrate_to_v3(&path);
     let db = open(&path);
+    // The live store reads the current layout: the v3 -> v4 step first.
+    {
+        let txn = db.begin_write().unwrap();
+        layercache::testing::migrate::v0004::run(&txn, &path).unwrap();
+        txn.commit().unwrap();
+    }
     {
         let txn = db.begin_read().unwrap();
         let p = vs::pointer(&txn, &path, "app").unwrap().unwrap().unwrap();

@@ -149,6 +149,11 @@ fn entry() -> impl Strategy<Value = EntryRecord> {
                         .collect(),
                     build_only: b,
                     created_unix_ms: t,
+                    origin: if t % 3 == 0 {
+                        layercache::testing::schema::Origin::Pulled
+                    } else {
+                        layercache::testing::schema::Origin::Built
+                    },
                 }
             },
         )

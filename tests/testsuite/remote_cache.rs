@@ -47,6 +47,35 @@ impl Machine {
         Machine { dir }
     }
 
+    /// A machine whose bottom layer `l1` has an import and an overlay dir (`src/ov`, copied by
+    /// the builder to `roots/l1/overlay_dirs/ov`), with `l2` and `l3` built on it. `built`:
+    /// the builder's copy exists (a machine that builds); otherwise there is no `roots/` at
+    /// all (a fresh machine that never built anything).
+    fn with_overlay(dir: PathBuf, built: bool) -> Machine {
+        let m = Machine::new(dir);
+        std::fs::create_dir_all(m.dir.join("src/ov/sub")).expect("mkdir ov");
+        std::fs::write(m.dir.join("src/ov/x.txt"), "overlay x\n").expect("write");
+        std::fs::write(m.dir.join("src/ov/sub/y.txt"), "overlay y\n").expect("write");
+        if built {
+            std::fs::create_dir_all(m.dir.join("roots/l1/overlay_dirs/ov")).expect("mkdir copy");
+        }
+        let plan = json!({
+            "oci_layout": "oci",
+            "layers": {
+                "l1": {"definition": {"run": "one"}, "base": {"type": "scratch"},
+                       "imports": [{"key": "a", "path": "src/a"}],
+                       "overlay_dirs": [{"key": "ov", "source": "src/ov",
+                                         "rootfs_path": "roots/l1/overlay_dirs/ov"}]},
+                "l2": {"definition": {"run": "two"}, "base": {"type": "built", "layer": "l1"},
+                       "imports": [{"key": "b", "path": "src/b"}]},
+                "l3": {"definition": {"run": "three"}, "base": {"type": "built", "layer": "l2"},
+                       "imports": [{"key": "c", "path": "src/c.txt"}]},
+            }
+        });
+        std::fs::write(m.dir.join("plan.json"), plan.to_string()).expect("plan");
+        m
+    }
+
     fn layout(&self) -> PathBuf {
         self.dir.join("oci")
     }
@@ -255,6 +284,202 @@ fn two_machines_share_a_chain_and_changed_inputs_never_take_a_remote_entry() {
     drop(reg);
 }
 
+/// Issue 26: machine B has its own database and layout and has never built anything (no
+/// `roots/` at all). Every layer of a chain whose bottom layer has an overlay dir and an import
+/// is a remote hit, blobs verified in B's layout, recorded as pulled; the builder's step
+/// `lookup --record --remote` gets the same hit and writes no record; a file changed on B
+/// misses and says the registry has no entry for B's input digest; and the next lookups are
+/// local hits that do not contact the registry. On A, which built it, the builder's copy is
+/// still required (the local rule).
+#[test]
+fn a_fresh_machine_gets_remote_hits_for_a_chain_on_an_overlay_dir() {
+    if !tools_available(&["umoci", "skopeo"]) {
+        return;
+    }
+    let Some(mut reg) = Registry::start() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let a = Machine::with_overlay(tmp.path().join("machine-a"), true);
+    let b = Machine::with_overlay(tmp.path().join("elsewhere/machine-b"), false);
+    let c = Machine::with_overlay(tmp.path().join("machine-c"), false);
+    let remote = format!("{}/{REPO}", reg.addr);
+    for l in LAYERS {
+        a.build(l, "v1");
+    }
+    let (code, rows, err) = a.share("push", &remote, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        statuses(&rows),
+        ["l1=pushed", "l2=pushed", "l3=pushed"],
+        "{err}"
+    );
+    assert!(!b.dir.join("roots").exists() && !c.dir.join("roots").exists());
+
+    // B: every layer a remote hit, bases first, each in its own process.
+    let mut asked = Vec::new();
+    for l in LAYERS {
+        let (code, v, err) = b.lookup(l, &["--remote", &remote]);
+        assert_eq!(code, 0, "{l}: {v} {err}");
+        assert_eq!(v["source"], "remote", "{l}: {v}");
+        assert_eq!(v["remote"]["answer"], "taken", "{l}: {v}");
+        assert_eq!(warnings(&err), 0, "{err}");
+        assert_blobs_arrived(&a, &b, l);
+        asked.push(v["remote"]["input_digest"].clone());
+    }
+    let o = Command::new(env!("CARGO_BIN_EXE_layercache"))
+        .args(["dump", "--json", "--db"])
+        .arg(b.dir.join("cache.redb"))
+        .arg("l1")
+        .output()
+        .expect("dump");
+    let dump: Value = serde_json::from_slice(&o.stdout).expect("dump JSON");
+    assert_eq!(dump["origin"], "pulled", "{dump}");
+
+    // C, the builder's step: `lookup --record --remote` is the same hit, and writes no record
+    // (nothing to put); one left by an earlier lookup is removed.
+    let rec = c.dir.join("l.lookup.json");
+    for l in LAYERS {
+        std::fs::write(&rec, "stale").expect("stale record");
+        let (code, v, err) = c.lookup(
+            l,
+            &[
+                "--remote",
+                &remote,
+                "--record",
+                rec.to_str().expect("utf-8"),
+            ],
+        );
+        assert_eq!(
+            (code, v["source"].clone()),
+            (0, json!("remote")),
+            "{l}: {v} {err}"
+        );
+        assert!(!rec.exists(), "{l}: a remote hit wrote a record");
+    }
+    // A miss with --record --remote writes the record for `put --from`.
+    std::fs::write(c.dir.join("src/c.txt"), "config v2\n").expect("edit");
+    let (code, v, _) = c.lookup(
+        "l3",
+        &[
+            "--remote",
+            &remote,
+            "--record",
+            rec.to_str().expect("utf-8"),
+        ],
+    );
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(v["remote"]["answer"], "no_entry", "{v}");
+    let written: Value =
+        serde_json::from_slice(&std::fs::read(&rec).expect("record")).expect("json");
+    assert_eq!(written["layer"], "l3", "{written}");
+
+    // B with a file of the overlay dir changed: a miss that says the registry has no entry for
+    // B's input digest, which differs from the one it took before; l2 above it is not asked.
+    std::fs::write(b.dir.join("src/ov/x.txt"), "overlay x, edited\n").expect("edit");
+    let (code, v, err) = b.lookup("l1", &["--remote", &remote, "--explain"]);
+    assert_eq!(code, 1, "{v} {err}");
+    assert_eq!(v["remote"]["answer"], "no_entry", "{v}");
+    assert_ne!(v["remote"]["input_digest"], asked[0], "{v}");
+    assert_eq!(
+        warnings(&err),
+        0,
+        "no entry is not a registry failure: {err}"
+    );
+    let o = b.out(&["lookup", "--remote", &remote, "--explain", "l1"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    let digest = v["remote"]["input_digest"].as_str().expect("digest");
+    assert!(
+        text.contains(&format!(
+            "has no entry for layer l1 with input digest {digest}"
+        )),
+        "{text}"
+    );
+    let (code, v, _) = b.lookup("l2", &["--remote", &remote]);
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(v["remote"]["answer"], "not_asked", "{v}");
+    assert!(
+        v["remote"]["why"]
+            .as_str()
+            .is_some_and(|w| w.contains("base layer l1 misses")),
+        "{v}"
+    );
+    std::fs::write(b.dir.join("src/ov/x.txt"), "overlay x\n").expect("restore");
+
+    // A built l1: its builder's copy gone, its local hit is a miss with its reason, and asking
+    // the registry does not lift that (the version stays one this machine built).
+    std::fs::remove_dir_all(a.dir.join("roots/l1/overlay_dirs/ov")).expect("rm copy");
+    for extra in [&[][..], &["--remote", &remote][..]] {
+        let (code, v, err) = a.lookup("l1", extra);
+        assert_eq!(code, 1, "{extra:?}: {v} {err}");
+        assert_eq!(v["reasons"][0]["reason"], "overlay_dir_missing", "{v}");
+    }
+
+    // The next lookups on B are local hits that do not contact the registry: it is gone.
+    reg.stop();
+    for l in LAYERS {
+        let (code, v, err) = b.lookup(l, &["--remote", &remote, "--remote-timeout", "2"]);
+        assert_eq!(
+            (code, v["source"].clone()),
+            (0, json!("local")),
+            "{l}: {v} {err}"
+        );
+        assert_eq!(warnings(&err), 0, "{l}: the registry was contacted: {err}");
+        assert_eq!(b.lookup(l, &[]).0, 0, "{l}");
+    }
+    // A pulled version needs its blobs like any other: one of l3's layers gone, no hit.
+    let (layer, _) = image_blobs(&a.layout(), "l3")
+        .into_iter()
+        .max_by_key(|(d, _)| d["size"].as_u64())
+        .expect("blobs");
+    let hex = layer["digest"]
+        .as_str()
+        .expect("digest")
+        .trim_start_matches("sha256:");
+    std::fs::remove_file(b.layout().join("blobs/sha256").join(hex)).expect("rm blob");
+    let (code, v, _) = b.lookup("l3", &[]);
+    assert_eq!(code, 1, "{v}");
+    assert!(v.to_string().contains(hex), "the miss names the blob: {v}");
+}
+
+/// `push` of a layer whose output manifest blob is not an image manifest is a local error:
+/// exit 2, the layer named on stderr and `error` in JSON; the other layers are still pushed.
+/// A registry failure alone exits 0 (`a_wrong_password_...`).
+#[test]
+fn a_push_with_an_output_that_is_not_an_image_manifest_exits_2() {
+    let Some((_reg, _tmp, a, _b, remote)) = two_machines() else {
+        return;
+    };
+    a.build("l1", "v1");
+    a.build("l2", "v1");
+    // l2's output descriptor says "image manifest" but names its layer blob.
+    let (layer, _) = image_blobs(&a.layout(), "l2")
+        .into_iter()
+        .max_by_key(|(d, _)| d["size"].as_u64())
+        .expect("blobs");
+    let bad = json!({"tar": {"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                             "digest": layer["digest"], "size": layer["size"]}});
+    let m = a.dir.join("bad-manifests.json");
+    std::fs::write(&m, bad.to_string()).expect("manifests");
+    let o = a.out(&[
+        "put",
+        "--manifests",
+        m.to_str().expect("utf-8"),
+        "--inputs-as-of-now",
+        "l2",
+    ]);
+    assert!(o.status.success(), "{o:?}");
+    let (code, rows, err) = a.share("push", &remote, &[]);
+    assert_eq!(code, 2, "{rows:?} {err}");
+    assert_eq!(
+        statuses(&rows),
+        ["l1=pushed", "l2=error", "l3=skipped"],
+        "{err}"
+    );
+    assert!(err.contains("cannot push layer l2"), "{err}");
+    assert!(err.contains("not an image manifest"), "{err}");
+}
+
 #[test]
 fn a_registry_stopped_mid_build_gives_local_answers_with_one_warning() {
     let Some((mut reg, _tmp, a, b, remote)) = two_machines() else {
@@ -273,6 +498,7 @@ fn a_registry_stopped_mid_build_gives_local_answers_with_one_warning() {
     let (code, v, err) = b.lookup("l2", &["--remote", &remote, "--remote-timeout", "2"]);
     assert_eq!(code, 1, "{v} {err}");
     assert_eq!(warnings(&err), 1, "{err}");
+    assert_eq!(v["remote"]["answer"], "unreachable", "{v}");
     assert!(
         err.contains(&reg.addr),
         "the warning names the registry: {err}"
@@ -321,6 +547,14 @@ fn a_blob_corrupted_in_the_registry_is_refused_and_nothing_is_recorded() {
     assert_eq!(v["source"], Value::Null);
     assert_eq!(warnings(&err), 1, "{err}");
     assert!(err.contains(&digest), "the warning names the blob: {err}");
+    // What the registry said: an entry, refused, and why.
+    assert_eq!(v["remote"]["answer"], "refused", "{v}");
+    assert!(
+        v["remote"]["why"]
+            .as_str()
+            .is_some_and(|w| w.contains(&digest)),
+        "{v}"
+    );
     // Nothing recorded, no blob and no partial file left.
     let (code, v, _) = b.lookup("l1", &[]);
     assert_eq!(code, 1);

@@ -58,7 +58,8 @@ pub struct LookupArgs {
     /// build_only, each source's Merkle root and row count, the input digest) to FILE, as JSON,
     /// for `layercache put --from FILE` after the build: the put then refuses, naming what
     /// changed, if an input differs from what this lookup saw. Every source is walked, even
-    /// after a miss.
+    /// after a miss. With --remote, a remote hit writes no record (there is nothing to put)
+    /// and removes one left at FILE.
     #[arg(long, value_name = "FILE")]
     record: Option<PathBuf>,
     /// The lookup record of this build's step of LAYER's built base (its `lookup --record
@@ -149,19 +150,36 @@ pub fn lookup(args: LookupArgs, interrupt: Arc<AtomicBool>) -> anyhow::Result<Ex
         session.trust_base_record(&rec)?;
     }
     let mut link = Link::open(&args.remote)?;
-    // --record and --verify answer from the local cache only (a remote hit records the layer
-    // without a build, so there is nothing to record for a put; verify is about local rows).
-    let local_only = args.record.is_some() || args.verify;
-    let remote = link.as_ref().and_then(Link::remote).filter(|_| !local_only);
+    // --verify answers from the local cache only (it is about this cache's rows).
+    let remote = link
+        .as_ref()
+        .and_then(Link::remote)
+        .filter(|_| !args.verify);
     let shown = Display::start(
         &format!("lookup {}", escape_bytes(t.layer.as_bytes())),
         Some(cache.progress()),
     );
-    let (result, source, failure) = match remote {
-        // A remote hit is recorded locally, so the lookup observes what it walks for that put.
+    let not_cacheable = || {
+        anyhow::anyhow!(
+            "layer {} is not cacheable: there is nothing to record for a put",
+            escape_bytes(t.layer.as_bytes())
+        )
+    };
+    let (result, source, failure, answer) = match remote {
+        // A local miss asks the registry; a remote hit is recorded locally (as pulled), so the
+        // lookup observes what it walks for that put.
         Some(remote) => {
             let r = session.lookup_remote(&t.layer, args.explain, remote)?;
-            (r.lookup, r.source, r.failure)
+            if let Some(path) = &args.record {
+                match (r.source, r.record()) {
+                    // Recorded from the registry: nothing to put, so no record, and none
+                    // left from an earlier lookup for a put to use by mistake.
+                    (Some(HitSource::Remote), _) => remove_record(path)?,
+                    (_, Some(rec)) => rec.write(path)?,
+                    (_, None) => return Err(not_cacheable()),
+                }
+            }
+            (r.lookup, r.source, r.failure, Some(r.answer))
         }
         None => {
             // Without --record, one process, one question: nothing is kept, so no source is
@@ -177,17 +195,17 @@ pub fn lookup(args: LookupArgs, interrupt: Arc<AtomicBool>) -> anyhow::Result<Ex
                     let l = session.lookup_for_build(&t.layer, mode)?;
                     match l.record() {
                         Some(rec) => rec.write(path)?,
-                        None => anyhow::bail!(
-                            "layer {} is not cacheable: there is nothing to record for a put",
-                            escape_bytes(t.layer.as_bytes())
-                        ),
+                        None => return Err(not_cacheable()),
                     }
                     l.into_lookup()
                 }
                 None => session.lookup_with(&t.layer, mode)?,
             };
             let source = r.is_hit().then_some(HitSource::Local);
-            (r, source, None)
+            let answer = link
+                .as_ref()
+                .map(|l| l.not_asked("--verify answers from the local cache only"));
+            (r, source, None, answer)
         }
     };
     shown.finish();
@@ -197,18 +215,42 @@ pub fn lookup(args: LookupArgs, interrupt: Arc<AtomicBool>) -> anyhow::Result<Ex
     }
     let mut value = lookup_json(&result, &session.counters(), &pruned)?;
     let (source_json, remote_json) =
-        crate::remote::lookup_json(link.as_ref(), source, failure.as_ref());
+        crate::remote::lookup_json(link.as_ref(), source, answer.as_ref(), failure.as_ref());
     value["source"] = source_json;
     value["remote"] = remote_json;
     let hit_line = crate::remote::hit_line(&result.layer, source, link.as_ref());
+    // With --explain, a miss also says what the registry answered.
+    let remote_line = match (&link, &answer) {
+        (Some(l), Some(a)) if args.explain && !result.is_hit() => {
+            Some(a.describe(&l.name, &result.layer))
+        }
+        _ => None,
+    };
     emit(t.out.json, &value, |_, out| {
-        write_lookup_text(out, &result, &hit_line)
+        write_lookup_text(out, &result, &hit_line)?;
+        if let Some(line) = &remote_line {
+            writeln!(out, "{line}")?;
+        }
+        Ok(())
     })?;
     Ok(if result.is_hit() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Removes a lookup record left at `path` (a remote hit writes none); nothing there is fine.
+fn remove_record(path: &Path) -> anyhow::Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(anyhow::Error::new(e).context(format!(
+            "cannot remove the lookup record {} left by an earlier lookup (this lookup was a \
+             remote hit: there is nothing to put)",
+            path.display()
+        ))),
+    }
 }
 
 fn lookup_json(

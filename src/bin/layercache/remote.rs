@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use layercache::{Cache, HitSource, PushOutcome, RemoteFailure};
+use layercache::{Cache, HitSource, PushOutcome, RemoteAnswer, RemoteFailure, escape_bytes};
 use layercache::{Plan, Remote, RemoteError, RemoteOptions};
 use serde_json::json;
 
@@ -67,6 +67,8 @@ pub struct Link {
     /// `REGISTRY/REPO` for messages.
     pub name: String,
     warned: bool,
+    /// Why the client is `None`: it could not be set up, or it was given up on.
+    dropped: Option<String>,
 }
 
 impl Link {
@@ -87,6 +89,7 @@ impl Link {
             remote: None,
             name: target.to_string(),
             warned: false,
+            dropped: None,
         };
         match Remote::new(target, options) {
             Ok(mut r) => {
@@ -94,9 +97,23 @@ impl Link {
                 r.set_trusted_keys(trust);
                 link.remote = Some(r);
             }
-            Err(e) => link.warn(&e.to_string()),
+            Err(e) => {
+                link.dropped = Some(e.to_string());
+                link.warn(&e.to_string());
+            }
         }
         Ok(Some(link))
+    }
+
+    /// What a lookup says of the registry when it was not asked: why the client is gone, or
+    /// `why` (the lookup answered from the local cache only).
+    pub fn not_asked(&self, why: &str) -> RemoteAnswer {
+        RemoteAnswer::NotAsked {
+            why: match &self.dropped {
+                Some(d) if self.remote.is_none() => format!("it is not usable in this run: {d}"),
+                _ => why.to_string(),
+            },
+        }
     }
 
     /// The client, unless the registry is known unreachable.
@@ -119,6 +136,7 @@ impl Link {
             )
         {
             self.remote = None;
+            self.dropped = Some(f.to_string());
         }
         self.warn(&f.to_string());
     }
@@ -155,8 +173,10 @@ fn open(args: &ShareArgs) -> anyhow::Result<(Plan, Cache, Link)> {
     Ok((plan, cache, link))
 }
 
-/// `layercache push`: pushes every layer that hits locally. Exit 0 unless a local error; a
-/// registry that cannot take the entries is one warning and `failed` per layer.
+/// `layercache push`: pushes every layer that hits locally. Exit 0 when every failure was the
+/// registry's (one warning, `failed` per layer); exit 2 when any layer failed for a local
+/// reason (`error`: its inputs match a stored version but its outputs are not all here or not
+/// readable), after trying every layer, each such layer named on stderr.
 pub fn push(args: ShareArgs) -> anyhow::Result<ExitCode> {
     let key = args.sign.load()?;
     let (plan, cache, mut link) = open(&args)?;
@@ -165,6 +185,7 @@ pub fn push(args: ShareArgs) -> anyhow::Result<ExitCode> {
     }
     let mut session = cache.session(plan.build())?;
     let mut rows = Vec::new();
+    let mut local_errors = 0usize;
     for layer in plan.build().build_order(&args.layers, false)? {
         let Some(remote) = link.remote() else {
             rows.push(
@@ -188,13 +209,27 @@ pub fn push(args: ShareArgs) -> anyhow::Result<ExitCode> {
                 "layer": layer, "status": "skipped",
                 "reasons": serde_json::to_value(&reasons)?,
             }),
+            PushOutcome::Unusable(why) => {
+                local_errors += 1;
+                eprintln!(
+                    "layercache: error: cannot push layer {}: {why}",
+                    escape_bytes(layer.as_bytes())
+                );
+                json!({"layer": layer, "status": "error", "detail": why})
+            }
             PushOutcome::Failed(f) => {
                 link.failed(&f);
                 json!({"layer": layer, "status": "failed", "detail": f.to_string()})
             }
+            other => anyhow::bail!("cannot push layer {layer:?}: unexpected outcome {other:?}"),
         });
     }
-    report(&args, &link, "push", rows)
+    let code = report(&args, &link, "push", rows)?;
+    Ok(if local_errors > 0 {
+        ExitCode::from(2)
+    } else {
+        code
+    })
 }
 
 /// `layercache pull`: for each layer in build order, a local hit does nothing and a local miss
@@ -233,6 +268,7 @@ pub fn pull(args: ShareArgs) -> anyhow::Result<ExitCode> {
                 "blobs_downloaded": f.blobs_downloaded, "blobs_present": f.blobs_present,
                 "bytes_downloaded": f.bytes_downloaded,
             })),
+            "remote": serde_json::to_value(&r.answer)?,
             "failure": failure_json(r.failure.as_ref()),
         }));
     }
@@ -248,26 +284,37 @@ fn report(
     let value = json!({"remote": link.name, what: rows});
     emit(args.out.json, &value, |_, out| {
         for r in &rows {
-            let layer = r["layer"].as_str().unwrap_or_default();
+            let layer = escape_bytes(r["layer"].as_str().unwrap_or_default().as_bytes());
             let status = r["status"].as_str().unwrap_or_default().replace('_', " ");
-            writeln!(out, "{layer}: {status}")?;
+            match r["detail"].as_str().filter(|_| status == "error") {
+                Some(detail) => writeln!(out, "{layer}: {status}: {detail}")?,
+                None => writeln!(out, "{layer}: {status}")?,
+            }
         }
         Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// The JSON `lookup` adds for the remote: where a hit came from and what the registry did.
+/// The JSON `lookup` adds for the remote: where a hit came from, and what the registry
+/// answered (`"answer"`: `not_asked`, `no_entry`, `taken`, `refused`, `unreachable`, with the
+/// `input_digest` asked for and `why`) and the failure it warned about.
 pub fn lookup_json(
     link: Option<&Link>,
     source: Option<HitSource>,
+    answer: Option<&RemoteAnswer>,
     failure: Option<&RemoteFailure>,
 ) -> (serde_json::Value, serde_json::Value) {
     let source = serde_json::to_value(source).unwrap_or_default();
-    let remote = link.map_or(
-        serde_json::Value::Null,
-        |l| json!({"name": l.name, "failure": failure_json(failure)}),
-    );
+    let remote = link.map_or(serde_json::Value::Null, |l| {
+        let mut v = serde_json::to_value(answer).unwrap_or_default();
+        if !v.is_object() {
+            v = json!({});
+        }
+        v["name"] = json!(l.name);
+        v["failure"] = failure_json(failure);
+        v
+    });
     (source, remote)
 }
 
