@@ -212,26 +212,23 @@ impl Session<'_> {
             verify: false,
         };
         let local = self.lookup_for_build(layer, mode)?;
-        let seen = local.seen.clone();
-        let answer = |lookup, answer, failure: Option<RemoteFailure>| RemoteLookup {
-            lookup,
+        // The local answer, with what its lookup saw (for a record; never copied: a walk log
+        // can be tens of MB).
+        let answer = |local: BuildLookup, answer, failure: Option<RemoteFailure>| RemoteLookup {
+            lookup: local.lookup,
             source: None,
             answer,
             fetched: None,
             failure,
-            seen,
+            seen: local.seen,
         };
         if local.is_hit() {
-            let seen = local.seen;
+            let not_asked = RemoteAnswer::NotAsked {
+                why: "the local cache hit".into(),
+            };
             return Ok(RemoteLookup {
-                lookup: local.lookup,
                 source: Some(HitSource::Local),
-                answer: RemoteAnswer::NotAsked {
-                    why: "the local cache hit".into(),
-                },
-                fetched: None,
-                failure: None,
-                seen,
+                ..answer(local, not_asked, None)
             });
         }
         let Some(layout) = self.cache.config.oci_layout.clone() else {
@@ -241,12 +238,12 @@ impl Session<'_> {
             let not_asked = RemoteAnswer::NotAsked {
                 why: failure.to_string(),
             };
-            return Ok(answer(local.lookup, not_asked, Some(failure)));
+            return Ok(answer(local, not_asked, Some(failure)));
         };
         // What the local lookup walked (it observed every source): no second walk.
         let Some(asked) = local.input_digest else {
             let why = self.why_no_digest(layer, &local);
-            return Ok(answer(local.lookup, RemoteAnswer::NotAsked { why }, None));
+            return Ok(answer(local, RemoteAnswer::NotAsked { why }, None));
         };
         let input_digest = hex(&asked);
         let refused = |why: String| RemoteAnswer::Refused {
@@ -270,25 +267,25 @@ impl Session<'_> {
                 let none = RemoteAnswer::NoEntry {
                     input_digest: input_digest.clone(),
                 };
-                return Ok(answer(local.lookup, none, None));
+                return Ok(answer(local, none, None));
             }
             Err(e) => {
                 let (a, f) = failed(e);
-                return Ok(answer(local.lookup, a, f));
+                return Ok(answer(local, a, f));
             }
         };
         let manifests = match share::accept(&found, layer, &asked) {
             Ok(m) => m,
             Err(e) => {
                 let a = refused(e.to_string());
-                return Ok(answer(local.lookup, a, Some(e.into())));
+                return Ok(answer(local, a, Some(e.into())));
             }
         };
         let fetched = match remote.fetch_blobs(&found, &layout) {
             Ok(r) => r,
             Err(e) => {
                 let (a, f) = failed(e);
-                return Ok(answer(local.lookup, a, f));
+                return Ok(answer(local, a, f));
             }
         };
         // Nothing is recorded unless every blob its outputs reach is here now: an entry that
@@ -305,7 +302,7 @@ impl Session<'_> {
                     ),
                 };
                 let a = refused(e.to_string());
-                return Ok(answer(local.lookup, a, Some(e.into())));
+                return Ok(answer(local, a, Some(e.into())));
             }
         }
         let record = match self.put_as(&local, &manifests, Origin::Pulled) {
@@ -317,7 +314,7 @@ impl Session<'_> {
                     changes.join(", ")
                 ));
                 let failure = RemoteFailure::InputsChanged { layer, detail };
-                return Ok(answer(local.lookup, a, Some(failure)));
+                return Ok(answer(local, a, Some(failure)));
             }
             Err(e) => return Err(e),
         };
@@ -332,7 +329,7 @@ impl Session<'_> {
                 detail: "its inputs changed while it was pulled".into(),
             };
             let a = refused("this machine's inputs changed while it was pulled".into());
-            return Ok(answer(local.lookup, a, Some(failure)));
+            return Ok(answer(local, a, Some(failure)));
         }
         let taken = RemoteAnswer::Taken {
             input_digest: input_digest.clone(),
@@ -350,8 +347,9 @@ impl Session<'_> {
                 input_digest: Some(asked),
             };
             return Ok(RemoteLookup {
+                lookup,
                 fetched: Some(fetched),
-                ..answer(lookup, taken, None)
+                ..answer(local, taken, None)
             });
         }
         let lookup = Lookup {
