@@ -409,14 +409,19 @@ pub(crate) fn missing(
 /// layer's rootfs not a directory, or a stored descriptor that does not decode, when its
 /// location is configured. A blob that is there but wrong (a manifest that does not parse or
 /// match its digest, a wrong size) is damage a person should see: the version is kept, never
-/// hits, and `push` reports it. Nothing is pruned for a location that is not configured, nor for a
-/// version without outputs; a configured location that does not exist is an error, as in
-/// [`missing`].
+/// hits, and `push` reports it. Nothing is pruned for a location that is not configured, for a
+/// version without outputs, or for a pulled build-only version (its rootfs was never here); a
+/// configured location that does not exist is an error, as in [`missing`].
 pub(crate) fn gone_at_open(config: &CacheConfig, rec: &VersionRecord) -> Result<Option<Missing>> {
     let (what, location) = location_of(config, rec);
     let Some(location) = location else {
         return Ok(None);
     };
+    // A pulled build-only version names no blob, and its rootfs was never here: nothing is
+    // gone. It stays (never a hit without its directory) as the base of the layers built on it.
+    if rec.build_only && rec.origin == Origin::Pulled {
+        return Ok(None);
+    }
     // A blob there but wrong is kept; a build-only layer's rootfs that is not a directory, or
     // a stored descriptor that does not decode, is pruned (as it always was).
     let found = of_version(config, rec, location).filter(|m| match m {

@@ -28,7 +28,7 @@ use crate::schema::Origin;
 use crate::share::{self, RecordError};
 
 use super::outputs;
-use super::{BuildLookup, CachedEntry, Lookup, LookupMode, LookupRecord, Outcome, Session};
+use super::{BuildLookup, CachedEntry, Lookup, LookupMode, LookupRecord, Outcome, Seen, Session};
 
 /// Where a hit came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -154,9 +154,13 @@ pub struct RemoteLookup {
     pub fetched: Option<FetchReport>,
     /// Why the registry could not help, when it was asked and failed.
     pub failure: Option<RemoteFailure>,
-    /// The record of what the local lookup saw, for a put after a build; `None` after a remote
-    /// hit (the layer is recorded: there is nothing to put).
-    record: Option<LookupRecord>,
+    /// What the local lookup saw, for a put after a build; `None` after a remote hit (the layer
+    /// is recorded: there is nothing to put).
+    seen: Option<Seen>,
+    /// On a local hit, the base proof a dependent's lookup may trust (see `session.rs`).
+    result: Option<super::session::Proof>,
+    /// Binds the record to this cache.
+    record_key: super::record::RecordKey,
 }
 
 impl RemoteLookup {
@@ -164,7 +168,9 @@ impl RemoteLookup {
     /// miss, what the local lookup saw; `None` after a remote hit (there is nothing to put)
     /// and for a layer that is not cacheable.
     pub fn record(&self) -> Option<LookupRecord> {
-        self.record.clone()
+        self.seen
+            .as_ref()
+            .map(|seen| LookupRecord::new(&self.lookup.layer, seen, self.result, &self.record_key))
     }
 }
 
@@ -210,26 +216,25 @@ impl Session<'_> {
             verify: false,
         };
         let local = self.lookup_for_build(layer, mode)?;
-        let record = local.record();
-        let answer = |lookup, answer, failure: Option<RemoteFailure>| RemoteLookup {
-            lookup,
+        // The local answer, with what its lookup saw (for a record; never copied: a walk log
+        // can be tens of MB).
+        let answer = |local: BuildLookup, answer, failure: Option<RemoteFailure>| RemoteLookup {
+            lookup: local.lookup,
             source: None,
             answer,
             fetched: None,
             failure,
-            record,
+            seen: local.seen,
+            result: local.result,
+            record_key: local.record_key,
         };
         if local.is_hit() {
-            let record = local.record();
+            let not_asked = RemoteAnswer::NotAsked {
+                why: "the local cache hit".into(),
+            };
             return Ok(RemoteLookup {
-                lookup: local.lookup,
                 source: Some(HitSource::Local),
-                answer: RemoteAnswer::NotAsked {
-                    why: "the local cache hit".into(),
-                },
-                fetched: None,
-                failure: None,
-                record,
+                ..answer(local, not_asked, None)
             });
         }
         let Some(layout) = self.cache.config.oci_layout.clone() else {
@@ -239,12 +244,12 @@ impl Session<'_> {
             let not_asked = RemoteAnswer::NotAsked {
                 why: failure.to_string(),
             };
-            return Ok(answer(local.lookup, not_asked, Some(failure)));
+            return Ok(answer(local, not_asked, Some(failure)));
         };
         // What the local lookup walked (it observed every source): no second walk.
         let Some(asked) = local.input_digest else {
             let why = self.why_no_digest(layer, &local);
-            return Ok(answer(local.lookup, RemoteAnswer::NotAsked { why }, None));
+            return Ok(answer(local, RemoteAnswer::NotAsked { why }, None));
         };
         let input_digest = hex(&asked);
         let refused = |why: String| RemoteAnswer::Refused {
@@ -268,26 +273,27 @@ impl Session<'_> {
                 let none = RemoteAnswer::NoEntry {
                     input_digest: input_digest.clone(),
                 };
-                return Ok(answer(local.lookup, none, None));
+                return Ok(answer(local, none, None));
             }
             Err(e) => {
-                let lookup = untrusted_miss(local.lookup, remote, &e);
+                let mut local = local;
+                local.lookup = untrusted_miss(local.lookup, remote, &e);
                 let (a, f) = failed(e);
-                return Ok(answer(lookup, a, f));
+                return Ok(answer(local, a, f));
             }
         };
         let manifests = match share::accept(&found, layer, &asked) {
             Ok(m) => m,
             Err(e) => {
                 let a = refused(e.to_string());
-                return Ok(answer(local.lookup, a, Some(e.into())));
+                return Ok(answer(local, a, Some(e.into())));
             }
         };
         let fetched = match remote.fetch_blobs(&found, &layout) {
             Ok(r) => r,
             Err(e) => {
                 let (a, f) = failed(e);
-                return Ok(answer(local.lookup, a, f));
+                return Ok(answer(local, a, f));
             }
         };
         // Nothing is recorded unless every blob its outputs reach is here now: an entry that
@@ -304,7 +310,7 @@ impl Session<'_> {
                     ),
                 };
                 let a = refused(e.to_string());
-                return Ok(answer(local.lookup, a, Some(e.into())));
+                return Ok(answer(local, a, Some(e.into())));
             }
         }
         let record = match self.put_as(&local, &manifests, Origin::Pulled) {
@@ -319,7 +325,7 @@ impl Session<'_> {
                     crate::reason::PutChange::join(&changes)
                 ));
                 let failure = RemoteFailure::InputsChanged { layer, detail };
-                return Ok(answer(local.lookup, a, Some(failure)));
+                return Ok(answer(local, a, Some(failure)));
             }
             Err(e) => return Err(e),
         };
@@ -334,7 +340,7 @@ impl Session<'_> {
                 detail: "its inputs changed while it was pulled".into(),
             };
             let a = refused("this machine's inputs changed while it was pulled".into());
-            return Ok(answer(local.lookup, a, Some(failure)));
+            return Ok(answer(local, a, Some(failure)));
         }
         let taken = RemoteAnswer::Taken {
             input_digest: input_digest.clone(),
@@ -352,8 +358,9 @@ impl Session<'_> {
                 input_digest: Some(asked),
             };
             return Ok(RemoteLookup {
+                lookup,
                 fetched: Some(fetched),
-                ..answer(lookup, taken, None)
+                ..answer(local, taken, None)
             });
         }
         let lookup = Lookup {
@@ -369,7 +376,9 @@ impl Session<'_> {
             answer: taken,
             fetched: Some(fetched),
             failure: None,
-            record: None,
+            seen: None,
+            result: None,
+            record_key: local.record_key,
         })
     }
 

@@ -442,6 +442,62 @@ fn a_fresh_machine_gets_remote_hits_for_a_chain_on_an_overlay_dir() {
     assert!(v.to_string().contains(hex), "the miss names the blob: {v}");
 }
 
+/// A build-only layer's output is its rootfs directory, which no registry carries: on B its
+/// pulled version is recorded (its entry was taken, so the layer built on it hits) but is a
+/// miss itself until its directory exists — never a hit on an output B does not have.
+#[test]
+fn a_pulled_build_only_layer_is_recorded_but_no_hit_without_its_rootfs() {
+    let Some((_reg, _tmp, a, b, remote)) = two_machines() else {
+        return;
+    };
+    for m in [&a, &b] {
+        let plan = json!({
+            "oci_layout": "oci",
+            "rootfs_dir": "roots",
+            "layers": {
+                "l1": {"definition": {"run": "one"}, "base": {"type": "scratch"},
+                       "imports": [{"key": "a", "path": "src/a"}], "build_only": true},
+                "l2": {"definition": {"run": "two"}, "base": {"type": "built", "layer": "l1"},
+                       "imports": [{"key": "b", "path": "src/b"}]},
+            }
+        });
+        std::fs::write(m.dir.join("plan.json"), plan.to_string()).expect("plan");
+    }
+    std::fs::create_dir_all(a.dir.join("roots/l1")).expect("rootfs");
+    let empty = a.dir.join("empty.json");
+    std::fs::write(&empty, "{}").expect("manifests");
+    let o = a.out(&[
+        "put",
+        "--manifests",
+        empty.to_str().expect("utf-8"),
+        "--inputs-as-of-now",
+        "l1",
+    ]);
+    assert!(o.status.success(), "{o:?}");
+    a.build("l2", "v1");
+    let (code, rows, err) = a.share("push", &remote, &[]);
+    assert_eq!(
+        (code, statuses(&rows)),
+        (0, vec!["l1=pushed".to_string(), "l2=pushed".to_string()]),
+        "{err}"
+    );
+
+    // B's builder has its (empty) rootfs directory, as a builder makes it before it builds.
+    std::fs::create_dir_all(b.dir.join("roots")).expect("rootfs_dir");
+    let (code, v, err) = b.lookup("l1", &["--remote", &remote]);
+    assert_eq!(code, 1, "{v} {err}");
+    assert_eq!(v["remote"]["answer"], "taken", "{v}");
+    assert_eq!(v["reasons"][0]["reason"], "outputs_missing", "{v}");
+    let (code, v, err) = b.lookup("l2", &["--remote", &remote]);
+    assert_eq!(
+        (code, v["source"].clone()),
+        (0, json!("remote")),
+        "{v} {err}"
+    );
+    std::fs::create_dir_all(b.dir.join("roots/l1")).expect("rootfs");
+    assert_eq!(b.lookup("l1", &[]).0, 0, "its directory is there now");
+}
+
 /// `push` of a layer whose output manifest blob is not an image manifest is a local error:
 /// exit 2, the layer named on stderr and `error` in JSON; the other layers are still pushed.
 /// A registry failure alone exits 0 (`a_wrong_password_...`).
