@@ -270,10 +270,6 @@ pub struct ManifestRecord {
     pub descriptor_json: Vec<u8>,
 }
 
-/// What a lookup hits and a put records: one version of a layer (schema v3). The v1/v2 entry
-/// layout is frozen in `migrations/0003_versions.rs` as `EntryV2`.
-pub type EntryRecord = VersionRecord;
-
 /// Where a version came from (schema v4). It decides one thing: whether a hit on the version
 /// requires the builder's copies of its overlay dirs (see `crate::cache`'s outputs rule and
 /// `docs/guarantees.md`). It is part of no digest: a version pulled from a registry and the

@@ -27,11 +27,11 @@ use oci_spec::image::Descriptor;
 use serde::{Deserialize, Serialize};
 
 use crate::remote::FoundEntry;
-use crate::schema::{BaseKind, EntryKind, EntryRecord, ManifestRecord};
+use crate::schema::{BaseKind, EntryKind, ManifestRecord, VersionRecord};
 use crate::version::{Inputs, SourceInput, SourceRole, input_digest, sources_of};
 
 /// The version of [`SharedRecord`] this code writes and reads.
-pub const RECORD_VERSION: u32 = 1;
+pub const SHARED_RECORD_VERSION: u32 = 1;
 /// The largest wire record read (the registry layer also bounds the config blob).
 pub const MAX_RECORD_BYTES: usize = 4 << 20;
 
@@ -94,7 +94,7 @@ pub struct SharedSource {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SharedRecord {
-    /// [`RECORD_VERSION`].
+    /// [`SHARED_RECORD_VERSION`].
     pub layercache_record: u32,
     /// The layer name.
     pub layer: String,
@@ -125,7 +125,7 @@ fn unhex32(s: &str) -> Option<[u8; 32]> {
 
 /// The wire record of a stored record, as JSON bytes. Fails only when a stored descriptor is
 /// not JSON (a damaged record: push nothing for it).
-pub fn encode(rec: &EntryRecord) -> Result<Vec<u8>, serde_json::Error> {
+pub fn encode(rec: &VersionRecord) -> Result<Vec<u8>, serde_json::Error> {
     let mut sources: Vec<SharedSource> = sources_of(&rec.imports, &rec.overlay_dirs)
         .into_iter()
         .map(|s| SharedSource {
@@ -144,7 +144,7 @@ pub fn encode(rec: &EntryRecord) -> Result<Vec<u8>, serde_json::Error> {
         })
         .collect::<Result<BTreeMap<_, _>, _>>()?;
     serde_json::to_vec(&SharedRecord {
-        layercache_record: RECORD_VERSION,
+        layercache_record: SHARED_RECORD_VERSION,
         layer: rec.name.clone(),
         input_digest: hex(&rec.input_digest),
         definition_digest: hex(&rec.definition_digest),
@@ -220,9 +220,9 @@ pub fn accept(
     let version: serde_json::Value =
         serde_json::from_slice(&found.record).map_err(|e| unreadable(format!("not JSON ({e})")))?;
     let v = version.get("layercache_record").and_then(|v| v.as_u64());
-    if v != Some(u64::from(RECORD_VERSION)) {
+    if v != Some(u64::from(SHARED_RECORD_VERSION)) {
         return Err(unreadable(format!(
-            "record version {v:?}, this layercache reads {RECORD_VERSION}"
+            "record version {v:?}, this layercache reads {SHARED_RECORD_VERSION}"
         )));
     }
     let rec: SharedRecord =
@@ -276,14 +276,14 @@ mod tests {
         assert_eq!(unhex("abc"), None);
     }
 
-    fn record() -> EntryRecord {
+    fn record() -> VersionRecord {
         use crate::schema::{BaseRecord, SourceSummary};
         let desc = serde_json::json!({
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "digest": format!("sha256:{}", "a".repeat(64)),
             "size": 3,
         });
-        let mut rec = EntryRecord {
+        let mut rec = VersionRecord {
             name: "l1".into(),
             input_digest: [0; 32],
             definition_json: b"{}".to_vec(),

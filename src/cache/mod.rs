@@ -54,7 +54,7 @@ use serde::Serialize;
 use crate::error::{DbResultExt, Result};
 use crate::inputs::Build;
 use crate::reason::MissReason;
-use crate::schema::{EntryRecord, LAYERS, ROWS};
+use crate::schema::{LAYERS, ROWS, VersionRecord};
 use crate::store::guard::guard_redb;
 use crate::store::rows::RowRange;
 use crate::store::versions;
@@ -108,7 +108,7 @@ pub struct Cache {
 #[derive(Debug, Clone)]
 pub struct CachedEntry {
     /// The stored record.
-    pub record: EntryRecord,
+    pub record: VersionRecord,
     /// Output manifests by layer type.
     pub manifests: BTreeMap<String, Descriptor>,
 }
@@ -437,11 +437,11 @@ impl Cache {
     }
 
     /// The stored entry of a layer, if any.
-    pub fn entry(&self, layer: &str) -> Result<Option<EntryRecord>> {
+    pub fn entry(&self, layer: &str) -> Result<Option<VersionRecord>> {
         guard_redb(self.store.path(), || self.entry_unguarded(layer))
     }
 
-    fn entry_unguarded(&self, layer: &str) -> Result<Option<EntryRecord>> {
+    fn entry_unguarded(&self, layer: &str) -> Result<Option<VersionRecord>> {
         let path = self.store.path();
         let txn = self.store.begin_read()?;
         let Some(pointer) = versions::pointer(&txn, path, layer)? else {
@@ -453,7 +453,7 @@ impl Cache {
 
     /// Every stored version of a layer with its last use (ms), in digest order; damaged ones
     /// as errors.
-    pub fn versions(&self, layer: &str) -> Result<Vec<(Result<EntryRecord>, Option<u64>)>> {
+    pub fn versions(&self, layer: &str) -> Result<Vec<(Result<VersionRecord>, Option<u64>)>> {
         let path = self.store.path();
         guard_redb(path, || {
             let txn = self.store.begin_read()?;
@@ -541,7 +541,7 @@ impl Cache {
     /// configured but not there is an error naming it.
     pub fn outputs_missing(
         &self,
-        rec: &EntryRecord,
+        rec: &VersionRecord,
         inputs: &crate::inputs::LayerInputs,
     ) -> Result<Option<MissReason>> {
         Ok(
@@ -600,7 +600,7 @@ pub(crate) fn drop_version(
     Ok(())
 }
 
-fn decode_manifests(rec: &EntryRecord) -> Result<BTreeMap<String, Descriptor>, String> {
+fn decode_manifests(rec: &VersionRecord) -> Result<BTreeMap<String, Descriptor>, String> {
     rec.manifests
         .iter()
         .map(|m| {

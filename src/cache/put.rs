@@ -20,8 +20,7 @@ use crate::inputs::{LayerInputs, canonical_json_of};
 use crate::path::{RelPath, escape_bytes, validate_layer_name};
 use crate::reason::{MissReason, PutChange, PutRefusal};
 use crate::schema::{
-    BaseRecord, EntryKind, EntryRecord, LayerRecord, ManifestRecord, Origin, ROWS, SourceSummary,
-    VersionRecord,
+    BaseRecord, EntryKind, LayerRecord, ManifestRecord, Origin, ROWS, SourceSummary, VersionRecord,
 };
 use crate::store::guard::guard_redb;
 use crate::store::rows::{RowRange, encode_row, validate_source};
@@ -56,7 +55,7 @@ impl Session<'_> {
         &mut self,
         lookup: &BuildLookup,
         manifests: &BTreeMap<String, Descriptor>,
-    ) -> Result<EntryRecord> {
+    ) -> Result<VersionRecord> {
         self.put_as(lookup, manifests, Origin::Built)
     }
 
@@ -68,7 +67,7 @@ impl Session<'_> {
         lookup: &BuildLookup,
         manifests: &BTreeMap<String, Descriptor>,
         origin: Origin,
-    ) -> Result<EntryRecord> {
+    ) -> Result<VersionRecord> {
         let db = self.cache.store.path().to_path_buf();
         guard_redb(&db, || {
             self.put_unguarded(
@@ -90,7 +89,7 @@ impl Session<'_> {
         &mut self,
         record: &LookupRecord,
         manifests: &BTreeMap<String, Descriptor>,
-    ) -> Result<EntryRecord> {
+    ) -> Result<VersionRecord> {
         let db = self.cache.store.path().to_path_buf();
         let key = super::record::RecordKey::of(&self.cache.store.secret()?);
         if !record.is_from(&key) {
@@ -111,7 +110,7 @@ impl Session<'_> {
         seen: Option<&Seen>,
         manifests: &BTreeMap<String, Descriptor>,
         origin: Origin,
-    ) -> Result<EntryRecord> {
+    ) -> Result<VersionRecord> {
         validate_layer_name(layer)?;
         let inputs = self.build.layer(layer)?;
         if let Some(why) = &inputs.uncacheable {

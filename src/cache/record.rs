@@ -6,7 +6,7 @@
 //! [`Session::put`](super::Session::put) does within one process with the lookup's full
 //! observation.
 //!
-//! The file is one JSON object (format version [`RECORD_VERSION`]):
+//! The file is one JSON object (format version [`LOOKUP_RECORD_VERSION`]):
 //!
 //! ```json
 //! {"format": "layercache lookup record", "version": 2, "layer": "app",
@@ -64,7 +64,7 @@ use crate::inputs::{Base, LayerInputs, canonical_json};
 
 /// The format version of the lookup record file; a record of another version is refused.
 /// Version 2 added `mac`.
-pub const RECORD_VERSION: u32 = 2;
+pub const LOOKUP_RECORD_VERSION: u32 = 2;
 /// The blake3 key-derivation context of the record's MAC key (from the per-cache secret).
 pub const MAC_CONTEXT: &str = "layercache 2026 lookup record mac v2";
 /// The `format` field of every lookup record.
@@ -207,7 +207,7 @@ impl LookupRecord {
     ) -> LookupRecord {
         let mut r = LookupRecord {
             format: FORMAT.to_string(),
-            version: RECORD_VERSION,
+            version: LOOKUP_RECORD_VERSION,
             layer: layer.to_string(),
             definition_digest: seen.definition_digest,
             builder: seen.builder.clone(),
@@ -403,11 +403,11 @@ impl LookupRecord {
                 "it is not a layercache lookup record".to_string(),
             ));
         }
-        if head.version != Some(RECORD_VERSION) {
+        if head.version != Some(LOOKUP_RECORD_VERSION) {
             return Err(parse_error(
                 path,
                 format!(
-                    "it is of format version {}, this layercache reads version {RECORD_VERSION}",
+                    "it is of format version {}, this layercache reads version {LOOKUP_RECORD_VERSION}",
                     head.version
                         .map_or_else(|| "(none)".to_string(), |v| v.to_string())
                 ),
@@ -530,7 +530,7 @@ mod tests {
     fn record() -> LookupRecord {
         let mut r = LookupRecord {
             format: FORMAT.to_string(),
-            version: RECORD_VERSION,
+            version: LOOKUP_RECORD_VERSION,
             layer: "app".to_string(),
             definition_digest: [7; 32],
             builder: Some("stacker 1.1.0".to_string()),

@@ -16,7 +16,7 @@ use super::{
 };
 use crate::error::{DbResultExt, Error, Result};
 use crate::path::{escape_bytes, hex, show_path};
-use crate::schema::{EntryRecord, LAST_USED, LAYERS, META, ROWS, VERSIONS};
+use crate::schema::{LAST_USED, LAYERS, META, ROWS, VERSIONS, VersionRecord};
 use crate::store::Store;
 use crate::store::guard::guard_redb;
 use crate::store::rows::{RowIter, RowRange};
@@ -190,7 +190,7 @@ impl Inspector {
     }
 
     /// The current version of `layer`, if it has one.
-    pub fn record(&self, layer: &str) -> Result<Option<EntryRecord>> {
+    pub fn record(&self, layer: &str) -> Result<Option<VersionRecord>> {
         self.read(|txn, path| {
             let Some(pointer) = versions::pointer(txn, path, layer)? else {
                 return Ok(None);
@@ -230,7 +230,7 @@ impl Inspector {
 
     /// Resolves what a person typed after `--files` to a row source id of `record`: a source id
     /// as stored (`import:<key>`, `overlay:<key>`), or a bare import or overlay dir key.
-    pub fn resolve_source(record: &EntryRecord, given: &str) -> Result<String> {
+    pub fn resolve_source(record: &VersionRecord, given: &str) -> Result<String> {
         let all = || record.imports.iter().chain(&record.overlay_dirs);
         if let Some(s) = all().find(|s| s.source == given) {
             return Ok(s.source.clone());

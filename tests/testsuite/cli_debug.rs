@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use layercache::testing::schema::{
-    EntryRecord, LAYERS, LayerRecord, ROWS, SCHEMA_VERSION, VERSIONS,
+    LAYERS, LayerRecord, ROWS, SCHEMA_VERSION, VERSIONS, VersionRecord,
 };
 use layercache::{Base, Build, Cache, CacheConfig, Import, LayerInputs, OverlayDir, RelPath};
 use oci_spec::image::Descriptor;
@@ -68,7 +68,7 @@ struct Db {
     _tmp: tempfile::TempDir,
     dir: PathBuf,
     db: PathBuf,
-    records: BTreeMap<String, EntryRecord>,
+    records: BTreeMap<String, VersionRecord>,
     build: Build,
 }
 

@@ -441,7 +441,7 @@ fn outputs_rule_cost_on_a_large_layer_with_a_100_layer_image() {
         .clone();
     let inputs = build.layer("big").unwrap();
     let n = 2000;
-    let time = |rec: &layercache::testing::schema::EntryRecord| {
+    let time = |rec: &layercache::testing::schema::VersionRecord| {
         let t = Instant::now();
         for _ in 0..n {
             assert!(cache.outputs_missing(rec, inputs).unwrap().is_none());

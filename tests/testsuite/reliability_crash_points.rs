@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use layercache::testing::Store;
 use layercache::testing::failpoint::{MIGRATE_POINTS, PUT_POINTS, REFRESH_POINTS, SWITCH_POINTS};
-use layercache::testing::schema::EntryRecord;
+use layercache::testing::schema::VersionRecord;
 use layercache::{Build, Cache, CacheConfig, MissReason, SCHEMA_VERSION, inspect};
 
 /// The crash_child example, built with the `failpoints` feature beside this test (always
@@ -93,7 +93,7 @@ fn open(db: &Path) -> Cache {
     .unwrap()
 }
 
-fn put(cache: &Cache, build: &Build, layer: &str) -> EntryRecord {
+fn put(cache: &Cache, build: &Build, layer: &str) -> VersionRecord {
     let mut s = cache.session(build).unwrap();
     let lk = s.lookup(layer).unwrap();
     s.put(&lk, &common::outputs()).unwrap()
@@ -109,7 +109,7 @@ fn age(root: &Path, secs: u64) {
 /// What holds after any crash: redb's own check passes, every entry agrees with its rows
 /// (`check` is clean, so no entry is mixed with another put's rows), and the layer `keep`,
 /// committed before, is as it was.
-fn verify_consistent(db: &Path, keep: &EntryRecord, point: &str) {
+fn verify_consistent(db: &Path, keep: &VersionRecord, point: &str) {
     let mut store = Store::open(db).unwrap_or_else(|e| panic!("{point}: open: {e}"));
     assert!(
         store.database_mut().unwrap().check_integrity().unwrap(),
@@ -132,7 +132,7 @@ fn verify_consistent(db: &Path, keep: &EntryRecord, point: &str) {
 
 /// A cache with layer `keep` and layer `l` (generation 1) put from `tree`; then `tree` is
 /// changed (a file edited, one added, one removed). Returns (keep, l) as committed.
-fn committed_then_changed(dir: &Path, db: &Path, tree: &Path) -> (EntryRecord, EntryRecord) {
+fn committed_then_changed(dir: &Path, db: &Path, tree: &Path) -> (VersionRecord, VersionRecord) {
     for i in 0..20 {
         common::write(tree, &format!("sub/f{i:02}"), format!("v1 {i}").as_bytes());
         common::write(&dir.join("keep"), &format!("k{i}"), b"keep");
@@ -265,7 +265,7 @@ fn two_versions_back_on_a(
     dir: &Path,
     db: &Path,
     tree: &Path,
-) -> (EntryRecord, EntryRecord, EntryRecord) {
+) -> (VersionRecord, VersionRecord, VersionRecord) {
     let (keep, a) = committed_then_changed(dir, db, tree);
     let cache = open(db);
     let b = put(&cache, &build(tree, 1), "l");

@@ -10,7 +10,7 @@ use std::path::Path;
 use layercache::testing::codec::{self, ENTRY_LIMIT, ROW_LIMIT};
 use layercache::testing::plan::Plan;
 use layercache::testing::schema::{
-    BaseKind, BaseRecord, EntryKind, EntryRecord, ManifestRecord, Row, RowStat, SourceSummary,
+    BaseKind, BaseRecord, EntryKind, ManifestRecord, Row, RowStat, SourceSummary, VersionRecord,
 };
 use layercache::{Error, RelPath};
 use proptest::prelude::*;
@@ -99,7 +99,7 @@ fn summary() -> impl Strategy<Value = SourceSummary> {
     )
 }
 
-fn entry() -> impl Strategy<Value = EntryRecord> {
+fn entry() -> impl Strategy<Value = VersionRecord> {
     (
         ".{0,16}",
         proptest::collection::vec(any::<u8>(), 0..64),
@@ -126,7 +126,7 @@ fn entry() -> impl Strategy<Value = EntryRecord> {
                 m,
                 (b, t),
             )| {
-                EntryRecord {
+                VersionRecord {
                     name: name.clone(),
                     input_digest: definition_digest,
                     builder: (t % 2 == 0).then(|| format!("builder {t}")),
@@ -184,7 +184,7 @@ proptest! {
     #[test]
     fn random_bytes_decode_without_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
         let _ = codec::decode::<Row, ROW_LIMIT>(&bytes);
-        let _ = codec::decode::<EntryRecord, ENTRY_LIMIT>(&bytes);
+        let _ = codec::decode::<VersionRecord, ENTRY_LIMIT>(&bytes);
     }
 
     /// Valid rows round-trip; mutated encodings decode to an error or to some row, never panic
@@ -210,9 +210,9 @@ proptest! {
         edits in proptest::collection::vec((any::<usize>(), any::<u8>(), any::<u8>()), 1..6),
     ) {
         let bytes = codec::encode(&e).unwrap();
-        prop_assert_eq!(codec::decode::<EntryRecord, ENTRY_LIMIT>(&bytes).unwrap(), e);
+        prop_assert_eq!(codec::decode::<VersionRecord, ENTRY_LIMIT>(&bytes).unwrap(), e);
         let damaged = mutate(bytes, &edits);
-        if let Ok(d) = codec::decode::<EntryRecord, ENTRY_LIMIT>(&damaged) {
+        if let Ok(d) = codec::decode::<VersionRecord, ENTRY_LIMIT>(&damaged) {
             prop_assert_eq!(codec::encode(&d).unwrap(), damaged);
         }
     }
@@ -225,10 +225,10 @@ proptest! {
         edits in proptest::collection::vec((any::<usize>(), any::<u8>(), any::<u8>()), 1..6),
     ) {
         let bytes = codec::encode_checked(&e).unwrap();
-        prop_assert_eq!(codec::decode_checked::<EntryRecord, ENTRY_LIMIT>(&bytes).unwrap(), e);
+        prop_assert_eq!(codec::decode_checked::<VersionRecord, ENTRY_LIMIT>(&bytes).unwrap(), e);
         let damaged = mutate(bytes.clone(), &edits);
         if damaged != bytes {
-            prop_assert!(codec::decode_checked::<EntryRecord, ENTRY_LIMIT>(&damaged).is_err());
+            prop_assert!(codec::decode_checked::<VersionRecord, ENTRY_LIMIT>(&damaged).is_err());
         }
     }
 
@@ -257,7 +257,7 @@ proptest! {
         if let Ok(d) = codec::decode::<Row, ROW_LIMIT>(&anywhere) {
             prop_assert_eq!(codec::encode(&d).unwrap(), anywhere.clone());
         }
-        if let Ok(d) = codec::decode::<EntryRecord, ENTRY_LIMIT>(&anywhere) {
+        if let Ok(d) = codec::decode::<VersionRecord, ENTRY_LIMIT>(&anywhere) {
             prop_assert_eq!(codec::encode(&d).unwrap(), anywhere);
         }
     }
