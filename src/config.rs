@@ -3,7 +3,7 @@
 //! Owns: the configuration a builder hands to [`Cache::open`](crate::Cache::open), shared by the
 //! build descriptions ([`crate::plan`], [`crate::stacker`]) that produce one.
 //!
-//! Must never: import from `cache`, `store` or any module that does work; it is plain data, so
+//! Must never: import from `engine`, `store` or any module that does work; it is plain data, so
 //! the modules describing a build depend on it and not on the cache.
 
 use std::path::PathBuf;

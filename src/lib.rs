@@ -170,7 +170,7 @@
 //! outputs built from the edit.
 //!
 //! A hit also checks, at that moment, that the version's outputs exist, by one rule for every
-//! kind of output (`cache/outputs.rs`, stated for users in `docs/guarantees.md`): every blob
+//! kind of output (`engine/outputs.rs`, stated for users in `docs/guarantees.md`): every blob
 //! each output manifest reaches (config, layers; an index's manifests) in the configured OCI
 //! layout with its size — manifests read, bounded and checked against their digest, layers only
 //! `stat`ed — `<rootfs_dir>/<layer>` a directory for a build-only layer, and for a version
@@ -238,7 +238,7 @@
 //!   types), `reader.rs` (the read-only snapshot, every read under the store's panic guard),
 //!   `check.rs` (the integrity checker), `maintain.rs` (the only writable opens), `render.rs`
 //!   (the text forms).
-//! * `cache` looks up and puts: `cache/mod.rs` (open, prune, remove, the entry digest and
+//! * `engine` looks up and puts: `engine/mod.rs` (open, prune, remove, the entry digest and
 //!   decoding), `outputs.rs` (the one "outputs exist" rule: hits, pruning and push), `session.rs`
 //!   (the session, its memo, the base chain), `lookup.rs` (evaluation: definition, base, epoch,
 //!   sources), `source.rs` (a source's identity, walk and diff, the
@@ -246,10 +246,11 @@
 //!   lookup saw), `record.rs` (the lookup record file a put in another process checks
 //!   against), `refresh.rs` (stat refresh batches, clearing rows that lied), `gc.rs`
 //!   (collecting versions under a policy, in one write transaction).
-//! * `remote` moves entries to and from an OCI registry (the wire format, the tag and trust
-//!   rules; `remote::sign`: minisign signatures made at push and verified at every remote
-//!   hit against trusted keys); it knows nothing of the cache and uses no other module of the
-//!   crate.
+//! * `share` (feature `remote`) shares entries through an OCI registry: `share/lookup.rs` (the
+//!   engine's one door: a remote lookup and a push), `share/record.rs` (the wire record and the
+//!   rule that accepts one), `share/registry/` (the registry client: the wire format, the tag
+//!   and trust rules; `registry::sign`: minisign signatures made at push and verified at every
+//!   remote hit against trusted keys; it knows nothing of the cache).
 //! * `stacker_import` adopts a stacker cache file: it checks each layer's inputs against
 //!   stacker's records and imports the ones that match through the ordinary lookup and put.
 //! * `plan` and `stacker` describe a build (the plan file, stacker's directory layout);
@@ -278,10 +279,10 @@
 // needs), [`inspect`] for tools that look inside a cache file, and the hidden `testing` module
 // for this crate's own tests, benches and crash child.
 mod base;
-mod cache;
 mod codec;
 mod config;
 mod diff;
+mod engine;
 mod error;
 mod failpoint;
 mod fsread;
@@ -292,8 +293,6 @@ mod migrate;
 mod path;
 mod plan;
 mod reason;
-#[cfg(feature = "remote")]
-mod remote;
 mod report;
 mod schema;
 #[cfg(feature = "remote")]
@@ -305,11 +304,11 @@ mod tree;
 mod version;
 
 // Open, look up, put, collect: the builder's calls and what they return.
-pub use cache::{
+pub use config::CacheConfig;
+pub use engine::{
     BuildLookup, Cache, CachedEntry, GcReport, Lookup, LookupMode, LookupRecord, LyingRow, Outcome,
     PruneReport, Pruned, Session, SessionCounters, SourceRole,
 };
-pub use config::CacheConfig;
 pub use gc::Policy as GcPolicy;
 pub use store::{DEFAULT_WRITE_WAIT, WriteWait};
 // What a layer is made of, and the two ways to describe a build.
@@ -328,16 +327,16 @@ pub use schema::{EntryKind, SCHEMA_VERSION};
 pub use error::{Error, Result};
 // Sharing through an OCI registry (feature `remote`).
 #[cfg(feature = "remote")]
-pub use cache::{HitSource, PushOutcome, RemoteAnswer, RemoteFailure, RemoteLookup};
+pub use share::registry::{Remote, RemoteError, RemoteOptions};
 #[cfg(feature = "remote")]
-pub use remote::{Remote, RemoteError, RemoteOptions};
+pub use share::{HitSource, PushOutcome, RemoteAnswer, RemoteFailure, RemoteLookup};
 // Progress of long operations, migrations, and printing paths and names safely.
 pub use migrate::{MigrationReport, Step as MigrationStep, pending as pending_migrations};
 pub use path::{RelPath, escape_bytes};
 pub use tree::{Progress, ProgressSnapshot};
 // Signed shared entries (feature `remote`).
 #[cfg(feature = "remote")]
-pub use remote::sign::{
+pub use share::registry::sign::{
     PASSWORD_ENV as SIGN_KEY_PASSWORD_ENV, SigningKey, TrustedKeys, Untrusted, generate_keypair,
 };
 // A picture of a build: every layer's answer now.
@@ -355,8 +354,8 @@ pub use oci_spec::image::Descriptor;
 /// here may change in any release.
 #[doc(hidden)]
 pub mod testing {
-    pub use crate::cache::{MANIFEST_LIMIT, OutputBlob, Unusable, output_blobs};
     pub use crate::diff::{compare_rows, diff_trees};
+    pub use crate::engine::{MANIFEST_LIMIT, OutputBlob, Unusable, output_blobs};
     pub use crate::path::validate_layer_name;
     pub use crate::schema::Row;
     pub use crate::store::{Store, TreeSummary, panic_message};
@@ -392,7 +391,9 @@ pub mod testing {
         version,
     );
     #[cfg(feature = "remote")]
-    internal!(remote, share);
+    internal!(share);
+    #[cfg(feature = "remote")]
+    pub use crate::share::registry as remote;
 }
 
 /// The README's code blocks, compiled and run as doctests so that its library example cannot

@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::cache::{Cache, LookupMode};
+use crate::engine::{Cache, LookupMode};
 use crate::error::Result;
 use crate::inputs::{Base, Build};
 use crate::inspect::format_utc_ms;
@@ -253,7 +253,7 @@ fn cap_diff(reason: Option<&mut MissReason>) {
 /// outputs are gone as [`LayerState::OutputsMissing`] (an open that prunes removes them first,
 /// and they show as not cached).
 pub fn build_report(cache: &Cache, build: &Build) -> Result<BuildReport> {
-    let created_unix_ms = crate::cache::now_ms();
+    let created_unix_ms = crate::engine::now_ms();
     let mut session = cache.session(build)?;
     let mut layers = Vec::with_capacity(build.layers.len());
     let mut counts = StateCounts::default();

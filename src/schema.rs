@@ -271,7 +271,7 @@ pub struct ManifestRecord {
 }
 
 /// Where a version came from (schema v4). It decides one thing: whether a hit on the version
-/// requires the builder's copies of its overlay dirs (see `crate::cache`'s outputs rule and
+/// requires the builder's copies of its overlay dirs (see `crate::engine`'s outputs rule and
 /// `docs/guarantees.md`). It is part of no digest: a version pulled from a registry and the
 /// same version built here have the same input and entry digests, so the layers built on it
 /// hit either way.

@@ -17,7 +17,7 @@ use super::maintain::{must_exist, redb_integrity};
 use super::{
     CheckReport, Inspector, Integrity, MAX_LISTED_PROBLEMS, Problem, ProblemKind, problem,
 };
-use crate::cache::{SourceId, SourceRole};
+use crate::engine::{SourceId, SourceRole};
 use crate::error::{DbResultExt, Error, Result};
 use crate::path::{escape_bytes, hex, show_path};
 use crate::schema::{BaseKind, EntryKind, LAYERS, META, SourceSummary, VersionRecord};

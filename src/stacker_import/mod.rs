@@ -50,7 +50,7 @@ use serde::Serialize;
 use serde_json::Value;
 use sha2::Digest as _;
 
-use crate::cache::{Cache, Outcome, SessionCounters};
+use crate::engine::{Cache, Outcome, SessionCounters};
 use crate::error::{Error, Result};
 use crate::inputs::{Base, Build, LayerInputs, canonical_json_of};
 use crate::path::escape_bytes;

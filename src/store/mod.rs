@@ -8,7 +8,7 @@
 //! `meta` (`store/secret.rs`: made with the file, or at the first writable open of a file made
 //! before it existed).
 //!
-//! Must never: import from `cache`, `tree` or `diff` (arrows point down: the cache writes a
+//! Must never: import from `engine`, `tree` or `diff` (arrows point down: the cache writes a
 //! walked tree through [`Store::write_tree`], which lives with put), or know what a source is;
 //! never create a database anywhere but [`Store::open`] (and only through the temporary file
 //! and link of `create_atomically`), and never wait for the write lock without a bound.

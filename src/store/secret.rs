@@ -1,5 +1,5 @@
 //! The per-cache secret: 32 random bytes in the `meta` table that bind a lookup record to the
-//! database it was looked up in (see `cache/record.rs`).
+//! database it was looked up in (see `engine/record.rs`).
 //!
 //! Owns: creating it, reading it. It is created with the tables of a new database, and for a
 //! database made before it existed, at its first writable open (one small write transaction,

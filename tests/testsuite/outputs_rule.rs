@@ -1,4 +1,4 @@
-//! The one "outputs exist" rule (`src/cache/outputs.rs`, `docs/guarantees.md`), through the
+//! The one "outputs exist" rule (`src/engine/outputs.rs`, `docs/guarantees.md`), through the
 //! built binary where a builder would meet it: an overlay dir's builder's copy that is not a
 //! directory, a blob an output manifest or index reaches that is gone or wrong; and the other
 //! findings of issue 26 on the local side: a definition key given twice, format characters in

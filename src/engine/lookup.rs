@@ -8,10 +8,10 @@
 //! Owns: that order, what each step compares, which stored versions can still match before
 //! any tree is walked (if none can and nothing is to be observed, no tree is walked), the input
 //! digest of what was walked ([`crate::version::input_digest`]), and the outcome (hit with the
-//! decoded version, or miss with typed reasons). A source's walk and diff is `cache/source.rs`.
+//! decoded version, or miss with typed reasons). A source's walk and diff is `engine/source.rs`.
 //!
 //! Must never: write to the database on a miss. After a hit (once the read transaction ends)
-//! `cache/refresh.rs` refreshes stat data, records the use coarsely, and — for a hit on a
+//! `engine/refresh.rs` refreshes stat data, records the use coarsely, and — for a hit on a
 //! version other than the current one — makes the rows describe the tree as it is now.
 
 use std::borrow::Cow;
@@ -62,7 +62,7 @@ struct Walked<'i> {
 impl Session<'_> {
     /// Evaluates one layer (see the module doc). With `mode.observe`, also returns what was
     /// seen of every input, for a put (`None` for a layer that is not cacheable).
-    pub(super) fn evaluate(
+    pub(crate) fn evaluate(
         &mut self,
         layer: &str,
         inputs: &LayerInputs,
@@ -152,7 +152,7 @@ impl Session<'_> {
 
         // The input digest of what was walked, if every source was walked soundly (computed
         // on a miss too: a remote lookup asks for it). Outputs are no part of it: a builder's
-        // copy of an overlay dir is an output of building here (`cache/outputs.rs`).
+        // copy of an overlay dir is an output of building here (`engine/outputs.rs`).
         let digest = match &base {
             BaseNow::Hash(h) => digest_of(inputs, builder, definition_digest, h, &walked),
             BaseNow::Miss(_) => None,
@@ -311,7 +311,7 @@ impl Session<'_> {
             let explain = explain && summary.is_some();
             // The builder's copy, in the seed's order (before the content), when the version
             // explained against was built here: the same check a hit on it makes
-            // (`cache/outputs.rs`); a pulled version has no copy to miss.
+            // (`engine/outputs.rs`); a pulled version has no copy to miss.
             if explain
                 && current.is_some_and(|c| c.origin == Origin::Built)
                 && let Some(rootfs) = src.rootfs_path

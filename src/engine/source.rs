@@ -118,21 +118,21 @@ impl<'a> SourceId<'a> {
 }
 
 /// One cached source of a layer: an import (with or without a `dest`), or an overlay dir.
-pub(super) struct SourceRef<'a> {
+pub(crate) struct SourceRef<'a> {
     /// Import or overlay dir.
-    pub(super) role: SourceRole,
+    pub(crate) role: SourceRole,
     /// Its identity key: the builder's key, or for an import with a `dest` the key and the
     /// destination together ([`import_identity`]).
-    pub(super) ident: Cow<'a, str>,
+    pub(crate) ident: Cow<'a, str>,
     /// The tree that is walked and cached.
-    pub(super) path: &'a Path,
-    /// For an overlay dir, its builder's copy in the rootfs (an output: `cache/outputs.rs`).
-    pub(super) rootfs_path: Option<&'a Path>,
+    pub(crate) path: &'a Path,
+    /// For an overlay dir, its builder's copy in the rootfs (an output: `engine/outputs.rs`).
+    pub(crate) rootfs_path: Option<&'a Path>,
 }
 
 impl SourceRef<'_> {
     /// Its identity.
-    pub(super) fn id(&self) -> SourceId<'_> {
+    pub(crate) fn id(&self) -> SourceId<'_> {
         SourceId {
             role: self.role,
             key: &self.ident,
@@ -179,7 +179,7 @@ pub(crate) fn check_import_keys(inputs: &LayerInputs) -> Result<()> {
 
 /// The cached sources of a layer, imports first, in the order the builder gave them. Every
 /// import is an input, with or without a `dest`.
-pub(super) fn cached_sources(inputs: &LayerInputs) -> impl Iterator<Item = SourceRef<'_>> {
+pub(crate) fn cached_sources(inputs: &LayerInputs) -> impl Iterator<Item = SourceRef<'_>> {
     let imports = inputs.imports.iter().map(|i| SourceRef {
         role: SourceRole::Import,
         ident: import_identity(&i.key, i.dest.as_deref()),
@@ -196,7 +196,7 @@ pub(super) fn cached_sources(inputs: &LayerInputs) -> impl Iterator<Item = Sourc
 }
 
 /// The summaries an entry recorded for one role.
-pub(super) fn summaries(rec: &VersionRecord, role: SourceRole) -> &[SourceSummary] {
+pub(crate) fn summaries(rec: &VersionRecord, role: SourceRole) -> &[SourceSummary] {
     match role {
         SourceRole::Import => &rec.imports,
         SourceRole::OverlayDir => &rec.overlay_dirs,
@@ -223,7 +223,7 @@ pub struct Observed {
     /// The walk, entry by entry (~70 bytes an entry, one allocation). `None` when read back
     /// from a [`LookupRecord`](super::LookupRecord) without a sound walk log: the put then
     /// reads every file and compares the root and row count.
-    pub(super) log: Option<SealedLog>,
+    pub(crate) log: Option<SealedLog>,
 }
 
 impl Observed {
@@ -252,70 +252,70 @@ pub struct LyingRow {
 /// True when a put's walked entry equals what the lookup observed of the same path: both
 /// stable and equal in every compared property. An entry that changed while either walk read
 /// it is never taken as unchanged.
-pub(super) fn same_as_observed(seen: &Row, seen_unstable: bool, now: &WalkedEntry) -> bool {
+pub(crate) fn same_as_observed(seen: &Row, seen_unstable: bool, now: &WalkedEntry) -> bool {
     !seen_unstable && !now.unstable && seen.compared_eq(&now.row)
 }
 
 /// Walks one source of a layer: diffs it against its stored rows when `summary` is given,
 /// keeps what was seen when `observe` is set, and queues rows whose stat data a hit should
 /// refresh.
-pub(super) struct SourceCheck<'s> {
+pub(crate) struct SourceCheck<'s> {
     /// The store holding the rows.
-    pub(super) store: &'s Store,
+    pub(crate) store: &'s Store,
     /// The lookup's read transaction.
-    pub(super) txn: &'s redb::ReadTransaction,
+    pub(crate) txn: &'s redb::ReadTransaction,
     /// The layer.
-    pub(super) layer: &'s str,
+    pub(crate) layer: &'s str,
     /// The source.
-    pub(super) source: &'s SourceRef<'s>,
+    pub(crate) source: &'s SourceRef<'s>,
     /// What the entry recorded for it; `None` to walk without deciding anything.
-    pub(super) summary: Option<&'s SourceSummary>,
+    pub(crate) summary: Option<&'s SourceSummary>,
     /// Keep what was seen, for a put.
-    pub(super) observe: bool,
+    pub(crate) observe: bool,
     /// Hash every file whatever its stat data, and report stored rows whose stat data matched
     /// while the content differed.
-    pub(super) verify: bool,
+    pub(crate) verify: bool,
     /// Where the walks report their work (see [`Progress`]).
-    pub(super) progress: &'s Arc<Progress>,
+    pub(crate) progress: &'s Arc<Progress>,
 }
 
 /// What [`SourceCheck::run`] found.
-pub(super) struct Checked {
+pub(crate) struct Checked {
     /// The miss reason, when a summary was given and the source differs from it.
-    pub(super) reason: Option<MissReason>,
+    pub(crate) reason: Option<MissReason>,
     /// What was seen, when asked to observe and the source exists.
-    pub(super) observed: Option<Observed>,
+    pub(crate) observed: Option<Observed>,
     /// The walk's work.
-    pub(super) counters: WalkCounters,
+    pub(crate) counters: WalkCounters,
     /// The tree as walked, for the input digest; `None` when the source is gone from the disk.
-    pub(super) tree: Option<WalkedTree>,
+    pub(crate) tree: Option<WalkedTree>,
     /// Stored rows whose stat data lied (verify only).
-    pub(super) lied: Vec<LyingRow>,
+    pub(crate) lied: Vec<LyingRow>,
 }
 
 /// One source's tree as the lookup walked it: what the input digest takes from it, and the
 /// rows that differ from the stored ones (for a hit on another version, which makes the rows
 /// describe the tree as it is now).
-pub(super) struct WalkedTree {
+pub(crate) struct WalkedTree {
     /// Type of the root.
-    pub(super) root_kind: EntryKind,
+    pub(crate) root_kind: EntryKind,
     /// Merkle root over the walked rows (what a put of this tree would record).
-    pub(super) root_digest: [u8; 32],
+    pub(crate) root_digest: [u8; 32],
     /// False when an entry changed while it was read, or the stored rows the fast path used
     /// turned out damaged: then the root vouches for nothing and cannot hit.
-    pub(super) trusted: bool,
+    pub(crate) trusted: bool,
     /// The walked rows that differ from the stored ones (new or changed) and the stored paths
     /// that are gone; `None` when the walk was not diffed against the rows.
-    pub(super) changes: Option<RowChanges>,
+    pub(crate) changes: Option<RowChanges>,
 }
 
 /// The difference between the stored rows of a source and its walk, as rows to write.
 #[derive(Default)]
-pub(super) struct RowChanges {
+pub(crate) struct RowChanges {
     /// (path key, walked row) of paths new or changed since the rows were stored.
-    pub(super) upserts: Vec<(Box<[u8]>, Row)>,
+    pub(crate) upserts: Vec<(Box<[u8]>, Row)>,
     /// Stored paths no longer on disk.
-    pub(super) removed: Vec<RelPath>,
+    pub(crate) removed: Vec<RelPath>,
 }
 
 /// Collects, per walked entry, the observation, the rows to refresh, the Merkle root of the
@@ -404,7 +404,7 @@ struct Compared {
 
 impl SourceCheck<'_> {
     /// Walks the source; see [`SourceCheck`].
-    pub(super) fn run(&self, refresh: &mut RefreshList) -> Result<Checked> {
+    pub(crate) fn run(&self, refresh: &mut RefreshList) -> Result<Checked> {
         let id = self.source.id();
         let path = self.source.path;
         let kind_now = match std::fs::metadata(path) {

@@ -199,7 +199,7 @@ impl RecordedWalk {
 
 impl LookupRecord {
     /// The record of what a build's lookup of `layer` saw, bound to the cache `key` is of.
-    pub(super) fn new(
+    pub(crate) fn new(
         layer: &str,
         seen: &Seen,
         result: Option<Proof>,
@@ -242,7 +242,7 @@ impl LookupRecord {
 
     /// This record with `result` as the layer's result in this build (a put's), bound again
     /// to the cache `key` is of.
-    pub(super) fn with_result(&self, result: Proof, key: &RecordKey) -> LookupRecord {
+    pub(crate) fn with_result(&self, result: Proof, key: &RecordKey) -> LookupRecord {
         let mut r = self.clone();
         r.result = Some(RecordedProof::of(&self.layer, &result));
         r.mac = None;
@@ -252,7 +252,7 @@ impl LookupRecord {
     }
 
     /// The layer's result in this build, if the record holds one (see [`Proof`]).
-    pub(super) fn result(&self) -> Option<Proof> {
+    pub(crate) fn result(&self) -> Option<Proof> {
         self.result
             .as_ref()
             .filter(|r| r.layer == self.layer)
@@ -261,7 +261,7 @@ impl LookupRecord {
 
     /// Whether the lookup was of the layer as `inputs` describe it now: the same definition,
     /// builder, SOURCE_DATE_EPOCH and build_only.
-    pub(super) fn same_layer_as(&self, inputs: &LayerInputs, builder: Option<&str>) -> bool {
+    pub(crate) fn same_layer_as(&self, inputs: &LayerInputs, builder: Option<&str>) -> bool {
         *blake3::hash(&canonical_json(&inputs.definition)).as_bytes() == self.definition_digest
             && self.builder.as_deref() == builder
             && self.source_date_epoch == inputs.source_date_epoch
@@ -290,7 +290,7 @@ impl LookupRecord {
 
     /// Whether the record was made by a lookup of the cache `key` is of, and not changed
     /// since (constant-time comparison).
-    pub(super) fn is_from(&self, key: &RecordKey) -> bool {
+    pub(crate) fn is_from(&self, key: &RecordKey) -> bool {
         self.mac.is_some_and(|m| {
             blake3::Hash::from_bytes(m) == blake3::Hash::from_bytes(key.mac(&self.content))
         })
@@ -308,7 +308,7 @@ impl LookupRecord {
 
     /// What the put compares with: the record as a lookup's observation (with its walk logs
     /// where they are sound).
-    pub(super) fn seen(&self, inputs: Option<&LayerInputs>) -> Seen {
+    pub(crate) fn seen(&self, inputs: Option<&LayerInputs>) -> Seen {
         Seen {
             base_proof: self.base_proof_for(inputs),
             base_layer: self.base.as_ref().map(|b| b.layer.clone()),

@@ -4,10 +4,10 @@
 //! Owns: [`Session::lookup_remote`] and [`Session::push_layer`], what the registry answered
 //! ([`RemoteAnswer`]), and the order of a remote hit: the local lookup's walk gives the input
 //! digest (no second walk) → find → check the record ([`crate::share::accept`]) → fetch the
-//! blobs into the local OCI layout (verified, atomic: [`crate::remote::Remote::fetch_blobs`]) →
+//! blobs into the local OCI layout (verified, atomic: [`crate::share::registry::Remote::fetch_blobs`]) →
 //! check that every blob the outputs reach is there → record the layer with a put of **this
 //! machine's** walk, as pulled → check that what was recorded has the digest asked for → the
-//! outputs rule decides the hit, as for every hit (`cache/outputs.rs`).
+//! outputs rule decides the hit, as for every hit (`engine/outputs.rs`).
 //!
 //! Must never: fail a lookup because of the registry (a registry that is down, slow, refuses
 //! or serves something wrong gives the local answer and a [`RemoteFailure`] for the caller to
@@ -23,12 +23,16 @@ use crate::error::{Error, Result};
 use crate::inputs::Base;
 use crate::path::hex;
 use crate::reason::MissReason;
-use crate::remote::{FetchReport, LocalBlob, PushReport, Remote, RemoteEntry, RemoteError};
 use crate::schema::Origin;
+use crate::share::registry::{
+    FetchReport, LocalBlob, PushReport, Remote, RemoteEntry, RemoteError,
+};
 use crate::share::{self, RecordError};
 
-use super::outputs;
-use super::{BuildLookup, CachedEntry, Lookup, LookupMode, LookupRecord, Outcome, Seen, Session};
+use crate::engine::outputs;
+use crate::engine::{
+    BuildLookup, CachedEntry, Lookup, LookupMode, LookupRecord, Outcome, Seen, Session,
+};
 
 /// Where a hit came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -158,9 +162,9 @@ pub struct RemoteLookup {
     /// is recorded: there is nothing to put).
     seen: Option<Seen>,
     /// On a local hit, the base proof a dependent's lookup may trust (see `session.rs`).
-    result: Option<super::session::Proof>,
+    result: Option<crate::engine::session::Proof>,
     /// Binds the record to this cache.
-    record_key: super::record::RecordKey,
+    record_key: crate::engine::record::RecordKey,
 }
 
 impl RemoteLookup {
@@ -188,7 +192,7 @@ pub enum PushOutcome {
     /// The layer is not cached here for its inputs as they are: nothing to push.
     Skipped(Vec<MissReason>),
     /// A local error: its inputs match a stored version, but its outputs are not all here
-    /// (the outputs rule, `cache/outputs.rs`), or a blob could not be read or does not match
+    /// (the outputs rule, `engine/outputs.rs`), or a blob could not be read or does not match
     /// its descriptor. Nothing was pushed.
     Unusable(String),
     /// The registry could not take it.

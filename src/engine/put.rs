@@ -62,7 +62,7 @@ impl Session<'_> {
     /// [`Session::put`] recorded with `origin`: [`Origin::Pulled`] for a version taken from a
     /// registry entry (a remote hit) — the same checks and the same transaction, so that its
     /// hits do not ask for builder's copies this machine never made.
-    pub(super) fn put_as(
+    pub(crate) fn put_as(
         &mut self,
         lookup: &BuildLookup,
         manifests: &BTreeMap<String, Descriptor>,

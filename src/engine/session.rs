@@ -5,8 +5,8 @@
 //! current hash of a layer's base, and forgetting the memo of the layers built on one that was
 //! put.
 //!
-//! Must never: evaluate a layer itself (that is `cache/lookup.rs`) or write to the database
-//! (that is `cache/put.rs` and `cache/refresh.rs`).
+//! Must never: evaluate a layer itself (that is `engine/lookup.rs`) or write to the database
+//! (that is `engine/put.rs` and `engine/refresh.rs`).
 
 use std::collections::HashMap;
 
@@ -62,7 +62,7 @@ impl Proof {
     }
 
     /// Whether the proof holds now for `layer`, read in one read snapshot.
-    pub(super) fn holds(&self, cache: &Cache, layer: &str) -> Result<bool> {
+    pub(crate) fn holds(&self, cache: &Cache, layer: &str) -> Result<bool> {
         let path = cache.store.path();
         let txn = cache.store.begin_read()?;
         self.holds_for(versions::pointer(&txn, path, layer)?, |d| {
@@ -71,7 +71,7 @@ impl Proof {
     }
 
     /// Whether the proof holds for `layer` inside the write transaction `txn`.
-    pub(super) fn holds_in_write(
+    pub(crate) fn holds_in_write(
         &self,
         cache: &Cache,
         txn: &redb::WriteTransaction,
@@ -85,7 +85,7 @@ impl Proof {
 
     /// The proof for `layer` now, if its current version has entry digest `entry` (read in
     /// one snapshot).
-    pub(super) fn now(cache: &Cache, layer: &str, entry: [u8; 32]) -> Result<Option<Proof>> {
+    pub(crate) fn now(cache: &Cache, layer: &str, entry: [u8; 32]) -> Result<Option<Proof>> {
         let path = cache.store.path();
         let txn = cache.store.begin_read()?;
         let Some(Ok(p)) = versions::pointer(&txn, path, layer)? else {
@@ -104,7 +104,7 @@ impl Proof {
 
 /// Memoized result of a layer within a session.
 #[derive(Debug, Clone)]
-pub(super) enum Memo {
+pub(crate) enum Memo {
     /// The layer hits; this is its entry digest (the base hash of layers built on it).
     Hit([u8; 32]),
     Miss,
@@ -112,20 +112,20 @@ pub(super) enum Memo {
 
 /// One build: the layers, and what is known of them so far.
 pub struct Session<'a> {
-    pub(super) cache: &'a Cache,
-    pub(super) build: &'a Build,
-    pub(super) memo: HashMap<String, Memo>,
+    pub(crate) cache: &'a Cache,
+    pub(crate) build: &'a Build,
+    pub(crate) memo: HashMap<String, Memo>,
     /// Base layer → the layers built directly on it (computed once per session).
-    dependents: HashMap<String, Vec<String>>,
-    pub(super) counters: SessionCounters,
+    pub(crate) dependents: HashMap<String, Vec<String>>,
+    pub(crate) counters: SessionCounters,
     /// Per layer this session resolved to a version: that version and the layer's pointer
     /// read with it ([`Proof`]), for the lookup record of its dependents and for its own
     /// record after a put.
-    pub(super) proofs: HashMap<String, Proof>,
+    pub(crate) proofs: HashMap<String, Proof>,
 }
 
 /// The current state of a layer's base, as lookup and put see it.
-pub(super) enum BaseNow {
+pub(crate) enum BaseNow {
     Hash(Vec<u8>),
     Miss(BaseChange),
 }
@@ -134,7 +134,7 @@ impl Memo {
     /// What a lookup means for the layers built on it: its version is their base when every
     /// input matched, even if its own outputs are gone (rebuilding it puts a version, and then
     /// they are evaluated again).
-    pub(super) fn of(lookup: &Lookup) -> Memo {
+    pub(crate) fn of(lookup: &Lookup) -> Memo {
         match (&lookup.outcome, lookup.base_of_dependents) {
             (Outcome::Hit(e), _) => Memo::Hit(entry_digest_of(&e.record)),
             (Outcome::Miss(_), Some(d)) => Memo::Hit(d),
@@ -145,7 +145,7 @@ impl Memo {
 
 impl<'a> Session<'a> {
     /// A session over `build`, after validating it (names, keys, bases, cycles).
-    pub(super) fn new(cache: &'a Cache, build: &'a Build) -> Result<Self> {
+    pub(crate) fn new(cache: &'a Cache, build: &'a Build) -> Result<Self> {
         build.validate()?;
         for l in build.layers.values() {
             super::source::check_import_keys(l)?;
@@ -339,7 +339,7 @@ impl<'a> Session<'a> {
 
     /// Makes sure every built base below `layer` is memoized, bottom up (iteratively, so a
     /// chain of any length costs one evaluation per layer and no deep recursion).
-    pub(super) fn resolve_bases_below(&mut self, layer: &str) -> Result<()> {
+    pub(crate) fn resolve_bases_below(&mut self, layer: &str) -> Result<()> {
         let mut chain = Vec::new();
         let mut cur = layer;
         while let Base::Built { layer: base } = &self.build.layer(cur)?.base {
@@ -359,7 +359,7 @@ impl<'a> Session<'a> {
 
     /// The base hash of a layer right now. For a built base, the base must be memoized
     /// (`resolve_bases_below`) or be put in this session.
-    pub(super) fn base_now(&self, layer: &str, base: &Base, for_put: bool) -> Result<BaseNow> {
+    pub(crate) fn base_now(&self, layer: &str, base: &Base, for_put: bool) -> Result<BaseNow> {
         match base {
             Base::Built { layer: b } => {
                 if for_put {
@@ -391,7 +391,7 @@ impl<'a> Session<'a> {
     }
 
     /// Forgets the memoized results of every layer built (directly or not) on `layer`.
-    pub(super) fn forget_dependents_of(&mut self, layer: &str) {
+    pub(crate) fn forget_dependents_of(&mut self, layer: &str) {
         let mut todo: Vec<&str> = self
             .dependents
             .get(layer)

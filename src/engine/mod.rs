@@ -7,21 +7,21 @@
 //! written through [`crate::store::versions`], which verifies their checksums. Its submodules
 //! own one job each:
 //!
-//! * `cache/outputs.rs` — the one "outputs exist" rule a hit, pruning at open and `push`
+//! * `engine/outputs.rs` — the one "outputs exist" rule a hit, pruning at open and `push`
 //!   apply, and the blobs an output reaches;
-//! * `cache/session.rs` — [`Session`], its memo of per-layer results, the base chain, forgetting
+//! * `engine/session.rs` — [`Session`], its memo of per-layer results, the base chain, forgetting
 //!   the dependents of a layer that was put;
-//! * `cache/lookup.rs` — evaluating one layer: definition, base, epoch, sources, in that order;
-//! * `cache/source.rs` — one source's identity ([`SourceRole`] and its key), its walk and diff
+//! * `engine/lookup.rs` — evaluating one layer: definition, base, epoch, sources, in that order;
+//! * `engine/source.rs` — one source's identity ([`SourceRole`] and its key), its walk and diff
 //!   against the stored rows, the tee that feeds both from one scan, and the observation a put
 //!   checks against;
-//! * `cache/put.rs` — put: walk, compare with what the lookup saw (its observation, or a
+//! * `engine/put.rs` — put: walk, compare with what the lookup saw (its observation, or a
 //!   [`LookupRecord`] from another process), one write transaction;
-//! * `cache/record.rs` — [`LookupRecord`], the lookup record file;
-//! * `cache/refresh.rs` — bringing stale stat data up to date after a hit, recording last use,
+//! * `engine/record.rs` — [`LookupRecord`], the lookup record file;
+//! * `engine/refresh.rs` — bringing stale stat data up to date after a hit, recording last use,
 //!   switching the rows to another stored version on a hit on it, and clearing the stat data
 //!   of rows a verify lookup caught lying;
-//! * `cache/gc.rs` — [`Cache::gc`]: applying the GC planner's decision.
+//! * `engine/gc.rs` — [`Cache::gc`]: applying the GC planner's decision.
 //!
 //! Must never: decide what stat data vouches for (that is [`crate::tree::fastpath`], which also
 //! explains the racy rule), encode values itself (that is [`crate::codec`]), or build a row-key
@@ -34,13 +34,11 @@
 
 mod gc;
 mod lookup;
-mod outputs;
+pub(crate) mod outputs;
 mod put;
-mod record;
+pub(crate) mod record;
 mod refresh;
-#[cfg(feature = "remote")]
-mod remote;
-mod session;
+pub(crate) mod session;
 mod source;
 
 use std::collections::BTreeMap;
@@ -65,8 +63,6 @@ pub use crate::config::CacheConfig;
 pub use gc::GcReport;
 pub use outputs::{MANIFEST_LIMIT, OutputBlob, Unusable, reached as output_blobs};
 pub use record::LookupRecord;
-#[cfg(feature = "remote")]
-pub use remote::{HitSource, PushOutcome, RemoteAnswer, RemoteFailure, RemoteLookup};
 pub use session::Session;
 pub(crate) use source::SourceId;
 pub use source::{LyingRow, Observed, SourceRole};
@@ -95,13 +91,13 @@ pub struct PruneReport {
 
 /// An open cache.
 pub struct Cache {
-    store: Store,
-    config: CacheConfig,
+    pub(crate) store: Store,
+    pub(crate) config: CacheConfig,
     /// Layers whose outputs are gone but that pruning left in the file (the write lock was
     /// busy): lookups treat them as not cached, exactly as if they had been pruned.
-    unpruned: std::collections::BTreeSet<String>,
+    pub(crate) unpruned: std::collections::BTreeSet<String>,
     /// What every walk of this cache has done so far, for a progress display.
-    progress: Arc<Progress>,
+    pub(crate) progress: Arc<Progress>,
 }
 
 /// A cached entry returned by a hit: the record and its manifests as OCI descriptors.
@@ -136,13 +132,13 @@ pub struct Lookup {
     pub lying_rows: Vec<LyingRow>,
     /// The entry digest of the version every input matched (a hit, or a miss only because its
     /// outputs are gone): what layers built on this one compare as their base hash.
-    base_of_dependents: Option<[u8; 32]>,
+    pub(crate) base_of_dependents: Option<[u8; 32]>,
     /// The layer's input digest as this lookup walked it: `None` when a source was not walked
     /// (a `CHECK` lookup stops at the first reason), is gone or changed while it was hashed,
     /// or the base misses. Outputs (an overlay dir's builder's copy among them) are no part of
     /// it. What a remote lookup asks the registry for, without walking again.
     #[cfg_attr(not(feature = "remote"), allow(dead_code))] // read by the remote lookup
-    input_digest: Option<[u8; 32]>,
+    pub(crate) input_digest: Option<[u8; 32]>,
 }
 
 impl Lookup {
@@ -183,15 +179,15 @@ impl Lookup {
 /// ```
 #[derive(Debug, Clone)]
 pub struct BuildLookup {
-    lookup: Lookup,
+    pub(crate) lookup: Lookup,
     /// `None` only for a layer that is not cacheable (its put is refused).
-    seen: Option<Seen>,
+    pub(crate) seen: Option<Seen>,
     /// Binds its [`LookupRecord`] to this cache.
-    record_key: record::RecordKey,
+    pub(crate) record_key: record::RecordKey,
     /// On a hit: the version it hit and the layer's pointer after the hit, read in one
     /// snapshot — what a dependent's lookup in another process may trust instead of walking
     /// this layer again (`session.rs`, `Proof`).
-    result: Option<session::Proof>,
+    pub(crate) result: Option<session::Proof>,
 }
 
 impl BuildLookup {
@@ -536,7 +532,7 @@ impl Cache {
     /// What a hit on `rec` would say of its outputs now, for the layer as `inputs` describes
     /// it: `None` when they are all there, else the miss reason
     /// ([`MissReason::OutputsMissing`], or [`MissReason::OverlayDirMissing`] when a builder's
-    /// copy is gone). This is the check every hit makes (`cache/outputs.rs`, and
+    /// copy is gone). This is the check every hit makes (`engine/outputs.rs`, and
     /// `docs/guarantees.md` for the rule): the location not configured counts as missing; one
     /// configured but not there is an error naming it.
     pub fn outputs_missing(

@@ -3,11 +3,11 @@
 //! may take it.
 //!
 //! Owns: the wire record ([`SharedRecord`], versioned JSON, carried verbatim as the `record` of
-//! a [`crate::remote::RemoteEntry`]), the rule that turns it into outputs this machine may
+//! a [`crate::share::registry::RemoteEntry`]), the rule that turns it into outputs this machine may
 //! reuse ([`accept`]). The input digest itself is [`crate::version::input_digest`].
 //!
-//! Must never: talk to a registry (that is [`crate::remote`]), touch the database (that is
-//! [`crate::cache`]), or take anything from a remote record but its outputs. A pulled layer is
+//! Must never: talk to a registry (that is [`crate::share::registry`]), touch the database (that is
+//! [`crate::engine`]), or take anything from a remote record but its outputs. A pulled layer is
 //! recorded from **this machine's** walk of its inputs; the remote record only names the output
 //! manifests, and it is used only when the input digest recomputed from its own fields equals
 //! the digest this machine computed from its inputs. So a record pushed for other inputs — by
@@ -26,8 +26,8 @@ use std::collections::BTreeMap;
 use oci_spec::image::Descriptor;
 use serde::{Deserialize, Serialize};
 
-use crate::remote::FoundEntry;
 use crate::schema::{BaseKind, EntryKind, ManifestRecord, VersionRecord};
+use crate::share::registry::FoundEntry;
 use crate::version::{Inputs, SourceInput, SourceRole, input_digest, sources_of};
 
 /// The version of [`SharedRecord`] this code writes and reads.

@@ -34,7 +34,7 @@ use super::source::{SourceRole, WalkedTree, cached_sources};
 use super::{Session, SourceId, now_ms};
 
 /// Rows refreshed per write transaction.
-pub(super) const REFRESH_BATCH: usize = 65_536;
+pub(crate) const REFRESH_BATCH: usize = 65_536;
 
 /// Rows whose stat data a hit will bring up to date, kept compact (a touched 10^6-file tree
 /// holds one item per file until the lookup ends): per source, the verified entries in a
@@ -43,19 +43,19 @@ pub(super) const REFRESH_BATCH: usize = 65_536;
 /// logged is the one the lookup verified equal to the stored row, so the stored row must
 /// still be [`Row::compared_eq`] to it, and its stat data is what gets written.
 #[derive(Debug, Default)]
-pub(super) struct RefreshList {
+pub(crate) struct RefreshList {
     sources: Vec<(String, WalkLog)>,
 }
 
 impl RefreshList {
     /// Registers the rows-table name of a source; returns its index for [`Self::consider`].
-    pub(super) fn add_source(&mut self, row_source: String) -> u32 {
+    pub(crate) fn add_source(&mut self, row_source: String) -> u32 {
         self.sources.push((row_source, WalkLog::new()));
         (self.sources.len() - 1) as u32
     }
 
     /// Queues `e` when it should refresh `stored` (see [`worth_refreshing`]).
-    pub(super) fn consider(&mut self, src: u32, stored: &Row, e: &WalkedEntry) {
+    pub(crate) fn consider(&mut self, src: u32, stored: &Row, e: &WalkedEntry) {
         if worth_refreshing(stored, e)
             && e.row.stat.is_some()
             && let Some((_, log)) = self.sources.get_mut(src as usize)
@@ -65,7 +65,7 @@ impl RefreshList {
     }
 
     /// True when nothing is queued.
-    pub(super) fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.sources.iter().all(|(_, log)| log.is_empty())
     }
 
@@ -93,17 +93,17 @@ fn worth_refreshing(stored: &Row, e: &WalkedEntry) -> bool {
 /// as a no-change lookup of a 1000-file layer (16 ms against 22 ms, `tests/testsuite/last_use_cost.rs`),
 /// so writing on every hit would nearly double the cost of a cache that is all hits; GC policies
 /// count in days, so an hour of slack costs nothing.
-pub(super) const LAST_USE_GRANULARITY_MS: u64 = 3_600_000;
+pub(crate) const LAST_USE_GRANULARITY_MS: u64 = 3_600_000;
 
 /// A hit on a version other than the current one: what the lookup read and walked, so the
 /// rows can be made to describe the tree as it is now.
-pub(super) struct Switch<'i> {
+pub(crate) struct Switch<'i> {
     /// The pointer the lookup read (`None`: none, or a damaged one). The switch is written only
     /// if the layer still has it: otherwise another session put or switched the layer meanwhile
     /// and its rows stay.
-    pub(super) from: Option<LayerRecord>,
+    pub(crate) from: Option<LayerRecord>,
     /// Every cached source with its walked tree, in the order walked.
-    pub(super) trees: Vec<(SourceRole, std::borrow::Cow<'i, str>, Option<WalkedTree>)>,
+    pub(crate) trees: Vec<(SourceRole, std::borrow::Cow<'i, str>, Option<WalkedTree>)>,
 }
 
 impl Session<'_> {
@@ -111,7 +111,7 @@ impl Session<'_> {
     /// if the stored one is older than [`LAST_USE_GRANULARITY_MS`]; on another version, switch
     /// the rows and the pointer to it ([`Session::switch_rows`]). A read-only store writes
     /// nothing. A miss never gets here.
-    pub(super) fn after_hit(
+    pub(crate) fn after_hit(
         &mut self,
         layer: &str,
         rec: &VersionRecord,
@@ -311,7 +311,7 @@ impl Session<'_> {
     /// nor a put's walk reuses their digest (the content is read again). Only stat data
     /// changes: the Merkle roots do not cover it, so the version stays consistent with its
     /// rows. A read-only store skips it (and says so).
-    pub(super) fn distrust_rows(&mut self, layer: &str, lied: &[super::LyingRow]) -> Result<()> {
+    pub(crate) fn distrust_rows(&mut self, layer: &str, lied: &[super::LyingRow]) -> Result<()> {
         let store = &self.cache.store;
         if store.is_read_only() {
             tracing::warn!(
