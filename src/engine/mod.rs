@@ -32,12 +32,13 @@
 //! processes (the CLI) the same holds through the lookup records' proofs: see the crate doc,
 //! "A shell-driven chain".
 
+mod apply;
 mod gc;
 mod lookup;
+mod observe;
 pub(crate) mod outputs;
 mod put;
 pub(crate) mod record;
-mod refresh;
 pub(crate) mod session;
 mod source;
 
