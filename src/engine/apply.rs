@@ -36,7 +36,7 @@ use super::source::LyingRow;
 use super::{Session, now_ms};
 
 /// Rows refreshed per write transaction: a refresh of 10^6 touched files never holds all of
-/// redb's dirty pages at once.
+/// its dirty pages at once.
 pub(crate) const REFRESH_BATCH: usize = 65_536;
 
 /// Last use is recorded at most once per this many ms per version, or whenever a write happens

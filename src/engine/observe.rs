@@ -120,6 +120,24 @@ impl Compared {
     };
 }
 
+impl<'i> Observation<'i> {
+    /// The observation of `source` before (or without) a walk: nothing seen yet.
+    fn unwalked(source: SourceRef<'i>) -> Self {
+        Observation {
+            role: source.role,
+            row_source: source.id().row_source(),
+            path: source.path,
+            reason: None,
+            seen: None,
+            counters: WalkCounters::default(),
+            tree: None,
+            lied: Vec::new(),
+            stale: WalkLog::new(),
+            key: source.ident,
+        }
+    }
+}
+
 impl Observer<'_> {
     /// Walks `source`: diffs it against its stored rows when `summary` (the current version's
     /// summary of it) is given, keeps what was seen when asked to, and notes the rows a hit
@@ -129,19 +147,7 @@ impl Observer<'_> {
         source: SourceRef<'i>,
         summary: Option<&SourceSummary>,
     ) -> Result<Observation<'i>> {
-        let row_source = source.id().row_source();
-        let mut obs = Observation {
-            role: source.role,
-            row_source,
-            path: source.path,
-            reason: None,
-            seen: None,
-            counters: WalkCounters::default(),
-            tree: None,
-            lied: Vec::new(),
-            stale: WalkLog::new(),
-            key: source.ident,
-        };
+        let mut obs = Observation::unwalked(source);
         let id = SourceId {
             role: obs.role,
             key: &obs.key,
