@@ -240,12 +240,16 @@
 //!   (the text forms).
 //! * `engine` looks up and puts: `engine/mod.rs` (open, prune, remove, the entry digest and
 //!   decoding), `outputs.rs` (the one "outputs exist" rule: hits, pruning and push), `session.rs`
-//!   (the session, its memo, the base chain), `lookup.rs` (evaluation: definition, base, epoch,
-//!   sources), `source.rs` (a source's identity, walk and diff, the
-//!   tee, observations), `put.rs` (put in one write transaction, checked against what its
-//!   lookup saw), `record.rs` (the lookup record file a put in another process checks
-//!   against), `refresh.rs` (stat refresh batches, clearing rows that lied), `gc.rs`
-//!   (collecting versions under a policy, in one write transaction).
+//!   (the session, its memo, the base chain), `lookup.rs` (evaluation as read state → observe →
+//!   decide → apply: definition, base, epoch, sources, in that order, and the verdict; it
+//!   writes nothing itself), `observe.rs` (walks one source against its stored rows — the tee,
+//!   the diff — and returns an observation: what differs, the rows a hit would refresh or a
+//!   switch would write, the rows that lied; it never writes), `apply.rs` (every write a lookup
+//!   makes, once it has decided: stat refresh batches, last use, the version switch, clearing
+//!   rows that lied), `source.rs` (a source's identity and what a put checks against),
+//!   `put.rs` (put in one write transaction, checked against what its lookup saw), `record.rs`
+//!   (the lookup record file a put in another process checks against), `gc.rs` (collecting
+//!   versions under a policy, in one write transaction).
 //! * `share` (feature `remote`) shares entries through an OCI registry: `share/lookup.rs` (the
 //!   engine's one door: a remote lookup and a push), `share/record.rs` (the wire record and the
 //!   rule that accepts one), `share/registry/` (the registry client: the wire format, the tag
