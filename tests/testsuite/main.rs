@@ -50,6 +50,7 @@ mod false_hits;
 mod hashing;
 mod input_files;
 mod last_use_cost;
+mod lookup_pipeline;
 mod migrate;
 mod migrate_v3;
 mod oci_bases;
