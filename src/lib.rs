@@ -327,7 +327,7 @@ pub use schema::{EntryKind, SCHEMA_VERSION};
 pub use error::{Error, Result};
 // Sharing through an OCI registry (feature `remote`).
 #[cfg(feature = "remote")]
-pub use share::registry::{Remote, RemoteError, RemoteOptions};
+pub use share::registry::{FetchReport, PushReport, Remote, RemoteError, RemoteOptions};
 #[cfg(feature = "remote")]
 pub use share::{HitSource, PushOutcome, RemoteAnswer, RemoteFailure, RemoteLookup};
 // Progress of long operations, migrations, and printing paths and names safely.

@@ -117,6 +117,18 @@ pub enum RemoteAnswer {
     },
 }
 
+impl RemoteFailure {
+    /// True when a builder should stop asking the registry for the rest of its run
+    /// ([`RemoteError::ends_the_run`]); false for a failure of one entry or a local one (a
+    /// record that does not check out, no OCI layout, inputs that changed while pulling).
+    pub fn ends_the_run(&self) -> bool {
+        match self {
+            RemoteFailure::Registry(e) => e.ends_the_run(),
+            _ => false,
+        }
+    }
+}
+
 impl RemoteAnswer {
     /// One line for a person, naming `remote` (REGISTRY/REPO) and the layer.
     pub fn describe(&self, remote: &str, layer: &str) -> String {

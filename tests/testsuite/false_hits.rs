@@ -536,8 +536,17 @@ fn put_from_a_lookup_record_refuses_a_source_changed_since_the_lookup() {
     assert_eq!(json["version"], 2);
     assert_eq!(json["sources"][0]["row_count"], 3);
 
+    // A record is read for the layer it is of: for any other layer it is refused, typed,
+    // before anything is looked up.
+    match layercache::LookupRecord::read_for(&rec_path, "other") {
+        Err(Error::RecordOfAnotherLayer { layer, found, path }) => {
+            assert_eq!((layer.as_str(), found.as_str()), ("other", "l"));
+            assert_eq!(path, rec_path);
+        }
+        other => panic!("{other:?}"),
+    }
     write(&f.p("src"), "a.txt", b"version 3");
-    let rec = layercache::LookupRecord::read(&rec_path).unwrap();
+    let rec = layercache::LookupRecord::read_for(&rec_path, "l").unwrap();
     let mut s = cache.session(&build).unwrap();
     let err = s.put_recorded(&rec, &f.manifests("out")).unwrap_err();
     match &err {

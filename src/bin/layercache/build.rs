@@ -7,6 +7,7 @@
 //! plan and the manifests file (layer names, layer types) are printed escaped in text output,
 //! as paths are, so they cannot forge lines or drive the terminal; JSON keeps them exact.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -16,14 +17,14 @@ use std::sync::atomic::AtomicBool;
 use anyhow::Context;
 use layercache::Plan;
 use layercache::{
-    Cache, Error, HitSource, Lookup, LookupMode, LookupRecord, Outcome, PruneReport,
-    SessionCounters, escape_bytes,
+    Cache, Descriptor, Error, HitSource, Lookup, LookupMode, LookupRecord, LyingRow, MissReason,
+    Outcome, PruneReport, Pruned, SessionCounters, escape_bytes,
 };
-use serde_json::json;
+use serde::Serialize;
 
 use crate::output::{DbArgs, ReportFailed, WaitArgs, emit};
 use crate::progress::Display;
-use crate::remote::{Link, RemoteArgs};
+use crate::remote::{Link, RemoteArgs, RemoteJson};
 use crate::signals;
 
 /// What `lookup` and `put` share: the cache, the plan, the layer, the output form.
@@ -131,7 +132,6 @@ pub fn lookup(args: LookupArgs, interrupt: Arc<AtomicBool>) -> anyhow::Result<Ex
     signals::check(NOTHING_RECORDED)?;
     let mut session = cache.session(plan.build())?;
     if let Some(path) = &args.base_record {
-        let rec = LookupRecord::read(path)?;
         let base = match &plan.build().layer(&t.layer)?.base {
             layercache::Base::Built { layer } => layer.clone(),
             _ => anyhow::bail!(
@@ -139,15 +139,7 @@ pub fn lookup(args: LookupArgs, interrupt: Arc<AtomicBool>) -> anyhow::Result<Ex
                 escape_bytes(t.layer.as_bytes())
             ),
         };
-        if rec.layer() != base {
-            return Err(Error::RecordOfAnotherLayer {
-                path: path.clone(),
-                layer: base,
-                found: rec.layer().to_string(),
-            }
-            .into());
-        }
-        session.trust_base_record(&rec)?;
+        session.trust_base_record(&LookupRecord::read_for(path, &base)?)?;
     }
     let mut link = Link::open(&args.remote)?;
     // --verify answers from the local cache only (it is about this cache's rows).
@@ -213,11 +205,14 @@ pub fn lookup(args: LookupArgs, interrupt: Arc<AtomicBool>) -> anyhow::Result<Ex
     if let (Some(l), Some(f)) = (link.as_mut(), failure.as_ref()) {
         l.failed(f);
     }
-    let mut value = lookup_json(&result, &session.counters(), &pruned)?;
-    let (source_json, remote_json) =
-        crate::remote::lookup_json(link.as_ref(), source, answer.as_ref(), failure.as_ref());
-    value["source"] = source_json;
-    value["remote"] = remote_json;
+    let counters = session.counters();
+    let value = LookupJson::new(
+        &result,
+        &counters,
+        &pruned,
+        source,
+        RemoteJson::of(link.as_ref(), answer.as_ref(), failure.as_ref()),
+    );
     let hit_line = crate::remote::hit_line(&result.layer, source, link.as_ref());
     // With --explain, a miss also says what the registry answered.
     let remote_line = match (&link, &answer) {
@@ -253,29 +248,73 @@ fn remove_record(path: &Path) -> anyhow::Result<()> {
     }
 }
 
-fn lookup_json(
-    result: &Lookup,
-    counters: &SessionCounters,
-    pruned: &PruneReport,
-) -> anyhow::Result<serde_json::Value> {
-    let entry = match &result.outcome {
-        Outcome::Hit(e) => json!({
-            "manifests": e.manifests,
-            "build_only": e.record.build_only,
-            "source_date_epoch": e.record.source_date_epoch,
-            "created_unix_ms": e.record.created_unix_ms,
-        }),
-        Outcome::Miss(_) => serde_json::Value::Null,
-    };
-    Ok(json!({
-        "layer": result.layer,
-        "hit": result.is_hit(),
-        "reasons": serde_json::to_value(result.reasons())?,
-        "entry": entry,
-        "counters": serde_json::to_value(counters)?,
-        "pruned": serde_json::to_value(&pruned.pruned)?,
-        "lying_rows": serde_json::to_value(&result.lying_rows)?,
-    }))
+/// `lookup --json`: the answer, why, the entry of a hit, the work counters, what the open
+/// pruned, the rows caught lying, where a hit came from and what the registry said.
+#[derive(Serialize)]
+struct LookupJson<'a> {
+    layer: &'a str,
+    hit: bool,
+    reasons: &'a [MissReason],
+    entry: Option<HitJson<'a>>,
+    counters: &'a SessionCounters,
+    pruned: &'a [Pruned],
+    lying_rows: &'a [LyingRow],
+    source: Option<HitSource>,
+    remote: Option<RemoteJson<'a>>,
+}
+
+/// The `"entry"` of a hit in `lookup --json`.
+#[derive(Serialize)]
+struct HitJson<'a> {
+    manifests: &'a BTreeMap<String, Descriptor>,
+    build_only: bool,
+    source_date_epoch: Option<i64>,
+    created_unix_ms: u64,
+}
+
+impl<'a> LookupJson<'a> {
+    fn new(
+        result: &'a Lookup,
+        counters: &'a SessionCounters,
+        pruned: &'a PruneReport,
+        source: Option<HitSource>,
+        remote: Option<RemoteJson<'a>>,
+    ) -> Self {
+        let entry = match &result.outcome {
+            Outcome::Hit(e) => Some(HitJson {
+                manifests: &e.manifests,
+                build_only: e.record.build_only,
+                source_date_epoch: e.record.source_date_epoch,
+                created_unix_ms: e.record.created_unix_ms,
+            }),
+            Outcome::Miss(_) => None,
+        };
+        LookupJson {
+            layer: &result.layer,
+            hit: result.is_hit(),
+            reasons: result.reasons(),
+            entry,
+            counters,
+            pruned: &pruned.pruned,
+            lying_rows: &result.lying_rows,
+            source,
+            remote,
+        }
+    }
+}
+
+/// `put --json`: what was recorded.
+#[derive(Serialize)]
+struct PutJson<'a> {
+    layer: &'a str,
+    /// Whether the lookup this put made itself hit (null with `--from`: that lookup ran in
+    /// another process).
+    was_hit: Option<bool>,
+    imports: usize,
+    overlay_dirs: usize,
+    rows: u64,
+    manifests: &'a BTreeMap<String, Descriptor>,
+    counters: SessionCounters,
 }
 
 fn write_lookup_text(out: &mut impl Write, result: &Lookup, hit_line: &str) -> std::io::Result<()> {
@@ -333,15 +372,7 @@ pub fn put(args: PutArgs, interrupt: Arc<AtomicBool>) -> anyhow::Result<ExitCode
     );
     let (record, was_hit) = match &args.from {
         Some(from) => {
-            let seen = LookupRecord::read(from)?;
-            if seen.layer() != t.layer {
-                return Err(Error::RecordOfAnotherLayer {
-                    path: from.clone(),
-                    layer: t.layer.clone(),
-                    found: seen.layer().to_string(),
-                }
-                .into());
-            }
+            let seen = LookupRecord::read_for(from, &t.layer)?;
             signals::check(NOTHING_RECORDED)?;
             let record = session
                 .put_recorded(&seen, &manifests)
@@ -379,15 +410,15 @@ pub fn put(args: PutArgs, interrupt: Arc<AtomicBool>) -> anyhow::Result<ExitCode
         .chain(&record.overlay_dirs)
         .map(|s| s.rows)
         .sum();
-    let value = json!({
-        "layer": record.name,
-        "was_hit": was_hit,
-        "imports": record.imports.len(),
-        "overlay_dirs": record.overlay_dirs.len(),
-        "rows": rows,
-        "manifests": manifests,
-        "counters": serde_json::to_value(session.counters())?,
-    });
+    let value = PutJson {
+        layer: &record.name,
+        was_hit,
+        imports: record.imports.len(),
+        overlay_dirs: record.overlay_dirs.len(),
+        rows,
+        manifests: &manifests,
+        counters: session.counters(),
+    };
     let report = emit(t.out.json, &value, |_, out| {
         let types: Vec<String> = manifests
             .keys()
