@@ -323,6 +323,8 @@ pub use stacker_import::{
 pub use diff::{Change, Modified, TreeDiff};
 pub use reason::{BaseChange, FieldChange, MissReason, PutChange, PutRefusal};
 pub use schema::{EntryKind, SCHEMA_VERSION};
+// What a put stores and a hit returns ([`CachedEntry::record`]): the stored version.
+pub use schema::{BaseKind, BaseRecord, ManifestRecord, Origin, SourceSummary, VersionRecord};
 // Errors.
 pub use error::{Error, Result};
 // Sharing through an OCI registry (feature `remote`).

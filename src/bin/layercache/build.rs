@@ -18,7 +18,8 @@ use anyhow::Context;
 use layercache::Plan;
 use layercache::{
     Cache, Descriptor, Error, HitSource, Lookup, LookupMode, LookupRecord, LyingRow, MissReason,
-    Outcome, PruneReport, Pruned, SessionCounters, escape_bytes,
+    Outcome, PruneReport, Pruned, RemoteAnswer, RemoteFailure, Session, SessionCounters,
+    VersionRecord, escape_bytes,
 };
 use serde::Serialize;
 
@@ -151,87 +152,133 @@ pub fn lookup(args: LookupArgs, interrupt: Arc<AtomicBool>) -> anyhow::Result<Ex
         &format!("lookup {}", escape_bytes(t.layer.as_bytes())),
         Some(cache.progress()),
     );
-    let not_cacheable = || {
-        anyhow::anyhow!(
-            "layer {} is not cacheable: there is nothing to record for a put",
-            escape_bytes(t.layer.as_bytes())
-        )
-    };
-    let (result, source, failure, answer) = match remote {
-        // A local miss asks the registry; a remote hit is recorded locally (as pulled), so the
-        // lookup observes what it walks for that put.
-        Some(remote) => {
-            let r = session.lookup_remote(&t.layer, args.explain, remote)?;
-            if let Some(path) = &args.record {
-                match (r.source, r.record()) {
-                    // Recorded from the registry: nothing to put, so no record, and none
-                    // left from an earlier lookup for a put to use by mistake.
-                    (Some(HitSource::Remote), _) => remove_record(path)?,
-                    (_, Some(rec)) => rec.write(path)?,
-                    (_, None) => return Err(not_cacheable()),
-                }
-            }
-            (r.lookup, r.source, r.failure, Some(r.answer))
-        }
-        None => {
-            // Without --record, one process, one question: nothing is kept, so no source is
-            // walked once the answer is known. With --record, every source is walked and what
-            // was seen goes to the record file for the put.
-            let mode = LookupMode {
-                explain: args.explain || args.verify,
-                observe: false,
-                verify: args.verify,
-            };
-            let r = match &args.record {
-                Some(path) => {
-                    let l = session.lookup_for_build(&t.layer, mode)?;
-                    match l.record() {
-                        Some(rec) => rec.write(path)?,
-                        None => return Err(not_cacheable()),
-                    }
-                    l.into_lookup()
-                }
-                None => session.lookup_with(&t.layer, mode)?,
-            };
-            let source = r.is_hit().then_some(HitSource::Local);
-            let answer = link
-                .as_ref()
-                .map(|l| l.not_asked("--verify answers from the local cache only"));
-            (r, source, None, answer)
-        }
+    let answered = match remote {
+        Some(remote) => ask_remote(&args, &mut session, remote)?,
+        None => ask_local(&args, &mut session, link.as_ref())?,
     };
     shown.finish();
     signals::check(NOTHING_RECORDED)?;
-    if let (Some(l), Some(f)) = (link.as_mut(), failure.as_ref()) {
+    if let (Some(l), Some(f)) = (link.as_mut(), answered.failure.as_ref()) {
         l.failed(f);
     }
-    let counters = session.counters();
-    let value = LookupJson::new(
-        &result,
-        &counters,
+    print_lookup(
+        &args,
+        &answered,
+        &session.counters(),
         &pruned,
-        source,
-        RemoteJson::of(link.as_ref(), answer.as_ref(), failure.as_ref()),
+        link.as_ref(),
+    )?;
+    Ok(if answered.result.is_hit() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// What a lookup answered, and what the registry said.
+struct Answered {
+    result: Lookup,
+    source: Option<HitSource>,
+    failure: Option<RemoteFailure>,
+    answer: Option<RemoteAnswer>,
+}
+
+fn not_cacheable(layer: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "layer {} is not cacheable: there is nothing to record for a put",
+        escape_bytes(layer.as_bytes())
+    )
+}
+
+/// A local miss asks the registry; a remote hit is recorded locally (as pulled), so the lookup
+/// observes what it walks for that put.
+fn ask_remote(
+    args: &LookupArgs,
+    session: &mut Session<'_>,
+    remote: &layercache::Remote,
+) -> anyhow::Result<Answered> {
+    let layer = &args.target.layer;
+    let r = session.lookup_remote(layer, args.explain, remote)?;
+    if let Some(path) = &args.record {
+        match (r.source, r.record()) {
+            // Recorded from the registry: nothing to put, so no record, and none left from an
+            // earlier lookup for a put to use by mistake.
+            (Some(HitSource::Remote), _) => remove_record(path)?,
+            (_, Some(rec)) => rec.write(path)?,
+            (_, None) => return Err(not_cacheable(layer)),
+        }
+    }
+    Ok(Answered {
+        result: r.lookup,
+        source: r.source,
+        failure: r.failure,
+        answer: Some(r.answer),
+    })
+}
+
+/// Without --record, one process, one question: nothing is kept, so no source is walked once
+/// the answer is known. With --record, every source is walked and what was seen goes to the
+/// record file for the put.
+fn ask_local(
+    args: &LookupArgs,
+    session: &mut Session<'_>,
+    link: Option<&Link>,
+) -> anyhow::Result<Answered> {
+    let layer = &args.target.layer;
+    let mode = LookupMode {
+        explain: args.explain || args.verify,
+        observe: false,
+        verify: args.verify,
+    };
+    let result = match &args.record {
+        Some(path) => {
+            let l = session.lookup_for_build(layer, mode)?;
+            match l.record() {
+                Some(rec) => rec.write(path)?,
+                None => return Err(not_cacheable(layer)),
+            }
+            l.into_lookup()
+        }
+        None => session.lookup_with(layer, mode)?,
+    };
+    Ok(Answered {
+        source: result.is_hit().then_some(HitSource::Local),
+        failure: None,
+        answer: link.map(|l| l.not_asked("--verify answers from the local cache only")),
+        result,
+    })
+}
+
+/// Prints a lookup's answer: `--json`, or text (with --explain, a miss also says what the
+/// registry answered).
+fn print_lookup(
+    args: &LookupArgs,
+    a: &Answered,
+    counters: &SessionCounters,
+    pruned: &PruneReport,
+    link: Option<&Link>,
+) -> anyhow::Result<()> {
+    let result = &a.result;
+    let value = LookupJson::new(
+        result,
+        counters,
+        pruned,
+        a.source,
+        RemoteJson::of(link, a.answer.as_ref(), a.failure.as_ref()),
     );
-    let hit_line = crate::remote::hit_line(&result.layer, source, link.as_ref());
-    // With --explain, a miss also says what the registry answered.
-    let remote_line = match (&link, &answer) {
-        (Some(l), Some(a)) if args.explain && !result.is_hit() => {
-            Some(a.describe(&l.name, &result.layer))
+    let hit_line = crate::remote::hit_line(&result.layer, a.source, link);
+    let remote_line = match (link, &a.answer) {
+        (Some(l), Some(answer)) if args.explain && !result.is_hit() => {
+            Some(answer.describe(&l.name, &result.layer))
         }
         _ => None,
     };
-    emit(t.out.json, &value, |_, out| {
-        write_lookup_text(out, &result, &hit_line)?;
+    emit(args.target.out.json, &value, |_, out| {
+        write_lookup_text(out, result, &hit_line)?;
         if let Some(line) = &remote_line {
             writeln!(out, "{line}")?;
         }
         Ok(())
-    })?;
-    Ok(if result.is_hit() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
     })
 }
 
@@ -317,6 +364,51 @@ struct PutJson<'a> {
     counters: SessionCounters,
 }
 
+impl<'a> PutJson<'a> {
+    fn new(
+        record: &'a VersionRecord,
+        was_hit: Option<bool>,
+        manifests: &'a BTreeMap<String, Descriptor>,
+        counters: SessionCounters,
+    ) -> Self {
+        PutJson {
+            layer: &record.name,
+            was_hit,
+            imports: record.imports.len(),
+            overlay_dirs: record.overlay_dirs.len(),
+            rows: record
+                .imports
+                .iter()
+                .chain(&record.overlay_dirs)
+                .map(|s| s.rows)
+                .sum(),
+            manifests,
+            counters,
+        }
+    }
+
+    /// The text line of a put.
+    fn text(&self) -> String {
+        let types: Vec<String> = self
+            .manifests
+            .keys()
+            .map(|k| escape_bytes(k.as_bytes()))
+            .collect();
+        format!(
+            "{}: recorded ({} import(s), {} overlay_dir(s), {} row(s); manifests: {})",
+            escape_bytes(self.layer.as_bytes()),
+            self.imports,
+            self.overlay_dirs,
+            self.rows,
+            if types.is_empty() {
+                "none".to_string()
+            } else {
+                types.join(", ")
+            }
+        )
+    }
+}
+
 fn write_lookup_text(out: &mut impl Write, result: &Lookup, hit_line: &str) -> std::io::Result<()> {
     for l in &result.lying_rows {
         writeln!(
@@ -362,38 +454,21 @@ pub fn put(args: PutArgs, interrupt: Arc<AtomicBool>) -> anyhow::Result<ExitCode
     let (plan, cache, _pruned) = open(t, interrupt)?;
     signals::check(NOTHING_RECORDED)?;
     let mut session = cache.session(plan.build())?;
-    // With --from, the put is checked against what the builder's lookup saw (its record).
-    // With --inputs-as-of-now, this process looks up again (observing every source) and puts
-    // what it sees now: a change during the build cannot be seen then.
-    let context = || format!("cannot record layer {}", escape_bytes(t.layer.as_bytes()));
     let shown = Display::start(
         &format!("put {}", escape_bytes(t.layer.as_bytes())),
         Some(cache.progress()),
     );
+    // With --from, the put is checked against what the builder's lookup saw (its record).
+    // With --inputs-as-of-now, this process looks up again (observing every source) and puts
+    // what it sees now: a change during the build cannot be seen then.
     let (record, was_hit) = match &args.from {
-        Some(from) => {
-            let seen = LookupRecord::read_for(from, &t.layer)?;
-            signals::check(NOTHING_RECORDED)?;
-            let record = session
-                .put_recorded(&seen, &manifests)
-                .with_context(context)?;
-            // The put's result goes back into the record, for the lookups of the layers built
-            // on this one (`lookup --base-record FILE`); without it they walk this layer again.
-            match session.record_after_put(&seen) {
-                Ok(Some(r)) => {
-                    if let Err(e) = r.write(from) {
-                        tracing::warn!("{e}: the layers built on this one walk it again");
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => tracing::warn!("{e}: the layers built on this one walk it again"),
-            }
-            (record, None)
-        }
+        Some(from) => (put_from(&mut session, from, &t.layer, &manifests)?, None),
         None => {
             let seen = session.lookup(&t.layer)?;
             signals::check(NOTHING_RECORDED)?;
-            let record = session.put(&seen, &manifests).with_context(context)?;
+            let record = session
+                .put(&seen, &manifests)
+                .with_context(|| cannot_record(&t.layer))?;
             (record, Some(seen.is_hit()))
         }
     };
@@ -404,44 +479,43 @@ pub fn put(args: PutArgs, interrupt: Arc<AtomicBool>) -> anyhow::Result<ExitCode
     );
     // Returning drops the session and closes the cache cleanly.
     signals::check(&recorded)?;
-    let rows: u64 = record
-        .imports
-        .iter()
-        .chain(&record.overlay_dirs)
-        .map(|s| s.rows)
-        .sum();
-    let value = PutJson {
-        layer: &record.name,
-        was_hit,
-        imports: record.imports.len(),
-        overlay_dirs: record.overlay_dirs.len(),
-        rows,
-        manifests: &manifests,
-        counters: session.counters(),
-    };
-    let report = emit(t.out.json, &value, |_, out| {
-        let types: Vec<String> = manifests
-            .keys()
-            .map(|k| escape_bytes(k.as_bytes()))
-            .collect();
-        writeln!(
-            out,
-            "{}: recorded ({} import(s), {} overlay_dir(s), {} row(s); manifests: {})",
-            escape_bytes(record.name.as_bytes()),
-            record.imports.len(),
-            record.overlay_dirs.len(),
-            rows,
-            if types.is_empty() {
-                "none".to_string()
-            } else {
-                types.join(", ")
-            }
-        )
-    });
+    let value = PutJson::new(&record, was_hit, &manifests, session.counters());
     // The entry is committed: a failed report must not read as "nothing recorded".
-    report.map_err(|source| ReportFailed {
-        layer: record.name.clone(),
-        source,
+    emit(t.out.json, &value, |v, out| writeln!(out, "{}", v.text())).map_err(|source| {
+        ReportFailed {
+            layer: record.name.clone(),
+            source,
+        }
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn cannot_record(layer: &str) -> String {
+    format!("cannot record layer {}", escape_bytes(layer.as_bytes()))
+}
+
+/// `put --from`: the put checked against the builder's lookup record; its result goes back
+/// into the record, for the lookups of the layers built on this one (`lookup --base-record
+/// FILE`; without it they walk this layer again).
+fn put_from(
+    session: &mut Session<'_>,
+    from: &Path,
+    layer: &str,
+    manifests: &BTreeMap<String, Descriptor>,
+) -> anyhow::Result<VersionRecord> {
+    let seen = LookupRecord::read_for(from, layer)?;
+    signals::check(NOTHING_RECORDED)?;
+    let record = session
+        .put_recorded(&seen, manifests)
+        .with_context(|| cannot_record(layer))?;
+    match session.record_after_put(&seen) {
+        Ok(Some(r)) => {
+            if let Err(e) = r.write(from) {
+                tracing::warn!("{e}: the layers built on this one walk it again");
+            }
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!("{e}: the layers built on this one walk it again"),
+    }
+    Ok(record)
 }
