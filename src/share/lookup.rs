@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::inputs::Base;
 use crate::path::hex;
 use crate::reason::MissReason;
-use crate::schema::Origin;
+use crate::schema::{Origin, VersionRecord};
 use crate::share::registry::{
     FetchReport, LocalBlob, PushReport, Remote, RemoteEntry, RemoteError,
 };
@@ -309,11 +309,24 @@ impl Session<'_> {
             let a = asked.refused("this machine's inputs changed while it was pulled".into());
             return Ok(local_answer(local, a, Some(failure)));
         }
+        self.pulled_answer(asked, local, record, manifests, fetched)
+    }
+
+    /// The answer for a layer recorded from a registry: the hit is decided by the outputs rule,
+    /// as every hit is (a pulled version asks for no builder's copy; a build-only layer's rootfs
+    /// directory is no registry's to carry).
+    fn pulled_answer(
+        &self,
+        asked: &Asked<'_>,
+        local: BuildLookup,
+        record: VersionRecord,
+        manifests: BTreeMap<String, Descriptor>,
+        fetched: FetchReport,
+    ) -> Result<RemoteLookup> {
+        let layer = asked.layer;
         let taken = RemoteAnswer::Taken {
             input_digest: asked.hex.clone(),
         };
-        // The hit is decided by the outputs rule, as every hit is (a pulled version asks for
-        // no builder's copy; a build-only layer's rootfs directory is no registry's to carry).
         let inputs = self.build.layer(layer)?;
         if let Some(missing) = outputs::missing(&self.cache.config, &record, &inputs.overlay_dirs)?
         {
