@@ -10,7 +10,7 @@
 //! # let root = dir.path();
 //! # std::fs::create_dir_all(root.join("src"))?;
 //! # std::fs::create_dir_all(root.join("roots/app/src"))?;
-//! let (cache, _pruned) = Cache::open(CacheConfig {
+//! let cache = Cache::open(CacheConfig {
 //!     db: root.join("cache.redb"),
 //!     oci_layout: None, // where output blobs live; without it no version can hit
 //!     rootfs_dir: None,

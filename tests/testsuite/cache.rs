@@ -38,7 +38,7 @@ impl Fixture {
     }
 
     fn open(&self) -> Cache {
-        Cache::open(self.config()).unwrap().0
+        Cache::open(self.config()).unwrap()
     }
 
     fn p(&self, rel: &str) -> PathBuf {
@@ -525,7 +525,8 @@ fn prune_removes_entries_whose_outputs_are_gone() {
     bo.build_only = true;
     build.add("builder", bo);
     std::fs::create_dir_all(f.p("roots/builder")).unwrap();
-    let (cache, report) = Cache::open(f.config()).unwrap();
+    let cache = Cache::open(f.config()).unwrap();
+    let report = cache.prune().unwrap();
     assert!(report.pruned.is_empty());
     let mut s = cache.session(&build).unwrap();
     let mut blobs = BTreeMap::new();
@@ -539,7 +540,8 @@ fn prune_removes_entries_whose_outputs_are_gone() {
     drop(cache);
     std::fs::remove_file(&blobs["app"]).unwrap();
     std::fs::remove_dir(f.p("roots/builder")).unwrap();
-    let (cache, report) = Cache::open(f.config()).unwrap();
+    let cache = Cache::open(f.config()).unwrap();
+    let report = cache.prune().unwrap();
     let mut pruned: Vec<&str> = report.pruned.iter().map(|p| p.layer.as_str()).collect();
     pruned.sort();
     assert_eq!(pruned, vec!["app", "builder"]);
@@ -781,13 +783,13 @@ fn a_tar_base_moved_with_the_build_directory_still_hits() {
 }
 
 /// Issue 12: a plan whose `oci_layout` has a typo (the directory does not exist) must not look
-/// like "every blob is gone": opening the cache is an error naming the directory, and nothing
-/// is pruned — the entries are all there when the right layout is given again.
+/// like "every blob is gone": pruning is an error naming the directory, and nothing is pruned
+/// — the entries are all there when the right layout is given again.
 #[test]
 fn a_missing_layout_directory_is_an_error_and_prunes_nothing() {
     let f = Fixture::new();
     let build = two_layers(&f);
-    let (cache, _) = Cache::open(f.config()).unwrap();
+    let cache = Cache::open(f.config()).unwrap();
     let mut s = cache.session(&build).unwrap();
     for name in ["base", "app"] {
         let l = s.lookup(name).unwrap();
@@ -800,15 +802,16 @@ fn a_missing_layout_directory_is_an_error_and_prunes_nothing() {
         oci_layout: Some(typo.clone()),
         ..f.config()
     };
-    match Cache::open(config) {
+    match Cache::open(config).unwrap().prune() {
         Err(e) => {
             let msg = e.to_string();
             assert!(msg.contains(&typo.display().to_string()), "{msg}");
             assert!(msg.contains("nothing was pruned"), "{msg}");
         }
-        Ok((_, report)) => panic!("a missing layout pruned {:?}", report.pruned),
+        Ok(report) => panic!("a missing layout pruned {:?}", report.pruned),
     }
-    let (cache, report) = Cache::open(f.config()).unwrap();
+    let cache = Cache::open(f.config()).unwrap();
+    let report = cache.prune().unwrap();
     assert!(report.pruned.is_empty());
     let mut s = cache.session(&build).unwrap();
     for name in ["base", "app"] {
