@@ -21,10 +21,10 @@ use crate::inputs::{LayerInputs, canonical_json_of};
 use crate::path::{RelPath, escape_bytes, validate_layer_name};
 use crate::reason::{MissReason, PutChange, PutRefusal};
 use crate::schema::{
-    BaseRecord, EntryKind, LayerRecord, ManifestRecord, Origin, SourceSummary, VersionRecord,
+    BaseRecord, EntryKind, LayerRecord, ManifestRecord, Origin, Row, SourceSummary, VersionRecord,
 };
 use crate::store::{Batch, Snapshot, TreeSummary};
-use crate::tree::{LogReader, LoggedEntry, SealedLog, TreeWalk, WalkedEntry};
+use crate::tree::{LogReader, LoggedEntry, SealedLog, TreeWalk, WalkedEntry, fastpath};
 use crate::version::{Inputs, entry_digest_of, input_digest};
 
 use super::session::{BaseNow, Memo, Proof};
@@ -407,7 +407,8 @@ impl<'a> Session<'a> {
             }
         });
         let stored = prior.map(|s| s.stored_rows(layer, &sid)).transpose()?;
-        let (summary, writes) = batch.write_tree(layer, &sid, src.path, entries, stored)?;
+        let (summary, writes) =
+            batch.write_tree(layer, &sid, src.path, entries, stored, &still_stands)?;
         self.counters.walk.add(&walk.counters());
         self.counters.rows_put += writes.inserted + writes.replaced + writes.removed;
         let paths = checker.map(ObservationCheck::finish).unwrap_or_default();
@@ -420,6 +421,19 @@ impl<'a> Session<'a> {
             rows: summary.rows,
         })
     }
+}
+
+/// Whether the stored row of a path still stands for the entry a put's walk saw, so that the
+/// put need not write it: equal in every compared property, and stat data that vouches for the
+/// entry at the next walk as well as the new would — [`fastpath::needs_refresh`] false, the
+/// rule a hit's stat refresh uses. Only the snapshot time of its stat data can then differ from
+/// the walked row's, and no decision depends on that beyond the racy rule, which it passes.
+fn still_stands(stored: &Row, e: &WalkedEntry) -> bool {
+    !e.unstable
+        && stored.kind == e.row.kind
+        && e.row.stat.is_some()
+        && stored.compared_eq(&e.row)
+        && !fastpath::needs_refresh(stored, &e.row, &e.stat)
 }
 
 /// Notes in `written` what of one source differs from what the lookup saw: the `paths` its

@@ -7,20 +7,22 @@
 //! the raw stored rows it merges with ([`StoredRows`], read from a [`Snapshot`]), and what it
 //! counts ([`RowWrites`]).
 //!
-//! Must never: decide whether a walk may be stored (that is the engine's put), decode a stored
-//! row to compare it (rows are compared as their encoded bytes: a row that does not decode
-//! differs from every row, and is rewritten), or read and write the same open table at once
-//! (the stored rows come from a snapshot, see [`Batch::write_tree`]).
+//! Must never: decide whether a walk may be stored (that is the engine's put) or whether a
+//! stored row still stands for a walked entry (the caller's rule, handed in: the stat rules are
+//! [`crate::tree::fastpath`]'s), keep a stored row that does not decode, or read and write the
+//! same open table at once (the stored rows come from a snapshot, see [`Batch::write_tree`]).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use crate::error::{DbResultExt, Error, Result};
-use crate::schema::{LAYERS, ROWS};
+use crate::schema::{LAYERS, ROWS, Row};
 use crate::tree::{TreeHasher, WalkedEntry};
 
 use super::guard::guard_redb;
-use super::rows::{RowKey, RowRange, RowTable, encode_row, guarded_next, validate_source};
+use super::rows::{
+    RowKey, RowRange, RowTable, decode_row, encode_row, guarded_next, validate_source,
+};
 use super::{Batch, Snapshot, Store, TreeSummary, versions};
 
 /// What writing a tree did to the rows table: rows inserted (new paths), replaced (a path whose
@@ -30,11 +32,11 @@ use super::{Batch, Snapshot, Store, TreeSummary, versions};
 pub(crate) struct RowWrites {
     /// Rows of paths that had none.
     pub(crate) inserted: u64,
-    /// Rows replaced because they differ (as encoded bytes) from the stored one.
+    /// Rows replaced because the stored one does not stand for the walked entry.
     pub(crate) replaced: u64,
     /// Stored rows of paths the walk did not see.
     pub(crate) removed: u64,
-    /// Stored rows equal to the walked one: not written.
+    /// Stored rows that stand for the walked entry: not written.
     pub(crate) unchanged: u64,
 }
 
@@ -72,7 +74,13 @@ impl Store {
         root: &Path,
         entries: impl IntoIterator<Item = Result<WalkedEntry>>,
     ) -> Result<TreeSummary> {
-        Ok(write_rows(txn, self.path(), layer, source, root, entries, None)?.0)
+        let rows = Rows {
+            txn,
+            db: self.path(),
+            layer,
+            source,
+        };
+        Ok(rows.write(root, entries, None, &|_, _| false)?.0)
     }
 
     /// Runs `f` with a panic inside redb (a damaged page) turned into [`Error::Db`] naming this
@@ -121,10 +129,12 @@ impl Batch {
     /// taken while this batch is open: the batch holds the write lock (redb lets one write
     /// transaction at a time, across processes), so no commit comes between the state this
     /// batch began from and that snapshot. The walk and the stored rows are both in key order
-    /// and are merged: only a path whose encoded row differs is written, a stored path the walk
-    /// did not see is removed, an equal row is left alone. `None` (the stored rows vouch for
+    /// and are merged: a stored row is left alone when its bytes are the walked row's or when
+    /// `stands(stored, entry)` says it stands for the walked entry (equal in what is compared,
+    /// stat data that vouches for it as well as the new would); any other walked row is written,
+    /// and a stored path the walk did not see is removed. `None` (the stored rows vouch for
     /// nothing: damaged) removes every row of (layer, source) first and writes every entry.
-    /// Either way the rows afterwards are exactly the walk's.
+    /// Either way the rows afterwards are the walk's, up to the stat data `stands` accepts.
     pub(crate) fn write_tree(
         &self,
         layer: &str,
@@ -132,16 +142,15 @@ impl Batch {
         root: &Path,
         entries: impl IntoIterator<Item = Result<WalkedEntry>>,
         stored: Option<StoredRows>,
+        stands: &dyn Fn(&Row, &WalkedEntry) -> bool,
     ) -> Result<(TreeSummary, RowWrites)> {
-        write_rows(
-            self.txn(),
-            self.path(),
+        let rows = Rows {
+            txn: self.txn(),
+            db: self.path(),
             layer,
             source,
-            root,
-            entries,
-            stored,
-        )
+        };
+        rows.write(root, entries, stored, stands)
     }
 
     /// Removes the rows of every source of `layer` not in `keep` (a put's layer no longer has
@@ -171,70 +180,69 @@ impl Batch {
     }
 }
 
-/// [`Batch::write_tree`] in `txn` of the file `db`.
-fn write_rows(
-    txn: &redb::WriteTransaction,
-    db: &Path,
-    layer: &str,
-    source: &str,
-    root: &Path,
-    entries: impl IntoIterator<Item = Result<WalkedEntry>>,
-    stored: Option<StoredRows>,
-) -> Result<(TreeSummary, RowWrites)> {
-    validate_source(source)?;
-    let mut table = txn.open_table(ROWS).db(db)?;
-    if stored.is_none() {
-        RowRange::source(layer, source).delete(db, &mut table)?;
-    }
-    let mut merge = Merge::new(db, layer, source, stored)?;
-    let mut hasher = TreeHasher::new();
-    let mut root_kind = None;
-    for entry in entries {
-        let entry = entry?;
-        if entry.unstable {
-            return Err(Error::ChangedWhileReading {
-                path: entry.path.under(root),
-            });
+/// The rows of one (layer, source) in a write transaction of the file `db`.
+struct Rows<'a> {
+    txn: &'a redb::WriteTransaction,
+    db: &'a Path,
+    layer: &'a str,
+    source: &'a str,
+}
+
+impl Rows<'_> {
+    /// [`Batch::write_tree`].
+    fn write(
+        &self,
+        root: &Path,
+        entries: impl IntoIterator<Item = Result<WalkedEntry>>,
+        stored: Option<StoredRows>,
+        stands: &dyn Fn(&Row, &WalkedEntry) -> bool,
+    ) -> Result<(TreeSummary, RowWrites)> {
+        let (db, layer, source) = (self.db, self.layer, self.source);
+        validate_source(source)?;
+        let mut table = self.txn.open_table(ROWS).db(db)?;
+        if stored.is_none() {
+            RowRange::source(layer, source).delete(db, &mut table)?;
         }
-        if entry.path.is_root() {
-            root_kind = Some(entry.row.kind);
+        let mut merge = Merge::new(self, stored)?;
+        let mut hasher = TreeHasher::new();
+        let mut root_kind = None;
+        for entry in entries {
+            let entry = entry?;
+            if entry.unstable {
+                return Err(Error::ChangedWhileReading {
+                    path: entry.path.under(root),
+                });
+            }
+            if entry.path.is_root() {
+                root_kind = Some(entry.row.kind);
+            }
+            hasher.push(&entry.path, &entry.row);
+            merge.put(&mut table, &entry, stands)?;
         }
-        hasher.push(&entry.path, &entry.row);
-        let bytes = encode_row(db, &entry.path, &entry.row)?;
-        merge.put(&mut table, entry.path.key(), &bytes)?;
+        let writes = merge.finish(&mut table)?;
+        let (root_digest, rows) = hasher.finish();
+        let summary = TreeSummary {
+            root_digest,
+            rows,
+            root_kind,
+        };
+        Ok((summary, writes))
     }
-    let writes = merge.finish(&mut table)?;
-    let (root_digest, rows) = hasher.finish();
-    let summary = TreeSummary {
-        root_digest,
-        rows,
-        root_kind,
-    };
-    Ok((summary, writes))
 }
 
 /// [`Batch::write_tree`]'s merge of the walk against the stored rows of one (layer, source):
 /// the next stored row not yet met, and what was written so far.
 struct Merge<'a> {
-    db: &'a Path,
-    layer: &'a str,
-    source: &'a str,
+    rows: &'a Rows<'a>,
     stored: Option<StoredRows>,
     next: Option<(Vec<u8>, Vec<u8>)>,
     writes: RowWrites,
 }
 
 impl<'a> Merge<'a> {
-    fn new(
-        db: &'a Path,
-        layer: &'a str,
-        source: &'a str,
-        stored: Option<StoredRows>,
-    ) -> Result<Self> {
+    fn new(rows: &'a Rows<'a>, stored: Option<StoredRows>) -> Result<Self> {
         let mut m = Merge {
-            db,
-            layer,
-            source,
+            rows,
             stored,
             next: None,
             writes: RowWrites::default(),
@@ -251,32 +259,46 @@ impl<'a> Merge<'a> {
         Ok(())
     }
 
-    /// The walked row of `key` is `bytes`: stored paths before it were not walked (removed);
-    /// a stored row of `key` equal to `bytes` is left alone, any other is replaced.
-    fn put(&mut self, table: &mut RowTable<'_>, key: &[u8], bytes: &[u8]) -> Result<()> {
-        while let Some((k, _)) = self.next.as_ref().filter(|(k, _)| k.as_slice() < key) {
-            table
-                .remove((self.layer, self.source, k.as_slice()))
-                .db(self.db)?;
-            self.writes.removed += 1;
+    /// Removes the stored row of `key`.
+    fn remove(&mut self, table: &mut RowTable<'_>, key: &[u8]) -> Result<()> {
+        let r = self.rows;
+        table.remove((r.layer, r.source, key)).db(r.db)?;
+        self.writes.removed += 1;
+        Ok(())
+    }
+
+    /// The walk saw `e`: stored paths before it were not walked (removed); the stored row of
+    /// its path is left alone when it is the same bytes or `stands` for `e`, else replaced.
+    fn put(
+        &mut self,
+        table: &mut RowTable<'_>,
+        e: &WalkedEntry,
+        stands: &dyn Fn(&Row, &WalkedEntry) -> bool,
+    ) -> Result<()> {
+        let r = self.rows;
+        let key = e.path.key();
+        while let Some((k, _)) = self.next.take_if(|(k, _)| k.as_slice() < key) {
+            self.remove(table, &k)?;
             self.advance()?;
         }
-        let stored = self.next.as_ref().filter(|(k, _)| k.as_slice() == key);
-        let same = stored.is_some_and(|(_, v)| v.as_slice() == bytes);
-        let replaced = stored.is_some();
-        if same {
+        let bytes = encode_row(r.db, &e.path, &e.row)?;
+        let stored = self.next.take_if(|(k, _)| k.as_slice() == key);
+        let kept = stored.as_ref().is_some_and(|(_, v)| {
+            *v == bytes || decode_row(r.db, &e.path, v).is_ok_and(|old| stands(&old, e))
+        });
+        if kept {
             self.writes.unchanged += 1;
         } else {
             table
-                .insert((self.layer, self.source, key), bytes)
-                .db(self.db)?;
-            if replaced {
+                .insert((r.layer, r.source, key), bytes.as_slice())
+                .db(r.db)?;
+            if stored.is_some() {
                 self.writes.replaced += 1;
             } else {
                 self.writes.inserted += 1;
             }
         }
-        if replaced {
+        if stored.is_some() {
             self.advance()?;
         }
         Ok(())
@@ -285,10 +307,7 @@ impl<'a> Merge<'a> {
     /// Removes the stored rows after the last walked path; what was written in all.
     fn finish(mut self, table: &mut RowTable<'_>) -> Result<RowWrites> {
         while let Some((k, _)) = self.next.take() {
-            table
-                .remove((self.layer, self.source, k.as_slice()))
-                .db(self.db)?;
-            self.writes.removed += 1;
+            self.remove(table, &k)?;
             self.advance()?;
         }
         Ok(self.writes)
