@@ -46,6 +46,7 @@ mod source;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use oci_spec::image::Descriptor;
@@ -94,6 +95,8 @@ pub struct Cache {
     pub(crate) config: CacheConfig,
     /// What every walk of this cache has done so far, for a progress display.
     pub(crate) progress: Arc<Progress>,
+    /// Versions read to check their outputs outside a lookup (pruning, gc): none by an open.
+    pub(crate) examined: AtomicU64,
 }
 
 /// A cached entry returned by a hit: the record and its manifests as OCI descriptors.
@@ -374,6 +377,7 @@ impl Cache {
             store,
             config,
             progress: Arc::default(),
+            examined: AtomicU64::new(0),
         })
     }
 
@@ -382,6 +386,14 @@ impl Cache {
     #[doc(hidden)]
     pub fn open_without_prune(config: CacheConfig) -> Result<Cache> {
         Cache::open(config)
+    }
+
+    /// How many versions this handle has read to check their outputs outside a lookup
+    /// ([`Cache::prune`], [`Cache::gc`]); an open reads none (it reads no version, so it
+    /// stats no blob either: blobs are named only by versions).
+    #[doc(hidden)]
+    pub fn versions_examined(&self) -> u64 {
+        self.examined.load(Ordering::Relaxed)
     }
 
     /// Counters of the work of every walk of this cache (entries walked, files and bytes
@@ -496,6 +508,7 @@ impl Cache {
                 continue;
             }
             report.examined += 1;
+            self.examined.fetch_add(1, Ordering::Relaxed);
             let why = match snapshot.version(&layer, &digest)? {
                 None => None,
                 Some(Err(e)) => Some(format!("the entry is damaged: {e}")),

@@ -517,6 +517,102 @@ fn scratch_base_and_base_replaced() {
     ));
 }
 
+/// #22: an open reads no version (so it stats no blob: only versions name blobs), and needs
+/// not: a version whose outputs are gone is a miss at its hit check, every time, with nothing
+/// pruned; pruning is asked for, and reads every version.
+#[test]
+fn an_open_reads_no_version_and_a_version_whose_outputs_are_gone_misses_unpruned() {
+    let f = Fixture::new();
+    let mut build = two_layers(&f);
+    let mut bo = layer(Base::Scratch);
+    bo.build_only = true;
+    build.add("builder", bo);
+    std::fs::create_dir_all(f.p("roots/builder")).unwrap();
+    let cache = Cache::open(f.config()).unwrap();
+    let mut s = cache.session(&build).unwrap();
+    let mut blobs = BTreeMap::new();
+    for name in ["base", "app", "builder"] {
+        let l = s.lookup(name).unwrap();
+        let m = f.manifests(name);
+        blobs.insert(name, f.blob_of(&m));
+        s.put(&l, &m).unwrap();
+    }
+    drop(s);
+    drop(cache);
+    std::fs::remove_file(&blobs["app"]).unwrap();
+    std::fs::remove_dir(f.p("roots/builder")).unwrap();
+
+    let cache = Cache::open(f.config()).unwrap();
+    assert_eq!(cache.versions_examined(), 0, "the open read a version");
+    for _ in 0..2 {
+        let mut s = cache.session(&build).unwrap();
+        assert!(s.lookup("base").unwrap().is_hit());
+        for name in ["app", "builder"] {
+            let l = s.lookup(name).unwrap();
+            assert!(
+                matches!(l.reasons(), [MissReason::OutputsMissing { .. }]),
+                "{name}: {:?}",
+                l.reasons()
+            );
+        }
+    }
+    // Nothing was pruned, and nothing but the hits' own check looked at the outputs.
+    assert_eq!(cache.versions_examined(), 0);
+    for name in ["base", "app", "builder"] {
+        assert_eq!(cache.versions(name).unwrap().len(), 1, "{name}");
+    }
+    let report = cache.prune().unwrap();
+    assert_eq!(report.examined, 3);
+    assert_eq!(cache.versions_examined(), 3);
+    assert_eq!(report.pruned.len(), 2);
+}
+
+/// `Cache::gc` prunes by the same rule (a dry run reports and keeps), and plans over the rest.
+#[test]
+fn gc_prunes_versions_whose_outputs_are_gone() {
+    let f = Fixture::new();
+    let build = two_layers(&f);
+    let cache = Cache::open(f.config()).unwrap();
+    let mut s = cache.session(&build).unwrap();
+    let mut app_blob = None;
+    for name in ["base", "app"] {
+        let l = s.lookup(name).unwrap();
+        let m = f.manifests(name);
+        if name == "app" {
+            app_blob = Some(f.blob_of(&m));
+        }
+        s.put(&l, &m).unwrap();
+    }
+    drop(s);
+    std::fs::remove_file(app_blob.unwrap()).unwrap();
+    let policy = layercache::GcPolicy::default();
+    let now = u64::MAX / 2;
+    let dry = cache.gc(&policy, now, true, None).unwrap();
+    let pruned: Vec<&str> = dry.pruned.iter().map(|p| p.layer.as_str()).collect();
+    assert_eq!(pruned, ["app"]);
+    assert!(dry.pruned[0].why.contains("is gone"), "{:?}", dry.pruned);
+    assert_eq!(
+        dry.plan.versions_before, 1,
+        "the plan is over the versions left"
+    );
+    assert!(
+        cache.entry("app").unwrap().is_some(),
+        "a dry run dropped it"
+    );
+    let done = cache.gc(&policy, now, false, None).unwrap();
+    assert_eq!(done.pruned, dry.pruned);
+    assert!(cache.entry("app").unwrap().is_none());
+    assert!(cache.entry("base").unwrap().is_some());
+    // Without a configured layout nothing can be checked, and gc prunes nothing.
+    let bare = Cache::open(CacheConfig {
+        oci_layout: None,
+        ..f.config()
+    })
+    .unwrap();
+    drop(cache);
+    assert!(bare.gc(&policy, now, true, None).unwrap().pruned.is_empty());
+}
+
 #[test]
 fn prune_removes_entries_whose_outputs_are_gone() {
     let f = Fixture::new();
