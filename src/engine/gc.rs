@@ -19,6 +19,17 @@ use crate::store::versions;
 
 use super::{Cache, PruneReport, Pruned};
 
+/// What [`Cache::gc`] read and decided, before it writes.
+struct Collected {
+    plan: GcPlan,
+    /// The keys of damaged versions.
+    damaged: Vec<versions::VersionKey>,
+    /// The versions whose outputs are gone, with their input digests.
+    pruned: Vec<(Pruned, [u8; 32])>,
+    /// (layer, hex digest) → digest, of the versions the plan may drop.
+    keys: HashMap<(String, String), [u8; 32]>,
+}
+
 /// What [`Cache::gc`] did (or, on a dry run, would do).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct GcReport {
@@ -50,26 +61,12 @@ impl Cache {
         dry_run: bool,
         delete_blobs_in: Option<&Path>,
     ) -> Result<GcReport> {
-        let (plan, damaged, pruned, keys) = self.store.guarded(|| {
-            let mut report = PruneReport::default();
-            let doomed = self.doomed(None, &mut report)?;
-            let snapshot = self.store.snapshot()?;
-            let (mut uses, damaged) = snapshot.uses()?;
-            let bad: BTreeSet<&versions::VersionKey> = damaged.iter().collect();
-            // A damaged version is reported as damaged, not as pruned.
-            let pruned: Vec<(Pruned, [u8; 32])> = doomed
-                .into_iter()
-                .filter(|(p, d)| !bad.contains(&(p.layer.clone(), *d)))
-                .collect();
-            let gone: BTreeSet<(&str, &[u8; 32])> =
-                pruned.iter().map(|(p, d)| (p.layer.as_str(), d)).collect();
-            uses.retain(|u| !gone.contains(&(u.layer.as_str(), &u.input_digest)));
-            let keys: HashMap<(String, String), [u8; 32]> = uses
-                .iter()
-                .map(|u| ((u.layer.clone(), hex(&u.input_digest)), u.input_digest))
-                .collect();
-            Ok((plan(&uses, policy, now_unix_ms), damaged, pruned, keys))
-        })?;
+        let Collected {
+            plan,
+            damaged,
+            pruned,
+            keys,
+        } = self.store.guarded(|| self.collect(policy, now_unix_ms))?;
         if !dry_run && (!plan.dropped.is_empty() || !damaged.is_empty() || !pruned.is_empty()) {
             self.store.guarded(|| {
                 let batch = self.store.batch()?;
@@ -111,6 +108,34 @@ impl Cache {
                 .map(|(l, d)| versions::version_key(l, d))
                 .collect(),
             blobs,
+        })
+    }
+
+    /// What to prune (the rule of [`Cache::prune`]), then the plan over the versions left,
+    /// read in one snapshot (the pruning's own reads aside).
+    fn collect(&self, policy: &Policy, now_unix_ms: u64) -> Result<Collected> {
+        let mut report = PruneReport::default();
+        let doomed = self.doomed(None, &mut report)?;
+        let snapshot = self.store.snapshot()?;
+        let (mut uses, damaged) = snapshot.uses()?;
+        let bad: BTreeSet<&versions::VersionKey> = damaged.iter().collect();
+        // A damaged version is reported as damaged, not as pruned.
+        let pruned: Vec<(Pruned, [u8; 32])> = doomed
+            .into_iter()
+            .filter(|(p, d)| !bad.contains(&(p.layer.clone(), *d)))
+            .collect();
+        let gone: BTreeSet<(&str, &[u8; 32])> =
+            pruned.iter().map(|(p, d)| (p.layer.as_str(), d)).collect();
+        uses.retain(|u| !gone.contains(&(u.layer.as_str(), &u.input_digest)));
+        let keys = uses
+            .iter()
+            .map(|u| ((u.layer.clone(), hex(&u.input_digest)), u.input_digest))
+            .collect();
+        Ok(Collected {
+            plan: plan(&uses, policy, now_unix_ms),
+            damaged,
+            pruned,
+            keys,
         })
     }
 }

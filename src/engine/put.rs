@@ -123,9 +123,41 @@ impl<'a> Session<'a> {
         };
         let mut changes = self.layer_changes(seen, inputs, &base_hash);
         crash_point!("put::before_rows");
-        let written = self.write_sources(&batch, layer, seen, inputs)?;
+        let mut written = self.write_sources(&batch, layer, seen, inputs)?;
         crash_point!("put::after_rows");
-        changes.extend(written.changes);
+        changes.extend(std::mem::take(&mut written.changes));
+        let record = self.version_record(layer, inputs, base_hash, written, manifests, origin);
+        if let Some(d) = seen.input_digest
+            && d != record.input_digest
+            && changes.is_empty()
+        {
+            // Every part was compared above; this is the belt to those braces.
+            changes.push(PutChange::InputDigest {
+                old: d,
+                new: record.input_digest,
+            });
+        }
+        if !changes.is_empty() {
+            // A batch dropped without commit stores nothing.
+            drop(batch);
+            return Err(Error::InputsChanged {
+                layer: layer.to_string(),
+                changes,
+            });
+        }
+        self.commit_version(batch, record)
+    }
+
+    /// The version a put stores, its input digest computed from what it holds.
+    fn version_record(
+        &self,
+        layer: &str,
+        inputs: &LayerInputs,
+        base_hash: Vec<u8>,
+        written: Written,
+        manifests: Vec<ManifestRecord>,
+        origin: Origin,
+    ) -> VersionRecord {
         let mut record = VersionRecord {
             name: layer.to_string(),
             input_digest: [0; 32],
@@ -146,25 +178,7 @@ impl<'a> Session<'a> {
             origin,
         };
         record.input_digest = input_digest(&Inputs::of_record(&record));
-        if let Some(d) = seen.input_digest
-            && d != record.input_digest
-            && changes.is_empty()
-        {
-            // Every part was compared above; this is the belt to those braces.
-            changes.push(PutChange::InputDigest {
-                old: d,
-                new: record.input_digest,
-            });
-        }
-        if !changes.is_empty() {
-            // A batch dropped without commit stores nothing.
-            drop(batch);
-            return Err(Error::InputsChanged {
-                layer: layer.to_string(),
-                changes,
-            });
-        }
-        self.commit_version(batch, record)
+        record
     }
 
     /// The checks before anything is walked: the layer's name, that it is cacheable, that a
