@@ -512,7 +512,7 @@ impl Cache {
             let why = match snapshot.version(&layer, &digest)? {
                 None => None,
                 Some(Err(e)) => Some(format!("the entry is damaged: {e}")),
-                Some(Ok(rec)) => outputs::gone_at_open(&self.config, &rec)?.map(|m| m.text()),
+                Some(Ok(rec)) => outputs::gone(&self.config, &rec)?.map(|m| m.text()),
             };
             if let Some(why) = why {
                 doomed.push((Pruned { layer, why }, digest));
