@@ -10,7 +10,7 @@
 //! # let root = dir.path();
 //! # std::fs::create_dir_all(root.join("src"))?;
 //! # std::fs::create_dir_all(root.join("roots/app/src"))?;
-//! let (cache, _pruned) = Cache::open(CacheConfig {
+//! let cache = Cache::open(CacheConfig {
 //!     db: root.join("cache.redb"),
 //!     oci_layout: None, // where output blobs live; without it no version can hit
 //!     rootfs_dir: None,
@@ -238,12 +238,12 @@
 //!   types), `reader.rs` (the read-only snapshot, every read under the store's panic guard),
 //!   `check.rs` (the integrity checker), `maintain.rs` (the only writable opens), `render.rs`
 //!   (the text forms).
-//! * `engine` looks up and puts: `engine/mod.rs` (open, prune, remove, the entry digest and
-//!   decoding), `outputs.rs` (the one "outputs exist" rule: hits, pruning and push), `session.rs`
+//! * `engine` looks up and puts: `engine/mod.rs` (open, opt-in prune, remove, the entry digest
+//!   and decoding), `outputs.rs` (the one "outputs exist" rule: hits, pruning and push), `session.rs`
 //!   (the session, its memo, the base chain), `lookup.rs` (evaluation: definition, base, epoch,
 //!   sources), `source.rs` (a source's identity, walk and diff, the
 //!   tee, observations), `put.rs` (put in one write transaction, checked against what its
-//!   lookup saw), `record.rs` (the lookup record file a put in another process checks
+//!   lookup saw, writing only the rows that differ), `record.rs` (the lookup record file a put in another process checks
 //!   against), `refresh.rs` (stat refresh batches, clearing rows that lied), `gc.rs`
 //!   (collecting versions under a policy, in one write transaction).
 //! * `share` (feature `remote`) shares entries through an OCI registry: `share/lookup.rs` (the

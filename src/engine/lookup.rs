@@ -88,12 +88,7 @@ impl Session<'_> {
             list: Vec::new(),
         };
         let (pointer, current) = self.read_current(&txn, layer, &mut reasons)?;
-        // A layer whose pruning was skipped (the write lock was busy) has no version to hit.
-        let stored = if self.cache.unpruned.contains(layer) {
-            Vec::new()
-        } else {
-            versions::versions_of(&txn, &path, layer)?
-        };
+        let stored = versions::versions_of(&txn, &path, layer)?;
         self.counters.entries_read += stored.iter().filter(|(_, r)| r.is_ok()).count() as u64;
         let base = self.base_now(layer, &inputs.base, false)?;
         if let Some(rec) = &current {
@@ -243,12 +238,6 @@ impl Session<'_> {
         reasons: &mut Reasons,
     ) -> Result<(Option<LayerRecord>, Option<VersionRecord>)> {
         let path = self.cache.store.path();
-        // Its outputs are gone; pruning it was skipped only because the write lock was busy.
-        // (Per layer, not per version: a miss is always safe.)
-        if self.cache.unpruned.contains(layer) {
-            reasons.push(MissReason::NotCached);
-            return Ok((None, None));
-        }
         let pointer = match versions::pointer(txn, path, layer)? {
             None => {
                 reasons.push(MissReason::NotCached);

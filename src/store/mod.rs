@@ -41,6 +41,7 @@
 //! reports that as [`Error::NeedsRepair`], never as damage.
 
 pub(crate) mod guard;
+mod put;
 pub(crate) mod rows;
 pub(crate) mod secret;
 // The rooms move onto Snapshot/Batch one by one (#21); until the last does, some are unused.

@@ -255,7 +255,7 @@ impl Workspace {
         self.dir.join(rel)
     }
 
-    /// The cache, opened with pruning.
+    /// The cache, with its outputs in `oci` and `roots`.
     pub fn cache(&self) -> layercache::Cache {
         layercache::Cache::open(layercache::CacheConfig {
             db: self.p("cache.redb"),
@@ -264,7 +264,6 @@ impl Workspace {
             ..Default::default()
         })
         .unwrap()
-        .0
     }
 }
 

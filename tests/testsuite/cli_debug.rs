@@ -132,7 +132,7 @@ impl Db {
         let db = dir.join("cache.redb");
         let mut records = BTreeMap::new();
         {
-            let (cache, _) = Cache::open(CacheConfig {
+            let cache = Cache::open(CacheConfig {
                 db: db.clone(),
                 oci_layout: Some(common::shared_oci()),
                 rootfs_dir: None,

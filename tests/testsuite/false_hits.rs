@@ -35,7 +35,7 @@ impl Fixture {
     }
 
     fn open(&self) -> Cache {
-        Cache::open(self.config()).unwrap().0
+        Cache::open(self.config()).unwrap()
     }
 
     fn p(&self, rel: &str) -> PathBuf {
@@ -384,7 +384,8 @@ fn pruning_for_a_build_spares_the_layers_of_other_builds() {
     for e in std::fs::read_dir(f.p("oci/blobs/sha256")).unwrap() {
         std::fs::remove_file(e.unwrap().path()).unwrap();
     }
-    let (cache, report) = Cache::open_for_build(f.config(), &mine).unwrap();
+    let cache = Cache::open(f.config()).unwrap();
+    let report = cache.prune_build(&mine).unwrap();
     let pruned: Vec<&str> = report.pruned.iter().map(|p| p.layer.as_str()).collect();
     assert_eq!(pruned, ["mine"]);
     assert_eq!(report.examined, 1);
@@ -393,7 +394,7 @@ fn pruning_for_a_build_spares_the_layers_of_other_builds() {
     // A typo in the layout path is still an error, and prunes nothing.
     let mut typo = f.config();
     typo.oci_layout = Some(f.p("ocii"));
-    let err = Cache::open_for_build(typo, &two).err().unwrap();
+    let err = Cache::open(typo).unwrap().prune_build(&two).err().unwrap();
     assert!(err.to_string().contains("ocii"), "{err}");
     assert!(cache.entry("theirs").unwrap().is_some());
 }

@@ -56,6 +56,7 @@ mod oci_bases;
 mod outputs_rule;
 mod plan;
 mod put_reuse;
+mod put_rows;
 mod record_codec;
 mod reliability_concurrency;
 mod reliability_crash;

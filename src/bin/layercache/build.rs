@@ -18,8 +18,7 @@ use anyhow::Context;
 use layercache::Plan;
 use layercache::{
     Cache, Descriptor, Error, HitSource, Lookup, LookupMode, LookupRecord, LyingRow, MissReason,
-    Outcome, PruneReport, Pruned, RemoteAnswer, RemoteFailure, Session, SessionCounters,
-    VersionRecord, escape_bytes,
+    Outcome, RemoteAnswer, RemoteFailure, Session, SessionCounters, VersionRecord, escape_bytes,
 };
 use serde::Serialize;
 
@@ -113,15 +112,15 @@ pub fn load_plan(path: &Path) -> anyhow::Result<Plan> {
     }
 }
 
-/// Loads the plan and opens the cache (created if missing; the plan's layers are pruned of
-/// versions whose outputs are gone — a shared cache keeps the other builds' entries).
-fn open(t: &LayerArgs, interrupt: Arc<AtomicBool>) -> anyhow::Result<(Plan, Cache, PruneReport)> {
+/// Loads the plan and opens the cache (created if missing; nothing is pruned: a version whose
+/// outputs are gone is a miss at its hit check, and `gc --oci-layout` drops it).
+fn open(t: &LayerArgs, interrupt: Arc<AtomicBool>) -> anyhow::Result<(Plan, Cache)> {
     let plan = load_plan(&t.plan)?;
     let mut config = plan.cache_config(&t.out.db);
     config.write_wait = t.wait.duration();
     config.interrupt = Some(interrupt);
-    let (cache, pruned) = Cache::open_for_build(config, plan.build())?;
-    Ok((plan, cache, pruned))
+    let cache = Cache::open(config)?;
+    Ok((plan, cache))
 }
 
 const NOTHING_RECORDED: &str = "nothing was recorded";
@@ -129,7 +128,7 @@ const NOTHING_RECORDED: &str = "nothing was recorded";
 /// `layercache lookup`: exit 0 on a hit, 1 on a miss.
 pub fn lookup(args: LookupArgs, interrupt: Arc<AtomicBool>) -> anyhow::Result<ExitCode> {
     let t = &args.target;
-    let (plan, cache, pruned) = open(t, interrupt)?;
+    let (plan, cache) = open(t, interrupt)?;
     signals::check(NOTHING_RECORDED)?;
     let mut session = cache.session(plan.build())?;
     if let Some(path) = &args.base_record {
@@ -161,13 +160,7 @@ pub fn lookup(args: LookupArgs, interrupt: Arc<AtomicBool>) -> anyhow::Result<Ex
     if let (Some(l), Some(f)) = (link.as_mut(), answered.failure.as_ref()) {
         l.failed(f);
     }
-    print_lookup(
-        &args,
-        &answered,
-        &session.counters(),
-        &pruned,
-        link.as_ref(),
-    )?;
+    print_lookup(&args, &answered, &session.counters(), link.as_ref())?;
     Ok(if answered.result.is_hit() {
         ExitCode::SUCCESS
     } else {
@@ -255,14 +248,12 @@ fn print_lookup(
     args: &LookupArgs,
     a: &Answered,
     counters: &SessionCounters,
-    pruned: &PruneReport,
     link: Option<&Link>,
 ) -> anyhow::Result<()> {
     let result = &a.result;
     let value = LookupJson::new(
         result,
         counters,
-        pruned,
         a.source,
         RemoteJson::of(link, a.answer.as_ref(), a.failure.as_ref()),
     );
@@ -295,8 +286,8 @@ fn remove_record(path: &Path) -> anyhow::Result<()> {
     }
 }
 
-/// `lookup --json`: the answer, why, the entry of a hit, the work counters, what the open
-/// pruned, the rows caught lying, where a hit came from and what the registry said.
+/// `lookup --json`: the answer, why, the entry of a hit, the work counters, the rows caught
+/// lying, where a hit came from and what the registry said.
 #[derive(Serialize)]
 struct LookupJson<'a> {
     layer: &'a str,
@@ -304,7 +295,6 @@ struct LookupJson<'a> {
     reasons: &'a [MissReason],
     entry: Option<HitJson<'a>>,
     counters: &'a SessionCounters,
-    pruned: &'a [Pruned],
     lying_rows: &'a [LyingRow],
     source: Option<HitSource>,
     remote: Option<RemoteJson<'a>>,
@@ -323,7 +313,6 @@ impl<'a> LookupJson<'a> {
     fn new(
         result: &'a Lookup,
         counters: &'a SessionCounters,
-        pruned: &'a PruneReport,
         source: Option<HitSource>,
         remote: Option<RemoteJson<'a>>,
     ) -> Self {
@@ -342,7 +331,6 @@ impl<'a> LookupJson<'a> {
             reasons: result.reasons(),
             entry,
             counters,
-            pruned: &pruned.pruned,
             lying_rows: &result.lying_rows,
             source,
             remote,
@@ -451,7 +439,7 @@ fn write_lookup_text(out: &mut impl Write, result: &Lookup, hit_line: &str) -> s
 pub fn put(args: PutArgs, interrupt: Arc<AtomicBool>) -> anyhow::Result<ExitCode> {
     let t = &args.target;
     let manifests = layercache::read_manifests(&args.manifests)?;
-    let (plan, cache, _pruned) = open(t, interrupt)?;
+    let (plan, cache) = open(t, interrupt)?;
     signals::check(NOTHING_RECORDED)?;
     let mut session = cache.session(plan.build())?;
     let shown = Display::start(

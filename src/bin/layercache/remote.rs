@@ -154,7 +154,7 @@ fn open(args: &ShareArgs) -> anyhow::Result<(Plan, Cache, Link)> {
     let Some(link) = Link::open(&args.remote)? else {
         anyhow::bail!("no remote cache: give --remote REGISTRY/REPO or set LAYERCACHE_REMOTE");
     };
-    let (cache, _pruned) = Cache::open(plan.cache_config(&args.out.db))?;
+    let cache = Cache::open(plan.cache_config(&args.out.db))?;
     Ok((plan, cache, link))
 }
 
