@@ -279,7 +279,6 @@
 // needs), [`inspect`] for tools that look inside a cache file, and the hidden `testing` module
 // for this crate's own tests, benches and crash child.
 mod base;
-mod codec;
 mod config;
 mod diff;
 mod engine;
@@ -289,7 +288,6 @@ mod fsread;
 mod gc;
 mod inputs;
 pub mod inspect;
-mod migrate;
 mod path;
 mod plan;
 mod reason;
@@ -326,15 +324,15 @@ pub use schema::{EntryKind, SCHEMA_VERSION};
 // What a put stores and a hit returns ([`CachedEntry::record`]): the stored version.
 pub use schema::{BaseKind, BaseRecord, ManifestRecord, Origin, SourceSummary, VersionRecord};
 // Errors.
-pub use error::{Error, Result};
+pub use error::{DbError, Error, Result};
 // Sharing through an OCI registry (feature `remote`).
 #[cfg(feature = "remote")]
 pub use share::registry::{FetchReport, PushReport, Remote, RemoteError, RemoteOptions};
 #[cfg(feature = "remote")]
 pub use share::{HitSource, PushOutcome, RemoteAnswer, RemoteFailure, RemoteLookup};
 // Progress of long operations, migrations, and printing paths and names safely.
-pub use migrate::{MigrationReport, Step as MigrationStep, pending as pending_migrations};
 pub use path::{RelPath, escape_bytes};
+pub use store::migrate::{MigrationReport, Step as MigrationStep, pending as pending_migrations};
 pub use tree::{Progress, ProgressSnapshot};
 // Signed shared entries (feature `remote`).
 #[cfg(feature = "remote")]
@@ -378,14 +376,11 @@ pub mod testing {
     }
     internal!(
         base,
-        codec,
         failpoint,
         fsread,
         gc,
         inputs,
-        migrate,
         plan,
-        schema,
         stacker,
         stacker_import,
         store,
@@ -394,6 +389,16 @@ pub mod testing {
     );
     #[cfg(feature = "remote")]
     internal!(share);
+    /// The codec (it lives in `store/`).
+    pub use crate::store::codec;
+    /// Migrations (they live in `store/`).
+    pub use crate::store::migrate;
+    /// The record types and, for tests that read tables directly, the table definitions.
+    #[allow(missing_docs)]
+    pub mod schema {
+        pub use crate::schema::*;
+        pub use crate::store::tables::*;
+    }
     #[cfg(feature = "remote")]
     pub use crate::share::registry as remote;
 }

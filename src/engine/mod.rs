@@ -26,7 +26,7 @@
 //! * `engine/gc.rs` — [`Cache::gc`]: applying the GC planner's decision, and pruning.
 //!
 //! Must never: decide what stat data vouches for (that is [`crate::tree::fastpath`], which also
-//! explains the racy rule), encode values itself (that is [`crate::codec`]), or build a row-key
+//! explains the racy rule), encode values itself (that is [`crate::store::codec`]), or build a row-key
 //! range by hand (that is the store's).
 //!
 //! A [`Session`] holds one build's layers and memoizes, per layer, whether it hits and with
@@ -354,14 +354,14 @@ impl Cache {
     /// Opens the cache file at `path` for writing, which runs every pending migration step in
     /// one write transaction, and closes it again; returns what ran (no step when the file was
     /// up to date). A file of a newer schema is refused and stays unchanged.
-    pub fn migrate_file(path: impl AsRef<Path>) -> Result<crate::migrate::MigrationReport> {
+    pub fn migrate_file(path: impl AsRef<Path>) -> Result<crate::MigrationReport> {
         let path = path.as_ref();
         let before = Store::peek_version(path)?;
         let store = Store::open(path)?;
         Ok(store
             .migration()
             .cloned()
-            .unwrap_or(crate::migrate::MigrationReport {
+            .unwrap_or(crate::MigrationReport {
                 from: before,
                 to: before,
                 steps: Vec::new(),

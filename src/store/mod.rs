@@ -40,15 +40,22 @@
 //! (quick repair, milliseconds). Until then redb refuses read-only opens; [`Store::open_read_only`]
 //! reports that as [`Error::NeedsRepair`], never as damage.
 
+mod db_error;
 pub(crate) mod guard;
+mod inspect;
 mod put;
 pub(crate) mod rows;
 pub(crate) mod secret;
 // The rooms move onto Snapshot/Batch one by one (#21); until the last does, some are unused.
+pub mod codec;
+pub mod migrate;
+pub mod tables;
 #[allow(dead_code)]
 mod txn;
 pub mod versions;
 
+pub(crate) use db_error::DbResultExt;
+pub(crate) use guard::guarded;
 pub(crate) use txn::{Batch, Snapshot};
 
 use std::io::Read;
@@ -60,14 +67,12 @@ use std::time::{Duration, Instant};
 
 use redb::ReadableDatabase;
 
-use crate::error::{DbResultExt, Error, Result};
-use crate::schema::{
-    EntryKind, LAST_USED, LAYERS, META, META_SCHEMA_VERSION, META_WRITER, ROWS, SCHEMA_VERSION,
-    VERSIONS,
-};
+use crate::error::{Error, Result};
+use crate::schema::{EntryKind, SCHEMA_VERSION};
+use tables::{LAST_USED, LAYERS, META, META_SCHEMA_VERSION, META_WRITER, ROWS, VERSIONS};
 
 pub use guard::panic_message;
-use guard::{guard_redb, take_damage};
+use guard::take_damage;
 pub use rows::RowIter;
 use rows::RowRange;
 
@@ -135,12 +140,10 @@ fn open_writable_until(
                     .map(String::as_str)
                     .or_else(|| payload.downcast_ref::<&str>().copied())
                     .unwrap_or("a panic");
-                return Err(Error::Db {
-                    path: path.to_path_buf(),
-                    source: Box::new(redb::Error::Corrupted(format!(
-                        "opening the database failed inside redb ({msg}): the file is damaged"
-                    ))),
-                });
+                return Err(db_error::damaged(
+                    path,
+                    format!("opening the database failed inside redb ({msg}): the file is damaged"),
+                ));
             }
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                 return Err(closed(path));
@@ -172,21 +175,11 @@ fn announce_wait(path: &Path, total: Duration) {
 }
 
 fn read_only(path: &Path) -> Error {
-    Error::Db {
-        path: path.to_path_buf(),
-        source: Box::new(redb::Error::Io(std::io::Error::other(
-            "the database was opened read-only",
-        ))),
-    }
+    db_error::unavailable(path, "the database was opened read-only")
 }
 
 fn closed(path: &Path) -> Error {
-    Error::Db {
-        path: path.to_path_buf(),
-        source: Box::new(redb::Error::Io(std::io::Error::other(
-            "the database was closed",
-        ))),
-    }
+    db_error::unavailable(path, "the database was closed")
 }
 
 impl Drop for Store {
@@ -227,7 +220,7 @@ pub struct Store {
     pending: std::sync::Mutex<Option<PendingOpen>>,
     /// False for [`Store::open_read_only`]: no write, ever.
     writable: bool,
-    migration: Option<crate::migrate::MigrationReport>,
+    migration: Option<migrate::MigrationReport>,
     wait: WriteWait,
 }
 
@@ -533,7 +526,7 @@ fn refuse_newer(path: &Path, found: Option<u32>) -> Result<()> {
 impl Store {
     /// Opens the cache database at `path` for writing, creating it (mode 0600, atomically: see
     /// the module doc) if it does not exist. A file of an older schema is migrated in one
-    /// transaction (see [`crate::migrate`]); a file written by a newer layercache is refused and
+    /// transaction (see [`migrate`]); a file written by a newer layercache is refused and
     /// left byte-for-byte unchanged; a file that is not a layercache database (an empty file
     /// included) is refused. Waits for another process's write transaction as
     /// [`WriteWait::default`] says.
@@ -546,7 +539,7 @@ impl Store {
     pub fn open_waiting(path: impl AsRef<Path>, wait: WriteWait) -> Result<Store> {
         let path = path.as_ref();
         // redb trusts the pages it reads: a damaged file can panic inside it.
-        guard_redb(path, || Self::open_unguarded(path, wait, true))
+        guarded(path, || Self::open_unguarded(path, wait, true))
     }
 
     /// Opens an existing cache database for writing; never creates one (for maintenance:
@@ -554,7 +547,7 @@ impl Store {
     /// repaired by this open.
     pub fn open_existing(path: impl AsRef<Path>, wait: WriteWait) -> Result<Store> {
         let path = path.as_ref();
-        guard_redb(path, || Self::open_unguarded(path, wait, false))
+        guarded(path, || Self::open_unguarded(path, wait, false))
     }
 
     fn open_unguarded(path: &Path, wait: WriteWait, create: bool) -> Result<Store> {
@@ -619,7 +612,7 @@ impl Store {
     pub fn peek_version(path: impl AsRef<Path>) -> Result<u32> {
         let path = path.as_ref();
         // redb trusts the pages it reads: a damaged file can panic inside it.
-        guard_redb(path, || Self::peek_version_unguarded(path))
+        guarded(path, || Self::peek_version_unguarded(path))
     }
 
     fn peek_version_unguarded(path: &Path) -> Result<u32> {
@@ -629,7 +622,7 @@ impl Store {
     }
 
     /// What opening this store migrated, if anything.
-    pub fn migration(&self) -> Option<&crate::migrate::MigrationReport> {
+    pub fn migration(&self) -> Option<&migrate::MigrationReport> {
         self.migration.as_ref()
     }
 
@@ -638,7 +631,7 @@ impl Store {
     pub fn open_read_only(path: impl AsRef<Path>) -> Result<Store> {
         let path = path.as_ref();
         // redb trusts the pages it reads: a damaged file can panic inside it.
-        guard_redb(path, || Self::open_read_only_unguarded(path))
+        guarded(path, || Self::open_read_only_unguarded(path))
     }
 
     fn open_read_only_unguarded(path: &Path) -> Result<Store> {
@@ -696,7 +689,7 @@ impl Store {
                 guard.abort().db(&self.path)?;
                 match (now, self.rw.get()) {
                     (Some(now), Some(db)) if now < SCHEMA_VERSION => {
-                        self.migration = Some(crate::migrate::run_pending(db, &self.path, now)?);
+                        self.migration = Some(migrate::run_pending(db, &self.path, now)?);
                         Ok(())
                     }
                     (now, _) => refuse_newer(&self.path, now.or(Some(v))),
@@ -883,10 +876,11 @@ impl Store {
         Ok(n)
     }
 
-    /// The raw writable redb database, for the maintenance operations that need `&mut`:
-    /// `check_integrity` and `compact`. Opens the writable handle if it is not open yet,
-    /// waiting (silently) up to the store's [`WriteWait`]; fails on a store opened read-only.
-    pub fn database_mut(&mut self) -> Result<&mut redb::Database> {
+    /// The raw writable redb database, for the maintenance operations of `store/inspect.rs`
+    /// that need `&mut` (integrity check, compaction). Opens the writable handle if it is not
+    /// open yet, waiting (silently) up to the store's [`WriteWait`]; fails on a store opened
+    /// read-only.
+    fn database_mut(&mut self) -> Result<&mut redb::Database> {
         let start = Instant::now();
         if self.writer_announcing(true, false)?.is_none() {
             return Err(self.gave_up(start));
@@ -915,9 +909,6 @@ fn open_error(path: &Path, e: redb::DatabaseError) -> Error {
             path: path.to_path_buf(),
             detail: format!("a redb file of an old format ({v}) that redb 4 cannot open"),
         },
-        other => Error::Db {
-            path: path.to_path_buf(),
-            source: Box::new(other.into()),
-        },
+        other => db_error::engine_error(path, other.into()),
     }
 }

@@ -15,14 +15,16 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use crate::error::{DbResultExt, Error, Result};
-use crate::schema::{LAYERS, ROWS, Row};
+use crate::error::{Error, Result};
+use crate::schema::Row;
 use crate::tree::{TreeHasher, WalkedEntry};
 
-use super::guard::guard_redb;
+use super::DbResultExt;
+use super::guard::guarded;
 use super::rows::{
     RowKey, RowRange, RowTable, decode_row, encode_row, guarded_next, validate_source,
 };
+use super::tables::{LAYERS, ROWS};
 use super::{Batch, Snapshot, Store, TreeSummary, versions};
 
 /// What writing a tree did to the rows table: rows inserted (new paths), replaced (a path whose
@@ -86,7 +88,7 @@ impl Store {
     /// Runs `f` with a panic inside redb (a damaged page) turned into [`Error::Db`] naming this
     /// file, and the damage recorded (see `store/guard.rs`).
     pub(crate) fn guarded<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
-        guard_redb(self.path(), f)
+        guarded(self.path(), f)
     }
 }
 

@@ -168,9 +168,10 @@ impl StoreTestExt for layercache::testing::Store {
         let mut walk = layercache::testing::TreeWalk::new(root)?;
         let txn = self.begin_write()?;
         let summary = self.write_tree(&txn, layer, source, root, walk.by_ref())?;
-        txn.commit().map_err(|e| layercache::Error::Db {
+        txn.commit().map_err(|e| layercache::Error::Io {
+            op: "cannot commit to",
             path: self.path().to_path_buf(),
-            source: Box::new(e.into()),
+            source: std::io::Error::other(e.to_string()),
         })?;
         Ok((summary, walk.counters()))
     }
