@@ -29,6 +29,7 @@
 
 mod treegen;
 
+use layercache::testing::RawTransactions;
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};

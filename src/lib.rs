@@ -11,7 +11,7 @@
 //! # std::fs::create_dir_all(root.join("src"))?;
 //! # std::fs::create_dir_all(root.join("roots/app/src"))?;
 //! let cache = Cache::open(CacheConfig {
-//!     db: root.join("cache.redb"),
+//!     db: root.join("cache.db"),
 //!     oci_layout: None, // where output blobs live; without it no version can hit
 //!     rootfs_dir: None,
 //!     ..Default::default() // waits 300 s for another writer's lock
@@ -58,7 +58,7 @@
 //!
 //! ## Data model
 //!
-//! One redb file holds five tables (schema v4, see `schema`):
+//! One database file holds five tables (schema v4, see `schema`):
 //!
 //! * `meta` — the schema version, the version of the crate that wrote the file, and the
 //!   per-cache secret that binds lookup records to this file (`store/secret.rs`; made with the
@@ -75,7 +75,7 @@
 //! * `rows` — `(layer, source, path key)` → `Row`: the last seen state of every cached tree
 //!   (git's index): it makes the walk cheap and explains a miss.
 //!
-//! Values are encoded only by `codec` (bincode 2.0.1, always decoded with a size limit and
+//! Values are encoded only by `store/codec.rs` (bincode 2.0.1, always decoded with a size limit and
 //! with trailing bytes refused); `versions` and `layers` records carry a checksum verified on
 //! every read, so a damaged record is a `DamagedEntry` miss, never a hit with a wrong output.
 //! What goes into the input digest, and what never does, is documented in `version`.
@@ -261,15 +261,20 @@
 //!   parallel walker), `tree::fastpath` (the stat rules and the racy rule), `hash.rs` (file
 //!   contents), `merkle.rs` (Merkle roots, `TreeHasher`), `tree::log` (a walk's compact
 //!   log, the put's stat cache), `tree::progress` (counters for a progress display).
-//! * `store` owns the redb file: `store/mod.rs` (open, read-only, version check),
-//!   `rows.rs` (the row-key range, the row iterator, row decoding), `guard.rs` (the one panic
-//!   guard, the panic-payload decoder and the damage bookkeeping), `store::versions` (the
-//!   v3 versions, layer pointer and last-use tables); `migrate` upgrades old files.
+//! * `store` owns the database file and is the only module that knows the storage engine:
+//!   `store/mod.rs` (open, read-only, version check), `store/txn.rs` (the read `Snapshot` and the write `Batch` every other room goes
+//!   through), `tables.rs` (the table definitions), `codec.rs` (how values are encoded),
+//!   `rows.rs` (the row-key range, the row iterator, row decoding), `versions.rs` (the
+//!   versions, layer pointer and last-use tables), `guard.rs` (the one panic guard, the
+//!   panic-payload decoder and the damage bookkeeping), `db_error.rs` (the one conversion of
+//!   the engine's errors into an opaque [`DbError`]), `inspect.rs` (the scans, statistics and
+//!   maintenance [`inspect`] asks for), and `store::migrate` (upgrading old files, one step
+//!   per version in `migrations/`).
 //! * `gc` decides which versions to drop (a pure planner) and deletes unreferenced blobs;
 //!   `version` computes a version's input and entry digests.
 //! * `fsread` reads the files a build names (regular files only, capped).
-//! * `schema` and `codec` define what is stored and how; `path` the key encoding and
-//!   display; `error` the one error type.
+//! * `schema` defines what is stored (pure data: the record types); `path` the key encoding
+//!   and display; `error` the one error type.
 //! * `failpoint` names the crash points the crash tests abort at (compiled in only with the
 //!   `failpoints` feature).
 
@@ -358,10 +363,12 @@ pub mod testing {
     pub use crate::engine::{MANIFEST_LIMIT, OutputBlob, Unusable, output_blobs};
     pub use crate::path::validate_layer_name;
     pub use crate::schema::Row;
+    pub use crate::store::testing::RawTransactions;
     pub use crate::store::{Store, TreeSummary, panic_message};
     pub use crate::tree::{FastPath, StatData, TreeHasher, TreeWalk, WalkCounters, WalkedEntry};
 
-    /// The store under a cache handle (its redb file), for tests that read tables directly.
+    /// The store under a cache handle (its database file), for tests that read tables
+    /// directly (with [`RawTransactions`]).
     pub fn store_of(cache: &crate::Cache) -> &crate::store::Store {
         cache.store()
     }

@@ -26,7 +26,7 @@
 //! * `engine/gc.rs` — [`Cache::gc`]: applying the GC planner's decision, and pruning.
 //!
 //! Must never: decide what stat data vouches for (that is [`crate::tree::fastpath`], which also
-//! explains the racy rule), encode values itself (that is [`crate::store::codec`]), or build a row-key
+//! explains the racy rule), encode values itself (that is `store/codec.rs`), or build a row-key
 //! range by hand (that is the store's).
 //!
 //! A [`Session`] holds one build's layers and memoizes, per layer, whether it hits and with

@@ -32,14 +32,9 @@ impl Inspector {
     }
 
     /// Wraps an open store, taking the read snapshot now.
-    pub fn new(store: Store) -> Result<Inspector> {
+    fn new(store: Store) -> Result<Inspector> {
         let snap = store.snapshot()?;
         Ok(Inspector { snap, store })
-    }
-
-    /// The underlying store.
-    pub fn store(&self) -> &Store {
-        &self.store
     }
 
     pub(super) fn path(&self) -> &Path {

@@ -46,6 +46,7 @@ mod inspect;
 mod put;
 pub(crate) mod rows;
 pub(crate) mod secret;
+pub mod testing;
 // The rooms move onto Snapshot/Batch one by one (#21); until the last does, some are unused.
 pub mod codec;
 pub mod migrate;
@@ -224,7 +225,7 @@ pub struct Store {
     wait: WriteWait,
 }
 
-/// How long [`Store::begin_write`] waits for another process's write transaction, and what can
+/// How long a write (`Store::batch`) waits for another process's write transaction, and what can
 /// cut the wait short.
 #[derive(Debug, Clone)]
 pub struct WriteWait {
@@ -766,7 +767,10 @@ impl Store {
     }
 
     /// Begins a read transaction on the last committed state.
-    pub fn begin_read(&self) -> Result<redb::ReadTransaction> {
+    ///
+    /// `pub(crate)` until the engine reads through [`Snapshot`] only (#21); then `pub(super)`.
+    /// Tests reach it through `testing::RawTransactions`.
+    pub(crate) fn begin_read(&self) -> Result<redb::ReadTransaction> {
         match (self.rw.get(), &self.ro) {
             (Some(db), _) => db.begin_read().db(&self.path),
             (None, Some(db)) => db.begin_read().db(&self.path),
@@ -779,7 +783,9 @@ impl Store {
     /// it waits for, and after the timeout of its [`WriteWait`] it fails with [`Error::Busy`]
     /// (at once for a zero timeout); a set cancel flag ends the wait with
     /// [`Error::Interrupted`].
-    pub fn begin_write(&self) -> Result<redb::WriteTransaction> {
+    ///
+    /// `pub(crate)` until the engine writes through [`Batch`] only (#21); then `pub(super)`.
+    pub(crate) fn begin_write(&self) -> Result<redb::WriteTransaction> {
         let start = Instant::now();
         let Some(db) = self.writer(true)? else {
             return Err(self.gave_up(start));
@@ -824,7 +830,9 @@ impl Store {
     /// Begins a write transaction if no other transaction (of any process) is writing; `None`
     /// when one is, or when the store was opened read-only. Never waits: for the optional
     /// writes of a lookup (stat refresh, a version switch, last use, pruning), which are skipped.
-    pub fn try_begin_write(&self) -> Result<Option<redb::WriteTransaction>> {
+    ///
+    /// `pub(crate)` until the engine writes through [`Batch`] only (#21); then `pub(super)`.
+    pub(crate) fn try_begin_write(&self) -> Result<Option<redb::WriteTransaction>> {
         if !self.writable {
             return Ok(None);
         }
@@ -861,15 +869,22 @@ impl Store {
     }
 
     /// The stored rows of (layer, source) in key order, decoded lazily from one range scan.
-    pub fn rows(&self, txn: &redb::ReadTransaction, layer: &str, source: &str) -> Result<RowIter> {
+    ///
+    /// `pub(crate)` until the engine reads rows through [`Snapshot::rows`] only (#21).
+    pub(crate) fn rows(
+        &self,
+        txn: &redb::ReadTransaction,
+        layer: &str,
+        source: &str,
+    ) -> Result<RowIter> {
         RowIter::open(&self.path, txn, &RowRange::source(layer, source))
     }
 
     /// Number of rows stored for (layer, source).
     pub fn row_count(&self, layer: &str, source: &str) -> Result<u64> {
-        let txn = self.begin_read()?;
+        let snap = self.snapshot()?;
         let mut n = 0;
-        for r in self.rows(&txn, layer, source)? {
+        for r in snap.rows(layer, source)? {
             r?;
             n += 1;
         }

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: real trees in temp dirs.
 #![allow(dead_code)]
 
+use layercache::testing::RawTransactions;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{PermissionsExt, symlink};

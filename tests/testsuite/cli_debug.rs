@@ -4,6 +4,7 @@
 //! `| head` on a large dump.
 
 use crate::common;
+use layercache::testing::RawTransactions;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
