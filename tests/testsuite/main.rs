@@ -71,6 +71,7 @@ mod report;
 mod stacker;
 mod stacker_import;
 mod stat_fast_path;
+mod store_boundary;
 mod store_open;
 mod tree_diff;
 mod versions;
