@@ -1,12 +1,17 @@
 //! The redb file: opening it (create, read-only, version check and migration), transactions,
-//! and closing it safely.
+//! and closing it safely. The only module of the crate that names redb: every other room reads
+//! through a [`Snapshot`] and writes through a [`Batch`] (`store/txn.rs`), and no redb type is
+//! public.
 //!
-//! Owns: the [`Store`] handle and its lifecycle. Its submodules own the rows table
-//! (`store/rows.rs`: the one row-key range type and the one row iterator, [`RowIter`]) and the
-//! panic guard with the damage bookkeeping (`store/guard.rs`), the schema-v3 tables of
-//! versions, layer pointers and last use (`store/versions.rs`), and the per-cache secret in
-//! `meta` (`store/secret.rs`: made with the file, or at the first writable open of a file made
-//! before it existed).
+//! Owns: the [`Store`] handle and its lifecycle. Its submodules own the table definitions
+//! (`store/tables.rs`), how values are encoded (`store/codec.rs`), the schema steps
+//! (`store/migrate.rs`, with `migrations/`), the rows table (`store/rows.rs`: the one row-key
+//! range type and the one row iterator, [`RowIter`]), the panic guard with the damage
+//! bookkeeping (`store/guard.rs`), the one conversion of redb's errors (`store/db_error.rs`),
+//! the schema-v3 tables of versions, layer pointers and last use (`store/versions.rs`), the
+//! reads and maintenance `inspect` asks for (`store/inspect.rs`), the raw transactions of the
+//! tests (`store/testing.rs`), and the per-cache secret in `meta` (`store/secret.rs`: made
+//! with the file, or at the first writable open of a file made before it existed).
 //!
 //! Must never: import from `engine`, `tree` or `diff` (arrows point down: the cache writes a
 //! walked tree through [`Store::write_tree`], which lives with put), or know what a source is;
