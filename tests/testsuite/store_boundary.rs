@@ -4,16 +4,13 @@
 
 use std::path::{Path, PathBuf};
 
-/// Engine files that still open transactions themselves while they move onto
-/// `Snapshot`/`Batch` (#21). Remove a file here when it no longer names the engine; the list
-/// must end empty.
+/// Engine files that still name the engine while they move onto `Snapshot`/`Batch` (#21)
+/// (`put.rs` only in its module head). A file here that no longer names it fails the test
+/// below until it is removed from the list; the list must end empty.
 const NOT_YET_MOVED: &[&str] = &[
-    "src/engine/gc.rs",
     "src/engine/lookup.rs",
-    "src/engine/mod.rs",
     "src/engine/put.rs",
     "src/engine/refresh.rs",
-    "src/engine/session.rs",
     "src/engine/source.rs",
 ];
 
@@ -49,6 +46,13 @@ fn no_file_outside_the_store_names_the_storage_engine() {
         if text.contains("redb") {
             naming.push(rel);
         }
+    }
+    for listed in NOT_YET_MOVED {
+        let text = std::fs::read_to_string(root.join(listed)).unwrap();
+        assert!(
+            text.contains("redb"),
+            "{listed} no longer names the storage engine: remove it from NOT_YET_MOVED"
+        );
     }
     // The inspector, the error type, the schema, the binary and the crate root at least.
     assert!(checked > 40, "only {checked} files checked");
