@@ -46,6 +46,7 @@ mod cli_false_hits;
 mod cli_progress;
 mod cli_surface;
 mod demo;
+mod dir_proof;
 mod false_hits;
 mod hashing;
 mod input_files;
