@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use common::*;
 use filetime::FileTime;
-use layercache::testing::Store;
+use layercache::testing::{RawTransactions, Store};
 use layercache::testing::codec::{self, ROW_LIMIT};
 use layercache::testing::schema::{ROWS, Row, RowStat};
 use layercache::testing::tree::fastpath::IN_FLIGHT_SLACK_NS;
