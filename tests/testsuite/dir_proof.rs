@@ -14,10 +14,10 @@ use std::time::{Duration, SystemTime};
 
 use common::*;
 use filetime::FileTime;
-use layercache::testing::{RawTransactions, Store};
 use layercache::testing::codec::{self, ROW_LIMIT};
 use layercache::testing::schema::{ROWS, Row, RowStat};
 use layercache::testing::tree::fastpath::IN_FLIGHT_SLACK_NS;
+use layercache::testing::{RawTransactions, Store};
 use layercache::{
     Base, Build, Cache, CacheConfig, LayerInputs, LookupMode, MissReason, OverlayDir, RelPath,
 };
