@@ -7,6 +7,7 @@
 
 mod treegen;
 
+use layercache::testing::RawTransactions;
 use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};

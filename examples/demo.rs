@@ -426,7 +426,8 @@ fn run_round(
     writeln!(out, "\nround {round}: {title}")?;
     let t = Instant::now();
     let db = project.dir.join("cache.redb");
-    let (cache, report) = Cache::open(project.layout.cache_config(&db))?;
+    let cache = Cache::open(project.layout.cache_config(&db))?;
+    let report = cache.prune()?;
     let open = t.elapsed();
     writeln!(
         out,

@@ -3,11 +3,13 @@
 use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
-use crate::codec;
-use crate::error::{DbResultExt, Error, Result};
+use crate::error::{Error, Result};
 use crate::failpoint::crash_point;
 use crate::path::RelPath;
-use crate::schema::{EntryKind, ROWS, Row};
+use crate::schema::{EntryKind, Row};
+use crate::store::DbResultExt;
+use crate::store::codec;
+use crate::store::tables::ROWS;
 
 /// A row as schema v1 stored it: [`Row`] without `stat` (fields as documented there).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,13 +12,14 @@ use std::path::Path;
 use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
-use crate::codec;
-use crate::error::{DbResultExt, Error, Result};
+use crate::error::{Error, Result};
 use crate::path::escape_bytes;
 use crate::schema::{
-    BASES, BaseKind, BaseRecord, ENTRIES, LAST_USED, LAYERS, LayerRecord, ManifestRecord, Origin,
-    ROWS, SourceSummary, VERSIONS, VersionRecord,
+    BaseKind, BaseRecord, LayerRecord, ManifestRecord, Origin, SourceSummary, VersionRecord,
 };
+use crate::store::DbResultExt;
+use crate::store::codec;
+use crate::store::tables::{BASES, ENTRIES, LAST_USED, LAYERS, ROWS, VERSIONS};
 use crate::version::{Inputs, entry_digest_of, input_digest};
 
 /// An entry as schemas v1 and v2 stored it in `entries` (fields as in [`VersionRecord`], without

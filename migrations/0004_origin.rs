@@ -5,10 +5,12 @@
 
 use redb::ReadableTable;
 
-use crate::codec;
-use crate::error::{DbResultExt, Error, Result};
+use crate::error::{Error, Result};
 use crate::path::escape_bytes;
-use crate::schema::{Origin, VERSIONS, VersionRecord};
+use crate::schema::{Origin, VersionRecord};
+use crate::store::DbResultExt;
+use crate::store::codec;
+use crate::store::tables::VERSIONS;
 
 use super::v0003::VersionV3;
 

@@ -16,15 +16,16 @@ use std::time::Duration;
 pub struct CacheConfig {
     /// The database file (created with mode 0600 if missing).
     pub db: PathBuf,
-    /// The OCI layout holding the layers' output blobs. Versions whose blobs are gone are pruned
-    /// at open, and a lookup hits only when the version's blobs are there. `None`: nothing is
-    /// pruned, and a version with outputs never hits (its outputs cannot be checked; the miss
+    /// The OCI layout holding the layers' output blobs. A lookup hits only when the version's
+    /// blobs are there; [`Cache::prune`](crate::Cache::prune) and
+    /// [`Cache::gc`](crate::Cache::gc) drop the versions whose blobs are gone. `None`: nothing
+    /// is pruned, and a version with outputs never hits (its outputs cannot be checked; the miss
     /// reason, [`MissReason::OutputsMissing`](crate::MissReason::OutputsMissing), says so). A
     /// directory that does not exist is an error when an output would be found missing.
     pub oci_layout: Option<PathBuf>,
-    /// The directory holding one rootfs directory per layer. Build-only versions whose
-    /// directory is gone are pruned at open, and a build-only version hits only when its
-    /// directory is there. `None`: nothing is pruned, and a build-only version never hits.
+    /// The directory holding one rootfs directory per layer. A build-only version hits only
+    /// when its directory is there; pruning drops the build-only versions whose directory is
+    /// gone. `None`: nothing is pruned, and a build-only version never hits.
     pub rootfs_dir: Option<PathBuf>,
     /// How long a required write (a put, creating or migrating the file) waits for another
     /// process's write transaction before failing with [`Error::Busy`](crate::Error::Busy);

@@ -45,7 +45,7 @@ pub enum Error {
     },
 
     /// The database was not closed cleanly (a writing process was killed or crashed). Nothing
-    /// committed is lost; redb refuses read-only opens until a writable open repairs it.
+    /// committed is lost; the database refuses read-only opens until a writable open repairs it.
     #[error(
         "cache database {path} was not closed cleanly (a build step was killed); nothing \
          committed is lost: the next writable open (a build step, \
@@ -71,11 +71,12 @@ pub enum Error {
         what: String,
         /// Its encoded size.
         size: usize,
-        /// The limit ([`crate::codec::ENTRY_LIMIT`], [`crate::codec::ROW_LIMIT`]).
+        /// The limit (the store codec's `ENTRY_LIMIT` or `ROW_LIMIT`).
         limit: usize,
     },
 
-    /// The file exists but is not a redb database, or is one without layercache's tables.
+    /// The file exists but is not a database of the storage engine layercache uses, or is one
+    /// without layercache's tables.
     #[error(
         "{path} is not a layercache database ({detail}); point the cache at a cache file, or \
          move this file away so a new cache can be created"
@@ -115,14 +116,14 @@ pub enum Error {
         supported: u32,
     },
 
-    /// redb reported an error while using the database.
+    /// The storage engine reported an error while using the database.
     #[error("cache database {path}: {source}; if this persists, check its integrity (`layercache check`)", path = path.display())]
     Db {
         /// The database file.
         path: PathBuf,
-        /// What redb said.
+        /// What the storage engine said.
         #[source]
-        source: Box<redb::Error>,
+        source: DbError,
     },
 
     /// A stored record could not be decoded: the database is damaged (or was written by a
@@ -345,27 +346,79 @@ impl Error {
     }
 }
 
-/// Maps any redb error to [`Error::Db`] for a given database path.
-pub(crate) trait DbResultExt<T> {
-    fn db(self, path: &std::path::Path) -> Result<T>;
+/// What the storage engine said about the database file ([`Error::Db`]). Opaque on purpose:
+/// the engine's own error types are not part of this crate's API, so a new major version of
+/// the engine is not a breaking change of ours. `Display` gives the engine's message;
+/// [`DbError::is_damage`] and [`DbError::io_error`] answer what a caller may act on.
+#[derive(Debug)]
+pub struct DbError {
+    kind: DbErrorKind,
+    message: String,
 }
 
-impl<T, E: Into<redb::Error>> DbResultExt<T> for std::result::Result<T, E> {
-    fn db(self, path: &std::path::Path) -> Result<T> {
-        self.map_err(|e| {
-            let e: redb::Error = e.into();
-            match e {
-                redb::Error::DatabaseAlreadyOpen => Error::InUse {
-                    path: path.to_path_buf(),
-                },
-                // Only a conversion: whoever handles the error records damage (the store's
-                // guard), so converting has no side effect.
-                other => Error::Db {
-                    path: path.to_path_buf(),
-                    source: Box::new(other),
-                },
+/// What kind of failure a [`DbError`] is, classified once where the engine's error is
+/// converted (in `store/`).
+#[derive(Debug)]
+pub(crate) enum DbErrorKind {
+    /// The engine found the file damaged (the detail it gave).
+    Damaged(String),
+    /// The engine gave up on a repair of a file that was not closed cleanly.
+    RepairAborted,
+    /// An I/O error reading or writing the file.
+    Io(std::io::Error),
+    /// Anything else.
+    Other,
+}
+
+impl DbError {
+    /// An error of `kind` whose `Display` is `message`; made by `store/` only.
+    pub(crate) fn new(kind: DbErrorKind, message: String) -> Self {
+        DbError { kind, message }
+    }
+
+    /// True when the storage engine found the file damaged (a page that does not check out,
+    /// or a panic inside the engine on a damaged page).
+    pub fn is_damage(&self) -> bool {
+        matches!(self.kind, DbErrorKind::Damaged(_))
+    }
+
+    /// The I/O error under this one, if it is one (permission denied, a short read, ...).
+    pub fn io_error(&self) -> Option<&std::io::Error> {
+        match &self.kind {
+            DbErrorKind::Io(io) => Some(io),
+            _ => None,
+        }
+    }
+
+    /// Why the file itself is damaged, when this error says so: the engine's detail, a repair
+    /// it could not complete, or a file shorter than its own header says. `None` otherwise.
+    pub(crate) fn damage_detail(&self) -> Option<String> {
+        match &self.kind {
+            DbErrorKind::Damaged(d) => Some(d.clone()),
+            // layercache never aborts a repair itself: the storage engine gave up on one.
+            DbErrorKind::RepairAborted => {
+                Some("it needs a repair that the database could not complete".to_string())
             }
-        })
+            DbErrorKind::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+                Some("it is shorter than its own header says: truncated".to_string())
+            }
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for DbError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for DbError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.kind {
+            DbErrorKind::Io(io) => Some(io),
+            _ => None,
+        }
     }
 }
 

@@ -10,8 +10,8 @@
 //! # let root = dir.path();
 //! # std::fs::create_dir_all(root.join("src"))?;
 //! # std::fs::create_dir_all(root.join("roots/app/src"))?;
-//! let (cache, _pruned) = Cache::open(CacheConfig {
-//!     db: root.join("cache.redb"),
+//! let cache = Cache::open(CacheConfig {
+//!     db: root.join("cache.db"),
 //!     oci_layout: None, // where output blobs live; without it no version can hit
 //!     rootfs_dir: None,
 //!     ..Default::default() // waits 300 s for another writer's lock
@@ -58,7 +58,7 @@
 //!
 //! ## Data model
 //!
-//! One redb file holds five tables (schema v4, see `schema`):
+//! One database file holds five tables (schema v4, see `schema`):
 //!
 //! * `meta` — the schema version, the version of the crate that wrote the file, and the
 //!   per-cache secret that binds lookup records to this file (`store/secret.rs`; made with the
@@ -75,7 +75,7 @@
 //! * `rows` — `(layer, source, path key)` → `Row`: the last seen state of every cached tree
 //!   (git's index): it makes the walk cheap and explains a miss.
 //!
-//! Values are encoded only by `codec` (bincode 2.0.1, always decoded with a size limit and
+//! Values are encoded only by `store/codec.rs` (bincode 2.0.1, always decoded with a size limit and
 //! with trailing bytes refused); `versions` and `layers` records carry a checksum verified on
 //! every read, so a damaged record is a `DamagedEntry` miss, never a hit with a wrong output.
 //! What goes into the input digest, and what never does, is documented in `version`.
@@ -238,7 +238,7 @@
 //!   types), `reader.rs` (the read-only snapshot, every read under the store's panic guard),
 //!   `check.rs` (the integrity checker), `maintain.rs` (the only writable opens), `render.rs`
 //!   (the text forms).
-//! * `engine` looks up and puts: `engine/mod.rs` (open, prune, remove, the entry digest and
+//! * `engine` looks up and puts: `engine/mod.rs` (open, opt-in prune, remove, the entry digest and
 //!   decoding), `outputs.rs` (the one "outputs exist" rule: hits, pruning and push), `session.rs`
 //!   (the session, its memo, the base chain), `lookup.rs` (evaluation as read state → observe →
 //!   decide → apply: definition, base, epoch, sources, in that order, and the verdict; it
@@ -247,7 +247,8 @@
 //!   switch would write, the rows that lied; it never writes), `apply.rs` (every write a lookup
 //!   makes, once it has decided: stat refresh batches, last use, the version switch, clearing
 //!   rows that lied), `source.rs` (a source's identity and what a put checks against),
-//!   `put.rs` (put in one write transaction, checked against what its lookup saw), `record.rs`
+//!   `put.rs` (put in one write transaction, checked against what its lookup saw, writing only
+//!   the rows that differ), `record.rs`
 //!   (the lookup record file a put in another process checks against), `gc.rs` (collecting
 //!   versions under a policy, in one write transaction).
 //! * `share` (feature `remote`) shares entries through an OCI registry: `share/lookup.rs` (the
@@ -265,15 +266,20 @@
 //!   parallel walker), `tree::fastpath` (the stat rules and the racy rule), `hash.rs` (file
 //!   contents), `merkle.rs` (Merkle roots, `TreeHasher`), `tree::log` (a walk's compact
 //!   log, the put's stat cache), `tree::progress` (counters for a progress display).
-//! * `store` owns the redb file: `store/mod.rs` (open, read-only, version check),
-//!   `rows.rs` (the row-key range, the row iterator, row decoding), `guard.rs` (the one panic
-//!   guard, the panic-payload decoder and the damage bookkeeping), `store::versions` (the
-//!   v3 versions, layer pointer and last-use tables); `migrate` upgrades old files.
+//! * `store` owns the database file and is the only module that knows the storage engine:
+//!   `store/mod.rs` (open, read-only, version check), `store/txn.rs` (the read `Snapshot` and the write `Batch` every other room goes
+//!   through), `tables.rs` (the table definitions), `codec.rs` (how values are encoded),
+//!   `rows.rs` (the row-key range, the row iterator, row decoding), `versions.rs` (the
+//!   versions, layer pointer and last-use tables), `guard.rs` (the one panic guard, the
+//!   panic-payload decoder and the damage bookkeeping), `db_error.rs` (the one conversion of
+//!   the engine's errors into an opaque [`DbError`]), `inspect.rs` (the scans, statistics and
+//!   maintenance [`inspect`] asks for), and `store::migrate` (upgrading old files, one step
+//!   per version in `migrations/`).
 //! * `gc` decides which versions to drop (a pure planner) and deletes unreferenced blobs;
 //!   `version` computes a version's input and entry digests.
 //! * `fsread` reads the files a build names (regular files only, capped).
-//! * `schema` and `codec` define what is stored and how; `path` the key encoding and
-//!   display; `error` the one error type.
+//! * `schema` defines what is stored (pure data: the record types); `path` the key encoding
+//!   and display; `error` the one error type.
 //! * `failpoint` names the crash points the crash tests abort at (compiled in only with the
 //!   `failpoints` feature).
 
@@ -283,7 +289,6 @@
 // needs), [`inspect`] for tools that look inside a cache file, and the hidden `testing` module
 // for this crate's own tests, benches and crash child.
 mod base;
-mod codec;
 mod config;
 mod diff;
 mod engine;
@@ -293,7 +298,6 @@ mod fsread;
 mod gc;
 mod inputs;
 pub mod inspect;
-mod migrate;
 mod path;
 mod plan;
 mod reason;
@@ -327,16 +331,18 @@ pub use stacker_import::{
 pub use diff::{Change, Modified, TreeDiff};
 pub use reason::{BaseChange, FieldChange, MissReason, PutChange, PutRefusal};
 pub use schema::{EntryKind, SCHEMA_VERSION};
+// What a put stores and a hit returns ([`CachedEntry::record`]): the stored version.
+pub use schema::{BaseKind, BaseRecord, ManifestRecord, Origin, SourceSummary, VersionRecord};
 // Errors.
-pub use error::{Error, Result};
+pub use error::{DbError, Error, Result};
 // Sharing through an OCI registry (feature `remote`).
 #[cfg(feature = "remote")]
-pub use share::registry::{Remote, RemoteError, RemoteOptions};
+pub use share::registry::{FetchReport, PushReport, Remote, RemoteError, RemoteOptions};
 #[cfg(feature = "remote")]
 pub use share::{HitSource, PushOutcome, RemoteAnswer, RemoteFailure, RemoteLookup};
 // Progress of long operations, migrations, and printing paths and names safely.
-pub use migrate::{MigrationReport, Step as MigrationStep, pending as pending_migrations};
 pub use path::{RelPath, escape_bytes};
+pub use store::migrate::{MigrationReport, Step as MigrationStep, pending as pending_migrations};
 pub use tree::{Progress, ProgressSnapshot};
 // Signed shared entries (feature `remote`).
 #[cfg(feature = "remote")]
@@ -362,10 +368,12 @@ pub mod testing {
     pub use crate::engine::{MANIFEST_LIMIT, OutputBlob, Unusable, output_blobs};
     pub use crate::path::validate_layer_name;
     pub use crate::schema::Row;
+    pub use crate::store::testing::RawTransactions;
     pub use crate::store::{Store, TreeSummary, panic_message};
     pub use crate::tree::{FastPath, StatData, TreeHasher, TreeWalk, WalkCounters, WalkedEntry};
 
-    /// The store under a cache handle (its redb file), for tests that read tables directly.
+    /// The store under a cache handle (its database file), for tests that read tables
+    /// directly (with [`RawTransactions`]).
     pub fn store_of(cache: &crate::Cache) -> &crate::store::Store {
         cache.store()
     }
@@ -380,14 +388,11 @@ pub mod testing {
     }
     internal!(
         base,
-        codec,
         failpoint,
         fsread,
         gc,
         inputs,
-        migrate,
         plan,
-        schema,
         stacker,
         stacker_import,
         store,
@@ -396,6 +401,16 @@ pub mod testing {
     );
     #[cfg(feature = "remote")]
     internal!(share);
+    /// The codec (it lives in `store/`).
+    pub use crate::store::codec;
+    /// Migrations (they live in `store/`).
+    pub use crate::store::migrate;
+    /// The record types and, for tests that read tables directly, the table definitions.
+    #[allow(missing_docs)]
+    pub mod schema {
+        pub use crate::schema::*;
+        pub use crate::store::tables::*;
+    }
     #[cfg(feature = "remote")]
     pub use crate::share::registry as remote;
 }

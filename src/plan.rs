@@ -23,7 +23,7 @@
 //! ```
 //!
 //! * Top level: `layers` (required, layer name → layer), `oci_layout` and `rootfs_dir` (where
-//!   the outputs are: see below; used to prune entries at open, see [`crate::CacheConfig`]),
+//!   the outputs are: see below; checked at every hit, see [`crate::CacheConfig`]),
 //!   `source_date_epoch` (optional; the default of every layer that does not set its own), and
 //!   `builder` (optional; the builder's identity and version, e.g. `"stacker 1.1.0"`, which a
 //!   hit requires to be unchanged: [`Build::builder`]).

@@ -8,8 +8,7 @@
 //! plan or the disk into the page (`html_escape`).
 //!
 //! Must never: prune (a version whose outputs are gone is shown as
-//! [`LayerState::OutputsMissing`], not removed: `layercache report` opens the cache with
-//! [`Cache::open_without_prune`]), put, or evaluate a layer itself: it uses the public
+//! [`LayerState::OutputsMissing`], not removed: no open prunes), put, or evaluate a layer itself: it uses the public
 //! [`Session`](crate::Session) API as a builder does. Its lookups are [`LookupMode::CHECK`]
 //! lookups: like a build's, a hit refreshes stat data and counts as a use of the version.
 
@@ -249,9 +248,8 @@ fn cap_diff(reason: Option<&mut MissReason>) {
 
 /// Asks `cache` about every layer of `build`, bases first, as a build would (one session,
 /// [`LookupMode::CHECK`] lookups, timed each), and reads each layer's versions, last use and
-/// output size. Open the cache with [`Cache::open_without_prune`] to see versions whose
-/// outputs are gone as [`LayerState::OutputsMissing`] (an open that prunes removes them first,
-/// and they show as not cached).
+/// output size. A version whose outputs are gone shows as [`LayerState::OutputsMissing`] (one
+/// removed by [`Cache::prune`] or [`Cache::gc`] shows as not cached).
 pub fn build_report(cache: &Cache, build: &Build) -> Result<BuildReport> {
     let created_unix_ms = crate::engine::now_ms();
     let mut session = cache.session(build)?;

@@ -1,4 +1,5 @@
-//! Table definitions, the schema version, and the record types stored in them.
+//! The schema version and the record types stored in the cache file: pure data, no storage
+//! engine (the table definitions are `store/tables.rs`'s, and only `store/` names them).
 //!
 //! Schema v4 (versions: many per layer, see [`crate::version`]; v4 added [`Origin`]):
 //!
@@ -17,41 +18,16 @@
 //!
 //! `rows` stays as it is: the last seen state of each source (git's index), described by the
 //! version that `layers` points at. Recording a use writes 8 bytes in `last_used`, never a
-//! version record. "Checksummed" means [`crate::codec::encode_checked`]: a damaged record is a
+//! version record. "Checksummed" means the store codec's `encode_checked`: a damaged record is a
 //! typed error, never a different value.
 //!
-//! Values are encoded by [`crate::codec`] only. Path keys use the `\0` encoding of
+//! Values are encoded by `store/codec.rs` only. Path keys use the `\0` encoding of
 //! [`crate::RelPath`], so a range scan of `(layer, source, ..)` yields rows in walk order.
 
-use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
 
 /// The schema version this code writes and reads.
 pub const SCHEMA_VERSION: u32 = 4;
-
-/// Small facts about the file: `schema_version` (u32 little endian), `writer` (crate version).
-pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-/// Schema v1/v2 only (read by the v2 → v3 step): layer name → encoded entry.
-pub const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries");
-/// (layer, source, path key) → encoded [`Row`].
-pub const ROWS: TableDefinition<(&str, &str, &[u8]), &[u8]> = TableDefinition::new("rows");
-/// Schema v1/v2 only (dropped by the v2 → v3 step): layer name → the base hash of its entry.
-pub const BASES: TableDefinition<&str, &[u8; 32]> = TableDefinition::new("bases");
-
-/// (layer, input digest) → checksummed [`VersionRecord`] (schema v3).
-pub const VERSIONS: TableDefinition<(&str, &[u8; 32]), &[u8]> = TableDefinition::new("versions");
-/// Layer name → checksummed [`LayerRecord`]: which version the layer's rows describe (v3).
-pub const LAYERS: TableDefinition<&str, &[u8]> = TableDefinition::new("layers");
-/// (layer, input digest) → last use of that version, ms since the Unix epoch (v3). A table of
-/// its own so that recording a use never rewrites a version record.
-pub const LAST_USED: TableDefinition<(&str, &[u8; 32]), u64> = TableDefinition::new("last_used");
-
-/// `meta` key of the schema version.
-pub const META_SCHEMA_VERSION: &str = "schema_version";
-/// `meta` key of the version of the crate that last wrote the file.
-pub const META_WRITER: &str = "writer";
-// The `meta` key `record_secret` (32 random bytes that bind lookup records to the file) is
-// owned by `store/secret.rs`: never read or written anywhere else.
 
 /// The type of a tree entry. Never opened unless `File`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

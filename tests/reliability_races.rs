@@ -10,6 +10,7 @@
 
 mod common;
 
+use layercache::testing::RawTransactions;
 use std::collections::{BTreeMap, HashSet};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};

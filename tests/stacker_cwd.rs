@@ -35,7 +35,7 @@ fn the_same_overlay_dir_is_hashed_from_any_working_directory() {
     std::env::set_current_dir(&proj).unwrap();
     let build_in_proj = layout.build(&layers, None).unwrap();
     {
-        let (cache, _) = Cache::open(layout.cache_config(&db)).unwrap();
+        let cache = Cache::open(layout.cache_config(&db)).unwrap();
         let mut s = cache.session(&build_in_proj).unwrap();
         let seen = s.lookup_for_build("app", LookupMode::FOR_BUILD).unwrap();
         s.put(&seen, &BTreeMap::new()).unwrap();
@@ -51,7 +51,7 @@ fn the_same_overlay_dir_is_hashed_from_any_working_directory() {
         build_elsewhere.layer("app").unwrap().overlay_dirs[0].source,
         proj.join("src")
     );
-    let (cache, _) = Cache::open(layout.cache_config(&db)).unwrap();
+    let cache = Cache::open(layout.cache_config(&db)).unwrap();
     let mut s = cache.session(&build_elsewhere).unwrap();
     let l = s.lookup("app").unwrap();
     assert!(l.is_hit(), "{:?}", l.reasons());

@@ -202,6 +202,12 @@ pub fn generate(root: &Path, files: u64, seed: u64) -> std::io::Result<TreeStats
             i += 1;
         }
     }
+    // The directories get the same past mtime, as a checkout's would be: a directory modified
+    // within the in-flight slack of a snapshot cannot vouch for its listing, so a tree made
+    // seconds before a lookup would read (and refresh) every directory at every lookup.
+    for (d, _) in &dirs {
+        filetime::set_file_mtime(root.join(d), filetime::FileTime::from_system_time(mtime))?;
+    }
     Ok(stats)
 }
 

@@ -24,6 +24,8 @@
 //! same Merkle root. Depends on `engine/observe.rs` (what was seen) and nothing else of the
 //! engine but the session.
 
+use std::collections::BTreeSet;
+
 use crate::error::Result;
 use crate::failpoint::crash_point;
 use crate::path::{RelPath, escape_bytes};
@@ -223,11 +225,8 @@ impl Session<'_> {
         layer: &str,
         observed: &[Observation<'_>],
     ) -> Result<Option<u64>> {
-        for s in batch.row_sources(layer)? {
-            if !observed.iter().any(|o| o.row_source == s) {
-                batch.remove_source_rows(layer, &s)?;
-            }
-        }
+        let keep: BTreeSet<String> = observed.iter().map(|o| o.row_source.clone()).collect();
+        batch.remove_rows_except(layer, &keep)?;
         let mut rewritten = 0u64;
         for o in observed {
             let Some(tree) = &o.tree else {
@@ -239,7 +238,15 @@ impl Session<'_> {
                 continue;
             }
             let mut walk = TreeWalk::new(o.path)?;
-            let summary = batch.replace_rows(layer, &o.row_source, o.path, walk.by_ref())?;
+            // Every row written (no stored rows to merge with: they describe another version).
+            let (summary, _) = batch.write_tree(
+                layer,
+                &o.row_source,
+                o.path,
+                walk.by_ref(),
+                None,
+                &|_, _| false,
+            )?;
             self.counters.walk.add(&walk.counters());
             rewritten += summary.rows;
             if summary.root_digest != tree.root_digest {

@@ -152,12 +152,7 @@ impl Session<'_> {
         reasons: &mut Reasons,
     ) -> Result<Read> {
         let (pointer, current) = self.read_current(snapshot, layer, reasons)?;
-        // A layer whose pruning was skipped (the write lock was busy) has no version to hit.
-        let stored = if self.cache.unpruned.contains(layer) {
-            Vec::new()
-        } else {
-            snapshot.versions_of(layer)?
-        };
+        let stored = snapshot.versions_of(layer)?;
         self.counters.entries_read += stored.iter().filter(|(_, r)| r.is_ok()).count() as u64;
         let base = self.base_now(layer, &inputs.base, false)?;
         let builder = self.build.builder.as_deref();
@@ -195,12 +190,6 @@ impl Session<'_> {
         layer: &str,
         reasons: &mut Reasons,
     ) -> Result<(Option<LayerRecord>, Option<VersionRecord>)> {
-        // Its outputs are gone; pruning it was skipped only because the write lock was busy.
-        // (Per layer, not per version: a miss is always safe.)
-        if self.cache.unpruned.contains(layer) {
-            reasons.push(MissReason::NotCached);
-            return Ok((None, None));
-        }
         let pointer = match snapshot.pointer(layer)? {
             None => {
                 reasons.push(MissReason::NotCached);

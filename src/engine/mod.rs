@@ -1,14 +1,15 @@
-//! The cache: open (and prune), remove, and the entry record's digest and decoding; lookup and
-//! put within one build [`Session`].
+//! The cache: open, prune (opt-in), remove, and the entry record's digest and decoding; lookup
+//! and put within one build [`Session`].
 //!
 //! Owns: the [`Cache`] handle and the types a lookup returns ([`Lookup`], [`BuildLookup`],
 //! [`Outcome`], [`CachedEntry`], [`LookupMode`], [`SessionCounters`]); [`entry_digest`], the
-//! hash layers built on a version record; pruning and removing versions. Records are read and
-//! written through [`crate::store::versions`], which verifies their checksums. Its submodules
+//! hash layers built on a version record; pruning (only when asked: [`Cache::prune`],
+//! [`Cache::gc`]; an open reads no version) and removing versions. Records are read and written
+//! through the store's `Snapshot` and `Batch`, which verify their checksums. Its submodules
 //! own one job each:
 //!
-//! * `engine/outputs.rs` — the one "outputs exist" rule a hit, pruning at open and `push`
-//!   apply, and the blobs an output reaches;
+//! * `engine/outputs.rs` — the one "outputs exist" rule a hit, pruning and `push` apply, and
+//!   the blobs an output reaches;
 //! * `engine/session.rs` — [`Session`], its memo of per-layer results, the base chain, forgetting
 //!   the dependents of a layer that was put;
 //! * `engine/lookup.rs` — evaluating one layer: definition, base, epoch, sources, in that order;
@@ -16,15 +17,16 @@
 //!   against the stored rows, the tee that feeds both from one scan, and the observation a put
 //!   checks against;
 //! * `engine/put.rs` — put: walk, compare with what the lookup saw (its observation, or a
-//!   [`LookupRecord`] from another process), one write transaction;
+//!   [`LookupRecord`] from another process), one write transaction that writes only the rows
+//!   that differ from the stored ones;
 //! * `engine/record.rs` — [`LookupRecord`], the lookup record file;
 //! * `engine/refresh.rs` — bringing stale stat data up to date after a hit, recording last use,
 //!   switching the rows to another stored version on a hit on it, and clearing the stat data
 //!   of rows a verify lookup caught lying;
-//! * `engine/gc.rs` — [`Cache::gc`]: applying the GC planner's decision.
+//! * `engine/gc.rs` — [`Cache::gc`]: applying the GC planner's decision, and pruning.
 //!
 //! Must never: decide what stat data vouches for (that is [`crate::tree::fastpath`], which also
-//! explains the racy rule), encode values itself (that is [`crate::codec`]), or build a row-key
+//! explains the racy rule), encode values itself (that is `store/codec.rs`), or build a row-key
 //! range by hand (that is the store's).
 //!
 //! A [`Session`] holds one build's layers and memoizes, per layer, whether it hits and with
@@ -45,18 +47,16 @@ mod source;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use oci_spec::image::Descriptor;
 use serde::Serialize;
 
-use crate::error::{DbResultExt, Result};
+use crate::error::Result;
 use crate::inputs::Build;
 use crate::reason::MissReason;
-use crate::schema::{LAYERS, ROWS, VersionRecord};
-use crate::store::guard::guard_redb;
-use crate::store::rows::RowRange;
-use crate::store::versions;
+use crate::schema::VersionRecord;
 use crate::store::{Store, WriteWait};
 use crate::tree::{Progress, WalkCounters};
 
@@ -68,7 +68,7 @@ pub use session::Session;
 pub(crate) use source::SourceId;
 pub use source::{LyingRow, Observed, SourceRole};
 
-/// An entry removed at open, and why.
+/// A version removed by pruning ([`Cache::prune`], [`Cache::gc`]), and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Pruned {
     /// The layer.
@@ -85,8 +85,8 @@ pub struct PruneReport {
     /// Entries examined.
     pub examined: u64,
     /// Entries that should have been pruned but were left, because another process held the
-    /// write lock (pruning is optional: it is tried again at the next open). A cache opened
-    /// with [`Cache::open`] treats them as not cached all the same; see [`Cache::prune`].
+    /// write lock (pruning is optional: a later prune removes them). They never hit all the
+    /// same: a hit checks the outputs by the same rule.
     pub skipped_busy: Vec<Pruned>,
 }
 
@@ -94,11 +94,10 @@ pub struct PruneReport {
 pub struct Cache {
     pub(crate) store: Store,
     pub(crate) config: CacheConfig,
-    /// Layers whose outputs are gone but that pruning left in the file (the write lock was
-    /// busy): lookups treat them as not cached, exactly as if they had been pruned.
-    pub(crate) unpruned: std::collections::BTreeSet<String>,
     /// What every walk of this cache has done so far, for a progress display.
     pub(crate) progress: Arc<Progress>,
+    /// Versions read to check their outputs outside a lookup (pruning, gc): none by an open.
+    pub(crate) examined: AtomicU64,
 }
 
 /// A cached entry returned by a hit: the record and its manifests as OCI descriptors.
@@ -312,6 +311,10 @@ pub struct SessionCounters {
     /// whose pointer and version still hold, or a lookup record's base proof at put) instead
     /// of walking their sources again (see the crate doc, "A shell-driven chain").
     pub bases_trusted: u64,
+    /// Rows a put inserted, replaced or removed: only the rows that differ from the stored
+    /// ones are written (a put of a tree with 1% of its files changed writes about 1% of its
+    /// rows).
+    pub rows_put: u64,
     /// Rows whose stat data a hit refreshed.
     pub rows_refreshed: u64,
     /// Rows written or removed by hits on a version other than the current one (the rows
@@ -352,63 +355,46 @@ impl Cache {
     /// Opens the cache file at `path` for writing, which runs every pending migration step in
     /// one write transaction, and closes it again; returns what ran (no step when the file was
     /// up to date). A file of a newer schema is refused and stays unchanged.
-    pub fn migrate_file(path: impl AsRef<Path>) -> Result<crate::migrate::MigrationReport> {
+    pub fn migrate_file(path: impl AsRef<Path>) -> Result<crate::MigrationReport> {
         let path = path.as_ref();
         let before = Store::peek_version(path)?;
         let store = Store::open(path)?;
         Ok(store
             .migration()
             .cloned()
-            .unwrap_or(crate::migrate::MigrationReport {
+            .unwrap_or(crate::MigrationReport {
                 from: before,
                 to: before,
                 steps: Vec::new(),
             }))
     }
 
-    /// Opens (or creates) the cache and prunes entries whose outputs are gone.
-    pub fn open(config: CacheConfig) -> Result<(Cache, PruneReport)> {
-        let db = config.db.clone();
-        let store = guard_redb(&db, || Store::open_waiting(&config.db, write_wait(&config)))?;
-        let mut cache = Cache {
-            store,
-            config,
-            unpruned: Default::default(),
-            progress: Arc::default(),
-        };
-        let report = cache.prune()?;
-        cache.after_prune(&report);
-        Ok((cache, report))
-    }
-
-    /// Notes the layers whose pruning was skipped (the write lock was busy: they are treated as
-    /// not cached) and logs what was pruned, as stacker does.
-    fn after_prune(&mut self, report: &PruneReport) {
-        self.unpruned = report
-            .skipped_busy
-            .iter()
-            .map(|p| p.layer.clone())
-            .collect();
-        for p in &report.pruned {
-            tracing::info!(
-                "couldn't find {}, pruning it from the cache ({})",
-                crate::path::escape_bytes(p.layer.as_bytes()),
-                p.why
-            );
-        }
-    }
-
-    /// Opens (or creates) the cache without pruning: O(1) in the number of entries.
-    pub fn open_without_prune(config: CacheConfig) -> Result<Cache> {
-        let store = guard_redb(&config.db, || {
-            Store::open_waiting(&config.db, write_wait(&config))
-        })?;
+    /// Opens (or creates) the cache: O(1) in the number of entries. Nothing is pruned: a
+    /// version whose outputs are gone is a miss at its hit check (`engine/outputs.rs`, the one
+    /// "outputs exist" rule), and is dropped by [`Cache::gc`] or an explicit [`Cache::prune`].
+    pub fn open(config: CacheConfig) -> Result<Cache> {
+        let store = Store::open_waiting(&config.db, write_wait(&config))?;
         Ok(Cache {
             store,
             config,
-            unpruned: Default::default(),
             progress: Arc::default(),
+            examined: AtomicU64::new(0),
         })
+    }
+
+    /// The same as [`Cache::open`] (which no longer prunes); kept so that callers written
+    /// when [`Cache::open`] pruned keep compiling.
+    #[doc(hidden)]
+    pub fn open_without_prune(config: CacheConfig) -> Result<Cache> {
+        Cache::open(config)
+    }
+
+    /// How many versions this handle has read to check their outputs outside a lookup
+    /// ([`Cache::prune`], [`Cache::gc`]); an open reads none (it reads no version, so it
+    /// stats no blob either: blobs are named only by versions).
+    #[doc(hidden)]
+    pub fn versions_examined(&self) -> u64 {
+        self.examined.load(Ordering::Relaxed)
     }
 
     /// Counters of the work of every walk of this cache (entries walked, files and bytes
@@ -435,86 +421,55 @@ impl Cache {
 
     /// The stored entry of a layer, if any.
     pub fn entry(&self, layer: &str) -> Result<Option<VersionRecord>> {
-        guard_redb(self.store.path(), || self.entry_unguarded(layer))
-    }
-
-    fn entry_unguarded(&self, layer: &str) -> Result<Option<VersionRecord>> {
-        let path = self.store.path();
-        let txn = self.store.begin_read()?;
-        let Some(pointer) = versions::pointer(&txn, path, layer)? else {
-            return Ok(None);
-        };
-        let pointer = pointer?;
-        versions::version(&txn, path, layer, &pointer.current)?.transpose()
+        self.store.guarded(|| {
+            let snapshot = self.store.snapshot()?;
+            let Some(pointer) = snapshot.pointer(layer)? else {
+                return Ok(None);
+            };
+            snapshot.version(layer, &pointer?.current)?.transpose()
+        })
     }
 
     /// Every stored version of a layer with its last use (ms), in digest order; damaged ones
     /// as errors.
     pub fn versions(&self, layer: &str) -> Result<Vec<(Result<VersionRecord>, Option<u64>)>> {
-        let path = self.store.path();
-        guard_redb(path, || {
-            let txn = self.store.begin_read()?;
+        self.store.guarded(|| {
+            let snapshot = self.store.snapshot()?;
             let mut out = Vec::new();
-            for (digest, rec) in versions::versions_of(&txn, path, layer)? {
-                let used = versions::last_used(&txn, path, layer, &digest)?;
+            for (digest, rec) in snapshot.versions_of(layer)? {
+                let used = snapshot.last_used(layer, &digest)?;
                 out.push((rec, used));
             }
             Ok(out)
         })
     }
 
-    /// Removes entries whose output blobs are gone from the OCI layout, and build_only entries
-    /// whose rootfs directory is gone. Damaged entries are removed too. Pruning is optional: it
-    /// never waits for the write lock; while another process writes it removes nothing and
-    /// counts what it left ([`PruneReport::skipped_busy`]) for a later open. (Leaving such an
-    /// entry is safe only because [`Cache::open`] then treats it as not cached.)
+    /// Removes the versions whose output blobs are gone from the OCI layout, and build_only
+    /// versions whose rootfs directory is gone, by the one "outputs exist" rule
+    /// (`engine/outputs.rs`); damaged versions are removed too. Opt-in: no open prunes, and a
+    /// version whose outputs are gone never hits whether it was pruned or not (its hit check
+    /// applies the same rule), so pruning only keeps the file small. It reads every version
+    /// and stats every blob they name. It never waits for the write lock: while another
+    /// process writes it removes nothing and reports what it left
+    /// ([`PruneReport::skipped_busy`]).
     pub fn prune(&self) -> Result<PruneReport> {
-        guard_redb(self.store.path(), || self.prune_unguarded(None))
+        self.store.guarded(|| self.prune_unguarded(None))
     }
 
-    /// Opens (or creates) the cache and prunes as [`Cache::open`] does, but only the versions
-    /// of layers that `build` defines: a cache shared by several builds (several plans) keeps
-    /// the other builds' entries, whose outputs may live in other layouts.
-    pub fn open_for_build(config: CacheConfig, build: &Build) -> Result<(Cache, PruneReport)> {
-        let mut cache = Cache::open_without_prune(config)?;
-        let report = cache.prune_build(build)?;
-        cache.after_prune(&report);
-        Ok((cache, report))
-    }
-
-    /// [`Cache::prune`] restricted to the layers `build` defines (see [`Cache::open_for_build`]).
+    /// [`Cache::prune`] restricted to the layers `build` defines: a cache shared by several
+    /// builds (several plans) keeps the other builds' entries, whose outputs may live in other
+    /// layouts.
     pub fn prune_build(&self, build: &Build) -> Result<PruneReport> {
-        guard_redb(self.store.path(), || self.prune_unguarded(Some(build)))
+        self.store.guarded(|| self.prune_unguarded(Some(build)))
     }
 
     fn prune_unguarded(&self, only: Option<&Build>) -> Result<PruneReport> {
         let mut report = PruneReport::default();
-        if self.config.oci_layout.is_none() && self.config.rootfs_dir.is_none() {
-            return Ok(report);
-        }
-        let path = self.store.path();
-        let mut doomed = Vec::new();
-        {
-            let txn = self.store.begin_read()?;
-            for (layer, digest) in versions::all_keys(&txn, path)? {
-                if only.is_some_and(|b| !b.layers.contains_key(&layer)) {
-                    continue;
-                }
-                report.examined += 1;
-                let why = match versions::version(&txn, path, &layer, &digest)? {
-                    None => None,
-                    Some(Err(e)) => Some(format!("the entry is damaged: {e}")),
-                    Some(Ok(rec)) => outputs::gone_at_open(&self.config, &rec)?.map(|m| m.text()),
-                };
-                if let Some(why) = why {
-                    doomed.push((Pruned { layer, why }, digest));
-                }
-            }
-        }
+        let doomed = self.doomed(only, &mut report)?;
         if doomed.is_empty() {
             return Ok(report);
         }
-        let Some(txn) = self.store.try_begin_write()? else {
+        let Some(batch) = self.store.try_batch()? else {
             tracing::debug!(
                 versions = doomed.len(),
                 "pruning skipped: another process holds the write lock"
@@ -523,11 +478,48 @@ impl Cache {
             return Ok(report);
         };
         for (p, digest) in &doomed {
-            drop_version(path, &txn, &p.layer, digest)?;
+            batch.drop_version(&p.layer, digest)?;
         }
-        txn.commit().db(path)?;
+        batch.commit()?;
+        for (p, _) in &doomed {
+            tracing::info!(
+                "couldn't find {}, pruning it from the cache ({})",
+                crate::path::escape_bytes(p.layer.as_bytes()),
+                p.why
+            );
+        }
         report.pruned = doomed.into_iter().map(|(p, _)| p).collect();
         Ok(report)
+    }
+
+    /// The versions (of `only`'s layers, or all) whose outputs are gone or that are damaged,
+    /// read in one snapshot; counts what it examined in `report`.
+    fn doomed(
+        &self,
+        only: Option<&Build>,
+        report: &mut PruneReport,
+    ) -> Result<Vec<(Pruned, [u8; 32])>> {
+        let mut doomed = Vec::new();
+        if self.config.oci_layout.is_none() && self.config.rootfs_dir.is_none() {
+            return Ok(doomed);
+        }
+        let snapshot = self.store.snapshot()?;
+        for (layer, digest) in snapshot.version_keys()? {
+            if only.is_some_and(|b| !b.layers.contains_key(&layer)) {
+                continue;
+            }
+            report.examined += 1;
+            self.examined.fetch_add(1, Ordering::Relaxed);
+            let why = match snapshot.version(&layer, &digest)? {
+                None => None,
+                Some(Err(e)) => Some(format!("the entry is damaged: {e}")),
+                Some(Ok(rec)) => outputs::gone(&self.config, &rec)?.map(|m| m.text()),
+            };
+            if let Some(why) = why {
+                doomed.push((Pruned { layer, why }, digest));
+            }
+        }
+        Ok(doomed)
     }
 
     /// What a hit on `rec` would say of its outputs now, for the layer as `inputs` describes
@@ -550,51 +542,24 @@ impl Cache {
     /// Removes one layer: every version, its pointer, last uses and rows. Returns whether it
     /// was cached.
     pub fn remove(&self, layer: &str) -> Result<bool> {
-        let path = self.store.path();
-        guard_redb(path, || {
-            let txn = self.store.begin_write()?;
-            let existed = remove_layer(path, &txn, layer)?;
-            txn.commit().db(path)?;
+        self.store.guarded(|| {
+            let batch = self.store.batch()?;
+            let existed = batch.remove_layer(layer)?;
+            batch.commit()?;
             Ok(existed)
         })
     }
-}
 
-fn remove_layer(path: &Path, txn: &redb::WriteTransaction, layer: &str) -> Result<bool> {
-    versions::remove_layer(txn, path, layer)
-}
-
-impl Cache {
-    /// Removes one version of a layer (see [`drop_version`]); `Ok(())` when it was not there.
+    /// Removes one version of a layer (`Batch::drop_version`: with the layer's pointer and
+    /// rows when it is the current one); `Ok(())` when it was not there.
     #[cfg_attr(not(feature = "remote"), allow(dead_code))] // used by the remote lookup
     pub(crate) fn remove_version(&self, layer: &str, digest: &[u8; 32]) -> Result<()> {
-        let path = self.store.path();
-        guard_redb(path, || {
-            let txn = self.store.begin_write()?;
-            drop_version(path, &txn, layer, digest)?;
-            txn.commit().db(path)
+        self.store.guarded(|| {
+            let batch = self.store.batch()?;
+            batch.drop_version(layer, digest)?;
+            batch.commit()
         })
     }
-}
-
-/// Removes one version; when it is the layer's current one, the layer's pointer and rows go
-/// too (they described it), so the next lookup walks afresh and may still hit another version.
-pub(crate) fn drop_version(
-    path: &Path,
-    txn: &redb::WriteTransaction,
-    layer: &str,
-    digest: &[u8; 32],
-) -> Result<()> {
-    versions::remove_version(txn, path, layer, digest)?;
-    let current = matches!(
-        versions::pointer_in_write(txn, path, layer)?,
-        Some(Ok(p)) if p.current == *digest
-    );
-    if current {
-        txn.open_table(LAYERS).db(path)?.remove(layer).db(path)?;
-        RowRange::layer(layer).delete(path, &mut txn.open_table(ROWS).db(path)?)?;
-    }
-    Ok(())
 }
 
 fn decode_manifests(rec: &VersionRecord) -> Result<BTreeMap<String, Descriptor>, String> {

@@ -36,10 +36,11 @@
 //! an overlay dir's `rootfs_path` is the seed's own reason, [`MissReason::OverlayDirMissing`];
 //! every other failure is [`MissReason::OutputsMissing`] naming what is missing and where.
 //!
-//! Pruning at open applies the same rule to what a version itself names (2–3), and removes a
+//! Pruning (only when asked: `Cache::prune`, `Cache::gc`; no open prunes, and no other
+//! mechanism decides whether outputs exist) applies the same rule to what a version itself names (2–3), and removes a
 //! version only when a blob is gone (one there but wrong is kept: the lookup names it and
 //! `push` reports it); the builder's copies are named by the build, not by the version, so
-//! only a hit checks them ([`gone_at_open`]).
+//! only a hit checks them ([`gone`]).
 //!
 //! Cost: one `stat` per blob plus one small read per manifest or index — for a layer of 10^5
 //! files whose image has 100 layers, measured by
@@ -404,7 +405,7 @@ pub(crate) fn missing(
     Ok(found)
 }
 
-/// What pruning at open removes a version for: rules 2 and 3 (what the version itself names:
+/// What pruning removes a version for: rules 2 and 3 (what the version itself names:
 /// its blobs, a build-only layer's rootfs directory) finding a blob **gone**, a build-only
 /// layer's rootfs not a directory, or a stored descriptor that does not decode, when its
 /// location is configured. A blob that is there but wrong (a manifest that does not parse or
@@ -412,7 +413,7 @@ pub(crate) fn missing(
 /// hits, and `push` reports it. Nothing is pruned for a location that is not configured, for a
 /// version without outputs, or for a pulled build-only version (its rootfs was never here); a
 /// configured location that does not exist is an error, as in [`missing`].
-pub(crate) fn gone_at_open(config: &CacheConfig, rec: &VersionRecord) -> Result<Option<Missing>> {
+pub(crate) fn gone(config: &CacheConfig, rec: &VersionRecord) -> Result<Option<Missing>> {
     let (what, location) = location_of(config, rec);
     let Some(location) = location else {
         return Ok(None);

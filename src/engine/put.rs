@@ -1,32 +1,30 @@
 //! Put: record a layer from its inputs, checked against what its lookup observed, in one write
 //! transaction.
 //!
-//! Owns: [`Session::put`], writing a walked tree as the rows of one (layer, source)
-//! ([`Store::write_tree`], here rather than in the store so that the store never depends on the
-//! walk), and the merge of a put's walk against the lookup's observation.
+//! Owns: [`Session::put`], the merge of a put's walk against the lookup's observation, and
+//! what a put's version record holds. The rows are written by the store
+//! (`Batch::write_tree`), which writes only the rows that differ from the stored ones.
 //!
 //! Must never: store anything when an input changed since the lookup, or a file that changed
-//! while it was hashed; commit more than one transaction per put.
+//! while it was hashed; commit more than one transaction per put; name a storage-engine type (that is the
+//! store's).
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 
 use oci_spec::image::Descriptor;
 
-use crate::error::{DbResultExt, Error, Result};
+use crate::error::{Error, Result};
 use crate::failpoint::crash_point;
 use crate::inputs::Base;
 use crate::inputs::{LayerInputs, canonical_json_of};
 use crate::path::{RelPath, escape_bytes, validate_layer_name};
 use crate::reason::{MissReason, PutChange, PutRefusal};
 use crate::schema::{
-    BaseRecord, EntryKind, LayerRecord, ManifestRecord, Origin, ROWS, SourceSummary, VersionRecord,
+    BaseRecord, EntryKind, LayerRecord, ManifestRecord, Origin, Row, SourceSummary, VersionRecord,
 };
-use crate::store::guard::guard_redb;
-use crate::store::rows::{RowRange, encode_row, validate_source};
-use crate::store::versions;
-use crate::store::{Store, TreeSummary};
-use crate::tree::{LogReader, LoggedEntry, SealedLog, TreeHasher, TreeWalk, WalkedEntry};
+use crate::store::{Batch, Snapshot, TreeSummary};
+use crate::tree::{LogReader, LoggedEntry, SealedLog, TreeWalk, WalkedEntry, fastpath};
 use crate::version::{Inputs, entry_digest_of, input_digest};
 
 use super::session::{BaseNow, Memo, Proof};
@@ -42,7 +40,7 @@ struct Written {
     changes: Vec<PutChange>,
 }
 
-impl Session<'_> {
+impl<'a> Session<'a> {
     /// Records a layer: walks its imports and overlay dirs into rows, and stores a version (or
     /// re-uses an identical one), the rows, the layer's pointer and the use in one write
     /// transaction. `lookup` is the lookup this build did of the layer: if any input differs
@@ -68,8 +66,8 @@ impl Session<'_> {
         manifests: &BTreeMap<String, Descriptor>,
         origin: Origin,
     ) -> Result<VersionRecord> {
-        let db = self.cache.store.path().to_path_buf();
-        guard_redb(&db, || {
+        let cache = self.cache;
+        cache.store.guarded(|| {
             self.put_unguarded(
                 &lookup.lookup.layer,
                 lookup.seen.as_ref(),
@@ -90,18 +88,18 @@ impl Session<'_> {
         record: &LookupRecord,
         manifests: &BTreeMap<String, Descriptor>,
     ) -> Result<VersionRecord> {
-        let db = self.cache.store.path().to_path_buf();
-        let key = super::record::RecordKey::of(&self.cache.store.secret()?);
+        let cache = self.cache;
+        let key = super::record::RecordKey::of(&cache.store.secret()?);
         if !record.is_from(&key) {
             return Err(Error::RecordNotFromThisCache {
-                db,
+                db: cache.store.path().to_path_buf(),
                 layer: record.layer().to_string(),
             });
         }
         let seen = record.seen(self.build.layer(record.layer()).ok());
-        guard_redb(&db, || {
-            self.put_unguarded(record.layer(), Some(&seen), manifests, Origin::Built)
-        })
+        cache
+            .store
+            .guarded(|| self.put_unguarded(record.layer(), Some(&seen), manifests, Origin::Built))
     }
 
     fn put_unguarded(
@@ -111,46 +109,55 @@ impl Session<'_> {
         manifests: &BTreeMap<String, Descriptor>,
         origin: Origin,
     ) -> Result<VersionRecord> {
-        validate_layer_name(layer)?;
-        let inputs = self.build.layer(layer)?;
-        if let Some(why) = &inputs.uncacheable {
-            return Err(Error::NotCacheable {
-                layer: layer.to_string(),
-                why: why.clone(),
-            });
-        }
-        let Some(seen) = seen else {
-            return Err(Error::PutRefused {
-                layer: layer.to_string(),
-                why: PutRefusal::NothingObserved,
-            });
-        };
-        if manifests.is_empty() && !inputs.build_only {
-            return Err(Error::PutRefused {
-                layer: layer.to_string(),
-                why: PutRefusal::NoOutputs,
-            });
-        }
+        let (inputs, seen) = self.may_put(layer, seen, manifests)?;
         let manifests = manifest_records(manifests)?;
         // The base: trusted from the lookup's proof when it still holds inside this write
         // transaction, else resolved by walking the bases (it must hit now).
-        let (txn, base_hash) = match self.trusted_base(inputs, seen)? {
+        let (batch, base_hash) = match self.trusted_base(inputs, seen)? {
             Some(t) => t,
             None => {
                 self.resolve_bases_below(layer)?;
                 let h = self.base_hash_for_put(layer, inputs)?;
-                (self.cache.store.begin_write()?, h)
+                (self.cache.store.batch()?, h)
             }
         };
         let mut changes = self.layer_changes(seen, inputs, &base_hash);
-        let store = &self.cache.store;
-        let path = store.path();
         crash_point!("put::before_rows");
-        // Drop rows of sources the layer no longer has.
-        RowRange::layer(layer).delete(path, &mut txn.open_table(ROWS).db(path)?)?;
-        let written = self.write_sources(&txn, layer, seen, inputs)?;
+        let mut written = self.write_sources(&batch, layer, seen, inputs)?;
         crash_point!("put::after_rows");
-        changes.extend(written.changes);
+        changes.extend(std::mem::take(&mut written.changes));
+        let record = self.version_record(layer, inputs, base_hash, written, manifests, origin);
+        if let Some(d) = seen.input_digest
+            && d != record.input_digest
+            && changes.is_empty()
+        {
+            // Every part was compared above; this is the belt to those braces.
+            changes.push(PutChange::InputDigest {
+                old: d,
+                new: record.input_digest,
+            });
+        }
+        if !changes.is_empty() {
+            // A batch dropped without commit stores nothing.
+            drop(batch);
+            return Err(Error::InputsChanged {
+                layer: layer.to_string(),
+                changes,
+            });
+        }
+        self.commit_version(batch, record)
+    }
+
+    /// The version a put stores, its input digest computed from what it holds.
+    fn version_record(
+        &self,
+        layer: &str,
+        inputs: &LayerInputs,
+        base_hash: Vec<u8>,
+        written: Written,
+        manifests: Vec<ManifestRecord>,
+        origin: Origin,
+    ) -> VersionRecord {
         let mut record = VersionRecord {
             name: layer.to_string(),
             input_digest: [0; 32],
@@ -171,29 +178,49 @@ impl Session<'_> {
             origin,
         };
         record.input_digest = input_digest(&Inputs::of_record(&record));
-        if let Some(d) = seen.input_digest
-            && d != record.input_digest
-            && changes.is_empty()
-        {
-            // Every part was compared above; this is the belt to those braces.
-            changes.push(PutChange::InputDigest {
-                old: d,
-                new: record.input_digest,
-            });
-        }
-        if !changes.is_empty() {
-            // Dropping the transaction without commit stores nothing.
-            txn.abort().db(path)?;
-            return Err(Error::InputsChanged {
+        record
+    }
+
+    /// The checks before anything is walked: the layer's name, that it is cacheable, that a
+    /// lookup observed it, and that it has outputs (or is build-only).
+    fn may_put<'s>(
+        &self,
+        layer: &str,
+        seen: Option<&'s Seen>,
+        manifests: &BTreeMap<String, Descriptor>,
+    ) -> Result<(&'a LayerInputs, &'s Seen)> {
+        validate_layer_name(layer)?;
+        let inputs = self.build.layer(layer)?;
+        if let Some(why) = &inputs.uncacheable {
+            return Err(Error::NotCacheable {
                 layer: layer.to_string(),
-                changes,
+                why: why.clone(),
             });
         }
+        let Some(seen) = seen else {
+            return Err(Error::PutRefused {
+                layer: layer.to_string(),
+                why: PutRefusal::NothingObserved,
+            });
+        };
+        if manifests.is_empty() && !inputs.build_only {
+            return Err(Error::PutRefused {
+                layer: layer.to_string(),
+                why: PutRefusal::NoOutputs,
+            });
+        }
+        Ok((inputs, seen))
+    }
+
+    /// Stores the version, points the layer at it and commits; then remembers the result for
+    /// the layers built on it.
+    fn commit_version(&mut self, batch: Batch, record: VersionRecord) -> Result<VersionRecord> {
         crash_point!("put::before_entry");
-        let (record, generation) = store_version(path, &txn, record)?;
+        let (record, generation) = store_version(&batch, record)?;
         crash_point!("put::before_commit");
-        txn.commit().db(path)?;
+        batch.commit()?;
         crash_point!("put::after_commit");
+        let layer = record.name.as_str();
         let digest = entry_digest_of(&record);
         self.memo.insert(layer.to_string(), Memo::Hit(digest));
         // Layers built on this one must be evaluated again.
@@ -211,28 +238,28 @@ impl Session<'_> {
     }
 
     /// The base hash from the lookup's proof of its built base ([`Proof`]), with the write
-    /// transaction the proof was checked in: `None` (and no transaction) when the layer's
-    /// base is not built, the lookup formed no proof, or the proof no longer holds — the base
-    /// layer was put, switched, removed or collected since the lookup read it.
+    /// batch the proof was checked in: `None` (and no batch) when the layer's base is not
+    /// built, the lookup formed no proof, or the proof no longer holds — the base layer was
+    /// put, switched, removed or collected since the lookup read it.
     fn trusted_base(
         &mut self,
         inputs: &LayerInputs,
         seen: &Seen,
-    ) -> Result<Option<(redb::WriteTransaction, Vec<u8>)>> {
+    ) -> Result<Option<(Batch, Vec<u8>)>> {
         let (Base::Built { layer: b }, Some(p)) = (&inputs.base, seen.base_proof) else {
             return Ok(None);
         };
         if seen.base_hash.as_deref() != Some(p.entry_digest.as_slice()) {
             return Ok(None);
         }
-        let txn = self.cache.store.begin_write()?;
-        if p.holds_in_write(self.cache, &txn, b)? {
+        let batch = self.cache.store.batch()?;
+        if p.holds_in(&batch, b)? {
             self.memo.insert(b.clone(), Memo::Hit(p.entry_digest));
             self.proofs.insert(b.clone(), p);
             self.counters.bases_trusted += 1;
-            return Ok(Some((txn, p.entry_digest.to_vec())));
+            return Ok(Some((batch, p.entry_digest.to_vec())));
         }
-        txn.abort().db(self.cache.store.path())?;
+        drop(batch);
         tracing::info!(
             base = %escape_bytes(b.as_bytes()),
             "the base layer changed since the lookup read it: its sources are walked"
@@ -296,20 +323,29 @@ impl Session<'_> {
         changes
     }
 
-    /// Walks every cached source of the layer into its rows inside `txn`, noting what differs
-    /// from what the lookup saw (`seen`).
+    /// Walks every cached source of the layer into its rows inside `batch` (only the rows
+    /// that differ from the stored ones are written; rows of sources the layer no longer has
+    /// are removed), noting what differs from what the lookup saw (`seen`).
     fn write_sources(
         &mut self,
-        txn: &redb::WriteTransaction,
+        batch: &Batch,
         layer: &str,
         seen: &Seen,
         inputs: &LayerInputs,
     ) -> Result<Written> {
-        // What the lookup walked (its log), else the rows stored so far, read from the
-        // committed state, lets the put's walk reuse the digests of files whose stat data is
-        // unchanged (see `write_source`); after the lookup found damaged rows nothing vouches:
-        // then every file is read.
-        let prior_txn = self.cache.store.begin_read()?;
+        let keep: BTreeSet<String> = cached_sources(inputs)
+            .map(|s| s.id().row_source())
+            .collect();
+        batch.remove_rows_except(layer, &keep)?;
+        // The stored rows, read from a snapshot taken while the batch holds the write lock
+        // (the state the batch began from: see `Batch::write_tree`), are what the walk is
+        // merged with; they also let the walk reuse the digests of files whose stat data is
+        // unchanged when the lookup left no log (see `write_source`). After the lookup found
+        // damaged rows nothing vouches: then every file is read and every row written.
+        let snapshot = self.cache.store.snapshot()?;
+        let same_state =
+            snapshot.pointer(layer)?.map(Result::ok) == batch.pointer(layer)?.map(Result::ok);
+        let prior = (!seen.damaged && same_state).then_some(&snapshot);
         let mut written = Written::default();
         let mut matched = vec![false; seen.sources.len()];
         for src in cached_sources(inputs) {
@@ -322,8 +358,7 @@ impl Session<'_> {
             }
             // A source the lookup did not see (it was missing then): every path is a change.
             let observed = found.and_then(|i| seen.sources.get(i));
-            let prior = (!seen.damaged).then_some(&prior_txn);
-            let summary = self.write_source(txn, prior, layer, &src, observed, &mut written)?;
+            let summary = self.write_source(batch, prior, layer, &src, observed, &mut written)?;
             match src.role {
                 SourceRole::Import => written.imports.push(summary),
                 SourceRole::OverlayDir => written.overlay_dirs.push(summary),
@@ -342,9 +377,9 @@ impl Session<'_> {
         Ok(written)
     }
 
-    /// Walks one source into its rows inside `txn`, reusing digests where the stat data allows,
-    /// and notes in `written` what differs from `observed` (every path the lookup saw, or its
-    /// Merkle root and row count; `None`: the lookup did not see it).
+    /// Walks one source into its rows inside `batch`, reusing digests where the stat data
+    /// allows, and notes in `written` what differs from `observed` (every path the lookup saw,
+    /// or its Merkle root and row count; `None`: the lookup did not see it).
     ///
     /// The digests reused come from the lookup's walk log when there is one (a stat cache of
     /// this very build: a file the lookup hashed, whose type, mode, owner, size, inode, device,
@@ -355,22 +390,20 @@ impl Session<'_> {
     /// change since the lookup refuses the put.
     fn write_source(
         &mut self,
-        txn: &redb::WriteTransaction,
-        prior: Option<&redb::ReadTransaction>,
+        batch: &Batch,
+        prior: Option<&Snapshot>,
         layer: &str,
         src: &SourceRef<'_>,
         observed: Option<&Observed>,
         written: &mut Written,
     ) -> Result<SourceSummary> {
-        let store = &self.cache.store;
         let sid = src.id().row_source();
         let log = observed.and_then(|o| o.log.as_ref());
         let mut walk = match (prior, log) {
             (None, _) => TreeWalk::new(src.path)?,
             (Some(_), Some(log)) => TreeWalk::with_prior(src.path, log.as_prior())?,
-            (Some(prior_txn), None) => {
-                let prior = store.rows(prior_txn, layer, &sid)?;
-                TreeWalk::with_prior(src.path, Box::new(prior))?
+            (Some(snapshot), None) => {
+                TreeWalk::with_prior(src.path, Box::new(snapshot.rows(layer, &sid)?))?
             }
         };
         walk.report_to(self.cache.progress());
@@ -387,35 +420,13 @@ impl Session<'_> {
                 c.push(e);
             }
         });
-        let summary = store.write_tree(txn, layer, &sid, src.path, entries)?;
+        let stored = prior.map(|s| s.stored_rows(layer, &sid)).transpose()?;
+        let (summary, writes) =
+            batch.write_tree(layer, &sid, src.path, entries, stored, &still_stands)?;
         self.counters.walk.add(&walk.counters());
-        let (role, key) = (src.role, src.ident.to_string());
-        for p in checker.map(ObservationCheck::finish).unwrap_or_default() {
-            written.changes.push(PutChange::Path {
-                role,
-                key: key.clone(),
-                path: escape_bytes(&p.under(src.path).into_os_string().into_encoded_bytes()),
-            });
-        }
-        // Seen by a lookup in another process: its root and row count.
-        if let Some(o) = observed.filter(|o| o.log.is_none()) {
-            match o.root_digest {
-                None => written
-                    .changes
-                    .push(PutChange::ChangedWhileRead { role, key }),
-                Some(root) if (root, o.row_count) != (summary.root_digest, summary.rows) => {
-                    written.changes.push(PutChange::SourceContent {
-                        role,
-                        key,
-                        old_rows: o.row_count,
-                        old_root: root,
-                        new_rows: summary.rows,
-                        new_root: summary.root_digest,
-                    })
-                }
-                Some(_) => {}
-            }
-        }
+        self.counters.rows_put += writes.inserted + writes.replaced + writes.removed;
+        let paths = checker.map(ObservationCheck::finish).unwrap_or_default();
+        note_changes(written, src, observed, paths, &summary);
         Ok(SourceSummary {
             key: src.ident.to_string(),
             source: sid,
@@ -423,6 +434,58 @@ impl Session<'_> {
             root_digest: summary.root_digest,
             rows: summary.rows,
         })
+    }
+}
+
+/// Whether the stored row of a path still stands for the entry a put's walk saw, so that the
+/// put need not write it: equal in every compared property, and stat data that vouches for the
+/// entry at the next walk as well as the new would — [`fastpath::needs_refresh`] false, the
+/// rule a hit's stat refresh uses. Only the snapshot time of its stat data can then differ from
+/// the walked row's, and no decision depends on that beyond the racy rule, which it passes.
+fn still_stands(stored: &Row, e: &WalkedEntry) -> bool {
+    !e.unstable
+        && stored.kind == e.row.kind
+        && e.row.stat.is_some()
+        && stored.compared_eq(&e.row)
+        && !fastpath::needs_refresh(stored, &e.row, &e.stat)
+}
+
+/// Notes in `written` what of one source differs from what the lookup saw: the `paths` its
+/// walk log disagrees with, or (seen by a lookup in another process, no log) its root and row
+/// count against the tree just written.
+fn note_changes(
+    written: &mut Written,
+    src: &SourceRef<'_>,
+    observed: Option<&Observed>,
+    paths: Vec<RelPath>,
+    summary: &TreeSummary,
+) {
+    let (role, key) = (src.role, src.ident.to_string());
+    for p in paths {
+        written.changes.push(PutChange::Path {
+            role,
+            key: key.clone(),
+            path: escape_bytes(&p.under(src.path).into_os_string().into_encoded_bytes()),
+        });
+    }
+    let Some(o) = observed.filter(|o| o.log.is_none()) else {
+        return;
+    };
+    match o.root_digest {
+        None => written
+            .changes
+            .push(PutChange::ChangedWhileRead { role, key }),
+        Some(root) if (root, o.row_count) != (summary.root_digest, summary.rows) => {
+            written.changes.push(PutChange::SourceContent {
+                role,
+                key,
+                old_rows: o.row_count,
+                old_root: root,
+                new_rows: summary.rows,
+                new_root: summary.root_digest,
+            })
+        }
+        Some(_) => {}
     }
 }
 
@@ -444,7 +507,7 @@ fn manifest_records(manifests: &BTreeMap<String, Descriptor>) -> Result<Vec<Mani
         .collect()
 }
 
-/// Stores a version inside `txn` — or keeps the stored one with the same input digest when it
+/// Stores a version inside `batch` — or keeps the stored one with the same input digest when it
 /// records the same outputs (a put of inputs seen before re-uses its version) — points the
 /// layer at it with a new rows generation, and records its use. Returns the version stored and
 /// the pointer's new generation.
@@ -452,14 +515,10 @@ fn manifest_records(manifests: &BTreeMap<String, Descriptor>) -> Result<Vec<Mani
 /// A version this machine built stays [`Origin::Built`] when a remote hit records it again
 /// (its blobs came back from a registry, but its hits still need the builder's copies this
 /// machine made: the local rule is not lifted by asking a registry).
-fn store_version(
-    path: &Path,
-    txn: &redb::WriteTransaction,
-    mut record: VersionRecord,
-) -> Result<(VersionRecord, u64)> {
+fn store_version(batch: &Batch, mut record: VersionRecord) -> Result<(VersionRecord, u64)> {
     let layer = record.name.clone();
     let layer = layer.as_str();
-    let old = versions::version_in_write(txn, path, layer, &record.input_digest)?;
+    let old = batch.version(layer, &record.input_digest)?;
     if let Some(Ok(old)) = &old
         && old.origin == Origin::Built
     {
@@ -474,68 +533,23 @@ fn store_version(
     let record = match old {
         Some(Ok(old)) if same(&old) => old,
         _ => {
-            versions::write_version(txn, path, &record)?;
+            batch.write_version(&record)?;
             record
         }
     };
-    let generation = match versions::pointer_in_write(txn, path, layer)? {
+    let generation = match batch.pointer(layer)? {
         Some(Ok(p)) => p.generation.wrapping_add(1),
         _ => 0,
     };
-    versions::write_pointer(
-        txn,
-        path,
+    batch.write_pointer(
         layer,
         &LayerRecord {
             current: record.input_digest,
             generation,
         },
     )?;
-    versions::touch(txn, path, layer, &record.input_digest, now_ms())?;
+    batch.touch(layer, &record.input_digest, now_ms())?;
     Ok((record, generation))
-}
-
-impl Store {
-    /// Replaces the rows of (layer, source) with the entries of a walk, inside `txn`, and returns
-    /// the tree's summary. An entry that changed while it was hashed aborts with
-    /// [`Error::ChangedWhileReading`] (the caller's transaction is then dropped, storing nothing).
-    pub fn write_tree(
-        &self,
-        txn: &redb::WriteTransaction,
-        layer: &str,
-        source: &str,
-        root: &Path,
-        entries: impl IntoIterator<Item = Result<WalkedEntry>>,
-    ) -> Result<TreeSummary> {
-        validate_source(source)?;
-        let db = self.path();
-        let mut table = txn.open_table(ROWS).db(db)?;
-        RowRange::source(layer, source).delete(db, &mut table)?;
-        let mut hasher = TreeHasher::new();
-        let mut root_kind = None;
-        for entry in entries {
-            let entry = entry?;
-            if entry.unstable {
-                return Err(Error::ChangedWhileReading {
-                    path: entry.path.under(root),
-                });
-            }
-            if entry.path.is_root() {
-                root_kind = Some(entry.row.kind);
-            }
-            hasher.push(&entry.path, &entry.row);
-            let bytes = encode_row(db, &entry.path, &entry.row)?;
-            table
-                .insert((layer, source, entry.path.key()), bytes.as_slice())
-                .db(db)?;
-        }
-        let (root_digest, rows) = hasher.finish();
-        Ok(TreeSummary {
-            root_digest,
-            rows,
-            root_kind,
-        })
-    }
 }
 
 /// Merges a put's walk against what the lookup observed (its walk log), collecting paths that

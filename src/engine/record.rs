@@ -367,6 +367,21 @@ impl LookupRecord {
         Self::read_limited(path, RECORD_LIMIT)
     }
 
+    /// [`LookupRecord::read`], and the record must be of `layer` (a put from it, or the base
+    /// record of a layer built on `layer`): a record of another layer is
+    /// [`Error::RecordOfAnotherLayer`], before anything is looked up or stored.
+    pub fn read_for(path: &Path, layer: &str) -> Result<LookupRecord> {
+        let rec = Self::read(path)?;
+        if rec.layer() != layer {
+            return Err(Error::RecordOfAnotherLayer {
+                path: path.to_path_buf(),
+                layer: layer.to_string(),
+                found: rec.layer().to_string(),
+            });
+        }
+        Ok(rec)
+    }
+
     /// [`LookupRecord::read`] with a size limit of `limit` bytes: a larger file is refused
     /// from its stat size, before a byte is read (nothing is allocated for it), and at most
     /// `limit` bytes are read, so a file that grows meanwhile cannot make the read unbounded.

@@ -16,8 +16,7 @@ use crate::inputs::{Base, Build};
 use crate::path::validate_layer_name;
 use crate::reason::{BaseChange, MissReason};
 use crate::schema::{LayerRecord, VersionRecord};
-use crate::store::guard::guard_redb;
-use crate::store::versions;
+use crate::store::Batch;
 
 use super::{BuildLookup, Cache, Lookup, LookupMode, LookupRecord, Outcome, Seen, SessionCounters};
 use crate::version::entry_digest_of;
@@ -63,35 +62,23 @@ impl Proof {
 
     /// Whether the proof holds now for `layer`, read in one read snapshot.
     pub(crate) fn holds(&self, cache: &Cache, layer: &str) -> Result<bool> {
-        let path = cache.store.path();
-        let txn = cache.store.begin_read()?;
-        self.holds_for(versions::pointer(&txn, path, layer)?, |d| {
-            versions::version(&txn, path, layer, d)
-        })
+        let snapshot = cache.store.snapshot()?;
+        self.holds_for(snapshot.pointer(layer)?, |d| snapshot.version(layer, d))
     }
 
-    /// Whether the proof holds for `layer` inside the write transaction `txn`.
-    pub(crate) fn holds_in_write(
-        &self,
-        cache: &Cache,
-        txn: &redb::WriteTransaction,
-        layer: &str,
-    ) -> Result<bool> {
-        let path = cache.store.path();
-        self.holds_for(versions::pointer_in_write(txn, path, layer)?, |d| {
-            versions::version_in_write(txn, path, layer, d)
-        })
+    /// Whether the proof holds for `layer` inside the write batch `batch`.
+    pub(crate) fn holds_in(&self, batch: &Batch, layer: &str) -> Result<bool> {
+        self.holds_for(batch.pointer(layer)?, |d| batch.version(layer, d))
     }
 
     /// The proof for `layer` now, if its current version has entry digest `entry` (read in
     /// one snapshot).
     pub(crate) fn now(cache: &Cache, layer: &str, entry: [u8; 32]) -> Result<Option<Proof>> {
-        let path = cache.store.path();
-        let txn = cache.store.begin_read()?;
-        let Some(Ok(p)) = versions::pointer(&txn, path, layer)? else {
+        let snapshot = cache.store.snapshot()?;
+        let Some(Ok(p)) = snapshot.pointer(layer)? else {
             return Ok(None);
         };
-        Ok(match versions::version(&txn, path, layer, &p.current)? {
+        Ok(match snapshot.version(layer, &p.current)? {
             Some(Ok(v)) if entry_digest_of(&v) == entry => Some(Proof {
                 entry_digest: entry,
                 current: p.current,
@@ -194,8 +181,8 @@ impl<'a> Session<'a> {
         };
         let (lookup, mut seen) = self.run_lookup(layer, mode)?;
         let record_key = super::record::RecordKey::of(&self.cache.store.secret()?);
-        let db = self.cache.store.path().to_path_buf();
-        let (base_proof, result) = guard_redb(&db, || {
+        let cache = self.cache;
+        let (base_proof, result) = cache.store.guarded(|| {
             let base_proof = match &self.build.layer(layer)?.base {
                 Base::Built { layer: b } => self.proof_of(b)?,
                 _ => None,
@@ -271,7 +258,8 @@ impl<'a> Session<'a> {
         };
         let same_layer = record.same_layer_as(inputs, self.build.builder.as_deref())
             && record.input_digest() == Some(proof.current);
-        let holds = same_layer && guard_redb(&db, || proof.holds(self.cache, layer))?;
+        let cache = self.cache;
+        let holds = same_layer && cache.store.guarded(|| proof.holds(cache, layer))?;
         if !holds {
             tracing::info!(
                 layer = %crate::path::escape_bytes(layer.as_bytes()),
@@ -308,8 +296,8 @@ impl<'a> Session<'a> {
     fn run_lookup(&mut self, layer: &str, mode: LookupMode) -> Result<(Lookup, Option<Seen>)> {
         validate_layer_name(layer)?;
         let inputs = self.build.layer(layer)?;
-        let db = self.cache.store.path().to_path_buf();
-        let (result, seen) = guard_redb(&db, || {
+        let cache = self.cache;
+        let (result, seen) = cache.store.guarded(|| {
             self.resolve_bases_below(layer)?;
             self.evaluate(layer, inputs, mode)
         })?;
@@ -337,19 +325,19 @@ impl<'a> Session<'a> {
         Ok((result, seen))
     }
 
-    /// Makes sure every built base below `layer` is memoized, bottom up (iteratively, so a
-    /// chain of any length costs one evaluation per layer and no deep recursion).
+    /// Makes sure every built base below `layer` is memoized, bottom up: the chain of built
+    /// bases is [`Build::build_order`]'s (the one walk down a chain, which `push` and `pull`
+    /// use too), and only the bases above the highest one already memoized are evaluated, so
+    /// a chain of any length costs one evaluation per layer and no deep recursion.
     pub(crate) fn resolve_bases_below(&mut self, layer: &str) -> Result<()> {
-        let mut chain = Vec::new();
-        let mut cur = layer;
-        while let Base::Built { layer: base } = &self.build.layer(cur)?.base {
-            if self.memo.contains_key(base.as_str()) {
-                break;
-            }
-            chain.push(base.as_str());
-            cur = base;
-        }
-        for name in chain.into_iter().rev() {
+        let order = self.build.build_order(&[layer.to_string()], true)?;
+        // The order ends with `layer` itself; what comes before it are its built bases.
+        let below = order.split_last().map_or(&[][..], |(_, below)| below);
+        let from = below
+            .iter()
+            .rposition(|b| self.memo.contains_key(b.as_str()))
+            .map_or(0, |i| i + 1);
+        for name in below.get(from..).unwrap_or_default() {
             let inputs = self.build.layer(name)?;
             let (r, _) = self.evaluate(name, inputs, LookupMode::CHECK)?;
             self.memo.insert(name.to_string(), Memo::of(&r));

@@ -1,27 +1,23 @@
 //! The integrity checker: [`Inspector::check_records`] decodes every record of the snapshot
 //! (every version's checksum, and its input digest recomputed against its key), compares each
 //! layer's current version's summaries with its rows (count, root type, recomputed Merkle
-//! root), checks that a built layer's base version is stored, and looks for orphans; [`check()`] adds redb's own page-level
-//! check, which `maintain` runs.
+//! root), checks that a built layer's base version is stored, and looks for orphans;
+//! [`check()`] adds the storage engine's own page-level check, which `maintain` runs.
 //!
 //! It must never write and never open the file for writing itself; a damaged record is a
 //! [`Problem`] in the report, not an error, and never a panic.
 
 use std::collections::BTreeMap;
-use std::io;
 use std::path::Path;
 
-use redb::ReadableTable;
-
-use super::maintain::{must_exist, redb_integrity};
+use super::maintain::{engine_integrity, must_exist};
 use super::{
     CheckReport, Inspector, Integrity, MAX_LISTED_PROBLEMS, Problem, ProblemKind, problem,
 };
 use crate::engine::{SourceId, SourceRole};
-use crate::error::{DbResultExt, Error, Result};
+use crate::error::{Error, Result};
 use crate::path::{escape_bytes, hex, show_path};
-use crate::schema::{BaseKind, EntryKind, LAYERS, META, SourceSummary, VersionRecord};
-use crate::store::rows::{RowIter, RowRange};
+use crate::schema::{BaseKind, EntryKind, SourceSummary, VersionRecord};
 use crate::store::versions;
 use crate::tree::TreeHasher;
 use crate::version::entry_digest_of;
@@ -30,7 +26,7 @@ use crate::version::{Inputs, input_digest};
 impl Inspector {
     /// Every check that needs only reading: records decode, summaries agree with their rows
     /// (count and recomputed Merkle root), base hashes exist and agree, no orphans. The
-    /// report's redb check is [`Integrity::NotRun`]; [`check()`](super::check()) runs both.
+    /// report's database integrity check is [`Integrity::NotRun`]; [`check()`](super::check()) runs both.
     pub fn check_records(&self) -> Result<CheckReport> {
         self.read(|_, path| {
             let mut report = CheckReport::new(path);
@@ -43,9 +39,7 @@ impl Inspector {
     }
 
     fn check_meta(&self, report: &mut CheckReport) -> Result<()> {
-        let path = self.path();
-        let meta = self.txn.open_table(META).db(path)?;
-        if meta.get(crate::schema::META_WRITER).db(path)?.is_none() {
+        if !self.snap.writer_recorded()? {
             report.push(problem(
                 ProblemKind::Meta,
                 None,
@@ -59,12 +53,11 @@ impl Inspector {
     /// Decodes every version (checksum, key, input digest recomputed from the record) and
     /// every layer pointer; returns what each layer's current version expects of its rows.
     fn check_entries(&self, report: &mut CheckReport) -> Result<BTreeMap<String, Expect>> {
-        let path = self.path();
         let mut layers = BTreeMap::new();
-        for (name, digest) in versions::all_keys(&self.txn, path)? {
+        for (name, digest) in self.snap.version_keys()? {
             report.versions_checked += 1;
             let lay = Some(name.as_str());
-            let rec = match versions::version(&self.txn, path, &name, &digest)? {
+            let rec = match self.snap.version(&name, &digest)? {
                 Some(Ok(r)) => r,
                 Some(Err(e)) => {
                     report.push(problem(ProblemKind::DamagedEntry, lay, None, e.to_string()));
@@ -81,16 +74,13 @@ impl Inspector {
             }
             check_version_fields(report, &rec);
         }
-        let pointers = self.txn.open_table(LAYERS).db(path)?;
-        for item in pointers.iter().db(path)? {
-            let (k, v) = item.db(path)?;
-            let name = k.value().to_string();
+        for (name, pointer) in self.snap.pointers()? {
             report.entries_checked += 1;
             let lay = Some(name.as_str());
             if let Err(e) = crate::path::validate_layer_name(&name) {
                 report.push(problem(ProblemKind::EntryName, lay, None, e.to_string()));
             }
-            let pointer = match versions::decode_layer(path, &name, v.value()) {
+            let pointer = match pointer {
                 Ok(p) => p,
                 Err(e) => {
                     report.push(problem(ProblemKind::DamagedEntry, lay, None, e.to_string()));
@@ -98,7 +88,7 @@ impl Inspector {
                     continue;
                 }
             };
-            let rec = match versions::version(&self.txn, path, &name, &pointer.current)? {
+            let rec = match self.snap.version(&name, &pointer.current)? {
                 Some(Ok(r)) => r,
                 Some(Err(_)) => {
                     // Listed with the versions above.
@@ -160,7 +150,6 @@ impl Inspector {
         report: &mut CheckReport,
         layers: &BTreeMap<String, Expect>,
     ) -> Result<()> {
-        let path = self.path();
         for (name, expect) in layers {
             let Expect::Entry {
                 built_on: Some((base, hash)),
@@ -169,7 +158,7 @@ impl Inspector {
             else {
                 continue;
             };
-            let stored = versions::versions_of(&self.txn, path, base)?;
+            let stored = self.snap.versions_of(base)?;
             if stored.iter().any(|(_, r)| {
                 r.as_ref()
                     .is_ok_and(|v| entry_digest_of(v).as_slice() == hash)
@@ -193,10 +182,10 @@ impl Inspector {
         report: &mut CheckReport,
         mut layers: BTreeMap<String, Expect>,
     ) -> Result<()> {
-        let mut scan = RowIter::open(self.path(), &self.txn, &RowRange::table())?;
+        let mut scan = self.snap.all_rows()?;
         let mut run: Option<Run> = None;
         // A row that does not decode is a problem of its run, never an error: the closure
-        // always returns `Ok`, so only redb's own failures end the scan (with an error).
+        // always returns `Ok`, so only the database's own failures end the scan (with an error).
         while let Some(step) = scan.next_with(|r| {
             report.rows_checked += 1;
             let same = run
@@ -385,21 +374,13 @@ impl Run {
 }
 
 /// A clearer one-line message for an error that means the file itself is damaged (truncated or
-/// overwritten): redb's "corrupted" and short reads. `None` for every other error, whose
-/// `Display` is already the message to show.
+/// overwritten): the database's "corrupted", a repair it could not complete, and short reads.
+/// `None` for every other error, whose `Display` is already the message to show.
 pub fn damaged_file_message(e: &Error) -> Option<String> {
     let Error::Db { path, source } = e else {
         return None;
     };
-    let what = match source.as_ref() {
-        redb::Error::Corrupted(d) => d.clone(),
-        // layercache never aborts a repair itself: redb gave up on one.
-        redb::Error::RepairAborted => "it needs a repair that redb could not complete".to_string(),
-        redb::Error::Io(io) if io.kind() == io::ErrorKind::UnexpectedEof => {
-            "it is shorter than its own header says: truncated".to_string()
-        }
-        _ => return None,
-    };
+    let what = source.damage_detail()?;
     Some(format!(
         "cache database {} is damaged ({what}); move it away (the next build then creates a new \
          cache) or restore it from a backup",
@@ -407,17 +388,18 @@ pub fn damaged_file_message(e: &Error) -> Option<String> {
     ))
 }
 
-/// Runs every read-only check ([`Inspector::check_records`]), then redb's integrity check when
-/// the file can be opened for writing (module `maintain`). If a build holds the
-/// file, the redb-level check is skipped ([`Integrity::SkippedInUse`]) and the rest still runs.
+/// Runs every read-only check ([`Inspector::check_records`]), then the storage engine's
+/// integrity check when the file can be opened for writing (module `maintain`). If a build
+/// holds the file, that page-level check is skipped ([`Integrity::SkippedInUse`]) and the rest
+/// still runs.
 /// The read-only checks run first, so they see the file exactly as it was (a writable open of a
 /// damaged file can leave it marked as needing a repair); the writable handle is opened last and
-/// only for the redb check, so a build is kept out only for that long.
+/// only for the page-level check, so a build is kept out only for that long.
 ///
-/// A damaged file is a finding, not a failure: if redb cannot open it, or its page-level check
-/// fails, the report says so and [`CheckReport::is_clean`] is false. A panic inside redb while
-/// the records are read (its read path trusts page contents, so an overwritten page can make it
-/// index out of bounds) is returned as an [`Error::Db`] naming the file as damaged
+/// A damaged file is a finding, not a failure: if the database cannot be opened, or its
+/// page-level check fails, the report says so and [`CheckReport::is_clean`] is false. A panic
+/// inside the storage engine while the records are read (its read path trusts page contents,
+/// so an overwritten page can make it index out of bounds) is returned as an [`Error::Db`] naming the file as damaged
 /// ([`damaged_file_message`] words it). Any other error means nothing could be checked (not a
 /// cache, newer schema, missing file, held exclusively by another program, ...).
 pub fn check(path: impl AsRef<Path>) -> Result<CheckReport> {
@@ -446,9 +428,9 @@ pub fn check(path: impl AsRef<Path>) -> Result<CheckReport> {
             None => return Err(e),
         },
     };
-    report.integrity = redb_integrity(path);
+    report.integrity = engine_integrity(path);
     if let Integrity::Failed(d) = &report.integrity {
-        let p = problem(ProblemKind::RedbIntegrity, None, None, d.clone());
+        let p = problem(ProblemKind::DatabaseIntegrity, None, None, d.clone());
         report.problems.insert(0, p);
         if report.problems.len() > MAX_LISTED_PROBLEMS {
             report.problems.pop();

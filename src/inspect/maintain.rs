@@ -1,18 +1,19 @@
-//! The writable operations: [`stats_exact`] (redb's own accounting), [`compact`], and redb's
-//! page-level integrity check for [`check()`](super::check()). Each opens the file for writing
+//! The writable operations: [`stats_exact`] (the storage engine's own accounting),
+//! [`compact`], and the engine's page-level integrity check for [`check()`](super::check()),
+//! each one typed call of the store. Each opens the file for writing
 //! only after a read-only open has proved it a layercache database of this schema, and only as
 //! long as the operation takes.
 //!
 //! It must never create a database, never wait for a build that holds the file (it reports
 //! [`Error::InUse`] instead), and never change a record. [`repair`] is the one operation here
-//! whose purpose is to write: it lets redb repair a file that was not closed cleanly.
+//! whose purpose is to write: it lets the database repair a file that was not closed cleanly.
 
 use std::io;
 use std::path::Path;
 use std::time::Duration;
 
 use super::{CompactReport, ExactUsage, Inspector, Integrity, Stats, damaged_file_message};
-use crate::error::{DbResultExt, Error, Result};
+use crate::error::{Error, Result};
 use crate::path::show_path;
 use crate::store::{Store, WriteWait};
 
@@ -26,7 +27,7 @@ pub(super) fn must_exist(path: &Path) -> Result<()> {
 /// Opens for writing a file that is already known to be a layercache database of this schema
 /// (a read-only open checks that first, so a writable open never initializes a foreign or
 /// empty file; [`Store::open_existing`] never creates one). Never waits: while another process
-/// writes (a put), it reports [`Error::InUse`] (redb's integrity check and compaction would
+/// writes (a put), it reports [`Error::InUse`] (the integrity check and compaction would
 /// otherwise wait for that transaction).
 fn open_writable(path: &Path) -> Result<Store> {
     must_exist(path)?;
@@ -52,19 +53,19 @@ fn writable_now(path: &Path) -> Result<Store> {
         Err(Error::Busy { .. }) => return Err(in_use()),
         other => other?,
     };
-    match store.database_mut() {
+    match store.open_writer() {
         Err(Error::Busy { .. }) => return Err(in_use()),
-        other => drop(other?),
+        other => other?,
     }
-    match store.try_begin_write()? {
-        Some(probe) => probe.abort().db(path)?,
+    match store.try_batch()? {
+        Some(probe) => probe.abort()?,
         None => return Err(in_use()),
     }
     Ok(store)
 }
 
-/// `check --repair`: when the file was not closed cleanly, a writable open repairs it (redb's
-/// quick repair) and closes it cleanly. Returns whether it needed the repair. Never creates a
+/// `check --repair`: when the file was not closed cleanly, a writable open repairs it (the
+/// database's quick repair) and closes it cleanly. Returns whether it needed the repair. Never creates a
 /// file, never waits for a build.
 pub fn repair(path: impl AsRef<Path>) -> Result<bool> {
     let path = path.as_ref();
@@ -83,10 +84,7 @@ pub fn repair(path: impl AsRef<Path>) -> Result<bool> {
 fn not_writable(e: &Error) -> Option<String> {
     let io = match e {
         Error::Io { source, .. } => Some(source),
-        Error::Db { source, .. } => match source.as_ref() {
-            redb::Error::Io(io) => Some(io),
-            _ => None,
-        },
+        Error::Db { source, .. } => source.io_error(),
         _ => None,
     }?;
     matches!(
@@ -96,21 +94,18 @@ fn not_writable(e: &Error) -> Option<String> {
     .then(|| io.to_string())
 }
 
-/// [`Inspector::stats`] plus redb's exact accounting, through a brief writable open: fails
-/// with [`Error::InUse`] while a build holds the file.
+/// [`Inspector::stats`] plus the storage engine's exact accounting, through a brief writable
+/// open: fails with [`Error::InUse`] while a build holds the file.
 pub fn stats_exact(path: impl AsRef<Path>) -> Result<Stats> {
     let path = path.as_ref();
     let exact = {
-        let store = open_writable(path)?;
-        let txn = store.begin_write()?;
-        let s = txn.stats().db(path)?;
-        txn.abort().db(path)?;
+        let s = open_writable(path)?.file_stats()?;
         ExactUsage {
-            page_size: s.page_size() as u64,
-            allocated_pages: s.allocated_pages(),
-            stored_bytes: s.stored_bytes(),
-            metadata_bytes: s.metadata_bytes(),
-            fragmented_bytes: s.fragmented_bytes(),
+            page_size: s.page_size,
+            allocated_pages: s.allocated_pages,
+            stored_bytes: s.stored_bytes,
+            metadata_bytes: s.metadata_bytes,
+            fragmented_bytes: s.fragmented_bytes,
         }
     };
     let mut stats = Inspector::open(path)?.stats()?;
@@ -118,7 +113,7 @@ pub fn stats_exact(path: impl AsRef<Path>) -> Result<Stats> {
     Ok(stats)
 }
 
-/// Compacts the file: runs redb's `compact` until it has nothing left to move. Needs a
+/// Compacts the file: runs the storage engine's compaction until it has nothing left to move. Needs a
 /// writable open and no transaction of any other process: while a build (or a dump) uses the
 /// file, fails with [`Error::InUse`] and changes nothing.
 pub fn compact(path: impl AsRef<Path>) -> Result<CompactReport> {
@@ -130,24 +125,7 @@ pub fn compact(path: impl AsRef<Path>) -> Result<CompactReport> {
     };
     let mut store = open_writable(path)?;
     let bytes_before = size(path)?;
-    let mut passes = 0;
-    {
-        let db = store.database_mut()?;
-        // Each pass moves pages toward the start of the file; redb says when none is left.
-        // The bound only guards against a pass that keeps reporting progress.
-        while passes < 100_000 {
-            match db.compact() {
-                Ok(true) => passes += 1,
-                Ok(false) => break,
-                Err(redb::CompactionError::TransactionInProgress) => {
-                    return Err(Error::InUse {
-                        path: path.to_path_buf(),
-                    });
-                }
-                Err(e) => return Err(e).db(path),
-            }
-        }
-    }
+    let passes = store.compact()?;
     drop(store);
     Ok(CompactReport {
         db: show_path(path),
@@ -157,15 +135,15 @@ pub fn compact(path: impl AsRef<Path>) -> Result<CompactReport> {
     })
 }
 
-/// redb's own integrity check (page checksums, allocator state), through a brief writable open
-/// made after [`check()`](super::check())'s read-only checks. Skipped, not failed, while a build
-/// holds the file or when this process may not write it.
-pub(super) fn redb_integrity(path: &Path) -> Integrity {
+/// The storage engine's own integrity check (page checksums, allocator state), through a brief
+/// writable open made after [`check()`](super::check())'s read-only checks. Skipped, not
+/// failed, while a build holds the file or when this process may not write it.
+pub(super) fn engine_integrity(path: &Path) -> Integrity {
     match open_writable(path) {
-        Ok(mut store) => match store.database_mut().map(|db| db.check_integrity()) {
+        Ok(mut store) => match store.check_integrity() {
             Ok(Ok(true)) => Integrity::Passed,
             Ok(Ok(false)) => Integrity::Repaired,
-            Ok(Err(e)) => Integrity::Failed(e.to_string()),
+            Ok(Err(detail)) => Integrity::Failed(detail),
             Err(e) => Integrity::SkippedNotWritable(e.to_string()),
         },
         Err(Error::InUse { .. }) => Integrity::SkippedInUse,

@@ -7,21 +7,21 @@
 //!
 //! * `reader`: [`Inspector`], the read-only snapshot: listing, one entry, streamed rows,
 //!   stats. Never writes.
-//! * `check`: the integrity checker over that snapshot ([`check()`]). Never writes; redb's own
-//!   page-level check is asked of `maintain`.
-//! * `maintain`: the only writable opens ([`stats_exact`], [`compact`], redb's integrity
-//!   check). Never waits for a build, never creates a file.
+//! * `check`: the integrity checker over that snapshot ([`check()`]). Never writes; the
+//!   storage engine's own page-level check is asked of `maintain`.
+//! * `maintain`: the only writable opens ([`stats_exact`], [`compact`], the database's
+//!   integrity check). Never waits for a build, never creates a file.
 //! * `render`: the human text form of every report. Never reads the database.
 //!
 //! ## Reading while a build runs
 //!
-//! [`Inspector`] opens the file with `Store::open_read_only` (redb's `SingleWriter` mode), so it
+//! [`Inspector`] opens the file with `Store::open_read_only` (its read-only handle), so it
 //! can read while a builder holds the file through `Store::open`, even in another process. It
 //! takes one read transaction at open and answers everything from that snapshot: a dump is
 //! consistent even while the builder commits. (A snapshot pins the pages it reads; a dump left
 //! paused for hours in a pager makes the writer's file grow meanwhile, as any long read does.)
 //!
-//! Only [`compact`], [`check()`]'s redb-level integrity check and [`stats_exact`] need a writable
+//! Only [`compact`], [`check()`]'s page-level integrity check and [`stats_exact`] need a writable
 //! open. They never wait: if a builder holds the file they report it ([`Error::InUse`], or for
 //! [`check()`] [`Integrity::SkippedInUse`] while every other check still runs read-only). The
 //! plain [`Inspector::stats`] is read-only on purpose, so a person looking at a cache can never
@@ -334,7 +334,7 @@ pub struct TableUsage {
     pub pages: u64,
 }
 
-/// redb's own accounting, available only through a writable open ([`stats_exact`]).
+/// The storage engine's own accounting, available only through a writable open ([`stats_exact`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ExactUsage {
     /// Page size.
@@ -343,7 +343,7 @@ pub struct ExactUsage {
     pub allocated_pages: u64,
     /// Bytes of keys and values in user tables.
     pub stored_bytes: u64,
-    /// Metadata bytes (branch keys, redb's system tables).
+    /// Metadata bytes (branch keys, the database's system tables).
     pub metadata_bytes: u64,
     /// Fragmented bytes including free pages: about what `compact` reclaims.
     pub fragmented_bytes: u64,
@@ -373,14 +373,14 @@ pub struct Stats {
     pub table_bytes: u64,
     /// Fragmented bytes inside those pages.
     pub table_fragmented_bytes: u64,
-    /// The rest of the file: free pages, redb's own tables and header. With
+    /// The rest of the file: free pages, the database's own tables and header. With
     /// `table_fragmented_bytes`, an upper bound of what `compact` can reclaim.
     pub outside_tables_bytes: u64,
-    /// redb's exact accounting, when the file could be opened for writing.
+    /// The storage engine's exact accounting, when the file could be opened for writing.
     pub exact: Option<ExactUsage>,
 }
 
-/// The outcome of redb's own integrity check (page checksums, allocator state).
+/// The outcome of the storage engine's own integrity check (page checksums, allocator state).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "status", content = "detail", rename_all = "snake_case")]
 pub enum Integrity {
@@ -388,7 +388,7 @@ pub enum Integrity {
     NotRun,
     /// The check passed.
     Passed,
-    /// The file needed a repair, and redb repaired it.
+    /// The file needed a repair, and the database repaired it.
     Repaired,
     /// The check failed.
     Failed(String),
@@ -399,7 +399,7 @@ pub enum Integrity {
     SkippedNotWritable(String),
     /// Not run: the file was not closed cleanly (a writing process was killed). That is not
     /// damage: nothing committed is lost, and the next writable open (a build, or
-    /// `check --repair`) repairs it; until then redb allows no read-only view.
+    /// `check --repair`) repairs it; until then the database allows no read-only view.
     NeedsRepair,
 }
 
@@ -407,9 +407,9 @@ pub enum Integrity {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ProblemKind {
-    /// redb's integrity check failed, or redb could not open the file for it.
-    RedbIntegrity,
-    /// The file was not closed cleanly; it needs redb's repair, which loses nothing committed.
+    /// The database's integrity check failed, or the file could not be opened for it.
+    DatabaseIntegrity,
+    /// The file was not closed cleanly; it needs the database's repair, which loses nothing committed.
     /// Not damage.
     NotClosedCleanly,
     /// The records could not be read at all (the file is damaged).
@@ -466,7 +466,7 @@ pub struct Problem {
 pub struct CheckReport {
     /// The database file.
     pub db: String,
-    /// redb's integrity check.
+    /// The database's integrity check.
     pub integrity: Integrity,
     /// Entries examined.
     pub entries_checked: u64,
@@ -485,12 +485,12 @@ pub struct CheckReport {
 }
 
 impl CheckReport {
-    /// True when nothing is wrong (a skipped redb check is not a problem).
+    /// True when nothing is wrong (a skipped integrity check is not a problem).
     pub fn is_clean(&self) -> bool {
         self.problems.is_empty() && self.problems_not_listed == 0
     }
 
-    /// An empty report whose redb check has not run.
+    /// An empty report whose integrity check has not run.
     fn new(path: &Path) -> Self {
         CheckReport {
             db: show_path(path),

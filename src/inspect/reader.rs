@@ -1,30 +1,27 @@
 //! The read-only snapshot: [`Inspector`] lists entries, shows one in full, streams a layer's
-//! rows and counts storage use, all from one read transaction taken at open.
+//! rows and counts storage use, all from one read snapshot taken at open.
 //!
 //! Owns the snapshot and the one door to it, `Inspector::read`, which applies the library's
-//! panic guard ([`guard_redb`]) to every read. Rows are streamed with the store's row iterator
-//! ([`RowIter`] over a [`RowRange`]). It must never write, never open the file for writing,
-//! never decode a stored value itself, and never hold a whole source's rows in memory.
+//! panic guard (`store::guarded`) to every read. Everything is read through the store's typed
+//! snapshot methods; rows are streamed with the store's row iterator ([`RowIter`]). It must
+//! never write, never open the file for writing, never decode a stored value itself, never
+//! name a table or the storage engine, and never hold a whole source's rows in memory.
 
 use std::path::Path;
-
-use redb::{ReadableTable, ReadableTableMetadata};
 
 use super::{
     BaseView, EntryDetail, EntryLine, ListedEntry, Listing, ListingTotals, ManifestView, RowLine,
     RowSelection, SourceView, Stats, TableUsage, VersionLine, format_utc_ms,
 };
-use crate::error::{DbResultExt, Error, Result};
+use crate::error::{Error, Result};
 use crate::path::{escape_bytes, hex, show_path};
-use crate::schema::{LAST_USED, LAYERS, META, ROWS, VERSIONS, VersionRecord};
-use crate::store::Store;
-use crate::store::guard::guard_redb;
-use crate::store::rows::{RowIter, RowRange};
-use crate::store::versions;
+use crate::schema::VersionRecord;
+use crate::store::rows::RowIter;
+use crate::store::{Snapshot, Store, guarded};
 
-/// A read-only view of a cache file: one read transaction, held for the life of the value.
+/// A read-only view of a cache file: one read snapshot, held for the life of the value.
 pub struct Inspector {
-    pub(super) txn: redb::ReadTransaction,
+    pub(super) snap: Snapshot,
     store: Store,
 }
 
@@ -35,46 +32,33 @@ impl Inspector {
     }
 
     /// Wraps an open store, taking the read snapshot now.
-    pub fn new(store: Store) -> Result<Inspector> {
-        let txn = store.begin_read()?;
-        Ok(Inspector { txn, store })
-    }
-
-    /// The underlying store.
-    pub fn store(&self) -> &Store {
-        &self.store
+    fn new(store: Store) -> Result<Inspector> {
+        let snap = store.snapshot()?;
+        Ok(Inspector { snap, store })
     }
 
     pub(super) fn path(&self) -> &Path {
         self.store.path()
     }
 
-    /// Runs `f` on the snapshot under the library's one panic guard ([`guard_redb`]): redb's
-    /// read path trusts page contents, so a damaged page can make it panic instead of returning
-    /// an error, and a person inspecting a damaged file must get a report or an error naming the
-    /// file, never a crash. Every read of the snapshot goes through here.
-    pub(super) fn read<T>(
-        &self,
-        f: impl FnOnce(&redb::ReadTransaction, &Path) -> Result<T>,
-    ) -> Result<T> {
+    /// Runs `f` on the snapshot under the library's one panic guard (`store::guarded`): the
+    /// database's read path trusts page contents, so a damaged page can make it panic instead
+    /// of returning an error, and a person inspecting a damaged file must get a report or an
+    /// error naming the file, never a crash. Every read of the snapshot goes through here.
+    pub(super) fn read<T>(&self, f: impl FnOnce(&Snapshot, &Path) -> Result<T>) -> Result<T> {
         let path = self.path();
-        guard_redb(path, || f(&self.txn, path))
+        guarded(path, || f(&self.snap, path))
     }
 
     /// Every entry, sorted by name, with totals. A damaged record is listed as such rather
     /// than failing the listing.
     pub fn list(&self) -> Result<Listing> {
-        self.read(|txn, path| {
+        self.read(|snap, path| {
             let mut entries = Vec::new();
             let mut totals = ListingTotals::default();
-            let mut layers: Vec<String> = versions::all_keys(txn, path)?
-                .into_iter()
-                .map(|(l, _)| l)
-                .collect();
-            for item in txn.open_table(LAYERS).db(path)?.iter().db(path)? {
-                let (k, _) = item.db(path)?;
-                layers.push(k.value().to_string());
-            }
+            let mut layers: Vec<String> =
+                snap.version_keys()?.into_iter().map(|(l, _)| l).collect();
+            layers.extend(snap.pointer_names()?);
             layers.sort();
             layers.dedup();
             for name in layers {
@@ -135,14 +119,14 @@ impl Inspector {
 
     /// Every stored version of `layer`, most recently used first.
     pub fn versions_of(&self, layer: &str) -> Result<Vec<VersionLine>> {
-        self.read(|txn, path| {
-            let current = match versions::pointer(txn, path, layer)? {
+        self.read(|snap, _| {
+            let current = match snap.pointer(layer)? {
                 Some(Ok(p)) => Some(p.current),
                 _ => None,
             };
             let mut out = Vec::new();
-            for (digest, rec) in versions::versions_of(txn, path, layer)? {
-                let used = versions::last_used(txn, path, layer, &digest)?;
+            for (digest, rec) in snap.versions_of(layer)? {
+                let used = snap.last_used(layer, &digest)?;
                 let line = match rec {
                     Ok(rec) => {
                         let last = used.unwrap_or(rec.created_unix_ms);
@@ -191,12 +175,12 @@ impl Inspector {
 
     /// The current version of `layer`, if it has one.
     pub fn record(&self, layer: &str) -> Result<Option<VersionRecord>> {
-        self.read(|txn, path| {
-            let Some(pointer) = versions::pointer(txn, path, layer)? else {
+        self.read(|snap, _| {
+            let Some(pointer) = snap.pointer(layer)? else {
                 return Ok(None);
             };
             let pointer = pointer?;
-            versions::version(txn, path, layer, &pointer.current)?.transpose()
+            snap.version(layer, &pointer.current)?.transpose()
         })
     }
 
@@ -256,53 +240,33 @@ impl Inspector {
     /// Streams the stored rows of `layer` in key order (source by source, each in walk order),
     /// decoding one at a time. A row that does not decode is an `Err` item; iteration goes on.
     pub fn rows(&self, layer: &str, which: &RowSelection) -> Result<LayerRows> {
-        let range = match which {
-            RowSelection::All => RowRange::layer(layer),
-            RowSelection::Source(source) => RowRange::source(layer, source),
-        };
-        let scan = self.read(|txn, path| RowIter::open(path, txn, &range))?;
+        let scan = self.read(|snap, _| match which {
+            RowSelection::All => snap.layer_rows(layer),
+            RowSelection::Source(source) => snap.rows(layer, source),
+        })?;
         Ok(LayerRows { scan })
     }
 
     /// Counts and storage use, read-only: exact for the tables, an upper bound for what
-    /// `compact` could reclaim (redb reports free pages only to a writer; see [`stats_exact`](super::stats_exact)).
+    /// `compact` could reclaim (the database reports free pages only to a writer; see
+    /// [`stats_exact`](super::stats_exact)).
     pub fn stats(&self) -> Result<Stats> {
-        self.read(|txn, path| {
+        self.read(|snap, path| {
             let file_bytes = std::fs::metadata(path)
                 .map_err(|e| Error::io("cannot stat", path, e))?
                 .len();
-            let mut tables = Vec::new();
-            macro_rules! usage {
-                ($def:expr, $name:literal) => {
-                    match txn.open_table($def) {
-                        Ok(t) => {
-                            let s = t.stats().db(path)?;
-                            tables.push(TableUsage {
-                                name: $name,
-                                len: t.len().db(path)?,
-                                stored_bytes: s.stored_bytes(),
-                                metadata_bytes: s.metadata_bytes(),
-                                fragmented_bytes: s.fragmented_bytes(),
-                                pages: s.leaf_pages() + s.branch_pages(),
-                            });
-                        }
-                        Err(redb::TableError::TableDoesNotExist(_)) => tables.push(TableUsage {
-                            name: $name,
-                            len: 0,
-                            stored_bytes: 0,
-                            metadata_bytes: 0,
-                            fragmented_bytes: 0,
-                            pages: 0,
-                        }),
-                        Err(e) => return Err(e).db(path),
-                    }
-                };
-            }
-            usage!(META, "meta");
-            usage!(LAYERS, "layers");
-            usage!(VERSIONS, "versions");
-            usage!(LAST_USED, "last_used");
-            usage!(ROWS, "rows");
+            let tables: Vec<TableUsage> = snap
+                .table_stats()?
+                .into_iter()
+                .map(|t| TableUsage {
+                    name: t.name,
+                    len: t.len,
+                    stored_bytes: t.stored_bytes,
+                    metadata_bytes: t.metadata_bytes,
+                    fragmented_bytes: t.fragmented_bytes,
+                    pages: t.pages,
+                })
+                .collect();
             let len_of = |n: &str| tables.iter().find(|t| t.name == n).map_or(0, |t| t.len);
             let table_bytes: u64 = tables
                 .iter()

@@ -82,7 +82,7 @@ impl std::fmt::Display for Problem {
 }
 
 impl CheckReport {
-    /// Human form: what was checked, the redb check's outcome, then one line per problem.
+    /// Human form: what was checked, the integrity check's outcome, then one line per problem.
     pub fn write_text(&self, w: &mut impl Write) -> io::Result<()> {
         writeln!(w, "checked {}", self.db)?;
         if self.repaired {
@@ -94,7 +94,9 @@ impl CheckReport {
         let integrity = match &self.integrity {
             Integrity::NotRun => "not run".to_string(),
             Integrity::Passed => "passed".to_string(),
-            Integrity::Repaired => "the file needed a repair, and redb repaired it".to_string(),
+            Integrity::Repaired => {
+                "the file needed a repair, and the database repaired it".to_string()
+            }
             Integrity::Failed(d) => format!("FAILED: {d}"),
             Integrity::SkippedInUse => "skipped: the file is in use by another process (a build \
                 holds it for writing); every other check ran read-only. Run `layercache check` \
@@ -108,7 +110,7 @@ impl CheckReport {
                  read-only"
             ),
         };
-        writeln!(w, "redb integrity check: {integrity}")?;
+        writeln!(w, "database integrity check: {integrity}")?;
         writeln!(
             w,
             "records: {} layers, {} sources, {} rows, {} versions",
@@ -351,7 +353,7 @@ impl Stats {
         )?;
         writeln!(
             w,
-            "outside tables     {} (free pages, redb's own tables and header)",
+            "outside tables     {} (free pages, the database's own tables and header)",
             human_bytes(self.outside_tables_bytes)
         )?;
         match &self.exact {
@@ -371,7 +373,7 @@ impl Stats {
             }
             None => writeln!(
                 w,
-                "reclaimable        at most {} (`layercache stats --exact` asks redb, when no \
+                "reclaimable        at most {} (`layercache stats --exact` asks the database, when no \
                  build holds the file)",
                 human_bytes(self.table_fragmented_bytes + self.outside_tables_bytes)
             )?,

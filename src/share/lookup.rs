@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::inputs::Base;
 use crate::path::hex;
 use crate::reason::MissReason;
-use crate::schema::Origin;
+use crate::schema::{Origin, VersionRecord};
 use crate::share::registry::{
     FetchReport, LocalBlob, PushReport, Remote, RemoteEntry, RemoteError,
 };
@@ -115,6 +115,18 @@ pub enum RemoteAnswer {
         /// Why.
         why: String,
     },
+}
+
+impl RemoteFailure {
+    /// True when a builder should stop asking the registry for the rest of its run
+    /// ([`RemoteError::ends_the_run`]); false for a failure of one entry or a local one (a
+    /// record that does not check out, no OCI layout, inputs that changed while pulling).
+    pub fn ends_the_run(&self) -> bool {
+        match self {
+            RemoteFailure::Registry(e) => e.ends_the_run(),
+            _ => false,
+        }
+    }
 }
 
 impl RemoteAnswer {
@@ -220,25 +232,13 @@ impl Session<'_> {
             verify: false,
         };
         let local = self.lookup_for_build(layer, mode)?;
-        // The local answer, with what its lookup saw (for a record; never copied: a walk log
-        // can be tens of MB).
-        let answer = |local: BuildLookup, answer, failure: Option<RemoteFailure>| RemoteLookup {
-            lookup: local.lookup,
-            source: None,
-            answer,
-            fetched: None,
-            failure,
-            seen: local.seen,
-            result: local.result,
-            record_key: local.record_key,
-        };
         if local.is_hit() {
             let not_asked = RemoteAnswer::NotAsked {
                 why: "the local cache hit".into(),
             };
             return Ok(RemoteLookup {
                 source: Some(HitSource::Local),
-                ..answer(local, not_asked, None)
+                ..local_answer(local, not_asked, None)
             });
         }
         let Some(layout) = self.cache.config.oci_layout.clone() else {
@@ -248,92 +248,55 @@ impl Session<'_> {
             let not_asked = RemoteAnswer::NotAsked {
                 why: failure.to_string(),
             };
-            return Ok(answer(local, not_asked, Some(failure)));
+            return Ok(local_answer(local, not_asked, Some(failure)));
         };
         // What the local lookup walked (it observed every source): no second walk.
-        let Some(asked) = local.input_digest else {
+        let Some(digest) = local.input_digest else {
             let why = self.why_no_digest(layer, &local);
-            return Ok(answer(local, RemoteAnswer::NotAsked { why }, None));
+            return Ok(local_answer(local, RemoteAnswer::NotAsked { why }, None));
         };
-        let input_digest = hex(&asked);
-        let refused = |why: String| RemoteAnswer::Refused {
-            input_digest: input_digest.clone(),
-            why,
+        let asked = Asked {
+            layer,
+            digest,
+            hex: hex(&digest),
         };
-        let failed = |e: RemoteError| {
-            let why = e.to_string();
-            let answer = match e {
-                RemoteError::Untrusted { .. } | RemoteError::BlobMismatch { .. } => refused(why),
-                _ => RemoteAnswer::Unreachable {
-                    input_digest: input_digest.clone(),
-                    why,
-                },
-            };
-            (answer, Some(RemoteFailure::Registry(e)))
-        };
-        let found = match remote.find_entry(layer, &asked) {
-            Ok(Some(f)) => f,
-            Ok(None) => {
-                let none = RemoteAnswer::NoEntry {
-                    input_digest: input_digest.clone(),
-                };
-                return Ok(answer(local, none, None));
-            }
-            Err(e) => {
+        match asked.fetch(remote, &layout) {
+            Ok((manifests, fetched)) => self.record_pulled(&asked, local, manifests, fetched),
+            Err(refusal) => {
+                let Refusal { answer, failure } = *refusal;
                 let mut local = local;
-                local.lookup = untrusted_miss(local.lookup, remote, &e);
-                let (a, f) = failed(e);
-                return Ok(answer(local, a, f));
-            }
-        };
-        let manifests = match share::accept(&found, layer, &asked) {
-            Ok(m) => m,
-            Err(e) => {
-                let a = refused(e.to_string());
-                return Ok(answer(local, a, Some(e.into())));
-            }
-        };
-        let fetched = match remote.fetch_blobs(&found, &layout) {
-            Ok(r) => r,
-            Err(e) => {
-                let (a, f) = failed(e);
-                return Ok(answer(local, a, f));
-            }
-        };
-        // Nothing is recorded unless every blob its outputs reach is here now: an entry that
-        // carries a manifest but not its layers is refused.
-        for (layer_type, d) in &manifests {
-            if let Err(why) = outputs::reached(&layout, d) {
-                let e = RecordError::Mismatch {
-                    layer: layer.to_string(),
-                    input_digest: input_digest.clone(),
-                    detail: format!(
-                        "it does not carry every blob its output {} reaches (or this layout \
-                         holds a wrong copy of one): {why}",
-                        crate::path::escape_bytes(layer_type.as_bytes())
-                    ),
-                };
-                let a = refused(e.to_string());
-                return Ok(answer(local, a, Some(e.into())));
+                if let Some(RemoteFailure::Registry(e)) = &failure {
+                    local.lookup = untrusted_miss(local.lookup, remote, e);
+                }
+                Ok(local_answer(local, answer, failure))
             }
         }
+    }
+
+    /// Records a fetched entry from this machine's walk (the local lookup's) with the entry's
+    /// output manifests, as pulled; the outputs rule then decides the hit, as for every hit.
+    fn record_pulled(
+        &mut self,
+        asked: &Asked<'_>,
+        local: BuildLookup,
+        manifests: BTreeMap<String, Descriptor>,
+        fetched: FetchReport,
+    ) -> Result<RemoteLookup> {
+        let layer = asked.layer;
         let record = match self.put_as(&local, &manifests, Origin::Pulled) {
             Ok(r) => r,
             Err(Error::InputsChanged { layer, changes }) => {
-                let detail = format!(
-                    "its inputs changed: {}",
-                    crate::reason::PutChange::join(&changes)
-                );
-                let a = refused(format!(
-                    "this machine's inputs changed while it was pulled: {}",
-                    crate::reason::PutChange::join(&changes)
+                let changed = crate::reason::PutChange::join(&changes);
+                let a = asked.refused(format!(
+                    "this machine's inputs changed while it was pulled: {changed}"
                 ));
+                let detail = format!("its inputs changed: {changed}");
                 let failure = RemoteFailure::InputsChanged { layer, detail };
-                return Ok(answer(local, a, Some(failure)));
+                return Ok(local_answer(local, a, Some(failure)));
             }
             Err(e) => return Err(e),
         };
-        if record.input_digest != asked {
+        if record.input_digest != asked.digest {
             // The inputs changed between the digest's walk and the put's: what was recorded is
             // not what the registry's entry was for.
             self.cache.remove_version(layer, &record.input_digest)?;
@@ -343,14 +306,27 @@ impl Session<'_> {
                 layer: layer.to_string(),
                 detail: "its inputs changed while it was pulled".into(),
             };
-            let a = refused("this machine's inputs changed while it was pulled".into());
-            return Ok(answer(local, a, Some(failure)));
+            let a = asked.refused("this machine's inputs changed while it was pulled".into());
+            return Ok(local_answer(local, a, Some(failure)));
         }
+        self.pulled_answer(asked, local, record, manifests, fetched)
+    }
+
+    /// The answer for a layer recorded from a registry: the hit is decided by the outputs rule,
+    /// as every hit is (a pulled version asks for no builder's copy; a build-only layer's rootfs
+    /// directory is no registry's to carry).
+    fn pulled_answer(
+        &self,
+        asked: &Asked<'_>,
+        local: BuildLookup,
+        record: VersionRecord,
+        manifests: BTreeMap<String, Descriptor>,
+        fetched: FetchReport,
+    ) -> Result<RemoteLookup> {
+        let layer = asked.layer;
         let taken = RemoteAnswer::Taken {
-            input_digest: input_digest.clone(),
+            input_digest: asked.hex.clone(),
         };
-        // The hit is decided by the outputs rule, as every hit is (a pulled version asks for
-        // no builder's copy; a build-only layer's rootfs directory is no registry's to carry).
         let inputs = self.build.layer(layer)?;
         if let Some(missing) = outputs::missing(&self.cache.config, &record, &inputs.overlay_dirs)?
         {
@@ -359,12 +335,12 @@ impl Session<'_> {
                 outcome: Outcome::Miss(vec![missing.reason()]),
                 lying_rows: Vec::new(),
                 base_of_dependents: Some(crate::version::entry_digest_of(&record)),
-                input_digest: Some(asked),
+                input_digest: Some(asked.digest),
             };
             return Ok(RemoteLookup {
                 lookup,
                 fetched: Some(fetched),
-                ..answer(local, taken, None)
+                ..local_answer(local, taken, None)
             });
         }
         let lookup = Lookup {
@@ -372,7 +348,7 @@ impl Session<'_> {
             outcome: Outcome::Hit(Box::new(CachedEntry { record, manifests })),
             lying_rows: Vec::new(),
             base_of_dependents: None,
-            input_digest: Some(asked),
+            input_digest: Some(asked.digest),
         };
         Ok(RemoteLookup {
             lookup,
@@ -395,7 +371,7 @@ impl Session<'_> {
             return match self.build.layer(layer).map(|l| &l.base) {
                 Ok(Base::Built { layer: base }) => format!(
                     "its base layer {} misses here, so its input digest is not known (look the \
-                     base up with --remote, or pull, first)",
+                     base up through the registry, or pull it, first)",
                     crate::path::escape_bytes(base.as_bytes())
                 ),
                 _ => "its base cannot be resolved here, so its input digest is not known".into(),
@@ -465,6 +441,116 @@ impl Session<'_> {
             }
             Err(e) => PushOutcome::Failed(e.into()),
         })
+    }
+}
+
+/// The local answer, with what its lookup saw (for a record; never copied: a walk log can be
+/// tens of MB).
+fn local_answer(
+    local: BuildLookup,
+    answer: RemoteAnswer,
+    failure: Option<RemoteFailure>,
+) -> RemoteLookup {
+    RemoteLookup {
+        lookup: local.lookup,
+        source: None,
+        answer,
+        fetched: None,
+        failure,
+        seen: local.seen,
+        result: local.result,
+        record_key: local.record_key,
+    }
+}
+
+/// What a lookup asks a registry for: an entry of `layer` with this machine's input digest.
+struct Asked<'a> {
+    layer: &'a str,
+    digest: [u8; 32],
+    hex: String,
+}
+
+/// Why an entry was not taken: what to tell about the registry, and the failure to report.
+struct Refusal {
+    answer: RemoteAnswer,
+    failure: Option<RemoteFailure>,
+}
+
+impl Asked<'_> {
+    fn refused(&self, why: String) -> RemoteAnswer {
+        RemoteAnswer::Refused {
+            input_digest: self.hex.clone(),
+            why,
+        }
+    }
+
+    /// A registry error: an entry that is untrusted or a blob that did not verify was refused;
+    /// anything else is the registry being unreachable.
+    fn failed(&self, e: RemoteError) -> Box<Refusal> {
+        let why = e.to_string();
+        let answer = match e {
+            RemoteError::Untrusted { .. } | RemoteError::BlobMismatch { .. } => self.refused(why),
+            _ => RemoteAnswer::Unreachable {
+                input_digest: self.hex.clone(),
+                why,
+            },
+        };
+        Box::new(Refusal {
+            answer,
+            failure: Some(RemoteFailure::Registry(e)),
+        })
+    }
+
+    /// Finds the entry, checks its record against what was asked, fetches its blobs into
+    /// `layout` (verified), and checks that every blob its outputs reach is there. Writes
+    /// nothing to the cache.
+    fn fetch(
+        &self,
+        remote: &Remote,
+        layout: &std::path::Path,
+    ) -> std::result::Result<(BTreeMap<String, Descriptor>, FetchReport), Box<Refusal>> {
+        let found = match remote.find_entry(self.layer, &self.digest) {
+            Ok(Some(f)) => f,
+            Ok(None) => {
+                let answer = RemoteAnswer::NoEntry {
+                    input_digest: self.hex.clone(),
+                };
+                return Err(Box::new(Refusal {
+                    answer,
+                    failure: None,
+                }));
+            }
+            Err(e) => return Err(self.failed(e)),
+        };
+        let manifests = share::accept(&found, self.layer, &self.digest).map_err(|e| {
+            Box::new(Refusal {
+                answer: self.refused(e.to_string()),
+                failure: Some(e.into()),
+            })
+        })?;
+        let fetched = remote
+            .fetch_blobs(&found, layout)
+            .map_err(|e| self.failed(e))?;
+        // Nothing is recorded unless every blob its outputs reach is here now: an entry that
+        // carries a manifest but not its layers is refused.
+        for (layer_type, d) in &manifests {
+            if let Err(why) = outputs::reached(layout, d) {
+                let e = RecordError::Mismatch {
+                    layer: self.layer.to_string(),
+                    input_digest: self.hex.clone(),
+                    detail: format!(
+                        "it does not carry every blob its output {} reaches (or this layout \
+                         holds a wrong copy of one): {why}",
+                        crate::path::escape_bytes(layer_type.as_bytes())
+                    ),
+                };
+                return Err(Box::new(Refusal {
+                    answer: self.refused(e.to_string()),
+                    failure: Some(e.into()),
+                }));
+            }
+        }
+        Ok((manifests, fetched))
     }
 }
 

@@ -1,6 +1,6 @@
 //! The redb panic guard and the bookkeeping of damaged database files.
 //!
-//! Owns: [`guard_redb`], the one place in the library that turns a panic (inside redb, on a
+//! Owns: [`guarded`], the one place in the library that turns a panic (inside redb, on a
 //! damaged page) into an error; [`panic_message`], the one decoder of a panic payload (the
 //! binary words its own last-resort message with it); and the per-process list of files seen
 //! damaged, which [`Store`](super::Store)'s `Drop` consults before closing a file.
@@ -30,7 +30,7 @@ pub(crate) fn note_damage(path: &Path) {
 /// that does not decode.
 pub(crate) fn note_if_damage(path: &Path, e: &Error) {
     let damaged = match e {
-        Error::Db { source, .. } => matches!(**source, redb::Error::Corrupted(_)),
+        Error::Db { source, .. } => source.is_damage(),
         Error::Corrupt { .. } => true,
         _ => false,
     };
@@ -58,7 +58,7 @@ pub(super) fn take_damage(path: &Path) -> bool {
 /// out of bounds or unwrap invalid UTF-8 in a key; that must be a clear error about the file,
 /// not a crashed build. (Panics of our own code would be reported the same way, which is still
 /// better than aborting the builder.)
-pub(crate) fn guard_redb<T>(db: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+pub(crate) fn guarded<T>(db: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => {
@@ -67,13 +67,13 @@ pub(crate) fn guard_redb<T>(db: &Path, f: impl FnOnce() -> Result<T>) -> Result<
         }
         Err(payload) => {
             note_damage(db);
-            Err(Error::Db {
-                path: db.to_path_buf(),
-                source: Box::new(redb::Error::Corrupted(format!(
+            Err(super::db_error::damaged(
+                db,
+                format!(
                     "reading the database failed inside redb ({}): the file is damaged",
                     panic_message(payload.as_ref())
-                ))),
-            })
+                ),
+            ))
         }
     }
 }

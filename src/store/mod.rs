@@ -1,12 +1,17 @@
 //! The redb file: opening it (create, read-only, version check and migration), transactions,
-//! and closing it safely.
+//! and closing it safely. The only module of the crate that names redb: every other room reads
+//! through a [`Snapshot`] and writes through a [`Batch`] (`store/txn.rs`), and no redb type is
+//! public.
 //!
-//! Owns: the [`Store`] handle and its lifecycle. Its submodules own the rows table
-//! (`store/rows.rs`: the one row-key range type and the one row iterator, [`RowIter`]) and the
-//! panic guard with the damage bookkeeping (`store/guard.rs`), the schema-v3 tables of
-//! versions, layer pointers and last use (`store/versions.rs`), and the per-cache secret in
-//! `meta` (`store/secret.rs`: made with the file, or at the first writable open of a file made
-//! before it existed).
+//! Owns: the [`Store`] handle and its lifecycle. Its submodules own the table definitions
+//! (`store/tables.rs`), how values are encoded (`store/codec.rs`), the schema steps
+//! (`store/migrate.rs`, with `migrations/`), the rows table (`store/rows.rs`: the one row-key
+//! range type and the one row iterator, [`RowIter`]), the panic guard with the damage
+//! bookkeeping (`store/guard.rs`), the one conversion of redb's errors (`store/db_error.rs`),
+//! the schema-v3 tables of versions, layer pointers and last use (`store/versions.rs`), the
+//! reads and maintenance `inspect` asks for (`store/inspect.rs`), the raw transactions of the
+//! tests (`store/testing.rs`), and the per-cache secret in `meta` (`store/secret.rs`: made
+//! with the file, or at the first writable open of a file made before it existed).
 //!
 //! Must never: import from `engine`, `tree` or `diff` (arrows point down: the cache writes a
 //! walked tree through [`Store::write_tree`], which lives with put), or know what a source is;
@@ -40,15 +45,24 @@
 //! (quick repair, milliseconds). Until then redb refuses read-only opens; [`Store::open_read_only`]
 //! reports that as [`Error::NeedsRepair`], never as damage.
 
+mod db_error;
 pub(crate) mod guard;
+mod inspect;
+mod put;
 mod refresh;
 pub(crate) mod rows;
 pub(crate) mod secret;
+pub mod testing;
 // The rooms move onto Snapshot/Batch one by one (#21); until the last does, some are unused.
+pub mod codec;
+pub mod migrate;
+pub mod tables;
 #[allow(dead_code)]
 mod txn;
 pub mod versions;
 
+pub(crate) use db_error::DbResultExt;
+pub(crate) use guard::guarded;
 pub(crate) use txn::{Batch, Snapshot};
 
 use std::io::Read;
@@ -60,14 +74,12 @@ use std::time::{Duration, Instant};
 
 use redb::ReadableDatabase;
 
-use crate::error::{DbResultExt, Error, Result};
-use crate::schema::{
-    EntryKind, LAST_USED, LAYERS, META, META_SCHEMA_VERSION, META_WRITER, ROWS, SCHEMA_VERSION,
-    VERSIONS,
-};
+use crate::error::{Error, Result};
+use crate::schema::{EntryKind, SCHEMA_VERSION};
+use tables::{LAST_USED, LAYERS, META, META_SCHEMA_VERSION, META_WRITER, ROWS, VERSIONS};
 
 pub use guard::panic_message;
-use guard::{guard_redb, take_damage};
+use guard::take_damage;
 pub use rows::RowIter;
 use rows::RowRange;
 
@@ -135,12 +147,10 @@ fn open_writable_until(
                     .map(String::as_str)
                     .or_else(|| payload.downcast_ref::<&str>().copied())
                     .unwrap_or("a panic");
-                return Err(Error::Db {
-                    path: path.to_path_buf(),
-                    source: Box::new(redb::Error::Corrupted(format!(
-                        "opening the database failed inside redb ({msg}): the file is damaged"
-                    ))),
-                });
+                return Err(db_error::damaged(
+                    path,
+                    format!("opening the database failed inside redb ({msg}): the file is damaged"),
+                ));
             }
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                 return Err(closed(path));
@@ -172,21 +182,11 @@ fn announce_wait(path: &Path, total: Duration) {
 }
 
 fn read_only(path: &Path) -> Error {
-    Error::Db {
-        path: path.to_path_buf(),
-        source: Box::new(redb::Error::Io(std::io::Error::other(
-            "the database was opened read-only",
-        ))),
-    }
+    db_error::unavailable(path, "the database was opened read-only")
 }
 
 fn closed(path: &Path) -> Error {
-    Error::Db {
-        path: path.to_path_buf(),
-        source: Box::new(redb::Error::Io(std::io::Error::other(
-            "the database was closed",
-        ))),
-    }
+    db_error::unavailable(path, "the database was closed")
 }
 
 impl Drop for Store {
@@ -227,11 +227,11 @@ pub struct Store {
     pending: std::sync::Mutex<Option<PendingOpen>>,
     /// False for [`Store::open_read_only`]: no write, ever.
     writable: bool,
-    migration: Option<crate::migrate::MigrationReport>,
+    migration: Option<migrate::MigrationReport>,
     wait: WriteWait,
 }
 
-/// How long [`Store::begin_write`] waits for another process's write transaction, and what can
+/// How long a write (`Store::batch`) waits for another process's write transaction, and what can
 /// cut the wait short.
 #[derive(Debug, Clone)]
 pub struct WriteWait {
@@ -533,7 +533,7 @@ fn refuse_newer(path: &Path, found: Option<u32>) -> Result<()> {
 impl Store {
     /// Opens the cache database at `path` for writing, creating it (mode 0600, atomically: see
     /// the module doc) if it does not exist. A file of an older schema is migrated in one
-    /// transaction (see [`crate::migrate`]); a file written by a newer layercache is refused and
+    /// transaction (see [`migrate`]); a file written by a newer layercache is refused and
     /// left byte-for-byte unchanged; a file that is not a layercache database (an empty file
     /// included) is refused. Waits for another process's write transaction as
     /// [`WriteWait::default`] says.
@@ -546,7 +546,7 @@ impl Store {
     pub fn open_waiting(path: impl AsRef<Path>, wait: WriteWait) -> Result<Store> {
         let path = path.as_ref();
         // redb trusts the pages it reads: a damaged file can panic inside it.
-        guard_redb(path, || Self::open_unguarded(path, wait, true))
+        guarded(path, || Self::open_unguarded(path, wait, true))
     }
 
     /// Opens an existing cache database for writing; never creates one (for maintenance:
@@ -554,7 +554,7 @@ impl Store {
     /// repaired by this open.
     pub fn open_existing(path: impl AsRef<Path>, wait: WriteWait) -> Result<Store> {
         let path = path.as_ref();
-        guard_redb(path, || Self::open_unguarded(path, wait, false))
+        guarded(path, || Self::open_unguarded(path, wait, false))
     }
 
     fn open_unguarded(path: &Path, wait: WriteWait, create: bool) -> Result<Store> {
@@ -619,7 +619,7 @@ impl Store {
     pub fn peek_version(path: impl AsRef<Path>) -> Result<u32> {
         let path = path.as_ref();
         // redb trusts the pages it reads: a damaged file can panic inside it.
-        guard_redb(path, || Self::peek_version_unguarded(path))
+        guarded(path, || Self::peek_version_unguarded(path))
     }
 
     fn peek_version_unguarded(path: &Path) -> Result<u32> {
@@ -629,7 +629,7 @@ impl Store {
     }
 
     /// What opening this store migrated, if anything.
-    pub fn migration(&self) -> Option<&crate::migrate::MigrationReport> {
+    pub fn migration(&self) -> Option<&migrate::MigrationReport> {
         self.migration.as_ref()
     }
 
@@ -638,7 +638,7 @@ impl Store {
     pub fn open_read_only(path: impl AsRef<Path>) -> Result<Store> {
         let path = path.as_ref();
         // redb trusts the pages it reads: a damaged file can panic inside it.
-        guard_redb(path, || Self::open_read_only_unguarded(path))
+        guarded(path, || Self::open_read_only_unguarded(path))
     }
 
     fn open_read_only_unguarded(path: &Path) -> Result<Store> {
@@ -696,7 +696,7 @@ impl Store {
                 guard.abort().db(&self.path)?;
                 match (now, self.rw.get()) {
                     (Some(now), Some(db)) if now < SCHEMA_VERSION => {
-                        self.migration = Some(crate::migrate::run_pending(db, &self.path, now)?);
+                        self.migration = Some(migrate::run_pending(db, &self.path, now)?);
                         Ok(())
                     }
                     (now, _) => refuse_newer(&self.path, now.or(Some(v))),
@@ -773,7 +773,10 @@ impl Store {
     }
 
     /// Begins a read transaction on the last committed state.
-    pub fn begin_read(&self) -> Result<redb::ReadTransaction> {
+    ///
+    /// `pub(crate)` until the engine reads through [`Snapshot`] only (#21); then `pub(super)`.
+    /// Tests reach it through `testing::RawTransactions`.
+    pub(crate) fn begin_read(&self) -> Result<redb::ReadTransaction> {
         match (self.rw.get(), &self.ro) {
             (Some(db), _) => db.begin_read().db(&self.path),
             (None, Some(db)) => db.begin_read().db(&self.path),
@@ -786,7 +789,9 @@ impl Store {
     /// it waits for, and after the timeout of its [`WriteWait`] it fails with [`Error::Busy`]
     /// (at once for a zero timeout); a set cancel flag ends the wait with
     /// [`Error::Interrupted`].
-    pub fn begin_write(&self) -> Result<redb::WriteTransaction> {
+    ///
+    /// `pub(crate)` until the engine writes through [`Batch`] only (#21); then `pub(super)`.
+    pub(crate) fn begin_write(&self) -> Result<redb::WriteTransaction> {
         let start = Instant::now();
         let Some(db) = self.writer(true)? else {
             return Err(self.gave_up(start));
@@ -831,7 +836,9 @@ impl Store {
     /// Begins a write transaction if no other transaction (of any process) is writing; `None`
     /// when one is, or when the store was opened read-only. Never waits: for the optional
     /// writes of a lookup (stat refresh, a version switch, last use, pruning), which are skipped.
-    pub fn try_begin_write(&self) -> Result<Option<redb::WriteTransaction>> {
+    ///
+    /// `pub(crate)` until the engine writes through [`Batch`] only (#21); then `pub(super)`.
+    pub(crate) fn try_begin_write(&self) -> Result<Option<redb::WriteTransaction>> {
         if !self.writable {
             return Ok(None);
         }
@@ -868,25 +875,33 @@ impl Store {
     }
 
     /// The stored rows of (layer, source) in key order, decoded lazily from one range scan.
-    pub fn rows(&self, txn: &redb::ReadTransaction, layer: &str, source: &str) -> Result<RowIter> {
+    ///
+    /// `pub(crate)` until the engine reads rows through [`Snapshot::rows`] only (#21).
+    pub(crate) fn rows(
+        &self,
+        txn: &redb::ReadTransaction,
+        layer: &str,
+        source: &str,
+    ) -> Result<RowIter> {
         RowIter::open(&self.path, txn, &RowRange::source(layer, source))
     }
 
     /// Number of rows stored for (layer, source).
     pub fn row_count(&self, layer: &str, source: &str) -> Result<u64> {
-        let txn = self.begin_read()?;
+        let snap = self.snapshot()?;
         let mut n = 0;
-        for r in self.rows(&txn, layer, source)? {
+        for r in snap.rows(layer, source)? {
             r?;
             n += 1;
         }
         Ok(n)
     }
 
-    /// The raw writable redb database, for the maintenance operations that need `&mut`:
-    /// `check_integrity` and `compact`. Opens the writable handle if it is not open yet,
-    /// waiting (silently) up to the store's [`WriteWait`]; fails on a store opened read-only.
-    pub fn database_mut(&mut self) -> Result<&mut redb::Database> {
+    /// The raw writable redb database, for the maintenance operations of `store/inspect.rs`
+    /// that need `&mut` (integrity check, compaction). Opens the writable handle if it is not
+    /// open yet, waiting (silently) up to the store's [`WriteWait`]; fails on a store opened
+    /// read-only.
+    fn database_mut(&mut self) -> Result<&mut redb::Database> {
         let start = Instant::now();
         if self.writer_announcing(true, false)?.is_none() {
             return Err(self.gave_up(start));
@@ -915,9 +930,6 @@ fn open_error(path: &Path, e: redb::DatabaseError) -> Error {
             path: path.to_path_buf(),
             detail: format!("a redb file of an old format ({v}) that redb 4 cannot open"),
         },
-        other => Error::Db {
-            path: path.to_path_buf(),
-            source: Box::new(other.into()),
-        },
+        other => db_error::engine_error(path, other.into()),
     }
 }

@@ -11,12 +11,13 @@
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
-use crate::codec;
-use crate::error::{DbResultExt, Error, Result};
+use super::codec;
+use crate::error::{Error, Result};
 use crate::path::{RelPath, escape_bytes};
 use crate::schema::Row;
+use crate::store::DbResultExt;
 
-use super::guard::{guard_redb, note_damage};
+use super::guard::{guarded, note_damage};
 
 /// A key of the rows table: (layer, source, path key).
 pub(crate) type RowKey<'a> = (&'a str, &'a str, &'a [u8]);
@@ -117,7 +118,7 @@ pub(crate) fn guarded_next<K: redb::Key + 'static, V: redb::Value + 'static, T>(
     convert: impl FnOnce(redb::AccessGuard<'static, K>, redb::AccessGuard<'static, V>) -> Result<T>,
 ) -> Option<Result<T>> {
     let r = range.as_mut()?;
-    let step = guard_redb(path, || match r.next() {
+    let step = guarded(path, || match r.next() {
         None => Ok(None),
         Some(Err(e)) => Err(e).db(path),
         Some(Ok((k, v))) => convert(k, v).map(Some),
@@ -181,7 +182,7 @@ impl ScannedRow<'_> {
 impl RowIter {
     /// The rows of `range` in `txn` (none when the rows table does not exist yet).
     pub(crate) fn open(path: &Path, txn: &redb::ReadTransaction, range: &RowRange) -> Result<Self> {
-        let range = match txn.open_table(crate::schema::ROWS) {
+        let range = match txn.open_table(super::tables::ROWS) {
             Ok(table) => Some(table.range(range.bounds()).db(path)?),
             Err(redb::TableError::TableDoesNotExist(_)) => None,
             Err(e) => return Err(e).db(path),

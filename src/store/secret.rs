@@ -14,8 +14,9 @@ use std::path::Path;
 
 use redb::ReadableTable;
 
-use crate::error::{DbResultExt, Error, Result};
-use crate::schema::META;
+use crate::error::{Error, Result};
+use crate::store::DbResultExt;
+use crate::store::tables::META;
 
 use super::Store;
 

@@ -12,8 +12,9 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::error::{DbResultExt, Result};
+use crate::error::Result;
 use crate::schema::{LayerRecord, VersionRecord};
+use crate::store::DbResultExt;
 use crate::store::rows::{RowIter, RowRange};
 use crate::store::versions;
 
@@ -94,6 +95,12 @@ impl Batch {
     /// The redb transaction, for `store/` modules only.
     pub(super) fn txn(&self) -> &redb::WriteTransaction {
         &self.txn
+    }
+
+    /// The redb transaction itself, for `store/` modules that end it another way than
+    /// [`Batch::commit`].
+    pub(super) fn into_txn(self) -> redb::WriteTransaction {
+        self.txn
     }
 
     /// The database file this batch writes.

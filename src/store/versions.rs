@@ -7,11 +7,13 @@ use std::path::Path;
 
 use redb::{ReadableTable, TableError};
 
-use crate::codec;
-use crate::error::{DbResultExt, Error, Result};
+use super::codec;
+use crate::error::{Error, Result};
 use crate::gc::VersionUse;
 use crate::path::{escape_bytes, hex};
-use crate::schema::{LAST_USED, LAYERS, LayerRecord, ROWS, VERSIONS, VersionRecord};
+use crate::schema::{LayerRecord, VersionRecord};
+use crate::store::DbResultExt;
+use crate::store::tables::{LAST_USED, LAYERS, ROWS, VERSIONS};
 
 use super::guard::note_damage;
 use super::rows::RowRange;

@@ -3,8 +3,9 @@
 //! other module links here.
 //!
 //! Owns: [`FastPath`] (may a stored content digest be reused?), [`vouches_for_metadata`] (may
-//! stored xattrs and link target be reused?), [`needs_refresh`] (should a hit store new stat
-//! data?), and the clock and timestamp granularity they rely on. All three are built on one
+//! stored xattrs and link target be reused?), [`vouches_for_listing`] (may a directory's stored
+//! children stand for its `getdents`?), [`needs_refresh`] (should a hit store new stat data?),
+//! and the clock and timestamp granularity they rely on. All three are built on one
 //! definition of "the same file, unchanged" ([`same_stat`]), so the walk's reuse and the
 //! cache's refresh cannot drift apart.
 //!
@@ -43,6 +44,18 @@
 //! after it settled. A write stalled for longer than that stays invisible to stat — the limit
 //! of any stat cache, git's included. What the ctime vouches for (xattrs, link target) keeps the
 //! tick's slack: `setxattr` and `symlink` do not land in pieces.
+//!
+//! # Directories: the listing proof
+//!
+//! Creating, removing or renaming an entry in a directory sets the directory's mtime and ctime
+//! (POSIX; git's untracked cache rests on the same rule), and nothing can set the ctime back. So
+//! a directory whose inode, device, mtime and ctime equal its stored row's ([`same_stat`]) has
+//! had no entry created, removed or renamed in it since that row's stat was taken — and the
+//! rows stored below it name exactly its entries of then, because every entry change during the
+//! walk that took them left the directory's mtime at or after that walk's snapshot, which makes
+//! the row racy here ([`listing_is_racy`]: the content's rule on the mtime, the metadata's on
+//! the ctime). [`vouches_for_listing`] is that proof; the walker (`tree/walker.rs`) then takes the
+//! directory's names from the stored rows instead of `getdents` and still `lstat`s every one.
 
 use super::StatData;
 use crate::schema::{EntryKind, Row, RowStat};
@@ -109,10 +122,32 @@ pub fn vouches_for_metadata(prior: &Row, kind: EntryKind, stat: &StatData) -> bo
         })
 }
 
+/// Whether `prior`, the stored row of a directory now seen with `stat`, vouches for the
+/// directory's names: the prior row is a directory with stat data, [`same_stat`], and neither
+/// its mtime nor its ctime is racy ([`listing_is_racy`]). Then no entry was created, removed or
+/// renamed in the directory since its stored rows were taken (see the module doc).
+pub fn vouches_for_listing(prior: &Row, kind: EntryKind, stat: &StatData) -> bool {
+    kind == EntryKind::Dir
+        && prior.kind == EntryKind::Dir
+        && prior
+            .stat
+            .as_ref()
+            .is_some_and(|ps| same_stat(ps, stat) && !listing_is_racy(ps))
+}
+
+/// The racy rule for a directory's names (see the module doc): the content's rule on its mtime
+/// ([`content_is_racy`]: an entry created in the tick of the stored mtime would leave it
+/// unchanged) or the metadata's on its ctime ([`metadata_is_racy`]: an entry created and the
+/// mtime set back within the stored ctime's tick would leave both unchanged).
+pub fn listing_is_racy(stat: &RowStat) -> bool {
+    content_is_racy(stat) || metadata_is_racy(stat)
+}
+
 /// True when `stored`, equal in every compared property to the entry now seen as `now` with
 /// `stat`, could not vouch for it at the next walk — its stat data is missing (a v1 row),
-/// different (touched, copied, checked out, moved to another device) or racy — so a hit should
-/// store the new stat data. Defined by the fast path's own answers, so the two cannot drift.
+/// different (touched, copied, checked out, moved to another device) or racy (for a directory:
+/// its listing racy, [`listing_is_racy`]) — so a hit should store the new stat data. Defined by
+/// the fast path's own answers, so the two cannot drift.
 pub fn needs_refresh(stored: &Row, now: &Row, stat: &StatData) -> bool {
     let Some(old) = stored.stat.as_ref() else {
         return true;
@@ -120,6 +155,7 @@ pub fn needs_refresh(stored: &Row, now: &Row, stat: &StatData) -> bool {
     !same_stat(old, stat)
         || !vouches_for_metadata(stored, now.kind, stat)
         || (now.kind == EntryKind::File && content(stored, now, stat) != FastPath::Reuse)
+        || (now.kind == EntryKind::Dir && listing_is_racy(old))
 }
 
 /// Git's racy rule for the content (see the module doc): true when the file was modified at or

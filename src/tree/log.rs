@@ -19,22 +19,63 @@
 //! files only); its stat data with times as differences from the previous entry's. Integers are
 //! LEB128 varints, signed ones zigzagged. A typical entry of a generated 10^6-file tree takes
 //! about 70 bytes (a `Vec<(Box<[u8]>, [u8; 32])>` of keys and row hashes took ~110 with the
-//! allocator's overhead), and the log is one allocation, not one per path.
+//! allocator's overhead).
+//!
+//! # Memory: the log spills to a file
+//!
+//! A log keeps at most [`SPILL_BYTES`] (1 MiB) of records in memory: each time its buffer
+//! reaches that, the whole records in it are written to an unnamed temporary file (`O_TMPFILE`
+//! in the system's temporary directory, gone when the last handle closes) and the buffer is
+//! emptied; a reader reads the file back a window of [`SPILL_BYTES`] at a time (a record larger
+//! than the window grows it to fit). So a log of 10^6 entries (~70 MB) holds ~1 MiB of memory
+//! while it is written and ~2 MiB while it is read, not ~70 MB (and sealing it no longer copies
+//! it). Where no temporary file can be made, or a write to it fails, the log keeps what it has
+//! not written in memory, as it did before: it never loses a record. [`SealedLog::as_bytes`]
+//! (the lookup record file, which holds the log whole) reads a spilled log into memory once.
 
-use std::sync::Arc;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, OnceLock};
 
 use crate::path::RelPath;
 use crate::schema::{EntryKind, Row, RowStat};
 
 use super::WalkedEntry;
 
+/// Bytes of records a log keeps in memory before it writes them to its file, and the size of
+/// a reader's window into that file.
+#[cfg(not(test))]
+pub const SPILL_BYTES: usize = 1 << 20;
+/// Small in unit tests, so a few entries spill and straddle windows.
+#[cfg(test)]
+pub const SPILL_BYTES: usize = 64;
+
 /// A compact, sequential copy of a walk; see the module doc.
 #[derive(Debug, Default)]
 pub struct WalkLog {
+    /// Records not written to the file (all of them when there is no file).
     buf: Vec<u8>,
+    /// Records written so far, the first `spilled` bytes of `file`.
+    spill: Option<Arc<File>>,
+    spilled: u64,
+    /// No file could be made or written: keep everything in memory from now on.
+    no_spill: bool,
     prev_key: Vec<u8>,
     prev: Times,
     entries: u64,
+}
+
+/// An unnamed temporary file (`O_TMPFILE`), or `None` where the file system has none.
+fn temp_file() -> Option<File> {
+    use rustix::fs::{Mode, OFlags};
+    let dir = std::env::temp_dir();
+    let fd = rustix::fs::open(
+        &dir,
+        OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .ok()?;
+    Some(File::from(fd))
 }
 
 /// The times of the previous record, which the next one is written relative to.
@@ -48,7 +89,12 @@ struct Times {
 /// A finished [`WalkLog`]: shared, read-only, cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct SealedLog {
+    /// The records after the spilled ones.
     buf: Arc<[u8]>,
+    /// The spilled records: the first `.1` bytes of the file.
+    spill: Option<(Arc<File>, u64)>,
+    /// The whole log in memory, made by [`SealedLog::as_bytes`] for a spilled log.
+    whole: Arc<OnceLock<Vec<u8>>>,
     entries: u64,
 }
 
@@ -121,16 +167,47 @@ impl WalkLog {
             };
         }
         self.entries += 1;
+        if self.buf.len() >= SPILL_BYTES && !self.no_spill {
+            self.spill_buffer();
+        }
+    }
+
+    /// Writes the buffered records to the file (made on the first call). On any failure the
+    /// records stay in memory, and so do all later ones.
+    fn spill_buffer(&mut self) {
+        if self.spill.is_none() {
+            match temp_file() {
+                Some(f) => self.spill = Some(Arc::new(f)),
+                None => {
+                    self.no_spill = true;
+                    return;
+                }
+            }
+        }
+        let Some(file) = self.spill.as_ref() else {
+            return;
+        };
+        match file.write_all_at(&self.buf, self.spilled) {
+            Ok(()) => {
+                self.spilled += self.buf.len() as u64;
+                self.buf.clear();
+            }
+            // What was written of these bytes is past `spilled` and never read.
+            Err(_) => self.no_spill = true,
+        }
+    }
+
+    /// Bytes of records held in memory (at most about [`SPILL_BYTES`] once the log spills).
+    pub fn memory_bytes(&self) -> usize {
+        self.buf.capacity()
     }
 
     /// Reads what was logged so far, in walk order, without sealing the log.
     pub fn entries(&self) -> LogReader<&[u8]> {
-        LogReader {
-            buf: self.buf.as_slice(),
-            pos: 0,
-            key: Vec::new(),
-            prev: Times::default(),
-        }
+        LogReader::new(
+            self.buf.as_slice(),
+            self.spill.as_ref().map(|f| (Arc::clone(f), self.spilled)),
+        )
     }
 
     /// Entries logged so far.
@@ -147,6 +224,11 @@ impl WalkLog {
     pub fn seal(self) -> SealedLog {
         SealedLog {
             buf: Arc::from(self.buf),
+            spill: self
+                .spill
+                .filter(|_| self.spilled > 0)
+                .map(|f| (f, self.spilled)),
+            whole: Arc::default(),
             entries: self.entries,
         }
     }
@@ -163,15 +245,29 @@ impl SealedLog {
         self.entries == 0
     }
 
-    /// Bytes the log takes.
+    /// Bytes the log takes (in memory and in its file).
     pub fn bytes(&self) -> usize {
-        self.buf.len()
+        let spilled = self.spill.as_ref().map_or(0, |(_, n)| *n);
+        self.buf.len() + usize::try_from(spilled).unwrap_or(usize::MAX)
     }
 
     /// The encoded log (see the module doc), e.g. to keep it in a file for a put in another
-    /// process; [`SealedLog::from_bytes`] reads it back.
+    /// process; [`SealedLog::from_bytes`] reads it back. A spilled log is read into memory
+    /// (once; kept as long as the log); if its file cannot be read, what can be is returned,
+    /// and the caller's checksum of these bytes is then of fewer records.
     pub fn as_bytes(&self) -> &[u8] {
-        &self.buf
+        let Some((file, len)) = self.spill.as_ref() else {
+            return &self.buf;
+        };
+        self.whole.get_or_init(|| {
+            let n = usize::try_from(*len).unwrap_or(0);
+            let mut all = vec![0u8; n];
+            if file.read_exact_at(&mut all, 0).is_err() {
+                all.clear();
+            }
+            all.extend_from_slice(&self.buf);
+            all
+        })
     }
 
     /// A log from bytes of [`SealedLog::as_bytes`] holding `entries` entries. Nothing is
@@ -181,18 +277,15 @@ impl SealedLog {
     pub fn from_bytes(bytes: Vec<u8>, entries: u64) -> SealedLog {
         SealedLog {
             buf: Arc::from(bytes),
+            spill: None,
+            whole: Arc::default(),
             entries,
         }
     }
 
     /// Reads the log from its start, in walk order.
     pub fn reader(&self) -> LogReader {
-        LogReader {
-            buf: Arc::clone(&self.buf),
-            pos: 0,
-            key: Vec::new(),
-            prev: Times::default(),
-        }
+        LogReader::new(Arc::clone(&self.buf), self.spill.clone())
     }
 
     /// The log as the prior rows of a later walk of the same tree in the same build (the put's,
@@ -204,18 +297,90 @@ impl SealedLog {
     }
 }
 
-/// Reads a [`SealedLog`] (or, borrowed, a [`WalkLog`]) in order. A record that does not decode
-/// (a bug, or damaged bytes given to [`SealedLog::from_bytes`]) ends the reading.
+/// Reads a [`SealedLog`] (or, borrowed, a [`WalkLog`]) in order: first the spilled records,
+/// a window at a time, then the ones in memory. A record that does not decode (a bug, damaged
+/// bytes given to [`SealedLog::from_bytes`], or a spill file that cannot be read) ends the
+/// reading.
 pub struct LogReader<B: AsRef<[u8]> = Arc<[u8]>> {
-    buf: B,
+    tail: B,
+    /// The spilled records not read into the window yet: file, next offset, end.
+    spill: Option<(Arc<File>, u64, u64)>,
+    /// A window into the spilled records (while `in_window`).
+    window: Vec<u8>,
+    in_window: bool,
     pos: usize,
     key: Vec<u8>,
     prev: Times,
+    /// The state before the record being decoded, to decode it again from a larger window.
+    saved_key: Vec<u8>,
 }
 
 impl<B: AsRef<[u8]>> LogReader<B> {
+    fn new(tail: B, spill: Option<(Arc<File>, u64)>) -> Self {
+        let mut r = LogReader {
+            tail,
+            spill: spill
+                .filter(|(_, len)| *len > 0)
+                .map(|(f, len)| (f, 0, len)),
+            window: Vec::new(),
+            in_window: false,
+            pos: 0,
+            key: Vec::new(),
+            prev: Times::default(),
+            saved_key: Vec::new(),
+        };
+        r.in_window = r.spill.is_some();
+        if r.in_window && !r.refill(SPILL_BYTES) {
+            r.spill = None;
+            r.in_window = false;
+            // The spill cannot be read: read nothing rather than the tail alone.
+            r.pos = r.tail.as_ref().len();
+        }
+        r
+    }
+
+    /// The bytes being decoded: the window, or the records in memory.
+    fn cur(&self) -> &[u8] {
+        if self.in_window {
+            &self.window
+        } else {
+            self.tail.as_ref()
+        }
+    }
+
+    /// Moves the window to start at the current record (`pos`) and reads up to `want` bytes of
+    /// the spill into it; false when nothing could be read.
+    fn refill(&mut self, want: usize) -> bool {
+        let Some((file, next, end)) = self.spill.as_mut() else {
+            return false;
+        };
+        let keep = self.window.get(self.pos..).unwrap_or_default().len();
+        self.window.drain(..self.pos.min(self.window.len()));
+        self.pos = 0;
+        let left = usize::try_from(*end - *next).unwrap_or(usize::MAX);
+        let n = want.saturating_sub(keep).min(left);
+        if n == 0 {
+            return keep > 0;
+        }
+        self.window.resize(keep + n, 0);
+        let Some(dst) = self.window.get_mut(keep..) else {
+            return false;
+        };
+        if file.read_exact_at(dst, *next).is_err() {
+            self.window.truncate(keep);
+            return false;
+        }
+        *next += n as u64;
+        true
+    }
+
+    /// True when the spill has bytes not read into the window yet.
+    fn spill_left(&self) -> bool {
+        self.spill.as_ref().is_some_and(|(_, next, end)| next < end)
+    }
+
     fn byte(&mut self) -> Option<u8> {
-        let b = *self.buf.as_ref().get(self.pos)?;
+        let b = *self.cur().get(self.pos)?;
         self.pos += 1;
         Some(b)
     }
@@ -244,9 +409,9 @@ impl<B: AsRef<[u8]>> LogReader<B> {
     fn slice(&mut self) -> Option<&[u8]> {
         let n = usize::try_from(self.uvar()?).ok()?;
         let end = self.pos.checked_add(n)?;
-        let s = self.buf.as_ref().get(self.pos..end)?;
+        let start = self.pos;
         self.pos = end;
-        Some(s)
+        self.cur().get(start..end)
     }
 
     fn bytes(&mut self) -> Option<Vec<u8>> {
@@ -261,8 +426,15 @@ impl<B: AsRef<[u8]>> LogReader<B> {
         self.key.truncate(shared);
         let n = usize::try_from(self.uvar()?).ok()?;
         let end = self.pos.checked_add(n)?;
-        self.key
-            .extend_from_slice(self.buf.as_ref().get(self.pos..end)?);
+        let (start, buf) = (
+            self.pos,
+            if self.in_window {
+                &self.window[..]
+            } else {
+                self.tail.as_ref()
+            },
+        );
+        self.key.extend_from_slice(buf.get(start..end)?);
         self.pos = end;
         let flags = self.byte()?;
         let kind = kind_from_tag(self.byte()?)?;
@@ -281,7 +453,7 @@ impl<B: AsRef<[u8]>> LogReader<B> {
         let mut digest = [0u8; 32];
         if kind == EntryKind::File {
             let end = self.pos.checked_add(32)?;
-            digest.copy_from_slice(self.buf.as_ref().get(self.pos..end)?);
+            digest.copy_from_slice(self.cur().get(self.pos..end)?);
             self.pos = end;
         }
         let mut stat = None;
@@ -325,14 +497,41 @@ impl<B: AsRef<[u8]>> Iterator for LogReader<B> {
     type Item = LoggedEntry;
 
     fn next(&mut self) -> Option<LoggedEntry> {
-        if self.pos >= self.buf.as_ref().len() {
-            return None;
+        loop {
+            if self.in_window && self.pos >= self.window.len() && !self.refill(SPILL_BYTES) {
+                // The spill is read: go on with the records in memory.
+                self.in_window = false;
+                self.pos = 0;
+            }
+            if self.pos >= self.cur().len() {
+                return None;
+            }
+            if !self.in_window {
+                let e = self.decode();
+                if e.is_none() {
+                    self.pos = self.tail.as_ref().len();
+                }
+                return e;
+            }
+            // In the window a record may run past its end: decode it again from a window
+            // that starts at it and holds more.
+            let (start, prev) = (self.pos, self.prev);
+            self.saved_key.clone_from(&self.key);
+            if let Some(e) = self.decode() {
+                return Some(e);
+            }
+            self.pos = start;
+            self.prev = prev;
+            std::mem::swap(&mut self.key, &mut self.saved_key);
+            let have = self.window.len() - start;
+            if !self.spill_left() || !self.refill(have.saturating_mul(2).max(SPILL_BYTES)) {
+                // Damaged, or unreadable: stop.
+                self.in_window = false;
+                self.spill = None;
+                self.pos = self.tail.as_ref().len();
+                return None;
+            }
         }
-        let e = self.decode();
-        if e.is_none() {
-            self.pos = self.buf.as_ref().len();
-        }
-        e
     }
 }
 
@@ -418,6 +617,59 @@ mod tests {
             },
             unstable,
         }
+    }
+
+    /// A log of many entries spills (the unit tests' spill size is 64 bytes), with records
+    /// larger than the reader's window; it reads back entry for entry, sealed and unsealed,
+    /// and its bytes are those of the same log kept in memory.
+    #[test]
+    fn a_spilled_log_reads_back_whole() {
+        let mut walked = Vec::new();
+        for i in 0..300i64 {
+            let kind = [EntryKind::File, EntryKind::Dir, EntryKind::Symlink][(i % 3) as usize];
+            let mut e = entry(
+                format!("d{}/f{i:04}", i % 7).as_bytes(),
+                kind,
+                i,
+                i % 50 == 0,
+            );
+            if i % 40 == 0 {
+                e.row.xattrs = vec![(b"user.big".to_vec(), vec![i as u8; 3 * SPILL_BYTES])];
+            }
+            walked.push(e);
+        }
+        walked.sort_by(|a, b| a.path.cmp(&b.path));
+        let mut log = WalkLog::new();
+        for e in &walked {
+            log.push(e);
+        }
+        assert!(log.spilled > 0, "the log spilled");
+        assert!(log.buf.len() < SPILL_BYTES, "{}", log.buf.len());
+        let unsealed: Vec<LoggedEntry> = log.entries().collect();
+        let sealed = log.seal();
+        let back: Vec<LoggedEntry> = sealed.reader().collect();
+        assert_eq!(back.len(), walked.len());
+        assert_eq!(unsealed.len(), walked.len());
+        for ((w, b), u) in walked.iter().zip(&back).zip(&unsealed) {
+            assert_eq!(w.path, b.path);
+            let mut expect = w.row.clone();
+            if w.unstable {
+                expect.stat = None;
+            }
+            assert_eq!(expect, b.row, "{}", w.path);
+            assert_eq!((&u.path, &u.row), (&b.path, &b.row));
+        }
+        // The bytes, read into memory, are the same log.
+        let bytes = sealed.as_bytes().to_vec();
+        assert_eq!(bytes.len(), sealed.bytes());
+        let again = SealedLog::from_bytes(bytes, sealed.len());
+        assert_eq!(again.reader().count(), walked.len());
+        assert!(
+            again
+                .reader()
+                .zip(sealed.reader())
+                .all(|(a, b)| a.path == b.path && a.row == b.row)
+        );
     }
 
     #[test]

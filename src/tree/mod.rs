@@ -19,7 +19,9 @@
 //! allocation beyond its path and row.
 //!
 //! With prior rows (the stored rows of the same tree, [`TreeWalk::with_prior`]), the stat fast
-//! path skips work: the xattrs and link target of an entry whose prior row
+//! path skips work: a directory whose prior row vouches for its names is not read (no
+//! `getdents`; its names come from the prior rows, see [`walker`], "When a directory is read"),
+//! the xattrs and link target of an entry whose prior row
 //! [vouches for its metadata](fastpath::vouches_for_metadata) are not read again, and a file
 //! whose prior row says [`FastPath::Reuse`] is not opened. The racy rule that limits both is
 //! explained once, in [`fastpath`].
@@ -35,6 +37,7 @@ pub mod fastpath;
 mod hash;
 pub mod log;
 mod merkle;
+pub mod prior;
 pub mod progress;
 pub mod walker;
 
@@ -43,6 +46,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, sync_channel};
 
 use rayon::prelude::*;
@@ -57,7 +61,9 @@ use fastpath::coarse_now_ns;
 pub(crate) use hash::hash_file;
 pub use log::{LogReader, LoggedEntry, SealedLog, WalkLog};
 pub use merkle::TreeHasher;
+use prior::PriorCursor;
 pub use progress::{Progress, ProgressSnapshot};
+use walker::DirCounts;
 pub use walker::{Enumerator, Lstat, OrderedDirs};
 
 /// Entries per parallel window.
@@ -129,6 +135,15 @@ pub struct WalkCounters {
     /// Regular files whose stat data matched a racy row (modified too close to the row's
     /// snapshot to trust the timestamps), and were hashed for that reason.
     pub racy: u64,
+    /// Directories listed with `getdents` (every directory without prior rows that vouch for
+    /// its names; see `tree/walker.rs`).
+    pub dirs_read: u64,
+    /// Directories whose names were taken from their prior rows instead (their stat proves no
+    /// entry was created, removed or renamed in them): only their entries were `lstat`ed.
+    pub dirs_proven: u64,
+    /// Proven directories whose proof failed when their entries were `lstat`ed (a stored name
+    /// gone, or the directory not the one proven): read instead, so also in `dirs_read`.
+    pub proofs_failed: u64,
 }
 
 impl WalkCounters {
@@ -140,6 +155,9 @@ impl WalkCounters {
             bytes_hashed: self.bytes_hashed.saturating_sub(earlier.bytes_hashed),
             stat_matched: self.stat_matched.saturating_sub(earlier.stat_matched),
             racy: self.racy.saturating_sub(earlier.racy),
+            dirs_read: self.dirs_read.saturating_sub(earlier.dirs_read),
+            dirs_proven: self.dirs_proven.saturating_sub(earlier.dirs_proven),
+            proofs_failed: self.proofs_failed.saturating_sub(earlier.proofs_failed),
         }
     }
 
@@ -150,6 +168,9 @@ impl WalkCounters {
         self.bytes_hashed += o.bytes_hashed;
         self.stat_matched += o.stat_matched;
         self.racy += o.racy;
+        self.dirs_read += o.dirs_read;
+        self.dirs_proven += o.dirs_proven;
+        self.proofs_failed += o.proofs_failed;
     }
 }
 
@@ -159,9 +180,9 @@ pub type PriorRows = Box<dyn Iterator<Item = Result<(RelPath, Row)>>>;
 /// What describing one window produced, in walk order.
 type Described = Vec<Result<(WalkedEntry, Work)>>;
 
-/// A name and, from the ordered parallel walker, the lstat it was seen under (walkdir gives
-/// none: the entry is then `lstat`ed by its full path when described).
-type Named = (RelPath, Option<Lstat>);
+/// A name; from the ordered parallel walker, the lstat it was seen under (walkdir gives none:
+/// the entry is then `lstat`ed by its full path when described); and its prior row, if any.
+type Named = (RelPath, Option<Lstat>, Option<Row>);
 
 /// Enumerates names, a window at a time, in walk order (symlinks below the root never
 /// followed).
@@ -170,15 +191,17 @@ enum NameSource {
     Walkdir {
         root: PathBuf,
         inner: walkdir::IntoIter,
+        counts: Arc<DirCounts>,
     },
     /// The ordered parallel walker.
     Parallel(OrderedDirs),
 }
 
 impl NameSource {
-    fn new(root: &Path, how: Enumerator) -> Self {
+    fn new(root: &Path, how: Enumerator, counts: Arc<DirCounts>) -> Self {
         match how {
             Enumerator::Walkdir => NameSource::Walkdir {
+                counts,
                 root: root.to_path_buf(),
                 inner: walkdir::WalkDir::new(root)
                     .follow_links(false)
@@ -186,26 +209,35 @@ impl NameSource {
                     .sort_by(|a, b| a.file_name().as_bytes().cmp(b.file_name().as_bytes()))
                     .into_iter(),
             },
-            Enumerator::Parallel => NameSource::Parallel(OrderedDirs::new(root)),
+            Enumerator::Parallel => NameSource::Parallel(OrderedDirs::counted(root, counts)),
         }
     }
 
-    /// The next window of names, in walk order; empty at the end.
-    fn next_names(&mut self) -> Result<Vec<Named>> {
+    /// The next window of names, in walk order, each with its prior row from `prior`; empty at
+    /// the end.
+    fn next_names(&mut self, mut prior: Option<&mut PriorCursor>) -> Result<Vec<Named>> {
         let mut names = Vec::with_capacity(CHUNK_ENTRIES);
         while names.len() < CHUNK_ENTRIES {
             match self {
-                NameSource::Parallel(w) => match w.next() {
+                NameSource::Parallel(w) => match w.next_with(prior.as_deref_mut()) {
                     None => break,
-                    Some(Ok((p, l))) => names.push((p, Some(l))),
+                    Some(Ok((p, l, row))) => names.push((p, Some(l), row)),
                     Some(Err(e)) => return Err(e),
                 },
-                NameSource::Walkdir { root, inner } => match inner.next() {
+                NameSource::Walkdir {
+                    root,
+                    inner,
+                    counts,
+                } => match inner.next() {
                     None => break,
                     Some(Ok(ent)) => {
+                        if ent.file_type().is_dir() {
+                            counts.read.fetch_add(1, Ordering::Relaxed);
+                        }
                         let rel = ent.path().strip_prefix(&*root).unwrap_or(ent.path());
                         let rel = RelPath::from_slash_bytes(rel.as_os_str().as_bytes());
-                        names.push((rel, None));
+                        let row = prior.as_deref_mut().and_then(|c| c.take(&rel));
+                        names.push((rel, None, row));
                     }
                     Some(Err(e)) => {
                         let path = e
@@ -262,8 +294,9 @@ pub struct TreeWalk {
     pending: Option<Pending>,
     buffer: std::vec::IntoIter<WalkedEntry>,
     counters: WalkCounters,
+    dir_counts: Arc<DirCounts>,
     failed: bool,
-    prior: Option<std::iter::Peekable<PriorRows>>,
+    prior: Option<PriorCursor>,
     snapshot_ns: i64,
     progress: Option<Arc<Progress>>,
 }
@@ -284,12 +317,18 @@ impl TreeWalk {
         // no later than every stat of the walk).
         let snapshot_ns = coarse_now_ns();
         std::fs::metadata(root).map_err(|e| Error::io("cannot stat", root, e))?;
+        let dir_counts = Arc::new(DirCounts::default());
         Ok(TreeWalk {
             root: Arc::from(root),
-            names: Names::Inline(Box::new(NameSource::new(root, how))),
+            names: Names::Inline(Box::new(NameSource::new(
+                root,
+                how,
+                Arc::clone(&dir_counts),
+            ))),
             pending: None,
             buffer: Vec::new().into_iter(),
             counters: WalkCounters::default(),
+            dir_counts,
             failed: false,
             prior: None,
             snapshot_ns,
@@ -310,7 +349,7 @@ impl TreeWalk {
     /// Gives a walk that has not yielded anything yet its prior rows (see
     /// [`TreeWalk::with_prior`]).
     pub fn set_prior(&mut self, prior: PriorRows) {
-        self.prior = Some(prior.peekable());
+        self.prior = Some(PriorCursor::new(prior));
     }
 
     /// Adds this walk's work to `progress`, once per window of entries (not per entry).
@@ -324,32 +363,6 @@ impl TreeWalk {
         self.snapshot_ns
     }
 
-    /// For each name of a window (in key order), the prior row of the same path, if any.
-    fn priors_for(&mut self, names: &[Named]) -> Vec<Option<Row>> {
-        let Some(prior) = self.prior.as_mut() else {
-            return vec![None; names.len()];
-        };
-        names
-            .iter()
-            .map(|(name, _)| {
-                loop {
-                    match prior.peek() {
-                        Some(Ok((p, _))) if p < name => {
-                            prior.next();
-                        }
-                        Some(Err(_)) => {
-                            prior.next();
-                        }
-                        Some(Ok((p, _))) if p == name => {
-                            return prior.next().and_then(|r| r.ok()).map(|(_, row)| row);
-                        }
-                        _ => return None,
-                    }
-                }
-            })
-            .collect()
-    }
-
     /// Work done so far.
     pub fn counters(&self) -> WalkCounters {
         self.counters
@@ -360,15 +373,23 @@ impl TreeWalk {
         &self.root
     }
 
-    /// Enumerates the next window of names, in walk order; empty at the end. After a first full
-    /// window, enumeration moves to a thread of its own that reads ahead.
+    /// Enumerates the next window of names, in walk order, with their prior rows; empty at the
+    /// end. After a first full window, enumeration moves to a thread of its own that reads
+    /// ahead — except for the ordered parallel walker with prior rows, which reads the prior
+    /// rows as it lists (to prove directories, see `tree/walker.rs`) and stays on this thread,
+    /// which owns them.
     fn next_names(&mut self) -> Result<Vec<Named>> {
         match std::mem::replace(&mut self.names, Names::Done) {
             Names::Done => Ok(Vec::new()),
             Names::Thread(rx) => match rx.recv() {
-                Ok(Ok(names)) => {
+                Ok(Ok(mut names)) => {
                     if !names.is_empty() {
                         self.names = Names::Thread(rx);
+                    }
+                    if let Some(c) = self.prior.as_mut() {
+                        for (path, _, row) in &mut names {
+                            *row = c.take(path);
+                        }
                     }
                     Ok(names)
                 }
@@ -381,9 +402,13 @@ impl TreeWalk {
                 )),
             },
             Names::Inline(mut src) => {
-                let names = src.next_names()?;
+                let names = src.next_names(self.prior.as_mut())?;
                 if names.len() < CHUNK_ENTRIES {
                     // A short window is the last one.
+                    return Ok(names);
+                }
+                if self.prior.is_some() && matches!(*src, NameSource::Parallel(_)) {
+                    self.names = Names::Inline(src);
                     return Ok(names);
                 }
                 self.names = match read_ahead(src) {
@@ -402,22 +427,16 @@ impl TreeWalk {
             Ok(n) => n,
             Err(e) => return Some(Pending::Failed(e)),
         };
-        let priors = self.priors_for(&names);
         let root = Arc::clone(&self.root);
         let snapshot_ns = self.snapshot_ns;
         if rayon::current_thread_index().is_some() {
             // On a rayon worker, waiting for a spawned job could starve the pool: describe here.
-            return Some(Pending::Ready(describe_all(
-                &root,
-                names,
-                priors,
-                snapshot_ns,
-            )));
+            return Some(Pending::Ready(describe_all(&root, names, snapshot_ns)));
         }
         let (tx, rx) = sync_channel(1);
         rayon::spawn(move || {
             let described = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                describe_all(&root, names, priors, snapshot_ns)
+                describe_all(&root, names, snapshot_ns)
             }));
             // The walk may have been dropped meanwhile; then nobody wants the result.
             let _ = tx.send(described);
@@ -479,6 +498,10 @@ impl TreeWalk {
                 }
             }
         }
+        let dirs = &self.dir_counts;
+        self.counters.dirs_read = dirs.read.load(Ordering::Relaxed);
+        self.counters.dirs_proven = dirs.proven.load(Ordering::Relaxed);
+        self.counters.proofs_failed = dirs.proofs_failed.load(Ordering::Relaxed);
         if let Some(p) = &self.progress {
             p.add(&self.counters.since(&before));
         }
@@ -500,7 +523,7 @@ fn read_ahead(src: Box<NameSource>) -> std::result::Result<NameReceiver, Box<Nam
                 return;
             };
             loop {
-                let names = src.next_names();
+                let names = src.next_names(None);
                 let last = !matches!(&names, Ok(n) if !n.is_empty());
                 // A send fails when the walk was dropped: stop reading.
                 if tx.send(names).is_err() || last {
@@ -520,16 +543,10 @@ fn read_ahead(src: Box<NameSource>) -> std::result::Result<NameReceiver, Box<Nam
 }
 
 /// Describes a window in parallel, one rayon task per entry, keeping walk order.
-fn describe_all(
-    root: &Path,
-    names: Vec<Named>,
-    priors: Vec<Option<Row>>,
-    snapshot_ns: i64,
-) -> Described {
+fn describe_all(root: &Path, names: Vec<Named>, snapshot_ns: i64) -> Described {
     names
         .into_par_iter()
-        .zip(priors)
-        .map(|((path, seen), prior)| describe(root, path, seen, prior, snapshot_ns))
+        .map(|(path, seen, prior)| describe(root, path, seen, prior, snapshot_ns))
         .collect()
 }
 

@@ -1,10 +1,12 @@
 //! Enumeration: the names of a tree in key order, each with the `lstat` it was seen under.
 //!
 //! Owns: [`Enumerator`] (which walker a [`super::TreeWalk`] uses), [`Lstat`] (what one `lstat`
-//! says about an entry), and [`OrderedDirs`], the parallel walker that yields in key order.
+//! says about an entry), and [`OrderedDirs`], the parallel walker that yields in key order and
+//! decides, from the prior rows, which directories it reads and which it proves.
 //!
 //! Must never: follow a symlink below the root, open anything but directories (a FIFO, socket
-//! or device node is only `fstatat`ed), or yield out of key order.
+//! or device node is only `fstatat`ed), yield out of key order, or list a directory from stored
+//! names unless `fastpath::vouches_for_listing` says they are its names.
 //!
 //! # The ordered parallel walker
 //!
@@ -21,6 +23,38 @@
 //! tree; each listing keeps its names in one buffer (one allocation per directory, not per
 //! entry).
 //!
+//! # When a directory is read, and when it is proven
+//!
+//! With prior rows (the stored rows of the same tree, `super::TreeWalk::with_prior`), a
+//! directory is *proven* instead of read when all of these hold: its prior row is a directory
+//! with stat data; the lstat the walk yields it with has the same inode, device, mtime and ctime;
+//! that row is not racy (`fastpath::vouches_for_listing`: the mtime older than the row's
+//! snapshot by the content's slack, 2 s; the ctime older by its tick); no stored row of the tree
+//! failed to decode; and its whole stored subtree fits the prior rows' look-ahead
+//! (`tree/prior.rs`, 32,768 rows). Then its names are its prior rows' direct children: the
+//! directory is opened, `fstat`ed to be the same directory, and each name is `fstatat`ed — no
+//! `getdents`. If it is not the same directory, or a name is gone (`ENOENT`), the proof failed
+//! and the directory is read after all: a name is never dropped. Every other directory is read.
+//! `WalkCounters::dirs_read` and `dirs_proven` count both.
+//!
+//! Why skipping `getdents` cannot make a false hit: creating, removing or renaming an entry in a
+//! directory moves its mtime and ctime (POSIX; git's untracked cache assumes the same), and the
+//! ctime cannot be set back; the racy rule covers a change in the same timestamp tick as the
+//! stored stat (see `tree/fastpath.rs`, "Directories"). A child that changed in place (content,
+//! mode, type behind the same name) is still seen: every child is `lstat`ed, its own prior row
+//! and the fast path decide about it, and a child that became a directory is listed by the same
+//! rule (its prior row is not a directory: it is read). A file system that does not move a
+//! directory's mtime or ctime when its entries change breaks the assumption (see the README's
+//! known limitations); `LookupMode::VERIFY` takes nothing from stored rows and reads every
+//! directory.
+//!
+//! The prior rows are read by the walk's own thread (they come from a read transaction that
+//! cannot move), so with prior rows enumeration does not move to a thread of its own; directory
+//! jobs still run ahead on the pool, proven ones with their names, while the stored subtree of
+//! the queued directory fits the look-ahead (a directory further ahead waits until the walk
+//! has moved on). Memory: the look-ahead's rows (at most 32,768, ~200 bytes each without
+//! xattrs) plus what the module doc above says.
+//!
 //! A directory replaced by a symlink (or anything else) between its parent's listing and its own
 //! read is [`Error::ChangedWhileReading`]: it is never followed. Errors carry the path and come
 //! in walk order: the directory that cannot be read is yielded first, then its error, and the
@@ -34,14 +68,18 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
+use rustix::fd::OwnedFd;
 use rustix::fs::{AtFlags, CWD, Dir, FileType, Mode, OFlags};
 
+use super::fastpath::{same_stat, vouches_for_listing};
+use super::prior::{ChildrenOf, KnownNames, LOOKAHEAD_ROWS, PriorCursor};
 use super::{StatData, kind_of};
 use crate::error::{Error, Result};
 use crate::path::RelPath;
-use crate::schema::EntryKind;
+use crate::schema::{EntryKind, Row, RowStat};
 
 /// Subdirectory reads queued ahead of the walk at most.
 pub const READ_AHEAD_DIRS: usize = 64;
@@ -141,14 +179,32 @@ impl Listing {
     }
 }
 
-/// Reads one directory: its entries with their lstat, sorted by name. `follow` opens a symlink
-/// (the root only).
-fn read_dir(abs: &Path, follow: bool) -> Result<Listing> {
+/// Directories a walk read (`getdents`) and proven (names taken from the stored rows), and
+/// proofs that failed (a stored name gone: the directory was read instead); shared with the
+/// directory jobs on the pool.
+#[derive(Debug, Default)]
+pub(crate) struct DirCounts {
+    /// Directories listed with `getdents`.
+    pub read: AtomicU64,
+    /// Directories whose names came from their stored rows (no `getdents`).
+    pub proven: AtomicU64,
+    /// Proofs that failed (and the directory was read instead).
+    pub proofs_failed: AtomicU64,
+}
+
+impl DirCounts {
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Opens a directory to list or `fstatat` in; `follow` opens a symlink (the root only).
+fn open_dir(abs: &Path, follow: bool) -> Result<OwnedFd> {
     let mut flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
     if !follow {
         flags |= OFlags::NOFOLLOW;
     }
-    let fd = rustix::fs::openat(CWD, abs, flags, Mode::empty()).map_err(|e| match e {
+    rustix::fs::openat(CWD, abs, flags, Mode::empty()).map_err(|e| match e {
         // Gone, or no longer a directory (a symlink now, say): it changed under the walk.
         rustix::io::Errno::NOENT | rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => {
             Error::ChangedWhileReading {
@@ -156,7 +212,68 @@ fn read_dir(abs: &Path, follow: bool) -> Result<Listing> {
             }
         }
         e => Error::io("cannot read directory", abs, e.into()),
-    })?;
+    })
+}
+
+/// A directory's listing from its stored names (a proven directory: see
+/// `fastpath::vouches_for_listing`), without `getdents`: the directory is opened, checked by
+/// `fstat` to be the one whose stat (`seen`) made the proof, and each name is `fstatat`ed. If
+/// it is not that directory, or a stored name is gone, the proof failed and the directory is
+/// read ([`read_dir`]) — never listed short.
+fn stat_known(
+    abs: &Path,
+    follow: bool,
+    seen: &StatData,
+    known: KnownNames,
+    counts: &DirCounts,
+) -> Result<Listing> {
+    let fd = open_dir(abs, follow)?;
+    let same_dir = rustix::fs::fstat(&fd).is_ok_and(|st| {
+        let now = Lstat::of_raw(&st).stat;
+        let then = RowStat {
+            mtime_ns: seen.mtime_ns,
+            ctime_ns: seen.ctime_ns,
+            ino: seen.ino,
+            dev: seen.dev,
+            snapshot_ns: 0,
+        };
+        same_stat(&then, &now)
+    });
+    if !same_dir {
+        DirCounts::bump(&counts.proofs_failed);
+        return read_dir(abs, follow, counts);
+    }
+    let mut entries = Vec::with_capacity(known.spans.len());
+    for &(start, end) in &known.spans {
+        let name = known.names.get(start..end).unwrap_or_default();
+        match rustix::fs::statat(&fd, OsStr::from_bytes(name), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => entries.push((start, end, Lstat::of_raw(&st))),
+            // A stored name is gone: the directory changed after all (or its mtime lied).
+            Err(rustix::io::Errno::NOENT) => {
+                DirCounts::bump(&counts.proofs_failed);
+                return read_dir(abs, follow, counts);
+            }
+            Err(e) => {
+                return Err(Error::io(
+                    "cannot stat",
+                    abs.join(OsStr::from_bytes(name)),
+                    e.into(),
+                ));
+            }
+        }
+    }
+    DirCounts::bump(&counts.proven);
+    Ok(Listing {
+        names: known.names,
+        entries,
+    })
+}
+
+/// Reads one directory: its entries with their lstat, sorted by name. `follow` opens a symlink
+/// (the root only).
+fn read_dir(abs: &Path, follow: bool, counts: &DirCounts) -> Result<Listing> {
+    let fd = open_dir(abs, follow)?;
+    DirCounts::bump(&counts.read);
     let io = |e: rustix::io::Errno| Error::io("cannot read directory", abs, e.into());
     let mut dir = Dir::new(fd).map_err(io)?;
     let mut out = Listing::default();
@@ -201,10 +318,22 @@ struct Prefetch {
     slot: Arc<(Mutex<Slot>, Condvar)>,
 }
 
+/// A queued read: the directory, and for a proven one the stat it was proven with and its
+/// stored names.
+type Job = (PathBuf, Option<(StatData, KnownNames)>);
+
+/// Lists a directory: from its stored names when proven, else by reading it.
+fn run_job(job: Job, counts: &DirCounts) -> Result<Listing> {
+    match job {
+        (abs, Some((seen, known))) => stat_known(&abs, false, &seen, known, counts),
+        (abs, None) => read_dir(&abs, false, counts),
+    }
+}
+
 /// The state of one queued read.
 enum Slot {
     /// Not started; the walk may take it back.
-    Todo(PathBuf),
+    Todo(Job),
     /// A pool thread is reading it.
     Running,
     /// Read.
@@ -214,15 +343,15 @@ enum Slot {
 }
 
 impl Prefetch {
-    /// Queues the read of `abs` on the rayon pool.
-    fn spawn(abs: PathBuf) -> Self {
-        let slot = Arc::new((Mutex::new(Slot::Todo(abs)), Condvar::new()));
+    /// Queues `job` on the rayon pool.
+    fn spawn(job: Job, counts: Arc<DirCounts>) -> Self {
+        let slot = Arc::new((Mutex::new(Slot::Todo(job)), Condvar::new()));
         let theirs = Arc::clone(&slot);
         rayon::spawn(move || {
             let (m, cv) = &*theirs;
-            let path = match m.lock() {
+            let job = match m.lock() {
                 Ok(mut g) => match std::mem::replace(&mut *g, Slot::Running) {
-                    Slot::Todo(p) => p,
+                    Slot::Todo(j) => j,
                     other => {
                         // Taken back or dropped by the walk: nothing to do.
                         *g = other;
@@ -231,7 +360,7 @@ impl Prefetch {
                 },
                 Err(_) => return,
             };
-            let r = read_dir(&path, false);
+            let r = run_job(job, &counts);
             if let Ok(mut g) = m.lock() {
                 *g = Slot::Done(r);
             }
@@ -241,7 +370,7 @@ impl Prefetch {
     }
 
     /// The listing: read here if the job has not started, else waited for.
-    fn take(self, abs: &Path) -> Result<Listing> {
+    fn take(self, abs: &Path, counts: &DirCounts) -> Result<Listing> {
         let (m, cv) = &*self.slot;
         let lost = || {
             Error::io(
@@ -253,9 +382,9 @@ impl Prefetch {
         let mut g = m.lock().map_err(|_| lost())?;
         loop {
             match std::mem::replace(&mut *g, Slot::Taken) {
-                Slot::Todo(p) => {
+                Slot::Todo(job) => {
                     drop(g);
-                    return read_dir(&p, false);
+                    return run_job(job, counts);
                 }
                 Slot::Done(r) => return r,
                 Slot::Running => {
@@ -288,23 +417,43 @@ struct Frame {
     scanned: usize,
 }
 
+/// A directory just yielded, to be listed before the next entry: its path, the lstat it was
+/// yielded with, and whether its prior row vouches for its names.
+struct Expand {
+    dir: RelPath,
+    seen: StatData,
+    proven: bool,
+}
+
+/// One yielded entry: its path, its lstat, and its prior row (when the walk has prior rows).
+pub(crate) type Yielded = (RelPath, Lstat, Option<Row>);
+
 /// The ordered parallel walker (see the module doc): yields the root, then every entry below
 /// it, depth first in key order, each with its lstat.
 pub struct OrderedDirs {
     root: PathBuf,
     started: bool,
     stack: Vec<Frame>,
-    /// The directory just yielded, to be listed before the next entry.
-    expand: Option<RelPath>,
+    expand: Option<Expand>,
     /// Queued reads, in key order (the order the walk will need them).
     ahead: VecDeque<(RelPath, Prefetch)>,
     done: bool,
+    counts: Arc<DirCounts>,
+    /// A directory whose stored subtree did not fit the prior rows' look-ahead yet, and when
+    /// (in prior rows passed) that was: it is not looked at again before the walk has passed
+    /// a quarter of the look-ahead (so the look-ahead is not rescanned at every directory).
+    blocked: Option<(RelPath, u64)>,
 }
 
 impl OrderedDirs {
     /// A walk of `root`; a root that is a symlink is followed (the builder named it), nothing
     /// below it is.
     pub fn new(root: &Path) -> Self {
+        Self::counted(root, Arc::default())
+    }
+
+    /// [`OrderedDirs::new`], counting the directories it reads and proves in `counts`.
+    pub(crate) fn counted(root: &Path, counts: Arc<DirCounts>) -> Self {
         OrderedDirs {
             root: root.to_path_buf(),
             started: false,
@@ -312,62 +461,101 @@ impl OrderedDirs {
             expand: None,
             ahead: VecDeque::new(),
             done: false,
+            counts,
+            blocked: None,
         }
     }
 
-    /// Lists `dir`: from its queued read if there is one, else here.
-    fn list(&mut self, dir: &RelPath) -> Result<Listing> {
+    /// Lists a directory: from its queued read if there is one, else here — from its stored
+    /// names when they are known and its prior row vouches for them, else by reading it.
+    fn list(&mut self, ex: &Expand, prior: Option<&mut PriorCursor>) -> Result<Listing> {
+        let dir = &ex.dir;
         let abs = dir.under(&self.root);
-        if dir.is_root() {
-            return read_dir(&abs, true);
+        let follow = dir.is_root();
+        if !follow {
+            // Reads queued for directories the walk has passed (none, in order) are dropped.
+            while self.ahead.front().is_some_and(|(p, _)| p < dir) {
+                self.ahead.pop_front();
+            }
+            if self.ahead.front().is_some_and(|(p, _)| p == dir)
+                && let Some((_, pre)) = self.ahead.pop_front()
+            {
+                return pre.take(&abs, &self.counts);
+            }
         }
-        // Reads queued for directories the walk has passed (none, in order) are dropped.
-        while self.ahead.front().is_some_and(|(p, _)| p < dir) {
-            self.ahead.pop_front();
-        }
-        if self.ahead.front().is_some_and(|(p, _)| p == dir)
-            && let Some((_, pre)) = self.ahead.pop_front()
+        if ex.proven
+            && let Some(c) = prior
+            && let ChildrenOf::Known(known) = c.children(dir)
         {
-            return pre.take(&abs);
+            return stat_known(&abs, follow, &ex.seen, known, &self.counts);
         }
-        read_dir(&abs, false)
+        read_dir(&abs, follow, &self.counts)
     }
 
     /// Queues reads of the subdirectories the walk will reach next, up to the window: those of
     /// the innermost directory first, then its parent's, and so on. Each entry of a listing is
-    /// looked at once (`Frame::scanned`), so this costs O(entries) over the whole walk.
-    fn read_ahead(&mut self) {
+    /// looked at once (`Frame::scanned`), so this costs O(entries) over the whole walk. A
+    /// subdirectory whose prior row vouches for its names, and whose stored children the prior
+    /// rows' look-ahead holds, is queued proven (no `getdents`); one whose prior row is beyond
+    /// the look-ahead for now stops the scan until the walk has moved on.
+    fn read_ahead(&mut self, mut prior: Option<&mut PriorCursor>) {
         let OrderedDirs {
-            root, stack, ahead, ..
+            root,
+            stack,
+            ahead,
+            counts,
+            blocked,
+            ..
         } = self;
         for frame in stack.iter_mut().rev() {
             frame.scanned = frame.scanned.max(frame.next);
             while ahead.len() < READ_AHEAD_DIRS && frame.scanned < frame.listing.len() {
                 let i = frame.scanned;
-                frame.scanned += 1;
-                let Some((name, lstat)) = frame.listing.name(i) else {
+                let Some((name, lstat)) = frame
+                    .listing
+                    .name(i)
+                    .filter(|(_, l)| l.kind == EntryKind::Dir)
+                else {
+                    frame.scanned += 1;
                     continue;
                 };
-                if lstat.kind != EntryKind::Dir {
-                    continue;
-                }
                 let p = frame.dir.join(name);
+                let known = match prior.as_deref_mut() {
+                    None => None,
+                    Some(c) => {
+                        if let Some((at, when)) = blocked.as_ref()
+                            && *at == p
+                            && c.dropped() < when + (LOOKAHEAD_ROWS / 4) as u64
+                        {
+                            return;
+                        }
+                        match proven_names(c, &p, &lstat.stat) {
+                            Some(k) => k,
+                            None => {
+                                *blocked = Some((p, c.dropped()));
+                                return;
+                            }
+                        }
+                    }
+                };
+                frame.scanned += 1;
                 // Inner directories sort before their parents' later entries: keep key order.
                 let pos = ahead.partition_point(|(q, _)| *q < p);
-                let abs = p.under(root);
-                ahead.insert(pos, (p, Prefetch::spawn(abs)));
+                let job = (p.under(root), known.map(|k| (lstat.stat, k)));
+                ahead.insert(pos, (p, Prefetch::spawn(job, Arc::clone(counts))));
             }
             if ahead.len() >= READ_AHEAD_DIRS {
                 return;
             }
         }
     }
-}
 
-impl Iterator for OrderedDirs {
-    type Item = Result<(RelPath, Lstat)>;
-
-    fn next(&mut self) -> Option<Self::Item> {
+    /// The next entry (see the type doc) and, with `prior`, its prior row; directories whose
+    /// prior rows vouch for their names are listed from them (see the module doc).
+    pub(crate) fn next_with(
+        &mut self,
+        mut prior: Option<&mut PriorCursor>,
+    ) -> Option<Result<Yielded>> {
         if self.done {
             return None;
         }
@@ -376,10 +564,18 @@ impl Iterator for OrderedDirs {
             return match std::fs::metadata(&self.root) {
                 Ok(m) => {
                     let l = Lstat::of(&m);
+                    let root = RelPath::root();
+                    let row = prior.as_deref_mut().and_then(|c| c.take(&root));
                     if l.kind == EntryKind::Dir {
-                        self.expand = Some(RelPath::root());
+                        self.expand = Some(Expand {
+                            dir: RelPath::root(),
+                            seen: l.stat,
+                            proven: row
+                                .as_ref()
+                                .is_some_and(|r| vouches_for_listing(r, l.kind, &l.stat)),
+                        });
                     }
-                    Some(Ok((RelPath::root(), l)))
+                    Some(Ok((root, l, row)))
                 }
                 Err(e) => {
                     self.done = true;
@@ -387,16 +583,16 @@ impl Iterator for OrderedDirs {
                 }
             };
         }
-        if let Some(dir) = self.expand.take() {
-            match self.list(&dir) {
+        if let Some(ex) = self.expand.take() {
+            match self.list(&ex, prior.as_deref_mut()) {
                 Ok(listing) => {
                     self.stack.push(Frame {
-                        dir,
+                        dir: ex.dir,
                         listing,
                         next: 0,
                         scanned: 0,
                     });
-                    self.read_ahead();
+                    self.read_ahead(prior.as_deref_mut());
                 }
                 Err(e) => {
                     self.done = true;
@@ -413,16 +609,48 @@ impl Iterator for OrderedDirs {
                     let lstat = *lstat;
                     let path = frame.dir.join(name);
                     frame.next += 1;
+                    let row = prior.as_deref_mut().and_then(|c| c.take(&path));
                     if lstat.kind == EntryKind::Dir {
-                        self.expand = Some(path.clone());
+                        self.expand = Some(Expand {
+                            dir: path.clone(),
+                            seen: lstat.stat,
+                            proven: row
+                                .as_ref()
+                                .is_some_and(|r| vouches_for_listing(r, lstat.kind, &lstat.stat)),
+                        });
                     }
-                    return Some(Ok((path, lstat)));
+                    return Some(Ok((path, lstat, row)));
                 }
                 None => {
                     self.stack.pop();
                 }
             }
         }
+    }
+}
+
+/// For a subdirectory `dir` not reached yet, seen with `seen`: `Some(Some(names))` when its
+/// prior row vouches for its names and they are known, `Some(None)` when it is to be read,
+/// `None` when the look-ahead cannot tell yet.
+fn proven_names(c: &mut PriorCursor, dir: &RelPath, seen: &StatData) -> Option<Option<KnownNames>> {
+    let vouches = c
+        .peek(dir)?
+        .is_some_and(|row| vouches_for_listing(row, EntryKind::Dir, seen));
+    if !vouches {
+        return Some(None);
+    }
+    match c.children(dir) {
+        ChildrenOf::Known(k) => Some(Some(k)),
+        ChildrenOf::NotYet => None,
+        ChildrenOf::Unknown => Some(None),
+    }
+}
+
+impl Iterator for OrderedDirs {
+    type Item = Result<(RelPath, Lstat)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_with(None).map(|r| r.map(|(p, l, _)| (p, l)))
     }
 }
 
@@ -440,13 +668,14 @@ mod tests {
         std::fs::write(target.join("secret"), b"s").unwrap();
         let link = tmp.path().join("was-a-dir");
         std::os::unix::fs::symlink(&target, &link).unwrap();
-        match read_dir(&link, false) {
+        let counts = DirCounts::default();
+        match read_dir(&link, false, &counts) {
             Err(Error::ChangedWhileReading { path }) => assert_eq!(path, link),
             Err(e) => panic!("{e}"),
             Ok(c) => panic!("followed the symlink: {} entries", c.len()),
         }
         // The root may be a symlink (the builder named it).
-        assert_eq!(read_dir(&link, true).unwrap().len(), 1);
+        assert_eq!(read_dir(&link, true, &counts).unwrap().len(), 1);
     }
 
     /// A taken-back read and a pool read give the same listing, sorted.
@@ -457,14 +686,15 @@ mod tests {
             std::fs::write(tmp.path().join(format!("f{i}")), b"x").unwrap();
         }
         for _ in 0..20 {
-            let p = Prefetch::spawn(tmp.path().to_path_buf());
-            let l = p.take(tmp.path()).unwrap();
+            let counts = Arc::new(DirCounts::default());
+            let p = Prefetch::spawn((tmp.path().to_path_buf(), None), Arc::clone(&counts));
+            let l = p.take(tmp.path(), &counts).unwrap();
             let names: Vec<&[u8]> = (0..l.len()).map(|i| l.name(i).unwrap().0).collect();
             assert_eq!(names.len(), 10);
             assert!(names.windows(2).all(|w| w[0] < w[1]));
         }
         // A dropped read that has not started is never started.
-        let p = Prefetch::spawn(tmp.path().to_path_buf());
+        let p = Prefetch::spawn((tmp.path().to_path_buf(), None), Arc::default());
         let slot = Arc::clone(&p.slot);
         drop(p);
         // It may have started before the drop; then it ends on its own.

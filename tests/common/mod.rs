@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: real trees in temp dirs.
 #![allow(dead_code)]
 
+use layercache::testing::RawTransactions;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{PermissionsExt, symlink};
@@ -168,9 +169,10 @@ impl StoreTestExt for layercache::testing::Store {
         let mut walk = layercache::testing::TreeWalk::new(root)?;
         let txn = self.begin_write()?;
         let summary = self.write_tree(&txn, layer, source, root, walk.by_ref())?;
-        txn.commit().map_err(|e| layercache::Error::Db {
+        txn.commit().map_err(|e| layercache::Error::Io {
+            op: "cannot commit to",
             path: self.path().to_path_buf(),
-            source: Box::new(e.into()),
+            source: std::io::Error::other(e.to_string()),
         })?;
         Ok((summary, walk.counters()))
     }
@@ -255,7 +257,7 @@ impl Workspace {
         self.dir.join(rel)
     }
 
-    /// The cache, opened with pruning.
+    /// The cache, with its outputs in `oci` and `roots`.
     pub fn cache(&self) -> layercache::Cache {
         layercache::Cache::open(layercache::CacheConfig {
             db: self.p("cache.redb"),
@@ -264,7 +266,6 @@ impl Workspace {
             ..Default::default()
         })
         .unwrap()
-        .0
     }
 }
 

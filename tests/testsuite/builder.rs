@@ -86,7 +86,7 @@ fn the_builder_makes_oci_images_through_the_cache_and_rebuilds_exactly_what_chan
 
     // The cache recorded the real descriptors: each layer's new layer blob and its manifest.
     {
-        let (cache, _) = Cache::open(CacheConfig {
+        let cache = Cache::open(CacheConfig {
             db: p.db(),
             oci_layout: Some(p.layout()),
             rootfs_dir: Some(p.p("roots")),

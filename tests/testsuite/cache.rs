@@ -38,7 +38,7 @@ impl Fixture {
     }
 
     fn open(&self) -> Cache {
-        Cache::open(self.config()).unwrap().0
+        Cache::open(self.config()).unwrap()
     }
 
     fn p(&self, rel: &str) -> PathBuf {
@@ -517,6 +517,102 @@ fn scratch_base_and_base_replaced() {
     ));
 }
 
+/// #22: an open reads no version (so it stats no blob: only versions name blobs), and needs
+/// not: a version whose outputs are gone is a miss at its hit check, every time, with nothing
+/// pruned; pruning is asked for, and reads every version.
+#[test]
+fn an_open_reads_no_version_and_a_version_whose_outputs_are_gone_misses_unpruned() {
+    let f = Fixture::new();
+    let mut build = two_layers(&f);
+    let mut bo = layer(Base::Scratch);
+    bo.build_only = true;
+    build.add("builder", bo);
+    std::fs::create_dir_all(f.p("roots/builder")).unwrap();
+    let cache = Cache::open(f.config()).unwrap();
+    let mut s = cache.session(&build).unwrap();
+    let mut blobs = BTreeMap::new();
+    for name in ["base", "app", "builder"] {
+        let l = s.lookup(name).unwrap();
+        let m = f.manifests(name);
+        blobs.insert(name, f.blob_of(&m));
+        s.put(&l, &m).unwrap();
+    }
+    drop(s);
+    drop(cache);
+    std::fs::remove_file(&blobs["app"]).unwrap();
+    std::fs::remove_dir(f.p("roots/builder")).unwrap();
+
+    let cache = Cache::open(f.config()).unwrap();
+    assert_eq!(cache.versions_examined(), 0, "the open read a version");
+    for _ in 0..2 {
+        let mut s = cache.session(&build).unwrap();
+        assert!(s.lookup("base").unwrap().is_hit());
+        for name in ["app", "builder"] {
+            let l = s.lookup(name).unwrap();
+            assert!(
+                matches!(l.reasons(), [MissReason::OutputsMissing { .. }]),
+                "{name}: {:?}",
+                l.reasons()
+            );
+        }
+    }
+    // Nothing was pruned, and nothing but the hits' own check looked at the outputs.
+    assert_eq!(cache.versions_examined(), 0);
+    for name in ["base", "app", "builder"] {
+        assert_eq!(cache.versions(name).unwrap().len(), 1, "{name}");
+    }
+    let report = cache.prune().unwrap();
+    assert_eq!(report.examined, 3);
+    assert_eq!(cache.versions_examined(), 3);
+    assert_eq!(report.pruned.len(), 2);
+}
+
+/// `Cache::gc` prunes by the same rule (a dry run reports and keeps), and plans over the rest.
+#[test]
+fn gc_prunes_versions_whose_outputs_are_gone() {
+    let f = Fixture::new();
+    let build = two_layers(&f);
+    let cache = Cache::open(f.config()).unwrap();
+    let mut s = cache.session(&build).unwrap();
+    let mut app_blob = None;
+    for name in ["base", "app"] {
+        let l = s.lookup(name).unwrap();
+        let m = f.manifests(name);
+        if name == "app" {
+            app_blob = Some(f.blob_of(&m));
+        }
+        s.put(&l, &m).unwrap();
+    }
+    drop(s);
+    std::fs::remove_file(app_blob.unwrap()).unwrap();
+    let policy = layercache::GcPolicy::default();
+    let now = u64::MAX / 2;
+    let dry = cache.gc(&policy, now, true, None).unwrap();
+    let pruned: Vec<&str> = dry.pruned.iter().map(|p| p.layer.as_str()).collect();
+    assert_eq!(pruned, ["app"]);
+    assert!(dry.pruned[0].why.contains("is gone"), "{:?}", dry.pruned);
+    assert_eq!(
+        dry.plan.versions_before, 1,
+        "the plan is over the versions left"
+    );
+    assert!(
+        cache.entry("app").unwrap().is_some(),
+        "a dry run dropped it"
+    );
+    let done = cache.gc(&policy, now, false, None).unwrap();
+    assert_eq!(done.pruned, dry.pruned);
+    assert!(cache.entry("app").unwrap().is_none());
+    assert!(cache.entry("base").unwrap().is_some());
+    // Without a configured layout nothing can be checked, and gc prunes nothing.
+    let bare = Cache::open(CacheConfig {
+        oci_layout: None,
+        ..f.config()
+    })
+    .unwrap();
+    drop(cache);
+    assert!(bare.gc(&policy, now, true, None).unwrap().pruned.is_empty());
+}
+
 #[test]
 fn prune_removes_entries_whose_outputs_are_gone() {
     let f = Fixture::new();
@@ -525,7 +621,8 @@ fn prune_removes_entries_whose_outputs_are_gone() {
     bo.build_only = true;
     build.add("builder", bo);
     std::fs::create_dir_all(f.p("roots/builder")).unwrap();
-    let (cache, report) = Cache::open(f.config()).unwrap();
+    let cache = Cache::open(f.config()).unwrap();
+    let report = cache.prune().unwrap();
     assert!(report.pruned.is_empty());
     let mut s = cache.session(&build).unwrap();
     let mut blobs = BTreeMap::new();
@@ -539,7 +636,8 @@ fn prune_removes_entries_whose_outputs_are_gone() {
     drop(cache);
     std::fs::remove_file(&blobs["app"]).unwrap();
     std::fs::remove_dir(f.p("roots/builder")).unwrap();
-    let (cache, report) = Cache::open(f.config()).unwrap();
+    let cache = Cache::open(f.config()).unwrap();
+    let report = cache.prune().unwrap();
     let mut pruned: Vec<&str> = report.pruned.iter().map(|p| p.layer.as_str()).collect();
     pruned.sort();
     assert_eq!(pruned, vec!["app", "builder"]);
@@ -781,13 +879,13 @@ fn a_tar_base_moved_with_the_build_directory_still_hits() {
 }
 
 /// Issue 12: a plan whose `oci_layout` has a typo (the directory does not exist) must not look
-/// like "every blob is gone": opening the cache is an error naming the directory, and nothing
-/// is pruned — the entries are all there when the right layout is given again.
+/// like "every blob is gone": pruning is an error naming the directory, and nothing is pruned
+/// — the entries are all there when the right layout is given again.
 #[test]
 fn a_missing_layout_directory_is_an_error_and_prunes_nothing() {
     let f = Fixture::new();
     let build = two_layers(&f);
-    let (cache, _) = Cache::open(f.config()).unwrap();
+    let cache = Cache::open(f.config()).unwrap();
     let mut s = cache.session(&build).unwrap();
     for name in ["base", "app"] {
         let l = s.lookup(name).unwrap();
@@ -800,15 +898,16 @@ fn a_missing_layout_directory_is_an_error_and_prunes_nothing() {
         oci_layout: Some(typo.clone()),
         ..f.config()
     };
-    match Cache::open(config) {
+    match Cache::open(config).unwrap().prune() {
         Err(e) => {
             let msg = e.to_string();
             assert!(msg.contains(&typo.display().to_string()), "{msg}");
             assert!(msg.contains("nothing was pruned"), "{msg}");
         }
-        Ok((_, report)) => panic!("a missing layout pruned {:?}", report.pruned),
+        Ok(report) => panic!("a missing layout pruned {:?}", report.pruned),
     }
-    let (cache, report) = Cache::open(f.config()).unwrap();
+    let cache = Cache::open(f.config()).unwrap();
+    let report = cache.prune().unwrap();
     assert!(report.pruned.is_empty());
     let mut s = cache.session(&build).unwrap();
     for name in ["base", "app"] {

@@ -360,8 +360,10 @@ fn explain_lists_every_reason() {
     assert_code(&f.lookup("base", &[]), 0);
 }
 
+/// A removed output blob: the lookup misses naming it (a lookup prunes nothing), and `gc
+/// --oci-layout` prunes the version, naming the blob; then the layer is not cached.
 #[test]
-fn a_removed_output_blob_prunes_the_entry_at_open() {
+fn a_removed_output_blob_misses_and_gc_prunes_the_entry() {
     let f = Fixture::new();
     let (file, digest) = f.manifests("base");
     assert_code(&f.put_with("base", &file, &[]), 0);
@@ -372,9 +374,28 @@ fn a_removed_output_blob_prunes_the_entry_at_open() {
     let o = f.lookup("base", &["--json"]);
     assert_code(&o, 1);
     let v = json_of(&o);
-    assert_eq!(v["reasons"], json!([{"reason": "not_cached"}]));
+    assert_eq!(v["reasons"][0]["reason"], "outputs_missing", "{v}");
+    assert!(
+        v["reasons"][0]["what"].as_str().unwrap().contains(hex),
+        "{v}"
+    );
+    assert!(v.get("pruned").is_none(), "{v}");
+
+    let layout = f.root().join("oci");
+    let o = f.run(&[
+        "gc",
+        "--json",
+        "--db",
+        f.db.to_str().unwrap(),
+        "--oci-layout",
+        layout.to_str().unwrap(),
+    ]);
+    assert_code(&o, 0);
+    let v = json_of(&o);
     assert_eq!(v["pruned"][0]["layer"], "base");
     assert!(v["pruned"][0]["why"].as_str().unwrap().contains(hex), "{v}");
+    let v = json_of(&f.lookup("base", &["--json"]));
+    assert_eq!(v["reasons"], json!([{"reason": "not_cached"}]));
 }
 
 #[test]

@@ -4,6 +4,7 @@
 //! `| head` on a large dump.
 
 use crate::common;
+use layercache::testing::RawTransactions;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -132,7 +133,7 @@ impl Db {
         let db = dir.join("cache.redb");
         let mut records = BTreeMap::new();
         {
-            let (cache, _) = Cache::open(CacheConfig {
+            let cache = Cache::open(CacheConfig {
                 db: db.clone(),
                 oci_layout: Some(common::shared_oci()),
                 rootfs_dir: None,
@@ -524,7 +525,10 @@ fn check_passes_on_a_sound_cache() {
     let o = d.run("check", &[]);
     assert_ok(&o);
     let text = stdout(&o);
-    assert!(text.contains("redb integrity check: passed\n"), "{text}");
+    assert!(
+        text.contains("database integrity check: passed\n"),
+        "{text}"
+    );
     assert!(text.contains(&format!(
         "records: 2 layers, 3 sources, {} rows, 2 versions\n",
         d.total_rows()
@@ -747,7 +751,7 @@ fn readable_while_another_process_holds_the_writer() {
     assert_eq!(v["problems"], json!([]));
     let o = d.run("check", &[]);
     assert_ok(&o);
-    assert!(stdout(&o).contains("redb integrity check: skipped: the file is in use"));
+    assert!(stdout(&o).contains("database integrity check: skipped: the file is in use"));
 
     // What needs the writer says so in one line.
     for (cmd, extra) in [("compact", &[][..]), ("stats", &["--exact"][..])] {
@@ -888,7 +892,7 @@ fn a_truncated_file_is_reported_damaged() {
         .iter()
         .map(|p| p["kind"].as_str().unwrap())
         .collect();
-    assert_eq!(kinds, ["redb_integrity", "unreadable"]);
+    assert_eq!(kinds, ["database_integrity", "unreadable"]);
     assert!(
         v["problems"][1]["detail"]
             .as_str()

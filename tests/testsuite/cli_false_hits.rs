@@ -206,12 +206,8 @@ fn a_lookup_whose_blob_is_gone_misses_with_outputs_missing() {
     let o = f.run(&["lookup", "l", "--json"]);
     code(&o, 1);
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-    // Pruned at open (the CLI opens with pruning), or missing at the hit: never a hit.
-    let pruned = v["pruned"].as_array().is_some_and(|p| !p.is_empty());
-    assert!(
-        pruned || v["reasons"][0]["reason"] == "outputs_missing",
-        "{v}"
-    );
+    // Missing at the hit (a lookup prunes nothing): never a hit.
+    assert_eq!(v["reasons"][0]["reason"], "outputs_missing", "{v}");
 }
 
 /// Makes the stored row of `path` (source `import:src` of layer `l`) lie: it gets the stat

@@ -35,7 +35,7 @@ impl Fixture {
     }
 
     fn open(&self) -> Cache {
-        Cache::open(self.config()).unwrap().0
+        Cache::open(self.config()).unwrap()
     }
 
     fn p(&self, rel: &str) -> PathBuf {
@@ -384,7 +384,8 @@ fn pruning_for_a_build_spares_the_layers_of_other_builds() {
     for e in std::fs::read_dir(f.p("oci/blobs/sha256")).unwrap() {
         std::fs::remove_file(e.unwrap().path()).unwrap();
     }
-    let (cache, report) = Cache::open_for_build(f.config(), &mine).unwrap();
+    let cache = Cache::open(f.config()).unwrap();
+    let report = cache.prune_build(&mine).unwrap();
     let pruned: Vec<&str> = report.pruned.iter().map(|p| p.layer.as_str()).collect();
     assert_eq!(pruned, ["mine"]);
     assert_eq!(report.examined, 1);
@@ -393,7 +394,7 @@ fn pruning_for_a_build_spares_the_layers_of_other_builds() {
     // A typo in the layout path is still an error, and prunes nothing.
     let mut typo = f.config();
     typo.oci_layout = Some(f.p("ocii"));
-    let err = Cache::open_for_build(typo, &two).err().unwrap();
+    let err = Cache::open(typo).unwrap().prune_build(&two).err().unwrap();
     assert!(err.to_string().contains("ocii"), "{err}");
     assert!(cache.entry("theirs").unwrap().is_some());
 }
@@ -536,8 +537,17 @@ fn put_from_a_lookup_record_refuses_a_source_changed_since_the_lookup() {
     assert_eq!(json["version"], 2);
     assert_eq!(json["sources"][0]["row_count"], 3);
 
+    // A record is read for the layer it is of: for any other layer it is refused, typed,
+    // before anything is looked up.
+    match layercache::LookupRecord::read_for(&rec_path, "other") {
+        Err(Error::RecordOfAnotherLayer { layer, found, path }) => {
+            assert_eq!((layer.as_str(), found.as_str()), ("other", "l"));
+            assert_eq!(path, rec_path);
+        }
+        other => panic!("{other:?}"),
+    }
     write(&f.p("src"), "a.txt", b"version 3");
-    let rec = layercache::LookupRecord::read(&rec_path).unwrap();
+    let rec = layercache::LookupRecord::read_for(&rec_path, "l").unwrap();
     let mut s = cache.session(&build).unwrap();
     let err = s.put_recorded(&rec, &f.manifests("out")).unwrap_err();
     match &err {

@@ -3,6 +3,7 @@
 //! layer. Run by hand: `cargo test --release --test testsuite last_use_cost:: -- --ignored --nocapture`.
 
 use crate::common;
+use layercache::testing::RawTransactions;
 
 use std::time::Instant;
 

@@ -112,13 +112,29 @@ impl Fixture {
     }
 }
 
-/// The miss reason of a lookup that must miss, with nothing pruned at open.
+/// The miss reason of a lookup that must miss (a lookup prunes nothing: its JSON has no
+/// `pruned`).
 #[track_caller]
 fn only_reason(f: &Fixture) -> Value {
     let (code, v) = f.lookup();
     assert_eq!(code, 1, "{v}");
-    assert_eq!(v["pruned"], json!([]), "{v}");
+    assert!(v.get("pruned").is_none(), "{v}");
     v["reasons"][0].clone()
+}
+
+/// `gc --json --oci-layout oci` of the fixture's cache: the versions it pruned.
+fn gc_pruned(f: &Fixture) -> Value {
+    let o = Command::new(BIN)
+        .args(["gc", "--json", "--db"])
+        .arg(f.p("cache.redb"))
+        .arg("--oci-layout")
+        .arg(f.p("oci"))
+        .env("LAYERCACHE_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["pruned"].clone()
 }
 
 #[test]
@@ -169,9 +185,9 @@ fn a_builder_copy_that_is_not_a_directory_misses_with_outputs_missing_naming_it(
     );
 }
 
-/// A blob the output manifest reaches (not the manifest itself) is gone: never a hit. At open
-/// the same rule prunes the version naming the blob; a lookup of a cache opened without
-/// pruning misses naming it.
+/// A blob the output manifest reaches (not the manifest itself) is gone: never a hit, with no
+/// pruning anywhere — the lookup (library and binary) misses naming it; `gc` prunes the
+/// version by the same rule, naming the blob.
 #[test]
 fn a_deleted_layer_blob_misses_naming_it() {
     let mut layers = Vec::new();
@@ -184,10 +200,9 @@ fn a_deleted_layer_blob_misses_naming_it() {
     let gone = layers[1]["digest"].as_str().unwrap().to_string();
     std::fs::remove_file(path_of(&f.p("oci"), &layers[1])).unwrap();
 
-    // The library, at the hit (no pruning at open).
+    // The library, at the hit (an open prunes nothing).
     let plan = layercache::testing::plan::Plan::load(f.p("plan.json")).unwrap();
-    let cache =
-        layercache::Cache::open_without_prune(plan.cache_config(f.p("cache.redb"))).unwrap();
+    let cache = layercache::Cache::open(plan.cache_config(f.p("cache.redb"))).unwrap();
     let mut s = cache.session(plan.build()).unwrap();
     let l = s.lookup("l").unwrap();
     match l.reasons() {
@@ -199,11 +214,18 @@ fn a_deleted_layer_blob_misses_naming_it() {
     drop(s);
     drop(cache);
 
-    // The binary: pruned at open by the same rule, naming the blob; a miss.
-    let (code, v) = f.lookup();
-    assert_eq!(code, 1, "{v}");
-    let why = v["pruned"][0]["why"].as_str().unwrap_or_default();
-    assert!(why.contains(&gone), "{v}");
+    // The binary: a miss naming the blob, twice (nothing pruned it in between).
+    for _ in 0..2 {
+        let r = only_reason(&f);
+        assert_eq!(r["reason"], "outputs_missing", "{r}");
+        assert!(r["what"].as_str().unwrap().contains(&gone), "{r}");
+    }
+    // gc prunes it by the same rule, naming the blob; then it is not cached at all.
+    let pruned = gc_pruned(&f);
+    assert_eq!(pruned[0]["layer"], "l", "{pruned}");
+    let why = pruned[0]["why"].as_str().unwrap_or_default();
+    assert!(why.contains(&gone), "{pruned}");
+    assert_eq!(only_reason(&f)["reason"], "not_cached");
 }
 
 /// A blob there but wrong — a layer of another size, a manifest swapped for one of the same
@@ -242,6 +264,9 @@ fn a_wrong_blob_misses_naming_it_and_is_kept() {
             .contains("does not match its digest"),
         "{r}"
     );
+    // Kept: gc does not prune it, and the lookup still names it.
+    assert_eq!(gc_pruned(&f), json!([]));
+    assert_eq!(only_reason(&f), r);
 }
 
 /// An index output reaches its manifests and theirs: a layer of one platform's image gone is
@@ -259,14 +284,13 @@ fn an_index_output_is_checked_through_its_manifests() {
     assert_eq!(f.lookup().0, 0);
     let gone = layers[0]["digest"].as_str().unwrap().to_string();
     std::fs::remove_file(path_of(&f.p("oci"), &layers[0])).unwrap();
-    // Pruned at open, naming the blob (the same rule): never a hit.
-    let (code, v) = f.lookup();
-    assert_eq!(code, 1, "{v}");
+    // A miss naming the blob; gc prunes it by the same rule, naming the blob.
+    let r = only_reason(&f);
+    assert!(r["what"].as_str().is_some_and(|w| w.contains(&gone)), "{r}");
+    let pruned = gc_pruned(&f);
     assert!(
-        v["pruned"][0]["why"]
-            .as_str()
-            .is_some_and(|w| w.contains(&gone)),
-        "{v}"
+        pruned[0]["why"].as_str().is_some_and(|w| w.contains(&gone)),
+        "{pruned}"
     );
 }
 
@@ -417,7 +441,7 @@ fn outputs_rule_cost_on_a_large_layer_with_a_100_layer_image() {
             },
         );
     }
-    let (cache, _) = layercache::Cache::open(layercache::CacheConfig {
+    let cache = layercache::Cache::open(layercache::CacheConfig {
         db: tmp.path().join("cache.redb"),
         oci_layout: Some(layout.clone()),
         ..Default::default()

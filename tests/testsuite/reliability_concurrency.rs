@@ -14,6 +14,7 @@
 //! --test reliability_concurrency -- --ignored signal_soak`.
 
 use crate::common;
+use layercache::testing::RawTransactions;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;

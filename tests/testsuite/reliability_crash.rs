@@ -81,7 +81,7 @@ fn verify(db: &Path, reported: &Reported, kill: u64) {
     // redb's own page-level check, through a writable open.
     let mut store = Store::open(db).unwrap_or_else(|e| panic!("kill {kill}: open: {e}"));
     assert!(
-        store.database_mut().unwrap().check_integrity().unwrap(),
+        store.check_integrity().unwrap().unwrap(),
         "kill {kill}: redb integrity check repaired the file after a crash"
     );
     drop(store);

@@ -112,7 +112,7 @@ fn age(root: &Path, secs: u64) {
 fn verify_consistent(db: &Path, keep: &VersionRecord, point: &str) {
     let mut store = Store::open(db).unwrap_or_else(|e| panic!("{point}: open: {e}"));
     assert!(
-        store.database_mut().unwrap().check_integrity().unwrap(),
+        store.check_integrity().unwrap().unwrap(),
         "{point}: redb's integrity check repaired the file"
     );
     drop(store);

@@ -9,6 +9,7 @@
 //! `LAYERCACHE_SEED=S` replays a run).
 
 use crate::common;
+use layercache::testing::RawTransactions;
 
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};

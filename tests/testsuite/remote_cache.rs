@@ -832,7 +832,7 @@ fn push_and_pull(files: u64) {
     };
 
     // A: build (put), then push.
-    let (cache_a, _) = Cache::open(config_of("a.redb", &layout_a)).expect("open a");
+    let cache_a = Cache::open(config_of("a.redb", &layout_a)).expect("open a");
     let mut s = cache_a.session(&build).expect("session");
     let seen = s.lookup("monorepo").expect("lookup");
     s.put(&seen, &manifests).expect("put");
@@ -854,7 +854,7 @@ fn push_and_pull(files: u64) {
     );
 
     // B: a remote hit (walk, find, fetch, record), then a local hit.
-    let (cache_b, _) = Cache::open(config_of("b.redb", &layout_b)).expect("open b");
+    let cache_b = Cache::open(config_of("b.redb", &layout_b)).expect("open b");
     let mut s = cache_b.session(&build).expect("session");
     let t = Instant::now();
     let pulled = s.lookup_remote("monorepo", false, &r).expect("pull");

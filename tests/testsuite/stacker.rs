@@ -387,8 +387,8 @@ impl Project {
     }
 
     fn open(&self) -> Cache {
-        let (cache, report) =
-            Cache::open(self.layout.cache_config(self.dir.join("cache.redb"))).unwrap();
+        let cache = Cache::open(self.layout.cache_config(self.dir.join("cache.redb"))).unwrap();
+        let report = cache.prune().unwrap();
         assert!(report.pruned.is_empty(), "{report:?}");
         cache
     }

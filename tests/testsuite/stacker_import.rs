@@ -1058,8 +1058,7 @@ fn library_import_then_lookup_hits() {
     let stacker = layercache::StackerCache::read(p.cache_file()).unwrap();
     assert_eq!(stacker.version, 16);
     let plan = layercache::testing::plan::Plan::load(p.p("plan.json")).unwrap();
-    let (cache, _) =
-        layercache::Cache::open_for_build(plan.cache_config(p.db()), plan.build()).unwrap();
+    let cache = layercache::Cache::open(plan.cache_config(p.db())).unwrap();
     let options = layercache::ImportOptions::for_cache_file(&p.cache_file());
     assert_eq!(options.stackerfile_dir, p.dir);
     let report =

@@ -2,6 +2,7 @@
 //! the two racy rules, each shown to be the only thing between a stale row and a false hit.
 
 use crate::common;
+use layercache::testing::RawTransactions;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;

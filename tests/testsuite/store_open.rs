@@ -1,6 +1,7 @@
 //! Opening the database: creation mode, version checks, foreign and garbage files.
 
 use crate::common;
+use layercache::testing::RawTransactions;
 
 use std::os::unix::fs::PermissionsExt;
 

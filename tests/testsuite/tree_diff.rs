@@ -1,6 +1,7 @@
 //! Snapshot → store → diff through a real redb file and real directory trees.
 
 use crate::common;
+use layercache::testing::RawTransactions;
 
 use std::os::unix::fs::symlink;
 use std::path::Path;

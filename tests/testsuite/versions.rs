@@ -4,6 +4,7 @@
 //! last use is recorded coarsely.
 
 use crate::common;
+use layercache::testing::RawTransactions;
 
 use std::collections::BTreeMap;
 use std::path::Path;

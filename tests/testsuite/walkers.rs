@@ -12,8 +12,9 @@ use std::os::unix::fs::symlink;
 use std::path::Path;
 
 use common::*;
+use layercache::testing::tree::walker::READ_AHEAD_DIRS;
 use layercache::testing::tree::{Enumerator, OrderedDirs, TreeWalk, WalkCounters, WalkedEntry};
-use layercache::{Error, RelPath};
+use layercache::{EntryKind, Error, RelPath};
 
 const BOTH: [Enumerator; 2] = [Enumerator::Walkdir, Enumerator::Parallel];
 
@@ -106,23 +107,99 @@ fn both_walkers_agree_with_prior_rows() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("t");
     big_rich_tree(&root);
+    // Past the tick of the last status change (aging sets the ctimes): no row is racy.
+    std::thread::sleep(std::time::Duration::from_millis(50));
     let first = walk(&root, Enumerator::Walkdir);
-    let mut results: Vec<(Vec<WalkedEntry>, WalkCounters)> = Vec::new();
-    for how in BOTH {
-        let prior: Vec<_> = first
-            .iter()
-            .map(|e| Ok((e.path.clone(), e.row.clone())))
-            .collect();
-        let mut w = TreeWalk::with_enumerator(&root, how).unwrap();
-        w.set_prior(Box::new(prior.into_iter()));
-        let entries: Vec<WalkedEntry> = w.by_ref().map(|e| e.unwrap()).collect();
-        results.push((entries, w.counters()));
-    }
+    let results = walk_both_with_prior(&root, &first);
     assert_same(&results[0].0, &results[1].0);
     assert_same(&first, &results[1].0);
-    assert_eq!(results[0].1, results[1].1);
-    assert_eq!(results[1].1.files_hashed, 0, "{:?}", results[1].1);
-    assert!(results[1].1.stat_matched > 4000, "{:?}", results[1].1);
+    let (by_walkdir, by_parallel) = (results[0].1, results[1].1);
+    assert_eq!(without_dirs(by_walkdir), without_dirs(by_parallel));
+    assert_eq!(by_parallel.files_hashed, 0, "{by_parallel:?}");
+    assert!(by_parallel.stat_matched > 4000, "{by_parallel:?}");
+    // walkdir reads every directory; the parallel walker proves every one from its prior rows
+    // (no directory changed), and reads none.
+    let dirs = first
+        .iter()
+        .filter(|e| e.row.kind == EntryKind::Dir)
+        .count() as u64;
+    assert!(dirs > READ_AHEAD_DIRS as u64, "{dirs}");
+    assert_eq!(by_walkdir.dirs_read, dirs, "{by_walkdir:?}");
+    assert_eq!(by_walkdir.dirs_proven, 0);
+    assert_eq!(by_parallel.dirs_read, 0, "{by_parallel:?}");
+    assert_eq!(by_parallel.dirs_proven, dirs, "{by_parallel:?}");
+}
+
+/// Walks `root` with both walkers, each given `prior`'s rows.
+fn walk_both_with_prior(
+    root: &Path,
+    prior: &[WalkedEntry],
+) -> Vec<(Vec<WalkedEntry>, WalkCounters)> {
+    BOTH.iter()
+        .map(|&how| {
+            let rows: Vec<_> = prior
+                .iter()
+                .map(|e| Ok((e.path.clone(), e.row.clone())))
+                .collect();
+            let mut w = TreeWalk::with_enumerator(root, how).unwrap();
+            w.set_prior(Box::new(rows.into_iter()));
+            let entries: Vec<WalkedEntry> = w.by_ref().map(|e| e.unwrap()).collect();
+            (entries, w.counters())
+        })
+        .collect()
+}
+
+/// The counters but the directory ones (which differ by design: walkdir reads every directory).
+fn without_dirs(c: WalkCounters) -> WalkCounters {
+    WalkCounters {
+        dirs_read: 0,
+        dirs_proven: 0,
+        proofs_failed: 0,
+        ..c
+    }
+}
+
+/// After entries were added, removed, renamed, and a directory replaced by a symlink and one
+/// by a file, both walkers with the old prior rows still yield the same entries as a walk
+/// without prior rows; the parallel walker reads exactly the directories whose entries changed
+/// and proves the others.
+#[test]
+fn both_walkers_agree_with_prior_rows_after_changes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("t");
+    big_rich_tree(&root);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let first = walk(&root, Enumerator::Walkdir);
+    write(&root, "w/d01/added", b"new");
+    std::fs::remove_file(root.join("w/d02/f3")).unwrap();
+    std::fs::rename(root.join("w/d03/f4"), root.join("w/d03/f4-renamed")).unwrap();
+    std::fs::rename(root.join("w/d04/f5"), root.join("w/d05/f5-moved")).unwrap();
+    std::fs::remove_dir_all(root.join("w/d06")).unwrap();
+    symlink("d07", root.join("w/d06")).unwrap();
+    std::fs::remove_dir_all(root.join("w/d08")).unwrap();
+    write(&root, "w/d08", b"a file now");
+    std::fs::remove_file(root.join("w/d09/f0")).unwrap();
+    std::fs::create_dir(root.join("w/d09/f0")).unwrap();
+    write(&root, "w/d09/f0/inside", b"x");
+    let fresh = walk(&root, Enumerator::Walkdir);
+    let results = walk_both_with_prior(&root, &first);
+    let strip = |v: &[WalkedEntry]| -> Vec<(RelPath, EntryKind, [u8; 32])> {
+        v.iter()
+            .map(|e| (e.path.clone(), e.row.kind, e.row.digest))
+            .collect()
+    };
+    assert_eq!(strip(&results[0].0), strip(&fresh));
+    assert_eq!(strip(&results[1].0), strip(&fresh));
+    let c = results[1].1;
+    // w (d06, d08 replaced) and d01, d02, d03, d04, d05, d09 (entries changed) are read, and
+    // d09/f0, new; every other directory is proven.
+    assert_eq!(c.dirs_read, 8, "{c:?}");
+    assert_eq!(c.proofs_failed, 0, "{c:?}");
+    let dirs = fresh
+        .iter()
+        .filter(|e| e.row.kind == EntryKind::Dir)
+        .count() as u64;
+    assert_eq!(c.dirs_read + c.dirs_proven, dirs, "{c:?}");
 }
 
 #[test]

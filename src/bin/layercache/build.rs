@@ -7,6 +7,7 @@
 //! plan and the manifests file (layer names, layer types) are printed escaped in text output,
 //! as paths are, so they cannot forge lines or drive the terminal; JSON keeps them exact.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -16,14 +17,14 @@ use std::sync::atomic::AtomicBool;
 use anyhow::Context;
 use layercache::Plan;
 use layercache::{
-    Cache, Error, HitSource, Lookup, LookupMode, LookupRecord, Outcome, PruneReport,
-    SessionCounters, escape_bytes,
+    Cache, Descriptor, Error, HitSource, Lookup, LookupMode, LookupRecord, LyingRow, MissReason,
+    Outcome, RemoteAnswer, RemoteFailure, Session, SessionCounters, VersionRecord, escape_bytes,
 };
-use serde_json::json;
+use serde::Serialize;
 
 use crate::output::{DbArgs, ReportFailed, WaitArgs, emit};
 use crate::progress::Display;
-use crate::remote::{Link, RemoteArgs};
+use crate::remote::{Link, RemoteArgs, RemoteJson};
 use crate::signals;
 
 /// What `lookup` and `put` share: the cache, the plan, the layer, the output form.
@@ -111,15 +112,15 @@ pub fn load_plan(path: &Path) -> anyhow::Result<Plan> {
     }
 }
 
-/// Loads the plan and opens the cache (created if missing; the plan's layers are pruned of
-/// versions whose outputs are gone — a shared cache keeps the other builds' entries).
-fn open(t: &LayerArgs, interrupt: Arc<AtomicBool>) -> anyhow::Result<(Plan, Cache, PruneReport)> {
+/// Loads the plan and opens the cache (created if missing; nothing is pruned: a version whose
+/// outputs are gone is a miss at its hit check, and `gc --oci-layout` drops it).
+fn open(t: &LayerArgs, interrupt: Arc<AtomicBool>) -> anyhow::Result<(Plan, Cache)> {
     let plan = load_plan(&t.plan)?;
     let mut config = plan.cache_config(&t.out.db);
     config.write_wait = t.wait.duration();
     config.interrupt = Some(interrupt);
-    let (cache, pruned) = Cache::open_for_build(config, plan.build())?;
-    Ok((plan, cache, pruned))
+    let cache = Cache::open(config)?;
+    Ok((plan, cache))
 }
 
 const NOTHING_RECORDED: &str = "nothing was recorded";
@@ -127,11 +128,10 @@ const NOTHING_RECORDED: &str = "nothing was recorded";
 /// `layercache lookup`: exit 0 on a hit, 1 on a miss.
 pub fn lookup(args: LookupArgs, interrupt: Arc<AtomicBool>) -> anyhow::Result<ExitCode> {
     let t = &args.target;
-    let (plan, cache, pruned) = open(t, interrupt)?;
+    let (plan, cache) = open(t, interrupt)?;
     signals::check(NOTHING_RECORDED)?;
     let mut session = cache.session(plan.build())?;
     if let Some(path) = &args.base_record {
-        let rec = LookupRecord::read(path)?;
         let base = match &plan.build().layer(&t.layer)?.base {
             layercache::Base::Built { layer } => layer.clone(),
             _ => anyhow::bail!(
@@ -139,15 +139,7 @@ pub fn lookup(args: LookupArgs, interrupt: Arc<AtomicBool>) -> anyhow::Result<Ex
                 escape_bytes(t.layer.as_bytes())
             ),
         };
-        if rec.layer() != base {
-            return Err(Error::RecordOfAnotherLayer {
-                path: path.clone(),
-                layer: base,
-                found: rec.layer().to_string(),
-            }
-            .into());
-        }
-        session.trust_base_record(&rec)?;
+        session.trust_base_record(&LookupRecord::read_for(path, &base)?)?;
     }
     let mut link = Link::open(&args.remote)?;
     // --verify answers from the local cache only (it is about this cache's rows).
@@ -159,84 +151,125 @@ pub fn lookup(args: LookupArgs, interrupt: Arc<AtomicBool>) -> anyhow::Result<Ex
         &format!("lookup {}", escape_bytes(t.layer.as_bytes())),
         Some(cache.progress()),
     );
-    let not_cacheable = || {
-        anyhow::anyhow!(
-            "layer {} is not cacheable: there is nothing to record for a put",
-            escape_bytes(t.layer.as_bytes())
-        )
-    };
-    let (result, source, failure, answer) = match remote {
-        // A local miss asks the registry; a remote hit is recorded locally (as pulled), so the
-        // lookup observes what it walks for that put.
-        Some(remote) => {
-            let r = session.lookup_remote(&t.layer, args.explain, remote)?;
-            if let Some(path) = &args.record {
-                match (r.source, r.record()) {
-                    // Recorded from the registry: nothing to put, so no record, and none
-                    // left from an earlier lookup for a put to use by mistake.
-                    (Some(HitSource::Remote), _) => remove_record(path)?,
-                    (_, Some(rec)) => rec.write(path)?,
-                    (_, None) => return Err(not_cacheable()),
-                }
-            }
-            (r.lookup, r.source, r.failure, Some(r.answer))
-        }
-        None => {
-            // Without --record, one process, one question: nothing is kept, so no source is
-            // walked once the answer is known. With --record, every source is walked and what
-            // was seen goes to the record file for the put.
-            let mode = LookupMode {
-                explain: args.explain || args.verify,
-                observe: false,
-                verify: args.verify,
-            };
-            let r = match &args.record {
-                Some(path) => {
-                    let l = session.lookup_for_build(&t.layer, mode)?;
-                    match l.record() {
-                        Some(rec) => rec.write(path)?,
-                        None => return Err(not_cacheable()),
-                    }
-                    l.into_lookup()
-                }
-                None => session.lookup_with(&t.layer, mode)?,
-            };
-            let source = r.is_hit().then_some(HitSource::Local);
-            let answer = link
-                .as_ref()
-                .map(|l| l.not_asked("--verify answers from the local cache only"));
-            (r, source, None, answer)
-        }
+    let answered = match remote {
+        Some(remote) => ask_remote(&args, &mut session, remote)?,
+        None => ask_local(&args, &mut session, link.as_ref())?,
     };
     shown.finish();
     signals::check(NOTHING_RECORDED)?;
-    if let (Some(l), Some(f)) = (link.as_mut(), failure.as_ref()) {
+    if let (Some(l), Some(f)) = (link.as_mut(), answered.failure.as_ref()) {
         l.failed(f);
     }
-    let mut value = lookup_json(&result, &session.counters(), &pruned)?;
-    let (source_json, remote_json) =
-        crate::remote::lookup_json(link.as_ref(), source, answer.as_ref(), failure.as_ref());
-    value["source"] = source_json;
-    value["remote"] = remote_json;
-    let hit_line = crate::remote::hit_line(&result.layer, source, link.as_ref());
-    // With --explain, a miss also says what the registry answered.
-    let remote_line = match (&link, &answer) {
-        (Some(l), Some(a)) if args.explain && !result.is_hit() => {
-            Some(a.describe(&l.name, &result.layer))
+    print_lookup(&args, &answered, &session.counters(), link.as_ref())?;
+    Ok(if answered.result.is_hit() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// What a lookup answered, and what the registry said.
+struct Answered {
+    result: Lookup,
+    source: Option<HitSource>,
+    failure: Option<RemoteFailure>,
+    answer: Option<RemoteAnswer>,
+}
+
+fn not_cacheable(layer: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "layer {} is not cacheable: there is nothing to record for a put",
+        escape_bytes(layer.as_bytes())
+    )
+}
+
+/// A local miss asks the registry; a remote hit is recorded locally (as pulled), so the lookup
+/// observes what it walks for that put.
+fn ask_remote(
+    args: &LookupArgs,
+    session: &mut Session<'_>,
+    remote: &layercache::Remote,
+) -> anyhow::Result<Answered> {
+    let layer = &args.target.layer;
+    let r = session.lookup_remote(layer, args.explain, remote)?;
+    if let Some(path) = &args.record {
+        match (r.source, r.record()) {
+            // Recorded from the registry: nothing to put, so no record, and none left from an
+            // earlier lookup for a put to use by mistake.
+            (Some(HitSource::Remote), _) => remove_record(path)?,
+            (_, Some(rec)) => rec.write(path)?,
+            (_, None) => return Err(not_cacheable(layer)),
+        }
+    }
+    Ok(Answered {
+        result: r.lookup,
+        source: r.source,
+        failure: r.failure,
+        answer: Some(r.answer),
+    })
+}
+
+/// Without --record, one process, one question: nothing is kept, so no source is walked once
+/// the answer is known. With --record, every source is walked and what was seen goes to the
+/// record file for the put.
+fn ask_local(
+    args: &LookupArgs,
+    session: &mut Session<'_>,
+    link: Option<&Link>,
+) -> anyhow::Result<Answered> {
+    let layer = &args.target.layer;
+    let mode = LookupMode {
+        explain: args.explain || args.verify,
+        observe: false,
+        verify: args.verify,
+    };
+    let result = match &args.record {
+        Some(path) => {
+            let l = session.lookup_for_build(layer, mode)?;
+            match l.record() {
+                Some(rec) => rec.write(path)?,
+                None => return Err(not_cacheable(layer)),
+            }
+            l.into_lookup()
+        }
+        None => session.lookup_with(layer, mode)?,
+    };
+    Ok(Answered {
+        source: result.is_hit().then_some(HitSource::Local),
+        failure: None,
+        answer: link.map(|l| l.not_asked("--verify answers from the local cache only")),
+        result,
+    })
+}
+
+/// Prints a lookup's answer: `--json`, or text (with --explain, a miss also says what the
+/// registry answered).
+fn print_lookup(
+    args: &LookupArgs,
+    a: &Answered,
+    counters: &SessionCounters,
+    link: Option<&Link>,
+) -> anyhow::Result<()> {
+    let result = &a.result;
+    let value = LookupJson::new(
+        result,
+        counters,
+        a.source,
+        RemoteJson::of(link, a.answer.as_ref(), a.failure.as_ref()),
+    );
+    let hit_line = crate::remote::hit_line(&result.layer, a.source, link);
+    let remote_line = match (link, &a.answer) {
+        (Some(l), Some(answer)) if args.explain && !result.is_hit() => {
+            Some(answer.describe(&l.name, &result.layer))
         }
         _ => None,
     };
-    emit(t.out.json, &value, |_, out| {
-        write_lookup_text(out, &result, &hit_line)?;
+    emit(args.target.out.json, &value, |_, out| {
+        write_lookup_text(out, result, &hit_line)?;
         if let Some(line) = &remote_line {
             writeln!(out, "{line}")?;
         }
         Ok(())
-    })?;
-    Ok(if result.is_hit() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
     })
 }
 
@@ -253,29 +286,115 @@ fn remove_record(path: &Path) -> anyhow::Result<()> {
     }
 }
 
-fn lookup_json(
-    result: &Lookup,
-    counters: &SessionCounters,
-    pruned: &PruneReport,
-) -> anyhow::Result<serde_json::Value> {
-    let entry = match &result.outcome {
-        Outcome::Hit(e) => json!({
-            "manifests": e.manifests,
-            "build_only": e.record.build_only,
-            "source_date_epoch": e.record.source_date_epoch,
-            "created_unix_ms": e.record.created_unix_ms,
-        }),
-        Outcome::Miss(_) => serde_json::Value::Null,
-    };
-    Ok(json!({
-        "layer": result.layer,
-        "hit": result.is_hit(),
-        "reasons": serde_json::to_value(result.reasons())?,
-        "entry": entry,
-        "counters": serde_json::to_value(counters)?,
-        "pruned": serde_json::to_value(&pruned.pruned)?,
-        "lying_rows": serde_json::to_value(&result.lying_rows)?,
-    }))
+/// `lookup --json`: the answer, why, the entry of a hit, the work counters, the rows caught
+/// lying, where a hit came from and what the registry said.
+#[derive(Serialize)]
+struct LookupJson<'a> {
+    layer: &'a str,
+    hit: bool,
+    reasons: &'a [MissReason],
+    entry: Option<HitJson<'a>>,
+    counters: &'a SessionCounters,
+    lying_rows: &'a [LyingRow],
+    source: Option<HitSource>,
+    remote: Option<RemoteJson<'a>>,
+}
+
+/// The `"entry"` of a hit in `lookup --json`.
+#[derive(Serialize)]
+struct HitJson<'a> {
+    manifests: &'a BTreeMap<String, Descriptor>,
+    build_only: bool,
+    source_date_epoch: Option<i64>,
+    created_unix_ms: u64,
+}
+
+impl<'a> LookupJson<'a> {
+    fn new(
+        result: &'a Lookup,
+        counters: &'a SessionCounters,
+        source: Option<HitSource>,
+        remote: Option<RemoteJson<'a>>,
+    ) -> Self {
+        let entry = match &result.outcome {
+            Outcome::Hit(e) => Some(HitJson {
+                manifests: &e.manifests,
+                build_only: e.record.build_only,
+                source_date_epoch: e.record.source_date_epoch,
+                created_unix_ms: e.record.created_unix_ms,
+            }),
+            Outcome::Miss(_) => None,
+        };
+        LookupJson {
+            layer: &result.layer,
+            hit: result.is_hit(),
+            reasons: result.reasons(),
+            entry,
+            counters,
+            lying_rows: &result.lying_rows,
+            source,
+            remote,
+        }
+    }
+}
+
+/// `put --json`: what was recorded.
+#[derive(Serialize)]
+struct PutJson<'a> {
+    layer: &'a str,
+    /// Whether the lookup this put made itself hit (null with `--from`: that lookup ran in
+    /// another process).
+    was_hit: Option<bool>,
+    imports: usize,
+    overlay_dirs: usize,
+    rows: u64,
+    manifests: &'a BTreeMap<String, Descriptor>,
+    counters: SessionCounters,
+}
+
+impl<'a> PutJson<'a> {
+    fn new(
+        record: &'a VersionRecord,
+        was_hit: Option<bool>,
+        manifests: &'a BTreeMap<String, Descriptor>,
+        counters: SessionCounters,
+    ) -> Self {
+        PutJson {
+            layer: &record.name,
+            was_hit,
+            imports: record.imports.len(),
+            overlay_dirs: record.overlay_dirs.len(),
+            rows: record
+                .imports
+                .iter()
+                .chain(&record.overlay_dirs)
+                .map(|s| s.rows)
+                .sum(),
+            manifests,
+            counters,
+        }
+    }
+
+    /// The text line of a put.
+    fn text(&self) -> String {
+        let types: Vec<String> = self
+            .manifests
+            .keys()
+            .map(|k| escape_bytes(k.as_bytes()))
+            .collect();
+        format!(
+            "{}: recorded ({} import(s), {} overlay_dir(s), {} row(s); manifests: {})",
+            escape_bytes(self.layer.as_bytes()),
+            self.imports,
+            self.overlay_dirs,
+            self.rows,
+            if types.is_empty() {
+                "none".to_string()
+            } else {
+                types.join(", ")
+            }
+        )
+    }
 }
 
 fn write_lookup_text(out: &mut impl Write, result: &Lookup, hit_line: &str) -> std::io::Result<()> {
@@ -320,49 +439,24 @@ fn write_lookup_text(out: &mut impl Write, result: &Lookup, hit_line: &str) -> s
 pub fn put(args: PutArgs, interrupt: Arc<AtomicBool>) -> anyhow::Result<ExitCode> {
     let t = &args.target;
     let manifests = layercache::read_manifests(&args.manifests)?;
-    let (plan, cache, _pruned) = open(t, interrupt)?;
+    let (plan, cache) = open(t, interrupt)?;
     signals::check(NOTHING_RECORDED)?;
     let mut session = cache.session(plan.build())?;
-    // With --from, the put is checked against what the builder's lookup saw (its record).
-    // With --inputs-as-of-now, this process looks up again (observing every source) and puts
-    // what it sees now: a change during the build cannot be seen then.
-    let context = || format!("cannot record layer {}", escape_bytes(t.layer.as_bytes()));
     let shown = Display::start(
         &format!("put {}", escape_bytes(t.layer.as_bytes())),
         Some(cache.progress()),
     );
+    // With --from, the put is checked against what the builder's lookup saw (its record).
+    // With --inputs-as-of-now, this process looks up again (observing every source) and puts
+    // what it sees now: a change during the build cannot be seen then.
     let (record, was_hit) = match &args.from {
-        Some(from) => {
-            let seen = LookupRecord::read(from)?;
-            if seen.layer() != t.layer {
-                return Err(Error::RecordOfAnotherLayer {
-                    path: from.clone(),
-                    layer: t.layer.clone(),
-                    found: seen.layer().to_string(),
-                }
-                .into());
-            }
-            signals::check(NOTHING_RECORDED)?;
-            let record = session
-                .put_recorded(&seen, &manifests)
-                .with_context(context)?;
-            // The put's result goes back into the record, for the lookups of the layers built
-            // on this one (`lookup --base-record FILE`); without it they walk this layer again.
-            match session.record_after_put(&seen) {
-                Ok(Some(r)) => {
-                    if let Err(e) = r.write(from) {
-                        tracing::warn!("{e}: the layers built on this one walk it again");
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => tracing::warn!("{e}: the layers built on this one walk it again"),
-            }
-            (record, None)
-        }
+        Some(from) => (put_from(&mut session, from, &t.layer, &manifests)?, None),
         None => {
             let seen = session.lookup(&t.layer)?;
             signals::check(NOTHING_RECORDED)?;
-            let record = session.put(&seen, &manifests).with_context(context)?;
+            let record = session
+                .put(&seen, &manifests)
+                .with_context(|| cannot_record(&t.layer))?;
             (record, Some(seen.is_hit()))
         }
     };
@@ -373,44 +467,43 @@ pub fn put(args: PutArgs, interrupt: Arc<AtomicBool>) -> anyhow::Result<ExitCode
     );
     // Returning drops the session and closes the cache cleanly.
     signals::check(&recorded)?;
-    let rows: u64 = record
-        .imports
-        .iter()
-        .chain(&record.overlay_dirs)
-        .map(|s| s.rows)
-        .sum();
-    let value = json!({
-        "layer": record.name,
-        "was_hit": was_hit,
-        "imports": record.imports.len(),
-        "overlay_dirs": record.overlay_dirs.len(),
-        "rows": rows,
-        "manifests": manifests,
-        "counters": serde_json::to_value(session.counters())?,
-    });
-    let report = emit(t.out.json, &value, |_, out| {
-        let types: Vec<String> = manifests
-            .keys()
-            .map(|k| escape_bytes(k.as_bytes()))
-            .collect();
-        writeln!(
-            out,
-            "{}: recorded ({} import(s), {} overlay_dir(s), {} row(s); manifests: {})",
-            escape_bytes(record.name.as_bytes()),
-            record.imports.len(),
-            record.overlay_dirs.len(),
-            rows,
-            if types.is_empty() {
-                "none".to_string()
-            } else {
-                types.join(", ")
-            }
-        )
-    });
+    let value = PutJson::new(&record, was_hit, &manifests, session.counters());
     // The entry is committed: a failed report must not read as "nothing recorded".
-    report.map_err(|source| ReportFailed {
-        layer: record.name.clone(),
-        source,
+    emit(t.out.json, &value, |v, out| writeln!(out, "{}", v.text())).map_err(|source| {
+        ReportFailed {
+            layer: record.name.clone(),
+            source,
+        }
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn cannot_record(layer: &str) -> String {
+    format!("cannot record layer {}", escape_bytes(layer.as_bytes()))
+}
+
+/// `put --from`: the put checked against the builder's lookup record; its result goes back
+/// into the record, for the lookups of the layers built on this one (`lookup --base-record
+/// FILE`; without it they walk this layer again).
+fn put_from(
+    session: &mut Session<'_>,
+    from: &Path,
+    layer: &str,
+    manifests: &BTreeMap<String, Descriptor>,
+) -> anyhow::Result<VersionRecord> {
+    let seen = LookupRecord::read_for(from, layer)?;
+    signals::check(NOTHING_RECORDED)?;
+    let record = session
+        .put_recorded(&seen, manifests)
+        .with_context(|| cannot_record(layer))?;
+    match session.record_after_put(&seen) {
+        Ok(Some(r)) => {
+            if let Err(e) = r.write(from) {
+                tracing::warn!("{e}: the layers built on this one walk it again");
+            }
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!("{e}: the layers built on this one walk it again"),
+    }
+    Ok(record)
 }

@@ -34,7 +34,7 @@ pub struct DumpArgs {
 pub struct StatsArgs {
     #[command(flatten)]
     pub out: DbArgs,
-    /// Also ask redb for its exact free-space accounting. Needs a brief writable open, so it
+    /// Also ask the database for its exact free-space accounting. Needs a brief writable open, so it
     /// fails while a build holds the file (plain `stats` never does).
     #[arg(long)]
     exact: bool,
@@ -136,8 +136,9 @@ pub fn stats(a: &StatsArgs) -> anyhow::Result<ExitCode> {
 pub struct CheckArgs {
     #[command(flatten)]
     pub out: DbArgs,
-    /// First repair a file that was not closed cleanly (a build step was killed): redb's quick
-    /// repair, which loses nothing committed. Never creates a file; fails while a build writes.
+    /// First repair a file that was not closed cleanly (a build step was killed): the
+    /// database's quick repair, which loses nothing committed. Never creates a file; fails
+    /// while a build writes.
     #[arg(long)]
     repair: bool,
 }

@@ -37,7 +37,8 @@ pub struct GcArgs {
     /// List what would be dropped (and deleted); change nothing.
     #[arg(long)]
     dry_run: bool,
-    /// The OCI layout holding the output blobs.
+    /// The OCI layout holding the output blobs: the versions whose blobs are gone from it are
+    /// dropped too (pruned; give it only when every version of this cache writes there).
     #[arg(long, value_name = "DIR")]
     oci_layout: Option<PathBuf>,
     /// Delete the blobs no remaining version names from --oci-layout, except any that the
@@ -67,8 +68,10 @@ pub fn gc(a: GcArgs, interrupt: Arc<AtomicBool>) -> anyhow::Result<ExitCode> {
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0)
     });
-    let cache = Cache::open_without_prune(CacheConfig {
+    // With --oci-layout, gc also drops the versions whose output blobs are gone from it.
+    let cache = Cache::open(CacheConfig {
         db: a.out.db.clone(),
+        oci_layout: a.oci_layout.clone(),
         interrupt: Some(interrupt),
         ..Default::default()
     })?;
@@ -83,7 +86,10 @@ pub fn gc(a: GcArgs, interrupt: Arc<AtomicBool>) -> anyhow::Result<ExitCode> {
     let done = if a.dry_run {
         "nothing was changed (dry run)".to_string()
     } else {
-        format!("{} version(s) were dropped", report.plan.dropped.len())
+        format!(
+            "{} version(s) were dropped",
+            report.plan.dropped.len() + report.pruned.len()
+        )
     };
     crate::signals::check(&done)?;
     Ok(ExitCode::SUCCESS)
@@ -91,6 +97,9 @@ pub fn gc(a: GcArgs, interrupt: Arc<AtomicBool>) -> anyhow::Result<ExitCode> {
 
 fn write_text(r: &GcReport, w: &mut impl Write) -> io::Result<()> {
     let verb = if r.dry_run { "would drop" } else { "dropped" };
+    for d in &r.pruned {
+        writeln!(w, "{verb} {} (pruned): {}", d.layer, d.why)?;
+    }
     let p = &r.plan;
     for d in &p.dropped {
         let current = if d.current { " (current)" } else { "" };

@@ -49,7 +49,7 @@ pub fn import(args: ImportArgs, interrupt: Arc<AtomicBool>) -> anyhow::Result<Ex
     let mut config = plan.cache_config(&args.out.db);
     config.write_wait = args.wait.duration();
     config.interrupt = Some(interrupt);
-    let (cache, _pruned) = Cache::open_for_build(config, plan.build())?;
+    let cache = Cache::open(config)?;
     signals::check("nothing was imported")?;
     let shown = Display::start(
         &format!("import-stacker {}", args.stacker_cache.display()),

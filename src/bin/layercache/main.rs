@@ -86,7 +86,7 @@ enum Cmd {
     Dump(debug::DumpArgs),
     /// Entries, rows, file size and reclaimable space.
     Stats(debug::StatsArgs),
-    /// Verify the database: redb integrity, every record decodes, summaries agree with rows.
+    /// Verify the database: its integrity, every record decodes, summaries agree with rows.
     /// Tells a file that was not closed cleanly (`--repair` repairs it) from a damaged one.
     Check(debug::CheckArgs),
     /// Reclaim free space in the database file (no build may hold it).

@@ -66,7 +66,7 @@ pub fn init_logging() {
 }
 
 /// Sends panic reports to the debug log instead of stderr, once, at start. Every command runs
-/// under [`guarded`], and the library turns a panic inside redb into an error naming the file
+/// under [`guarded`], and the library turns a panic inside the database into an error naming the file
 /// (`layercache::store::guard`), so a panic always ends as one error line; its location is in
 /// the log with `LAYERCACHE_LOG=debug`.
 pub fn log_panics() {
@@ -74,7 +74,7 @@ pub fn log_panics() {
 }
 
 /// Runs a command, turning a panic that escapes the library into a one-line error: for a
-/// command that reads the cache `db`, a panic is a damaged file whose pages made redb panic
+/// command that reads the cache `db`, a panic is a damaged file whose pages made the database panic
 /// outside the library's own guard (its read path trusts page contents); for any other, a bug.
 pub fn guarded(
     db: Option<&Path>,
@@ -88,7 +88,7 @@ pub fn guarded(
             .unwrap_or("no message");
         Err(match db {
             Some(db) => anyhow::anyhow!(
-                "cache database {} is damaged: reading it failed inside redb ({msg}); \
+                "cache database {} is damaged: reading it failed inside the database ({msg}); \
                  `layercache check --db {}` lists what is wrong; move it away (the next build \
                  then creates a new cache) or restore it from a backup",
                 db.display(),

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use layercache::{Cache, HitSource, PushOutcome, RemoteAnswer, RemoteFailure, escape_bytes};
-use layercache::{Plan, Remote, RemoteError, RemoteOptions};
-use serde_json::json;
+use layercache::{FetchReport, MissReason, Plan, PushReport, Remote, RemoteOptions};
+use serde::Serialize;
 
 use crate::build::load_plan;
 use crate::output::{DbArgs, emit};
@@ -122,19 +122,9 @@ impl Link {
     }
 
     /// Reports a failure: the first one of the run on stderr; the registry is dropped for the
-    /// rest of the run when it cannot be reached or refuses access.
+    /// rest of the run when the library says so ([`RemoteFailure::ends_the_run`]).
     pub fn failed(&mut self, f: &RemoteFailure) {
-        if let RemoteFailure::Registry(e) = f
-            && !matches!(
-                e,
-                RemoteError::Untrusted { .. }
-                    | RemoteError::NotTrusted { .. }
-                    | RemoteError::Key(_)
-                    | RemoteError::BlobMismatch { .. }
-                    | RemoteError::InvalidEntry { .. }
-                    | RemoteError::Io { .. }
-            )
-        {
+        if f.ends_the_run() {
             self.remote = None;
             self.dropped = Some(f.to_string());
         }
@@ -152,11 +142,6 @@ impl Link {
     }
 }
 
-/// The JSON of a failure (never a credential: the errors carry none).
-pub fn failure_json(f: Option<&RemoteFailure>) -> serde_json::Value {
-    f.map_or(serde_json::Value::Null, |f| json!(f.to_string()))
-}
-
 /// Opens what `push` and `pull` need: the plan (with an OCI layout), the cache, the registry.
 fn open(args: &ShareArgs) -> anyhow::Result<(Plan, Cache, Link)> {
     let plan = load_plan(&args.plan)?;
@@ -169,7 +154,7 @@ fn open(args: &ShareArgs) -> anyhow::Result<(Plan, Cache, Link)> {
     let Some(link) = Link::open(&args.remote)? else {
         anyhow::bail!("no remote cache: give --remote REGISTRY/REPO or set LAYERCACHE_REMOTE");
     };
-    let (cache, _pruned) = Cache::open(plan.cache_config(&args.out.db))?;
+    let cache = Cache::open(plan.cache_config(&args.out.db))?;
     Ok((plan, cache, link))
 }
 
@@ -188,43 +173,38 @@ pub fn push(args: ShareArgs) -> anyhow::Result<ExitCode> {
     let mut local_errors = 0usize;
     for layer in plan.build().build_order(&args.layers, false)? {
         let Some(remote) = link.remote() else {
-            rows.push(
-                json!({"layer": layer, "status": "failed", "detail": "registry unavailable"}),
-            );
+            rows.push(PushRow::Failed {
+                layer,
+                detail: "registry unavailable".to_string(),
+            });
             continue;
         };
         let outcome = session
             .push_layer(&layer, remote)
             .with_context(|| format!("cannot push layer {layer:?}"))?;
         rows.push(match outcome {
-            PushOutcome::Pushed(r) => json!({
-                "layer": layer, "status": "pushed", "tag": r.tag,
-                "manifest_digest": r.manifest_digest, "blobs_uploaded": r.blobs_uploaded,
-                "blobs_skipped": r.blobs_skipped, "bytes_uploaded": r.bytes_uploaded,
-            }),
-            PushOutcome::AlreadyThere { tag } => {
-                json!({"layer": layer, "status": "already_there", "tag": tag})
-            }
-            PushOutcome::Skipped(reasons) => json!({
-                "layer": layer, "status": "skipped",
-                "reasons": serde_json::to_value(&reasons)?,
-            }),
+            PushOutcome::Pushed(report) => PushRow::Pushed { layer, report },
+            PushOutcome::AlreadyThere { tag } => PushRow::AlreadyThere { layer, tag },
+            PushOutcome::Skipped(reasons) => PushRow::Skipped { layer, reasons },
             PushOutcome::Unusable(why) => {
                 local_errors += 1;
                 eprintln!(
                     "layercache: error: cannot push layer {}: {why}",
                     escape_bytes(layer.as_bytes())
                 );
-                json!({"layer": layer, "status": "error", "detail": why})
+                PushRow::Error { layer, detail: why }
             }
             PushOutcome::Failed(f) => {
                 link.failed(&f);
-                json!({"layer": layer, "status": "failed", "detail": f.to_string()})
+                PushRow::Failed {
+                    layer,
+                    detail: f.to_string(),
+                }
             }
             other => anyhow::bail!("cannot push layer {layer:?}: unexpected outcome {other:?}"),
         });
     }
-    let code = report(&args, &link, "push", rows)?;
+    let code = report(&args, &link, ShareRows::Push(rows))?;
     Ok(if local_errors > 0 {
         ExitCode::from(2)
     } else {
@@ -247,8 +227,18 @@ pub fn pull(args: ShareArgs) -> anyhow::Result<ExitCode> {
     for layer in plan.build().build_order(&args.layers, true)? {
         let Some(remote) = link.remote() else {
             let local = session.lookup(&layer)?;
-            let status = if local.is_hit() { "local" } else { "miss" };
-            rows.push(json!({"layer": layer, "status": status}));
+            let status = if local.is_hit() {
+                PullStatus::Local
+            } else {
+                PullStatus::Miss
+            };
+            rows.push(PullRow {
+                layer,
+                status,
+                fetched: None,
+                remote: None,
+                failure: None,
+            });
             continue;
         };
         let r = session
@@ -258,64 +248,153 @@ pub fn pull(args: ShareArgs) -> anyhow::Result<ExitCode> {
             link.failed(f);
         }
         let status = match r.source {
-            Some(HitSource::Local) => "local",
-            Some(HitSource::Remote) => "pulled",
-            None => "miss",
+            Some(HitSource::Local) => PullStatus::Local,
+            Some(HitSource::Remote) => PullStatus::Pulled,
+            None => PullStatus::Miss,
         };
-        rows.push(json!({
-            "layer": layer, "status": status,
-            "fetched": r.fetched.map(|f| json!({
-                "blobs_downloaded": f.blobs_downloaded, "blobs_present": f.blobs_present,
-                "bytes_downloaded": f.bytes_downloaded,
-            })),
-            "remote": serde_json::to_value(&r.answer)?,
-            "failure": failure_json(r.failure.as_ref()),
-        }));
+        rows.push(PullRow {
+            layer,
+            status,
+            fetched: r.fetched,
+            remote: Some(r.answer),
+            failure: r.failure.as_ref().map(ToString::to_string),
+        });
     }
-    report(&args, &link, "pull", rows)
+    report(&args, &link, ShareRows::Pull(rows))
 }
 
-fn report(
-    args: &ShareArgs,
-    link: &Link,
-    what: &str,
-    rows: Vec<serde_json::Value>,
-) -> anyhow::Result<ExitCode> {
-    let value = json!({"remote": link.name, what: rows});
-    emit(args.out.json, &value, |_, out| {
-        for r in &rows {
-            let layer = escape_bytes(r["layer"].as_str().unwrap_or_default().as_bytes());
-            let status = r["status"].as_str().unwrap_or_default().replace('_', " ");
-            match r["detail"].as_str().filter(|_| status == "error") {
-                Some(detail) => writeln!(out, "{layer}: {status}: {detail}")?,
-                None => writeln!(out, "{layer}: {status}")?,
+/// One layer of `push --json` (`"status"`: `pushed`, `already_there`, `skipped`, `error`,
+/// `failed`).
+#[derive(Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+enum PushRow {
+    /// Pushed: the tag, the manifest digest and what was uploaded.
+    Pushed {
+        layer: String,
+        #[serde(flatten)]
+        report: PushReport,
+    },
+    /// The registry had this entry already.
+    AlreadyThere { layer: String, tag: String },
+    /// Not pushed: the layer misses locally, for these reasons.
+    Skipped {
+        layer: String,
+        reasons: Vec<MissReason>,
+    },
+    /// Not pushed for a local reason (exit 2).
+    Error { layer: String, detail: String },
+    /// Not pushed: the registry failed (exit unchanged).
+    Failed { layer: String, detail: String },
+}
+
+impl PushRow {
+    fn text(&self) -> String {
+        let (layer, status) = match self {
+            PushRow::Pushed { layer, .. } => (layer, "pushed"),
+            PushRow::AlreadyThere { layer, .. } => (layer, "already there"),
+            PushRow::Skipped { layer, .. } => (layer, "skipped"),
+            PushRow::Error { layer, detail } => {
+                return format!("{}: error: {detail}", escape_bytes(layer.as_bytes()));
             }
+            PushRow::Failed { layer, .. } => (layer, "failed"),
+        };
+        format!("{}: {status}", escape_bytes(layer.as_bytes()))
+    }
+}
+
+/// What `pull` did with one layer.
+#[derive(Serialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum PullStatus {
+    /// It hit locally: nothing fetched.
+    Local,
+    /// It missed locally and was pulled from the registry.
+    Pulled,
+    /// It missed, locally and remotely.
+    Miss,
+}
+
+/// One layer of `pull --json`.
+#[derive(Serialize)]
+struct PullRow {
+    layer: String,
+    status: PullStatus,
+    /// What the fetch moved, for a pulled layer.
+    fetched: Option<FetchReport>,
+    /// What the registry answered (null when it was not usable in this run).
+    remote: Option<RemoteAnswer>,
+    /// The failure warned about, if any (never a credential: the errors carry none).
+    failure: Option<String>,
+}
+
+/// The rows of `push --json` or `pull --json`, under the command's name.
+#[derive(Serialize)]
+#[serde(rename_all = "snake_case")]
+enum ShareRows {
+    Push(Vec<PushRow>),
+    Pull(Vec<PullRow>),
+}
+
+/// `push --json` / `pull --json`: `{"remote": REGISTRY/REPO, "push"|"pull": [row, …]}`.
+#[derive(Serialize)]
+struct ShareReport<'a> {
+    remote: &'a str,
+    #[serde(flatten)]
+    rows: ShareRows,
+}
+
+fn report(args: &ShareArgs, link: &Link, rows: ShareRows) -> anyhow::Result<ExitCode> {
+    let value = ShareReport {
+        remote: &link.name,
+        rows,
+    };
+    emit(args.out.json, &value, |v, out| {
+        let lines: Vec<String> = match &v.rows {
+            ShareRows::Push(rows) => rows.iter().map(PushRow::text).collect(),
+            ShareRows::Pull(rows) => rows
+                .iter()
+                .map(|r| {
+                    let status = match r.status {
+                        PullStatus::Local => "local",
+                        PullStatus::Pulled => "pulled",
+                        PullStatus::Miss => "miss",
+                    };
+                    format!("{}: {status}", escape_bytes(r.layer.as_bytes()))
+                })
+                .collect(),
+        };
+        for line in lines {
+            writeln!(out, "{line}")?;
         }
         Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// The JSON `lookup` adds for the remote: where a hit came from, and what the registry
-/// answered (`"answer"`: `not_asked`, `no_entry`, `taken`, `refused`, `unreachable`, with the
-/// `input_digest` asked for and `why`) and the failure it warned about.
-pub fn lookup_json(
-    link: Option<&Link>,
-    source: Option<HitSource>,
-    answer: Option<&RemoteAnswer>,
-    failure: Option<&RemoteFailure>,
-) -> (serde_json::Value, serde_json::Value) {
-    let source = serde_json::to_value(source).unwrap_or_default();
-    let remote = link.map_or(serde_json::Value::Null, |l| {
-        let mut v = serde_json::to_value(answer).unwrap_or_default();
-        if !v.is_object() {
-            v = json!({});
-        }
-        v["name"] = json!(l.name);
-        v["failure"] = failure_json(failure);
-        v
-    });
-    (source, remote)
+/// The `"remote"` of `lookup --json`: what the registry answered (`"answer"`: `not_asked`,
+/// `no_entry`, `taken`, `refused`, `unreachable`, with the `input_digest` asked for and `why`),
+/// the registry's name, and the failure it warned about.
+#[derive(Serialize)]
+pub struct RemoteJson<'a> {
+    #[serde(flatten)]
+    answer: Option<&'a RemoteAnswer>,
+    name: &'a str,
+    failure: Option<String>,
+}
+
+impl<'a> RemoteJson<'a> {
+    /// `None` without a remote.
+    pub fn of(
+        link: Option<&'a Link>,
+        answer: Option<&'a RemoteAnswer>,
+        failure: Option<&RemoteFailure>,
+    ) -> Option<Self> {
+        link.map(|l| RemoteJson {
+            answer,
+            name: &l.name,
+            failure: failure.map(ToString::to_string),
+        })
+    }
 }
 
 /// The text line of a lookup's hit.

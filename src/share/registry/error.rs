@@ -157,6 +157,24 @@ pub enum RemoteError {
 }
 
 impl RemoteError {
+    /// True when the registry cannot serve the rest of this run: it cannot be set up, reached
+    /// or authenticated to, timed out, or failed as a service (so asking it again for the next
+    /// layer would cost another timeout and tell nothing new). False for what concerns one
+    /// entry or this machine only — an entry that is untrusted, not trusted or invalid, a blob
+    /// that did not verify, a trusted key that cannot be read, a local I/O error — after which
+    /// the registry may still serve the next layer.
+    pub fn ends_the_run(&self) -> bool {
+        !matches!(
+            self,
+            RemoteError::Untrusted { .. }
+                | RemoteError::NotTrusted { .. }
+                | RemoteError::Key(_)
+                | RemoteError::BlobMismatch { .. }
+                | RemoteError::InvalidEntry { .. }
+                | RemoteError::Io { .. }
+        )
+    }
+
     pub(crate) fn io(what: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         RemoteError::Io {
             what,
@@ -194,5 +212,40 @@ impl Redactor {
 impl std::fmt::Debug for Redactor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Redactor({} secrets)", self.secrets.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_run_gives_up_on_a_registry_that_cannot_serve_it_not_on_one_bad_entry() {
+        let unreachable = RemoteError::Unreachable {
+            registry: "r".into(),
+            what: "find".into(),
+            detail: "refused".into(),
+        };
+        let timeout = RemoteError::Timeout {
+            registry: "r".into(),
+            what: "find".into(),
+            after: Duration::from_secs(1),
+        };
+        let failed = RemoteError::Registry {
+            registry: "r".into(),
+            what: "find".into(),
+            detail: "500".into(),
+        };
+        for e in [unreachable, timeout, failed] {
+            assert!(e.ends_the_run(), "{e}");
+        }
+        let bad_entry = RemoteError::InvalidEntry {
+            layer: "l".into(),
+            detail: "bad digest".into(),
+        };
+        let local_io = RemoteError::io("read", "/x", std::io::Error::other("eio"));
+        for e in [bad_entry, local_io] {
+            assert!(!e.ends_the_run(), "{e}");
+        }
     }
 }

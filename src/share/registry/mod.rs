@@ -165,7 +165,7 @@ pub struct FoundEntry {
 }
 
 /// What one push did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct PushReport {
     /// The tag pushed.
     pub tag: String,
@@ -180,7 +180,7 @@ pub struct PushReport {
 }
 
 /// What one fetch did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct FetchReport {
     /// Blobs downloaded and verified.
     pub blobs_downloaded: u64,

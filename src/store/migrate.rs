@@ -9,15 +9,17 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::error::{DbResultExt, Result};
+use crate::error::Result;
 use crate::failpoint::crash_point;
-use crate::schema::{META, META_SCHEMA_VERSION, META_WRITER, SCHEMA_VERSION};
+use crate::schema::SCHEMA_VERSION;
+use crate::store::DbResultExt;
+use crate::store::tables::{META, META_SCHEMA_VERSION, META_WRITER};
 
-#[path = "../migrations/0002_stat_fast_path.rs"]
+#[path = "../../migrations/0002_stat_fast_path.rs"]
 pub mod v0002;
-#[path = "../migrations/0003_versions.rs"]
+#[path = "../../migrations/0003_versions.rs"]
 pub mod v0003;
-#[path = "../migrations/0004_origin.rs"]
+#[path = "../../migrations/0004_origin.rs"]
 pub mod v0004;
 
 /// One schema change.
@@ -40,21 +42,21 @@ pub static STEPS: &[Step] = &[
         from: 1,
         to: 2,
         name: "stat fast path: stat data in file rows",
-        note: include_str!("../migrations/0002_stat_fast_path.md"),
+        note: include_str!("../../migrations/0002_stat_fast_path.md"),
         run: v0002::run,
     },
     Step {
         from: 2,
         to: 3,
         name: "versions: entries keyed by input digest, checksummed records",
-        note: include_str!("../migrations/0003_versions.md"),
+        note: include_str!("../../migrations/0003_versions.md"),
         run: v0003::run,
     },
     Step {
         from: 3,
         to: 4,
         name: "origin: a version built here or pulled from a registry",
-        note: include_str!("../migrations/0004_origin.md"),
+        note: include_str!("../../migrations/0004_origin.md"),
         run: v0004::run,
     },
 ];

@@ -1,0 +1,297 @@
+//! The prior rows of a walk, read once in key order with a bounded look-ahead: each walked entry
+//! is matched with its stored row, and the walker asks which names a directory had.
+//!
+//! Owns: [`PriorCursor`] (the one reader of a walk's `PriorRows`) and [`ChildrenOf`] (what the
+//! stored rows say about a directory's entries).
+//!
+//! Must never: decide whether stored rows vouch for anything (that is `tree/fastpath.rs`), hold
+//! more than [`LOOKAHEAD_ROWS`] rows, or answer for a directory's names once a stored row failed
+//! to decode (a name lost to a damaged row would be a dropped entry: after one, every directory
+//! is read).
+//!
+//! The rows come in key order, which is the walk's order (see `crate::path`): the cursor keeps
+//! the rows it has read but the walk has not reached yet, in a buffer of at most
+//! [`LOOKAHEAD_ROWS`], so the walker can look at a directory's rows before it gets there (to
+//! queue a proven read ahead, see `tree/walker.rs`). A directory's direct children are the rows
+//! of its subtree one component below it; they are known only when its whole stored subtree
+//! fits in the buffer after it, so a directory with more stored rows below it than that is read
+//! (`getdents`), never proven. Memory is bounded by the buffer: about 200 bytes a row without
+//! xattrs, 6 MiB at most.
+
+use std::collections::VecDeque;
+
+use super::PriorRows;
+use crate::path::RelPath;
+use crate::schema::Row;
+
+/// Stored rows a cursor reads ahead of the walk at most.
+#[cfg(not(test))]
+pub const LOOKAHEAD_ROWS: usize = 1 << 15;
+/// Small in unit tests, so a small tree exercises both answers.
+#[cfg(test)]
+pub const LOOKAHEAD_ROWS: usize = 64;
+
+/// The names of a directory's entries according to its stored rows, in key order, in one
+/// buffer.
+#[derive(Debug, Default)]
+pub struct KnownNames {
+    /// The names, back to back.
+    pub names: Vec<u8>,
+    /// (start, end) of each name in `names`.
+    pub spans: Vec<(usize, usize)>,
+}
+
+/// What the stored rows say about a directory's entries.
+#[derive(Debug)]
+pub enum ChildrenOf {
+    /// Its direct children, all of them.
+    Known(KnownNames),
+    /// Not known now, but may be once the walk has moved on (the buffer holds rows before the
+    /// directory's subtree that it will drop).
+    NotYet,
+    /// Never known in this walk: its subtree does not fit the buffer, or a stored row failed to
+    /// decode.
+    Unknown,
+}
+
+/// The one reader of a walk's prior rows; see the module doc.
+pub struct PriorCursor {
+    stream: PriorRows,
+    buf: VecDeque<(RelPath, Row)>,
+    ended: bool,
+    damaged: bool,
+    dropped: u64,
+}
+
+impl PriorCursor {
+    /// A cursor at the start of `stream` (rows in key order).
+    pub fn new(stream: PriorRows) -> Self {
+        PriorCursor {
+            stream,
+            buf: VecDeque::new(),
+            ended: false,
+            damaged: false,
+            dropped: 0,
+        }
+    }
+
+    /// Reads one more row into the buffer; false at the end of the stream or when the buffer
+    /// is full. A row that fails to decode is skipped and ends every listing proof.
+    fn fill_one(&mut self) -> bool {
+        if self.ended || self.buf.len() >= LOOKAHEAD_ROWS {
+            return false;
+        }
+        loop {
+            match self.stream.next() {
+                None => {
+                    self.ended = true;
+                    return false;
+                }
+                Some(Ok(row)) => {
+                    self.buf.push_back(row);
+                    return true;
+                }
+                Some(Err(_)) => self.damaged = true,
+            }
+        }
+    }
+
+    /// Rows the walk has passed since the cursor began (a clock for retrying [`ChildrenOf::NotYet`]).
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// The stored row of `path`, which the walk has reached; rows of paths before it (gone
+    /// since) are dropped. Paths must be asked for in key order.
+    pub fn take(&mut self, path: &RelPath) -> Option<Row> {
+        loop {
+            if self.buf.is_empty() {
+                // With a full buffer impossible here, the stream is read one row at a time.
+                if !self.fill_one() {
+                    return None;
+                }
+            }
+            let front = self.buf.front()?;
+            match front.0.cmp(path) {
+                std::cmp::Ordering::Less => {
+                    self.buf.pop_front();
+                    self.dropped += 1;
+                }
+                std::cmp::Ordering::Equal => {
+                    self.dropped += 1;
+                    return self.buf.pop_front().map(|(_, r)| r);
+                }
+                std::cmp::Ordering::Greater => return None,
+            }
+        }
+    }
+
+    /// Reads ahead until the buffer holds a row after `path`, or the stream ended, or the
+    /// buffer is full; the index of the first buffered row not before `path`.
+    fn seek(&mut self, path: &RelPath) -> Option<usize> {
+        while self.buf.back().is_none_or(|(p, _)| p <= path) {
+            if !self.fill_one() {
+                break;
+            }
+        }
+        let i = self.buf.partition_point(|(p, _)| p < path);
+        // Past the end of a full buffer: not known yet.
+        (i < self.buf.len() || self.ended).then_some(i)
+    }
+
+    /// The stored row of `path` (`Some(None)`: there is none), which the walk has not reached
+    /// yet; `None` when the buffer cannot hold the rows up to it (yet).
+    pub fn peek(&mut self, path: &RelPath) -> Option<Option<&Row>> {
+        let i = self.seek(path)?;
+        Some(self.buf.get(i).filter(|(p, _)| p == path).map(|(_, r)| r))
+    }
+
+    /// The direct children of directory `dir` according to the stored rows (see
+    /// [`ChildrenOf`]). `dir`'s own row may have been taken already or be still ahead.
+    pub fn children(&mut self, dir: &RelPath) -> ChildrenOf {
+        if self.damaged {
+            return ChildrenOf::Unknown;
+        }
+        let Some(start) = self.seek(dir) else {
+            return ChildrenOf::NotYet;
+        };
+        let mut i = start;
+        if self.buf.get(i).is_some_and(|(p, _)| p == dir) {
+            i += 1;
+        }
+        let mut out = KnownNames::default();
+        loop {
+            if i >= self.buf.len() && !self.fill_one() {
+                if self.ended {
+                    break;
+                }
+                // The subtree does not fit what the buffer can hold after it.
+                return if start == 0 || self.damaged {
+                    ChildrenOf::Unknown
+                } else {
+                    ChildrenOf::NotYet
+                };
+            }
+            let Some((p, _)) = self.buf.get(i) else {
+                break;
+            };
+            if !dir.is_ancestor_of(p) {
+                break;
+            }
+            let rest = p.key().get(dir.key().len()..).unwrap_or_default();
+            // Below the root a child's key is `dir \0 name`; below the root, just `name`.
+            let name = if dir.is_root() {
+                rest
+            } else {
+                rest.get(1..).unwrap_or_default()
+            };
+            if !name.contains(&0) {
+                let s = out.names.len();
+                out.names.extend_from_slice(name);
+                out.spans.push((s, out.names.len()));
+            }
+            i += 1;
+        }
+        if self.damaged {
+            return ChildrenOf::Unknown;
+        }
+        ChildrenOf::Known(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Error;
+    use crate::schema::EntryKind;
+
+    fn row(kind: EntryKind) -> Row {
+        Row {
+            kind,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            rdev: 0,
+            link_target: Vec::new(),
+            xattrs: Vec::new(),
+            digest: [0; 32],
+            stat: None,
+        }
+    }
+
+    fn cursor(paths: &[&str]) -> PriorCursor {
+        let rows: Vec<_> = paths
+            .iter()
+            .map(|p| {
+                Ok((
+                    RelPath::from_slash_bytes(p.as_bytes()),
+                    row(EntryKind::File),
+                ))
+            })
+            .collect();
+        PriorCursor::new(Box::new(rows.into_iter()))
+    }
+
+    fn names(c: ChildrenOf) -> Vec<String> {
+        match c {
+            ChildrenOf::Known(k) => k
+                .spans
+                .iter()
+                .map(|&(s, e)| String::from_utf8_lossy(&k.names[s..e]).into_owned())
+                .collect(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Direct children only, in key order, around names that sort near `/`; taken and
+    /// not-yet-reached directories alike.
+    #[test]
+    fn children_are_the_direct_rows_below() {
+        let mut c = cursor(&["", "a", "a/b", "a/b/c", "a/d", "a-b", "a.txt", "z"]);
+        assert_eq!(
+            names(c.children(&RelPath::root())),
+            ["a", "a-b", "a.txt", "z"]
+        );
+        let a = RelPath::from_slash_bytes(b"a");
+        assert_eq!(names(c.children(&a)), ["b", "d"]);
+        assert!(c.take(&RelPath::root()).is_some());
+        assert!(c.take(&a).is_some());
+        assert_eq!(names(c.children(&a)), ["b", "d"]);
+        assert!(names(c.children(&RelPath::from_slash_bytes(b"a/d"))).is_empty());
+        // A row of a path the walk does not meet is dropped, not handed to the next.
+        assert!(c.take(&RelPath::from_slash_bytes(b"a/c")).is_none());
+        assert!(c.take(&RelPath::from_slash_bytes(b"a/d")).is_some());
+    }
+
+    /// A subtree larger than the buffer is never known; one behind rows the walk will pass is
+    /// not known yet; a damaged row ends every answer.
+    #[test]
+    fn bounded_and_damage_aware() {
+        let mut big: Vec<String> = vec![String::new(), "d".into()];
+        big.extend((0..LOOKAHEAD_ROWS).map(|i| format!("d/f{i:05}")));
+        big.push("e".into());
+        big.push("e/x".into());
+        let refs: Vec<&str> = big.iter().map(String::as_str).collect();
+        let mut c = cursor(&refs);
+        assert!(c.take(&RelPath::root()).is_some());
+        assert!(c.take(&RelPath::from_slash_bytes(b"d")).is_some());
+        let d = RelPath::from_slash_bytes(b"d");
+        assert!(matches!(c.children(&d), ChildrenOf::Unknown));
+        let e = RelPath::from_slash_bytes(b"e");
+        assert!(matches!(c.children(&e), ChildrenOf::NotYet));
+        assert!(c.peek(&e).is_none());
+        assert!(c.take(&RelPath::from_slash_bytes(b"d/f99999")).is_none());
+        assert!(c.peek(&e).flatten().is_some());
+        assert_eq!(names(c.children(&e)), ["x"]);
+
+        let rows: Vec<crate::error::Result<(RelPath, Row)>> = vec![
+            Ok((RelPath::root(), row(EntryKind::Dir))),
+            Err(Error::ChangedWhileReading { path: "x".into() }),
+            Ok((RelPath::from_slash_bytes(b"b"), row(EntryKind::File))),
+        ];
+        let mut c = PriorCursor::new(Box::new(rows.into_iter()));
+        assert!(matches!(c.children(&RelPath::root()), ChildrenOf::Unknown));
+        assert!(c.take(&RelPath::from_slash_bytes(b"b")).is_some());
+    }
+}
