@@ -49,3 +49,195 @@ fn a_lookup_of_a_layer_never_put_walks_nothing_unless_asked_to_observe() {
     let _ = s.lookup("app").unwrap();
     assert_eq!(s.counters().walk.entries_walked, 4, "{:?}", s.counters());
 }
+
+/// A build with the one layer `app` (scratch, overlay dir `src` at `w/src`).
+fn app_build(w: &common::Workspace) -> Build {
+    let mut build = Build::new();
+    build.add(
+        "app",
+        LayerInputs {
+            definition: json!({"run": "app"}),
+            base: Base::Scratch,
+            overlay_dirs: vec![OverlayDir {
+                key: "src".into(),
+                source: w.p("src"),
+                rootfs_path: w.p("roots/app/overlay_dirs/src"),
+            }],
+            source_date_epoch: Some(1),
+            ..Default::default()
+        },
+    );
+    build
+}
+
+/// Looks `app` up for a build and puts it with the test outputs.
+fn put_app(cache: &layercache::Cache, build: &Build) {
+    let mut s = cache.session(build).unwrap();
+    let l = s.lookup("app").unwrap();
+    s.put(&l, &common::outputs()).unwrap();
+}
+
+/// `SessionCounters::entries_read` counts the stored versions a lookup decoded: one, then two
+/// after a second version was put.
+#[test]
+fn a_lookup_counts_the_versions_it_decodes() {
+    let w = common::Workspace::new();
+    common::output_layout(&w.p("oci"));
+    write(&w.p("src"), "a", b"1");
+    let build = app_build(&w);
+    let cache = w.cache();
+    put_app(&cache, &build);
+    let mut s = cache.session(&build).unwrap();
+    assert!(s.lookup("app").unwrap().is_hit());
+    assert_eq!(s.counters().entries_read, 1, "{:?}", s.counters());
+    write(&w.p("src"), "a", b"2");
+    put_app(&cache, &build);
+    let mut s = cache.session(&build).unwrap();
+    assert!(s.lookup("app").unwrap().is_hit());
+    assert_eq!(s.counters().entries_read, 2, "{:?}", s.counters());
+}
+
+/// A lookup that found the stored rows damaged says so in its lookup record (`"damaged":
+/// true`), so a `put --from` in another process takes no digest from those rows; an undamaged
+/// lookup says `false`.
+#[test]
+fn a_lookup_that_found_damaged_rows_says_so_in_its_record() {
+    let w = common::Workspace::new();
+    common::output_layout(&w.p("oci"));
+    write(&w.p("src"), "a", b"1");
+    write(&w.p("src"), "d/b", b"2");
+    let build = app_build(&w);
+    let damaged_in_record = |cache: &layercache::Cache, name: &str| {
+        let mut s = cache.session(&build).unwrap();
+        let l = s.lookup("app").unwrap();
+        let path = w.p(name);
+        l.record().unwrap().write(&path).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        (l.reasons().to_vec(), v["damaged"].clone())
+    };
+    {
+        let cache = w.cache();
+        put_app(&cache, &build);
+        let (reasons, damaged) = damaged_in_record(&cache, "sound.json");
+        assert!(reasons.is_empty(), "a hit: {reasons:?}");
+        assert_eq!(damaged, json!(false));
+    }
+    // Plant garbage in one of app's rows behind the cache's back.
+    {
+        let db = redb::Database::builder()
+            .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
+            .open(w.p("cache.redb"))
+            .unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut rows = txn.open_table(layercache::testing::schema::ROWS).unwrap();
+            let garbage: &[u8] = &[0xff; 7];
+            rows.insert(("app", "overlay:src", b"a".as_slice()), garbage)
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let cache = w.cache();
+    let (reasons, damaged) = damaged_in_record(&cache, "damaged.json");
+    assert!(
+        matches!(reasons[..], [MissReason::DamagedEntry { .. }]),
+        "{reasons:?}"
+    );
+    assert_eq!(damaged, json!(true));
+}
+
+/// The lookup record of a layer on a built base carries the base's proof (its layer, version
+/// and pointer as this build saw them) once the base was put in the same session, so a
+/// `put --from` in another process checks the base's pointer instead of walking the base again.
+#[test]
+fn the_record_of_a_layer_on_a_built_base_carries_the_bases_proof() {
+    let w = common::Workspace::new();
+    common::output_layout(&w.p("oci"));
+    write(&w.p("src"), "a", b"1");
+    write(&w.p("top"), "b", b"2");
+    let mut build = app_build(&w);
+    build.add(
+        "top",
+        LayerInputs {
+            definition: json!({"run": "top"}),
+            base: Base::Built {
+                layer: "app".into(),
+            },
+            overlay_dirs: vec![OverlayDir {
+                key: "top".into(),
+                source: w.p("top"),
+                rootfs_path: w.p("roots/top/overlay_dirs/top"),
+            }],
+            source_date_epoch: Some(1),
+            ..Default::default()
+        },
+    );
+    let cache = w.cache();
+    let mut s = cache.session(&build).unwrap();
+    let app = s.lookup("app").unwrap();
+    s.put(&app, &common::outputs()).unwrap();
+    let top = s.lookup("top").unwrap();
+    let path = w.p("top.json");
+    top.record().unwrap().write(&path).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(v["base"]["layer"], json!("app"), "{v}");
+    assert!(v["base"]["entry_digest"].is_string(), "{v}");
+}
+
+/// A source whose path cannot be examined for another reason than being gone (here a symlink
+/// loop) is an error naming the path, not a "source missing" miss that hides the cause.
+#[test]
+fn a_source_path_that_cannot_be_examined_is_an_error_naming_it() {
+    let w = common::Workspace::new();
+    common::output_layout(&w.p("oci"));
+    std::fs::create_dir_all(w.p("loop")).unwrap();
+    std::os::unix::fs::symlink(w.p("loop/b"), w.p("loop/a")).unwrap();
+    std::os::unix::fs::symlink(w.p("loop/a"), w.p("loop/b")).unwrap();
+    let mut build = Build::new();
+    build.add(
+        "app",
+        LayerInputs {
+            definition: json!({"run": "app"}),
+            base: Base::Scratch,
+            overlay_dirs: vec![OverlayDir {
+                key: "src".into(),
+                source: w.p("loop/a"),
+                rootfs_path: w.p("roots/app/overlay_dirs/src"),
+            }],
+            source_date_epoch: Some(1),
+            ..Default::default()
+        },
+    );
+    let cache = w.cache();
+    let mut s = cache.session(&build).unwrap();
+    match s.lookup("app") {
+        Err(e) => assert!(e.to_string().contains("loop/a"), "{e}"),
+        Ok(l) => panic!(
+            "a symlink loop as a source must be an error: {:?}",
+            l.reasons()
+        ),
+    }
+}
+
+/// A lookup for a build of a stable tree vouches for it: each observed source has the Merkle
+/// root the put then stores for it (`None` is kept for a walk that saw a file change).
+#[test]
+fn an_observed_source_of_a_stable_walk_has_the_root_the_put_stores() {
+    let w = common::Workspace::new();
+    common::output_layout(&w.p("oci"));
+    write(&w.p("src"), "a", b"1");
+    write(&w.p("src"), "d/b", b"2");
+    let build = app_build(&w);
+    let cache = w.cache();
+    let mut s = cache.session(&build).unwrap();
+    let l = s.lookup("app").unwrap();
+    let root = l.observed()[0].root_digest;
+    assert!(root.is_some(), "a stable walk vouches for its root");
+    let put = s.put(&l, &common::outputs()).unwrap();
+    let stored: Vec<_> = put
+        .overlay_dirs
+        .iter()
+        .map(|x| Some(x.root_digest))
+        .collect();
+    assert_eq!(stored, vec![root]);
+}
