@@ -12,17 +12,20 @@
 //!   the blobs an output reaches;
 //! * `engine/session.rs` — [`Session`], its memo of per-layer results, the base chain, forgetting
 //!   the dependents of a layer that was put;
-//! * `engine/lookup.rs` — evaluating one layer: definition, base, epoch, sources, in that order;
-//! * `engine/source.rs` — one source's identity ([`SourceRole`] and its key), its walk and diff
-//!   against the stored rows, the tee that feeds both from one scan, and the observation a put
-//!   checks against;
+//! * `engine/lookup.rs` — evaluating one layer as read state → observe → decide → apply:
+//!   definition, base, epoch, sources, in that order, and the verdict; it writes nothing;
+//! * `engine/observe.rs` — walking one source against its stored rows (the tee, the diff) and
+//!   returning an observation: what differs, the rows a hit would refresh or a switch would
+//!   write, the rows that lied; it never writes;
+//! * `engine/apply.rs` — every write a lookup makes once it has decided: stat refresh batches,
+//!   last use, switching the rows to another stored version on a hit on it, and clearing the
+//!   stat data of rows a verify lookup caught lying;
+//! * `engine/source.rs` — one source's identity ([`SourceRole`] and its key) and the
+//!   observation a put checks against;
 //! * `engine/put.rs` — put: walk, compare with what the lookup saw (its observation, or a
 //!   [`LookupRecord`] from another process), one write transaction that writes only the rows
 //!   that differ from the stored ones;
 //! * `engine/record.rs` — [`LookupRecord`], the lookup record file;
-//! * `engine/refresh.rs` — bringing stale stat data up to date after a hit, recording last use,
-//!   switching the rows to another stored version on a hit on it, and clearing the stat data
-//!   of rows a verify lookup caught lying;
 //! * `engine/gc.rs` — [`Cache::gc`]: applying the GC planner's decision, and pruning.
 //!
 //! Must never: decide what stat data vouches for (that is [`crate::tree::fastpath`], which also

@@ -6,7 +6,7 @@
 //! put.
 //!
 //! Must never: evaluate a layer itself (that is `engine/lookup.rs`) or write to the database
-//! (that is `engine/put.rs` and `engine/refresh.rs`).
+//! (that is `engine/put.rs` and `engine/apply.rs`).
 
 use std::collections::HashMap;
 

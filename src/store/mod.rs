@@ -53,11 +53,9 @@ mod refresh;
 pub(crate) mod rows;
 pub(crate) mod secret;
 pub mod testing;
-// The rooms move onto Snapshot/Batch one by one (#21); until the last does, some are unused.
 pub mod codec;
 pub mod migrate;
 pub mod tables;
-#[allow(dead_code)]
 mod txn;
 pub mod versions;
 
@@ -776,7 +774,7 @@ impl Store {
     ///
     /// `pub(crate)` until the engine reads through [`Snapshot`] only (#21); then `pub(super)`.
     /// Tests reach it through `testing::RawTransactions`.
-    pub(crate) fn begin_read(&self) -> Result<redb::ReadTransaction> {
+    pub(super) fn begin_read(&self) -> Result<redb::ReadTransaction> {
         match (self.rw.get(), &self.ro) {
             (Some(db), _) => db.begin_read().db(&self.path),
             (None, Some(db)) => db.begin_read().db(&self.path),
@@ -791,7 +789,7 @@ impl Store {
     /// [`Error::Interrupted`].
     ///
     /// `pub(crate)` until the engine writes through [`Batch`] only (#21); then `pub(super)`.
-    pub(crate) fn begin_write(&self) -> Result<redb::WriteTransaction> {
+    pub(super) fn begin_write(&self) -> Result<redb::WriteTransaction> {
         let start = Instant::now();
         let Some(db) = self.writer(true)? else {
             return Err(self.gave_up(start));
@@ -838,7 +836,7 @@ impl Store {
     /// writes of a lookup (stat refresh, a version switch, last use, pruning), which are skipped.
     ///
     /// `pub(crate)` until the engine writes through [`Batch`] only (#21); then `pub(super)`.
-    pub(crate) fn try_begin_write(&self) -> Result<Option<redb::WriteTransaction>> {
+    pub(super) fn try_begin_write(&self) -> Result<Option<redb::WriteTransaction>> {
         if !self.writable {
             return Ok(None);
         }
@@ -877,7 +875,7 @@ impl Store {
     /// The stored rows of (layer, source) in key order, decoded lazily from one range scan.
     ///
     /// `pub(crate)` until the engine reads rows through [`Snapshot::rows`] only (#21).
-    pub(crate) fn rows(
+    pub(super) fn rows(
         &self,
         txn: &redb::ReadTransaction,
         layer: &str,
