@@ -45,17 +45,17 @@
 //! (quick repair, milliseconds). Until then redb refuses read-only opens; [`Store::open_read_only`]
 //! reports that as [`Error::NeedsRepair`], never as damage.
 
+pub mod codec;
 mod db_error;
 pub(crate) mod guard;
 mod inspect;
+pub mod migrate;
 mod put;
 mod refresh;
 pub(crate) mod rows;
 pub(crate) mod secret;
-pub mod testing;
-pub mod codec;
-pub mod migrate;
 pub mod tables;
+pub mod testing;
 mod txn;
 pub mod versions;
 
