@@ -15,21 +15,7 @@ fn a_lookup_of_a_layer_never_put_walks_nothing_unless_asked_to_observe() {
     let w = common::Workspace::new();
     write(&w.p("src"), "a", b"1");
     write(&w.p("src"), "d/b", b"2");
-    let mut build = Build::new();
-    build.add(
-        "app",
-        LayerInputs {
-            definition: json!({"run": "app"}),
-            base: Base::Scratch,
-            overlay_dirs: vec![OverlayDir {
-                key: "src".into(),
-                source: w.p("src"),
-                rootfs_path: w.p("roots/app/overlay_dirs/src"),
-            }],
-            source_date_epoch: Some(1),
-            ..Default::default()
-        },
-    );
+    let build = app_build(&w);
     let cache = w.cache();
     let mut s = cache.session(&build).unwrap();
     for mode in [LookupMode::CHECK, LookupMode::VERIFY] {
