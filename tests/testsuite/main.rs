@@ -8,6 +8,9 @@
 #[allow(dead_code, unused_imports)]
 #[path = "../../examples/builder.rs"]
 mod builder_example;
+#[allow(dead_code)]
+#[path = "../../benches/chain/shell.rs"]
+mod chain_shell;
 #[allow(unused_imports)]
 #[path = "../common/mod.rs"]
 mod common;
