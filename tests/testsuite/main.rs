@@ -14,6 +14,8 @@ mod chain_shell;
 #[allow(unused_imports)]
 #[path = "../common/mod.rs"]
 mod common;
+#[allow(dead_code)]
+mod common_machine;
 #[allow(dead_code, unused_imports)]
 #[path = "../../examples/demo.rs"]
 mod demo_example;
