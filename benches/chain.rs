@@ -15,15 +15,18 @@
 //!
 //! `cargo bench --bench chain -- [--files N] [--layer-files M] [--reps K] [--json FILE]`.
 //! The tree goes to a temporary directory under `--dir D` (default the system's), removed after.
+//! The chain's plan and steps are `benches/chain/shell.rs`, which `tests/testsuite/cli_chain.rs`
+//! counts the work of.
+
+#[path = "chain/shell.rs"]
+mod shell;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
-
-const BIN: &str = env!("CARGO_BIN_EXE_layercache");
-const LAYERS: usize = 10;
+use serde_json::json;
+use shell::{LAYERS, Shell, json_of, walked};
 
 struct Args {
     files: usize,
@@ -82,36 +85,12 @@ fn make_tree(root: &Path, args: &Args) -> std::io::Result<()> {
         "size": blob.len(),
     }});
     std::fs::write(root.join("m.json"), manifests.to_string())?;
-    let mut layers = serde_json::Map::new();
-    for k in 0..LAYERS {
-        let n = if k == 0 { args.files } else { args.layer_files };
-        for i in 0..n {
-            // 100 files a directory, 100 directories a level: a tree's usual shape.
-            let dir = root.join(format!("src{k}/d{}/e{}", i / 10_000, (i / 100) % 100));
-            if i % 100 == 0 {
-                std::fs::create_dir_all(&dir)?;
-            }
-            std::fs::write(
-                dir.join(format!("f{i}.txt")),
-                format!("layer {k} file {i}\n"),
-            )?;
-        }
-        let base = if k == 0 {
-            json!({"type": "scratch"})
-        } else {
-            json!({"type": "built", "layer": format!("l{}", k - 1)})
-        };
-        layers.insert(
-            format!("l{k}"),
-            json!({
-                "definition": {"run": format!("step {k}")},
-                "base": base,
-                "imports": [{"key": "src", "path": format!("src{k}")}]
-            }),
-        );
-    }
-    let plan = json!({"oci_layout": "oci", "layers": layers});
-    std::fs::write(root.join("plan.json"), plan.to_string())
+    // 100 files a directory, 100 directories a level: a tree's usual shape.
+    let files = |k| if k == 0 { args.files } else { args.layer_files };
+    shell::write_chain(root, files, |_, i| {
+        format!("d{}/e{}", i / 10_000, (i / 100) % 100)
+    })?;
+    Ok(())
 }
 
 /// sha256 of `bytes`, hex, by the system's `sha256sum` (the bench has no sha2 of its own).
@@ -134,65 +113,6 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .next()
         .unwrap_or_default()
         .to_string()
-}
-
-struct Run<'a> {
-    root: &'a Path,
-    db: PathBuf,
-}
-
-impl Run<'_> {
-    fn cmd(&self, args: &[&str]) -> (i32, Value) {
-        let o = Command::new(BIN)
-            .arg(args[0])
-            .arg("--db")
-            .arg(&self.db)
-            .arg("--plan")
-            .arg(self.root.join("plan.json"))
-            .arg("--json")
-            .args(&args[1..])
-            .env("LAYERCACHE_LOG", "warn")
-            .env_remove("LAYERCACHE_REMOTE")
-            .output()
-            .expect("run layercache");
-        let v = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
-            panic!(
-                "{e}: {args:?}: stdout {} stderr {}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            )
-        });
-        (o.status.code().unwrap_or(-1), v)
-    }
-
-    fn rec(&self, k: usize) -> String {
-        self.root
-            .join(format!("r{k}.json"))
-            .to_string_lossy()
-            .into_owned()
-    }
-
-    fn lookup(&self, k: usize, base_record: bool) -> (i32, Value) {
-        let (layer, rec) = (format!("l{k}"), self.rec(k));
-        let below = (k > 0).then(|| self.rec(k - 1));
-        let mut args = vec!["lookup", layer.as_str(), "--record", rec.as_str()];
-        if let (true, Some(b)) = (base_record, below.as_ref()) {
-            args.extend(["--base-record", b.as_str()]);
-        }
-        self.cmd(&args)
-    }
-
-    fn put(&self, k: usize) -> (i32, Value) {
-        let (layer, rec) = (format!("l{k}"), self.rec(k));
-        let m = self.root.join("m.json").to_string_lossy().into_owned();
-        self.cmd(&["put", &layer, "--from", &rec, "--manifests", &m])
-    }
-}
-
-fn walked(v: &Value) -> u64 {
-    v["counters"]["walk"]["entries_walked"]
-        .as_u64()
-        .unwrap_or_default()
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -232,36 +152,29 @@ fn main() -> ExitCode {
     let mut cold = Vec::new();
     let (mut cold_lookups, mut cold_puts, mut sources) = (0, 0, 0);
     for rep in 0..args.reps {
-        let run = Run {
-            root,
+        let run = Shell {
+            root: root.to_path_buf(),
             db: root.join(format!("cold-{rep}.redb")),
         };
         let t = Instant::now();
         let (mut l, mut p) = (0, 0);
         for k in 0..LAYERS {
-            let (code, v) = run.lookup(k, true);
+            let (code, v) = json_of(&run.lookup(k, true));
             check(code == 1, format!("cold lookup l{k}: exit {code}"));
             l += walked(&v);
-            let (code, v) = run.put(k);
+            let (code, v) = json_of(&run.put(k, "m.json"));
             check(code == 0, format!("put l{k}: exit {code}"));
             p += walked(&v);
         }
         cold.push(t.elapsed());
         (cold_lookups, cold_puts) = (l, p);
-        sources = (0..LAYERS)
-            .map(|k| {
-                let v: Value =
-                    serde_json::from_slice(&std::fs::read(run.rec(k)).unwrap_or_default())
-                        .unwrap_or_default();
-                v["sources"][0]["row_count"].as_u64().unwrap_or_default()
-            })
-            .sum();
+        sources = run.source_entries();
         if rep + 1 < args.reps {
             let _ = std::fs::remove_file(&run.db);
         }
     }
-    let run = Run {
-        root,
+    let run = Shell {
+        root: root.to_path_buf(),
         db: root.join(format!("cold-{}.redb", args.reps - 1)),
     };
     // Warm the no-change path once (the stat refresh of the first hit), then measure.
@@ -272,14 +185,14 @@ fn main() -> ExitCode {
     let mut no_change_walked = 0;
     for _ in 0..args.reps {
         let t = Instant::now();
-        let (code, _) = run.lookup(0, true);
+        let (code, _) = json_of(&run.lookup(0, true));
         base_alone.push(t.elapsed());
         check(code == 0, format!("base lookup: exit {code}"));
 
         let t = Instant::now();
         let mut w = 0;
         for k in 0..LAYERS {
-            let (code, v) = run.lookup(k, true);
+            let (code, v) = json_of(&run.lookup(k, true));
             check(code == 0, format!("no-change lookup l{k}: exit {code}"));
             w += walked(&v);
         }
@@ -288,7 +201,7 @@ fn main() -> ExitCode {
 
         let t = Instant::now();
         for k in 0..LAYERS {
-            let (code, _) = run.lookup(k, false);
+            let (code, _) = json_of(&run.lookup(k, false));
             check(
                 code == 0,
                 format!("lookup l{k} without base record: exit {code}"),

@@ -394,3 +394,72 @@ pub fn run_plan(log: &str, dir: &Path, args: &[&str]) -> std::process::Output {
         .output()
         .unwrap()
 }
+
+/// Sets the access and modification times of `path` (a symlink itself, not its target) to
+/// `secs_ago` seconds back.
+pub fn backdate_one(path: &Path, secs_ago: u64) {
+    let then = std::time::SystemTime::now() - std::time::Duration::from_secs(secs_ago);
+    let old = filetime::FileTime::from_system_time(then);
+    filetime::set_symlink_file_times(path, old, old).unwrap();
+}
+
+/// Sets the times of every entry under `root`, `root` included, to `secs_ago` seconds back:
+/// no row of it is racy by its mtime.
+pub fn backdate(root: &Path, secs_ago: u64) {
+    for e in walkdir::WalkDir::new(root) {
+        backdate_one(e.unwrap().path(), secs_ago);
+    }
+}
+
+/// Sets every entry's times under `root` an hour back (an old checkout), then waits past the
+/// tick of the status changes that makes: no row of it is racy by its mtime or its ctime.
+pub fn age(root: &Path) {
+    backdate(root, 3600);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+}
+
+/// A build of one layer `app` on scratch (definition `{"run": "build"}`, no
+/// SOURCE_DATE_EPOCH, not build-only) with the overlay dirs `overlays` (key, source), each
+/// with its builder's copy made at `dir/rootfs/app/<key>`, and the imports `imports`.
+pub fn app_build(
+    dir: &Path,
+    overlays: &[(&str, &Path)],
+    imports: Vec<layercache::Import>,
+) -> layercache::Build {
+    let overlay_dirs = overlays
+        .iter()
+        .map(|(key, source)| {
+            let rootfs_path = dir.join("rootfs/app").join(key);
+            std::fs::create_dir_all(&rootfs_path).unwrap();
+            layercache::OverlayDir {
+                key: key.to_string(),
+                source: source.to_path_buf(),
+                rootfs_path,
+            }
+        })
+        .collect();
+    let mut build = layercache::Build::new();
+    build.add(
+        "app",
+        layercache::LayerInputs {
+            definition: serde_json::json!({"run": "build"}),
+            base: layercache::Base::Scratch,
+            imports,
+            overlay_dirs,
+            source_date_epoch: None,
+            build_only: false,
+            uncacheable: None,
+        },
+    );
+    build
+}
+
+/// The cache at `db` (created if missing), its outputs in [`shared_oci`].
+pub fn open_cache(db: &Path) -> layercache::Cache {
+    layercache::Cache::open(layercache::CacheConfig {
+        db: db.to_path_buf(),
+        oci_layout: Some(shared_oci()),
+        ..Default::default()
+    })
+    .unwrap()
+}

@@ -4,20 +4,18 @@
 //! switched by another process in between is walked again. Work is counted from the `--json`
 //! counters, never timed.
 
+use crate::chain_shell::{self, LAYERS, Shell, json_of, walked};
 use crate::common;
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
 
 use serde_json::{Value, json};
-
-const BIN: &str = env!("CARGO_BIN_EXE_layercache");
-const LAYERS: usize = 10;
 
 /// A chain `l0` (scratch) ← `l1` ← … ← `l9`, each importing its own directory `src<k>`:
 /// `l0`'s is the big one.
 struct Chain {
     dir: tempfile::TempDir,
+    shell: Shell,
 }
 
 impl Chain {
@@ -37,108 +35,37 @@ impl Chain {
         std::fs::write(root.join("m2.json"), m2.to_string()).unwrap();
         let manifests = serde_json::to_string(&common::outputs()).unwrap();
         std::fs::write(root.join("m.json"), manifests).unwrap();
-        let mut layers = serde_json::Map::new();
-        for k in 0..LAYERS {
-            let n = if k == 0 { base_files } else { layer_files };
-            for i in 0..n {
-                common::write(
-                    root,
-                    &format!("src{k}/d{}/f{i}.txt", i % 7),
-                    format!("layer {k} file {i}").as_bytes(),
-                );
-            }
-            let base = if k == 0 {
-                json!({"type": "scratch"})
-            } else {
-                json!({"type": "built", "layer": format!("l{}", k - 1)})
-            };
-            layers.insert(
-                format!("l{k}"),
-                json!({
-                    "definition": {"run": format!("step {k}")},
-                    "base": base,
-                    "imports": [{"key": "src", "path": format!("src{k}")}]
-                }),
-            );
-        }
-        let plan = json!({"oci_layout": "oci", "layers": layers});
-        std::fs::write(root.join("plan.json"), plan.to_string()).unwrap();
+        let files = |k| if k == 0 { base_files } else { layer_files };
+        let plan = chain_shell::write_chain(root, files, |_, i| format!("d{}", i % 7)).unwrap();
         // The same build on another checkout: `l0` imports `other0`.
         let mut plan2 = plan.clone();
         plan2["layers"]["l0"]["imports"][0]["path"] = json!("other0");
         common::write(root, "other0/x.txt", b"another branch");
         std::fs::write(root.join("plan2.json"), plan2.to_string()).unwrap();
-        Chain { dir }
+        let shell = Shell {
+            root: root.to_path_buf(),
+            db: root.join("cache.redb"),
+        };
+        Chain { dir, shell }
     }
 
     fn p(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }
 
-    fn run_plan(&self, plan: &str, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .arg(args[0])
-            .arg("--db")
-            .arg(self.p("cache.redb"))
-            .arg("--plan")
-            .arg(self.p(plan))
-            .arg("--json")
-            .args(&args[1..])
-            .env("LAYERCACHE_LOG", "warn")
-            .env_remove("LAYERCACHE_REMOTE")
-            .output()
-            .unwrap()
-    }
-
-    fn rec(&self, k: usize) -> String {
-        self.p(&format!("r{k}.json")).to_str().unwrap().to_string()
-    }
-
     /// `lookup l<k> --record r<k>.json [--base-record r<k-1>.json]`.
     fn lookup(&self, k: usize, with_base_record: bool) -> (i32, Value) {
-        let layer = format!("l{k}");
-        let rec = self.rec(k);
-        let mut args = vec!["lookup", &layer, "--record", &rec];
-        let base = (k > 0).then(|| self.rec(k - 1));
-        if let (true, Some(b)) = (with_base_record, base.as_ref()) {
-            args.extend(["--base-record", b]);
-        }
-        json_of(&self.run_plan("plan.json", &args))
+        json_of(&self.shell.lookup(k, with_base_record))
     }
 
     /// `put l<k> --from r<k>.json --manifests M`.
     fn put(&self, k: usize, manifests: &str) -> (i32, Value) {
-        let layer = format!("l{k}");
-        let rec = self.rec(k);
-        let m = self.p(manifests);
-        let o = self.run_plan(
-            "plan.json",
-            &[
-                "put",
-                &layer,
-                "--from",
-                &rec,
-                "--manifests",
-                m.to_str().unwrap(),
-            ],
-        );
-        json_of(&o)
+        json_of(&self.shell.put(k, manifests))
     }
 
     /// `put l<k> --from r<k>.json --manifests M` expected to fail: its exit code and stderr.
     fn put_refused(&self, k: usize, manifests: &str) -> (i32, String) {
-        let (layer, rec, m) = (format!("l{k}"), self.rec(k), self.p(manifests));
-        let o = self.run_plan(
-            "plan.json",
-            &[
-                "put",
-                &layer,
-                "--from",
-                &rec,
-                "--manifests",
-                m.to_str().unwrap(),
-            ],
-        );
+        let o = self.shell.put(k, manifests);
         let err = String::from_utf8_lossy(&o.stderr).into_owned();
         (o.status.code().unwrap_or(-1), err)
     }
@@ -148,10 +75,10 @@ impl Chain {
     fn other_process_puts_l0(&self, plan: &str, manifests: &str) {
         let rec = self.p("other.json");
         let rec = rec.to_str().unwrap();
-        let o = self.run_plan(plan, &["lookup", "l0", "--record", rec]);
+        let o = self.shell.run(plan, &["lookup", "l0", "--record", rec]);
         assert!(matches!(o.status.code(), Some(0 | 1)), "{o:?}");
         let m = self.p(manifests);
-        let o = self.run_plan(
+        let o = self.shell.run(
             plan,
             &[
                 "put",
@@ -164,33 +91,6 @@ impl Chain {
         );
         assert_eq!(o.status.code(), Some(0), "{o:?}");
     }
-
-    /// Rows of every layer's source (the sum of the sources' entries), from the records.
-    fn source_entries(&self) -> u64 {
-        (0..LAYERS)
-            .map(|k| {
-                let v: Value =
-                    serde_json::from_slice(&std::fs::read(self.rec(k)).unwrap()).unwrap();
-                v["sources"][0]["row_count"].as_u64().unwrap()
-            })
-            .sum()
-    }
-}
-
-fn json_of(o: &Output) -> (i32, Value) {
-    let code = o.status.code().unwrap_or(-1);
-    let v = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{e}: stdout {} stderr {}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        )
-    });
-    (code, v)
-}
-
-fn walked(v: &Value) -> u64 {
-    v["counters"]["walk"]["entries_walked"].as_u64().unwrap()
 }
 
 fn trusted(v: &Value) -> u64 {
@@ -217,7 +117,7 @@ fn a_shell_chain_of_ten_layers_walks_each_source_once_per_lookup_and_once_per_pu
         assert_eq!(trusted(&v), u64::from(k > 0), "l{k}: {v}");
         puts += walked(&v);
     }
-    let sources = c.source_entries();
+    let sources = c.shell.source_entries();
     // Files, 7 directories and the root per source.
     assert_eq!(sources, 408 + 9 * 38, "the sum of the sources' entries");
     assert!(
@@ -331,8 +231,10 @@ fn a_base_record_must_be_of_the_base_of_this_cache_and_unedited() {
     assert_eq!(c.put(0, "m.json").0, 0);
     assert_eq!(c.lookup(1, true).0, 1);
     // l2's base is l1, not l0.
-    let (l2, r0) = ("l2".to_string(), c.rec(0));
-    let o = c.run_plan("plan.json", &["lookup", &l2, "--base-record", &r0]);
+    let (l2, r0) = ("l2".to_string(), c.shell.rec(0));
+    let o = c
+        .shell
+        .run("plan.json", &["lookup", &l2, "--base-record", &r0]);
     assert_eq!(o.status.code(), Some(2), "{o:?}");
     // Edited: its result claims another generation.
     let text = std::fs::read_to_string(&r0).unwrap();
@@ -340,7 +242,9 @@ fn a_base_record_must_be_of_the_base_of_this_cache_and_unedited() {
     let g = v["result"]["generation"].as_u64().unwrap();
     v["result"]["generation"] = json!(g + 1);
     std::fs::write(&r0, v.to_string()).unwrap();
-    let o = c.run_plan("plan.json", &["lookup", "l1", "--base-record", &r0]);
+    let o = c
+        .shell
+        .run("plan.json", &["lookup", "l1", "--base-record", &r0]);
     assert_eq!(o.status.code(), Some(2), "{o:?}");
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("was not made by a lookup of the cache"),
@@ -364,7 +268,7 @@ fn a_base_version_switched_in_between_is_walked_not_trusted() {
     let (code, v) = c.lookup(0, true);
     assert_eq!(code, 0, "{v}");
     // The other checkout's lookup hits its version: a switch.
-    let o = c.run_plan("plan2.json", &["lookup", "l0"]);
+    let o = c.shell.run("plan2.json", &["lookup", "l0"]);
     assert_eq!(o.status.code(), Some(0), "{o:?}");
     let (code, v) = c.lookup(1, true);
     assert_eq!(trusted(&v), 0, "{v}");

@@ -18,28 +18,12 @@ use layercache::testing::codec::{self, ROW_LIMIT};
 use layercache::testing::schema::{ROWS, Row, RowStat};
 use layercache::testing::tree::fastpath::IN_FLIGHT_SLACK_NS;
 use layercache::testing::{RawTransactions, Store};
-use layercache::{
-    Base, Build, Cache, CacheConfig, LayerInputs, LookupMode, MissReason, OverlayDir, RelPath,
-};
+use layercache::{Build, Cache, LookupMode, MissReason, RelPath};
 use redb::ReadableTable;
 use serde_json::{Value, json};
 
 /// Directories of the test tree below the root: d0..d4, each with e0..e2.
 const DIRS: u64 = 5 + 5 * 3;
-
-fn an_hour_ago() -> FileTime {
-    FileTime::from_system_time(SystemTime::now() - Duration::from_secs(3600))
-}
-
-/// Sets every entry's times an hour back (an old checkout), then waits past the tick of the
-/// status changes that makes: no row is racy.
-fn age(root: &Path) {
-    for e in walkdir::WalkDir::new(root) {
-        let e = e.unwrap();
-        filetime::set_symlink_file_times(e.path(), an_hour_ago(), an_hour_ago()).unwrap();
-    }
-    std::thread::sleep(Duration::from_millis(50));
-}
 
 /// 600 files in `d{0..4}/e{0..2}`, aged.
 fn tree(src: &Path) {
@@ -60,36 +44,9 @@ struct Setup {
     build: Build,
 }
 
+/// The layer `app` whose one overlay dir `src` is `src`.
 fn build_of(dir: &Path, src: &Path) -> Build {
-    let rootfs = dir.join("rootfs/app");
-    std::fs::create_dir_all(&rootfs).unwrap();
-    let mut build = Build::new();
-    build.add(
-        "app",
-        LayerInputs {
-            definition: json!({"run": "build"}),
-            base: Base::Scratch,
-            imports: vec![],
-            overlay_dirs: vec![OverlayDir {
-                key: "src".into(),
-                source: src.to_path_buf(),
-                rootfs_path: rootfs,
-            }],
-            source_date_epoch: None,
-            build_only: false,
-            uncacheable: None,
-        },
-    );
-    build
-}
-
-fn open(db: &Path) -> Cache {
-    Cache::open_without_prune(CacheConfig {
-        db: db.to_path_buf(),
-        oci_layout: Some(common::shared_oci()),
-        ..Default::default()
-    })
-    .unwrap()
+    app_build(dir, &[("src", src)], vec![])
 }
 
 /// A tree, a cache, and a put of it: settled rows.
@@ -98,7 +55,7 @@ fn setup() -> Setup {
     let src = tmp.path().join("src");
     tree(&src);
     let build = build_of(tmp.path(), &src);
-    let cache = open(&tmp.path().join("cache.redb"));
+    let cache = open_cache(&tmp.path().join("cache.redb"));
     let mut session = cache.session(&build).unwrap();
     let l = session.lookup("app").unwrap();
     session.put(&l, &common::outputs()).unwrap();
@@ -148,7 +105,7 @@ impl Setup {
         }
         txn.commit().unwrap();
         drop(store);
-        self.cache = Some(open(&db));
+        self.cache = Some(open_cache(&db));
     }
 }
 
@@ -368,10 +325,10 @@ fn a_racy_directory_row_is_refreshed_by_a_hit() {
     tree(&src);
     // A file created in d1 just before the put: d1's mtime is within the slack of the put.
     write(&src, "d1/late.txt", b"late");
-    filetime::set_file_times(src.join("d1/late.txt"), an_hour_ago(), an_hour_ago()).unwrap();
+    backdate_one(&src.join("d1/late.txt"), 3600);
     let changed = SystemTime::now();
     let build = build_of(tmp.path(), &src);
-    let cache = open(&tmp.path().join("cache.redb"));
+    let cache = open_cache(&tmp.path().join("cache.redb"));
     let mut session = cache.session(&build).unwrap();
     let l = session.lookup("app").unwrap();
     session.put(&l, &common::outputs()).unwrap();

@@ -8,9 +8,14 @@
 #[allow(dead_code, unused_imports)]
 #[path = "../../examples/builder.rs"]
 mod builder_example;
+#[allow(dead_code)]
+#[path = "../../benches/chain/shell.rs"]
+mod chain_shell;
 #[allow(unused_imports)]
 #[path = "../common/mod.rs"]
 mod common;
+#[allow(dead_code)]
+mod common_machine;
 #[allow(dead_code, unused_imports)]
 #[path = "../../examples/demo.rs"]
 mod demo_example;

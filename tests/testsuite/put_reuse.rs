@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use common::*;
 use filetime::FileTime;
-use layercache::{Base, Build, Cache, CacheConfig, Error, LayerInputs, OverlayDir};
+use layercache::{Build, Cache, Error};
 use serde_json::{Value, json};
 
 const FILES: u64 = 400;
@@ -34,12 +34,7 @@ fn tree(root: &Path) -> PathBuf {
             format!("content {i}").as_bytes(),
         );
     }
-    let old = FileTime::from_system_time(SystemTime::now() - Duration::from_secs(3600));
-    for e in walkdir::WalkDir::new(&src) {
-        filetime::set_symlink_file_times(e.unwrap().path(), old, old).unwrap();
-    }
-    // Past the tick of the last status change: nothing is ctime-racy.
-    std::thread::sleep(Duration::from_millis(50));
+    age(&src);
     src
 }
 
@@ -47,31 +42,8 @@ fn tree(root: &Path) -> PathBuf {
 fn setup() -> Setup {
     let tmp = tempfile::tempdir().unwrap();
     let src = tree(tmp.path());
-    let rootfs = tmp.path().join("rootfs/app");
-    std::fs::create_dir_all(&rootfs).unwrap();
-    let mut build = Build::new();
-    build.add(
-        "app",
-        LayerInputs {
-            definition: json!({"run": "build"}),
-            base: Base::Scratch,
-            imports: vec![],
-            overlay_dirs: vec![OverlayDir {
-                key: "src".into(),
-                source: src.clone(),
-                rootfs_path: rootfs,
-            }],
-            source_date_epoch: None,
-            build_only: false,
-            uncacheable: None,
-        },
-    );
-    let cache = Cache::open_without_prune(CacheConfig {
-        db: tmp.path().join("cache.redb"),
-        oci_layout: Some(shared_oci()),
-        ..Default::default()
-    })
-    .unwrap();
+    let build = app_build(tmp.path(), &[("src", &src)], vec![]);
+    let cache = open_cache(&tmp.path().join("cache.redb"));
     Setup {
         _tmp: tmp,
         src,

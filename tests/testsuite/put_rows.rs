@@ -10,33 +10,18 @@ use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use common::{outputs, shared_oci, write};
-use filetime::FileTime;
+use common::{app_build, backdate, backdate_one, open_cache, outputs, write};
 use layercache::testing::schema::{Row, RowStat};
 use layercache::testing::{codec, tree::fastpath};
-use layercache::{Base, Build, Cache, CacheConfig, Import, LayerInputs, OverlayDir};
+use layercache::{Build, Cache, Import};
 use redb::{ReadableDatabase, ReadableTable};
-use serde_json::json;
 
 /// Files of the big tree: 1% of them is 50.
 const FILES: usize = 5_000;
 /// Directories they are spread over.
 const DIRS: usize = 50;
-
-/// Sets the times of every entry under `root` to `secs_ago` seconds back (nothing racy).
-fn backdate(root: &Path, secs_ago: u64) {
-    for e in walkdir::WalkDir::new(root) {
-        backdate_one(e.unwrap().path(), secs_ago);
-    }
-}
-
-/// Sets the times of `path` to `secs_ago` seconds back.
-fn backdate_one(path: &Path, secs_ago: u64) {
-    let old = FileTime::from_system_time(SystemTime::now() - Duration::from_secs(secs_ago));
-    filetime::set_symlink_file_times(path, old, old).unwrap();
-}
 
 /// `files` files of a few dozen bytes in `DIRS` directories under `root`, an hour old.
 fn tree(root: &Path, files: usize) {
@@ -52,45 +37,18 @@ fn tree(root: &Path, files: usize) {
 
 /// A layer `app` with the given overlay dir sources (keys `s0`, `s1`, …) and one import.
 fn build_of(dir: &Path, sources: &[&Path], import: &Path) -> Build {
-    let overlay_dirs = sources
+    let keys: Vec<String> = (0..sources.len()).map(|i| format!("s{i}")).collect();
+    let overlays: Vec<(&str, &Path)> = keys
         .iter()
-        .enumerate()
-        .map(|(i, s)| OverlayDir {
-            key: format!("s{i}"),
-            source: s.to_path_buf(),
-            rootfs_path: dir.join(format!("rootfs/app/s{i}")),
-        })
-        .collect::<Vec<_>>();
-    for o in &overlay_dirs {
-        std::fs::create_dir_all(&o.rootfs_path).unwrap();
-    }
-    let mut build = Build::new();
-    build.add(
-        "app",
-        LayerInputs {
-            definition: json!({"run": "build"}),
-            base: Base::Scratch,
-            imports: vec![Import {
-                key: "pkg".into(),
-                path: import.to_path_buf(),
-                dest: None,
-            }],
-            overlay_dirs,
-            source_date_epoch: None,
-            build_only: false,
-            uncacheable: None,
-        },
-    );
-    build
-}
-
-fn open(db: &Path) -> Cache {
-    Cache::open(CacheConfig {
-        db: db.to_path_buf(),
-        oci_layout: Some(shared_oci()),
-        ..Default::default()
-    })
-    .unwrap()
+        .map(String::as_str)
+        .zip(sources.iter().copied())
+        .collect();
+    let pkg = Import {
+        key: "pkg".into(),
+        path: import.to_path_buf(),
+        dest: None,
+    };
+    app_build(dir, &overlays, vec![pkg])
 }
 
 /// Lookup (a miss) and put of `app`: the rows the put wrote.
@@ -159,7 +117,7 @@ fn assert_same_rows(merged: &Rows, fresh: &Rows) {
 /// The rows a put into an empty cache stores for `build` (every row written).
 fn full_write(dir: &Path, build: &Build) -> (Rows, u64) {
     let db = dir.join("fresh.redb");
-    let cache = open(&db);
+    let cache = open_cache(&db);
     let written = put(&cache, build);
     drop(cache);
     let rows = all_rows(&db);
@@ -204,7 +162,7 @@ fn a_one_percent_change_writes_one_percent_of_the_rows_and_stores_what_a_full_wr
     std::thread::sleep(Duration::from_millis(50));
     let build = build_of(dir, &[&src], &pkg);
     let db = dir.join("cache.redb");
-    let cache = open(&db);
+    let cache = open_cache(&db);
 
     // The first put writes every row: the files, their directories, the two roots.
     let total = (FILES + DIRS + 1 + 20 + DIRS.min(20) + 1) as u64;
@@ -247,7 +205,7 @@ fn a_source_dropped_or_emptied_leaves_exactly_the_rows_of_a_full_write() {
     tree(&pkg, 5);
     std::thread::sleep(Duration::from_millis(50));
     let db = dir.join("cache.redb");
-    let cache = open(&db);
+    let cache = open_cache(&db);
     put(&cache, &build_of(dir, &[&a, &b], &pkg));
 
     // The layer loses its second overlay dir, and the first one loses every file but one.

@@ -2,57 +2,49 @@
 //! through the real binary: two caches as two machines (different databases, different OCI
 //! layouts made by umoci, the same source tree at different absolute paths). No mocks.
 
+use crate::common_machine::Machine;
 use crate::registry;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use base64::Engine;
-use registry::{Registry, image_blobs, noise, run, sha256_file, tools_available};
+use registry::{Registry, image_blobs, run, sha256_file, tools_available};
 use serde_json::{Value, json};
 use sha2::Digest as _;
 
 const REPO: &str = "layercache/shared";
 const LAYERS: [&str; 3] = ["l1", "l2", "l3"];
 
-/// One machine: its own directory, database, OCI layout and copy of the sources.
-struct Machine {
-    dir: PathBuf,
+/// A machine with three layers `l1` ← `l2` ← `l3`, importing `src/a`, `src/b` and `src/c.txt`.
+fn machine(dir: PathBuf) -> Machine {
+    let files = [
+        ("src/a/one.txt", "one\n"),
+        ("src/a/deep/two.txt", "two\n"),
+        ("src/b/main.c", "int main(){return 0;}\n"),
+        ("src/c.txt", "config\n"),
+    ];
+    let plan = json!({
+        "oci_layout": "oci",
+        "layers": {
+            "l1": {"definition": {"run": "one"}, "base": {"type": "scratch"},
+                   "imports": [{"key": "a", "path": "src/a"}]},
+            "l2": {"definition": {"run": "two"}, "base": {"type": "built", "layer": "l1"},
+                   "imports": [{"key": "b", "path": "src/b"}]},
+            "l3": {"definition": {"run": "three"}, "base": {"type": "built", "layer": "l2"},
+                   "imports": [{"key": "c", "path": "src/c.txt"}]},
+        }
+    });
+    Machine::at(dir, &files, &plan)
 }
 
 impl Machine {
-    fn new(dir: PathBuf) -> Machine {
-        let src = dir.join("src");
-        std::fs::create_dir_all(src.join("a/deep")).expect("mkdir a");
-        std::fs::create_dir_all(src.join("b")).expect("mkdir b");
-        std::fs::write(src.join("a/one.txt"), "one\n").expect("write");
-        std::fs::write(src.join("a/deep/two.txt"), "two\n").expect("write");
-        std::fs::write(src.join("b/main.c"), "int main(){return 0;}\n").expect("write");
-        std::fs::write(src.join("c.txt"), "config\n").expect("write");
-        run(Command::new("umoci")
-            .args(["init", "--layout"])
-            .arg(dir.join("oci")));
-        let plan = json!({
-            "oci_layout": "oci",
-            "layers": {
-                "l1": {"definition": {"run": "one"}, "base": {"type": "scratch"},
-                       "imports": [{"key": "a", "path": "src/a"}]},
-                "l2": {"definition": {"run": "two"}, "base": {"type": "built", "layer": "l1"},
-                       "imports": [{"key": "b", "path": "src/b"}]},
-                "l3": {"definition": {"run": "three"}, "base": {"type": "built", "layer": "l2"},
-                       "imports": [{"key": "c", "path": "src/c.txt"}]},
-            }
-        });
-        std::fs::write(dir.join("plan.json"), plan.to_string()).expect("plan");
-        Machine { dir }
-    }
-
     /// A machine whose bottom layer `l1` has an import and an overlay dir (`src/ov`, copied by
     /// the builder to `roots/l1/overlay_dirs/ov`), with `l2` and `l3` built on it. `built`:
     /// the builder's copy exists (a machine that builds); otherwise there is no `roots/` at
     /// all (a fresh machine that never built anything).
     fn with_overlay(dir: PathBuf, built: bool) -> Machine {
-        let m = Machine::new(dir);
+        let m = machine(dir);
         std::fs::create_dir_all(m.dir.join("src/ov/sub")).expect("mkdir ov");
         std::fs::write(m.dir.join("src/ov/x.txt"), "overlay x\n").expect("write");
         std::fs::write(m.dir.join("src/ov/sub/y.txt"), "overlay y\n").expect("write");
@@ -72,74 +64,8 @@ impl Machine {
                        "imports": [{"key": "c", "path": "src/c.txt"}]},
             }
         });
-        std::fs::write(m.dir.join("plan.json"), plan.to_string()).expect("plan");
+        m.write_plan(&plan);
         m
-    }
-
-    fn layout(&self) -> PathBuf {
-        self.dir.join("oci")
-    }
-
-    /// Runs the binary with `--db` and `--plan` of this machine, after `args`.
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_layercache"));
-        c.args(args)
-            .arg("--db")
-            .arg(self.dir.join("cache.redb"))
-            .arg("--plan")
-            .arg(self.dir.join("plan.json"))
-            .env_remove("LAYERCACHE_REMOTE")
-            .env_remove("REGISTRY_AUTH_FILE")
-            .env("HOME", &self.dir)
-            .env("XDG_RUNTIME_DIR", &self.dir);
-        c
-    }
-
-    fn out(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().expect("run layercache")
-    }
-
-    /// `lookup --json` of a layer, with `extra` flags: (exit code, JSON, stderr).
-    fn lookup(&self, layer: &str, extra: &[&str]) -> (i32, Value, String) {
-        let mut args = vec!["lookup", "--json"];
-        args.extend_from_slice(extra);
-        args.push(layer);
-        let o = self.out(&args);
-        let v = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
-        (
-            o.status.code().unwrap_or(-1),
-            v,
-            String::from_utf8_lossy(&o.stderr).into_owned(),
-        )
-    }
-
-    /// A fake build of `layer`: an image tagged `layer` in this machine's layout holding one file
-    /// whose content depends on `content`, then `put` with its manifest descriptor.
-    fn build(&self, layer: &str, content: &str) -> Value {
-        let image = format!("{}:{layer}", self.layout().display());
-        run(Command::new("umoci").args(["new", "--image", &image]));
-        let f = self.dir.join(format!("out-{layer}.bin"));
-        let mut bytes = format!("{layer} {content}\n").into_bytes();
-        bytes.extend(noise(200_000, content.len() as u64 + layer.len() as u64));
-        std::fs::write(&f, bytes).expect("write output");
-        let mut c = Command::new("umoci");
-        c.args(["insert", "--image", &image]);
-        if unsafe { libc::geteuid() } != 0 {
-            c.arg("--rootless");
-        }
-        run(c.arg(&f).arg("/out.bin"));
-        let desc = image_blobs(&self.layout(), layer)[0].0.clone();
-        let m = self.dir.join(format!("manifests-{layer}.json"));
-        std::fs::write(&m, json!({ "tar": desc }).to_string()).expect("manifests");
-        let o = self.out(&[
-            "put",
-            "--manifests",
-            m.to_str().expect("utf-8"),
-            "--inputs-as-of-now",
-            layer,
-        ]);
-        assert!(o.status.success(), "put {layer}: {o:?}");
-        desc
     }
 
     /// `push --json` / `pull --json` of every layer: (exit code, per-layer statuses, stderr).
@@ -189,8 +115,8 @@ fn two_machines() -> Option<(Registry, tempfile::TempDir, Machine, Machine, Stri
     }
     let reg = Registry::start()?;
     let tmp = tempfile::tempdir().expect("tempdir");
-    let a = Machine::new(tmp.path().join("machine-a"));
-    let b = Machine::new(tmp.path().join("elsewhere/machine-b"));
+    let a = machine(tmp.path().join("machine-a"));
+    let b = machine(tmp.path().join("elsewhere/machine-b"));
     let remote = format!("{}/{REPO}", reg.addr);
     Some((reg, tmp, a, b, remote))
 }
@@ -637,8 +563,8 @@ fn a_wrong_password_is_a_warning_naming_the_registry_and_never_the_password() {
         return;
     };
     let tmp = tempfile::tempdir().expect("tempdir");
-    let a = Machine::new(tmp.path().join("a"));
-    let b = Machine::new(tmp.path().join("b"));
+    let a = machine(tmp.path().join("a"));
+    let b = machine(tmp.path().join("b"));
     let remote = format!("{}/{REPO}", reg.addr);
     let auth = |name: &str, password: &str| {
         let token = base64::engine::general_purpose::STANDARD.encode(format!("builder:{password}"));

@@ -4,120 +4,44 @@
 //! with its reason and nothing changed; key rotation; a lookup record bound to its database.
 //! No mocks: forged entries are written into the real registry over its HTTP API.
 
+use crate::common_machine::Machine;
 use crate::registry;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use base64::Engine;
 use layercache::testing::remote::{
     ANNOTATION_SIGNATURE, LocalBlob, OCI_MANIFEST_MEDIA_TYPE, Remote, RemoteEntry, RemoteOptions,
     entry_tag,
 };
-use registry::{Registry, http, image_blobs, noise, run, tools_available};
+use registry::{Registry, http, image_blobs, run, tools_available};
 use serde_json::{Value, json};
 
 const REPO: &str = "layercache/trusted";
 
-/// One machine: its own directory, database, OCI layout and copy of the sources.
-struct Machine {
-    dir: PathBuf,
+/// A machine with two layers on scratch, `l1` importing `src/a` and `l2` `src/b`; its lookups
+/// give the registry 5 s.
+fn machine(dir: PathBuf) -> Machine {
+    let files = [("src/a/one.txt", "one\n"), ("src/b/two.txt", "two\n")];
+    let plan = json!({
+        "oci_layout": "oci",
+        "layers": {
+            "l1": {"definition": {"run": "one"}, "base": {"type": "scratch"},
+                   "imports": [{"key": "a", "path": "src/a"}]},
+            "l2": {"definition": {"run": "two"}, "base": {"type": "scratch"},
+                   "imports": [{"key": "b", "path": "src/b"}]},
+        }
+    });
+    let mut m = Machine::at(dir, &files, &plan);
+    m.lookup_flags = &["--remote-timeout", "5"];
+    m.output_noise = 50_000;
+    m
 }
 
 impl Machine {
-    fn new(dir: PathBuf) -> Machine {
-        let src = dir.join("src");
-        std::fs::create_dir_all(src.join("a")).expect("mkdir a");
-        std::fs::create_dir_all(src.join("b")).expect("mkdir b");
-        std::fs::write(src.join("a/one.txt"), "one\n").expect("write");
-        std::fs::write(src.join("b/two.txt"), "two\n").expect("write");
-        run(Command::new("umoci")
-            .args(["init", "--layout"])
-            .arg(dir.join("oci")));
-        let plan = json!({
-            "oci_layout": "oci",
-            "layers": {
-                "l1": {"definition": {"run": "one"}, "base": {"type": "scratch"},
-                       "imports": [{"key": "a", "path": "src/a"}]},
-                "l2": {"definition": {"run": "two"}, "base": {"type": "scratch"},
-                       "imports": [{"key": "b", "path": "src/b"}]},
-            }
-        });
-        std::fs::write(dir.join("plan.json"), plan.to_string()).expect("plan");
-        Machine { dir }
-    }
-
-    fn layout(&self) -> PathBuf {
-        self.dir.join("oci")
-    }
-
-    fn db(&self) -> PathBuf {
-        self.dir.join("cache.redb")
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_layercache"));
-        c.args(args)
-            .arg("--db")
-            .arg(self.db())
-            .arg("--plan")
-            .arg(self.dir.join("plan.json"))
-            .env_remove("LAYERCACHE_REMOTE")
-            .env_remove("LAYERCACHE_TRUST_KEYS")
-            .env_remove("LAYERCACHE_SIGN_KEY_PASSWORD")
-            .env_remove("REGISTRY_AUTH_FILE")
-            .env("HOME", &self.dir)
-            .env("XDG_RUNTIME_DIR", &self.dir);
-        c
-    }
-
-    fn out(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().expect("run layercache")
-    }
-
-    /// `lookup --json` with `extra` flags: (exit code, JSON, stderr).
-    fn lookup(&self, layer: &str, extra: &[&str]) -> (i32, Value, String) {
-        let mut args = vec!["lookup", "--json", "--remote-timeout", "5"];
-        args.extend_from_slice(extra);
-        args.push(layer);
-        let o = self.out(&args);
-        (
-            o.status.code().unwrap_or(-1),
-            serde_json::from_slice(&o.stdout).unwrap_or(Value::Null),
-            String::from_utf8_lossy(&o.stderr).into_owned(),
-        )
-    }
-
-    /// A fake build of `layer` (an image tagged `layer` with one file), then `put`.
-    fn build(&self, layer: &str) {
-        let image = format!("{}:{layer}", self.layout().display());
-        run(Command::new("umoci").args(["new", "--image", &image]));
-        let f = self.dir.join(format!("out-{layer}.bin"));
-        let mut bytes = format!("{layer}\n").into_bytes();
-        bytes.extend(noise(50_000, layer.len() as u64));
-        std::fs::write(&f, bytes).expect("write output");
-        let mut c = Command::new("umoci");
-        c.args(["insert", "--image", &image]);
-        // SAFETY: geteuid(2) takes no arguments and cannot fail.
-        if unsafe { libc::geteuid() } != 0 {
-            c.arg("--rootless");
-        }
-        run(c.arg(&f).arg("/out.bin"));
-        let desc = image_blobs(&self.layout(), layer)[0].0.clone();
-        let m = self.dir.join(format!("manifests-{layer}.json"));
-        std::fs::write(&m, json!({ "tar": desc }).to_string()).expect("manifests");
-        let o = self.out(&[
-            "put",
-            "--manifests",
-            m.to_str().expect("utf-8"),
-            "--inputs-as-of-now",
-            layer,
-        ]);
-        assert!(o.status.success(), "put {layer}: {o:?}");
-    }
-
     /// `push --json` of `layers` with `extra` flags: per-layer statuses.
     fn push(&self, remote: &str, extra: &[&str], layers: &[&str]) -> Vec<String> {
         let mut args = vec![
@@ -261,8 +185,8 @@ fn setup() -> Option<(Registry, tempfile::TempDir, Machine, Machine, String)> {
     }
     let reg = Registry::start()?;
     let tmp = tempfile::tempdir().expect("tempdir");
-    let a = Machine::new(tmp.path().join("machine-a"));
-    let b = Machine::new(tmp.path().join("elsewhere/machine-b"));
+    let a = machine(tmp.path().join("machine-a"));
+    let b = machine(tmp.path().join("elsewhere/machine-b"));
     let remote = format!("{}/{REPO}", reg.addr);
     Some((reg, tmp, a, b, remote))
 }
@@ -280,7 +204,7 @@ fn a_signed_push_is_a_remote_hit_where_its_key_is_trusted_and_minisign_verifies_
         return;
     };
     let (sk, pk) = keygen(tmp.path(), "ci");
-    a.build("l1");
+    a.build("l1", "");
     assert_eq!(
         a.push(&remote, &["--sign-key", s(&sk)], &["l1"]),
         ["l1=pushed"]
@@ -352,7 +276,7 @@ fn a_signed_push_is_a_remote_hit_where_its_key_is_trusted_and_minisign_verifies_
     let loose = tmp.path().join("loose.pub");
     std::fs::copy(&pk, &loose).expect("copy");
     std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o666)).expect("chmod");
-    a.build("l2");
+    a.build("l2", "");
     a.push(&remote, &["--sign-key", s(&sk)], &["l2"]);
     let (code, _, err) = b.lookup("l2", &["--remote", &remote, "--trust-key", s(&loose)]);
     assert_eq!(code, 2, "{err}");
@@ -375,8 +299,8 @@ fn every_forgery_is_refused_with_its_reason_and_changes_nothing() {
     };
     let (sk, pk) = keygen(tmp.path(), "ci");
     let (other_sk, _) = keygen(tmp.path(), "intruder");
-    a.build("l1");
-    a.build("l2");
+    a.build("l1", "");
+    a.build("l2", "");
     assert_eq!(
         a.push(&remote, &["--sign-key", s(&sk)], &[]),
         ["l1=pushed", "l2=pushed"]
@@ -506,8 +430,8 @@ fn two_trusted_keys_at_once_rotate_the_signing_key() {
         .arg(&new_sk)
         .arg("-p")
         .arg(&new_pk));
-    a.build("l1");
-    a.build("l2");
+    a.build("l1", "");
+    a.build("l2", "");
     assert_eq!(
         a.push(&remote, &["--sign-key", s(&old_sk)], &["l1"]),
         ["l1=pushed"]
@@ -516,7 +440,7 @@ fn two_trusted_keys_at_once_rotate_the_signing_key() {
         a.push(&remote, &["--sign-key", s(&new_sk)], &["l2"]),
         ["l2=pushed"]
     );
-    let c = Machine::new(tmp.path().join("machine-c"));
+    let c = machine(tmp.path().join("machine-c"));
     // C trusts only the new key: l1 (old key) is refused, l2 taken.
     let only_new = ["--remote", remote.as_str(), "--trust-key", s(&new_pk)];
     let (code, v, _) = c.lookup("l1", &only_new);
@@ -555,7 +479,7 @@ fn two_trusted_keys_at_once_rotate_the_signing_key() {
         "{v} {err}"
     );
     // `pull` verifies the same way.
-    let d = Machine::new(tmp.path().join("machine-d"));
+    let d = machine(tmp.path().join("machine-d"));
     let o = d.out(&[
         "pull",
         "--json",
@@ -589,8 +513,8 @@ fn an_edited_lookup_record_with_its_checksum_recomputed_is_refused() {
         return;
     }
     let tmp = tempfile::tempdir().expect("tempdir");
-    let a = Machine::new(tmp.path().join("machine-a"));
-    let b = Machine::new(tmp.path().join("machine-b"));
+    let a = machine(tmp.path().join("machine-a"));
+    let b = machine(tmp.path().join("machine-b"));
     let rec = a.dir.join("l1.lookup.json");
     let o = a.out(&["lookup", "--record", s(&rec), "l1"]);
     assert_eq!(o.status.code(), Some(1), "{o:?}");
