@@ -113,7 +113,7 @@ impl Plan {
         let raw: RawPlan = serde_json::from_str(text).map_err(|e| Error::Parse {
             what: "plan file",
             path: path.to_path_buf(),
-            detail: format!("{e}; fix the plan (its format is in the README)"),
+            detail: format!("{e}; fix the plan (its format: docs/cli.md, \"The plan file\")"),
         })?;
         let parent = path.parent().unwrap_or(Path::new(""));
         let dir = std::path::absolute(if parent.as_os_str().is_empty() {
