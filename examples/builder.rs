@@ -29,7 +29,7 @@
 //! into the image history as `created_by`. Build-only layers are refused (nothing here keeps a
 //! rootfs as an output).
 //!
-//! The cache is opened with [`Cache::open_without_prune`]: a version whose outputs are gone
+//! The cache is opened with [`Cache::open`]: a version whose outputs are gone
 //! then misses with [`MissReason::OutputsMissing`] ("the cached outputs are gone: blob ... is
 //! gone"), which says why the layer is rebuilt, instead of being pruned at open and missing as
 //! "not cached". `layercache gc` drops old versions.
@@ -338,7 +338,7 @@ pub fn build(plan_path: &Path, db: &Path) -> Result<BuildSummary> {
     }
     std::fs::create_dir_all(&roots)
         .with_context(|| format!("cannot create {}", roots.display()))?;
-    let cache = Cache::open_without_prune(plan.cache_config(db))?;
+    let cache = Cache::open(plan.cache_config(db))?;
     let build = plan.build();
     let mut session = cache.session(build)?;
     let mut builder = Builder {

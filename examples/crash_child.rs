@@ -38,7 +38,7 @@ fn pause_at(point: &'static str) -> Result<(), String> {
 }
 
 fn open(db: &Path) -> Result<Cache, layercache::Error> {
-    Cache::open_without_prune(CacheConfig {
+    Cache::open(CacheConfig {
         db: db.to_path_buf(),
         oci_layout: db.parent().map(|d| d.join("oci")),
         ..Default::default()

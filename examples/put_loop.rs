@@ -46,7 +46,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let db = PathBuf::from(db);
     let manifests = outputs(&db)?;
     let start: u64 = start.to_string_lossy().parse()?;
-    let cache = Cache::open_without_prune(CacheConfig {
+    let cache = Cache::open(CacheConfig {
         db: db.clone(),
         oci_layout: db.parent().map(|d| d.join("oci")),
         rootfs_dir: None,

@@ -14,7 +14,7 @@ fn make(name: &str, build: &layercache::Build, order: &[&str], version: u32) {
         .join("tests/fixtures")
         .join(name);
     let _ = std::fs::remove_file(&out);
-    let cache = Cache::open_without_prune(CacheConfig {
+    let cache = Cache::open(CacheConfig {
         db: out.clone(),
         oci_layout: Some(common::shared_oci()),
         ..Default::default()

@@ -55,7 +55,7 @@ fn database_is_0600_and_nothing_else_is_written() {
     let inputs_before = listing(&src);
     // A permissive umask must not make the database readable by others.
     let old = unsafe { libc::umask(0) };
-    let cache = Cache::open_without_prune(CacheConfig {
+    let cache = Cache::open(CacheConfig {
         db: db.clone(),
         oci_layout: Some(common::shared_oci()),
         rootfs_dir: None,

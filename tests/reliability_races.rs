@@ -160,7 +160,7 @@ fn puts_racing_a_rewriter_store_only_complete_versions() {
     std::fs::write(dir.join("small"), b"s").unwrap();
     let mut build = Build::new();
     build.add("l", layer_with(json!(1), &dir));
-    let cache = Cache::open_without_prune(cfg(&tmp.path().join("c.redb"))).unwrap();
+    let cache = Cache::open(cfg(&tmp.path().join("c.redb"))).unwrap();
     {
         let mut s = cache.session(&build).unwrap();
         let lk = s.lookup("l").unwrap();
@@ -267,7 +267,7 @@ fn a_file_changed_between_lookup_and_put_makes_the_put_refuse_and_store_nothing(
     std::fs::write(dir.join("g"), b"unchanged").unwrap();
     let mut build = Build::new();
     build.add("l", layer_with(json!(1), &dir));
-    let cache = Cache::open_without_prune(cfg(&tmp.path().join("c.redb"))).unwrap();
+    let cache = Cache::open(cfg(&tmp.path().join("c.redb"))).unwrap();
     let refused = |cache: &Cache, content: &[u8]| {
         let mut s = cache.session(&build).unwrap();
         let lk = s.lookup("l").unwrap();
@@ -343,7 +343,7 @@ fn a_put_committed_during_a_lookup_changes_neither_its_snapshot_nor_the_rows_it_
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     let (build_a, build_b) = two_source_trees(d);
-    let cache = Cache::open_without_prune(cfg(&d.join("c.redb"))).unwrap();
+    let cache = Cache::open(cfg(&d.join("c.redb"))).unwrap();
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
         .build()
@@ -448,7 +448,7 @@ fn eight_readers_and_a_writer_see_only_whole_entries_of_their_own_tree() {
         b
     };
     let (build_a, build_b) = (build_of("a"), build_of("b"));
-    let cache = Cache::open_without_prune(cfg(&d.join("c.redb"))).unwrap();
+    let cache = Cache::open(cfg(&d.join("c.redb"))).unwrap();
     // The Merkle roots of the two trees, from a first put of each.
     let mut roots = BTreeMap::new();
     for (t, b) in [("b", &build_b), ("a", &build_a)] {
@@ -539,7 +539,7 @@ fn dump_from_another_process_during_a_build() {
         std::fs::write(src.join(format!("f{i}")), format!("{i}")).unwrap();
     }
     let db = d.join("c.redb");
-    let cache = Cache::open_without_prune(cfg(&db)).unwrap();
+    let cache = Cache::open(cfg(&db)).unwrap();
     let n = 15 * scale();
     let mut build = Build::new();
     for i in 0..n {

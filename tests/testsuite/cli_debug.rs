@@ -494,7 +494,7 @@ fn stats_in_text_and_json() {
 fn compact_reclaims_space_after_removals() {
     let d = Db::with_extra_files(1500);
     {
-        let cache = Cache::open_without_prune(CacheConfig {
+        let cache = Cache::open(CacheConfig {
             db: d.db.clone(),
             ..Default::default()
         })
@@ -713,7 +713,7 @@ fn readable_while_another_process_holds_the_writer() {
     let d = Db::new();
     // This test process is the builder: it holds the database open for writing (as
     // `Cache::open` does during a build) while the binary, another process, reads it.
-    let cache = Cache::open_without_prune(CacheConfig {
+    let cache = Cache::open(CacheConfig {
         db: d.db.clone(),
         ..Default::default()
     })

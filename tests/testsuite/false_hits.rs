@@ -290,7 +290,7 @@ fn a_hit_checks_that_its_outputs_exist() {
         put_build_only(&cache, &bo_build);
     }
     // Opened without pruning, as a builder that opens once and looks up later would be.
-    let cache = Cache::open_without_prune(f.config()).unwrap();
+    let cache = Cache::open(f.config()).unwrap();
     assert_eq!(reasons(&cache, &build, "l"), vec![]);
     assert_eq!(reasons(&cache, &bo_build, "bo"), vec![]);
     let hex = m["tar"].digest().to_string().replace("sha256:", "");
@@ -317,7 +317,7 @@ fn a_hit_checks_that_its_outputs_exist() {
     assert_eq!(reasons(&cache, &bo_build, "bo"), vec![]);
     // No location configured: the outputs cannot be checked, so the version never hits.
     drop(cache);
-    let bare = Cache::open_without_prune(CacheConfig {
+    let bare = Cache::open(CacheConfig {
         db: f.p("cache.redb"),
         ..Default::default()
     })

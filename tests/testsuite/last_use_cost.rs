@@ -36,7 +36,7 @@ fn cost_of_recording_a_use_against_a_no_change_lookup() {
         },
     );
     let db = tmp.path().join("c.redb");
-    let cache = Cache::open_without_prune(CacheConfig {
+    let cache = Cache::open(CacheConfig {
         db: db.clone(),
         oci_layout: Some(common::shared_oci()),
         ..Default::default()

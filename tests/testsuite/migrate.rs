@@ -41,7 +41,7 @@ fn small_trees(dir: &Path) -> layercache::Build {
 }
 
 fn open_cache(db: &Path) -> Cache {
-    Cache::open_without_prune(CacheConfig {
+    Cache::open(CacheConfig {
         db: db.to_path_buf(),
         oci_layout: Some(common::shared_oci()),
         ..Default::default()
@@ -399,7 +399,7 @@ fn oldest_fixtures_hit_after_migrating_including_tar_bases_and_chains_on_them() 
             l.imports.retain(|i| i.dest.is_none());
         }
         age(&root);
-        let cache = Cache::open_without_prune(CacheConfig {
+        let cache = Cache::open(CacheConfig {
             db: db.clone(),
             oci_layout: Some(root.join("oci")),
             rootfs_dir: Some(root.join("rootfs")),

@@ -89,7 +89,7 @@ fn verify(db: &Path, reported: &Reported, kill: u64) {
     let report = inspect::check(db).unwrap();
     assert!(report.is_clean(), "kill {kill}: {:?}", report.problems);
     // Every reported put is there, with as many rows as its summaries say.
-    let cache = Cache::open_without_prune(CacheConfig {
+    let cache = Cache::open(CacheConfig {
         db: db.to_path_buf(),
         oci_layout: None,
         rootfs_dir: None,

@@ -85,7 +85,7 @@ fn run_child(child: &Path, args: &[&std::ffi::OsStr], point: Option<&str>) -> St
 /// (`examples/crash_child.rs`).
 fn open(db: &Path) -> Cache {
     let layout = common::output_layout(&db.parent().unwrap().join("oci"));
-    Cache::open_without_prune(CacheConfig {
+    Cache::open(CacheConfig {
         db: db.to_path_buf(),
         oci_layout: Some(layout),
         ..Default::default()

@@ -108,7 +108,7 @@ fn fixture() -> Fixture {
     let plan = Plan::load(plan(&dir, false)).unwrap();
     let changed = Plan::load(plan_changed(&dir)).unwrap();
     let db = dir.join("original.redb");
-    let cache = Cache::open_without_prune(cfg(&db)).unwrap();
+    let cache = Cache::open(cfg(&db)).unwrap();
     let mut s = cache.session(plan.build()).unwrap();
     for l in LAYERS {
         let lk = s.lookup(l).unwrap();
@@ -202,7 +202,7 @@ fn exercise(db: &Path, f: &Fixture) -> Result<Tally, String> {
             }
         }
     }
-    let cache = match Cache::open_without_prune(cfg(db)) {
+    let cache = match Cache::open(cfg(db)) {
         Ok(c) => c,
         Err(_) => {
             t.open_refused += 1;
@@ -443,7 +443,7 @@ fn a_damaged_record_costs_that_layer_only() {
                 .is_some()
         );
     });
-    let cache = Cache::open_without_prune(cfg(&db)).unwrap();
+    let cache = Cache::open(cfg(&db)).unwrap();
     for plan in [&f.plan, &f.changed] {
         let mut s = cache.session(plan.build()).unwrap();
         for l in LAYERS {
@@ -488,7 +488,7 @@ fn a_damaged_record_costs_that_layer_only() {
         assert!(s.lookup(l).unwrap().is_hit(), "{l}");
     }
     assert!(matches!(
-        Cache::open_without_prune(cfg(&f.dir.join("trees"))),
+        Cache::open(cfg(&f.dir.join("trees"))),
         Err(Error::Io { .. } | Error::NotACache { .. } | Error::Db { .. })
     ));
 }

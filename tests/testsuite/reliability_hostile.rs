@@ -416,7 +416,7 @@ fn plan_paths_with_dotdot_and_symlinks_never_leave_the_named_root() {
     let plan_path = d.join("plans/plan.json");
     std::fs::write(&plan_path, &text).unwrap();
     let plan = Plan::load(&plan_path).unwrap();
-    let cache = Cache::open_without_prune(config(d)).unwrap();
+    let cache = Cache::open(config(d)).unwrap();
     let mut s = cache.session(plan.build()).unwrap();
     let lk = s.lookup("l").unwrap();
     s.put(&lk, &common::outputs()).unwrap();
@@ -473,7 +473,7 @@ fn long_chain(n: usize) {
     common::watchdog(300, move || {
         let mut build = chain(n);
         build.validate().unwrap();
-        let cache = Cache::open_without_prune(config(&dir)).unwrap();
+        let cache = Cache::open(config(&dir)).unwrap();
         let mut s = cache.session(&build).unwrap();
         // The top layer's lookup resolves every base below it, iteratively: no stack overflow,
         // one evaluation per layer.
@@ -520,5 +520,5 @@ fn one_import(
         dest: None,
     });
     build.add(name, l);
-    (Cache::open_without_prune(config(base)).unwrap(), build)
+    (Cache::open(config(base)).unwrap(), build)
 }

@@ -202,7 +202,7 @@ fn the_report_shows_every_layer_with_its_state_and_reason_and_renders_in_chromiu
 
     // The library function returns the same data (timings aside).
     let plan = Plan::load(p.plan()).unwrap();
-    let cache = Cache::open_without_prune(plan.cache_config(p.db())).unwrap();
+    let cache = Cache::open(plan.cache_config(p.db())).unwrap();
     let lib = build_report(&cache, plan.build()).unwrap();
     drop(cache);
     assert_eq!(lib.layers.len(), layers.len());

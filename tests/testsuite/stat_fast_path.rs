@@ -61,7 +61,7 @@ fn one_layer(dir: &Path, src: &Path) -> (Cache, Build) {
             uncacheable: None,
         },
     );
-    let cache = Cache::open_without_prune(CacheConfig {
+    let cache = Cache::open(CacheConfig {
         db: dir.join("cache.redb"),
         oci_layout: Some(common::shared_oci()),
         ..Default::default()
@@ -109,7 +109,7 @@ fn edit_row(cache: Cache, path: &str, f: impl FnOnce(&mut Row)) -> Cache {
     }
     txn.commit().unwrap();
     drop(store);
-    Cache::open_without_prune(CacheConfig {
+    Cache::open(CacheConfig {
         db,
         oci_layout: Some(common::shared_oci()),
         ..Default::default()

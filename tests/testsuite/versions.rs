@@ -319,7 +319,7 @@ fn dropped(v: &serde_json::Value) -> Vec<String> {
 }
 
 fn version_count(db: &Path) -> usize {
-    let cache = Cache::open_without_prune(CacheConfig {
+    let cache = Cache::open(CacheConfig {
         db: db.to_path_buf(),
         oci_layout: Some(common::shared_oci()),
         ..Default::default()

@@ -29,7 +29,7 @@ pub struct ReportArgs {
 /// `layercache report`.
 pub fn report(args: &ReportArgs) -> anyhow::Result<ExitCode> {
     let plan = load_plan(&args.plan)?;
-    let cache = Cache::open_without_prune(plan.cache_config(&args.out.db))?;
+    let cache = Cache::open(plan.cache_config(&args.out.db))?;
     let report = build_report(&cache, plan.build())?;
     if let Some(path) = &args.html {
         let title = format!(
