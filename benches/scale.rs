@@ -13,7 +13,12 @@
 //! `target/scale-<N>.json`), `--cycles C` (touch + lookup cycles of the database-growth
 //! measurement; default 20, 2 with `--quick`), `--profile PHASE` (for `perf record`: generate
 //! the tree, then repeat one phase — `put`, `nochange` or `touched` — `--reps` times, and print
-//! nothing else).
+//! nothing else), `--mode MODE` (one operation in a fresh process, for each mode's own peak
+//! RSS: `setup` generates the tree in `--dir` with a cold put and a settling lookup, then
+//! `check`, `for_build`, `put` (a cold lookup + put into a database of its own), `touch`
+//! (every file's mtime, unmeasured) then `touched`, `change` (1% of the files get other bytes,
+//! unmeasured) then `put_change` (FOR_BUILD lookup + put of it, with the database's size before
+//! and after); each prints its time, counters and the process's VmHWM).
 //!
 //! Besides the cache's phases it measures the two walkers alone against limit 1 (enumeration
 //! only, and the stat-fast-path walk without the diff: [`walker_phases`]), the database's bytes
@@ -49,6 +54,7 @@ struct Args {
     dir: Option<PathBuf>,
     json: Option<PathBuf>,
     profile: Option<String>,
+    mode: Option<String>,
     cycles: Option<usize>,
 }
 
@@ -60,6 +66,7 @@ fn parse_args() -> Result<Args, String> {
         dir: None,
         json: None,
         profile: None,
+        mode: None,
         cycles: None,
     };
     let mut it = std::env::args().skip(1);
@@ -76,6 +83,7 @@ fn parse_args() -> Result<Args, String> {
             "--dir" => a.dir = Some(PathBuf::from(val("--dir")?)),
             "--json" => a.json = Some(PathBuf::from(val("--json")?)),
             "--profile" => a.profile = Some(val("--profile")?),
+            "--mode" => a.mode = Some(val("--mode")?),
             "--cycles" => {
                 a.cycles = Some(
                     val("--cycles")?
@@ -371,6 +379,14 @@ fn run_in(args: &Args, base: &Path) -> Result<bool, Box<dyn std::error::Error>> 
     let tree = base.join("tree");
     // A profile run in a given directory reuses the tree of an earlier one of the same size.
     let done = base.join(format!("tree-{}.done", args.files));
+    if let Some(mode) = &args.mode
+        && (mode != "setup" || done.exists())
+    {
+        if !done.exists() {
+            return Err(format!("--mode {mode}: run --mode setup with this --dir first").into());
+        }
+        return one_mode(mode, &tree, base);
+    }
     if args.profile.is_some() && done.exists() {
         return profile(
             args.profile.as_deref().unwrap_or(""),
@@ -414,6 +430,11 @@ fn run_in(args: &Args, base: &Path) -> Result<bool, Box<dyn std::error::Error>> 
     };
     let reps = b.reps;
 
+    if args.mode.is_some() {
+        one_mode("setup", &tree, base)?;
+        std::fs::write(&done, b"")?;
+        return Ok(true);
+    }
     if let Some(phase) = &args.profile {
         std::fs::write(&done, b"")?;
         return profile(phase, &tree, base, args.reps);
@@ -1284,6 +1305,104 @@ fn profile(
         t.elapsed().as_secs_f64() * 1e3 / reps as f64
     );
     Ok(true)
+}
+
+/// One operation of `--mode` in this (fresh) process; prints its time, its counters and the
+/// process's peak RSS (VmHWM: the whole process, never reset).
+fn one_mode(mode: &str, tree: &Path, base: &Path) -> Result<bool, Box<dyn std::error::Error>> {
+    let db = base.join("cache.redb");
+    let build = one_layer_build(tree);
+    let t = Instant::now();
+    let lookup = |m: LookupMode| -> Result<_, Box<dyn std::error::Error>> {
+        let cache = open(&db);
+        let mut s = cache.session(&build)?;
+        let l = s.lookup_with("app", m)?;
+        Ok((l.is_hit(), s.counters()))
+    };
+    let (ok, detail) = match mode {
+        "setup" => {
+            put_again(&db, &build);
+            std::fs::rename(db.with_extension("put.redb"), &db)?;
+            // Past the racy slack of the generated directories; one hit refreshes their rows.
+            std::thread::sleep(Duration::from_millis(2100));
+            let (hit, c) = lookup(LookupMode::CHECK)?;
+            (hit, format!("{c:?}"))
+        }
+        "check" => {
+            let (hit, c) = lookup(LookupMode::CHECK)?;
+            (hit && c.walk.files_hashed == 0, format!("{c:?}"))
+        }
+        "for_build" => {
+            let (hit, c) = lookup(LookupMode::FOR_BUILD)?;
+            (hit && c.walk.files_hashed == 0, format!("{c:?}"))
+        }
+        "put" => {
+            put_again(&db, &build);
+            let bytes = std::fs::metadata(db.with_extension("put.redb"))?.size();
+            let _ = std::fs::remove_file(db.with_extension("put.redb"));
+            (true, format!("database {bytes} bytes"))
+        }
+        "touch" => {
+            let n = treegen::touch_all(tree, treegen::past_mtime() - Duration::from_secs(7))?;
+            (true, format!("{n} touched"))
+        }
+        "touched" => {
+            let (hit, c) = lookup(LookupMode::CHECK)?;
+            (hit && c.walk.files_hashed > 0, format!("{c:?}"))
+        }
+        "change" => {
+            let when = treegen::past_mtime() - Duration::from_secs(300);
+            let mut n = 0u64;
+            for (path, _) in list_files(tree)
+                .into_iter()
+                .filter(|(_, size)| *size > 0)
+                .step_by(100)
+            {
+                let mut bytes = std::fs::read(&path)?;
+                if let Some(x) = bytes.first_mut() {
+                    *x = !*x;
+                }
+                std::fs::write(&path, &bytes)?;
+                filetime::set_file_mtime(&path, filetime::FileTime::from_system_time(when))?;
+                n += 1;
+            }
+            (true, format!("{n} files changed"))
+        }
+        "put_change" => {
+            let before = std::fs::metadata(&db)?.size();
+            let cache = open(&db);
+            let mut s = cache.session(&build)?;
+            let l = s.lookup_for_build("app", LookupMode::FOR_BUILD)?;
+            let hit = l.is_hit();
+            if !hit {
+                s.put(&l, &outputs())?;
+            }
+            let c = s.counters();
+            drop(s);
+            drop(cache);
+            let after = std::fs::metadata(&db)?.size();
+            (
+                !hit,
+                format!(
+                    "database {before} -> {after} bytes ({:.3}x), {} files hashed",
+                    after as f64 / before as f64,
+                    c.walk.files_hashed
+                ),
+            )
+        }
+        other => return Err(format!("unknown mode {other}").into()),
+    };
+    let secs = t.elapsed().as_secs_f64();
+    // After the timed part: this mode's peak is the process's, never reset.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let hwm = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .unwrap_or("?")
+        .trim()
+        .to_string();
+    println!("mode {mode}: {secs:.2} s, peak RSS (VmHWM) {hwm}, ok {ok}: {detail}");
+    Ok(ok)
 }
 
 /// A cold put into a fresh database next to `db`.

@@ -190,6 +190,35 @@ where
     S: IntoIterator<Item = Result<(RelPath, Row)>>,
     F: IntoIterator<Item = Result<WalkedEntry>>,
 {
+    diff_trees_visit(stored, fresh, |step| {
+        if let Merged::Fresh(e, row) = step {
+            on_fresh(e, row);
+        }
+        false
+    })
+}
+
+/// One step of the merge in [`diff_trees_visit`], in key order.
+pub(crate) enum Merged<'a> {
+    /// A stored row with no fresh entry (removed).
+    Removed(&'a RelPath, &'a Row),
+    /// A fresh entry, with the stored row of its path if there is one.
+    Fresh(&'a WalkedEntry, Option<&'a Row>),
+}
+
+/// [`diff_trees`] with a visitor of every step, stored rows gone included, in key order. For a
+/// fresh entry with a stored row, the visitor returns `stored.compared_eq(&entry.row)` if it
+/// computed that anyway (then the rows are not compared again), or `false` (then they are):
+/// `true` for rows that differ would hide the change, so a `true` is checked in debug builds.
+pub(crate) fn diff_trees_visit<S, F>(
+    stored: S,
+    fresh: F,
+    mut visit: impl FnMut(Merged<'_>) -> bool,
+) -> Result<TreeDiff>
+where
+    S: IntoIterator<Item = Result<(RelPath, Row)>>,
+    F: IntoIterator<Item = Result<WalkedEntry>>,
+{
     let mut stored = stored.into_iter();
     let mut fresh = fresh.into_iter();
     let mut diff = TreeDiff::default();
@@ -198,30 +227,39 @@ where
     loop {
         match (s.take(), w.take()) {
             (None, None) => break,
-            (Some((path, _)), None) => {
+            (Some((path, row)), None) => {
+                visit(Merged::Removed(&path, &row));
                 diff.removed.push(path);
                 s = stored.next().transpose()?;
             }
             (None, Some(entry)) => {
-                on_fresh(&entry, None);
+                visit(Merged::Fresh(&entry, None));
                 diff.added.push(entry.path);
                 w = fresh.next().transpose()?;
             }
             (Some((path, row)), Some(entry)) => match path.cmp(&entry.path) {
                 std::cmp::Ordering::Less => {
+                    visit(Merged::Removed(&path, &row));
                     diff.removed.push(path);
                     s = stored.next().transpose()?;
                     w = Some(entry);
                 }
                 std::cmp::Ordering::Greater => {
-                    on_fresh(&entry, None);
+                    visit(Merged::Fresh(&entry, None));
                     diff.added.push(entry.path);
                     s = Some((path, row));
                     w = fresh.next().transpose()?;
                 }
                 std::cmp::Ordering::Equal => {
-                    on_fresh(&entry, Some(&row));
-                    let mut changes = compare_rows(&row, &entry.row);
+                    let same = visit(Merged::Fresh(&entry, Some(&row)));
+                    debug_assert!(!same || row.compared_eq(&entry.row));
+                    // Equal in every compared property: compare_rows would find nothing
+                    // (it compares a subset of what compared_eq does).
+                    let mut changes = if same {
+                        Vec::new()
+                    } else {
+                        compare_rows(&row, &entry.row)
+                    };
                     if entry.unstable && !changes.iter().any(|c| matches!(c, Change::Type { .. })) {
                         changes.retain(|c| *c != Change::Content);
                         changes.insert(0, Change::ChangedWhileRead);

@@ -22,14 +22,14 @@ use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use crate::diff::{compare_rows, diff_trees};
+use crate::diff::{Merged, diff_trees_visit};
 use crate::error::{Error, Result};
 use crate::path::{RelPath, escape_bytes, show_path};
 use crate::reason::MissReason;
 use crate::schema::{EntryKind, Row, SourceSummary};
 use crate::store::{RowIter, Snapshot};
 use crate::tree::{
-    FastPath, Progress, TreeHasher, TreeWalk, WalkCounters, WalkLog, WalkedEntry, fastpath,
+    FastPath, PairedHasher, Progress, TreeWalk, WalkCounters, WalkLog, WalkedEntry, fastpath,
 };
 
 use super::source::{LyingRow, Observed, SourceId, SourceMiss, SourceRef, SourceRole};
@@ -260,20 +260,24 @@ fn compare(
     // and a row lost or altered by damage to the file must not turn into a hit (a lost row of a
     // file deleted since would).
     let mut damage: Option<String> = None;
-    let mut hasher = TreeHasher::new();
     let stored = stored.map_while(|r| match r {
         Err(e @ Error::Corrupt { .. }) => {
             damage = Some(e.to_string());
             None
         }
-        Ok((p, row)) => {
-            hasher.push(&p, &row);
-            Some(Ok((p, row)))
-        }
         other => Some(other),
     });
-    let diff = diff_trees(stored, walk.by_ref(), |e, s| rec.record(e, s))?;
-    if let Some(detail) = damage.or_else(|| summary_mismatch(id, summary, hasher)) {
+    // Every stored row the merge reads is hashed in one of its steps (gone, or with the walked
+    // entry of its path), in key order; while they agree, one hasher stands for both roots.
+    let diff = diff_trees_visit(stored, walk.by_ref(), |step| match step {
+        Merged::Removed(p, row) => {
+            rec.hasher.push_stored(p, row);
+            false
+        }
+        Merged::Fresh(e, s) => rec.record(e, s),
+    })?;
+    let stored_root = rec.hasher.finish_stored();
+    if let Some(detail) = damage.or_else(|| summary_mismatch(id, summary, stored_root)) {
         rec.drain(walk)?;
         return Ok(Compared {
             reason: Some(MissReason::DamagedEntry { detail }),
@@ -288,14 +292,14 @@ fn compare(
     })
 }
 
-/// Why the stored rows (as hashed by `hasher`) do not match the version's summary of them, if
-/// they do not.
+/// Why the stored rows (their Merkle root and count, `stored_root`) do not match the version's
+/// summary of them, if they do not.
 fn summary_mismatch(
     id: &SourceId<'_>,
     summary: &SourceSummary,
-    hasher: TreeHasher,
+    stored_root: ([u8; 32], u64),
 ) -> Option<String> {
-    let (root, n) = hasher.finish();
+    let (root, n) = stored_root;
     ((root, n) != (summary.root_digest, summary.rows)).then(|| {
         format!(
             "the stored rows of {} do not match the entry ({n} rows stored, {} recorded, or a \
@@ -314,7 +318,9 @@ struct Recorder {
     lied: Vec<RelPath>,
     log: WalkLog,
     stale: WalkLog,
-    hasher: TreeHasher,
+    /// The walk's Merkle root and, in a diff, the stored rows' (each row hashed once while the
+    /// two agree).
+    hasher: PairedHasher,
     root_kind: Option<EntryKind>,
     unstable: bool,
     upserts: Vec<(Box<[u8]>, Row)>,
@@ -329,7 +335,7 @@ impl Recorder {
             lied: Vec::new(),
             log: WalkLog::new(),
             stale: WalkLog::new(),
-            hasher: TreeHasher::new(),
+            hasher: PairedHasher::new(),
             root_kind: None,
             unstable: false,
             upserts: Vec::new(),
@@ -337,34 +343,48 @@ impl Recorder {
         }
     }
 
-    /// Records one walked entry (for the observation and the root).
-    fn push(&mut self, e: &WalkedEntry) {
+    /// Records one walked entry (for the observation; the caller hashes it).
+    fn note(&mut self, e: &WalkedEntry) {
         if self.keep {
             self.log.push(e);
         }
-        self.hasher.push(&e.path, &e.row);
         if e.path.is_root() {
             self.root_kind = Some(e.row.kind);
         }
         self.unstable |= e.unstable;
     }
 
-    /// Records one walked entry matched with its stored row (if any).
-    fn record(&mut self, e: &WalkedEntry, stored: Option<&Row>) {
-        self.push(e);
+    /// Records one walked entry (for the observation and the walk's root).
+    fn push(&mut self, e: &WalkedEntry) {
+        self.note(e);
+        self.hasher.push_walked(&e.path, &e.row);
+    }
+
+    /// Records one walked entry matched with its stored row (if any); returns
+    /// `stored.compared_eq(&e.row)` (false without a stored row), computed once here for the
+    /// Merkle roots, the refresh, the row changes and the diff.
+    fn record(&mut self, e: &WalkedEntry, stored: Option<&Row>) -> bool {
+        self.note(e);
         match stored {
             Some(stored) => {
+                let same = stored.compared_eq(&e.row);
+                self.hasher.push_both(&e.path, stored, &e.row, same);
                 if self.verify && lies(stored, e) {
                     self.lied.push(e.path.clone());
                 }
-                if worth_refreshing(stored, e) {
+                if worth_refreshing(stored, e, same) {
                     self.stale.push(e);
                 }
-                if !stored.compared_eq(&e.row) {
+                if !same {
                     self.upserts.push((e.path.key().into(), e.row.clone()));
                 }
+                same
             }
-            None => self.upserts.push((e.path.key().into(), e.row.clone())),
+            None => {
+                self.hasher.push_walked(&e.path, &e.row);
+                self.upserts.push((e.path.key().into(), e.row.clone()));
+                false
+            }
         }
     }
 
@@ -379,7 +399,7 @@ impl Recorder {
 
     /// The Merkle root and row count of what was recorded; the hasher starts again.
     fn finish(&mut self) -> ([u8; 32], u64) {
-        std::mem::replace(&mut self.hasher, TreeHasher::new()).finish()
+        std::mem::take(&mut self.hasher).finish_walked()
     }
 
     /// What a put is checked against, from what was recorded.
@@ -399,7 +419,7 @@ impl Recorder {
         self.log = WalkLog::new();
         self.root_kind = None;
         self.unstable = false;
-        self.hasher = TreeHasher::new();
+        self.hasher = PairedHasher::new();
         let mut walk = TreeWalk::new(path)?;
         self.drain(&mut walk)?;
         self.counters.add(&walk.counters());
@@ -429,14 +449,15 @@ fn lies(stored: &Row, e: &WalkedEntry) -> bool {
         && fastpath::content(stored, &e.row, &e.stat) == FastPath::Reuse
 }
 
-/// True when `e` matched `stored` in content (a stable entry, equal in every compared property)
-/// but `stored`'s stat data cannot vouch for it next time; that part is
-/// [`fastpath::needs_refresh`], defined by the fast path's own conditions.
-fn worth_refreshing(stored: &Row, e: &WalkedEntry) -> bool {
-    !e.unstable
+/// True when `e` matched `stored` in content (a stable entry, equal in every compared property:
+/// `same`, which is [`Row::compared_eq`], computed once by the caller) but `stored`'s stat data
+/// cannot vouch for it next time; that part is [`fastpath::needs_refresh`], defined by the
+/// fast path's own conditions.
+fn worth_refreshing(stored: &Row, e: &WalkedEntry, same: bool) -> bool {
+    debug_assert_eq!(same, stored.compared_eq(&e.row));
+    same && !e.unstable
         && e.row.kind == stored.kind
         && e.row.stat.is_some()
-        && compare_rows(stored, &e.row).is_empty()
         && fastpath::needs_refresh(stored, &e.row, &e.stat)
 }
 
@@ -563,7 +584,7 @@ mod tests {
     #[test]
     fn a_settled_row_with_the_same_stat_is_not_refreshed() {
         let stored = file_row(settled());
-        assert!(!worth_refreshing(&stored, &entry(stored.clone())));
+        assert!(!worth_refreshing(&stored, &entry(stored.clone()), true));
     }
 
     /// The fast path requires the same device; a row whose device changed (the tree moved to
@@ -582,7 +603,7 @@ mod tests {
             fastpath::content(&stored, &e.row, &e.stat),
             fastpath::FastPath::Stale
         );
-        assert!(worth_refreshing(&stored, &e));
+        assert!(worth_refreshing(&stored, &e, stored.compared_eq(&e.row)));
     }
 
     #[test]
@@ -592,6 +613,20 @@ mod tests {
             ..settled()
         };
         let stored = file_row(racy);
-        assert!(worth_refreshing(&stored, &entry(stored.clone())));
+        assert!(worth_refreshing(&stored, &entry(stored.clone()), true));
+    }
+
+    /// A row that differs in a compared property is never refreshed, however stale its stat
+    /// data (its stat data would then vouch for content it was not verified under).
+    #[test]
+    fn a_row_that_differs_is_not_refreshed() {
+        let racy = RowStat {
+            snapshot_ns: 1_000_000_001,
+            ..settled()
+        };
+        let stored = file_row(racy);
+        let mut now = stored.clone();
+        now.mode ^= 0o100;
+        assert!(!worth_refreshing(&stored, &entry(now), false));
     }
 }

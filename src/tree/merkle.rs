@@ -1,6 +1,8 @@
 //! The Merkle root of a tree, computed from its rows in key order.
 //!
-//! Owns: [`TreeHasher`], what a tree digest covers and how directories nest.
+//! Owns: [`TreeHasher`], what a tree digest covers and how directories nest, and
+//! [`PairedHasher`], the roots of two trees that are mostly equal (stored rows and their walk)
+//! computed once for as long as they agree.
 //!
 //! Must never: cover stat data (mtime, ctime, inode, device), absolute paths, or anything not in
 //! a row's compared properties ([`Row::hash_into`]).
@@ -15,7 +17,7 @@ use crate::schema::{EntryKind, Row};
 /// number, link target, xattrs, and for files size and content digest). So the root digest
 /// summarizes every compared property of every entry, and nothing else: no mtime, no inode, no
 /// absolute path. Equal trees have equal roots; any compared change changes the root.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct TreeHasher {
     /// Open directories, outermost first: (path, hasher).
     stack: Vec<(RelPath, blake3::Hasher)>,
@@ -94,6 +96,77 @@ impl TreeHasher {
     }
 }
 
+/// The Merkle roots of two trees fed in one merge, in key order: the stored rows of a source
+/// and its walk. While every row pushed so far went to both sides at the same path and was
+/// equal in every compared property, the two hashers would be in the same state, so one
+/// [`TreeHasher`] stands for both and each row is hashed once; the first row that goes to one
+/// side only, or differs, forks a copy (the stack of open directories: one hasher per level),
+/// and from then on each side is hashed alone. The roots are exactly those of two
+/// [`TreeHasher`]s fed the same rows (a root covers only paths and compared properties,
+/// [`Row::compared_eq`] is equality of those, tested in `schema`).
+#[derive(Default)]
+pub struct PairedHasher {
+    /// The stored side; while `walked` is `None`, both.
+    stored: TreeHasher,
+    /// The walked side once it forked.
+    walked: Option<TreeHasher>,
+}
+
+impl PairedHasher {
+    /// A pair with no rows yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The walked side, forked from the stored one first if they still agree.
+    fn walked_mut(&mut self) -> &mut TreeHasher {
+        let stored = &self.stored;
+        self.walked.get_or_insert_with(|| stored.clone())
+    }
+
+    /// A row of the stored side only (a stored path gone from the walk).
+    pub fn push_stored(&mut self, path: &RelPath, row: &Row) {
+        self.walked_mut();
+        self.stored.push(path, row);
+    }
+
+    /// A row of the walked side only (a path new in the walk, or the walk after the stored
+    /// rows ended).
+    pub fn push_walked(&mut self, path: &RelPath, row: &Row) {
+        self.walked_mut().push(path, row);
+    }
+
+    /// The stored row and the walked row of one path; `same` must be
+    /// `stored.compared_eq(walked)` (passed in because the caller computed it anyway).
+    pub fn push_both(&mut self, path: &RelPath, stored: &Row, walked: &Row, same: bool) {
+        debug_assert_eq!(same, stored.compared_eq(walked));
+        match &mut self.walked {
+            None if same => self.stored.push(path, stored),
+            _ => {
+                self.walked_mut().push(path, walked);
+                self.stored.push(path, stored);
+            }
+        }
+    }
+
+    /// True while the two sides agree (one hasher stands for both).
+    pub fn in_step(&self) -> bool {
+        self.walked.is_none()
+    }
+
+    /// The stored side's root and row count; the walked side keeps its state (forked now if
+    /// it still agreed) and can still be pushed and finished with [`Self::finish_walked`].
+    pub fn finish_stored(&mut self) -> ([u8; 32], u64) {
+        self.walked_mut();
+        std::mem::take(&mut self.stored).finish()
+    }
+
+    /// The walked side's root and row count (the stored side is dropped).
+    pub fn finish_walked(self) -> ([u8; 32], u64) {
+        self.walked.unwrap_or(self.stored).finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,5 +232,78 @@ mod tests {
         child(&mut hr, b"d", hd.finalize().as_bytes());
         child(&mut hr, b"g", streamed(b"leaf", &g).finalize().as_bytes());
         assert_eq!(got, *hr.finalize().as_bytes());
+    }
+
+    /// A `PairedHasher` gives both sides the roots two independent hashers give, whichever
+    /// step the sides part at (a changed row, a stored row gone, a walked row new) and when
+    /// the stored side is finished first and the walk goes on.
+    #[test]
+    fn paired_roots_are_the_independent_roots() {
+        let paths: Vec<(RelPath, Row)> = [
+            ("", EntryKind::Dir),
+            ("a", EntryKind::Dir),
+            ("a/f", EntryKind::File),
+            ("a/g", EntryKind::Symlink),
+            ("b", EntryKind::File),
+            ("c", EntryKind::Dir),
+            ("c/h", EntryKind::File),
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, (p, k))| (RelPath::from_slash_bytes(p.as_bytes()), row(*k, i as u8)))
+        .collect();
+        // What happens at step `at`: 0 changed row, 1 stored only, 2 walked only.
+        for at in 0..=paths.len() {
+            for how in 0..3 {
+                let (mut s, mut w, mut p) =
+                    (TreeHasher::new(), TreeHasher::new(), PairedHasher::new());
+                for (i, (path, r)) in paths.iter().enumerate() {
+                    if i == at && i > 0 {
+                        match how {
+                            0 => {
+                                let mut other = r.clone();
+                                other.mode ^= 0o111;
+                                s.push(path, r);
+                                w.push(path, &other);
+                                p.push_both(path, r, &other, false);
+                            }
+                            1 => {
+                                s.push(path, r);
+                                p.push_stored(path, r);
+                            }
+                            _ => {
+                                w.push(path, r);
+                                p.push_walked(path, r);
+                            }
+                        }
+                        assert!(!p.in_step());
+                    } else {
+                        s.push(path, r);
+                        w.push(path, r);
+                        // Stat data is not compared: a row with other stat data is the same.
+                        let mut restat = r.clone();
+                        restat.stat = Some(crate::schema::RowStat {
+                            mtime_ns: 1,
+                            ctime_ns: 2,
+                            ino: i as u64,
+                            dev: 4,
+                            snapshot_ns: 5,
+                        });
+                        p.push_both(path, r, &restat, true);
+                    }
+                }
+                let walked_extra = (RelPath::from_slash_bytes(b"d"), row(EntryKind::File, 99));
+                let stored_root = p.finish_stored();
+                assert_eq!(stored_root, s.finish(), "stored side, step {at} how {how}");
+                // The walk goes on after the stored side is finished.
+                w.push(&walked_extra.0, &walked_extra.1);
+                p.push_walked(&walked_extra.0, &walked_extra.1);
+                assert_eq!(
+                    p.finish_walked(),
+                    w.finish(),
+                    "walked side, step {at} how {how}"
+                );
+            }
+        }
     }
 }

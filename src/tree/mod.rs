@@ -60,7 +60,7 @@ pub use fastpath::FastPath;
 use fastpath::coarse_now_ns;
 pub(crate) use hash::hash_file;
 pub use log::{LogReader, LoggedEntry, SealedLog, WalkLog};
-pub use merkle::TreeHasher;
+pub use merkle::{PairedHasher, TreeHasher};
 use prior::PriorCursor;
 pub use progress::{Progress, ProgressSnapshot};
 use walker::DirCounts;
