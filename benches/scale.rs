@@ -334,7 +334,7 @@ fn outputs() -> BTreeMap<String, oci_spec::image::Descriptor> {
 }
 
 fn open(db: &Path) -> Cache {
-    match Cache::open_without_prune(CacheConfig {
+    match Cache::open(CacheConfig {
         db: db.to_path_buf(),
         oci_layout: Some(layout().to_path_buf()),
         ..Default::default()

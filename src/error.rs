@@ -201,13 +201,13 @@ pub enum Error {
     #[error(
         "inputs of layer {layer:?} changed between lookup and put, nothing was cached: {}; \
          rebuild the layer from the current inputs",
-        crate::reason::PutChange::join(changes)
+        crate::refusal::PutChange::join(changes)
     )]
     InputsChanged {
         /// The layer.
         layer: String,
         /// What changed, each typed ([`crate::PutChange`]; `Display` gives the sentence).
-        changes: Vec<crate::reason::PutChange>,
+        changes: Vec<crate::refusal::PutChange>,
     },
 
     /// A plan or manifests file could not be read or parsed.
@@ -301,7 +301,7 @@ pub enum Error {
         /// The layer.
         layer: String,
         /// Why ([`crate::PutRefusal`]; `Display` says what to do).
-        why: crate::reason::PutRefusal,
+        why: crate::refusal::PutRefusal,
     },
 
     /// A lookup record (`layercache lookup --record FILE`) is of another layer than the put

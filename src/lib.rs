@@ -260,7 +260,8 @@
 //!   stacker's records and imports the ones that match through the ordinary lookup and put.
 //! * `plan` and `stacker` describe a build (the plan file, stacker's directory layout);
 //!   `inputs` is the build description both produce; `config` says where the cache lives.
-//! * `reason` explains misses; `base` resolves tar/oci bases.
+//! * `reason` explains misses, `refusal` why a put stored nothing (typed, below the error type);
+//!   `base` resolves tar/oci bases.
 //! * `diff` compares a walk with stored rows.
 //! * `tree` walks and hashes: `tree/mod.rs` (the walk), `tree::walker` (the ordered
 //!   parallel walker), `tree::fastpath` (the stat rules and the racy rule), `hash.rs` (file
@@ -301,6 +302,7 @@ pub mod inspect;
 mod path;
 mod plan;
 mod reason;
+mod refusal;
 mod report;
 mod schema;
 #[cfg(feature = "remote")]
@@ -329,7 +331,8 @@ pub use stacker_import::{
 };
 // Why a layer missed.
 pub use diff::{Change, Modified, TreeDiff};
-pub use reason::{BaseChange, FieldChange, MissReason, PutChange, PutRefusal};
+pub use reason::{BaseChange, FieldChange, MissReason};
+pub use refusal::{PutChange, PutRefusal};
 pub use schema::{EntryKind, SCHEMA_VERSION};
 // What a put stores and a hit returns ([`CachedEntry::record`]): the stored version.
 pub use schema::{BaseKind, BaseRecord, ManifestRecord, Origin, SourceSummary, VersionRecord};

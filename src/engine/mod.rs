@@ -385,13 +385,6 @@ impl Cache {
         })
     }
 
-    /// The same as [`Cache::open`] (which no longer prunes); kept so that callers written
-    /// when [`Cache::open`] pruned keep compiling.
-    #[doc(hidden)]
-    pub fn open_without_prune(config: CacheConfig) -> Result<Cache> {
-        Cache::open(config)
-    }
-
     /// How many versions this handle has read to check their outputs outside a lookup
     /// ([`Cache::prune`], [`Cache::gc`]); an open reads none (it reads no version, so it
     /// stats no blob either: blobs are named only by versions).

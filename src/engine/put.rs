@@ -19,7 +19,8 @@ use crate::failpoint::crash_point;
 use crate::inputs::Base;
 use crate::inputs::{LayerInputs, canonical_json_of};
 use crate::path::{RelPath, escape_bytes, validate_layer_name};
-use crate::reason::{MissReason, PutChange, PutRefusal};
+use crate::reason::MissReason;
+use crate::refusal::{PutChange, PutRefusal};
 use crate::schema::{
     BaseRecord, EntryKind, LayerRecord, ManifestRecord, Origin, Row, SourceSummary, VersionRecord,
 };

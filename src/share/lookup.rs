@@ -286,7 +286,7 @@ impl Session<'_> {
         let record = match self.put_as(&local, &manifests, Origin::Pulled) {
             Ok(r) => r,
             Err(Error::InputsChanged { layer, changes }) => {
-                let changed = crate::reason::PutChange::join(&changes);
+                let changed = crate::refusal::PutChange::join(&changes);
                 let a = asked.refused(format!(
                     "this machine's inputs changed while it was pulled: {changed}"
                 ));

@@ -266,7 +266,7 @@ fn import_layer(
         }),
         Err(Error::InputsChanged { changes, .. }) => Ok(skip(format!(
             "its inputs changed while it was imported: {}",
-            crate::reason::PutChange::join(&changes)
+            crate::refusal::PutChange::join(&changes)
         ))),
         Err(Error::Base { detail, .. }) => Ok(skip(format!("its base does not hit: {detail}"))),
         Err(e) => Err(e),

@@ -64,3 +64,70 @@ fn the_store_is_where_the_engine_is() {
         "the opaque error is the crate's own"
     );
 }
+
+/// No import cycle between the library's top-level modules (#21): the module that names
+/// another (`crate::name` outside comments and unit tests) depends on it, and no module reaches
+/// itself. The binary (`src/bin/`) is outside the graph.
+#[test]
+fn the_library_modules_import_no_cycle() {
+    use std::collections::{BTreeMap, BTreeSet};
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let src = root.join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut deps: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for file in files {
+        let rel = file
+            .strip_prefix(&src)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let top = rel
+            .split('/')
+            .next()
+            .unwrap()
+            .trim_end_matches(".rs")
+            .to_string();
+        if rel.starts_with("bin/") || top == "lib" {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).unwrap();
+        let text = text.split("#[cfg(test)]\nmod tests").next().unwrap();
+        for line in text.lines().filter(|l| !l.trim_start().starts_with("//")) {
+            for (i, _) in line.match_indices("crate::") {
+                let name: String = line[i + 7..]
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                if !name.is_empty() && name != top {
+                    deps.entry(top.clone()).or_default().insert(name);
+                }
+            }
+        }
+    }
+    assert!(deps.len() > 15, "only {} modules read", deps.len());
+    let reaches = |from: &str, to: &str| {
+        let mut seen = BTreeSet::new();
+        let mut stack = vec![from.to_string()];
+        while let Some(m) = stack.pop() {
+            for d in deps.get(&m).into_iter().flatten() {
+                if d == to {
+                    return true;
+                }
+                if seen.insert(d.clone()) {
+                    stack.push(d.clone());
+                }
+            }
+        }
+        false
+    };
+    let cycles: Vec<_> = deps
+        .iter()
+        .flat_map(|(m, ds)| ds.iter().map(move |d| (m.clone(), d.clone())))
+        .filter(|(m, d)| reaches(d, m))
+        .collect();
+    assert!(
+        cycles.is_empty(),
+        "import cycles (a -> b -> ... -> a): {cycles:?}"
+    );
+}
