@@ -656,3 +656,35 @@ fn a_file_modified_one_second_before_its_snapshot_is_hashed() {
     assert!(hit);
     assert_eq!((c.files_hashed, c.racy), (0, 0), "{c:?}");
 }
+
+/// A row whose stat matches and whose content the mtime still vouches for, but whose ctime is
+/// racy (taken in the tick of the last status change), cannot vouch for the metadata at the
+/// next walk: a hit refreshes it, and the refreshed row is settled (kills `||` → `&&` between
+/// the stat and the metadata rule in `fastpath::needs_refresh`).
+#[test]
+fn a_hit_refreshes_a_row_whose_only_racy_time_is_its_ctime() {
+    let Setup {
+        _tmp,
+        src,
+        cache,
+        build,
+    } = setup(20);
+    let f = src.join("d1/e1/f1.txt");
+    let ctime = stat_now(&f, 0).ctime_ns;
+    // Snapshot at the ctime itself: ctime racy; the mtime (generated in the past) is not.
+    let cache = edit_row(cache, "d1/e1/f1.txt", |r| {
+        r.stat = Some(stat_now(&f, ctime))
+    });
+    let s = Setup {
+        _tmp,
+        src,
+        cache,
+        build,
+    };
+    let (hit, _, refreshed, reasons) = lookup(&s);
+    assert!(hit, "{reasons:?}");
+    assert_eq!(refreshed, 1, "the ctime-racy row is refreshed");
+    let (hit, _, refreshed, _) = lookup(&s);
+    assert!(hit);
+    assert_eq!(refreshed, 0, "the refreshed row is settled");
+}
