@@ -1,6 +1,8 @@
 //! The lookup pipeline (read state → observe → decide → apply, issue 21), through the library on
 //! real trees: which sources a lookup walks when nothing can hit.
 
+use std::path::PathBuf;
+
 use crate::common;
 
 use common::write;
@@ -39,21 +41,23 @@ fn a_lookup_of_a_layer_never_put_walks_nothing_unless_asked_to_observe() {
 /// A build with the one layer `app` (scratch, overlay dir `src` at `w/src`).
 fn app_build(w: &common::Workspace) -> Build {
     let mut build = Build::new();
-    build.add(
-        "app",
-        LayerInputs {
-            definition: json!({"run": "app"}),
-            base: Base::Scratch,
-            overlay_dirs: vec![OverlayDir {
-                key: "src".into(),
-                source: w.p("src"),
-                rootfs_path: w.p("roots/app/overlay_dirs/src"),
-            }],
-            source_date_epoch: Some(1),
-            ..Default::default()
-        },
-    );
+    build.add("app", layer(w, "app", Base::Scratch, "src", w.p("src")));
     build
+}
+
+/// A layer `name` on `base` with the one overlay dir `key` from `source`.
+fn layer(w: &common::Workspace, name: &str, base: Base, key: &str, source: PathBuf) -> LayerInputs {
+    LayerInputs {
+        definition: json!({ "run": name }),
+        base,
+        overlay_dirs: vec![OverlayDir {
+            key: key.into(),
+            source,
+            rootfs_path: w.p(&format!("roots/{name}/overlay_dirs/{key}")),
+        }],
+        source_date_epoch: Some(1),
+        ..Default::default()
+    }
 }
 
 /// Looks `app` up for a build and puts it with the test outputs.
@@ -142,22 +146,10 @@ fn the_record_of_a_layer_on_a_built_base_carries_the_bases_proof() {
     write(&w.p("src"), "a", b"1");
     write(&w.p("top"), "b", b"2");
     let mut build = app_build(&w);
-    build.add(
-        "top",
-        LayerInputs {
-            definition: json!({"run": "top"}),
-            base: Base::Built {
-                layer: "app".into(),
-            },
-            overlay_dirs: vec![OverlayDir {
-                key: "top".into(),
-                source: w.p("top"),
-                rootfs_path: w.p("roots/top/overlay_dirs/top"),
-            }],
-            source_date_epoch: Some(1),
-            ..Default::default()
-        },
-    );
+    let top = Base::Built {
+        layer: "app".into(),
+    };
+    build.add("top", layer(&w, "top", top, "top", w.p("top")));
     let cache = w.cache();
     let mut s = cache.session(&build).unwrap();
     let app = s.lookup("app").unwrap();
@@ -180,20 +172,7 @@ fn a_source_path_that_cannot_be_examined_is_an_error_naming_it() {
     std::os::unix::fs::symlink(w.p("loop/b"), w.p("loop/a")).unwrap();
     std::os::unix::fs::symlink(w.p("loop/a"), w.p("loop/b")).unwrap();
     let mut build = Build::new();
-    build.add(
-        "app",
-        LayerInputs {
-            definition: json!({"run": "app"}),
-            base: Base::Scratch,
-            overlay_dirs: vec![OverlayDir {
-                key: "src".into(),
-                source: w.p("loop/a"),
-                rootfs_path: w.p("roots/app/overlay_dirs/src"),
-            }],
-            source_date_epoch: Some(1),
-            ..Default::default()
-        },
-    );
+    build.add("app", layer(&w, "app", Base::Scratch, "src", w.p("loop/a")));
     let cache = w.cache();
     let mut s = cache.session(&build).unwrap();
     match s.lookup("app") {
