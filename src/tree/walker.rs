@@ -561,71 +561,67 @@ impl OrderedDirs {
         }
         if !self.started {
             self.started = true;
-            return match std::fs::metadata(&self.root) {
-                Ok(m) => {
-                    let l = Lstat::of(&m);
-                    let root = RelPath::root();
-                    let row = prior.as_deref_mut().and_then(|c| c.take(&root));
-                    if l.kind == EntryKind::Dir {
-                        self.expand = Some(Expand {
-                            dir: RelPath::root(),
-                            seen: l.stat,
-                            proven: row
-                                .as_ref()
-                                .is_some_and(|r| vouches_for_listing(r, l.kind, &l.stat)),
-                        });
-                    }
-                    Some(Ok((root, l, row)))
-                }
-                Err(e) => {
-                    self.done = true;
-                    Some(Err(Error::io("cannot stat", &self.root, e)))
-                }
-            };
+            return Some(self.root_entry(prior));
         }
-        if let Some(ex) = self.expand.take() {
-            match self.list(&ex, prior.as_deref_mut()) {
-                Ok(listing) => {
-                    self.stack.push(Frame {
-                        dir: ex.dir,
-                        listing,
-                        next: 0,
-                        scanned: 0,
-                    });
-                    self.read_ahead(prior.as_deref_mut());
-                }
-                Err(e) => {
-                    self.done = true;
-                    self.ahead.clear();
-                    return Some(Err(e));
-                }
-            }
+        if let Some(ex) = self.expand.take()
+            && let Err(e) = self.enter(ex, prior.as_deref_mut())
+        {
+            self.done = true;
+            self.ahead.clear();
+            return Some(Err(e));
         }
         loop {
             let frame = self.stack.last_mut()?;
-            let i = frame.next;
-            match frame.listing.name(i) {
-                Some((name, lstat)) => {
-                    let lstat = *lstat;
-                    let path = frame.dir.join(name);
-                    frame.next += 1;
-                    let row = prior.as_deref_mut().and_then(|c| c.take(&path));
-                    if lstat.kind == EntryKind::Dir {
-                        self.expand = Some(Expand {
-                            dir: path.clone(),
-                            seen: lstat.stat,
-                            proven: row
-                                .as_ref()
-                                .is_some_and(|r| vouches_for_listing(r, lstat.kind, &lstat.stat)),
-                        });
-                    }
-                    return Some(Ok((path, lstat, row)));
-                }
-                None => {
-                    self.stack.pop();
-                }
+            let Some((name, lstat)) = frame.listing.name(frame.next) else {
+                self.stack.pop();
+                continue;
+            };
+            let lstat = *lstat;
+            let path = frame.dir.join(name);
+            frame.next += 1;
+            return Some(Ok(self.entry(path, lstat, prior.as_deref_mut())));
+        }
+    }
+
+    /// The root: its lstat (following a symlink at the root, as `metadata` does) and its
+    /// prior row; an error ends the walk.
+    fn root_entry(&mut self, prior: Option<&mut PriorCursor>) -> Result<Yielded> {
+        match std::fs::metadata(&self.root) {
+            Ok(m) => Ok(self.entry(RelPath::root(), Lstat::of(&m), prior)),
+            Err(e) => {
+                self.done = true;
+                Err(Error::io("cannot stat", &self.root, e))
             }
         }
+    }
+
+    /// `path` seen with `lstat`, with its prior row taken from `prior`; a directory is
+    /// expanded before the next entry, listed from its prior rows when they vouch for it.
+    fn entry(&mut self, path: RelPath, lstat: Lstat, prior: Option<&mut PriorCursor>) -> Yielded {
+        let row = prior.and_then(|c| c.take(&path));
+        if lstat.kind == EntryKind::Dir {
+            self.expand = Some(Expand {
+                dir: path.clone(),
+                seen: lstat.stat,
+                proven: row
+                    .as_ref()
+                    .is_some_and(|r| vouches_for_listing(r, lstat.kind, &lstat.stat)),
+            });
+        }
+        (path, lstat, row)
+    }
+
+    /// Lists the directory `ex` and makes it the current frame, then reads ahead.
+    fn enter(&mut self, ex: Expand, mut prior: Option<&mut PriorCursor>) -> Result<()> {
+        let listing = self.list(&ex, prior.as_deref_mut())?;
+        self.stack.push(Frame {
+            dir: ex.dir,
+            listing,
+            next: 0,
+            scanned: 0,
+        });
+        self.read_ahead(prior);
+        Ok(())
     }
 }
 
