@@ -49,7 +49,7 @@ pub enum Error {
     #[error(
         "cache database {path} was not closed cleanly (a build step was killed); nothing \
          committed is lost: the next writable open (a build step, \
-         or `layercache check` with repair) repairs it",
+         or a repair: `inspect::repair`, the CLI's `check` with repair) repairs it",
         path = path.display()
     )]
     NeedsRepair {
@@ -117,7 +117,7 @@ pub enum Error {
     },
 
     /// The storage engine reported an error while using the database.
-    #[error("cache database {path}: {source}; if this persists, check its integrity (`layercache check`)", path = path.display())]
+    #[error("cache database {path}: {source}; if this persists, check its integrity (`inspect::check`, the CLI's `check`)", path = path.display())]
     Db {
         /// The database file.
         path: PathBuf,
@@ -129,8 +129,8 @@ pub enum Error {
     /// A stored record could not be decoded: the database is damaged (or was written by a
     /// broken build). Only that record is affected.
     #[error(
-        "damaged record in {path}, table {table}, key {key}: {detail}; `layercache check` lists \
-         every damaged record, and putting the layer again replaces it"
+        "damaged record in {path}, table {table}, key {key}: {detail}; a check (`inspect::check`, the CLI's `check`) \
+         lists every damaged record, and putting the layer again replaces it"
     )]
     Corrupt {
         /// The database file.

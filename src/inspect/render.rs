@@ -99,11 +99,11 @@ impl CheckReport {
             }
             Integrity::Failed(d) => format!("FAILED: {d}"),
             Integrity::SkippedInUse => "skipped: the file is in use by another process (a build \
-                holds it for writing); every other check ran read-only. Run `layercache check` \
+                holds it for writing); every other check ran read-only. Check \
                 again when no build is running for the page-level check"
                 .to_string(),
             Integrity::NeedsRepair => "not run: the file was not closed cleanly (not damage; \
-                `layercache check --repair` or the next build repairs it)"
+                a repair — `inspect::repair`, the CLI's `check` with repair — or the next build repairs it)"
                 .to_string(),
             Integrity::SkippedNotWritable(d) => format!(
                 "skipped: the file cannot be opened for writing ({d}); every other check ran \
@@ -218,7 +218,7 @@ impl Listing {
             t.entries, t.versions, t.imports, t.overlay_dirs, t.rows
         )?;
         if t.damaged > 0 {
-            write!(w, ", {} DAMAGED (see `layercache check`)", t.damaged)?;
+            write!(w, ", {} DAMAGED (a `check` lists them)", t.damaged)?;
         }
         writeln!(w)
     }
@@ -367,7 +367,7 @@ impl Stats {
                 )?;
                 writeln!(
                     w,
-                    "reclaimable        about {} (fragmented and free; `layercache compact`)",
+                    "reclaimable        about {} (fragmented and free; a `compact` returns it)",
                     human_bytes(e.fragmented_bytes)
                 )?;
             }

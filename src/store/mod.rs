@@ -203,7 +203,7 @@ impl Drop for Store {
             return;
         }
         if std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(handle))).is_err() {
-            tracing::warn!(path = %self.path.display(), "closing the damaged cache database failed inside redb; run `layercache check`");
+            tracing::warn!(path = %self.path.display(), "closing the damaged cache database failed inside redb; check it (`inspect::check`, the CLI's `check`)");
         }
     }
 }

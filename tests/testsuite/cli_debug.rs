@@ -705,7 +705,7 @@ fn check_lists_a_damaged_entry() {
     assert!(v["entries"][0]["damaged"].is_string());
     assert_eq!(v["totals"]["damaged"], 1);
     let o = d.run("dump", &[]);
-    assert!(stdout(&o).contains("1 DAMAGED (see `layercache check`)"));
+    assert!(stdout(&o).contains("1 DAMAGED (a `check` lists them)"));
 }
 
 #[test]

@@ -172,7 +172,7 @@ pub enum KeyError {
     },
     /// The secret key is password-protected and no password was given.
     #[error(
-        "secret key {} is password-protected: give its password in ${PASSWORD_ENV}, or make an unprotected key for CI with `layercache keygen` (kept mode 0600)",
+        "secret key {} is password-protected: give its password in ${PASSWORD_ENV}, or make an unprotected key for CI (`generate_keypair`, the CLI's `keygen`; kept mode 0600)",
         path.display()
     )]
     NeedsPassword {
