@@ -517,6 +517,33 @@ fn scratch_base_and_base_replaced() {
     ));
 }
 
+/// A base of the same kind under another reference (another tarball) is reported as replaced,
+/// naming both, not as the old base's hash changing: the kind alone does not make it the same
+/// base. (Under another path with the same bytes it is the same base: a hit.)
+#[test]
+fn a_base_of_the_same_kind_under_another_reference_is_replaced() {
+    let f = Fixture::new();
+    let cache = f.open();
+    write(&f.dir, "a.tar", b"x");
+    write(&f.dir, "b.tar", b"y");
+    let mut build = Build::new();
+    build.add("s", layer(Base::Tar { path: f.p("a.tar") }));
+    put_all(&f, &cache, &build, &["s"]);
+    assert_eq!(first_reason(&cache, &build, "s"), None);
+    build.layers.get_mut("s").unwrap().base = Base::Tar { path: f.p("b.tar") };
+    match first_reason(&cache, &build, "s") {
+        Some(MissReason::BaseChanged {
+            change: BaseChange::Replaced { old, new },
+        }) => {
+            assert!(
+                old.ends_with("a.tar") && new.ends_with("b.tar"),
+                "{old} -> {new}"
+            );
+        }
+        other => panic!("expected the base to be replaced, got {other:?}"),
+    }
+}
+
 /// #22: an open reads no version (so it stats no blob: only versions name blobs), and needs
 /// not: a version whose outputs are gone is a miss at its hit check, every time, with nothing
 /// pruned; pruning is asked for, and reads every version.
