@@ -142,7 +142,11 @@ impl Session<'_> {
             if let Some(d) = touch.take() {
                 batch.touch(layer, d, now_ms())?;
             }
-            done += batch.update_rows(layer, items.by_ref().take(REFRESH_BATCH), refresh_stat)?;
+            done += batch.update_rows_expecting(
+                layer,
+                items.by_ref().take(REFRESH_BATCH),
+                refresh_stat,
+            )?;
             crash_point!("refresh::before_commit");
             batch.commit()?;
             self.counters.writes_committed += 1;
@@ -192,7 +196,7 @@ impl Session<'_> {
         let Some(rewritten) = self.write_switched_rows(&batch, layer, observed)? else {
             return Ok(());
         };
-        let done = batch.update_rows(layer, stale_rows(observed), refresh_stat)?;
+        let done = batch.update_rows_expecting(layer, stale_rows(observed), refresh_stat)?;
         let generation = from.map_or(0, |p| p.generation).wrapping_add(1);
         let pointer = LayerRecord {
             current: rec.input_digest,
@@ -300,9 +304,9 @@ fn stale_rows<'a>(
 /// The stored row with the stat data `verified` was verified under — only when it is still
 /// equal, in every compared property, to the row this lookup verified on disk (another
 /// session may have put the layer from another tree meanwhile).
-fn refresh_stat(stored: Row, verified: Row) -> Option<Row> {
+fn refresh_stat(stored: Row, verified: &Row) -> Option<Row> {
     let stat = verified.stat?;
-    stored.compared_eq(&verified).then_some(Row {
+    stored.compared_eq(verified).then_some(Row {
         stat: Some(stat),
         ..stored
     })

@@ -19,6 +19,8 @@ use crate::error::{Error, Result};
 use crate::schema::Row;
 use crate::tree::{TreeHasher, WalkedEntry};
 
+use redb::ReadableTable;
+
 use super::DbResultExt;
 use super::guard::guarded;
 use super::rows::{
@@ -205,7 +207,7 @@ impl Rows<'_> {
         let mut merge = Merge::new(self, stored)?;
         let mut hasher = TreeHasher::new();
         let mut root_kind = None;
-        for entry in entries {
+        let mut entries = entries.into_iter().map(|entry| {
             let entry = entry?;
             if entry.unstable {
                 return Err(Error::ChangedWhileReading {
@@ -216,9 +218,20 @@ impl Rows<'_> {
                 root_kind = Some(entry.row.kind);
             }
             hasher.push(&entry.path, &entry.row);
-            merge.put(&mut table, &entry, stands)?;
-        }
-        let writes = merge.finish(&mut table)?;
+            Ok(entry)
+        });
+        let writes = if merge.next.is_none() && self.is_empty(&table)? {
+            // Nothing stored to merge with (a cold put, or rows removed first): every row is
+            // new, and they come in key order, so they go in through one cursor that appends
+            // them a leaf at a time (~4x fewer cycles than a `Table::insert` per row).
+            self.append(&mut table, &mut entries)?
+        } else {
+            for entry in entries.by_ref() {
+                merge.put(&mut table, &entry?, stands)?;
+            }
+            merge.finish(&mut table)?
+        };
+        drop(entries);
         let (root_digest, rows) = hasher.finish();
         let summary = TreeSummary {
             root_digest,
@@ -226,6 +239,41 @@ impl Rows<'_> {
             root_kind,
         };
         Ok((summary, writes))
+    }
+}
+
+impl Rows<'_> {
+    /// True when `table` holds no row of (layer, source) in this transaction.
+    fn is_empty(&self, table: &RowTable<'_>) -> Result<bool> {
+        let range = RowRange::source(self.layer, self.source);
+        let mut rows = table.range(range.bounds()).db(self.db)?;
+        Ok(rows.next().is_none())
+    }
+
+    /// Writes `entries` (in key order) as the rows of (layer, source), which has none: one
+    /// cursor at the gap where they go, each row inserted before it. A key out of order, or one
+    /// already stored, is refused by the cursor (an error, nothing silently overwritten).
+    fn append(
+        &self,
+        table: &mut RowTable<'_>,
+        entries: impl Iterator<Item = Result<WalkedEntry>>,
+    ) -> Result<RowWrites> {
+        let (db, layer, source) = (self.db, self.layer, self.source);
+        let start: RowKey<'_> = (layer, source, &[]);
+        let mut cursor = table
+            .lower_bound_mut(std::ops::Bound::Included(start))
+            .db(db)?;
+        let mut writes = RowWrites::default();
+        for entry in entries {
+            let e = entry?;
+            let bytes = encode_row(db, &e.path, &e.row)?;
+            cursor
+                .insert_before((layer, source, e.path.key()), bytes.as_slice())
+                .db(db)?;
+            writes.inserted += 1;
+        }
+        cursor.close().db(db)?;
+        Ok(writes)
     }
 }
 
@@ -310,5 +358,88 @@ impl<'a> Merge<'a> {
             self.advance()?;
         }
         Ok(self.writes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::path::RelPath;
+    use crate::schema::EntryKind;
+    use crate::tree::StatData;
+
+    fn entry(path: &str) -> Result<WalkedEntry> {
+        Ok(WalkedEntry {
+            path: RelPath::from_key(path.as_bytes()),
+            row: Row {
+                kind: EntryKind::Dir,
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+                size: 0,
+                rdev: 0,
+                link_target: Vec::new(),
+                xattrs: Vec::new(),
+                digest: [0; 32],
+                stat: None,
+            },
+            stat: StatData::default(),
+            unstable: false,
+        })
+    }
+
+    /// Rows written into an empty (layer, source) go in through the appending cursor: all of
+    /// them, readable in order, the rows of the source beside them untouched; walked paths out
+    /// of key order are refused (an error, never a row silently dropped or overwritten).
+    #[test]
+    fn rows_appended_to_an_empty_source_are_all_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("c.redb")).unwrap();
+        let root = dir.path();
+        let batch = store.batch().unwrap();
+        let never = |_: &Row, _: &WalkedEntry| false;
+        for source in ["a", "c"] {
+            let (_, w) = batch
+                .write_tree("l", source, root, [entry(""), entry("x")], None, &never)
+                .unwrap();
+            assert_eq!(w.inserted, 2);
+        }
+        let paths = ["", "a", "a/b", "b"];
+        let (summary, w) = batch
+            .write_tree("l", "b", root, paths.map(entry), None, &never)
+            .unwrap();
+        assert_eq!((summary.rows, w.inserted), (4, 4));
+        let out_of_order = batch.write_tree("l", "d", root, [entry("b"), entry("a")], None, &never);
+        assert!(out_of_order.is_err());
+        drop(batch);
+
+        let batch = store.batch().unwrap();
+        for source in ["a", "c"] {
+            batch
+                .write_tree("l", source, root, [entry(""), entry("x")], None, &never)
+                .unwrap();
+        }
+        batch
+            .write_tree("l", "b", root, paths.map(entry), None, &never)
+            .unwrap();
+        batch.commit().unwrap();
+        let snap = store.snapshot().unwrap();
+        let got: Vec<_> = snap
+            .rows("l", "b")
+            .unwrap()
+            .map(|r| r.unwrap().0.key().to_vec())
+            .collect();
+        let want: Vec<_> = paths.iter().map(|p| p.as_bytes().to_vec()).collect();
+        assert_eq!(got, want);
+        for source in ["a", "c"] {
+            assert_eq!(snap.rows("l", source).unwrap().count(), 2);
+        }
+        // A second write of the same source merges with what is stored.
+        let batch = store.batch().unwrap();
+        let stored = snap.stored_rows("l", "b").unwrap();
+        let (_, w) = batch
+            .write_tree("l", "b", root, paths.map(entry), Some(stored), &never)
+            .unwrap();
+        assert_eq!((w.inserted, w.unchanged), (0, 4));
     }
 }
