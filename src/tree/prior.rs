@@ -179,7 +179,7 @@ impl PriorCursor {
     pub fn children_below(
         &mut self,
         dir: &RelPath,
-        mut below: Option<&mut Vec<KnownDir>>,
+        below: Option<&mut Vec<KnownDir>>,
     ) -> ChildrenOf {
         if self.damaged {
             return ChildrenOf::Unknown;
@@ -254,7 +254,7 @@ impl PriorCursor {
         if self.damaged {
             return ChildrenOf::Unknown;
         }
-        if collect && let Some(b) = below.as_deref_mut() {
+        if collect && let Some(b) = below {
             b.append(&mut found);
         }
         ChildrenOf::Known(out)
