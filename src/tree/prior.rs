@@ -22,7 +22,7 @@ use std::collections::VecDeque;
 
 use super::PriorRows;
 use crate::path::RelPath;
-use crate::schema::Row;
+use crate::schema::{EntryKind, Row};
 
 /// Stored rows a cursor reads ahead of the walk at most.
 #[cfg(not(test))]
@@ -39,6 +39,26 @@ pub struct KnownNames {
     pub names: Vec<u8>,
     /// (start, end) of each name in `names`.
     pub spans: Vec<(usize, usize)>,
+}
+
+/// Stored rows of a subtree at most that [`PriorCursor::children_below`] describes
+/// directory by directory (so a walker can hand a whole small subtree to one job).
+#[cfg(not(test))]
+pub const SUBTREE_ROWS: usize = LOOKAHEAD_ROWS / 8;
+/// Small in unit tests.
+#[cfg(test)]
+pub const SUBTREE_ROWS: usize = 8;
+
+/// A directory below another one, as its stored rows describe it: its row (for the proof of
+/// its names, `fastpath::vouches_for_listing`) and its direct children's names.
+#[derive(Debug)]
+pub struct KnownDir {
+    /// Its path.
+    pub path: RelPath,
+    /// Its stored row.
+    pub row: Row,
+    /// The names of its direct children according to the stored rows.
+    pub names: KnownNames,
 }
 
 /// What the stored rows say about a directory's entries.
@@ -149,6 +169,18 @@ impl PriorCursor {
     /// The direct children of directory `dir` according to the stored rows (see
     /// [`ChildrenOf`]). `dir`'s own row may have been taken already or be still ahead.
     pub fn children(&mut self, dir: &RelPath) -> ChildrenOf {
+        self.children_below(dir, None)
+    }
+
+    /// [`PriorCursor::children`], and when `below` is given and `dir`'s stored subtree holds
+    /// at most [`SUBTREE_ROWS`] rows, every directory of that subtree (in key order, with its
+    /// stored row and its direct children's names) pushed to `below` (left empty otherwise, or
+    /// when the answer is not [`ChildrenOf::Known`]). One pass over the subtree's rows.
+    pub fn children_below(
+        &mut self,
+        dir: &RelPath,
+        below: Option<&mut Vec<KnownDir>>,
+    ) -> ChildrenOf {
         if self.damaged {
             return ChildrenOf::Unknown;
         }
@@ -159,7 +191,12 @@ impl PriorCursor {
         if self.buf.get(i).is_some_and(|(p, _)| p == dir) {
             i += 1;
         }
+        let first = i;
         let mut out = KnownNames::default();
+        // Open directories of the subtree, innermost last: indices into `found`.
+        let mut open: Vec<usize> = Vec::new();
+        let mut found: Vec<KnownDir> = Vec::new();
+        let mut collect = below.is_some();
         loop {
             if i >= self.buf.len() && !self.fill_one() {
                 if self.ended {
@@ -172,38 +209,74 @@ impl PriorCursor {
                     ChildrenOf::NotYet
                 };
             }
-            let Some((p, _)) = self.buf.get(i) else {
+            let Some((p, row)) = self.buf.get(i) else {
                 break;
             };
             if !dir.is_ancestor_of(p) {
                 break;
             }
-            let rest = p.key().get(dir.key().len()..).unwrap_or_default();
-            // Below the root a child's key is `dir \0 name`; below the root, just `name`.
-            let name = if dir.is_root() {
-                rest
-            } else {
-                rest.get(1..).unwrap_or_default()
-            };
-            if !name.contains(&0) {
+            if collect && i - first >= SUBTREE_ROWS {
+                collect = false;
+                open.clear();
+                found.clear();
+            }
+            if let Some(name) = direct_child_name(dir, p) {
                 let s = out.names.len();
                 out.names.extend_from_slice(name);
                 out.spans.push((s, out.names.len()));
+            }
+            if collect {
+                while let Some(&top) = open.last() {
+                    if found.get(top).is_some_and(|d| d.path.is_ancestor_of(p)) {
+                        break;
+                    }
+                    open.pop();
+                }
+                if let Some(parent) = open.last().and_then(|&top| found.get_mut(top))
+                    && let Some(name) = direct_child_name(&parent.path, p)
+                {
+                    let names = &mut parent.names;
+                    let s = names.names.len();
+                    names.names.extend_from_slice(name);
+                    names.spans.push((s, names.names.len()));
+                }
+                if row.kind == EntryKind::Dir {
+                    open.push(found.len());
+                    found.push(KnownDir {
+                        path: p.clone(),
+                        row: row.clone(),
+                        names: KnownNames::default(),
+                    });
+                }
             }
             i += 1;
         }
         if self.damaged {
             return ChildrenOf::Unknown;
         }
+        if collect && let Some(b) = below {
+            b.append(&mut found);
+        }
         ChildrenOf::Known(out)
     }
+}
+
+/// The name of `p` when it is a direct child of `dir` (below the root a child's key is
+/// `dir \0 name`; below the root, just `name`), `None` for a deeper descendant.
+fn direct_child_name<'p>(dir: &RelPath, p: &'p RelPath) -> Option<&'p [u8]> {
+    let rest = p.key().get(dir.key().len()..).unwrap_or_default();
+    let name = if dir.is_root() {
+        rest
+    } else {
+        rest.get(1..).unwrap_or_default()
+    };
+    (!name.contains(&0)).then_some(name)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::error::Error;
-    use crate::schema::EntryKind;
 
     fn row(kind: EntryKind) -> Row {
         Row {
@@ -262,6 +335,62 @@ mod tests {
         // A row of a path the walk does not meet is dropped, not handed to the next.
         assert!(c.take(&RelPath::from_slash_bytes(b"a/c")).is_none());
         assert!(c.take(&RelPath::from_slash_bytes(b"a/d")).is_some());
+    }
+
+    /// `children_below` names every stored directory of a small subtree with its direct
+    /// children (in key order, around names that sort near `/`), and none of a subtree larger
+    /// than [`SUBTREE_ROWS`].
+    #[test]
+    fn children_below_describes_each_directory_of_a_small_subtree() {
+        let dirs = ["", "a", "a/b", "a/b/c", "a/b-x", "big"];
+        let mut paths: Vec<String> = [
+            "", "a", "a/b", "a/b/c", "a/b/c/f", "a/b/g", "a/b-x", "a/b-x/h", "a/b.txt", "big",
+        ]
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+        paths.extend((0..=SUBTREE_ROWS).map(|i| format!("big/f{i:03}")));
+        let rows: Vec<_> = paths
+            .iter()
+            .map(|p| {
+                let kind = if dirs.contains(&p.as_str()) {
+                    EntryKind::Dir
+                } else {
+                    EntryKind::File
+                };
+                Ok((RelPath::from_slash_bytes(p.as_bytes()), row(kind)))
+            })
+            .collect();
+        let mut c = PriorCursor::new(Box::new(rows.into_iter()));
+        let a = RelPath::from_slash_bytes(b"a");
+        let mut below = Vec::new();
+        assert_eq!(
+            names(c.children_below(&a, Some(&mut below))),
+            ["b", "b-x", "b.txt"]
+        );
+        let got: Vec<(String, Vec<String>)> = below
+            .into_iter()
+            .map(|d| (d.path.to_string(), names(ChildrenOf::Known(d.names))))
+            .collect();
+        let want: Vec<(String, Vec<String>)> = [
+            ("a/b", vec!["c", "g"]),
+            ("a/b/c", vec!["f"]),
+            ("a/b-x", vec!["h"]),
+        ]
+        .iter()
+        .map(|(p, n)| (p.to_string(), n.iter().map(|s| s.to_string()).collect()))
+        .collect();
+        assert_eq!(got, want);
+        let mut below = Vec::new();
+        let big = RelPath::from_slash_bytes(b"big");
+        assert_eq!(
+            names(c.children_below(&big, Some(&mut below))).len(),
+            SUBTREE_ROWS + 1
+        );
+        assert!(
+            below.is_empty(),
+            "a subtree over the bound is not described"
+        );
     }
 
     /// A subtree larger than the buffer is never known; one behind rows the walk will pass is

@@ -75,7 +75,7 @@ use rustix::fd::OwnedFd;
 use rustix::fs::{AtFlags, CWD, Dir, FileType, Mode, OFlags};
 
 use super::fastpath::{same_stat, vouches_for_listing};
-use super::prior::{ChildrenOf, KnownNames, LOOKAHEAD_ROWS, PriorCursor};
+use super::prior::{ChildrenOf, KnownDir, KnownNames, LOOKAHEAD_ROWS, PriorCursor};
 use super::{StatData, kind_of};
 use crate::error::{Error, Result};
 use crate::path::RelPath;
@@ -318,15 +318,89 @@ struct Prefetch {
     slot: Arc<(Mutex<Slot>, Condvar)>,
 }
 
-/// A queued read: the directory, and for a proven one the stat it was proven with and its
-/// stored names.
-type Job = (PathBuf, Option<(StatData, KnownNames)>);
+/// A queued read: the directory, for a proven one the stat it was proven with and its stored
+/// names, and the stored directories of its subtree when it is small (`prior::SUBTREE_ROWS`),
+/// which a job run on the pool lists too (see [`list_below`]).
+struct Job {
+    dir: RelPath,
+    abs: PathBuf,
+    proof: Option<(StatData, KnownNames)>,
+    below: Vec<KnownDir>,
+}
 
-/// Lists a directory: from its stored names when proven, else by reading it.
-fn run_job(job: Job, counts: &DirCounts) -> Result<Listing> {
-    match job {
-        (abs, Some((seen, known))) => stat_known(&abs, false, &seen, known, counts),
-        (abs, None) => read_dir(&abs, false, counts),
+impl Job {
+    /// A job for `dir` alone.
+    #[cfg(test)]
+    fn alone(dir: RelPath, abs: PathBuf) -> Self {
+        Job {
+            dir,
+            abs,
+            proof: None,
+            below: Vec::new(),
+        }
+    }
+}
+
+/// What a job listed: its directory, and (run on the pool) the proven directories below it, in
+/// key order, each listed or failed.
+type JobOut = (Result<Listing>, Vec<(RelPath, Result<Listing>)>);
+
+/// Lists a directory: from its stored names when proven, else by reading it; with `deep`, also
+/// the directories below it that its stored subtree proves ([`list_below`]).
+fn run_job(job: Job, deep: bool, counts: &DirCounts) -> JobOut {
+    let Job {
+        dir,
+        abs,
+        proof,
+        mut below,
+    } = job;
+    let listing = match proof {
+        Some((seen, known)) => stat_known(&abs, false, &seen, known, counts),
+        None => read_dir(&abs, false, counts),
+    };
+    let mut nested = Vec::new();
+    if deep && let Ok(l) = &listing {
+        list_below(&dir, &abs, l, &mut below, counts, &mut nested);
+    }
+    (listing, nested)
+}
+
+/// Lists, depth first, each subdirectory of `dir` (listed as `listing`) whose stored row in
+/// `below` (key order) vouches for its names seen with the lstat of `listing` — the same row
+/// and the same lstat the walk decides with when it reaches it (`OrderedDirs::entry`), so the
+/// walk takes these listings as they are. A subdirectory without such a row is left to the walk.
+fn list_below(
+    dir: &RelPath,
+    abs: &Path,
+    listing: &Listing,
+    below: &mut [KnownDir],
+    counts: &DirCounts,
+    out: &mut Vec<(RelPath, Result<Listing>)>,
+) {
+    for i in 0..listing.len() {
+        let Some((name, lstat)) = listing.name(i).filter(|(_, l)| l.kind == EntryKind::Dir) else {
+            continue;
+        };
+        let path = dir.join(name);
+        let Ok(at) = below.binary_search_by(|d| d.path.cmp(&path)) else {
+            continue;
+        };
+        let Some(known) = below.get_mut(at) else {
+            continue;
+        };
+        if !vouches_for_listing(&known.row, EntryKind::Dir, &lstat.stat) {
+            continue;
+        }
+        let names = std::mem::take(&mut known.names);
+        let sub_abs = abs.join(OsStr::from_bytes(name));
+        let sub = stat_known(&sub_abs, false, &lstat.stat, names, counts);
+        // Its own subdirectories come right after it, in key order.
+        let mut inner = Vec::new();
+        if let Ok(l) = &sub {
+            list_below(&path, &sub_abs, l, below, counts, &mut inner);
+        }
+        out.push((path, sub));
+        out.append(&mut inner);
     }
 }
 
@@ -337,7 +411,7 @@ enum Slot {
     /// A pool thread is reading it.
     Running,
     /// Read.
-    Done(Result<Listing>),
+    Done(JobOut),
     /// Taken by the walk, or dropped: nothing more to do.
     Taken,
 }
@@ -360,7 +434,7 @@ impl Prefetch {
                 },
                 Err(_) => return,
             };
-            let r = run_job(job, &counts);
+            let r = run_job(job, true, &counts);
             if let Ok(mut g) = m.lock() {
                 *g = Slot::Done(r);
             }
@@ -369,8 +443,9 @@ impl Prefetch {
         Prefetch { slot }
     }
 
-    /// The listing: read here if the job has not started, else waited for.
-    fn take(self, abs: &Path, counts: &DirCounts) -> Result<Listing> {
+    /// The listing (and what the job listed below it): read here if the job has not started
+    /// (only its own directory: the walk reaches the rest soon and queues it), else waited for.
+    fn take(self, abs: &Path, counts: &DirCounts) -> JobOut {
         let (m, cv) = &*self.slot;
         let lost = || {
             Error::io(
@@ -379,19 +454,24 @@ impl Prefetch {
                 std::io::Error::other("a directory-reading job was lost"),
             )
         };
-        let mut g = m.lock().map_err(|_| lost())?;
+        let Ok(mut g) = m.lock() else {
+            return (Err(lost()), Vec::new());
+        };
         loop {
             match std::mem::replace(&mut *g, Slot::Taken) {
                 Slot::Todo(job) => {
                     drop(g);
-                    return run_job(job, counts);
+                    return run_job(job, false, counts);
                 }
                 Slot::Done(r) => return r,
                 Slot::Running => {
                     *g = Slot::Running;
-                    g = cv.wait(g).map_err(|_| lost())?;
+                    g = match cv.wait(g) {
+                        Ok(g) => g,
+                        Err(_) => return (Err(lost()), Vec::new()),
+                    };
                 }
-                Slot::Taken => return Err(lost()),
+                Slot::Taken => return (Err(lost()), Vec::new()),
             }
         }
     }
@@ -425,6 +505,13 @@ struct Expand {
     proven: bool,
 }
 
+/// What `OrderedDirs::ahead` holds for a directory the walk has not reached: a queued read,
+/// or its listing, done by the job of a directory above it.
+enum Ahead {
+    Read(Prefetch),
+    Listed(Result<Listing>),
+}
+
 /// One yielded entry: its path, its lstat, and its prior row (when the walk has prior rows).
 pub(crate) type Yielded = (RelPath, Lstat, Option<Row>);
 
@@ -435,8 +522,11 @@ pub struct OrderedDirs {
     started: bool,
     stack: Vec<Frame>,
     expand: Option<Expand>,
-    /// Queued reads, in key order (the order the walk will need them).
-    ahead: VecDeque<(RelPath, Prefetch)>,
+    /// Queued reads and listings done by them for directories below theirs, in key order
+    /// (the order the walk will need them).
+    ahead: VecDeque<(RelPath, Ahead)>,
+    /// How many of `ahead` are queued reads (the window counts reads, not listings).
+    jobs_ahead: usize,
     done: bool,
     counts: Arc<DirCounts>,
     /// A directory whose stored subtree did not fit the prior rows' look-ahead yet, and when
@@ -460,6 +550,7 @@ impl OrderedDirs {
             stack: Vec::new(),
             expand: None,
             ahead: VecDeque::new(),
+            jobs_ahead: 0,
             done: false,
             counts,
             blocked: None,
@@ -475,12 +566,23 @@ impl OrderedDirs {
         if !follow {
             // Reads queued for directories the walk has passed (none, in order) are dropped.
             while self.ahead.front().is_some_and(|(p, _)| p < dir) {
-                self.ahead.pop_front();
+                self.pop_ahead();
             }
             if self.ahead.front().is_some_and(|(p, _)| p == dir)
-                && let Some((_, pre)) = self.ahead.pop_front()
+                && let Some((_, next)) = self.pop_ahead()
             {
-                return pre.take(&abs, &self.counts);
+                return match next {
+                    Ahead::Listed(l) => l,
+                    Ahead::Read(pre) => {
+                        let (listing, nested) = pre.take(&abs, &self.counts);
+                        // Listed below it by the same job: right after it in key order.
+                        for (p, l) in nested {
+                            let at = self.ahead.partition_point(|(q, _)| *q < p);
+                            self.ahead.insert(at, (p, Ahead::Listed(l)));
+                        }
+                        listing
+                    }
+                };
             }
         }
         if ex.proven
@@ -490,6 +592,15 @@ impl OrderedDirs {
             return stat_known(&abs, follow, &ex.seen, known, &self.counts);
         }
         read_dir(&abs, follow, &self.counts)
+    }
+
+    /// The first of `ahead`, counted out.
+    fn pop_ahead(&mut self) -> Option<(RelPath, Ahead)> {
+        let first = self.ahead.pop_front();
+        if let Some((_, Ahead::Read(_))) = &first {
+            self.jobs_ahead = self.jobs_ahead.saturating_sub(1);
+        }
+        first
     }
 
     /// Queues reads of the subdirectories the walk will reach next, up to the window: those of
@@ -503,13 +614,14 @@ impl OrderedDirs {
             root,
             stack,
             ahead,
+            jobs_ahead,
             counts,
             blocked,
             ..
         } = self;
         for frame in stack.iter_mut().rev() {
             frame.scanned = frame.scanned.max(frame.next);
-            while ahead.len() < READ_AHEAD_DIRS && frame.scanned < frame.listing.len() {
+            while *jobs_ahead < READ_AHEAD_DIRS && frame.scanned < frame.listing.len() {
                 let i = frame.scanned;
                 let Some((name, lstat)) = frame
                     .listing
@@ -520,6 +632,13 @@ impl OrderedDirs {
                     continue;
                 };
                 let p = frame.dir.join(name);
+                // Listed already, by the job of a directory above it.
+                let pos = ahead.partition_point(|(q, _)| *q < p);
+                if ahead.get(pos).is_some_and(|(q, _)| *q == p) {
+                    frame.scanned += 1;
+                    continue;
+                }
+                let mut below = Vec::new();
                 let known = match prior.as_deref_mut() {
                     None => None,
                     Some(c) => {
@@ -529,7 +648,7 @@ impl OrderedDirs {
                         {
                             return;
                         }
-                        match proven_names(c, &p, &lstat.stat) {
+                        match proven_names(c, &p, &lstat.stat, &mut below) {
                             Some(k) => k,
                             None => {
                                 *blocked = Some((p, c.dropped()));
@@ -540,11 +659,17 @@ impl OrderedDirs {
                 };
                 frame.scanned += 1;
                 // Inner directories sort before their parents' later entries: keep key order.
-                let pos = ahead.partition_point(|(q, _)| *q < p);
-                let job = (p.under(root), known.map(|k| (lstat.stat, k)));
-                ahead.insert(pos, (p, Prefetch::spawn(job, Arc::clone(counts))));
+                let job = Job {
+                    abs: p.under(root),
+                    dir: p.clone(),
+                    proof: known.map(|k| (lstat.stat, k)),
+                    below,
+                };
+                let read = Ahead::Read(Prefetch::spawn(job, Arc::clone(counts)));
+                ahead.insert(pos, (p, read));
+                *jobs_ahead += 1;
             }
-            if ahead.len() >= READ_AHEAD_DIRS {
+            if *jobs_ahead >= READ_AHEAD_DIRS {
                 return;
             }
         }
@@ -568,6 +693,7 @@ impl OrderedDirs {
         {
             self.done = true;
             self.ahead.clear();
+            self.jobs_ahead = 0;
             return Some(Err(e));
         }
         loop {
@@ -628,14 +754,20 @@ impl OrderedDirs {
 /// For a subdirectory `dir` not reached yet, seen with `seen`: `Some(Some(names))` when its
 /// prior row vouches for its names and they are known, `Some(None)` when it is to be read,
 /// `None` when the look-ahead cannot tell yet.
-fn proven_names(c: &mut PriorCursor, dir: &RelPath, seen: &StatData) -> Option<Option<KnownNames>> {
+/// With its names, the stored directories of its subtree when it is small go to `below`.
+fn proven_names(
+    c: &mut PriorCursor,
+    dir: &RelPath,
+    seen: &StatData,
+    below: &mut Vec<KnownDir>,
+) -> Option<Option<KnownNames>> {
     let vouches = c
         .peek(dir)?
         .is_some_and(|row| vouches_for_listing(row, EntryKind::Dir, seen));
     if !vouches {
         return Some(None);
     }
-    match c.children(dir) {
+    match c.children_below(dir, Some(below)) {
         ChildrenOf::Known(k) => Some(Some(k)),
         ChildrenOf::NotYet => None,
         ChildrenOf::Unknown => Some(None),
@@ -683,14 +815,16 @@ mod tests {
         }
         for _ in 0..20 {
             let counts = Arc::new(DirCounts::default());
-            let p = Prefetch::spawn((tmp.path().to_path_buf(), None), Arc::clone(&counts));
-            let l = p.take(tmp.path(), &counts).unwrap();
+            let job = Job::alone(RelPath::root(), tmp.path().to_path_buf());
+            let p = Prefetch::spawn(job, Arc::clone(&counts));
+            let l = p.take(tmp.path(), &counts).0.unwrap();
             let names: Vec<&[u8]> = (0..l.len()).map(|i| l.name(i).unwrap().0).collect();
             assert_eq!(names.len(), 10);
             assert!(names.windows(2).all(|w| w[0] < w[1]));
         }
         // A dropped read that has not started is never started.
-        let p = Prefetch::spawn((tmp.path().to_path_buf(), None), Arc::default());
+        let job = Job::alone(RelPath::root(), tmp.path().to_path_buf());
+        let p = Prefetch::spawn(job, Arc::default());
         let slot = Arc::clone(&p.slot);
         drop(p);
         // It may have started before the drop; then it ends on its own.
