@@ -112,21 +112,7 @@ fn a_lookup_that_found_damaged_rows_says_so_in_its_record() {
         assert!(reasons.is_empty(), "a hit: {reasons:?}");
         assert_eq!(damaged, json!(false));
     }
-    // Plant garbage in one of app's rows behind the cache's back.
-    {
-        let db = redb::Database::builder()
-            .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
-            .open(w.p("cache.redb"))
-            .unwrap();
-        let txn = db.begin_write().unwrap();
-        {
-            let mut rows = txn.open_table(layercache::testing::schema::ROWS).unwrap();
-            let garbage: &[u8] = &[0xff; 7];
-            rows.insert(("app", "overlay:src", b"a".as_slice()), garbage)
-                .unwrap();
-        }
-        txn.commit().unwrap();
-    }
+    plant_garbage(&w, b"a");
     let cache = w.cache();
     let (reasons, damaged) = damaged_in_record(&cache, "damaged.json");
     assert!(
@@ -134,6 +120,52 @@ fn a_lookup_that_found_damaged_rows_says_so_in_its_record() {
         "{reasons:?}"
     );
     assert_eq!(damaged, json!(true));
+}
+
+/// Plants garbage in app's row of `key` (source `overlay:src`) behind the cache's back.
+fn plant_garbage(w: &common::Workspace, key: &[u8]) {
+    let db = redb::Database::builder()
+        .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
+        .open(w.p("cache.redb"))
+        .unwrap();
+    let txn = db.begin_write().unwrap();
+    {
+        let mut rows = txn.open_table(layercache::testing::schema::ROWS).unwrap();
+        let garbage: &[u8] = &[0xff; 7];
+        rows.insert(("app", "overlay:src", key), garbage).unwrap();
+    }
+    txn.commit().unwrap();
+}
+
+/// A damaged row deep in an old tree — under directories proven by their stat, whose stored
+/// rows the walk reads ahead of the diff — still reaches the diff as damage: the lookup says
+/// `DamagedEntry` and its record `"damaged": true`, not that the file is new.
+#[test]
+fn a_damaged_row_the_walk_reads_first_is_damage_in_the_diff() {
+    let w = common::Workspace::new();
+    common::output_layout(&w.p("oci"));
+    for i in 0..40 {
+        write(&w.p("src"), &format!("d/e/f/{i:02}"), b"x");
+        write(&w.p("src"), &format!("g/{i:02}"), b"y");
+    }
+    common::age(&w.p("src"));
+    let build = app_build(&w);
+    put_app(&w.cache(), &build);
+    plant_garbage(&w, b"d/e/f/17");
+    let cache = w.cache();
+    let mut s = cache.session(&build).unwrap();
+    let l = s.lookup("app").unwrap();
+    assert!(
+        l.reasons()
+            .iter()
+            .any(|r| matches!(r, MissReason::DamagedEntry { .. })),
+        "{:?}",
+        l.reasons()
+    );
+    let path = w.p("record.json");
+    l.record().unwrap().write(&path).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(v["damaged"], json!(true));
 }
 
 /// The lookup record of a layer on a built base carries the base's proof (its layer, version
