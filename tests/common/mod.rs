@@ -463,3 +463,19 @@ pub fn open_cache(db: &Path) -> layercache::Cache {
     })
     .unwrap()
 }
+
+/// Plants bytes no reader can decode in the stored row of `key` of (`layer`, `source`) in the
+/// cache database `db`, behind the cache's back (a damaged row).
+pub fn plant_garbage(db: &Path, layer: &str, source: &str, key: &[u8]) {
+    let db = redb::Database::builder()
+        .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
+        .open(db)
+        .unwrap();
+    let txn = db.begin_write().unwrap();
+    {
+        let mut rows = txn.open_table(layercache::testing::schema::ROWS).unwrap();
+        let garbage: &[u8] = &[0xff; 7];
+        rows.insert((layer, source, key), garbage).unwrap();
+    }
+    txn.commit().unwrap();
+}

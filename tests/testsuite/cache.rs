@@ -856,21 +856,7 @@ fn a_damaged_row_costs_that_entry_only() {
         let cache = f.open();
         put_all(&f, &cache, &build, &["base", "app"]);
     }
-    // Plant garbage in one of app's rows behind the cache's back.
-    {
-        let db = redb::Database::builder()
-            .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
-            .open(f.p("cache.redb"))
-            .unwrap();
-        let txn = db.begin_write().unwrap();
-        {
-            let mut rows = txn.open_table(layercache::testing::schema::ROWS).unwrap();
-            let garbage: &[u8] = &[0xff; 7];
-            rows.insert(("app", "overlay:src", b"main.rs".as_slice()), garbage)
-                .unwrap();
-        }
-        txn.commit().unwrap();
-    }
+    crate::common::plant_garbage(&f.p("cache.redb"), "app", "overlay:src", b"main.rs");
     let cache = f.open();
     let mut s = cache.session(&build).unwrap();
     assert!(s.lookup("base").unwrap().is_hit());

@@ -97,24 +97,16 @@ fn a_lookup_that_found_damaged_rows_says_so_in_its_record() {
     write(&w.p("src"), "a", b"1");
     write(&w.p("src"), "d/b", b"2");
     let build = app_build(&w);
-    let damaged_in_record = |cache: &layercache::Cache, name: &str| {
-        let mut s = cache.session(&build).unwrap();
-        let l = s.lookup("app").unwrap();
-        let path = w.p(name);
-        l.record().unwrap().write(&path).unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        (l.reasons().to_vec(), v["damaged"].clone())
-    };
     {
         let cache = w.cache();
         put_app(&cache, &build);
-        let (reasons, damaged) = damaged_in_record(&cache, "sound.json");
+        let (reasons, damaged) = damaged_in_record(&w, &cache, &build, "sound.json");
         assert!(reasons.is_empty(), "a hit: {reasons:?}");
         assert_eq!(damaged, json!(false));
     }
     plant_garbage(&w, b"a");
     let cache = w.cache();
-    let (reasons, damaged) = damaged_in_record(&cache, "damaged.json");
+    let (reasons, damaged) = damaged_in_record(&w, &cache, &build, "damaged.json");
     assert!(
         matches!(reasons[..], [MissReason::DamagedEntry { .. }]),
         "{reasons:?}"
@@ -122,19 +114,25 @@ fn a_lookup_that_found_damaged_rows_says_so_in_its_record() {
     assert_eq!(damaged, json!(true));
 }
 
-/// Plants garbage in app's row of `key` (source `overlay:src`) behind the cache's back.
+/// Garbage in app's row of `key` (source `overlay:src`), behind the cache's back.
 fn plant_garbage(w: &common::Workspace, key: &[u8]) {
-    let db = redb::Database::builder()
-        .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
-        .open(w.p("cache.redb"))
-        .unwrap();
-    let txn = db.begin_write().unwrap();
-    {
-        let mut rows = txn.open_table(layercache::testing::schema::ROWS).unwrap();
-        let garbage: &[u8] = &[0xff; 7];
-        rows.insert(("app", "overlay:src", key), garbage).unwrap();
-    }
-    txn.commit().unwrap();
+    common::plant_garbage(&w.p("cache.redb"), "app", "overlay:src", key);
+}
+
+/// A lookup of app: its reasons, and the `damaged` field of its lookup record (written to
+/// `name` in the workspace).
+fn damaged_in_record(
+    w: &common::Workspace,
+    cache: &layercache::Cache,
+    build: &Build,
+    name: &str,
+) -> (Vec<MissReason>, serde_json::Value) {
+    let mut s = cache.session(build).unwrap();
+    let l = s.lookup("app").unwrap();
+    let path = w.p(name);
+    l.record().unwrap().write(&path).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    (l.reasons().to_vec(), v["damaged"].clone())
 }
 
 /// A damaged row deep in an old tree — under directories proven by their stat, whose stored
@@ -152,20 +150,14 @@ fn a_damaged_row_the_walk_reads_first_is_damage_in_the_diff() {
     let build = app_build(&w);
     put_app(&w.cache(), &build);
     plant_garbage(&w, b"d/e/f/17");
-    let cache = w.cache();
-    let mut s = cache.session(&build).unwrap();
-    let l = s.lookup("app").unwrap();
+    let (reasons, damaged) = damaged_in_record(&w, &w.cache(), &build, "record.json");
     assert!(
-        l.reasons()
+        reasons
             .iter()
             .any(|r| matches!(r, MissReason::DamagedEntry { .. })),
-        "{:?}",
-        l.reasons()
+        "{reasons:?}"
     );
-    let path = w.p("record.json");
-    l.record().unwrap().write(&path).unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    assert_eq!(v["damaged"], json!(true));
+    assert_eq!(damaged, json!(true));
 }
 
 /// The lookup record of a layer on a built base carries the base's proof (its layer, version
