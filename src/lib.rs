@@ -373,7 +373,9 @@ pub mod testing {
     pub use crate::schema::Row;
     pub use crate::store::testing::RawTransactions;
     pub use crate::store::{Store, TreeSummary, panic_message};
-    pub use crate::tree::{FastPath, StatData, TreeHasher, TreeWalk, WalkCounters, WalkedEntry};
+    pub use crate::tree::{
+        FastPath, StatData, TreeHasher, TreeWalk, WalkCounters, WalkedEntry, on_read,
+    };
 
     /// The store under a cache handle (its database file), for tests that read tables
     /// directly (with [`RawTransactions`]).

@@ -108,19 +108,7 @@ fn open_writable_until(
     let mut slot = pending.lock().map_err(|_| closed(path))?;
     let rx = match slot.take() {
         Some(rx) => rx,
-        None => {
-            let (tx, rx) = std::sync::mpsc::channel::<std::thread::Result<OpenResult>>();
-            let p = path.to_path_buf();
-            std::thread::Builder::new()
-                .name("layercache-open".into())
-                .spawn(move || {
-                    let r = std::panic::catch_unwind(|| builder().open(&p));
-                    // A receiver that is gone drops the database here, which closes it.
-                    let _ = tx.send(r);
-                })
-                .map_err(|e| Error::io("cannot start a thread to open", path, e))?;
-            rx
-        }
+        None => spawn_open(path)?,
     };
     let start = Instant::now();
     let mut told = false;
@@ -140,11 +128,7 @@ fn open_writable_until(
             }
             Ok(Err(payload)) => {
                 guard::note_damage(path);
-                let msg = payload
-                    .downcast_ref::<String>()
-                    .map(String::as_str)
-                    .or_else(|| payload.downcast_ref::<&str>().copied())
-                    .unwrap_or("a panic");
+                let msg = panic_message(payload.as_ref());
                 return Err(db_error::damaged(
                     path,
                     format!("opening the database failed inside redb ({msg}): the file is damaged"),
@@ -167,6 +151,22 @@ fn open_writable_until(
             told = true;
         }
     }
+}
+
+/// Starts redb's writable open of `path` on a thread of its own; its result comes on the
+/// receiver (a panic inside redb as the thread's `Err`).
+fn spawn_open(path: &Path) -> Result<PendingOpen> {
+    let (tx, rx) = std::sync::mpsc::channel::<std::thread::Result<OpenResult>>();
+    let p = path.to_path_buf();
+    std::thread::Builder::new()
+        .name("layercache-open".into())
+        .spawn(move || {
+            let r = std::panic::catch_unwind(|| builder().open(&p));
+            // A receiver that is gone drops the database here, which closes it.
+            let _ = tx.send(r);
+        })
+        .map_err(|e| Error::io("cannot start a thread to open", path, e))?;
+    Ok(rx)
 }
 
 /// The one message a wait for the write lock prints (warn, so it shows at every usual level).

@@ -2,32 +2,55 @@
 //! last change is within the current timestamp tick), or a whole base tarball.
 //!
 //! Owns: opening regular files (`O_NOFOLLOW | O_NONBLOCK`, checked with `fstat` to be the file
-//! the walk saw) and reading them into blake3.
+//! the walk saw), reading them into blake3, and reading their xattrs through the same open file
+//! when asked (no second path lookup; the stat check after the read covers them too: a
+//! `setxattr` moves the ctime). Also the test hook [`on_read`], which runs an action between a
+//! file's first `fstat` and its read: how the tests make a file change while it is read.
 //!
 //! Must never: open a FIFO, socket or device node, follow a symlink below the root, or return
-//! a digest for a file whose stat changed while it was read.
+//! a digest for a file whose stat changed while it was read; run anything but a test's action
+//! from the hook, or cost more than one atomic load per file when no action is armed.
 
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use super::StatData;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use xattr::FileExt;
+
 use super::fastpath::{coarse_now_ns, timestamp_slack_ns};
+use super::{StatData, Xattrs, collect_xattrs};
 use crate::error::{Error, Result};
 
 /// Files at least this large are hashed with blake3's multi-threaded `update_rayon`.
 const LARGE_FILE: u64 = 8 << 20;
 
-/// Hashes a regular file that the walk saw with `seen`. Returns `None` when the file is not the
-/// same one, or changed while it was read.
+/// What reading one regular file gave.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Hashed {
+    /// blake3 of its bytes.
+    pub digest: [u8; 32],
+    /// How many bytes were read.
+    pub bytes: u64,
+    /// Its xattrs, read through the open file, when asked for.
+    pub xattrs: Option<Xattrs>,
+}
+
+/// Hashes a regular file that the walk saw with `seen` (and reads its xattrs through the open
+/// file when `with_xattrs`). Returns `None` when the file is not the same one, or changed while
+/// it was read.
 pub(crate) fn hash_file(
     path: &Path,
     seen: &StatData,
     follow: bool,
-) -> Result<Option<([u8; 32], u64)>> {
+    with_xattrs: bool,
+) -> Result<Option<Hashed>> {
     let read_start = coarse_now_ns();
-    let Some(first) = hash_file_once(path, seen, follow)? else {
+    let Some(first) = hash_file_once(path, seen, follow, with_xattrs)? else {
         return Ok(None);
     };
     // A write during the read that lands in the same timestamp tick as the file's last change
@@ -53,15 +76,22 @@ pub(crate) fn hash_file(
     if settle > 0 {
         std::thread::sleep(std::time::Duration::from_nanos(settle as u64 + 1_000_000));
     }
-    match hash_file_once(path, seen, follow)? {
-        Some(second) if second == first => Ok(Some(first)),
+    match hash_file_once(path, seen, follow, false)? {
+        Some(second) if (second.digest, second.bytes) == (first.digest, first.bytes) => {
+            Ok(Some(first))
+        }
         _ => Ok(None),
     }
 }
 
 /// One read of a regular file that the walk saw with `seen`: `None` when the file is not the
 /// same one, or its stat changed during the read.
-fn hash_file_once(path: &Path, seen: &StatData, follow: bool) -> Result<Option<([u8; 32], u64)>> {
+fn hash_file_once(
+    path: &Path,
+    seen: &StatData,
+    follow: bool,
+    with_xattrs: bool,
+) -> Result<Option<Hashed>> {
     let nofollow = if follow { 0 } else { libc::O_NOFOLLOW };
     let file = match std::fs::OpenOptions::new()
         .read(true)
@@ -80,15 +110,60 @@ fn hash_file_once(path: &Path, seen: &StatData, follow: bool) -> Result<Option<(
     if !before.file_type().is_file() || StatData::of(&before) != *seen {
         return Ok(None);
     }
+    if ARMED.load(Ordering::Relaxed) > 0 {
+        run_armed(path);
+    }
+    let xattrs = with_xattrs
+        .then(|| collect_xattrs(path, file.list_xattr().map(Some), |n| file.get_xattr(n)))
+        .transpose()?;
     let mut file = file;
     let (digest, n) =
         hash_open_file(&mut file, seen.size).map_err(|e| Error::io("cannot read", path, e))?;
-    // The same open file must still have the stat the walk saw: a write during the read changes
-    // its size, mtime or ctime. (A rename over the path meanwhile does not matter: what was
-    // hashed is the file the recorded stat data describes.)
+    // The same open file must still have the stat the walk saw: a write (or `setxattr`) during
+    // the read changes its size, mtime or ctime. (A rename over the path meanwhile does not
+    // matter: what was hashed is the file the recorded stat data describes.)
     match file.metadata() {
-        Ok(after) if StatData::of(&after) == *seen && n == seen.size => Ok(Some((digest, n))),
+        Ok(after) if StatData::of(&after) == *seen && n == seen.size => Ok(Some(Hashed {
+            digest,
+            bytes: n,
+            xattrs,
+        })),
         _ => Ok(None),
+    }
+}
+
+/// How many [`on_read`] actions are armed and not yet run: the hasher's one check per file.
+static ARMED: AtomicUsize = AtomicUsize::new(0);
+
+/// Actions armed with [`on_read`]: (the file's path as the hasher opens it, the action).
+type Actions = Vec<(PathBuf, Box<dyn FnOnce() + Send>)>;
+static ACTIONS: Mutex<Actions> = Mutex::new(Vec::new());
+
+/// Test hook (reached through `layercache::testing`): runs `action` once, the next time the
+/// hasher reads the file at `path` (as the walk names it: the source's path joined with the
+/// entry's), after it opened the file and checked its stat and before it reads a byte. An
+/// action that writes to the file makes it change while it is read, on demand. Actions of
+/// other paths are left for their own file, so tests that run at once do not meet.
+pub fn on_read(path: impl Into<PathBuf>, action: impl FnOnce() + Send + 'static) {
+    let mut actions = ACTIONS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    actions.push((path.into(), Box::new(action)));
+    ARMED.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Takes the action armed for `path`, if any, and runs it (outside the lock).
+fn run_armed(path: &Path) {
+    let action = {
+        let mut actions = ACTIONS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let at = actions.iter().position(|(p, _)| p == path);
+        at.map(|i| actions.swap_remove(i).1)
+    };
+    if let Some(action) = action {
+        ARMED.fetch_sub(1, Ordering::SeqCst);
+        action();
     }
 }
 

@@ -419,23 +419,7 @@ impl<B: AsRef<[u8]>> LogReader<B> {
     }
 
     fn decode(&mut self) -> Option<LoggedEntry> {
-        let shared = usize::try_from(self.uvar()?).ok()?;
-        if shared > self.key.len() {
-            return None;
-        }
-        self.key.truncate(shared);
-        let n = usize::try_from(self.uvar()?).ok()?;
-        let end = self.pos.checked_add(n)?;
-        let (start, buf) = (
-            self.pos,
-            if self.in_window {
-                &self.window[..]
-            } else {
-                self.tail.as_ref()
-            },
-        );
-        self.key.extend_from_slice(buf.get(start..end)?);
-        self.pos = end;
+        self.decode_key()?;
         let flags = self.byte()?;
         let kind = kind_from_tag(self.byte()?)?;
         let mode = self.u32var()?;
@@ -444,34 +428,18 @@ impl<B: AsRef<[u8]>> LogReader<B> {
         let size = self.uvar()?;
         let rdev = self.uvar()?;
         let link_target = self.bytes()?;
-        let nx = self.uvar()?;
-        let mut xattrs = Vec::new();
-        for _ in 0..nx {
-            let k = self.bytes()?;
-            xattrs.push((k, self.bytes()?));
-        }
+        let xattrs = self.decode_xattrs()?;
         let mut digest = [0u8; 32];
         if kind == EntryKind::File {
             let end = self.pos.checked_add(32)?;
             digest.copy_from_slice(self.cur().get(self.pos..end)?);
             self.pos = end;
         }
-        let mut stat = None;
-        if flags & HAS_STAT != 0 {
-            let t = Times {
-                mtime: self.prev.mtime.wrapping_add(self.ivar()?),
-                ctime: self.prev.ctime.wrapping_add(self.ivar()?),
-                snapshot: self.prev.snapshot.wrapping_add(self.ivar()?),
-            };
-            self.prev = t;
-            stat = Some(RowStat {
-                mtime_ns: t.mtime,
-                ctime_ns: t.ctime,
-                ino: self.uvar()?,
-                dev: self.uvar()?,
-                snapshot_ns: t.snapshot,
-            });
-        }
+        let stat = if flags & HAS_STAT != 0 {
+            Some(self.decode_stat()?)
+        } else {
+            None
+        };
         let unstable = flags & UNSTABLE != 0;
         Some(LoggedEntry {
             path: RelPath::from_key(&self.key),
@@ -489,6 +457,54 @@ impl<B: AsRef<[u8]>> LogReader<B> {
                 stat: stat.filter(|_| !unstable),
             },
             unstable,
+        })
+    }
+
+    /// The next entry's key into `self.key`: the prefix it shares with the previous one, then
+    /// the rest.
+    fn decode_key(&mut self) -> Option<()> {
+        let shared = usize::try_from(self.uvar()?).ok()?;
+        if shared > self.key.len() {
+            return None;
+        }
+        self.key.truncate(shared);
+        let n = usize::try_from(self.uvar()?).ok()?;
+        let end = self.pos.checked_add(n)?;
+        // The buffer `cur()` names, borrowed beside `self.key` (no copy of the rest).
+        let buf: &[u8] = if self.in_window {
+            &self.window
+        } else {
+            self.tail.as_ref()
+        };
+        self.key.extend_from_slice(buf.get(self.pos..end)?);
+        self.pos = end;
+        Some(())
+    }
+
+    fn decode_xattrs(&mut self) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+        let nx = self.uvar()?;
+        let mut xattrs = Vec::new();
+        for _ in 0..nx {
+            let k = self.bytes()?;
+            xattrs.push((k, self.bytes()?));
+        }
+        Some(xattrs)
+    }
+
+    /// Stat data: times as deltas from the previous entry's, then inode and device.
+    fn decode_stat(&mut self) -> Option<RowStat> {
+        let t = Times {
+            mtime: self.prev.mtime.wrapping_add(self.ivar()?),
+            ctime: self.prev.ctime.wrapping_add(self.ivar()?),
+            snapshot: self.prev.snapshot.wrapping_add(self.ivar()?),
+        };
+        self.prev = t;
+        Some(RowStat {
+            mtime_ns: t.mtime,
+            ctime_ns: t.ctime,
+            ino: self.uvar()?,
+            dev: self.uvar()?,
+            snapshot_ns: t.snapshot,
         })
     }
 }

@@ -59,6 +59,7 @@ use crate::schema::{EntryKind, Row, RowStat};
 pub use fastpath::FastPath;
 use fastpath::coarse_now_ns;
 pub(crate) use hash::hash_file;
+pub use hash::on_read;
 pub use log::{LogReader, LoggedEntry, SealedLog, WalkLog};
 pub use merkle::{PairedHasher, TreeHasher};
 use prior::PriorCursor;
@@ -474,29 +475,29 @@ impl TreeWalk {
         };
         // The next window is enumerated and described while the caller consumes this one.
         self.pending = self.start_window();
+        Some(self.take_window(results))
+    }
+
+    /// The entries of one described window, counted; the first error ends the walk.
+    fn take_window(&mut self, results: Described) -> Result<Vec<WalkedEntry>> {
         let mut out = Vec::with_capacity(results.len());
         let before = self.counters;
         for r in results {
-            match r {
-                Ok((entry, work)) => {
-                    self.counters.entries_walked += 1;
-                    match work {
-                        Work::None => {}
-                        Work::StatMatched => self.counters.stat_matched += 1,
-                        Work::Hashed { bytes, racy } => {
-                            self.counters.files_hashed += 1;
-                            self.counters.bytes_hashed += bytes;
-                            self.counters.racy += u64::from(racy);
-                        }
-                    }
-                    out.push(entry);
-                }
-                Err(e) => {
-                    self.failed = true;
-                    self.pending = None;
-                    return Some(Err(e));
+            let (entry, work) = r.inspect_err(|_| {
+                self.failed = true;
+                self.pending = None;
+            })?;
+            self.counters.entries_walked += 1;
+            match work {
+                Work::None => {}
+                Work::StatMatched => self.counters.stat_matched += 1,
+                Work::Hashed { bytes, racy } => {
+                    self.counters.files_hashed += 1;
+                    self.counters.bytes_hashed += bytes;
+                    self.counters.racy += u64::from(racy);
                 }
             }
+            out.push(entry);
         }
         let dirs = &self.dir_counts;
         self.counters.dirs_read = dirs.read.load(Ordering::Relaxed);
@@ -505,7 +506,7 @@ impl TreeWalk {
         if let Some(p) = &self.progress {
             p.add(&self.counters.since(&before));
         }
-        Some(Ok(out))
+        Ok(out)
     }
 }
 
@@ -587,26 +588,43 @@ fn kind_of(ft: std::fs::FileType) -> EntryKind {
 
 /// Reads the extended attributes of `path`, sorted by name; a symlink is followed only when
 /// `follow` (the root, which the walk stats through a link too: its xattrs must be the ones of
-/// the directory it stands for). A file system without xattr support yields none.
-fn read_xattrs(path: &Path, follow: bool) -> Result<Xattrs> {
-    let listed = if follow {
-        xattr::list_deref(path)
+/// the directory it stands for). A file system without xattr support yields none, and so does
+/// an entry that is gone when `gone_is_none`.
+fn read_xattrs(path: &Path, follow: bool, gone_is_none: bool) -> Result<Xattrs> {
+    let gone = |r| none_if_gone(r, gone_is_none);
+    if follow {
+        let listed = none_if_gone(xattr::list_deref(path).map(Some), gone_is_none);
+        collect_xattrs(path, listed, |n| gone(xattr::get_deref(path, n)))
     } else {
-        xattr::list(path)
-    };
+        let listed = none_if_gone(xattr::list(path).map(Some), gone_is_none);
+        collect_xattrs(path, listed, |n| gone(xattr::get(path, n)))
+    }
+}
+
+/// `r`, or `None` when it failed because the entry is gone and `on`.
+fn none_if_gone<T>(r: std::io::Result<Option<T>>, on: bool) -> std::io::Result<Option<T>> {
+    match r {
+        Err(e) if on && e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        r => r,
+    }
+}
+
+/// The xattrs of `listed` names (`None`: none), each value read with `get`, sorted by name; a
+/// file system without xattr support yields none (`path` names the entry in errors).
+pub(crate) fn collect_xattrs(
+    path: &Path,
+    listed: std::io::Result<Option<xattr::XAttrs>>,
+    get: impl Fn(&std::ffi::OsStr) -> std::io::Result<Option<Vec<u8>>>,
+) -> Result<Xattrs> {
     let names = match listed {
-        Ok(n) => n,
+        Ok(Some(n)) => n,
+        Ok(None) => return Ok(Vec::new()),
         Err(e) if is_unsupported(&e) => return Ok(Vec::new()),
         Err(e) => return Err(Error::io("cannot list extended attributes of", path, e)),
     };
     let mut out = Vec::new();
     for name in names {
-        let value = if follow {
-            xattr::get_deref(path, &name)
-        } else {
-            xattr::get(path, &name)
-        };
-        match value {
+        match get(&name) {
             Ok(Some(v)) => out.push((name.as_bytes().to_vec(), v)),
             Ok(None) => {}
             Err(e) if is_unsupported(&e) => {}
@@ -683,23 +701,52 @@ fn describe(
         Some(l) => l,
         None => lstat_path(&at)?,
     };
-    let kind = meta.kind;
-    let stat = meta.stat;
     let mut prior = prior;
-    let (link_target, xattrs) = link_and_xattrs(&at, kind, &stat, prior.as_mut(), follow)?;
-    let mut row = Row {
-        kind,
+    let kept = prior
+        .as_mut()
+        .and_then(|p| kept_metadata(p, meta.kind, &meta.stat));
+    let mut row = row_of(&meta, snapshot_ns);
+    let mut content = Content::NONE;
+    if meta.kind == EntryKind::File {
+        content = read_content(&at, &mut row, prior.as_ref(), &meta.stat, kept.is_none())?;
+    }
+    (row.link_target, row.xattrs) = match kept {
+        Some(kept) => kept,
+        None => {
+            let xattrs = match content.xattrs.take() {
+                Some(x) => x,
+                // A file that changed while it was read may be gone since: it has none then
+                // (its row is unstable: never equal, never stored).
+                None => read_xattrs(at.abs(), follow, content.unstable)?,
+            };
+            (read_link(&at, meta.kind)?, xattrs)
+        }
+    };
+    let entry = WalkedEntry {
+        path,
+        row,
+        stat: meta.stat,
+        unstable: content.unstable,
+    };
+    Ok((entry, content.work))
+}
+
+/// The row of an entry from its lstat, before its link target, xattrs and digest are known.
+fn row_of(meta: &Lstat, snapshot_ns: i64) -> Row {
+    let stat = &meta.stat;
+    Row {
+        kind: meta.kind,
         mode: meta.mode,
         uid: meta.uid,
         gid: meta.gid,
         size: stat.size,
-        rdev: if matches!(kind, EntryKind::CharDevice | EntryKind::BlockDevice) {
+        rdev: if matches!(meta.kind, EntryKind::CharDevice | EntryKind::BlockDevice) {
             meta.rdev
         } else {
             0
         },
-        link_target,
-        xattrs,
+        link_target: Vec::new(),
+        xattrs: Vec::new(),
         digest: [0; 32],
         stat: Some(RowStat {
             mtime_ns: stat.mtime_ns,
@@ -708,68 +755,87 @@ fn describe(
             dev: stat.dev,
             snapshot_ns,
         }),
-    };
-    let (mut unstable, mut work) = (false, Work::None);
-    if kind == EntryKind::File {
-        let fast = prior
-            .as_ref()
-            .map_or(FastPath::Stale, |p| fastpath::content(p, &row, &stat));
-        match (fast, prior.as_ref()) {
-            (FastPath::Reuse, Some(p)) => {
-                row.digest = p.digest;
-                work = Work::StatMatched;
-            }
-            _ => {
-                let hashed = hash_file(at.abs(), &stat, follow)?;
-                unstable = hashed.is_none();
-                let (digest, bytes) = hashed.unwrap_or(([0; 32], 0));
-                row.digest = digest;
-                work = Work::Hashed {
-                    bytes,
-                    racy: !unstable && fast == FastPath::Racy,
-                };
-            }
-        }
     }
-    Ok((
-        WalkedEntry {
-            path,
-            row,
-            stat,
-            unstable,
+}
+
+/// What reading a regular file's content gave.
+struct Content {
+    /// It changed while it was read (its digest is zeros).
+    unstable: bool,
+    work: Work,
+    /// Its xattrs, read through the file the hasher opened, when asked for and read.
+    xattrs: Option<Xattrs>,
+}
+
+impl Content {
+    /// Not a regular file: nothing read.
+    const NONE: Content = Content {
+        unstable: false,
+        work: Work::None,
+        xattrs: None,
+    };
+}
+
+/// Sets `row.digest` of a regular file: `prior`'s when the stat fast path allows, else the
+/// file's hash (zeros when it changed while it was read); its xattrs are read through the open
+/// file too when `with_xattrs` (the prior row did not vouch for them).
+fn read_content(
+    at: &Located<'_>,
+    row: &mut Row,
+    prior: Option<&Row>,
+    stat: &StatData,
+    with_xattrs: bool,
+) -> Result<Content> {
+    let fast = prior.map_or(FastPath::Stale, |p| fastpath::content(p, row, stat));
+    if let (FastPath::Reuse, Some(p)) = (fast, prior) {
+        row.digest = p.digest;
+        return Ok(Content {
+            work: Work::StatMatched,
+            ..Content::NONE
+        });
+    }
+    let hashed = hash_file(at.abs(), stat, at.path.is_root(), with_xattrs)?;
+    let unstable = hashed.is_none();
+    let (bytes, xattrs) = match hashed {
+        Some(h) => {
+            row.digest = h.digest;
+            (h.bytes, h.xattrs)
+        }
+        None => (0, None),
+    };
+    Ok(Content {
+        unstable,
+        work: Work::Hashed {
+            bytes,
+            racy: !unstable && fast == FastPath::Racy,
         },
-        work,
-    ))
+        xattrs,
+    })
 }
 
 /// Extended attributes as recorded: (name, value), sorted by name.
-type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+pub(crate) type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// The link target and xattrs of an entry, moved out of `prior` when its row
-/// [vouches for them](fastpath::vouches_for_metadata) (no path syscall, no copy), else read
-/// (through a symlink when `follow`, as for the root; `stat` was taken the same way).
-fn link_and_xattrs(
-    at: &Located<'_>,
-    kind: EntryKind,
-    stat: &StatData,
-    prior: Option<&mut Row>,
-    follow: bool,
-) -> Result<(Vec<u8>, Xattrs)> {
-    if let Some(p) = prior.filter(|p| fastpath::vouches_for_metadata(p, kind, stat)) {
-        return Ok((
-            std::mem::take(&mut p.link_target),
-            std::mem::take(&mut p.xattrs),
-        ));
+/// [vouches for them](fastpath::vouches_for_metadata) (no path syscall, no copy).
+fn kept_metadata(prior: &mut Row, kind: EntryKind, stat: &StatData) -> Option<(Vec<u8>, Xattrs)> {
+    fastpath::vouches_for_metadata(prior, kind, stat).then(|| {
+        (
+            std::mem::take(&mut prior.link_target),
+            std::mem::take(&mut prior.xattrs),
+        )
+    })
+}
+
+/// The link target of a symlink (empty for any other type).
+fn read_link(at: &Located<'_>, kind: EntryKind) -> Result<Vec<u8>> {
+    if kind != EntryKind::Symlink {
+        return Ok(Vec::new());
     }
-    let link_target = if kind == EntryKind::Symlink {
-        std::fs::read_link(at.abs())
-            .map_err(|e| Error::io("cannot read symlink", at.abs(), e))?
-            .into_os_string()
-            .into_vec()
-    } else {
-        Vec::new()
-    };
-    Ok((link_target, read_xattrs(at.abs(), follow)?))
+    Ok(std::fs::read_link(at.abs())
+        .map_err(|e| Error::io("cannot read symlink", at.abs(), e))?
+        .into_os_string()
+        .into_vec())
 }
 
 #[cfg(test)]

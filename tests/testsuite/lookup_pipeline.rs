@@ -230,3 +230,163 @@ fn an_observed_source_of_a_stable_walk_has_the_root_the_put_stores() {
         .collect();
     assert_eq!(stored, vec![root]);
 }
+
+/// A file that changes while the lookup reads it (made to, on demand, by the hasher's test
+/// hook): the miss names it as changed while read, the walk vouches for nothing — no input
+/// digest, and its record's root digest is `null`, so no put or remote lookup can use what was
+/// read — and a put from that lookup is refused, naming the file.
+#[test]
+fn a_file_that_changes_while_the_lookup_reads_it_makes_the_walk_vouch_for_nothing() {
+    let w = common::Workspace::new();
+    common::output_layout(&w.p("oci"));
+    write(&w.p("src"), "a", b"1");
+    write(&w.p("src"), "d/b", b"2");
+    common::age(&w.p("src"));
+    let build = app_build(&w);
+    let cache = w.cache();
+    put_app(&cache, &build);
+    let stored = cache.entry("app").unwrap().unwrap().input_digest;
+    // A new content, so the lookup hashes `a`; the hook appends to it after the hasher's first
+    // fstat and before it reads a byte.
+    write(&w.p("src"), "a", b"3");
+    let a = w.p("src/a");
+    let target = a.clone();
+    layercache::testing::on_read(a, move || {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&target)
+            .unwrap();
+        f.write_all(b" and more").unwrap();
+    });
+    let mut s = cache.session(&build).unwrap();
+    let l = s.lookup("app").unwrap();
+    match l.reasons() {
+        [MissReason::OverlayDirContentChanged { key, diff }] => {
+            assert_eq!(key, "src");
+            assert!(diff.added.is_empty() && diff.removed.is_empty(), "{diff:?}");
+            assert!(
+                matches!(&diff.modified[..], [m] if m.path.key() == b"a"
+                    && m.changes == [layercache::Change::ChangedWhileRead]),
+                "{diff:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let walk = s.counters().walk;
+    assert_eq!((walk.files_hashed, walk.bytes_hashed), (1, 0), "{walk:?}");
+    assert_eq!(
+        l.input_digest(),
+        None,
+        "an unstable walk vouches for no digest"
+    );
+    let path = w.p("unstable.json");
+    l.record().unwrap().write(&path).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(v["sources"][0]["root_digest"], json!(null), "{v}");
+    assert_eq!(v["input_digest"], json!(null), "{v}");
+    match s.put(&l, &common::outputs()) {
+        Err(layercache::Error::InputsChanged { changes, .. }) => assert!(
+            matches!(&changes[..], [layercache::PutChange::Path { key, path, .. }]
+                if key == "src" && path.ends_with("src/a")),
+            "{changes:?}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(cache.entry("app").unwrap().unwrap().input_digest, stored);
+}
+
+/// A miss always names a reason. The one state in which no comparison finds one: the current
+/// version agrees with every input on every field and row, yet the input digest it is stored
+/// under is not the digest of those inputs (a record written by other code, planted here with
+/// a valid checksum). The lookup misses, as `NotCached` — never a hit, never an empty list.
+#[test]
+fn a_current_version_stored_under_another_digest_is_a_miss_with_a_reason() {
+    use layercache::testing::{RawTransactions, store::versions as vs, store_of};
+    let w = common::Workspace::new();
+    common::output_layout(&w.p("oci"));
+    write(&w.p("src"), "a", b"1");
+    let build = app_build(&w);
+    let db = w.p("cache.redb");
+    {
+        let cache = w.cache();
+        put_app(&cache, &build);
+        let store = store_of(&cache);
+        let (mut pointer, mut rec) = {
+            let txn = store.begin_read().unwrap();
+            let pointer = vs::pointer(&txn, &db, "app").unwrap().unwrap().unwrap();
+            let rec = vs::version(&txn, &db, "app", &pointer.current);
+            (pointer, rec.unwrap().unwrap().unwrap())
+        };
+        let txn = store.begin_write().unwrap();
+        assert!(vs::remove_version(&txn, &db, "app", &rec.input_digest).unwrap());
+        rec.input_digest[0] ^= 0xff;
+        pointer.current = rec.input_digest;
+        vs::write_version(&txn, &db, &rec).unwrap();
+        vs::write_pointer(&txn, &db, "app", &pointer).unwrap();
+        txn.commit().unwrap();
+    }
+    let cache = w.cache();
+    let mut s = cache.session(&build).unwrap();
+    for mode in [LookupMode::CHECK, LookupMode::FOR_BUILD, LookupMode::VERIFY] {
+        let l = s.lookup_with("app", mode).unwrap();
+        assert!(
+            matches!(l.reasons(), [MissReason::NotCached]),
+            "{mode:?}: {:?}",
+            l.reasons()
+        );
+        assert!(!l.is_hit());
+    }
+}
+
+/// The xattrs of a file the lookup hashes are read through the file it opened, inside the
+/// window its two stats bound: a `setxattr` while the file is read (by the hasher's test hook)
+/// moves the ctime, so the file changed while read — not recorded with either set of xattrs.
+/// Outside that window the xattrs read through the open file are the ones recorded.
+#[test]
+fn an_xattr_set_while_the_file_is_read_is_a_change_while_read() {
+    let w = common::Workspace::new();
+    common::output_layout(&w.p("oci"));
+    write(&w.p("src"), "a", b"1");
+    if !common::xattrs_supported(&w.p("src")) {
+        eprintln!("skipped: this file system refuses user xattrs");
+        return;
+    }
+    xattr::set(w.p("src/a"), "user.before", b"1").unwrap();
+    common::age(&w.p("src"));
+    let build = app_build(&w);
+    let cache = w.cache();
+    put_app(&cache, &build);
+    let mut s = cache.session(&build).unwrap();
+    assert!(
+        s.lookup("app").unwrap().is_hit(),
+        "the put recorded the xattr it read"
+    );
+
+    write(&w.p("src"), "a", b"2");
+    let target = w.p("src/a");
+    layercache::testing::on_read(w.p("src/a"), move || {
+        xattr::set(&target, "user.during", b"2").unwrap();
+    });
+    let l = s.lookup("app").unwrap();
+    match l.reasons() {
+        [MissReason::OverlayDirContentChanged { diff, .. }] => assert!(
+            matches!(&diff.modified[..], [m] if m.path.key() == b"a"
+                && m.changes.contains(&layercache::Change::ChangedWhileRead)),
+            "{diff:?}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    // Read again, undisturbed: both xattrs, and a put of them hits.
+    let l = s.lookup("app").unwrap();
+    match l.reasons() {
+        [MissReason::OverlayDirContentChanged { diff, .. }] => assert!(
+            matches!(&diff.modified[..], [m] if m.changes.contains(&layercache::Change::Xattrs)
+                && !m.changes.contains(&layercache::Change::ChangedWhileRead)),
+            "{diff:?}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    s.put(&l, &common::outputs()).unwrap();
+    assert!(s.lookup("app").unwrap().is_hit());
+}
