@@ -38,6 +38,16 @@ fn a_lookup_of_a_layer_never_put_walks_nothing_unless_asked_to_observe() {
     assert_eq!(s.counters().walk.entries_walked, 4, "{:?}", s.counters());
 }
 
+/// A workspace with an output layout and the files `files` (path, content) in `src`.
+fn workspace_with(files: &[(&str, &[u8])]) -> common::Workspace {
+    let w = common::Workspace::new();
+    common::output_layout(&w.p("oci"));
+    for (path, content) in files {
+        write(&w.p("src"), path, content);
+    }
+    w
+}
+
 /// A build with the one layer `app` (scratch, overlay dir `src` at `w/src`).
 fn app_build(w: &common::Workspace) -> Build {
     let mut build = Build::new();
@@ -71,9 +81,7 @@ fn put_app(cache: &layercache::Cache, build: &Build) {
 /// after a second version was put.
 #[test]
 fn a_lookup_counts_the_versions_it_decodes() {
-    let w = common::Workspace::new();
-    common::output_layout(&w.p("oci"));
-    write(&w.p("src"), "a", b"1");
+    let w = workspace_with(&[("a", b"1")]);
     let build = app_build(&w);
     let cache = w.cache();
     put_app(&cache, &build);
@@ -92,10 +100,7 @@ fn a_lookup_counts_the_versions_it_decodes() {
 /// lookup says `false`.
 #[test]
 fn a_lookup_that_found_damaged_rows_says_so_in_its_record() {
-    let w = common::Workspace::new();
-    common::output_layout(&w.p("oci"));
-    write(&w.p("src"), "a", b"1");
-    write(&w.p("src"), "d/b", b"2");
+    let w = workspace_with(&[("a", b"1"), ("d/b", b"2")]);
     let build = app_build(&w);
     {
         let cache = w.cache();
@@ -165,9 +170,7 @@ fn a_damaged_row_the_walk_reads_first_is_damage_in_the_diff() {
 /// `put --from` in another process checks the base's pointer instead of walking the base again.
 #[test]
 fn the_record_of_a_layer_on_a_built_base_carries_the_bases_proof() {
-    let w = common::Workspace::new();
-    common::output_layout(&w.p("oci"));
-    write(&w.p("src"), "a", b"1");
+    let w = workspace_with(&[("a", b"1")]);
     write(&w.p("top"), "b", b"2");
     let mut build = app_build(&w);
     let top = Base::Built {
@@ -212,10 +215,7 @@ fn a_source_path_that_cannot_be_examined_is_an_error_naming_it() {
 /// root the put then stores for it (`None` is kept for a walk that saw a file change).
 #[test]
 fn an_observed_source_of_a_stable_walk_has_the_root_the_put_stores() {
-    let w = common::Workspace::new();
-    common::output_layout(&w.p("oci"));
-    write(&w.p("src"), "a", b"1");
-    write(&w.p("src"), "d/b", b"2");
+    let w = workspace_with(&[("a", b"1"), ("d/b", b"2")]);
     let build = app_build(&w);
     let cache = w.cache();
     let mut s = cache.session(&build).unwrap();
@@ -237,10 +237,7 @@ fn an_observed_source_of_a_stable_walk_has_the_root_the_put_stores() {
 /// read — and a put from that lookup is refused, naming the file.
 #[test]
 fn a_file_that_changes_while_the_lookup_reads_it_makes_the_walk_vouch_for_nothing() {
-    let w = common::Workspace::new();
-    common::output_layout(&w.p("oci"));
-    write(&w.p("src"), "a", b"1");
-    write(&w.p("src"), "d/b", b"2");
+    let w = workspace_with(&[("a", b"1"), ("d/b", b"2")]);
     common::age(&w.p("src"));
     let build = app_build(&w);
     let cache = w.cache();
@@ -303,9 +300,7 @@ fn a_file_that_changes_while_the_lookup_reads_it_makes_the_walk_vouch_for_nothin
 #[test]
 fn a_current_version_stored_under_another_digest_is_a_miss_with_a_reason() {
     use layercache::testing::{RawTransactions, store::versions as vs, store_of};
-    let w = common::Workspace::new();
-    common::output_layout(&w.p("oci"));
-    write(&w.p("src"), "a", b"1");
+    let w = workspace_with(&[("a", b"1")]);
     let build = app_build(&w);
     let db = w.p("cache.redb");
     {
@@ -345,9 +340,7 @@ fn a_current_version_stored_under_another_digest_is_a_miss_with_a_reason() {
 /// Outside that window the xattrs read through the open file are the ones recorded.
 #[test]
 fn an_xattr_set_while_the_file_is_read_is_a_change_while_read() {
-    let w = common::Workspace::new();
-    common::output_layout(&w.p("oci"));
-    write(&w.p("src"), "a", b"1");
+    let w = workspace_with(&[("a", b"1")]);
     if !common::xattrs_supported(&w.p("src")) {
         eprintln!("skipped: this file system refuses user xattrs");
         return;
