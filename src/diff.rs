@@ -252,18 +252,7 @@ where
                 }
                 std::cmp::Ordering::Equal => {
                     let same = visit(Merged::Fresh(&entry, Some(&row)));
-                    debug_assert!(!same || row.compared_eq(&entry.row));
-                    // Equal in every compared property: compare_rows would find nothing
-                    // (it compares a subset of what compared_eq does).
-                    let mut changes = if same {
-                        Vec::new()
-                    } else {
-                        compare_rows(&row, &entry.row)
-                    };
-                    if entry.unstable && !changes.iter().any(|c| matches!(c, Change::Type { .. })) {
-                        changes.retain(|c| *c != Change::Content);
-                        changes.insert(0, Change::ChangedWhileRead);
-                    }
+                    let changes = changes_of(&row, &entry, same);
                     if !changes.is_empty() {
                         diff.modified.push(Modified {
                             path: entry.path,
@@ -277,4 +266,23 @@ where
         }
     }
     Ok(diff)
+}
+
+/// What differs between a stored row and the fresh entry of its path; `same` is the visitor's
+/// `stored.compared_eq(&entry.row)` when it computed it (see [`diff_trees_visit`]). An entry
+/// that changed while it was read says so instead of "content" (unless its type changed).
+fn changes_of(row: &Row, entry: &WalkedEntry, same: bool) -> Vec<Change> {
+    debug_assert!(!same || row.compared_eq(&entry.row));
+    // Equal in every compared property: compare_rows would find nothing (it compares a
+    // subset of what compared_eq does).
+    let mut changes = if same {
+        Vec::new()
+    } else {
+        compare_rows(row, &entry.row)
+    };
+    if entry.unstable && !changes.iter().any(|c| matches!(c, Change::Type { .. })) {
+        changes.retain(|c| *c != Change::Content);
+        changes.insert(0, Change::ChangedWhileRead);
+    }
+    changes
 }
