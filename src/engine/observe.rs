@@ -238,19 +238,12 @@ fn compare(
     walk: &mut TreeWalk,
     rec: &mut Recorder,
 ) -> Result<Compared> {
-    if id.role == SourceRole::Import
-        && summary.root_kind != kind_now
-        && matches!(summary.root_kind, EntryKind::File | EntryKind::Dir)
-    {
+    if let Some(reason) = root_type_changed(id, summary, kind_now) {
         // Nothing is queued for the diff's side once it is dropped.
         drop(stored);
         rec.drain(walk)?;
         return Ok(Compared {
-            reason: Some(MissReason::ImportTypeChanged {
-                key: id.key.to_string(),
-                old: summary.root_kind,
-                new: kind_now,
-            }),
+            reason: Some(reason),
             ..Compared::NOT_DIFFED
         });
     }
@@ -289,6 +282,22 @@ fn compare(
         removed: Some(diff.removed.clone()),
         reason: (!diff.is_empty()).then(|| id.miss(SourceMiss::ContentChanged(diff))),
         damaged: false,
+    })
+}
+
+/// The miss of an import whose root changed between file and directory, if it did.
+fn root_type_changed(
+    id: &SourceId<'_>,
+    summary: &SourceSummary,
+    kind_now: EntryKind,
+) -> Option<MissReason> {
+    (id.role == SourceRole::Import
+        && summary.root_kind != kind_now
+        && matches!(summary.root_kind, EntryKind::File | EntryKind::Dir))
+    .then(|| MissReason::ImportTypeChanged {
+        key: id.key.to_string(),
+        old: summary.root_kind,
+        new: kind_now,
     })
 }
 

@@ -19,8 +19,11 @@ use crate::schema::{EntryKind, Row};
 /// absolute path. Equal trees have equal roots; any compared change changes the root.
 #[derive(Default, Clone)]
 pub struct TreeHasher {
-    /// Open directories, outermost first: (path, hasher).
-    stack: Vec<(RelPath, blake3::Hasher)>,
+    /// Open directories, outermost first: (path key, hasher). Only the first `depth` are
+    /// open; the slots after them are kept to be reused (a `blake3::Hasher` is ~2 KB: one per
+    /// level of the tree, not one per directory, and no path allocated per directory).
+    stack: Vec<(Vec<u8>, blake3::Hasher)>,
+    depth: usize,
     root: Option<[u8; 32]>,
     rows: u64,
     /// Reused for each leaf's canonical bytes: a leaf is hashed with `blake3::hash` over it,
@@ -34,12 +37,26 @@ impl TreeHasher {
         Self::default()
     }
 
-    /// The node of a directory: its own row now, its children's names and hashes as they come.
-    fn dir_node(row: &Row) -> blake3::Hasher {
-        let mut h = blake3::Hasher::new();
-        h.update(b"dir");
-        row.hash_into(&mut h);
-        h
+    /// Opens the node of directory `key`: its own row now, its children's names and hashes
+    /// as they come (the bytes `dir`, then the row's canonical form, as [`Row::hash_into`]).
+    fn open_dir(&mut self, key: &[u8], row: &Row) {
+        self.scratch.clear();
+        self.scratch.extend_from_slice(b"dir");
+        row.write_canonical(&mut self.scratch);
+        match self.stack.get_mut(self.depth) {
+            Some((k, h)) => {
+                k.clear();
+                k.extend_from_slice(key);
+                h.reset();
+                h.update(&self.scratch);
+            }
+            None => {
+                let mut h = blake3::Hasher::new();
+                h.update(&self.scratch);
+                self.stack.push((key.to_vec(), h));
+            }
+        }
+        self.depth += 1;
     }
 
     /// The node hash of a leaf: blake3 of `leaf` and its row's canonical form (the same bytes
@@ -52,47 +69,84 @@ impl TreeHasher {
     }
 
     fn close_top(&mut self) {
-        if let Some((path, h)) = self.stack.pop() {
+        let Some(top) = self.depth.checked_sub(1) else {
+            return;
+        };
+        self.depth = top;
+        let (open, rest) = self.stack.split_at_mut(top);
+        if let Some((key, h)) = rest.first() {
             let digest = *h.finalize().as_bytes();
-            self.attach(&path, digest);
+            Self::attach_to(open.last_mut(), &mut self.root, file_name(key), &digest);
         }
     }
 
-    fn attach(&mut self, path: &RelPath, digest: [u8; 32]) {
-        match self.stack.last_mut() {
+    /// Adds a child's name and node hash to its parent, the innermost open directory (none:
+    /// it is the root).
+    fn attach_to(
+        parent: Option<&mut (Vec<u8>, blake3::Hasher)>,
+        root: &mut Option<[u8; 32]>,
+        name: &[u8],
+        digest: &[u8; 32],
+    ) {
+        match parent {
             Some((_, parent)) => {
-                let name = path.file_name();
                 parent.update(&(name.len() as u64).to_le_bytes());
                 parent.update(name);
-                parent.update(&digest);
+                parent.update(digest);
             }
-            None => self.root = Some(digest),
+            None => *root = Some(*digest),
         }
     }
 
     /// Adds the next row in key order.
     pub fn push(&mut self, path: &RelPath, row: &Row) {
         self.rows += 1;
-        while let Some((top, _)) = self.stack.last() {
-            if top.is_ancestor_of(path) {
+        let key = path.key();
+        while let Some(top) = self.depth.checked_sub(1) {
+            if self
+                .stack
+                .get(top)
+                .is_some_and(|(k, _)| is_ancestor(k, key))
+            {
                 break;
             }
             self.close_top();
         }
         if row.kind == EntryKind::Dir {
-            self.stack.push((path.clone(), Self::dir_node(row)));
+            self.open_dir(key, row);
         } else {
             let digest = self.leaf_digest(row);
-            self.attach(path, digest);
+            let parent = self
+                .depth
+                .checked_sub(1)
+                .and_then(|i| self.stack.get_mut(i));
+            Self::attach_to(parent, &mut self.root, path.file_name(), &digest);
         }
     }
 
     /// The root digest and the number of rows. An empty sequence has the all-zero digest.
     pub fn finish(mut self) -> ([u8; 32], u64) {
-        while !self.stack.is_empty() {
+        while self.depth > 0 {
             self.close_top();
         }
         (self.root.unwrap_or([0; 32]), self.rows)
+    }
+}
+
+/// True when the path key `dir` is a strict ancestor of the path key `key` (as
+/// [`RelPath::is_ancestor_of`]).
+fn is_ancestor(dir: &[u8], key: &[u8]) -> bool {
+    if dir.is_empty() {
+        return !key.is_empty();
+    }
+    key.len() > dir.len() && key.starts_with(dir) && key.get(dir.len()) == Some(&0)
+}
+
+/// The last component of a path key (as [`RelPath::file_name`]).
+fn file_name(key: &[u8]) -> &[u8] {
+    match key.iter().rposition(|&b| b == 0) {
+        Some(i) => key.get(i + 1..).unwrap_or(&[]),
+        None => key,
     }
 }
 

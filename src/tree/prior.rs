@@ -124,6 +124,25 @@ impl PriorCursor {
     /// The stored row of `path`, which the walk has reached; rows of paths before it (gone
     /// since) are dropped. Paths must be asked for in key order.
     pub fn take(&mut self, path: &RelPath) -> Option<Row> {
+        self.take_by(|p| p.cmp(path)).map(|(_, r)| r)
+    }
+
+    /// [`PriorCursor::take`] for the entry `name` of directory `dir` (`dir.join(name)`), with
+    /// the stored path when there is a row, so the walk need not build the path again:
+    /// `(path, row)`.
+    pub fn take_child(&mut self, dir: &RelPath, name: &[u8]) -> (RelPath, Option<Row>) {
+        match self.take_by(|p| cmp_joined(p.key(), dir.key(), name)) {
+            Some((path, row)) => (path, Some(row)),
+            None => (dir.join(name), None),
+        }
+    }
+
+    /// The row whose path `order` finds equal (`order(p)` is `p.cmp(wanted)`), dropping the
+    /// rows before it.
+    fn take_by(
+        &mut self,
+        order: impl Fn(&RelPath) -> std::cmp::Ordering,
+    ) -> Option<(RelPath, Row)> {
         loop {
             if self.buf.is_empty() {
                 // With a full buffer impossible here, the stream is read one row at a time.
@@ -132,14 +151,14 @@ impl PriorCursor {
                 }
             }
             let front = self.buf.front()?;
-            match front.0.cmp(path) {
+            match order(&front.0) {
                 std::cmp::Ordering::Less => {
                     self.buf.pop_front();
                     self.dropped += 1;
                 }
                 std::cmp::Ordering::Equal => {
                     self.dropped += 1;
-                    return self.buf.pop_front().map(|(_, r)| r);
+                    return self.buf.pop_front();
                 }
                 std::cmp::Ordering::Greater => return None,
             }
@@ -175,7 +194,9 @@ impl PriorCursor {
     /// [`PriorCursor::children`], and when `below` is given and `dir`'s stored subtree holds
     /// at most [`SUBTREE_ROWS`] rows, every directory of that subtree (in key order, with its
     /// stored row and its direct children's names) pushed to `below` (left empty otherwise, or
-    /// when the answer is not [`ChildrenOf::Known`]). One pass over the subtree's rows.
+    /// when the answer is not [`ChildrenOf::Known`]). A subtree is a contiguous run of the
+    /// buffer: the names of a directory are found by skipping each child's own subtree (a
+    /// binary search), not by looking at every row below it.
     pub fn children_below(
         &mut self,
         dir: &RelPath,
@@ -187,77 +208,124 @@ impl PriorCursor {
         let Some(start) = self.seek(dir) else {
             return ChildrenOf::NotYet;
         };
-        let mut i = start;
-        if self.buf.get(i).is_some_and(|(p, _)| p == dir) {
-            i += 1;
-        }
-        let first = i;
-        let mut out = KnownNames::default();
-        // Open directories of the subtree, innermost last: indices into `found`.
-        let mut open: Vec<usize> = Vec::new();
-        let mut found: Vec<KnownDir> = Vec::new();
-        let mut collect = below.is_some();
-        loop {
-            if i >= self.buf.len() && !self.fill_one() {
-                if self.ended {
-                    break;
-                }
-                // The subtree does not fit what the buffer can hold after it.
-                return if start == 0 || self.damaged {
-                    ChildrenOf::Unknown
-                } else {
-                    ChildrenOf::NotYet
-                };
-            }
-            let Some((p, row)) = self.buf.get(i) else {
-                break;
-            };
-            if !dir.is_ancestor_of(p) {
-                break;
-            }
-            if collect && i - first >= SUBTREE_ROWS {
-                collect = false;
-                open.clear();
-                found.clear();
-            }
-            if let Some(name) = direct_child_name(dir, p) {
-                let s = out.names.len();
-                out.names.extend_from_slice(name);
-                out.spans.push((s, out.names.len()));
-            }
-            if collect {
-                while let Some(&top) = open.last() {
-                    if found.get(top).is_some_and(|d| d.path.is_ancestor_of(p)) {
-                        break;
-                    }
-                    open.pop();
-                }
-                if let Some(parent) = open.last().and_then(|&top| found.get_mut(top))
-                    && let Some(name) = direct_child_name(&parent.path, p)
-                {
-                    let names = &mut parent.names;
-                    let s = names.names.len();
-                    names.names.extend_from_slice(name);
-                    names.spans.push((s, names.names.len()));
-                }
-                if row.kind == EntryKind::Dir {
-                    open.push(found.len());
-                    found.push(KnownDir {
-                        path: p.clone(),
-                        row: row.clone(),
-                        names: KnownNames::default(),
-                    });
-                }
-            }
-            i += 1;
+        let first = start + usize::from(self.buf.get(start).is_some_and(|(p, _)| p == dir));
+        if let Err(answer) = self.fill_subtree(dir, start) {
+            return answer;
         }
         if self.damaged {
             return ChildrenOf::Unknown;
         }
-        if collect && let Some(b) = below {
-            b.append(&mut found);
+        let end = self.subtree_end(dir, first, self.buf.len());
+        let names = self.names_in(dir, first, end);
+        if let Some(b) = below
+            && end - first <= SUBTREE_ROWS
+        {
+            self.describe_dirs(first, end, b);
         }
-        ChildrenOf::Known(out)
+        ChildrenOf::Known(names)
+    }
+
+    /// Reads ahead until the buffer holds a row after `dir`'s subtree, or the stream ended;
+    /// the answer for `dir` when the buffer fills up first (`start`: where `dir`'s rows begin
+    /// in it).
+    fn fill_subtree(&mut self, dir: &RelPath, start: usize) -> Result<(), ChildrenOf> {
+        while self
+            .buf
+            .back()
+            .is_some_and(|(p, _)| p == dir || dir.is_ancestor_of(p))
+        {
+            if !self.fill_one() {
+                if self.ended {
+                    break;
+                }
+                // The subtree does not fit what the buffer can hold after it.
+                return Err(if start == 0 || self.damaged {
+                    ChildrenOf::Unknown
+                } else {
+                    ChildrenOf::NotYet
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The end of `dir`'s stored subtree in the buffer, searched in `from..to` (its rows
+    /// start at `from`: descendants are one contiguous run of keys, right after `dir`).
+    fn subtree_end(&self, dir: &RelPath, from: usize, to: usize) -> usize {
+        let inside = |i: usize| self.buf.get(i).is_some_and(|(p, _)| dir.is_ancestor_of(p));
+        // Most entries are files: their subtree is empty.
+        if !inside(from) {
+            return from;
+        }
+        let (mut lo, mut hi) = (from + 1, to);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if inside(mid) {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+
+    /// The names of `dir`'s direct children among the buffered rows `from..to` (its subtree),
+    /// each child's own subtree skipped.
+    fn names_in(&self, dir: &RelPath, from: usize, to: usize) -> KnownNames {
+        let mut out = KnownNames::default();
+        let mut i = from;
+        while i < to {
+            let Some((p, _)) = self.buf.get(i) else {
+                break;
+            };
+            i += 1;
+            // A deeper row without its directory's row (damage) names nothing here.
+            if let Some(name) = direct_child_name(dir, p) {
+                let s = out.names.len();
+                out.names.extend_from_slice(name);
+                out.spans.push((s, out.names.len()));
+                i = self.subtree_end(p, i, to);
+            }
+        }
+        out
+    }
+
+    /// Every directory among the buffered rows `from..to`, in key order, with its stored row
+    /// and its direct children's names, pushed to `out`.
+    fn describe_dirs(&self, from: usize, to: usize, out: &mut Vec<KnownDir>) {
+        for i in from..to {
+            let Some((p, row)) = self.buf.get(i) else {
+                break;
+            };
+            if row.kind != EntryKind::Dir {
+                continue;
+            }
+            let end = self.subtree_end(p, i + 1, to);
+            out.push(KnownDir {
+                path: p.clone(),
+                row: row.clone(),
+                names: self.names_in(p, i + 1, end),
+            });
+        }
+    }
+}
+
+/// `key` compared with the key of `dir.join(name)`, without building it.
+fn cmp_joined(key: &[u8], dir: &[u8], name: &[u8]) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    if dir.is_empty() {
+        return key.cmp(name);
+    }
+    let (head, tail) = key.split_at(key.len().min(dir.len()));
+    match head.cmp(dir) {
+        Ordering::Equal => {}
+        other => return other,
+    }
+    match tail.split_first() {
+        // `key` is `dir`: before its entries.
+        None => Ordering::Less,
+        Some((0, rest)) => rest.cmp(name),
+        Some(_) => Ordering::Greater,
     }
 }
 
@@ -334,6 +402,43 @@ mod tests {
         assert!(names(c.children(&RelPath::from_slash_bytes(b"a/d"))).is_empty());
         // A row of a path the walk does not meet is dropped, not handed to the next.
         assert!(c.take(&RelPath::from_slash_bytes(b"a/c")).is_none());
+        assert!(c.take(&RelPath::from_slash_bytes(b"a/d")).is_some());
+    }
+
+    /// `cmp_joined` orders a key exactly as the key of the joined path would, around names
+    /// that sort near `/`; `take_child` hands out the stored path and drops gone rows.
+    #[test]
+    fn take_child_matches_take_of_the_joined_path() {
+        let keys = [
+            "", "a", "a/b", "a/b/c", "a/bc", "a/b-x", "a-b", "a.txt", "ab", "b", "z",
+        ];
+        let dirs = ["", "a", "a/b", "ab"];
+        let names: [&[u8]; 6] = [b"a", b"b", b"b-x", b"bc", b"c", b"zz"];
+        for k in keys {
+            let key = RelPath::from_slash_bytes(k.as_bytes());
+            for d in dirs {
+                let dir = RelPath::from_slash_bytes(d.as_bytes());
+                for n in names {
+                    assert_eq!(
+                        cmp_joined(key.key(), dir.key(), n),
+                        key.cmp(&dir.join(n)),
+                        "{k:?} vs {d:?} + {n:?}"
+                    );
+                }
+            }
+        }
+        let mut c = cursor(&["", "a", "a/b", "a/c", "a/d"]);
+        let a = RelPath::from_slash_bytes(b"a");
+        assert!(c.take(&RelPath::root()).is_some());
+        let (p, row) = c.take_child(&RelPath::root(), b"a");
+        assert!(row.is_some() && p == a);
+        // `a/b` is gone from the walk: dropped, and `a/c` found.
+        let (p, row) = c.take_child(&a, b"c");
+        assert!(row.is_some() && p == RelPath::from_slash_bytes(b"a/c"));
+        assert_eq!(c.dropped(), 4);
+        // A new name: no row, the path built.
+        let (p, row) = c.take_child(&a, b"cc");
+        assert!(row.is_none() && p == RelPath::from_slash_bytes(b"a/cc"));
         assert!(c.take(&RelPath::from_slash_bytes(b"a/d")).is_some());
     }
 

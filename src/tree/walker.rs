@@ -610,66 +610,21 @@ impl OrderedDirs {
     /// rows' look-ahead holds, is queued proven (no `getdents`); one whose prior row is beyond
     /// the look-ahead for now stops the scan until the walk has moved on.
     fn read_ahead(&mut self, mut prior: Option<&mut PriorCursor>) {
-        let OrderedDirs {
-            root,
-            stack,
-            ahead,
-            jobs_ahead,
-            counts,
-            blocked,
-            ..
-        } = self;
-        for frame in stack.iter_mut().rev() {
+        let mut ahead = Window {
+            root: &self.root,
+            ahead: &mut self.ahead,
+            jobs_ahead: &mut self.jobs_ahead,
+            counts: &self.counts,
+            blocked: &mut self.blocked,
+        };
+        for frame in self.stack.iter_mut().rev() {
             frame.scanned = frame.scanned.max(frame.next);
-            while *jobs_ahead < READ_AHEAD_DIRS && frame.scanned < frame.listing.len() {
-                let i = frame.scanned;
-                let Some((name, lstat)) = frame
-                    .listing
-                    .name(i)
-                    .filter(|(_, l)| l.kind == EntryKind::Dir)
-                else {
-                    frame.scanned += 1;
-                    continue;
-                };
-                let p = frame.dir.join(name);
-                // Listed already, by the job of a directory above it.
-                let pos = ahead.partition_point(|(q, _)| *q < p);
-                if ahead.get(pos).is_some_and(|(q, _)| *q == p) {
-                    frame.scanned += 1;
-                    continue;
+            while *ahead.jobs_ahead < READ_AHEAD_DIRS && frame.scanned < frame.listing.len() {
+                if !ahead.queue_one(frame, prior.as_deref_mut()) {
+                    return;
                 }
-                let mut below = Vec::new();
-                let known = match prior.as_deref_mut() {
-                    None => None,
-                    Some(c) => {
-                        if let Some((at, when)) = blocked.as_ref()
-                            && *at == p
-                            && c.dropped() < when + (LOOKAHEAD_ROWS / 4) as u64
-                        {
-                            return;
-                        }
-                        match proven_names(c, &p, &lstat.stat, &mut below) {
-                            Some(k) => k,
-                            None => {
-                                *blocked = Some((p, c.dropped()));
-                                return;
-                            }
-                        }
-                    }
-                };
-                frame.scanned += 1;
-                // Inner directories sort before their parents' later entries: keep key order.
-                let job = Job {
-                    abs: p.under(root),
-                    dir: p.clone(),
-                    proof: known.map(|k| (lstat.stat, k)),
-                    below,
-                };
-                let read = Ahead::Read(Prefetch::spawn(job, Arc::clone(counts)));
-                ahead.insert(pos, (p, read));
-                *jobs_ahead += 1;
             }
-            if *jobs_ahead >= READ_AHEAD_DIRS {
+            if *ahead.jobs_ahead >= READ_AHEAD_DIRS {
                 return;
             }
         }
@@ -703,9 +658,13 @@ impl OrderedDirs {
                 continue;
             };
             let lstat = *lstat;
-            let path = frame.dir.join(name);
+            // The stored row's path is the entry's: no second allocation of it.
+            let (path, row) = match prior.as_deref_mut() {
+                Some(c) => c.take_child(&frame.dir, name),
+                None => (frame.dir.join(name), None),
+            };
             frame.next += 1;
-            return Some(Ok(self.entry(path, lstat, prior.as_deref_mut())));
+            return Some(Ok(self.entry(path, lstat, row)));
         }
     }
 
@@ -713,7 +672,11 @@ impl OrderedDirs {
     /// prior row; an error ends the walk.
     fn root_entry(&mut self, prior: Option<&mut PriorCursor>) -> Result<Yielded> {
         match std::fs::metadata(&self.root) {
-            Ok(m) => Ok(self.entry(RelPath::root(), Lstat::of(&m), prior)),
+            Ok(m) => {
+                let root = RelPath::root();
+                let row = prior.and_then(|c| c.take(&root));
+                Ok(self.entry(root, Lstat::of(&m), row))
+            }
             Err(e) => {
                 self.done = true;
                 Err(Error::io("cannot stat", &self.root, e))
@@ -721,10 +684,9 @@ impl OrderedDirs {
         }
     }
 
-    /// `path` seen with `lstat`, with its prior row taken from `prior`; a directory is
-    /// expanded before the next entry, listed from its prior rows when they vouch for it.
-    fn entry(&mut self, path: RelPath, lstat: Lstat, prior: Option<&mut PriorCursor>) -> Yielded {
-        let row = prior.and_then(|c| c.take(&path));
+    /// `path` seen with `lstat`, with its prior row `row`; a directory is expanded before the
+    /// next entry, listed from its prior rows when they vouch for it.
+    fn entry(&mut self, path: RelPath, lstat: Lstat, row: Option<Row>) -> Yielded {
         if lstat.kind == EntryKind::Dir {
             self.expand = Some(Expand {
                 dir: path.clone(),
@@ -748,6 +710,70 @@ impl OrderedDirs {
         });
         self.read_ahead(prior);
         Ok(())
+    }
+}
+
+/// The read-ahead's part of an [`OrderedDirs`], borrowed apart from its stack.
+struct Window<'w> {
+    root: &'w Path,
+    ahead: &'w mut VecDeque<(RelPath, Ahead)>,
+    jobs_ahead: &'w mut usize,
+    counts: &'w Arc<DirCounts>,
+    blocked: &'w mut Option<(RelPath, u64)>,
+}
+
+impl Window<'_> {
+    /// Looks at the next unscanned entry of `frame` and queues a read of it if it is a
+    /// directory not queued or listed yet; false when the scan stops here until the walk has
+    /// moved on (the prior rows' look-ahead cannot tell yet whether it is proven).
+    fn queue_one(&mut self, frame: &mut Frame, prior: Option<&mut PriorCursor>) -> bool {
+        let i = frame.scanned;
+        let Some((name, lstat)) = frame
+            .listing
+            .name(i)
+            .filter(|(_, l)| l.kind == EntryKind::Dir)
+        else {
+            frame.scanned += 1;
+            return true;
+        };
+        let p = frame.dir.join(name);
+        // Listed already, by the job of a directory above it.
+        let pos = self.ahead.partition_point(|(q, _)| *q < p);
+        if self.ahead.get(pos).is_some_and(|(q, _)| *q == p) {
+            frame.scanned += 1;
+            return true;
+        }
+        let mut below = Vec::new();
+        let known = match prior {
+            None => None,
+            Some(c) => {
+                if let Some((at, when)) = self.blocked.as_ref()
+                    && *at == p
+                    && c.dropped() < when + (LOOKAHEAD_ROWS / 4) as u64
+                {
+                    return false;
+                }
+                match proven_names(c, &p, &lstat.stat, &mut below) {
+                    Some(k) => k,
+                    None => {
+                        *self.blocked = Some((p, c.dropped()));
+                        return false;
+                    }
+                }
+            }
+        };
+        frame.scanned += 1;
+        // Inner directories sort before their parents' later entries: keep key order.
+        let job = Job {
+            abs: p.under(self.root),
+            dir: p.clone(),
+            proof: known.map(|k| (lstat.stat, k)),
+            below,
+        };
+        let read = Ahead::Read(Prefetch::spawn(job, Arc::clone(self.counts)));
+        self.ahead.insert(pos, (p, read));
+        *self.jobs_ahead += 1;
+        true
     }
 }
 
