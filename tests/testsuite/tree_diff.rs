@@ -350,3 +350,19 @@ fn unreadable_file_is_an_error_naming_it() {
     let err = s.snapshot("l", "s", &root).unwrap_err().to_string();
     assert!(err.contains("secret"), "{err}");
 }
+
+/// A device node replaced by one of the same type and mode with other device numbers: the
+/// diff names its content (the device numbers are a device's content).
+#[test]
+fn device_numbers_changed_are_content() {
+    let tmp = tempfile::tempdir().unwrap();
+    if !mknod_char(&tmp.path().join("probe"), 1, 3) {
+        eprintln!("skipped: mknod refused here (not root)");
+        return;
+    }
+    let d = diff_after(|r| {
+        std::fs::remove_file(r.join("null-dev")).unwrap();
+        assert!(mknod_char(&r.join("null-dev"), 1, 5));
+    });
+    assert_eq!(only_modified(&d, "null-dev"), vec![Change::Content]);
+}
