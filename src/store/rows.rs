@@ -223,7 +223,7 @@ impl Iterator for RowIter {
 
 /// Decodes one stored row value: the one place the rows table's values are decoded.
 fn decode(bytes: &[u8]) -> std::result::Result<Row, String> {
-    codec::decode::<Row, { codec::ROW_LIMIT }>(bytes)
+    codec::decode_row(bytes)
 }
 
 /// Decodes one stored row; a row that does not decode is [`Error::Corrupt`] naming its path.
