@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 const LARGE_FILE: u64 = 8 << 20;
 
 /// What reading one regular file gave.
-#[derive(Debug, PartialEq)]
+#[derive(Debug)]
 pub(crate) struct Hashed {
     /// blake3 of its bytes.
     pub digest: [u8; 32],
