@@ -149,15 +149,21 @@ pub fn decode_checked<T: DeserializeOwned, const LIMIT: usize>(
 /// variant) and hands every other input — a longer varint than needed, a length past the end,
 /// an unknown tag, trailing bytes, a record over the limit — to the serde path, which decides
 /// (the value or the error). So for every input both return the same: the unit test
-/// `the_row_decoder_agrees_with_serde` checks it on arbitrary rows and on damaged encodings
-/// of them.
+/// `reliability_fuzz::the_row_decoder_agrees_with_serde` checks it on arbitrary rows and on
+/// damaged encodings of them.
 pub fn decode_row(bytes: &[u8]) -> Result<Row, String> {
     if bytes.len() <= ROW_LIMIT
-        && let Some(row) = (RowReader { rest: bytes }).row()
+        && let Some(row) = read_canonical_row(bytes)
     {
         return Ok(row);
     }
     decode::<Row, ROW_LIMIT>(bytes)
+}
+
+/// The fast reader of [`decode_row`] alone: the row when `bytes` are exactly its canonical
+/// encoding, `None` for anything else (the fuzz tests check both halves of that).
+pub fn read_canonical_row(bytes: &[u8]) -> Option<Row> {
+    RowReader { rest: bytes }.row()
 }
 
 /// Reads the canonical bincode encoding of a [`Row`]; `None` for anything else.
@@ -308,171 +314,6 @@ mod tests {
             decode_checked::<(String, [u8; 32], Vec<u64>), ENTRY_LIMIT>(&other),
             Err(DecodeError::Malformed(_))
         ));
-    }
-
-    mod row_decoder {
-        use super::*;
-        use proptest::prelude::*;
-
-        /// Values at and around each varint form's bounds, and any.
-        fn edge_u64() -> impl Strategy<Value = u64> {
-            prop_oneof![
-                any::<u64>(),
-                0u64..300,
-                prop::sample::select(vec![
-                    250,
-                    251,
-                    65_535,
-                    65_536,
-                    u64::from(u32::MAX),
-                    u64::from(u32::MAX) + 1,
-                    u64::MAX,
-                ]),
-            ]
-        }
-
-        fn edge_u32() -> impl Strategy<Value = u32> {
-            prop_oneof![any::<u32>(), 0u32..300, Just(u32::MAX), Just(65_536)]
-        }
-
-        fn edge_i64() -> impl Strategy<Value = i64> {
-            prop_oneof![
-                any::<i64>(),
-                -300i64..300,
-                prop::sample::select(vec![i64::MIN, i64::MAX, -126, 125, -32_768, 32_767]),
-            ]
-        }
-
-        fn any_stat() -> impl Strategy<Value = Option<RowStat>> {
-            prop::option::of(
-                (edge_i64(), edge_i64(), edge_u64(), edge_u64(), edge_i64()).prop_map(
-                    |(mtime_ns, ctime_ns, ino, dev, snapshot_ns)| RowStat {
-                        mtime_ns,
-                        ctime_ns,
-                        ino,
-                        dev,
-                        snapshot_ns,
-                    },
-                ),
-            )
-        }
-
-        fn any_row() -> impl Strategy<Value = Row> {
-            let kind = prop::sample::select(vec![
-                EntryKind::File,
-                EntryKind::Dir,
-                EntryKind::Symlink,
-                EntryKind::Fifo,
-                EntryKind::Socket,
-                EntryKind::CharDevice,
-                EntryKind::BlockDevice,
-            ]);
-            let bytes = || prop::collection::vec(any::<u8>(), 0..300);
-            (
-                kind,
-                (edge_u32(), edge_u32(), edge_u32()),
-                (edge_u64(), edge_u64()),
-                bytes(),
-                prop::collection::vec((bytes(), bytes()), 0..3),
-                any::<[u8; 32]>(),
-                any_stat(),
-            )
-                .prop_map(
-                    |(kind, (mode, uid, gid), (size, rdev), link_target, xattrs, digest, stat)| {
-                        Row {
-                            kind,
-                            mode,
-                            uid,
-                            gid,
-                            size,
-                            rdev,
-                            link_target,
-                            xattrs,
-                            digest,
-                            stat,
-                        }
-                    },
-                )
-        }
-
-        /// One way to damage an encoding: overwrite a byte, cut it short, or add a byte.
-        #[derive(Debug, Clone)]
-        enum Damage {
-            Set(prop::sample::Index, u8),
-            Cut(prop::sample::Index),
-            Append(u8),
-        }
-
-        fn any_damage() -> impl Strategy<Value = Damage> {
-            prop_oneof![
-                (any::<prop::sample::Index>(), any::<u8>()).prop_map(|(i, b)| Damage::Set(i, b)),
-                any::<prop::sample::Index>().prop_map(Damage::Cut),
-                any::<u8>().prop_map(Damage::Append),
-            ]
-        }
-
-        fn serde_path(bytes: &[u8]) -> Result<Row, String> {
-            decode::<Row, ROW_LIMIT>(bytes)
-        }
-
-        proptest! {
-            /// The fast reader itself (not the fallback) decodes what `encode` wrote.
-            #[test]
-            fn the_row_decoder_reads_every_encoded_row(row in any_row()) {
-                let bytes = encode(&row).unwrap();
-                prop_assert_eq!((RowReader { rest: &bytes }).row(), Some(row.clone()));
-                prop_assert_eq!(decode_row(&bytes), Ok(row.clone()));
-                prop_assert_eq!(serde_path(&bytes), Ok(row));
-            }
-
-            /// On damaged bytes both paths give the same value or the same error.
-            #[test]
-            fn the_row_decoder_agrees_with_serde(
-                row in any_row(),
-                damage in prop::collection::vec(any_damage(), 1..4),
-            ) {
-                let mut bytes = encode(&row).unwrap();
-                for d in damage {
-                    match d {
-                        Damage::Set(i, b) if !bytes.is_empty() => {
-                            let i = i.index(bytes.len());
-                            bytes[i] = b;
-                        }
-                        Damage::Cut(i) => bytes.truncate(i.index(bytes.len() + 1)),
-                        Damage::Append(b) => bytes.push(b),
-                        Damage::Set(..) => {}
-                    }
-                }
-                prop_assert_eq!(decode_row(&bytes), serde_path(&bytes));
-            }
-        }
-
-        /// A varint in a longer form than needed is left to serde (which decides), and a
-        /// record over the limit is refused as the serde path refuses it.
-        #[test]
-        fn non_canonical_and_oversized_records_go_the_serde_way() {
-            let row = Row {
-                kind: EntryKind::File,
-                mode: 5,
-                uid: 0,
-                gid: 0,
-                size: 0,
-                rdev: 0,
-                link_target: Vec::new(),
-                xattrs: Vec::new(),
-                digest: [0; 32],
-                stat: None,
-            };
-            let bytes = encode(&row).unwrap();
-            assert_eq!(bytes[1], 5, "mode is the second field");
-            let mut long = bytes.clone();
-            long.splice(1..2, [251, 5, 0]);
-            assert_eq!((RowReader { rest: &long }).row(), None);
-            assert_eq!(decode_row(&long), serde_path(&long));
-            let huge = vec![0u8; ROW_LIMIT + 1];
-            assert!(decode_row(&huge).is_err());
-            assert_eq!(decode_row(&huge), serde_path(&huge));
-        }
     }
 
     #[test]
