@@ -139,6 +139,11 @@ impl RelPath {
                 _ => return None,
             }
         }
+        // `.` is the root however it was written (`\x2e` too): no entry below a root is
+        // named `.`, and a path named so would display as the root.
+        if out == b"." {
+            return Some(RelPath::root());
+        }
         Some(RelPath::from_slash_bytes(&out))
     }
 }
