@@ -78,6 +78,9 @@
 //! Values are encoded only by `store/codec.rs` (bincode 2.0.1, always decoded with a size limit and
 //! with trailing bytes refused); `versions` and `layers` records carry a checksum verified on
 //! every read, so a damaged record is a `DamagedEntry` miss, never a hit with a wrong output.
+//! Rows, read once per lookup, are decoded by a reader of exactly their canonical encoding that
+//! leaves every other input to the serde path (same value or same error for every input; a
+//! damaged row is caught by its version's Merkle root and row count).
 //! What goes into the input digest, and what never does, is documented in `version`.
 //!
 //! ## Key encoding
