@@ -148,9 +148,9 @@ pub fn decode_checked<T: DeserializeOwned, const LIMIT: usize>(
 /// length before each `Vec`, the digest as 32 raw bytes, an enum as the varint index of its
 /// variant) and hands every other input — a longer varint than needed, a length past the end,
 /// an unknown tag, trailing bytes, a record over the limit — to the serde path, which decides
-/// (the value or the error). So for every input both return the same: the unit test
-/// `reliability_fuzz::the_row_decoder_agrees_with_serde` checks it on arbitrary rows and on
-/// damaged encodings of them.
+/// (the value or the error). So for every input both return the same: the fuzz test
+/// `tests/testsuite/reliability_fuzz.rs`, `the_row_decoder_agrees_with_serde`, checks it on
+/// arbitrary rows and on damaged encodings of them.
 pub fn decode_row(bytes: &[u8]) -> Result<Row, String> {
     if bytes.len() <= ROW_LIMIT
         && let Some(row) = read_canonical_row(bytes)
